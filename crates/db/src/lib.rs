@@ -1,0 +1,173 @@
+//! Storage plumbing shared by the services:
+//!
+//! - [`PgPool`]: a diesel-async pool with bounded waits, so a dead Postgres turns into
+//!   an error within seconds instead of a hung request;
+//! - [`migrate`]: the embedded migrations of `migrations/` (one Postgres schema per
+//!   owning service), and [`ensure_database`] to create the database on a fresh
+//!   machine;
+//! - [`redis`]: the Redis pool and key naming.
+
+pub mod redis;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use diesel::sql_query;
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::pooled_connection::deadpool::{Object, Pool};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+/// Every migration of the platform, compiled in.
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations");
+
+/// A pool of Postgres connections.
+pub type PgPool = Pool<AsyncPgConnection>;
+
+/// A connection checked out of a [`PgPool`].
+pub type PgConn = Object<AsyncPgConnection>;
+
+/// How long a request may wait for a connection, or for a new one to be made.
+const POOL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Builds a pool. Connections are made lazily, so this succeeds with Postgres down.
+pub fn pool(url: &str, size: usize) -> anyhow::Result<PgPool> {
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+    Pool::builder(manager)
+        .max_size(size)
+        .wait_timeout(Some(POOL_TIMEOUT))
+        .create_timeout(Some(POOL_TIMEOUT))
+        .recycle_timeout(Some(POOL_TIMEOUT))
+        .runtime(deadpool::Runtime::Tokio1)
+        .build()
+        .context("building the Postgres pool")
+}
+
+/// Checks a connection out of the pool.
+pub async fn conn(pool: &PgPool) -> anyhow::Result<PgConn> {
+    pool.get().await.context("getting a Postgres connection")
+}
+
+/// Readiness: a connection answers `SELECT 1`.
+pub async fn ping(pool: &PgPool) -> anyhow::Result<()> {
+    let mut conn = conn(pool).await?;
+    sql_query("SELECT 1").execute(&mut conn).await.context("SELECT 1")?;
+    Ok(())
+}
+
+/// Applies every pending migration. Runs on the blocking pool (diesel's migration
+/// harness is synchronous).
+pub async fn migrate(url: &str) -> anyhow::Result<Vec<String>> {
+    let url = url.to_owned();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
+        use diesel::Connection;
+        use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
+        let mut conn = <AsyncConnectionWrapper<AsyncPgConnection> as Connection>::establish(&url)
+            .context("connecting to Postgres to migrate")?;
+        let applied = conn
+            .run_pending_migrations(MIGRATIONS)
+            .map_err(|e| anyhow::anyhow!("applying migrations: {e}"))?;
+        Ok(applied.iter().map(ToString::to_string).collect())
+    })
+    .await
+    .context("migration task")?
+}
+
+/// Migrations compiled in but not applied to the database at `url`.
+pub async fn pending_migrations(url: &str) -> anyhow::Result<Vec<String>> {
+    let url = url.to_owned();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
+        use diesel::Connection;
+        use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
+        let mut conn = <AsyncConnectionWrapper<AsyncPgConnection> as Connection>::establish(&url)
+            .context("connecting to Postgres")?;
+        let pending = conn
+            .pending_migrations(MIGRATIONS)
+            .map_err(|e| anyhow::anyhow!("listing migrations: {e}"))?;
+        Ok(pending.iter().map(|m| m.name().to_string()).collect())
+    })
+    .await
+    .context("migration task")?
+}
+
+/// Splits a Postgres URL into (URL of the `postgres` maintenance database, name of the
+/// database it names).
+fn split_database(url: &str) -> anyhow::Result<(String, String)> {
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let (server, name) = base
+        .rsplit_once('/')
+        .filter(|(server, _)| server.contains("://") && !server.ends_with('/'))
+        .context("DATABASE_URL must name a database: postgres://user@host:port/NAME")?;
+    let maintenance = match query {
+        Some(q) => format!("{server}/postgres?{q}"),
+        None => format!("{server}/postgres"),
+    };
+    Ok((maintenance, name.to_owned()))
+}
+
+/// Creates the database named in `url` if it does not exist. The name must be a plain
+/// identifier (letters, digits, `_`), since it cannot be a bind parameter.
+pub async fn ensure_database(url: &str) -> anyhow::Result<bool> {
+    #[derive(diesel::QueryableByName)]
+    struct Exists {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        exists: bool,
+    }
+    let (maintenance, name) = split_database(url)?;
+    anyhow::ensure!(
+        !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+        "database name must contain only letters, digits and `_`"
+    );
+    let mut conn = AsyncPgConnection::establish(&maintenance)
+        .await
+        .context("connecting to the `postgres` database")?;
+    let found: Exists = sql_query("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS exists")
+        .bind::<diesel::sql_types::Text, _>(&name)
+        .get_result(&mut conn)
+        .await
+        .context("looking up the database")?;
+    if found.exists {
+        return Ok(false);
+    }
+    match sql_query(format!("CREATE DATABASE \"{name}\"")).execute(&mut conn).await {
+        Ok(_) => Ok(true),
+        // Another process created it between the check and now.
+        Err(diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::UniqueViolation,
+            _,
+        )) => Ok(false),
+        Err(e) if e.to_string().contains("already exists") => Ok(false),
+        Err(e) => Err(e).context("creating the database"),
+    }
+}
+
+/// Drops the database named in `url` (tests only clean up after themselves with it).
+pub async fn drop_database(url: &str) -> anyhow::Result<()> {
+    let (maintenance, name) = split_database(url)?;
+    anyhow::ensure!(
+        name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+        "database name must contain only letters, digits and `_`"
+    );
+    let mut conn = AsyncPgConnection::establish(&maintenance)
+        .await
+        .context("connecting to the `postgres` database")?;
+    sql_query(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .execute(&mut conn)
+        .await
+        .context("dropping the database")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_maintenance_url_keeps_host_and_options() -> anyhow::Result<()> {
+        let (m, n) = split_database("postgres://u@h:5432/aia?sslmode=require")?;
+        assert_eq!(m, "postgres://u@h:5432/postgres?sslmode=require");
+        assert_eq!(n, "aia");
+        assert!(split_database("postgres://u@h:5432").is_err());
+        Ok(())
+    }
+}

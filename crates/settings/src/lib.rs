@@ -1,0 +1,21 @@
+//! Typed settings for every service, read from the environment.
+//!
+//! The environment is passed in as a map ([`Env`]) instead of being read from the
+//! process, so tests build settings without touching global state. Each service has a
+//! `*Settings` struct; they share [`Common`]. Reading never stops at the first
+//! problem: every problem is collected and reported at once ([`SettingsError`]), with
+//! the variable's name and what to do about it.
+//!
+//! `APP_ENV=development` (the default) fills in missing secrets with ephemeral values
+//! and says so; `APP_ENV=production` refuses to start on anything weak (see
+//! [`production`]).
+
+mod env;
+pub mod production;
+mod services;
+
+pub use env::{Env, Problem, SettingsError};
+pub use services::{
+    AppEnv, AuditSettings, AuthSettings, Common, GatewaySettings, PasswordHashing,
+    SessionSettings, SigningKeySource, TokenSettings,
+};

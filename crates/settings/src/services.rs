@@ -1,0 +1,379 @@
+//! One settings struct per service, plus what they share.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+use crate::env::{Env, SettingsError};
+use crate::production;
+
+/// Which rules apply: development fills gaps and warns, production refuses them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppEnv {
+    /// Ephemeral secrets are generated; local defaults are used.
+    Development,
+    /// Every secret must be given and strong; TLS is required.
+    Production,
+}
+
+impl AppEnv {
+    /// True in production.
+    pub fn is_production(self) -> bool {
+        self == Self::Production
+    }
+}
+
+/// Settings every service reads.
+#[derive(Debug, Clone)]
+pub struct Common {
+    /// `APP_ENV`: `development` (default) or `production`.
+    pub app_env: AppEnv,
+    /// `DATABASE_URL`: Postgres URL. Secret: it may carry a password.
+    pub database_url: SecretString,
+    /// `DATABASE_POOL_SIZE`: connections per service (default 10).
+    pub database_pool_size: usize,
+    /// `REDIS_URL`: Redis URL. Secret: it may carry a password.
+    pub redis_url: SecretString,
+    /// `REDIS_KEY_PREFIX`: prepended to every Redis key (default empty). Lets several
+    /// deployments, or parallel tests, share one Redis.
+    pub redis_key_prefix: String,
+    /// `LOG_FORMAT`: `json` (default in production) or `text`.
+    pub log_json: bool,
+}
+
+/// Settings of access tokens, shared by the services that issue or check them.
+#[derive(Debug, Clone)]
+pub struct TokenSettings {
+    /// `JWT_ISSUER`: the `iss` claim (default `http://localhost:8080`).
+    pub issuer: String,
+    /// `JWT_AUDIENCE`: the `aud` claim (default `aia`).
+    pub audience: String,
+    /// `ACCESS_TOKEN_TTL_SECONDS`: lifetime of an access token (default 900).
+    pub access_ttl: Duration,
+}
+
+/// Where auth gets its Ed25519 signing key.
+#[derive(Debug, Clone)]
+pub enum SigningKeySource {
+    /// `JWT_SIGNING_KEY_FILE`: a PKCS#8 PEM file.
+    File(PathBuf),
+    /// `JWT_SIGNING_KEY`: the PKCS#8 PEM itself.
+    Pem(SecretString),
+    /// Development only: a key generated at start, lost at exit.
+    Ephemeral,
+}
+
+/// Argon2id cost parameters and how many hashes may run at once.
+#[derive(Debug, Clone, Copy)]
+pub struct PasswordHashing {
+    /// `ARGON2_MEMORY_KIB` (default 19456, the OWASP minimum for argon2id).
+    pub memory_kib: u32,
+    /// `ARGON2_ITERATIONS` (default 2).
+    pub iterations: u32,
+    /// `ARGON2_PARALLELISM` (default 1).
+    pub parallelism: u32,
+    /// `PASSWORD_HASHING_CONCURRENCY`: hashes running at once (default: the number of
+    /// cores). Bounds memory and keeps a login flood from starving other work.
+    pub concurrency: usize,
+}
+
+/// The auth service.
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// Shared settings.
+    pub common: Common,
+    /// `AUTH_GRPC_ADDR` (default `127.0.0.1:50051`).
+    pub grpc_addr: SocketAddr,
+    /// `AUTH_ADMIN_ADDR`: `/healthz`, `/readyz`, `/metrics` (default `127.0.0.1:9101`).
+    pub admin_addr: SocketAddr,
+    /// `SESSION_GRPC_URL` (default `http://127.0.0.1:50052`).
+    pub session_url: String,
+    /// `AUDIT_GRPC_URL` (default `http://127.0.0.1:50053`).
+    pub audit_url: String,
+    /// Access-token settings.
+    pub tokens: TokenSettings,
+    /// `JWT_SIGNING_KEY_FILE` or `JWT_SIGNING_KEY`.
+    pub signing_key: SigningKeySource,
+    /// Argon2id parameters.
+    pub hashing: PasswordHashing,
+    /// `PASSWORD_MIN_LENGTH` in code points after NFKC (default 12).
+    pub password_min_length: usize,
+}
+
+/// The session service.
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    /// Shared settings.
+    pub common: Common,
+    /// `SESSION_GRPC_ADDR` (default `127.0.0.1:50052`).
+    pub grpc_addr: SocketAddr,
+    /// `SESSION_ADMIN_ADDR` (default `127.0.0.1:9102`).
+    pub admin_addr: SocketAddr,
+    /// `AUDIT_GRPC_URL` (default `http://127.0.0.1:50053`).
+    pub audit_url: String,
+    /// `ACCESS_TOKEN_TTL_SECONDS`: how long a revoked session's access tokens must stay
+    /// blacklisted (default 900).
+    pub access_ttl: Duration,
+    /// `SESSION_IDLE_TTL_SECONDS`: a refresh token unused this long expires
+    /// (default 30 days).
+    pub idle_ttl: Duration,
+    /// `SESSION_ABSOLUTE_TTL_SECONDS`: no session lives longer (default 90 days).
+    pub absolute_ttl: Duration,
+}
+
+/// The audit service.
+#[derive(Debug, Clone)]
+pub struct AuditSettings {
+    /// Shared settings.
+    pub common: Common,
+    /// `AUDIT_GRPC_ADDR` (default `127.0.0.1:50053`).
+    pub grpc_addr: SocketAddr,
+    /// `AUDIT_ADMIN_ADDR` (default `127.0.0.1:9103`).
+    pub admin_addr: SocketAddr,
+}
+
+/// The gateway.
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    /// Shared settings.
+    pub common: Common,
+    /// `GATEWAY_HTTP_ADDR`: the public port (default `127.0.0.1:8080`).
+    pub http_addr: SocketAddr,
+    /// `GATEWAY_ADMIN_ADDR` (default `127.0.0.1:9100`).
+    pub admin_addr: SocketAddr,
+    /// `AUTH_GRPC_URL` (default `http://127.0.0.1:50051`).
+    pub auth_url: String,
+    /// `SESSION_GRPC_URL` (default `http://127.0.0.1:50052`).
+    pub session_url: String,
+    /// Access-token settings (issuer and audience to require).
+    pub tokens: TokenSettings,
+    /// `GATEWAY_JSON_LIMIT_BYTES`: largest JSON body accepted (default 65536).
+    pub json_limit: usize,
+    /// `GATEWAY_WORKERS`: HTTP worker threads (default: the number of cores).
+    pub workers: usize,
+}
+
+const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/aia";
+const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(2, usize::from)
+}
+
+impl Common {
+    fn read(env: &mut Env) -> Self {
+        let app_env = match env.string("APP_ENV", "development").as_str() {
+            "development" | "dev" => AppEnv::Development,
+            "production" | "prod" => AppEnv::Production,
+            _ => {
+                env.problem("APP_ENV", "must be `development` or `production`");
+                AppEnv::Production
+            }
+        };
+        let log_json = match env.get("LOG_FORMAT") {
+            None => app_env.is_production(),
+            Some("json") => true,
+            Some("text") => false,
+            Some(_) => {
+                env.problem("LOG_FORMAT", "must be `json` or `text`");
+                true
+            }
+        };
+        let database_url = env.string("DATABASE_URL", DEFAULT_DATABASE_URL);
+        let redis_url = env.string("REDIS_URL", DEFAULT_REDIS_URL);
+        if app_env.is_production() {
+            for var in ["DATABASE_URL", "REDIS_URL"] {
+                if env.get(var).is_none() {
+                    env.problem(var, "must be set in production");
+                }
+            }
+            production::check_database_url(env, &database_url);
+            production::check_redis_url(env, &redis_url);
+        }
+        Self {
+            app_env,
+            database_pool_size: env.parse_in("DATABASE_POOL_SIZE", 10, 1, 1000),
+            database_url: database_url.into(),
+            redis_url: redis_url.into(),
+            redis_key_prefix: env.string("REDIS_KEY_PREFIX", ""),
+            log_json,
+        }
+    }
+}
+
+impl TokenSettings {
+    fn read(env: &mut Env) -> Self {
+        Self {
+            issuer: env.string("JWT_ISSUER", "http://localhost:8080"),
+            audience: env.string("JWT_AUDIENCE", "aia"),
+            access_ttl: Duration::from_secs(env.parse_in(
+                "ACCESS_TOKEN_TTL_SECONDS",
+                900,
+                30,
+                86_400,
+            )),
+        }
+    }
+}
+
+fn addr(env: &mut Env, name: &str, default: &str) -> SocketAddr {
+    let fallback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let default = default.parse().unwrap_or(fallback);
+    env.parse(name, default)
+}
+
+impl AuthSettings {
+    /// Reads the auth service's settings.
+    pub fn from_env(mut env: Env) -> Result<Self, SettingsError> {
+        let common = Common::read(&mut env);
+        let signing_key = match (env.get("JWT_SIGNING_KEY_FILE"), env.get("JWT_SIGNING_KEY")) {
+            (Some(_), Some(_)) => {
+                env.problem(
+                    "JWT_SIGNING_KEY",
+                    "set either JWT_SIGNING_KEY or JWT_SIGNING_KEY_FILE, not both",
+                );
+                SigningKeySource::Ephemeral
+            }
+            (Some(path), None) => SigningKeySource::File(PathBuf::from(path)),
+            (None, Some(pem)) => SigningKeySource::Pem(pem.to_owned().into()),
+            (None, None) => SigningKeySource::Ephemeral,
+        };
+        if common.app_env.is_production() {
+            production::check_signing_key(&mut env, &signing_key);
+        }
+        let settings = Self {
+            grpc_addr: addr(&mut env, "AUTH_GRPC_ADDR", "127.0.0.1:50051"),
+            admin_addr: addr(&mut env, "AUTH_ADMIN_ADDR", "127.0.0.1:9101"),
+            session_url: env.string("SESSION_GRPC_URL", "http://127.0.0.1:50052"),
+            audit_url: env.string("AUDIT_GRPC_URL", "http://127.0.0.1:50053"),
+            tokens: TokenSettings::read(&mut env),
+            signing_key,
+            hashing: PasswordHashing {
+                memory_kib: env.parse_in("ARGON2_MEMORY_KIB", 19_456, 8, 4_194_304),
+                iterations: env.parse_in("ARGON2_ITERATIONS", 2, 1, 100),
+                parallelism: env.parse_in("ARGON2_PARALLELISM", 1, 1, 64),
+                concurrency: env.parse_in("PASSWORD_HASHING_CONCURRENCY", cores(), 1, 1024),
+            },
+            password_min_length: env.parse_in("PASSWORD_MIN_LENGTH", 12, 1, 128),
+            common,
+        };
+        if settings.common.app_env.is_production() {
+            production::check_password_hashing(&mut env, &settings.hashing);
+            production::check_password_min_length(&mut env, settings.password_min_length);
+        }
+        env.finish(settings)
+    }
+}
+
+impl SessionSettings {
+    /// Reads the session service's settings.
+    pub fn from_env(mut env: Env) -> Result<Self, SettingsError> {
+        let common = Common::read(&mut env);
+        let settings = Self {
+            grpc_addr: addr(&mut env, "SESSION_GRPC_ADDR", "127.0.0.1:50052"),
+            admin_addr: addr(&mut env, "SESSION_ADMIN_ADDR", "127.0.0.1:9102"),
+            audit_url: env.string("AUDIT_GRPC_URL", "http://127.0.0.1:50053"),
+            access_ttl: TokenSettings::read(&mut env).access_ttl,
+            idle_ttl: Duration::from_secs(env.parse_in(
+                "SESSION_IDLE_TTL_SECONDS",
+                30 * 86_400,
+                60,
+                365 * 86_400,
+            )),
+            absolute_ttl: Duration::from_secs(env.parse_in(
+                "SESSION_ABSOLUTE_TTL_SECONDS",
+                90 * 86_400,
+                60,
+                3 * 365 * 86_400,
+            )),
+            common,
+        };
+        env.finish(settings)
+    }
+}
+
+impl AuditSettings {
+    /// Reads the audit service's settings.
+    pub fn from_env(mut env: Env) -> Result<Self, SettingsError> {
+        let common = Common::read(&mut env);
+        let settings = Self {
+            grpc_addr: addr(&mut env, "AUDIT_GRPC_ADDR", "127.0.0.1:50053"),
+            admin_addr: addr(&mut env, "AUDIT_ADMIN_ADDR", "127.0.0.1:9103"),
+            common,
+        };
+        env.finish(settings)
+    }
+}
+
+impl GatewaySettings {
+    /// Reads the gateway's settings.
+    pub fn from_env(mut env: Env) -> Result<Self, SettingsError> {
+        let common = Common::read(&mut env);
+        let settings = Self {
+            http_addr: addr(&mut env, "GATEWAY_HTTP_ADDR", "127.0.0.1:8080"),
+            admin_addr: addr(&mut env, "GATEWAY_ADMIN_ADDR", "127.0.0.1:9100"),
+            auth_url: env.string("AUTH_GRPC_URL", "http://127.0.0.1:50051"),
+            session_url: env.string("SESSION_GRPC_URL", "http://127.0.0.1:50052"),
+            tokens: TokenSettings::read(&mut env),
+            json_limit: env.parse_in("GATEWAY_JSON_LIMIT_BYTES", 65_536, 1_024, 16 << 20),
+            workers: env.parse_in("GATEWAY_WORKERS", cores(), 1, 256),
+            common,
+        };
+        env.finish(settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn development_needs_nothing_set() {
+        let settings = AuthSettings::from_env(Env::default());
+        assert!(settings.is_ok(), "{settings:?}");
+        assert!(matches!(
+            settings.ok().map(|s| s.signing_key),
+            Some(SigningKeySource::Ephemeral)
+        ));
+    }
+
+    #[test]
+    fn production_names_every_problem_at_once() {
+        let env: Env = [
+            ("APP_ENV", "production"),
+            ("DATABASE_URL", "postgres://aia@db.internal/aia"),
+            ("ARGON2_MEMORY_KIB", "1024"),
+        ]
+        .into_iter()
+        .collect();
+        let problems = AuthSettings::from_env(env).err().map(|e| e.0).unwrap_or_default();
+        let vars: Vec<&str> = problems.iter().map(|p| p.variable.as_str()).collect();
+        assert!(vars.contains(&"DATABASE_URL"), "{vars:?}");
+        assert!(vars.contains(&"REDIS_URL"), "{vars:?}");
+        assert!(vars.contains(&"JWT_SIGNING_KEY_FILE"), "{vars:?}");
+        assert!(vars.contains(&"ARGON2_MEMORY_KIB"), "{vars:?}");
+    }
+
+    #[test]
+    fn production_accepts_a_complete_configuration() {
+        let env: Env = [
+            ("APP_ENV", "production"),
+            ("DATABASE_URL", "postgres://aia@db.internal/aia?sslmode=verify-full"),
+            ("REDIS_URL", "rediss://:pw@cache.internal:6380"),
+            ("JWT_SIGNING_KEY_FILE", "/run/secrets/jwt.pem"),
+        ]
+        .into_iter()
+        .collect();
+        let settings = AuthSettings::from_env(env);
+        assert!(settings.is_ok(), "{settings:?}");
+    }
+
+    #[test]
+    fn a_typo_in_app_env_is_not_development() {
+        let env: Env = [("APP_ENV", "prodution")].into_iter().collect();
+        let problems = AuditSettings::from_env(env).err().map(|e| e.0).unwrap_or_default();
+        assert!(problems.iter().any(|p| p.variable == "APP_ENV"));
+    }
+}

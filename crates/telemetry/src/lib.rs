@@ -1,0 +1,83 @@
+//! What every service needs to be observable and stoppable:
+//!
+//! - [`init_tracing`]: JSON or text logs, filtered by `RUST_LOG` (default `info`).
+//! - [`metrics`]: the process-wide Prometheus recorder.
+//! - [`admin`]: the admin HTTP port with `/healthz`, `/readyz` and `/metrics`.
+//! - [`shutdown`]: one cancellation token that SIGTERM or SIGINT cancels.
+//! - [`spawn_blocking_with_tracing`]: CPU-heavy work off the async threads, in the
+//!   caller's span.
+
+pub mod admin;
+pub mod metrics;
+pub mod shutdown;
+
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// Installs the global tracing subscriber. Safe to call more than once (later calls
+/// do nothing), so tests that start several services in one process may all call it.
+pub fn init_tracing(service: &'static str, json: bool) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let registry = tracing_subscriber::registry().with(filter);
+    let result = if json {
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_target(true),
+            )
+            .try_init()
+    } else {
+        registry.with(tracing_subscriber::fmt::layer().with_target(false)).try_init()
+    };
+    if result.is_ok() {
+        tracing::info!(service, "tracing initialised");
+    }
+}
+
+/// Runs `f` on tokio's blocking pool inside the current span.
+pub fn spawn_blocking_with_tracing<F, R>(f: F) -> tokio::task::JoinHandle<R>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(f))
+}
+pub mod grpc;
+
+/// The body of every service's `main`: report bad settings and exit 64, start
+/// tracing, then run `start` with a shutdown token tied to SIGTERM/SIGINT and turn its
+/// result into an exit code.
+pub async fn service_main<S, E, Fut>(
+    service: &'static str,
+    settings: Result<S, E>,
+    log_json: impl FnOnce(&S) -> bool,
+    start: impl FnOnce(S, shutdown::CancellationToken) -> Fut,
+) -> std::process::ExitCode
+where
+    E: std::fmt::Display,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let settings = match settings {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("aia-{service}: {error}");
+            return std::process::ExitCode::from(64);
+        }
+    };
+    init_tracing(service, log_json(&settings));
+    match start(settings, shutdown::on_signal()).await {
+        Ok(()) => {
+            tracing::info!(service, "stopped");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(error) => {
+            tracing::error!(service, error = format!("{error:#}"), "stopped with an error");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! The strict access-token verifier.
+
+use std::collections::HashMap;
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+
+use crate::claims::{ACCESS_TOKEN_TYPE, AccessClaims};
+use crate::jwks::Jwks;
+
+/// Largest token accepted; anything longer is refused before it is parsed.
+const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// Clock skew tolerated on `exp` and `nbf`.
+const LEEWAY_SECONDS: u64 = 30;
+
+/// Why a token was refused. Every variant means 401 to the caller; the variant is for
+/// logs and metrics, and [`TokenError::UnknownKey`] tells a cache to refresh its JWKS.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// Not a JWT, too long, or not decodable.
+    #[error("malformed token")]
+    Malformed,
+    /// `alg` is not EdDSA (this includes `none` and HS256 signed with a public key).
+    #[error("algorithm not allowed")]
+    Algorithm,
+    /// `typ` is not `at+jwt`: some other kind of token.
+    #[error("not an access token")]
+    NotAnAccessToken,
+    /// The header carries `jku`, `x5u`, `x5c` or an embedded `jwk`; they are never
+    /// followed, and a token that relies on them is refused outright.
+    #[error("forbidden header parameter")]
+    ForbiddenHeader,
+    /// No `kid`, or a `kid` not in the key set.
+    #[error("unknown signing key")]
+    UnknownKey,
+    /// `exp` is past.
+    #[error("token expired")]
+    Expired,
+    /// Bad signature, wrong `iss`/`aud`, `nbf` in the future, or a claim missing.
+    #[error("invalid token")]
+    Invalid,
+}
+
+/// Verifies access tokens against a key set, an issuer and an audience.
+#[derive(Clone)]
+pub struct Verifier {
+    keys: HashMap<String, DecodingKey>,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier").field("kids", &self.keys.keys()).finish_non_exhaustive()
+    }
+}
+
+impl Verifier {
+    /// A verifier for the Ed25519 keys of `jwks`. Keys of any other type are ignored.
+    pub fn new(jwks: &Jwks, issuer: &str, audience: &str) -> Self {
+        let keys = jwks
+            .keys
+            .iter()
+            .filter(|k| k.kty == "OKP" && k.crv == "Ed25519")
+            .filter_map(|k| Some((k.kid.clone(), DecodingKey::from_ed_components(&k.x).ok()?)))
+            .collect();
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.algorithms = vec![Algorithm::EdDSA];
+        validation.leeway = LEEWAY_SECONDS;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+        validation.set_issuer(&[issuer]);
+        validation.set_audience(&[audience]);
+        Self { keys, validation }
+    }
+
+    /// Whether `kid` is one of this verifier's keys.
+    pub fn knows(&self, kid: &str) -> bool {
+        self.keys.contains_key(kid)
+    }
+
+    /// The `kid` a token names, without verifying anything; for JWKS refresh decisions.
+    pub fn kid_of(token: &str) -> Option<String> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return None;
+        }
+        jsonwebtoken::decode_header(token).ok()?.kid
+    }
+
+    /// Verifies `token` and returns its claims.
+    pub fn verify(&self, token: &str) -> Result<AccessClaims, TokenError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(TokenError::Malformed);
+        }
+        // decode_header refuses unknown `alg` values such as "none" or "NoNe".
+        let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
+            ErrorKind::InvalidAlgorithmName | ErrorKind::InvalidAlgorithm => TokenError::Algorithm,
+            _ => TokenError::Malformed,
+        })?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(TokenError::Algorithm);
+        }
+        if header.typ.as_deref().map(str::to_ascii_lowercase).as_deref()
+            != Some(ACCESS_TOKEN_TYPE)
+        {
+            return Err(TokenError::NotAnAccessToken);
+        }
+        if header.jku.is_some()
+            || header.x5u.is_some()
+            || header.jwk.is_some()
+            || header.x5c.is_some()
+            || header.crit.is_some()
+        {
+            return Err(TokenError::ForbiddenHeader);
+        }
+        let key = header
+            .kid
+            .as_deref()
+            .and_then(|kid| self.keys.get(kid))
+            .ok_or(TokenError::UnknownKey)?;
+        jsonwebtoken::decode::<AccessClaims>(token, key, &self.validation)
+            .map(|data| data.claims)
+            .map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => TokenError::Expired,
+                ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Json(_) | ErrorKind::Utf8(_) => {
+                    TokenError::Malformed
+                }
+                _ => TokenError::Invalid,
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The attack set: every token here must be refused.
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+    use super::*;
+    use crate::SigningKey;
+
+    const ISS: &str = "https://issuer.test";
+    const AUD: &str = "aia";
+
+    fn now() -> i64 {
+        jsonwebtoken::get_current_timestamp() as i64
+    }
+
+    fn claims() -> AccessClaims {
+        AccessClaims {
+            iss: ISS.into(),
+            aud: AUD.into(),
+            sub: "user".into(),
+            exp: now() + 600,
+            iat: now(),
+            nbf: now(),
+            jti: "jti".into(),
+            sid: "sid".into(),
+            roles: vec!["user".into()],
+        }
+    }
+
+    fn setup() -> Result<(SigningKey, Verifier), Box<dyn std::error::Error>> {
+        let key = SigningKey::generate()?;
+        let verifier = Verifier::new(&Jwks { keys: vec![key.jwk().clone()] }, ISS, AUD);
+        Ok((key, verifier))
+    }
+
+    fn b64(v: &serde_json::Value) -> String {
+        URL_SAFE_NO_PAD.encode(v.to_string())
+    }
+
+    /// A token with a hand-made header over the payload and signature of `good`.
+    fn with_header(good: &str, header: serde_json::Value) -> String {
+        let mut parts = good.splitn(2, '.');
+        let _ = parts.next();
+        format!("{}.{}", b64(&header), parts.next().unwrap_or_default())
+    }
+
+    #[test]
+    fn a_token_it_signed_verifies() -> Result<(), Box<dyn std::error::Error>> {
+        let (key, verifier) = setup()?;
+        let token = key.sign(&claims())?;
+        assert_eq!(verifier.verify(&token)?, claims());
+        Ok(())
+    }
+
+    #[test]
+    fn alg_none_in_any_case_is_refused() -> Result<(), Box<dyn std::error::Error>> {
+        let (_, verifier) = setup()?;
+        for alg in ["none", "NoNe", "NONE"] {
+            let token = format!(
+                "{}.{}.",
+                b64(&serde_json::json!({"alg": alg, "typ": "at+jwt"})),
+                b64(&serde_json::to_value(claims())?)
+            );
+            assert!(verifier.verify(&token).is_err(), "{alg}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn hs256_signed_with_the_public_key_is_refused() -> Result<(), Box<dyn std::error::Error>> {
+        let (key, verifier) = setup()?;
+        let mut header = jsonwebtoken::Header::new(Algorithm::HS256);
+        header.typ = Some("at+jwt".into());
+        header.kid = Some(key.kid().into());
+        let forged = jsonwebtoken::encode(
+            &header,
+            &claims(),
+            &jsonwebtoken::EncodingKey::from_secret(key.jwk().x.as_bytes()),
+        )?;
+        assert_eq!(verifier.verify(&forged), Err(TokenError::Algorithm));
+        Ok(())
+    }
+
+    #[test]
+    fn a_token_from_another_key_with_the_same_kid_is_refused()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let (key, verifier) = setup()?;
+        let other = SigningKey::generate()?;
+        let forged = other.sign(&claims())?;
+        let forged = with_header(
+            &forged,
+            serde_json::json!({"alg": "EdDSA", "typ": "at+jwt", "kid": key.kid()}),
+        );
+        assert_eq!(verifier.verify(&forged), Err(TokenError::Invalid));
+        Ok(())
+    }
+
+    #[test]
+    fn a_tampered_payload_is_refused() -> Result<(), Box<dyn std::error::Error>> {
+        let (key, verifier) = setup()?;
+        let token = key.sign(&claims())?;
+        let parts: Vec<&str> = token.split('.').collect();
+        let mut c = claims();
+        c.sub = "admin".into();
+        let tampered = format!("{}.{}.{}", parts[0], b64(&serde_json::to_value(c)?), parts[2]);
+        assert_eq!(verifier.verify(&tampered), Err(TokenError::Invalid));
+        let stripped = format!("{}.{}.", parts[0], parts[1]);
+        assert!(verifier.verify(&stripped).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn expired_premature_and_misaddressed_tokens_are_refused()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let (key, verifier) = setup()?;
+        let cases: [(&str, fn(&mut AccessClaims)); 4] = [
+            ("expired", |c| c.exp = now() - 120),
+            ("not yet valid", |c| c.nbf = now() + 120),
+            ("wrong audience", |c| c.aud = "other".into()),
+            ("wrong issuer", |c| c.iss = "https://evil.test".into()),
+        ];
+        for (name, mutate) in cases {
+            let mut c = claims();
+            mutate(&mut c);
+            assert!(verifier.verify(&key.sign(&c)?).is_err(), "{name}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_token_missing_exp_or_nbf_is_refused() -> Result<(), Box<dyn std::error::Error>> {
+        let (key, verifier) = setup()?;
+        let mut header = jsonwebtoken::Header::new(Algorithm::EdDSA);
+        header.typ = Some("at+jwt".into());
+        header.kid = Some(key.kid().into());
+        for missing in ["exp", "nbf", "iss", "aud", "sub"] {
+            let mut body = serde_json::to_value(claims())?;
+            if let Some(map) = body.as_object_mut() {
+                map.remove(missing);
+            }
+            let token = jsonwebtoken::encode(&header, &body, key.encoding_key())?;
+            assert!(verifier.verify(&token).is_err(), "{missing}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn wrong_typ_unknown_kid_and_embedded_keys_are_refused()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let (key, verifier) = setup()?;
+        let good = key.sign(&claims())?;
+        let kid = key.kid();
+        let cases = [
+            (serde_json::json!({"alg": "EdDSA", "typ": "JWT", "kid": kid}), TokenError::NotAnAccessToken),
+            (serde_json::json!({"alg": "EdDSA", "kid": kid}), TokenError::NotAnAccessToken),
+            (serde_json::json!({"alg": "EdDSA", "typ": "at+jwt", "kid": "../../etc/passwd"}), TokenError::UnknownKey),
+            (serde_json::json!({"alg": "EdDSA", "typ": "at+jwt"}), TokenError::UnknownKey),
+            (serde_json::json!({"alg": "EdDSA", "typ": "at+jwt", "kid": kid, "jku": "https://evil.test/jwks"}), TokenError::ForbiddenHeader),
+            (serde_json::json!({"alg": "EdDSA", "typ": "at+jwt", "kid": kid, "jwk": key.jwk()}), TokenError::ForbiddenHeader),
+        ];
+        for (header, expected) in cases {
+            assert_eq!(verifier.verify(&with_header(&good, header.clone())), Err(expected), "{header}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn garbage_and_oversized_input_is_malformed() -> Result<(), Box<dyn std::error::Error>> {
+        let (_, verifier) = setup()?;
+        for junk in ["", ".", "a.b.c", "ey.ey.ey", "\u{0}", &"a".repeat(MAX_TOKEN_BYTES + 1)] {
+            assert!(verifier.verify(junk).is_err());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,19 @@
+//! The `audit` schema (see `migrations/*_audit/up.sql`).
+
+diesel::table! {
+    audit.events (seq) {
+        seq -> Int8,
+        id -> Uuid,
+        occurred_at -> Timestamptz,
+        recorded_at -> Timestamptz,
+        event_type -> Text,
+        outcome -> Text,
+        actor -> Text,
+        subject -> Text,
+        source_ip -> Text,
+        user_agent -> Text,
+        request_id -> Text,
+        producer -> Text,
+        details -> Jsonb,
+    }
+}

@@ -1,0 +1,124 @@
+//! `aia.audit.v1.AuditService`.
+
+use aia_db::PgPool;
+use aia_telemetry::grpc::{internal, unavailable};
+use aia_proto::audit::v1::audit_service_server::AuditService;
+use aia_proto::audit::v1::{
+    QueryRequest, QueryResponse, RecordBatchRequest, RecordBatchResponse, RecordRequest,
+    RecordResponse, StoredEvent,
+};
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use tonic::{Request, Response, Status};
+
+use crate::event::{EventRow, NewEvent};
+use crate::schema::events;
+
+/// Most events in one RecordBatch.
+const MAX_BATCH: usize = 1000;
+
+/// The audit service's state.
+#[derive(Clone)]
+pub struct Audit {
+    pool: PgPool,
+}
+
+impl Audit {
+    /// A service over `pool`.
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// Inserts validated events, skipping ids already stored; returns how many were new.
+    async fn store(&self, rows: Vec<NewEvent>) -> Result<usize, Status> {
+        let mut conn = aia_db::conn(&self.pool).await.map_err(unavailable)?;
+        let stored = diesel::insert_into(events::table)
+            .values(&rows)
+            .on_conflict(events::id)
+            .do_nothing()
+            .execute(&mut conn)
+            .await
+            .map_err(|e| internal(anyhow::Error::new(e).context("inserting events")))?;
+        metrics::counter!("audit_events_stored_total").increment(stored as u64);
+        Ok(stored)
+    }
+}
+
+#[tonic::async_trait]
+impl AuditService for Audit {
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn record(&self, request: Request<RecordRequest>) -> Result<Response<RecordResponse>, Status> {
+        let event = request
+            .into_inner()
+            .event
+            .ok_or_else(|| Status::invalid_argument("event is required"))?;
+        let row = NewEvent::try_from(event).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let stored = self.store(vec![row]).await? == 1;
+        Ok(Response::new(RecordResponse { stored }))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(count))]
+    async fn record_batch(
+        &self,
+        request: Request<RecordBatchRequest>,
+    ) -> Result<Response<RecordBatchResponse>, Status> {
+        let events = request.into_inner().events;
+        tracing::Span::current().record("count", events.len());
+        if events.len() > MAX_BATCH {
+            return Err(Status::invalid_argument("at most 1000 events per batch"));
+        }
+        if events.is_empty() {
+            return Ok(Response::new(RecordBatchResponse { stored: 0 }));
+        }
+        let rows = events
+            .into_iter()
+            .map(NewEvent::try_from)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let stored = self.store(rows).await?;
+        Ok(Response::new(RecordBatchResponse { stored: u32::try_from(stored).unwrap_or(u32::MAX) }))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn query(&self, request: Request<QueryRequest>) -> Result<Response<QueryResponse>, Status> {
+        let q = request.into_inner();
+        let limit = match q.limit {
+            0 => 100,
+            n @ 1..=500 => i64::from(n),
+            _ => return Err(Status::invalid_argument("limit must be at most 500")),
+        };
+        let mut query = events::table
+            .select(EventRow::as_select())
+            .order(events::seq.desc())
+            .limit(limit + 1)
+            .into_boxed();
+        if !q.event_type.is_empty() {
+            query = query.filter(events::event_type.eq(q.event_type));
+        }
+        if !q.subject.is_empty() {
+            query = query.filter(events::subject.eq(q.subject));
+        }
+        if !q.cursor.is_empty() {
+            let before: i64 = q
+                .cursor
+                .parse()
+                .map_err(|_| Status::invalid_argument("cursor is not one this service issued"))?;
+            query = query.filter(events::seq.lt(before));
+        }
+        let mut conn = aia_db::conn(&self.pool).await.map_err(unavailable)?;
+        let mut rows: Vec<EventRow> = query
+            .load(&mut conn)
+            .await
+            .map_err(|e| internal(anyhow::Error::new(e).context("querying events")))?;
+        let next_cursor = if rows.len() as i64 > limit {
+            rows.truncate(limit as usize);
+            rows.last().map(|r| r.seq().to_string()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(QueryResponse {
+            events: rows.into_iter().map(StoredEvent::from).collect(),
+            next_cursor,
+        }))
+    }
+}

@@ -1,0 +1,213 @@
+//! The access-token blacklist: Postgres is the durable truth, Redis the fast copy.
+//!
+//! Entries are of two kinds: `jti` (one access token) and `sid` (every access token of
+//! a session). Each lives until the last token it covers has expired; Redis keys carry
+//! that as their TTL.
+//!
+//! Redis can lose its data (a restart without persistence, `FLUSHALL`). A sentinel key
+//! is written once Redis holds every unexpired entry; a lookup that finds no sentinel
+//! asks Postgres instead and starts putting the entries back. A lookup that cannot
+//! reach Redis asks Postgres too. So a revoked token is never accepted because Redis
+//! forgot it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use aia_db::PgPool;
+use aia_db::redis::Pool as RedisPool;
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use deadpool_redis::redis;
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+
+use crate::schema::revocations;
+
+/// What an entry covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// One access token, by `jti`.
+    Jti,
+    /// Every access token of a session, by `sid`.
+    Sid,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Jti => "jti",
+            Self::Sid => "sid",
+        }
+    }
+
+    fn from_str(s: &str) -> Option<Self> {
+        match s {
+            "jti" => Some(Self::Jti),
+            "sid" => Some(Self::Sid),
+            _ => None,
+        }
+    }
+}
+
+/// The blacklist.
+#[derive(Clone)]
+pub struct Blacklist {
+    pg: PgPool,
+    redis: RedisPool,
+    prefix: String,
+    rehydrating: Arc<AtomicBool>,
+}
+
+impl Blacklist {
+    /// A blacklist over these stores; Redis keys start with `prefix`.
+    pub fn new(pg: PgPool, redis: RedisPool, prefix: String) -> Self {
+        Self { pg, redis, prefix, rehydrating: Arc::new(AtomicBool::new(false)) }
+    }
+
+    fn key(&self, kind: Kind, id: uuid::Uuid) -> String {
+        aia_db::redis::key(&self.prefix, "bl", &format!("{}:{id}", kind.as_str()))
+    }
+
+    fn sentinel(&self) -> String {
+        aia_db::redis::key(&self.prefix, "bl", "complete")
+    }
+
+    /// Adds an entry, durably first. Fails only if Postgres fails.
+    pub async fn revoke(&self, kind: Kind, id: uuid::Uuid, until: DateTime<Utc>) -> anyhow::Result<()> {
+        let mut conn = aia_db::conn(&self.pg).await?;
+        diesel::insert_into(revocations::table)
+            .values((
+                revocations::kind.eq(kind.as_str()),
+                revocations::id.eq(id),
+                revocations::expires_at.eq(until),
+            ))
+            .on_conflict((revocations::kind, revocations::id))
+            .do_update()
+            .set(revocations::expires_at.eq(diesel::dsl::sql::<diesel::sql_types::Timestamptz>(
+                "GREATEST(session.revocations.expires_at, excluded.expires_at)",
+            )))
+            .execute(&mut conn)
+            .await
+            .context("storing a revocation")?;
+        metrics::counter!("session_revocations_total", "kind" => kind.as_str()).increment(1);
+        if let Err(error) = self.copy_to_redis(&[(kind, id, until)]).await {
+            // Redis now lacks an entry: drop the sentinel so lookups ask Postgres.
+            tracing::warn!(error = format!("{error:#}"), "revocation not copied to Redis");
+            self.forget_sentinel().await;
+        }
+        Ok(())
+    }
+
+    async fn copy_to_redis(&self, entries: &[(Kind, uuid::Uuid, DateTime<Utc>)]) -> anyhow::Result<()> {
+        let now = Utc::now();
+        let mut pipe = redis::pipe();
+        for &(kind, id, until) in entries {
+            let ttl_ms = (until - now).num_milliseconds();
+            if ttl_ms > 0 {
+                pipe.cmd("SET").arg(self.key(kind, id)).arg(1).arg("PX").arg(ttl_ms).ignore();
+            }
+        }
+        let mut conn = self.redis.get().await.context("Redis connection")?;
+        let () = pipe.query_async(&mut conn).await.context("copying revocations to Redis")?;
+        Ok(())
+    }
+
+    async fn forget_sentinel(&self) {
+        if let Ok(mut conn) = self.redis.get().await {
+            let _: Result<(), _> = redis::cmd("DEL").arg(self.sentinel()).query_async(&mut conn).await;
+        }
+    }
+
+    /// Whether the token `jti` or its session `sid` is revoked.
+    pub async fn is_revoked(&self, jti: uuid::Uuid, sid: uuid::Uuid) -> anyhow::Result<bool> {
+        match self.lookup_redis(jti, sid).await {
+            Ok(Some(revoked)) => Ok(revoked),
+            Ok(None) => {
+                // Redis lost its data: answer from Postgres and refill Redis.
+                self.start_rehydration();
+                self.lookup_postgres(jti, sid).await
+            }
+            Err(error) => {
+                tracing::warn!(error = format!("{error:#}"), "Redis lookup failed; asking Postgres");
+                metrics::counter!("session_blacklist_fallback_total").increment(1);
+                self.lookup_postgres(jti, sid).await
+            }
+        }
+    }
+
+    /// `Some(answer)` when Redis is complete, `None` when its sentinel is missing.
+    async fn lookup_redis(&self, jti: uuid::Uuid, sid: uuid::Uuid) -> anyhow::Result<Option<bool>> {
+        let mut conn = self.redis.get().await.context("Redis connection")?;
+        let (jti_hit, sid_hit, complete): (bool, bool, bool) = redis::pipe()
+            .exists(self.key(Kind::Jti, jti))
+            .exists(self.key(Kind::Sid, sid))
+            .exists(self.sentinel())
+            .query_async(&mut conn)
+            .await
+            .context("EXISTS")?;
+        if jti_hit || sid_hit {
+            return Ok(Some(true));
+        }
+        Ok(complete.then_some(false))
+    }
+
+    async fn lookup_postgres(&self, jti: uuid::Uuid, sid: uuid::Uuid) -> anyhow::Result<bool> {
+        let mut conn = aia_db::conn(&self.pg).await?;
+        let hit = diesel::select(diesel::dsl::exists(
+            revocations::table
+                .filter(
+                    (revocations::kind.eq(Kind::Jti.as_str()).and(revocations::id.eq(jti)))
+                        .or(revocations::kind.eq(Kind::Sid.as_str()).and(revocations::id.eq(sid))),
+                )
+                .filter(revocations::expires_at.gt(Utc::now())),
+        ))
+        .get_result::<bool>(&mut conn)
+        .await
+        .context("looking up a revocation")?;
+        Ok(hit)
+    }
+
+    /// Starts [`Blacklist::rehydrate`] in the background unless it is already running.
+    pub fn start_rehydration(&self) {
+        if self.rehydrating.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            match this.rehydrate().await {
+                Ok(count) => tracing::info!(count, "blacklist copied back to Redis"),
+                Err(error) => tracing::warn!(error = format!("{error:#}"), "blacklist rehydration failed"),
+            }
+            this.rehydrating.store(false, Ordering::Release);
+        });
+    }
+
+    /// Copies every unexpired entry from Postgres to Redis, then marks Redis complete.
+    pub async fn rehydrate(&self) -> anyhow::Result<usize> {
+        let rows: Vec<(String, uuid::Uuid, DateTime<Utc>)> = {
+            let mut conn = aia_db::conn(&self.pg).await?;
+            revocations::table
+                .select((revocations::kind, revocations::id, revocations::expires_at))
+                .filter(revocations::expires_at.gt(Utc::now()))
+                .load(&mut conn)
+                .await
+                .context("loading revocations")?
+        };
+        let entries: Vec<_> = rows
+            .into_iter()
+            .filter_map(|(kind, id, until)| Some((Kind::from_str(&kind)?, id, until)))
+            .collect();
+        for chunk in entries.chunks(1000) {
+            self.copy_to_redis(chunk).await?;
+        }
+        let mut conn = self.redis.get().await.context("Redis connection")?;
+        let () = redis::cmd("SET")
+            .arg(self.sentinel())
+            .arg(1)
+            .query_async(&mut conn)
+            .await
+            .context("marking the blacklist complete")?;
+        metrics::counter!("session_blacklist_rehydrations_total").increment(1);
+        Ok(entries.len())
+    }
+}
