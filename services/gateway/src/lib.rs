@@ -1,1 +1,109 @@
-//! placeholder
+//! The gateway: the only public door. HTTP/JSON outside, gRPC to the services inside.
+//!
+//! - [`Application`]: binds the public and admin ports (`build`), then serves them.
+//! - `routes`: the route table and the `/v1/auth/*` handlers.
+//! - `authn`: bearer-token verification (local, against cached keys) and the
+//!   revocation check.
+//! - `keys`: the signing-key cache.
+//! - `json`: JSON body limits and parse errors as problems.
+//! - `problem`: RFC 9457 bodies, and the mapping from gRPC statuses.
+//! - `client`: request id, client IP, user agent.
+//! - `middleware`: request id, security headers, metrics on every response.
+
+mod authn;
+mod client;
+mod json;
+mod keys;
+mod middleware;
+mod problem;
+mod routes;
+mod state;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{App, HttpServer, web};
+use aia_proto::auth::v1::auth_service_client::AuthServiceClient;
+use aia_proto::session::v1::session_service_client::SessionServiceClient;
+use aia_settings::GatewaySettings;
+use aia_telemetry::admin::AdminServer;
+use aia_telemetry::shutdown::{CancellationToken, GRACE_PERIOD};
+use anyhow::Context;
+use tonic::transport::{Channel, Endpoint};
+
+/// A bound gateway.
+pub struct Application {
+    server: actix_web::dev::Server,
+    http_addr: SocketAddr,
+    admin: AdminServer,
+    shutdown: CancellationToken,
+}
+
+fn channel(url: &str, what: &str) -> anyhow::Result<Channel> {
+    Ok(Endpoint::from_shared(url.to_owned())
+        .with_context(|| format!("{what} is not a URL"))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
+impl Application {
+    /// Connects (lazily) to the services and binds the listeners.
+    pub async fn build(settings: GatewaySettings, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        let auth = AuthServiceClient::new(channel(&settings.auth_url, "AUTH_GRPC_URL")?);
+        let session = SessionServiceClient::new(channel(&settings.session_url, "SESSION_GRPC_URL")?);
+        let state = web::Data::new(state::State {
+            keys: keys::KeyCache::new(auth.clone(), settings.tokens.issuer.clone(), settings.tokens.audience.clone()),
+            auth,
+            session,
+        });
+        let ready_state = state.clone();
+        let readiness: aia_telemetry::admin::ReadinessCheck = Arc::new(move || {
+            let state = ready_state.clone();
+            Box::pin(async move { state.keys.for_kid(None).await.map(|_| ()).map_err(|_| "auth".to_owned()) })
+        });
+        let admin = AdminServer::bind(settings.admin_addr, readiness).await.context("binding the admin port")?;
+        let listener = std::net::TcpListener::bind(settings.http_addr).context("binding the HTTP port")?;
+        let http_addr = listener.local_addr()?;
+        let json_limit = settings.json_limit;
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .app_data(json::config(json_limit))
+                .wrap(actix_web::middleware::from_fn(middleware::decorate))
+                .configure(routes::configure)
+        })
+        .workers(settings.workers)
+        .disable_signals()
+        .shutdown_timeout(GRACE_PERIOD.as_secs())
+        .listen(listener)?
+        .run();
+        Ok(Self { server, http_addr, admin, shutdown })
+    }
+
+    /// The bound public address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The bound admin address.
+    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
+        self.admin.local_addr()
+    }
+
+    /// Serves until the shutdown token is cancelled.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let handle = self.server.handle();
+        let stopping = self.shutdown.clone();
+        tokio::spawn(async move {
+            stopping.cancelled().await;
+            handle.stop(true).await;
+        });
+        let (http, admin) = tokio::join!(self.server, self.admin.run(self.shutdown));
+        http.context("HTTP server")?;
+        admin.context("admin server")?;
+        Ok(())
+    }
+}

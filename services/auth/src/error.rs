@@ -1,0 +1,72 @@
+//! The auth service's errors, and their one mapping to gRPC statuses.
+
+use tonic::Status;
+
+use crate::domain::Invalid;
+use crate::hashing::HashError;
+
+/// What went wrong, in terms of what the caller can do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// The input is malformed; the message says which field and why.
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    /// Unknown email, wrong password or disabled account: one message for all, so
+    /// the answer never tells which.
+    #[error("invalid email or password")]
+    InvalidCredentials,
+    /// A refresh token that is unknown, used, expired or revoked.
+    #[error("invalid refresh token")]
+    InvalidRefreshToken,
+    /// An access token that fails verification.
+    #[error("invalid access token")]
+    InvalidAccessToken,
+    /// No such user.
+    #[error("user not found")]
+    NotFound,
+    /// Too many password hashes queued; retry later.
+    #[error("too many requests in progress; retry later")]
+    Overloaded,
+    /// A dependency is unreachable; retry later.
+    #[error("temporarily unavailable")]
+    Unavailable(#[source] anyhow::Error),
+    /// A bug or an unexpected failure.
+    #[error("internal error")]
+    Unexpected(#[from] anyhow::Error),
+}
+
+impl From<HashError> for AuthError {
+    fn from(e: HashError) -> Self {
+        match e {
+            HashError::Overloaded => Self::Overloaded,
+            HashError::Unexpected(e) => Self::Unexpected(e),
+        }
+    }
+}
+
+impl AuthError {
+    /// A failed call to another service: UNAVAILABLE and DEADLINE_EXCEEDED may pass,
+    /// the rest is unexpected.
+    pub fn from_upstream(status: Status, what: &'static str) -> Self {
+        let error = anyhow::anyhow!("{what}: {:?} {}", status.code(), status.message());
+        match status.code() {
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => Self::Unavailable(error),
+            _ => Self::Unexpected(error),
+        }
+    }
+}
+
+impl From<AuthError> for Status {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Invalid(invalid) => Status::invalid_argument(invalid.to_string()),
+            AuthError::InvalidCredentials
+            | AuthError::InvalidRefreshToken
+            | AuthError::InvalidAccessToken => Status::unauthenticated(e.to_string()),
+            AuthError::NotFound => Status::not_found(e.to_string()),
+            AuthError::Overloaded => Status::resource_exhausted(e.to_string()),
+            AuthError::Unavailable(error) => aia_telemetry::grpc::unavailable(error),
+            AuthError::Unexpected(error) => aia_telemetry::grpc::internal(error),
+        }
+    }
+}

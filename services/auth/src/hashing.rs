@@ -1,0 +1,145 @@
+//! Password hashing: argon2id on the blocking pool, at most N at once.
+//!
+//! Hashing is deliberately expensive (19 MiB and two passes by default), so it runs
+//! off the async threads, and a semaphore bounds how many run at once: a login flood
+//! queues here instead of starving every other request of CPU and memory.
+//!
+//! Unknown users: [`Hasher::verify`] with no stored hash verifies against a dummy hash
+//! made at start with the same parameters, so an unknown email costs what a wrong
+//! password costs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aia_settings::PasswordHashing;
+use anyhow::Context;
+use argon2::{Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version};
+use tokio::sync::Semaphore;
+
+use crate::domain::Password;
+
+/// Longest wait for a hashing slot before the request is refused as overloaded.
+const QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why hashing could not be done.
+#[derive(Debug, thiserror::Error)]
+pub enum HashError {
+    /// Every slot stayed busy for [`QUEUE_TIMEOUT`].
+    #[error("password hashing is overloaded")]
+    Overloaded,
+    /// Anything else (a bug, or a corrupt stored hash).
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
+}
+
+/// The password hasher.
+#[derive(Clone)]
+pub struct Hasher {
+    params: Params,
+    slots: Arc<Semaphore>,
+    dummy: Arc<str>,
+}
+
+impl Hasher {
+    /// A hasher with these parameters; computes the dummy hash (one hash's time).
+    pub async fn new(settings: &PasswordHashing) -> anyhow::Result<Self> {
+        let params = Params::new(settings.memory_kib, settings.iterations, settings.parallelism, None)
+            .map_err(|e| anyhow::anyhow!("argon2 parameters: {e}"))?;
+        let mut hasher = Self {
+            params,
+            slots: Arc::new(Semaphore::new(settings.concurrency)),
+            dummy: Arc::from(""),
+        };
+        let mut random = [0u8; 32];
+        getrandom::fill(&mut random).map_err(|e| anyhow::anyhow!("OS random source: {e}"))?;
+        let dummy = hasher.hash(Password::presented(&hex(&random))?).await?;
+        hasher.dummy = Arc::from(dummy);
+        Ok(hasher)
+    }
+
+    fn argon2(&self) -> Argon2<'static> {
+        Argon2::new(Algorithm::Argon2id, Version::V0x13, self.params.clone())
+    }
+
+    async fn on_pool<R: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> anyhow::Result<R> + Send + 'static,
+    ) -> Result<R, HashError> {
+        let permit = tokio::time::timeout(QUEUE_TIMEOUT, self.slots.clone().acquire_owned())
+            .await
+            .map_err(|_| HashError::Overloaded)?
+            .context("hashing semaphore closed")?;
+        let result = aia_telemetry::spawn_blocking_with_tracing(move || {
+            let _permit = permit;
+            work()
+        })
+        .await
+        .context("hashing task")??;
+        Ok(result)
+    }
+
+    /// Hashes a password into a PHC string carrying its parameters.
+    pub async fn hash(&self, password: Password) -> Result<String, HashError> {
+        let argon2 = self.argon2();
+        self.on_pool(move || {
+            let hash = argon2
+                .hash_password(password.expose().as_bytes())
+                .map_err(|e| anyhow::anyhow!("argon2: {e}"))?;
+            Ok(hash.to_string())
+        })
+        .await
+    }
+
+    /// Whether `password` matches `stored`. With no stored hash (unknown user) the
+    /// same work is done against the dummy hash and the answer is false.
+    pub async fn verify(&self, password: Password, stored: Option<String>) -> Result<bool, HashError> {
+        let known = stored.is_some();
+        let phc = stored.unwrap_or_else(|| self.dummy.to_string());
+        let argon2 = self.argon2();
+        self.on_pool(move || {
+            let parsed = PasswordHash::new(&phc).map_err(|e| anyhow::anyhow!("stored hash is not PHC: {e}"))?;
+            Ok(argon2.verify_password(password.expose().as_bytes(), &parsed).is_ok() && known)
+        })
+        .await
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cheap() -> PasswordHashing {
+        PasswordHashing { memory_kib: 64, iterations: 1, parallelism: 1, concurrency: 2 }
+    }
+
+    #[tokio::test]
+    async fn a_hash_verifies_its_password_only() -> anyhow::Result<()> {
+        let hasher = Hasher::new(&cheap()).await?;
+        let hash = hasher.hash(Password::presented("correct horse battery")?).await?;
+        assert!(hash.starts_with("$argon2id$v=19$m=64,t=1,p=1$"), "{hash}");
+        assert!(hasher.verify(Password::presented("correct horse battery")?, Some(hash.clone())).await?);
+        assert!(!hasher.verify(Password::presented("correct horse batterz")?, Some(hash)).await?);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn passwords_differing_only_at_the_end_of_a_long_input_differ() -> anyhow::Result<()> {
+        let hasher = Hasher::new(&cheap()).await?;
+        let long = "a".repeat(200);
+        let hash = hasher.hash(Password::presented(&long)?).await?;
+        let other = format!("{}b", &long[..199]);
+        assert!(!hasher.verify(Password::presented(&other)?, Some(hash)).await?);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_unknown_user_never_verifies_even_with_the_dummy_password() -> anyhow::Result<()> {
+        let hasher = Hasher::new(&cheap()).await?;
+        assert!(!hasher.verify(Password::presented("anything")?, None).await?);
+        Ok(())
+    }
+}

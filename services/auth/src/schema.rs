@@ -1,0 +1,14 @@
+//! The `auth` schema (see `migrations/*_auth/up.sql`).
+
+diesel::table! {
+    auth.users (id) {
+        id -> Uuid,
+        email -> Text,
+        password_hash -> Text,
+        email_verified -> Bool,
+        roles -> Array<Text>,
+        disabled_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}

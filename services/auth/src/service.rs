@@ -1,0 +1,276 @@
+//! `aia.auth.v1.AuthService`.
+
+use std::sync::Arc;
+
+use aia_audit_client::AuditClient;
+use aia_proto::audit::v1::Outcome;
+use aia_proto::auth::v1::auth_service_server::AuthService;
+use aia_proto::auth::v1::{
+    Claims, ClientInfo, GetJwksRequest, GetJwksResponse, GetUserRequest, LoginRequest, LogoutRequest,
+    LogoutResponse, RefreshRequest, RegisterRequest, RegisterResponse, TokenPair, User as UserMessage,
+    ValidateTokenRequest, ValidateTokenResponse,
+};
+use aia_proto::session::v1 as session;
+use aia_proto::session::v1::session_service_client::SessionServiceClient;
+use aia_settings::TokenSettings;
+use aia_tokens::{AccessClaims, SigningKey, Verifier};
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use crate::domain::{EmailAddress, Password};
+use crate::error::AuthError;
+use crate::hashing::Hasher;
+use crate::users::{User, UserStore};
+
+/// The auth service's state.
+#[derive(Clone)]
+pub struct Auth {
+    pub(crate) users: UserStore,
+    pub(crate) hasher: Hasher,
+    pub(crate) key: Arc<SigningKey>,
+    pub(crate) verifier: Verifier,
+    pub(crate) jwks_json: Arc<str>,
+    pub(crate) tokens: TokenSettings,
+    pub(crate) password_min_length: usize,
+    pub(crate) session: SessionServiceClient<Channel>,
+    pub(crate) audit: AuditClient,
+}
+
+fn to_session_client(client: Option<&ClientInfo>) -> Option<session::ClientInfo> {
+    client.map(|c| session::ClientInfo {
+        ip: c.ip.clone(),
+        user_agent: c.user_agent.clone(),
+        request_id: c.request_id.clone(),
+    })
+}
+
+fn client_fields(client: Option<&ClientInfo>) -> (&str, &str, &str) {
+    client.map_or(("", "", ""), |c| (c.ip.as_str(), c.user_agent.as_str(), c.request_id.as_str()))
+}
+
+impl Auth {
+    /// Signs an access token for `user` in `session_id` and pairs it with `refresh_token`.
+    fn issue(&self, user: &User, session_id: &str, refresh_token: String) -> Result<TokenPair, AuthError> {
+        let now = chrono::Utc::now().timestamp();
+        let ttl = self.tokens.access_ttl.as_secs();
+        let claims = AccessClaims {
+            iss: self.tokens.issuer.clone(),
+            aud: self.tokens.audience.clone(),
+            sub: user.id.to_string(),
+            exp: now + i64::try_from(ttl).unwrap_or(900),
+            iat: now,
+            nbf: now,
+            jti: uuid::Uuid::new_v4().to_string(),
+            sid: session_id.to_owned(),
+            roles: user.roles.clone(),
+        };
+        let access_token = self.key.sign(&claims).map_err(|e| AuthError::Unexpected(e.into()))?;
+        Ok(TokenPair {
+            access_token,
+            token_type: "Bearer".into(),
+            expires_in: u32::try_from(ttl).unwrap_or(900),
+            refresh_token,
+        })
+    }
+
+    async fn register(&self, req: RegisterRequest) -> Result<RegisterResponse, AuthError> {
+        let email = EmailAddress::parse(&req.email)?;
+        let password = Password::new(&req.password, self.password_min_length)?;
+        // Hash first, whatever happens next: a taken email costs the same time.
+        let hash = self.hasher.hash(password).await?;
+        let created = self.users.insert(&email, &hash).await.map_err(AuthError::Unavailable)?;
+        let (ip, ua, rid) = client_fields(req.client.as_ref());
+        match created {
+            Some(id) => {
+                metrics::counter!("auth_register_total", "outcome" => "created").increment(1);
+                self.audit.event("auth.register", Outcome::Success).actor(id.to_string()).subject(id.to_string()).client(ip, ua, rid).emit();
+            }
+            None => {
+                metrics::counter!("auth_register_total", "outcome" => "email_taken").increment(1);
+                self.audit
+                    .event("auth.register", Outcome::Failure)
+                    .client(ip, ua, rid)
+                    .details(serde_json::json!({"reason": "email_taken"}))
+                    .emit();
+            }
+        }
+        Ok(RegisterResponse {})
+    }
+
+    async fn login(&self, req: LoginRequest) -> Result<TokenPair, AuthError> {
+        let email = EmailAddress::parse(&req.email)?;
+        let password = Password::presented(&req.password)?;
+        let user = self.users.by_email(&email).await.map_err(AuthError::Unavailable)?;
+        let matches = self
+            .hasher
+            .verify(password, user.as_ref().map(|u| u.password_hash.clone()))
+            .await?;
+        let (ip, ua, rid) = client_fields(req.client.as_ref());
+        let user = match user {
+            Some(user) if matches && user.disabled_at.is_none() => user,
+            other => {
+                let reason = match other {
+                    None => "unknown_email",
+                    Some(ref u) if u.disabled_at.is_some() && matches => "disabled",
+                    Some(_) => "wrong_password",
+                };
+                metrics::counter!("auth_login_total", "outcome" => "failure", "reason" => reason).increment(1);
+                let mut event = self
+                    .audit
+                    .event("auth.login", Outcome::Failure)
+                    .client(ip, ua, rid)
+                    .details(serde_json::json!({"reason": reason}));
+                if let Some(u) = other {
+                    event = event.subject(u.id.to_string());
+                }
+                event.emit();
+                return Err(AuthError::InvalidCredentials);
+            }
+        };
+        let created = self
+            .session
+            .clone()
+            .create_session(session::CreateSessionRequest {
+                user_id: user.id.to_string(),
+                client: to_session_client(req.client.as_ref()),
+            })
+            .await
+            .map_err(|s| AuthError::from_upstream(s, "session.CreateSession"))?
+            .into_inner();
+        let pair = self.issue(&user, &created.session_id, created.refresh_token)?;
+        metrics::counter!("auth_login_total", "outcome" => "success", "reason" => "").increment(1);
+        self.audit
+            .event("auth.login", Outcome::Success)
+            .actor(user.id.to_string())
+            .subject(user.id.to_string())
+            .client(ip, ua, rid)
+            .details(serde_json::json!({"session_id": created.session_id, "amr": ["pwd"]}))
+            .emit();
+        Ok(pair)
+    }
+
+    async fn refresh(&self, req: RefreshRequest) -> Result<TokenPair, AuthError> {
+        let rotated = self
+            .session
+            .clone()
+            .rotate(session::RotateRequest {
+                refresh_token: req.refresh_token,
+                client: to_session_client(req.client.as_ref()),
+            })
+            .await
+            .map_err(|s| match s.code() {
+                tonic::Code::Unauthenticated | tonic::Code::InvalidArgument => AuthError::InvalidRefreshToken,
+                _ => AuthError::from_upstream(s, "session.Rotate"),
+            })?
+            .into_inner();
+        let user_id = uuid::Uuid::parse_str(&rotated.user_id).map_err(|e| AuthError::Unexpected(e.into()))?;
+        let user = self.users.by_id(user_id).await.map_err(AuthError::Unavailable)?;
+        let Some(user) = user.filter(|u| u.disabled_at.is_none()) else {
+            return Err(AuthError::InvalidRefreshToken);
+        };
+        self.issue(&user, &rotated.session_id, rotated.refresh_token)
+    }
+
+    fn verify(&self, token: &str) -> Result<AccessClaims, AuthError> {
+        self.verifier.verify(token).map_err(|e| {
+            tracing::debug!(reason = %e, "access token refused");
+            AuthError::InvalidAccessToken
+        })
+    }
+
+    async fn logout(&self, req: LogoutRequest) -> Result<LogoutResponse, AuthError> {
+        let claims = self.verify(&req.access_token)?;
+        self.session
+            .clone()
+            .revoke(session::RevokeRequest {
+                session_id: claims.sid,
+                access_jti: claims.jti,
+                access_expires_at: Some(prost_types::Timestamp { seconds: claims.exp, nanos: 0 }),
+                client: to_session_client(req.client.as_ref()),
+                user_id: claims.sub,
+            })
+            .await
+            .map_err(|s| AuthError::from_upstream(s, "session.Revoke"))?;
+        Ok(LogoutResponse {})
+    }
+
+    async fn validate(&self, req: ValidateTokenRequest) -> Result<ValidateTokenResponse, AuthError> {
+        let claims = self.verify(&req.access_token)?;
+        let revoked = self
+            .session
+            .clone()
+            .is_revoked(session::IsRevokedRequest { jti: claims.jti.clone(), session_id: claims.sid.clone() })
+            .await
+            .map_err(|s| match s.code() {
+                tonic::Code::InvalidArgument => AuthError::InvalidAccessToken,
+                _ => AuthError::from_upstream(s, "session.IsRevoked"),
+            })?
+            .into_inner()
+            .revoked;
+        Ok(ValidateTokenResponse {
+            claims: Some(Claims {
+                sub: claims.sub,
+                sid: claims.sid,
+                jti: claims.jti,
+                exp: claims.exp,
+                iat: claims.iat,
+                iss: claims.iss,
+                aud: claims.aud,
+                roles: claims.roles,
+            }),
+            revoked,
+        })
+    }
+
+    async fn get_user(&self, req: GetUserRequest) -> Result<UserMessage, AuthError> {
+        let id = uuid::Uuid::parse_str(&req.user_id).map_err(|_| AuthError::NotFound)?;
+        let user = self.users.by_id(id).await.map_err(AuthError::Unavailable)?.ok_or(AuthError::NotFound)?;
+        Ok(UserMessage {
+            id: user.id.to_string(),
+            email: user.email,
+            email_verified: user.email_verified,
+            roles: user.roles,
+            created_at: user.created_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl AuthService for Auth {
+    #[tracing::instrument(level = "info", name = "auth.register", skip_all)]
+    async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<RegisterResponse>, Status> {
+        Ok(Response::new(Auth::register(self, request.into_inner()).await?))
+    }
+
+    #[tracing::instrument(level = "info", name = "auth.login", skip_all)]
+    async fn login(&self, request: Request<LoginRequest>) -> Result<Response<TokenPair>, Status> {
+        Ok(Response::new(Auth::login(self, request.into_inner()).await?))
+    }
+
+    #[tracing::instrument(level = "info", name = "auth.refresh", skip_all)]
+    async fn refresh(&self, request: Request<RefreshRequest>) -> Result<Response<TokenPair>, Status> {
+        Ok(Response::new(Auth::refresh(self, request.into_inner()).await?))
+    }
+
+    #[tracing::instrument(level = "info", name = "auth.logout", skip_all)]
+    async fn logout(&self, request: Request<LogoutRequest>) -> Result<Response<LogoutResponse>, Status> {
+        Ok(Response::new(Auth::logout(self, request.into_inner()).await?))
+    }
+
+    #[tracing::instrument(level = "debug", name = "auth.validate_token", skip_all)]
+    async fn validate_token(
+        &self,
+        request: Request<ValidateTokenRequest>,
+    ) -> Result<Response<ValidateTokenResponse>, Status> {
+        Ok(Response::new(self.validate(request.into_inner()).await?))
+    }
+
+    #[tracing::instrument(level = "debug", name = "auth.get_user", skip_all)]
+    async fn get_user(&self, request: Request<GetUserRequest>) -> Result<Response<UserMessage>, Status> {
+        Ok(Response::new(Auth::get_user(self, request.into_inner()).await?))
+    }
+
+    async fn get_jwks(&self, _: Request<GetJwksRequest>) -> Result<Response<GetJwksResponse>, Status> {
+        Ok(Response::new(GetJwksResponse { jwks_json: self.jwks_json.to_string() }))
+    }
+}

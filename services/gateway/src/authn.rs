@@ -1,0 +1,78 @@
+//! Bearer authentication: the [`Authenticated`] extractor.
+//!
+//! A route that takes `Authenticated` is protected: the token must verify locally
+//! against auth's keys (EdDSA only, `typ` at+jwt, exact `iss`/`aud`, see
+//! `aia_tokens::Verifier`) and must not be revoked. Revocation is asked of the session
+//! service per request; if it cannot answer, the request fails closed with 503.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use actix_web::dev::Payload;
+use actix_web::http::header;
+use actix_web::{FromRequest, HttpRequest, web};
+use aia_proto::session::v1::IsRevokedRequest;
+use aia_tokens::{AccessClaims, Verifier};
+
+use crate::problem::Problem;
+use crate::state::State;
+
+/// A request whose bearer token verified and is not revoked.
+#[derive(Debug)]
+pub struct Authenticated {
+    /// The verified claims.
+    pub claims: AccessClaims,
+    /// The token itself (for logout).
+    pub token: String,
+}
+
+/// The token of `Authorization: Bearer <token>` (scheme case-insensitive).
+fn bearer(req: &HttpRequest) -> Option<String> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_owned())
+}
+
+async fn authenticate(state: web::Data<State>, token: Option<String>) -> Result<Authenticated, Problem> {
+    let token = token.ok_or_else(Problem::invalid_token)?;
+    let kid = Verifier::kid_of(&token);
+    let keys = state.keys.for_kid(kid.as_deref()).await.map_err(|_| Problem::unavailable())?;
+    let claims = keys.verifier.verify(&token).map_err(|reason| {
+        metrics::counter!("gateway_token_refused_total", "reason" => reason.to_string()).increment(1);
+        Problem::invalid_token()
+    })?;
+    let revoked = state
+        .session
+        .clone()
+        .is_revoked(IsRevokedRequest { jti: claims.jti.clone(), session_id: claims.sid.clone() })
+        .await
+        .map_err(|status| match status.code() {
+            tonic::Code::InvalidArgument => Problem::invalid_token(),
+            _ => {
+                tracing::warn!(code = ?status.code(), "revocation check failed; refusing");
+                Problem::unavailable()
+            }
+        })?
+        .into_inner()
+        .revoked;
+    if revoked {
+        metrics::counter!("gateway_token_refused_total", "reason" => "revoked").increment(1);
+        return Err(Problem::invalid_token());
+    }
+    Ok(Authenticated { claims, token })
+}
+
+impl FromRequest for Authenticated {
+    type Error = Problem;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, Problem>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let state = req.app_data::<web::Data<State>>().cloned();
+        let token = bearer(req);
+        Box::pin(async move {
+            let state = state.ok_or_else(Problem::internal)?;
+            authenticate(state, token).await
+        })
+    }
+}

@@ -1,0 +1,92 @@
+//! The public signing keys, fetched from auth and cached.
+//!
+//! Tokens are verified locally. The key set is fetched on first use and again when a
+//! token names a `kid` the cache does not know (auth rotated its key), at most once
+//! per [`REFRESH_INTERVAL`], so a flood of tokens with made-up `kid`s cannot turn into a
+//! flood of calls to auth.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aia_proto::auth::v1::GetJwksRequest;
+use aia_proto::auth::v1::auth_service_client::AuthServiceClient;
+use aia_tokens::{Jwks, Verifier};
+use tokio::sync::{Mutex, RwLock};
+use tonic::transport::Channel;
+
+/// Least time between two fetches of the key set.
+const REFRESH_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A fetched key set.
+#[derive(Debug)]
+pub struct KeySet {
+    /// The verifier over its keys.
+    pub verifier: Verifier,
+    /// The document, as served at `/.well-known/jwks.json`.
+    pub json: String,
+}
+
+/// The cache.
+pub struct KeyCache {
+    auth: AuthServiceClient<Channel>,
+    issuer: String,
+    audience: String,
+    current: RwLock<Option<Arc<KeySet>>>,
+    last_fetch: Mutex<Option<Instant>>,
+}
+
+/// Auth could not be asked for keys, and none are cached.
+#[derive(Debug, thiserror::Error)]
+#[error("signing keys unavailable")]
+pub struct KeysUnavailable;
+
+impl KeyCache {
+    /// An empty cache; nothing is fetched until needed.
+    pub fn new(auth: AuthServiceClient<Channel>, issuer: String, audience: String) -> Self {
+        Self { auth, issuer, audience, current: RwLock::new(None), last_fetch: Mutex::new(None) }
+    }
+
+    /// The key set to verify a token naming `kid` with.
+    pub async fn for_kid(&self, kid: Option<&str>) -> Result<Arc<KeySet>, KeysUnavailable> {
+        if let Some(set) = self.current.read().await.clone() {
+            if kid.is_none_or(|kid| set.verifier.knows(kid)) {
+                return Ok(set);
+            }
+        }
+        self.refresh().await
+    }
+
+    /// Fetches the key set unless that was done less than [`REFRESH_INTERVAL`] ago;
+    /// returns whatever is current afterwards.
+    pub async fn refresh(&self) -> Result<Arc<KeySet>, KeysUnavailable> {
+        let mut last = self.last_fetch.lock().await;
+        let cached = self.current.read().await.clone();
+        if last.is_some_and(|at| at.elapsed() < REFRESH_INTERVAL) {
+            return cached.ok_or(KeysUnavailable);
+        }
+        match self.fetch().await {
+            Ok(set) => {
+                *last = Some(Instant::now());
+                let set = Arc::new(set);
+                *self.current.write().await = Some(set.clone());
+                Ok(set)
+            }
+            Err(error) => {
+                // Do not stamp the attempt when nothing is cached: the next request
+                // retries at once instead of failing for ten seconds.
+                if cached.is_some() {
+                    *last = Some(Instant::now());
+                }
+                tracing::warn!(error = format!("{error:#}"), "fetching signing keys failed");
+                cached.ok_or(KeysUnavailable)
+            }
+        }
+    }
+
+    async fn fetch(&self) -> anyhow::Result<KeySet> {
+        let json = self.auth.clone().get_jwks(GetJwksRequest {}).await?.into_inner().jwks_json;
+        let jwks: Jwks = serde_json::from_str(&json)?;
+        metrics::counter!("gateway_jwks_fetches_total").increment(1);
+        Ok(KeySet { verifier: Verifier::new(&jwks, &self.issuer, &self.audience), json })
+    }
+}

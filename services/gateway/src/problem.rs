@@ -1,0 +1,156 @@
+//! RFC 9457 problem details: the only error body the gateway sends.
+//!
+//! Every error, from a malformed body to an upstream outage, becomes a [`Problem`]
+//! with a stable `type` URI; 5xx bodies say nothing about the cause, which goes to the
+//! log instead.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+/// The media type of problem bodies.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// A problem response.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    /// A stable URI naming the kind of problem.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// A short summary of the kind.
+    pub title: &'static str,
+    /// The HTTP status.
+    pub status: u16,
+    /// What happened this time, safe to show.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Extra headers (e.g. `WWW-Authenticate`, `Retry-After`).
+    #[serde(skip)]
+    pub headers: Vec<(header::HeaderName, HeaderValue)>,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.title, self.status)
+    }
+}
+
+impl Problem {
+    fn new(status: StatusCode, kind: &'static str, title: &'static str) -> Self {
+        Self { kind, title, status: status.as_u16(), detail: None, headers: Vec::new() }
+    }
+
+    /// Adds a detail message.
+    pub fn detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, name: header::HeaderName, value: &'static str) -> Self {
+        self.headers.push((name, HeaderValue::from_static(value)));
+        self
+    }
+
+    /// 400: the request is malformed (e.g. invalid JSON).
+    pub fn bad_request() -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "urn:aia:problem:bad-request", "Bad request")
+    }
+
+    /// 401: missing or invalid credentials.
+    pub fn unauthorized() -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "urn:aia:problem:unauthorized", "Unauthorized")
+    }
+
+    /// 401 for bearer-protected routes, with the RFC 6750 challenge.
+    pub fn invalid_token() -> Self {
+        Self::unauthorized()
+            .detail("missing, invalid, expired or revoked access token")
+            .header(header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\"")
+    }
+
+    /// 404.
+    pub fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "urn:aia:problem:not-found", "Not found")
+    }
+
+    /// 405.
+    pub fn method_not_allowed() -> Self {
+        Self::new(StatusCode::METHOD_NOT_ALLOWED, "urn:aia:problem:method-not-allowed", "Method not allowed")
+    }
+
+    /// 413: the body is over the route's limit.
+    pub fn payload_too_large(limit: usize) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "urn:aia:problem:payload-too-large", "Payload too large")
+            .detail(format!("the body must be at most {limit} bytes"))
+    }
+
+    /// 415: not `application/json`.
+    pub fn unsupported_media_type() -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "urn:aia:problem:unsupported-media-type",
+            "Unsupported media type",
+        )
+        .detail("the body must be application/json")
+    }
+
+    /// 422: well-formed but invalid content.
+    pub fn validation(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "urn:aia:problem:validation", "Validation failed")
+            .detail(detail)
+    }
+
+    /// 503: a dependency is down; retry later.
+    pub fn unavailable() -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "urn:aia:problem:unavailable", "Service unavailable")
+            .detail("a backing service is unavailable; retry later")
+            .header(header::RETRY_AFTER, "1")
+    }
+
+    /// 500: a bug. The body says nothing more.
+    pub fn internal() -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "urn:aia:problem:internal", "Internal error")
+    }
+
+    /// Maps a failed gRPC call to the answer a client should get.
+    pub fn from_status(status: &tonic::Status) -> Self {
+        use tonic::Code;
+        match status.code() {
+            Code::InvalidArgument => Self::validation(status.message()),
+            Code::Unauthenticated => Self::unauthorized().detail(status.message()),
+            Code::NotFound => Self::not_found(),
+            Code::ResourceExhausted | Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
+                tracing::warn!(code = ?status.code(), "upstream unavailable");
+                Self::unavailable()
+            }
+            _ => {
+                tracing::error!(code = ?status.code(), message = status.message(), "upstream failed");
+                Self::internal()
+            }
+        }
+    }
+}
+
+impl ResponseError for Problem {
+    fn status_code(&self) -> StatusCode {
+        StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status_code());
+        response.insert_header((header::CONTENT_TYPE, PROBLEM_JSON));
+        response.insert_header((header::CACHE_CONTROL, "no-store"));
+        for (name, value) in &self.headers {
+            response.insert_header((name.clone(), value.clone()));
+        }
+        response.body(serde_json::to_string(self).unwrap_or_default())
+    }
+}
+
+impl From<tonic::Status> for Problem {
+    fn from(status: tonic::Status) -> Self {
+        Self::from_status(&status)
+    }
+}

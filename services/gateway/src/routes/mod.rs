@@ -1,0 +1,44 @@
+//! The route table. Each path is a resource with its allowed methods; any other
+//! method gets 405, any other path 404, both as problems.
+
+pub mod auth;
+
+use actix_web::{HttpResponse, web};
+
+use crate::problem::Problem;
+
+async fn method_not_allowed() -> Result<HttpResponse, Problem> {
+    Err(Problem::method_not_allowed())
+}
+
+async fn not_found() -> Result<HttpResponse, Problem> {
+    Err(Problem::not_found())
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain; charset=utf-8").body("ok\n")
+}
+
+/// Ready when auth answers with its signing keys (every protected route needs them).
+async fn readyz(state: web::Data<crate::state::State>) -> Result<HttpResponse, Problem> {
+    state.keys.for_kid(None).await.map_err(|_| Problem::unavailable())?;
+    Ok(HttpResponse::Ok().content_type("text/plain; charset=utf-8").body("ready\n"))
+}
+
+/// A resource that answers `route` and 405 to every other method.
+fn only(path: &str, route: actix_web::Route) -> actix_web::Resource {
+    web::resource(path).route(route).default_service(web::to(method_not_allowed))
+}
+
+/// Registers every public route.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(only("/v1/auth/register", web::post().to(auth::register)))
+        .service(only("/v1/auth/login", web::post().to(auth::login)))
+        .service(only("/v1/auth/refresh", web::post().to(auth::refresh)))
+        .service(only("/v1/auth/logout", web::post().to(auth::logout)))
+        .service(only("/v1/auth/me", web::get().to(auth::me)))
+        .service(only("/.well-known/jwks.json", web::get().to(auth::jwks)))
+        .service(only("/healthz", web::get().to(healthz)))
+        .service(only("/readyz", web::get().to(readyz)))
+        .default_service(web::to(not_found));
+}

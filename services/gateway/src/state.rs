@@ -1,0 +1,17 @@
+//! What every handler shares.
+
+use aia_proto::auth::v1::auth_service_client::AuthServiceClient;
+use aia_proto::session::v1::session_service_client::SessionServiceClient;
+use tonic::transport::Channel;
+
+use crate::keys::KeyCache;
+
+/// Shared state: gRPC clients (cheap to clone) and the key cache.
+pub struct State {
+    /// The auth service.
+    pub auth: AuthServiceClient<Channel>,
+    /// The session service.
+    pub session: SessionServiceClient<Channel>,
+    /// The public signing keys.
+    pub keys: KeyCache,
+}

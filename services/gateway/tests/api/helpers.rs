@@ -1,0 +1,70 @@
+//! Shared steps of the end-to-end tests.
+
+use aia_testkit::Stack;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+/// A password that meets the default policy.
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// A unique address per call.
+pub fn email() -> String {
+    format!("user-{}@example.com", uuid::Uuid::new_v4().simple())
+}
+
+/// Registers `email` and asserts the 202.
+pub async fn register(stack: &Stack, email: &str) -> anyhow::Result<()> {
+    let response = stack
+        .http()
+        .post(stack.url("/v1/auth/register"))
+        .json(&json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await?;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    Ok(())
+}
+
+/// Logs in and returns the token response.
+pub async fn login(stack: &Stack, email: &str) -> anyhow::Result<Value> {
+    let response = stack
+        .http()
+        .post(stack.url("/v1/auth/login"))
+        .json(&json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await?;
+    assert_eq!(response.status(), StatusCode::OK);
+    Ok(response.json().await?)
+}
+
+/// Registers a new user and logs in.
+pub async fn signed_in(stack: &Stack) -> anyhow::Result<Value> {
+    let email = email();
+    register(stack, &email).await?;
+    login(stack, &email).await
+}
+
+/// `GET /v1/auth/me` with a bearer token; the status.
+pub async fn me_status(stack: &Stack, access_token: &str) -> anyhow::Result<StatusCode> {
+    Ok(stack.http().get(stack.url("/v1/auth/me")).bearer_auth(access_token).send().await?.status())
+}
+
+/// A string field of a JSON value.
+pub fn field<'a>(value: &'a Value, name: &str) -> &'a str {
+    value[name].as_str().unwrap_or_default()
+}
+
+/// Asserts a problem response with `status`, and returns its body.
+pub async fn assert_problem(response: reqwest::Response, status: StatusCode) -> anyhow::Result<Value> {
+    assert_eq!(response.status(), status);
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(content_type, "application/problem+json");
+    let body: Value = response.json().await?;
+    assert_eq!(body["status"], status.as_u16());
+    assert!(body["type"].as_str().is_some_and(|t| t.starts_with("urn:aia:problem:")), "{body}");
+    Ok(body)
+}
