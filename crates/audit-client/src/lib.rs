@@ -166,7 +166,9 @@ async fn send_with_retry(
 ) -> bool {
     let mut backoff = Duration::from_millis(100);
     loop {
-        let request = RecordBatchRequest { events: batch.to_vec() };
+        let request = RecordBatchRequest {
+            events: batch.to_vec(),
+        };
         match client.record_batch(request).await {
             Ok(_) => {
                 metrics::counter!("audit_events_sent_total").increment(batch.len() as u64);
@@ -197,7 +199,11 @@ async fn flush(client: &mut AuditServiceClient<Channel>, events: Vec<Event>) {
     let count = events.len();
     let send = async {
         for chunk in events.chunks(BATCH) {
-            client.record_batch(RecordBatchRequest { events: chunk.to_vec() }).await?;
+            client
+                .record_batch(RecordBatchRequest {
+                    events: chunk.to_vec(),
+                })
+                .await?;
         }
         Ok::<(), tonic::Status>(())
     };

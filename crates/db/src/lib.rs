@@ -51,7 +51,10 @@ pub async fn conn(pool: &PgPool) -> anyhow::Result<PgConn> {
 /// Readiness: a connection answers `SELECT 1`.
 pub async fn ping(pool: &PgPool) -> anyhow::Result<()> {
     let mut conn = conn(pool).await?;
-    sql_query("SELECT 1").execute(&mut conn).await.context("SELECT 1")?;
+    sql_query("SELECT 1")
+        .execute(&mut conn)
+        .await
+        .context("SELECT 1")?;
     Ok(())
 }
 
@@ -93,7 +96,9 @@ pub async fn pending_migrations(url: &str) -> anyhow::Result<Vec<String>> {
 /// Splits a Postgres URL into (URL of the `postgres` maintenance database, name of the
 /// database it names).
 fn split_database(url: &str) -> anyhow::Result<(String, String)> {
-    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
     let (server, name) = base
         .rsplit_once('/')
         .filter(|(server, _)| server.contains("://") && !server.ends_with('/'))
@@ -121,15 +126,19 @@ pub async fn ensure_database(url: &str) -> anyhow::Result<bool> {
     let mut conn = AsyncPgConnection::establish(&maintenance)
         .await
         .context("connecting to the `postgres` database")?;
-    let found: Exists = sql_query("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS exists")
-        .bind::<diesel::sql_types::Text, _>(&name)
-        .get_result(&mut conn)
-        .await
-        .context("looking up the database")?;
+    let found: Exists =
+        sql_query("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS exists")
+            .bind::<diesel::sql_types::Text, _>(&name)
+            .get_result(&mut conn)
+            .await
+            .context("looking up the database")?;
     if found.exists {
         return Ok(false);
     }
-    match sql_query(format!("CREATE DATABASE \"{name}\"")).execute(&mut conn).await {
+    match sql_query(format!("CREATE DATABASE \"{name}\""))
+        .execute(&mut conn)
+        .await
+    {
         Ok(_) => Ok(true),
         // Another process created it between the check and now.
         Err(diesel::result::Error::DatabaseError(

@@ -23,7 +23,10 @@ pub fn check_database_url(env: &mut Env, url: &str) {
 /// A `REDIS_URL` that leaves this host must use TLS (`rediss://`) and a password.
 pub fn check_redis_url(env: &mut Env, url: &str) {
     let Some((scheme, rest)) = url.split_once("://") else {
-        env.problem("REDIS_URL", "must be a URL like `rediss://:password@host:6380`");
+        env.problem(
+            "REDIS_URL",
+            "must be a URL like `rediss://:password@host:6380`",
+        );
         return;
     };
     let (userinfo, hostport) = match rest.split('/').next().unwrap_or("").rsplit_once('@') {
@@ -39,11 +42,17 @@ pub fn check_redis_url(env: &mut Env, url: &str) {
         return;
     }
     if scheme != "rediss" {
-        env.problem("REDIS_URL", "a remote Redis must use TLS: use the `rediss://` scheme");
+        env.problem(
+            "REDIS_URL",
+            "a remote Redis must use TLS: use the `rediss://` scheme",
+        );
     }
     let password = userinfo.split_once(':').map_or(userinfo, |(_, p)| p);
     if password.is_empty() {
-        env.problem("REDIS_URL", "a remote Redis must require a password: `rediss://:PASSWORD@host`");
+        env.problem(
+            "REDIS_URL",
+            "a remote Redis must require a password: `rediss://:PASSWORD@host`",
+        );
     }
 }
 
@@ -88,15 +97,27 @@ mod tests {
     #[test]
     fn database_url_without_tls_is_refused() {
         assert_eq!(problems(|e| check_database_url(e, "postgres://h/db")), 1);
-        assert_eq!(problems(|e| check_database_url(e, "postgres://h/db?sslmode=prefer")), 1);
-        assert_eq!(problems(|e| check_database_url(e, "postgres://h/db?x=1&sslmode=require")), 0);
+        assert_eq!(
+            problems(|e| check_database_url(e, "postgres://h/db?sslmode=prefer")),
+            1
+        );
+        assert_eq!(
+            problems(|e| check_database_url(e, "postgres://h/db?x=1&sslmode=require")),
+            0
+        );
     }
 
     #[test]
     fn remote_redis_needs_tls_and_a_password() {
         assert_eq!(problems(|e| check_redis_url(e, "redis://cache:6379")), 2);
         assert_eq!(problems(|e| check_redis_url(e, "rediss://cache:6379")), 1);
-        assert_eq!(problems(|e| check_redis_url(e, "rediss://:pw@cache:6379/0")), 0);
-        assert_eq!(problems(|e| check_redis_url(e, "redis://127.0.0.1:6379")), 0);
+        assert_eq!(
+            problems(|e| check_redis_url(e, "rediss://:pw@cache:6379/0")),
+            0
+        );
+        assert_eq!(
+            problems(|e| check_redis_url(e, "redis://127.0.0.1:6379")),
+            0
+        );
     }
 }

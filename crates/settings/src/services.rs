@@ -163,6 +163,12 @@ fn cores() -> usize {
 }
 
 impl Common {
+    /// Reads only the shared settings (for tools such as `aia migrate`).
+    pub fn from_env(mut env: Env) -> Result<Self, SettingsError> {
+        let common = Self::read(&mut env);
+        env.finish(common)
+    }
+
     fn read(env: &mut Env) -> Self {
         let app_env = match env.string("APP_ENV", "development").as_str() {
             "development" | "dev" => AppEnv::Development,
@@ -348,7 +354,10 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let problems = AuthSettings::from_env(env).err().map(|e| e.0).unwrap_or_default();
+        let problems = AuthSettings::from_env(env)
+            .err()
+            .map(|e| e.0)
+            .unwrap_or_default();
         let vars: Vec<&str> = problems.iter().map(|p| p.variable.as_str()).collect();
         assert!(vars.contains(&"DATABASE_URL"), "{vars:?}");
         assert!(vars.contains(&"REDIS_URL"), "{vars:?}");
@@ -360,7 +369,10 @@ mod tests {
     fn production_accepts_a_complete_configuration() {
         let env: Env = [
             ("APP_ENV", "production"),
-            ("DATABASE_URL", "postgres://aia@db.internal/aia?sslmode=verify-full"),
+            (
+                "DATABASE_URL",
+                "postgres://aia@db.internal/aia?sslmode=verify-full",
+            ),
             ("REDIS_URL", "rediss://:pw@cache.internal:6380"),
             ("JWT_SIGNING_KEY_FILE", "/run/secrets/jwt.pem"),
         ]
@@ -373,7 +385,10 @@ mod tests {
     #[test]
     fn a_typo_in_app_env_is_not_development() {
         let env: Env = [("APP_ENV", "prodution")].into_iter().collect();
-        let problems = AuditSettings::from_env(env).err().map(|e| e.0).unwrap_or_default();
+        let problems = AuditSettings::from_env(env)
+            .err()
+            .map(|e| e.0)
+            .unwrap_or_default();
         assert!(problems.iter().any(|p| p.variable == "APP_ENV"));
     }
 }

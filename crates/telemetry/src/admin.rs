@@ -70,7 +70,10 @@ async fn readyz(State(check): State<ReadinessCheck>) -> Response {
 async fn metrics() -> Response {
     match crate::metrics::handle() {
         Some(handle) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
             handle.render(),
         )
             .into_response(),

@@ -31,7 +31,9 @@ pub fn init_tracing(service: &'static str, json: bool) {
             )
             .try_init()
     } else {
-        registry.with(tracing_subscriber::fmt::layer().with_target(false)).try_init()
+        registry
+            .with(tracing_subscriber::fmt::layer().with_target(false))
+            .try_init()
     };
     if result.is_ok() {
         tracing::info!(service, "tracing initialised");
@@ -76,7 +78,11 @@ where
             std::process::ExitCode::SUCCESS
         }
         Err(error) => {
-            tracing::error!(service, error = format!("{error:#}"), "stopped with an error");
+            tracing::error!(
+                service,
+                error = format!("{error:#}"),
+                "stopped with an error"
+            );
             std::process::ExitCode::FAILURE
         }
     }

@@ -32,7 +32,8 @@ fn server_url() -> String {
         .or_else(|_| std::env::var("DATABASE_URL"))
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
     let base = url.split('?').next().unwrap_or(&url);
-    base.rsplit_once('/').map_or(base.to_owned(), |(server, _)| server.to_owned())
+    base.rsplit_once('/')
+        .map_or(base.to_owned(), |(server, _)| server.to_owned())
 }
 
 /// The Redis tests use: `REDIS_URL` or the local default.
@@ -61,7 +62,9 @@ impl TestDb {
 
     /// A direct connection, for a test to look at (or tamper with) what is stored.
     pub async fn connect(&self) -> anyhow::Result<AsyncPgConnection> {
-        AsyncPgConnection::establish(&self.url).await.context("connecting to the test database")
+        AsyncPgConnection::establish(&self.url)
+            .await
+            .context("connecting to the test database")
     }
 
     /// Drops the database.
@@ -77,21 +80,30 @@ async fn drop_stale(now_secs: u64) {
         #[diesel(sql_type = diesel::sql_types::Text)]
         datname: String,
     }
-    let Ok(mut conn) = AsyncPgConnection::establish(&format!("{}/postgres", server_url())).await else {
+    let Ok(mut conn) = AsyncPgConnection::establish(&format!("{}/postgres", server_url())).await
+    else {
         return;
     };
-    let Ok(names) = diesel::sql_query("SELECT datname FROM pg_database WHERE datname LIKE 'aia\\_test\\_%'")
-        .load::<Name>(&mut conn)
-        .await
+    let Ok(names) =
+        diesel::sql_query("SELECT datname FROM pg_database WHERE datname LIKE 'aia\\_test\\_%'")
+            .load::<Name>(&mut conn)
+            .await
     else {
         return;
     };
     for name in names {
-        let created = name.datname.split('_').nth(2).and_then(|s| s.parse::<u64>().ok());
+        let created = name
+            .datname
+            .split('_')
+            .nth(2)
+            .and_then(|s| s.parse::<u64>().ok());
         if created.is_some_and(|t| t + 3600 < now_secs) {
-            let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", name.datname))
-                .execute(&mut conn)
-                .await;
+            let _ = diesel::sql_query(format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                name.datname
+            ))
+            .execute(&mut conn)
+            .await;
         }
     }
 }
@@ -165,38 +177,71 @@ pub struct Running {
 
 impl Running {
     fn new(shutdown: CancellationToken) -> Self {
-        Self { shutdown, tasks: Vec::new() }
+        Self {
+            shutdown,
+            tasks: Vec::new(),
+        }
     }
 
     /// Starts the audit service.
     pub async fn audit(&mut self, env: Env) -> anyhow::Result<Addrs> {
-        let app = aia_audit::Application::build(aia_settings::AuditSettings::from_env(env)?, self.shutdown.child_token()).await?;
-        let addrs = Addrs { main: app.grpc_addr()?, admin: app.admin_addr()? };
+        let app = aia_audit::Application::build(
+            aia_settings::AuditSettings::from_env(env)?,
+            self.shutdown.child_token(),
+        )
+        .await?;
+        let addrs = Addrs {
+            main: app.grpc_addr()?,
+            admin: app.admin_addr()?,
+        };
         self.tasks.push(spawn_run(app.run_until_stopped(), "audit"));
         Ok(addrs)
     }
 
     /// Starts the session service.
     pub async fn session(&mut self, env: Env) -> anyhow::Result<Addrs> {
-        let app = aia_session::Application::build(aia_settings::SessionSettings::from_env(env)?, self.shutdown.child_token()).await?;
-        let addrs = Addrs { main: app.grpc_addr()?, admin: app.admin_addr()? };
-        self.tasks.push(spawn_run(app.run_until_stopped(), "session"));
+        let app = aia_session::Application::build(
+            aia_settings::SessionSettings::from_env(env)?,
+            self.shutdown.child_token(),
+        )
+        .await?;
+        let addrs = Addrs {
+            main: app.grpc_addr()?,
+            admin: app.admin_addr()?,
+        };
+        self.tasks
+            .push(spawn_run(app.run_until_stopped(), "session"));
         Ok(addrs)
     }
 
     /// Starts the auth service.
     pub async fn auth(&mut self, env: Env) -> anyhow::Result<Addrs> {
-        let app = aia_auth::Application::build(aia_settings::AuthSettings::from_env(env)?, self.shutdown.child_token()).await?;
-        let addrs = Addrs { main: app.grpc_addr()?, admin: app.admin_addr()? };
+        let app = aia_auth::Application::build(
+            aia_settings::AuthSettings::from_env(env)?,
+            self.shutdown.child_token(),
+        )
+        .await?;
+        let addrs = Addrs {
+            main: app.grpc_addr()?,
+            admin: app.admin_addr()?,
+        };
         self.tasks.push(spawn_run(app.run_until_stopped(), "auth"));
         Ok(addrs)
     }
 
     /// Starts a gateway.
     pub async fn gateway(&mut self, env: Env) -> anyhow::Result<Addrs> {
-        let app = aia_gateway::Application::build(aia_settings::GatewaySettings::from_env(env)?, self.shutdown.child_token()).await?;
-        let addrs = Addrs { main: app.http_addr(), admin: app.admin_addr()? };
-        self.tasks.push(spawn_run(app.run_until_stopped(), "gateway"));
+        let app = aia_gateway::Application::build(
+            aia_settings::GatewaySettings::from_env(env)?,
+            self.shutdown.child_token(),
+        )
+        .await?;
+        let addrs = Addrs {
+            main: app.http_addr(),
+            admin: app.admin_addr()?,
+        };
+        self.tasks
+            .push(spawn_run(app.run_until_stopped(), "gateway"));
         Ok(addrs)
     }
 
@@ -249,15 +294,34 @@ impl Stack {
             env(&db, &redis_prefix, &all)
         };
         let audit = running.audit(base(&[])).await?;
-        let session = running.session(base(&[("AUDIT_GRPC_URL", audit.url())])).await?;
+        let session = running
+            .session(base(&[("AUDIT_GRPC_URL", audit.url())]))
+            .await?;
         let auth = running
-            .auth(base(&[("AUDIT_GRPC_URL", audit.url()), ("SESSION_GRPC_URL", session.url())]))
+            .auth(base(&[
+                ("AUDIT_GRPC_URL", audit.url()),
+                ("SESSION_GRPC_URL", session.url()),
+            ]))
             .await?;
         let gateway = running
-            .gateway(base(&[("AUTH_GRPC_URL", auth.url()), ("SESSION_GRPC_URL", session.url())]))
+            .gateway(base(&[
+                ("AUTH_GRPC_URL", auth.url()),
+                ("SESSION_GRPC_URL", session.url()),
+            ]))
             .await?;
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
-        Ok(Self { db, redis_prefix, audit, session, auth, gateway, running, http })
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        Ok(Self {
+            db,
+            redis_prefix,
+            audit,
+            session,
+            auth,
+            gateway,
+            running,
+            http,
+        })
     }
 
     /// An HTTP client.
@@ -297,7 +361,10 @@ where
         if let Some(value) = check().await? {
             return Ok(value);
         }
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "condition not met within {timeout:?}");
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {timeout:?}"
+        );
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(200));
     }

@@ -14,7 +14,7 @@ mod jwks;
 mod signing;
 mod verify;
 
-pub use claims::{AccessClaims, ACCESS_TOKEN_TYPE};
+pub use claims::{ACCESS_TOKEN_TYPE, AccessClaims};
 pub use jwks::{Jwk, Jwks};
 pub use signing::{KeyError, SigningKey};
 pub use verify::{TokenError, Verifier};

@@ -32,7 +32,9 @@ pub struct SigningKey {
 
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningKey").field("kid", &self.jwk.kid).finish_non_exhaustive()
+        f.debug_struct("SigningKey")
+            .field("kid", &self.jwk.kid)
+            .finish_non_exhaustive()
     }
 }
 
@@ -49,16 +51,19 @@ impl SigningKey {
 
     /// Generates a fresh key (development only: it is lost when the process exits).
     pub fn generate() -> Result<Self, KeyError> {
-        let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
-            .map_err(|_| KeyError::Generate)?;
+        let doc =
+            Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| KeyError::Generate)?;
         Self::from_pkcs8_der(doc.as_ref())
     }
 
     /// The PEM of this key, to write a generated key to a file.
     pub fn generate_pem() -> Result<String, KeyError> {
-        let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
-            .map_err(|_| KeyError::Generate)?;
-        Ok(pem::encode(&pem::Pem::new("PRIVATE KEY", doc.as_ref().to_vec())))
+        let doc =
+            Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| KeyError::Generate)?;
+        Ok(pem::encode(&pem::Pem::new(
+            "PRIVATE KEY",
+            doc.as_ref().to_vec(),
+        )))
     }
 
     fn from_pkcs8_der(der: &[u8]) -> Result<Self, KeyError> {

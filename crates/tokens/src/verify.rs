@@ -51,7 +51,9 @@ pub struct Verifier {
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Verifier").field("kids", &self.keys.keys()).finish_non_exhaustive()
+        f.debug_struct("Verifier")
+            .field("kids", &self.keys.keys())
+            .finish_non_exhaustive()
     }
 }
 
@@ -101,7 +103,11 @@ impl Verifier {
         if header.alg != Algorithm::EdDSA {
             return Err(TokenError::Algorithm);
         }
-        if header.typ.as_deref().map(str::to_ascii_lowercase).as_deref()
+        if header
+            .typ
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
             != Some(ACCESS_TOKEN_TYPE)
         {
             return Err(TokenError::NotAnAccessToken);
@@ -123,9 +129,10 @@ impl Verifier {
             .map(|data| data.claims)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => TokenError::Expired,
-                ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Json(_) | ErrorKind::Utf8(_) => {
-                    TokenError::Malformed
-                }
+                ErrorKind::InvalidToken
+                | ErrorKind::Base64(_)
+                | ErrorKind::Json(_)
+                | ErrorKind::Utf8(_) => TokenError::Malformed,
                 _ => TokenError::Invalid,
             })
     }
@@ -163,7 +170,13 @@ mod tests {
 
     fn setup() -> Result<(SigningKey, Verifier), Box<dyn std::error::Error>> {
         let key = SigningKey::generate()?;
-        let verifier = Verifier::new(&Jwks { keys: vec![key.jwk().clone()] }, ISS, AUD);
+        let verifier = Verifier::new(
+            &Jwks {
+                keys: vec![key.jwk().clone()],
+            },
+            ISS,
+            AUD,
+        );
         Ok((key, verifier))
     }
 
@@ -236,7 +249,12 @@ mod tests {
         let parts: Vec<&str> = token.split('.').collect();
         let mut c = claims();
         c.sub = "admin".into();
-        let tampered = format!("{}.{}.{}", parts[0], b64(&serde_json::to_value(c)?), parts[2]);
+        let tampered = format!(
+            "{}.{}.{}",
+            parts[0],
+            b64(&serde_json::to_value(c)?),
+            parts[2]
+        );
         assert_eq!(verifier.verify(&tampered), Err(TokenError::Invalid));
         let stripped = format!("{}.{}.", parts[0], parts[1]);
         assert!(verifier.verify(&stripped).is_err());
@@ -247,7 +265,8 @@ mod tests {
     fn expired_premature_and_misaddressed_tokens_are_refused()
     -> Result<(), Box<dyn std::error::Error>> {
         let (key, verifier) = setup()?;
-        let cases: [(&str, fn(&mut AccessClaims)); 4] = [
+        type Mutation = fn(&mut AccessClaims);
+        let cases: [(&str, Mutation); 4] = [
             ("expired", |c| c.exp = now() - 120),
             ("not yet valid", |c| c.nbf = now() + 120),
             ("wrong audience", |c| c.aud = "other".into()),
@@ -285,15 +304,37 @@ mod tests {
         let good = key.sign(&claims())?;
         let kid = key.kid();
         let cases = [
-            (serde_json::json!({"alg": "EdDSA", "typ": "JWT", "kid": kid}), TokenError::NotAnAccessToken),
-            (serde_json::json!({"alg": "EdDSA", "kid": kid}), TokenError::NotAnAccessToken),
-            (serde_json::json!({"alg": "EdDSA", "typ": "at+jwt", "kid": "../../etc/passwd"}), TokenError::UnknownKey),
-            (serde_json::json!({"alg": "EdDSA", "typ": "at+jwt"}), TokenError::UnknownKey),
-            (serde_json::json!({"alg": "EdDSA", "typ": "at+jwt", "kid": kid, "jku": "https://evil.test/jwks"}), TokenError::ForbiddenHeader),
-            (serde_json::json!({"alg": "EdDSA", "typ": "at+jwt", "kid": kid, "jwk": key.jwk()}), TokenError::ForbiddenHeader),
+            (
+                serde_json::json!({"alg": "EdDSA", "typ": "JWT", "kid": kid}),
+                TokenError::NotAnAccessToken,
+            ),
+            (
+                serde_json::json!({"alg": "EdDSA", "kid": kid}),
+                TokenError::NotAnAccessToken,
+            ),
+            (
+                serde_json::json!({"alg": "EdDSA", "typ": "at+jwt", "kid": "../../etc/passwd"}),
+                TokenError::UnknownKey,
+            ),
+            (
+                serde_json::json!({"alg": "EdDSA", "typ": "at+jwt"}),
+                TokenError::UnknownKey,
+            ),
+            (
+                serde_json::json!({"alg": "EdDSA", "typ": "at+jwt", "kid": kid, "jku": "https://evil.test/jwks"}),
+                TokenError::ForbiddenHeader,
+            ),
+            (
+                serde_json::json!({"alg": "EdDSA", "typ": "at+jwt", "kid": kid, "jwk": key.jwk()}),
+                TokenError::ForbiddenHeader,
+            ),
         ];
         for (header, expected) in cases {
-            assert_eq!(verifier.verify(&with_header(&good, header.clone())), Err(expected), "{header}");
+            assert_eq!(
+                verifier.verify(&with_header(&good, header.clone())),
+                Err(expected),
+                "{header}"
+            );
         }
         Ok(())
     }
@@ -301,7 +342,14 @@ mod tests {
     #[test]
     fn garbage_and_oversized_input_is_malformed() -> Result<(), Box<dyn std::error::Error>> {
         let (_, verifier) = setup()?;
-        for junk in ["", ".", "a.b.c", "ey.ey.ey", "\u{0}", &"a".repeat(MAX_TOKEN_BYTES + 1)] {
+        for junk in [
+            "",
+            ".",
+            "a.b.c",
+            "ey.ey.ey",
+            "\u{0}",
+            &"a".repeat(MAX_TOKEN_BYTES + 1),
+        ] {
             assert!(verifier.verify(junk).is_err());
         }
         Ok(())

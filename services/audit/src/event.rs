@@ -45,9 +45,13 @@ impl TryFrom<Event> for NewEvent {
             .ok_or(InvalidEvent("occurred_at is missing or out of range"))?;
         let valid_type = !e.event_type.is_empty()
             && e.event_type.len() <= 128
-            && e.event_type.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+            && e.event_type
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
         if !valid_type {
-            return Err(InvalidEvent("event_type must be 1-128 characters of [A-Za-z0-9._-]"));
+            return Err(InvalidEvent(
+                "event_type must be 1-128 characters of [A-Za-z0-9._-]",
+            ));
         }
         let outcome = match Outcome::try_from(e.outcome) {
             Ok(Outcome::Success) => "success",
@@ -57,7 +61,14 @@ impl TryFrom<Event> for NewEvent {
         if e.producer.is_empty() {
             return Err(InvalidEvent("producer is required"));
         }
-        for field in [&e.actor, &e.subject, &e.source_ip, &e.user_agent, &e.request_id, &e.producer] {
+        for field in [
+            &e.actor,
+            &e.subject,
+            &e.source_ip,
+            &e.user_agent,
+            &e.request_id,
+            &e.producer,
+        ] {
             if field.len() > MAX_FIELD {
                 return Err(InvalidEvent("a text field is longer than 1024 bytes"));
             }
@@ -116,7 +127,11 @@ impl EventRow {
 
 impl From<EventRow> for StoredEvent {
     fn from(r: EventRow) -> Self {
-        let outcome = if r.outcome == "success" { Outcome::Success } else { Outcome::Failure };
+        let outcome = if r.outcome == "success" {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        };
         Self {
             seq: r.seq,
             event: Some(Event {

@@ -30,7 +30,10 @@ pub struct Application {
 
 impl Application {
     /// Connects the pool (lazily) and binds the listeners.
-    pub async fn build(settings: AuditSettings, shutdown: CancellationToken) -> anyhow::Result<Self> {
+    pub async fn build(
+        settings: AuditSettings,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
         let pool = aia_db::pool(
             secrecy::ExposeSecret::expose_secret(&settings.common.database_url),
             settings.common.database_pool_size,
@@ -43,7 +46,11 @@ impl Application {
         let server = GrpcService::bind(settings.grpc_addr, settings.admin_addr, readiness)
             .await
             .context("binding the audit listeners")?;
-        Ok(Self { server, audit: Audit::new(pool), shutdown })
+        Ok(Self {
+            server,
+            audit: Audit::new(pool),
+            shutdown,
+        })
     }
 
     /// The bound gRPC address.

@@ -1,12 +1,12 @@
 //! `aia.audit.v1.AuditService`.
 
 use aia_db::PgPool;
-use aia_telemetry::grpc::{internal, unavailable};
 use aia_proto::audit::v1::audit_service_server::AuditService;
 use aia_proto::audit::v1::{
     QueryRequest, QueryResponse, RecordBatchRequest, RecordBatchResponse, RecordRequest,
     RecordResponse, StoredEvent,
 };
+use aia_telemetry::grpc::{internal, unavailable};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use tonic::{Request, Response, Status};
@@ -47,7 +47,10 @@ impl Audit {
 #[tonic::async_trait]
 impl AuditService for Audit {
     #[tracing::instrument(level = "debug", skip_all)]
-    async fn record(&self, request: Request<RecordRequest>) -> Result<Response<RecordResponse>, Status> {
+    async fn record(
+        &self,
+        request: Request<RecordRequest>,
+    ) -> Result<Response<RecordResponse>, Status> {
         let event = request
             .into_inner()
             .event
@@ -76,11 +79,16 @@ impl AuditService for Audit {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let stored = self.store(rows).await?;
-        Ok(Response::new(RecordBatchResponse { stored: u32::try_from(stored).unwrap_or(u32::MAX) }))
+        Ok(Response::new(RecordBatchResponse {
+            stored: u32::try_from(stored).unwrap_or(u32::MAX),
+        }))
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
-    async fn query(&self, request: Request<QueryRequest>) -> Result<Response<QueryResponse>, Status> {
+    async fn query(
+        &self,
+        request: Request<QueryRequest>,
+    ) -> Result<Response<QueryResponse>, Status> {
         let q = request.into_inner();
         let limit = match q.limit {
             0 => 100,

@@ -35,10 +35,16 @@ impl EmailAddress {
             && !trimmed.chars().any(|c| c.is_whitespace() || c.is_control())
             && email_address::EmailAddress::parse_with_options(
                 trimmed,
-                email_address::Options::default().without_display_text().without_domain_literal(),
+                email_address::Options::default()
+                    .without_display_text()
+                    .without_domain_literal(),
             )
             .is_ok();
-        if valid { Ok(Self(trimmed.to_lowercase())) } else { Err(Invalid::Email) }
+        if valid {
+            Ok(Self(trimmed.to_lowercase()))
+        } else {
+            Err(Invalid::Email)
+        }
     }
 
     /// The normalised address.
@@ -89,24 +95,48 @@ mod tests {
 
     #[test]
     fn emails_are_normalised() {
-        assert_eq!(EmailAddress::parse("  Ada@Example.COM ").map(|e| e.0), Ok("ada@example.com".into()));
+        assert_eq!(
+            EmailAddress::parse("  Ada@Example.COM ").map(|e| e.0),
+            Ok("ada@example.com".into())
+        );
     }
 
     #[test]
     fn malformed_emails_are_refused() {
-        for bad in ["", "ada", "@example.com", "ada@", "a da@example.com", "Ada <ada@example.com>", "ada@[127.0.0.1]", "ada\0@example.com"] {
+        for bad in [
+            "",
+            "ada",
+            "@example.com",
+            "ada@",
+            "a da@example.com",
+            "Ada <ada@example.com>",
+            "ada@[127.0.0.1]",
+            "ada\0@example.com",
+        ] {
             assert_eq!(EmailAddress::parse(bad), Err(Invalid::Email), "{bad:?}");
         }
-        assert_eq!(EmailAddress::parse(&format!("{}@example.com", "a".repeat(250))), Err(Invalid::Email));
+        assert_eq!(
+            EmailAddress::parse(&format!("{}@example.com", "a".repeat(250))),
+            Err(Invalid::Email)
+        );
     }
 
     #[test]
     fn password_length_counts_code_points_after_nfkc() {
         // Twelve code points, far more than twelve bytes.
         assert!(Password::new("пароль-пароль", 12).is_ok());
-        assert_eq!(Password::new("short", 12).err(), Some(Invalid::PasswordTooShort(12)));
-        assert_eq!(Password::new(&"x".repeat(MAX_PASSWORD_CHARS + 1), 12).err(), Some(Invalid::PasswordTooLong));
+        assert_eq!(
+            Password::new("short", 12).err(),
+            Some(Invalid::PasswordTooShort(12))
+        );
+        assert_eq!(
+            Password::new(&"x".repeat(MAX_PASSWORD_CHARS + 1), 12).err(),
+            Some(Invalid::PasswordTooLong)
+        );
         // NFKC: the ligature "ﬁ" becomes "fi".
-        assert_eq!(Password::new("ﬁ", 0).map(|p| p.expose().to_owned()).ok(), Some("fi".to_owned()));
+        assert_eq!(
+            Password::new("ﬁ", 0).map(|p| p.expose().to_owned()).ok(),
+            Some("fi".to_owned())
+        );
     }
 }

@@ -43,8 +43,13 @@ pub struct Hasher {
 impl Hasher {
     /// A hasher with these parameters; computes the dummy hash (one hash's time).
     pub async fn new(settings: &PasswordHashing) -> anyhow::Result<Self> {
-        let params = Params::new(settings.memory_kib, settings.iterations, settings.parallelism, None)
-            .map_err(|e| anyhow::anyhow!("argon2 parameters: {e}"))?;
+        let params = Params::new(
+            settings.memory_kib,
+            settings.iterations,
+            settings.parallelism,
+            None,
+        )
+        .map_err(|e| anyhow::anyhow!("argon2 parameters: {e}"))?;
         let mut hasher = Self {
             params,
             slots: Arc::new(Semaphore::new(settings.concurrency)),
@@ -92,13 +97,21 @@ impl Hasher {
 
     /// Whether `password` matches `stored`. With no stored hash (unknown user) the
     /// same work is done against the dummy hash and the answer is false.
-    pub async fn verify(&self, password: Password, stored: Option<String>) -> Result<bool, HashError> {
+    pub async fn verify(
+        &self,
+        password: Password,
+        stored: Option<String>,
+    ) -> Result<bool, HashError> {
         let known = stored.is_some();
         let phc = stored.unwrap_or_else(|| self.dummy.to_string());
         let argon2 = self.argon2();
         self.on_pool(move || {
-            let parsed = PasswordHash::new(&phc).map_err(|e| anyhow::anyhow!("stored hash is not PHC: {e}"))?;
-            Ok(argon2.verify_password(password.expose().as_bytes(), &parsed).is_ok() && known)
+            let parsed = PasswordHash::new(&phc)
+                .map_err(|e| anyhow::anyhow!("stored hash is not PHC: {e}"))?;
+            Ok(argon2
+                .verify_password(password.expose().as_bytes(), &parsed)
+                .is_ok()
+                && known)
         })
         .await
     }
@@ -113,16 +126,34 @@ mod tests {
     use super::*;
 
     fn cheap() -> PasswordHashing {
-        PasswordHashing { memory_kib: 64, iterations: 1, parallelism: 1, concurrency: 2 }
+        PasswordHashing {
+            memory_kib: 64,
+            iterations: 1,
+            parallelism: 1,
+            concurrency: 2,
+        }
     }
 
     #[tokio::test]
     async fn a_hash_verifies_its_password_only() -> anyhow::Result<()> {
         let hasher = Hasher::new(&cheap()).await?;
-        let hash = hasher.hash(Password::presented("correct horse battery")?).await?;
+        let hash = hasher
+            .hash(Password::presented("correct horse battery")?)
+            .await?;
         assert!(hash.starts_with("$argon2id$v=19$m=64,t=1,p=1$"), "{hash}");
-        assert!(hasher.verify(Password::presented("correct horse battery")?, Some(hash.clone())).await?);
-        assert!(!hasher.verify(Password::presented("correct horse batterz")?, Some(hash)).await?);
+        assert!(
+            hasher
+                .verify(
+                    Password::presented("correct horse battery")?,
+                    Some(hash.clone())
+                )
+                .await?
+        );
+        assert!(
+            !hasher
+                .verify(Password::presented("correct horse batterz")?, Some(hash))
+                .await?
+        );
         Ok(())
     }
 
@@ -132,14 +163,22 @@ mod tests {
         let long = "a".repeat(200);
         let hash = hasher.hash(Password::presented(&long)?).await?;
         let other = format!("{}b", &long[..199]);
-        assert!(!hasher.verify(Password::presented(&other)?, Some(hash)).await?);
+        assert!(
+            !hasher
+                .verify(Password::presented(&other)?, Some(hash))
+                .await?
+        );
         Ok(())
     }
 
     #[tokio::test]
     async fn an_unknown_user_never_verifies_even_with_the_dummy_password() -> anyhow::Result<()> {
         let hasher = Hasher::new(&cheap()).await?;
-        assert!(!hasher.verify(Password::presented("anything")?, None).await?);
+        assert!(
+            !hasher
+                .verify(Password::presented("anything")?, None)
+                .await?
+        );
         Ok(())
     }
 }

@@ -17,7 +17,10 @@ pub fn load(source: &SigningKeySource, env: AppEnv) -> anyhow::Result<SigningKey
             SigningKey::from_pkcs8_pem(pem.expose_secret()).context("JWT_SIGNING_KEY")
         }
         SigningKeySource::Ephemeral => {
-            anyhow::ensure!(!env.is_production(), "production needs JWT_SIGNING_KEY_FILE");
+            anyhow::ensure!(
+                !env.is_production(),
+                "production needs JWT_SIGNING_KEY_FILE"
+            );
             let key = SigningKey::generate()?;
             tracing::warn!(
                 kid = key.kid(),

@@ -42,17 +42,26 @@ pub struct Application {
 
 impl Application {
     /// Loads the signing key, prepares the hasher, connects (lazily) and binds.
-    pub async fn build(settings: AuthSettings, shutdown: CancellationToken) -> anyhow::Result<Self> {
+    pub async fn build(
+        settings: AuthSettings,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
         let key = keys::load(&settings.signing_key, settings.common.app_env)?;
-        let jwks = Jwks { keys: vec![key.jwk().clone()] };
+        let jwks = Jwks {
+            keys: vec![key.jwk().clone()],
+        };
         let verifier = Verifier::new(&jwks, &settings.tokens.issuer, &settings.tokens.audience);
-        let pg = aia_db::pool(settings.common.database_url.expose_secret(), settings.common.database_pool_size)?;
+        let pg = aia_db::pool(
+            settings.common.database_url.expose_secret(),
+            settings.common.database_pool_size,
+        )?;
         let session = Endpoint::from_shared(settings.session_url.clone())
             .context("SESSION_GRPC_URL")?
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(5))
             .connect_lazy();
-        let (audit, relay) = aia_audit_client::AuditClient::spawn(&settings.audit_url, "auth", shutdown.clone())?;
+        let (audit, relay) =
+            aia_audit_client::AuditClient::spawn(&settings.audit_url, "auth", shutdown.clone())?;
         let ready_pool = pg.clone();
         let readiness: aia_telemetry::admin::ReadinessCheck = Arc::new(move || {
             let pool = ready_pool.clone();
@@ -72,7 +81,12 @@ impl Application {
             session: SessionServiceClient::new(session),
             audit,
         };
-        Ok(Self { server, auth, shutdown, relay })
+        Ok(Self {
+            server,
+            auth,
+            shutdown,
+            relay,
+        })
     }
 
     /// The bound gRPC address.

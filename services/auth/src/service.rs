@@ -6,9 +6,9 @@ use aia_audit_client::AuditClient;
 use aia_proto::audit::v1::Outcome;
 use aia_proto::auth::v1::auth_service_server::AuthService;
 use aia_proto::auth::v1::{
-    Claims, ClientInfo, GetJwksRequest, GetJwksResponse, GetUserRequest, LoginRequest, LogoutRequest,
-    LogoutResponse, RefreshRequest, RegisterRequest, RegisterResponse, TokenPair, User as UserMessage,
-    ValidateTokenRequest, ValidateTokenResponse,
+    Claims, ClientInfo, GetJwksRequest, GetJwksResponse, GetUserRequest, LoginRequest,
+    LogoutRequest, LogoutResponse, RefreshRequest, RegisterRequest, RegisterResponse, TokenPair,
+    User as UserMessage, ValidateTokenRequest, ValidateTokenResponse,
 };
 use aia_proto::session::v1 as session;
 use aia_proto::session::v1::session_service_client::SessionServiceClient;
@@ -45,12 +45,19 @@ fn to_session_client(client: Option<&ClientInfo>) -> Option<session::ClientInfo>
 }
 
 fn client_fields(client: Option<&ClientInfo>) -> (&str, &str, &str) {
-    client.map_or(("", "", ""), |c| (c.ip.as_str(), c.user_agent.as_str(), c.request_id.as_str()))
+    client.map_or(("", "", ""), |c| {
+        (c.ip.as_str(), c.user_agent.as_str(), c.request_id.as_str())
+    })
 }
 
 impl Auth {
     /// Signs an access token for `user` in `session_id` and pairs it with `refresh_token`.
-    fn issue(&self, user: &User, session_id: &str, refresh_token: String) -> Result<TokenPair, AuthError> {
+    fn issue(
+        &self,
+        user: &User,
+        session_id: &str,
+        refresh_token: String,
+    ) -> Result<TokenPair, AuthError> {
         let now = chrono::Utc::now().timestamp();
         let ttl = self.tokens.access_ttl.as_secs();
         let claims = AccessClaims {
@@ -64,7 +71,10 @@ impl Auth {
             sid: session_id.to_owned(),
             roles: user.roles.clone(),
         };
-        let access_token = self.key.sign(&claims).map_err(|e| AuthError::Unexpected(e.into()))?;
+        let access_token = self
+            .key
+            .sign(&claims)
+            .map_err(|e| AuthError::Unexpected(e.into()))?;
         Ok(TokenPair {
             access_token,
             token_type: "Bearer".into(),
@@ -78,12 +88,21 @@ impl Auth {
         let password = Password::new(&req.password, self.password_min_length)?;
         // Hash first, whatever happens next: a taken email costs the same time.
         let hash = self.hasher.hash(password).await?;
-        let created = self.users.insert(&email, &hash).await.map_err(AuthError::Unavailable)?;
+        let created = self
+            .users
+            .insert(&email, &hash)
+            .await
+            .map_err(AuthError::Unavailable)?;
         let (ip, ua, rid) = client_fields(req.client.as_ref());
         match created {
             Some(id) => {
                 metrics::counter!("auth_register_total", "outcome" => "created").increment(1);
-                self.audit.event("auth.register", Outcome::Success).actor(id.to_string()).subject(id.to_string()).client(ip, ua, rid).emit();
+                self.audit
+                    .event("auth.register", Outcome::Success)
+                    .actor(id.to_string())
+                    .subject(id.to_string())
+                    .client(ip, ua, rid)
+                    .emit();
             }
             None => {
                 metrics::counter!("auth_register_total", "outcome" => "email_taken").increment(1);
@@ -100,7 +119,11 @@ impl Auth {
     async fn login(&self, req: LoginRequest) -> Result<TokenPair, AuthError> {
         let email = EmailAddress::parse(&req.email)?;
         let password = Password::presented(&req.password)?;
-        let user = self.users.by_email(&email).await.map_err(AuthError::Unavailable)?;
+        let user = self
+            .users
+            .by_email(&email)
+            .await
+            .map_err(AuthError::Unavailable)?;
         let matches = self
             .hasher
             .verify(password, user.as_ref().map(|u| u.password_hash.clone()))
@@ -114,7 +137,8 @@ impl Auth {
                     Some(ref u) if u.disabled_at.is_some() && matches => "disabled",
                     Some(_) => "wrong_password",
                 };
-                metrics::counter!("auth_login_total", "outcome" => "failure", "reason" => reason).increment(1);
+                metrics::counter!("auth_login_total", "outcome" => "failure", "reason" => reason)
+                    .increment(1);
                 let mut event = self
                     .audit
                     .event("auth.login", Outcome::Failure)
@@ -159,12 +183,19 @@ impl Auth {
             })
             .await
             .map_err(|s| match s.code() {
-                tonic::Code::Unauthenticated | tonic::Code::InvalidArgument => AuthError::InvalidRefreshToken,
+                tonic::Code::Unauthenticated | tonic::Code::InvalidArgument => {
+                    AuthError::InvalidRefreshToken
+                }
                 _ => AuthError::from_upstream(s, "session.Rotate"),
             })?
             .into_inner();
-        let user_id = uuid::Uuid::parse_str(&rotated.user_id).map_err(|e| AuthError::Unexpected(e.into()))?;
-        let user = self.users.by_id(user_id).await.map_err(AuthError::Unavailable)?;
+        let user_id =
+            uuid::Uuid::parse_str(&rotated.user_id).map_err(|e| AuthError::Unexpected(e.into()))?;
+        let user = self
+            .users
+            .by_id(user_id)
+            .await
+            .map_err(AuthError::Unavailable)?;
         let Some(user) = user.filter(|u| u.disabled_at.is_none()) else {
             return Err(AuthError::InvalidRefreshToken);
         };
@@ -185,7 +216,10 @@ impl Auth {
             .revoke(session::RevokeRequest {
                 session_id: claims.sid,
                 access_jti: claims.jti,
-                access_expires_at: Some(prost_types::Timestamp { seconds: claims.exp, nanos: 0 }),
+                access_expires_at: Some(prost_types::Timestamp {
+                    seconds: claims.exp,
+                    nanos: 0,
+                }),
                 client: to_session_client(req.client.as_ref()),
                 user_id: claims.sub,
             })
@@ -194,12 +228,18 @@ impl Auth {
         Ok(LogoutResponse {})
     }
 
-    async fn validate(&self, req: ValidateTokenRequest) -> Result<ValidateTokenResponse, AuthError> {
+    async fn validate(
+        &self,
+        req: ValidateTokenRequest,
+    ) -> Result<ValidateTokenResponse, AuthError> {
         let claims = self.verify(&req.access_token)?;
         let revoked = self
             .session
             .clone()
-            .is_revoked(session::IsRevokedRequest { jti: claims.jti.clone(), session_id: claims.sid.clone() })
+            .is_revoked(session::IsRevokedRequest {
+                jti: claims.jti.clone(),
+                session_id: claims.sid.clone(),
+            })
             .await
             .map_err(|s| match s.code() {
                 tonic::Code::InvalidArgument => AuthError::InvalidAccessToken,
@@ -224,13 +264,20 @@ impl Auth {
 
     async fn get_user(&self, req: GetUserRequest) -> Result<UserMessage, AuthError> {
         let id = uuid::Uuid::parse_str(&req.user_id).map_err(|_| AuthError::NotFound)?;
-        let user = self.users.by_id(id).await.map_err(AuthError::Unavailable)?.ok_or(AuthError::NotFound)?;
+        let user = self
+            .users
+            .by_id(id)
+            .await
+            .map_err(AuthError::Unavailable)?
+            .ok_or(AuthError::NotFound)?;
         Ok(UserMessage {
             id: user.id.to_string(),
             email: user.email,
             email_verified: user.email_verified,
             roles: user.roles,
-            created_at: user.created_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            created_at: user
+                .created_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         })
     }
 }
@@ -238,23 +285,40 @@ impl Auth {
 #[tonic::async_trait]
 impl AuthService for Auth {
     #[tracing::instrument(level = "info", name = "auth.register", skip_all)]
-    async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<RegisterResponse>, Status> {
-        Ok(Response::new(Auth::register(self, request.into_inner()).await?))
+    async fn register(
+        &self,
+        request: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterResponse>, Status> {
+        Ok(Response::new(
+            Auth::register(self, request.into_inner()).await?,
+        ))
     }
 
     #[tracing::instrument(level = "info", name = "auth.login", skip_all)]
     async fn login(&self, request: Request<LoginRequest>) -> Result<Response<TokenPair>, Status> {
-        Ok(Response::new(Auth::login(self, request.into_inner()).await?))
+        Ok(Response::new(
+            Auth::login(self, request.into_inner()).await?,
+        ))
     }
 
     #[tracing::instrument(level = "info", name = "auth.refresh", skip_all)]
-    async fn refresh(&self, request: Request<RefreshRequest>) -> Result<Response<TokenPair>, Status> {
-        Ok(Response::new(Auth::refresh(self, request.into_inner()).await?))
+    async fn refresh(
+        &self,
+        request: Request<RefreshRequest>,
+    ) -> Result<Response<TokenPair>, Status> {
+        Ok(Response::new(
+            Auth::refresh(self, request.into_inner()).await?,
+        ))
     }
 
     #[tracing::instrument(level = "info", name = "auth.logout", skip_all)]
-    async fn logout(&self, request: Request<LogoutRequest>) -> Result<Response<LogoutResponse>, Status> {
-        Ok(Response::new(Auth::logout(self, request.into_inner()).await?))
+    async fn logout(
+        &self,
+        request: Request<LogoutRequest>,
+    ) -> Result<Response<LogoutResponse>, Status> {
+        Ok(Response::new(
+            Auth::logout(self, request.into_inner()).await?,
+        ))
     }
 
     #[tracing::instrument(level = "debug", name = "auth.validate_token", skip_all)]
@@ -266,11 +330,21 @@ impl AuthService for Auth {
     }
 
     #[tracing::instrument(level = "debug", name = "auth.get_user", skip_all)]
-    async fn get_user(&self, request: Request<GetUserRequest>) -> Result<Response<UserMessage>, Status> {
-        Ok(Response::new(Auth::get_user(self, request.into_inner()).await?))
+    async fn get_user(
+        &self,
+        request: Request<GetUserRequest>,
+    ) -> Result<Response<UserMessage>, Status> {
+        Ok(Response::new(
+            Auth::get_user(self, request.into_inner()).await?,
+        ))
     }
 
-    async fn get_jwks(&self, _: Request<GetJwksRequest>) -> Result<Response<GetJwksResponse>, Status> {
-        Ok(Response::new(GetJwksResponse { jwks_json: self.jwks_json.to_string() }))
+    async fn get_jwks(
+        &self,
+        _: Request<GetJwksRequest>,
+    ) -> Result<Response<GetJwksResponse>, Status> {
+        Ok(Response::new(GetJwksResponse {
+            jwks_json: self.jwks_json.to_string(),
+        }))
     }
 }

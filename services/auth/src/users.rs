@@ -43,7 +43,11 @@ impl UserStore {
 
     /// Inserts a user unless the email is taken. Returns the new id, or `None` when the
     /// email already belongs to someone.
-    pub async fn insert(&self, email: &EmailAddress, password_hash: &str) -> anyhow::Result<Option<uuid::Uuid>> {
+    pub async fn insert(
+        &self,
+        email: &EmailAddress,
+        password_hash: &str,
+    ) -> anyhow::Result<Option<uuid::Uuid>> {
         let id = uuid::Uuid::new_v4();
         let mut conn = aia_db::conn(&self.pool).await?;
         let inserted = diesel::insert_into(users::table)

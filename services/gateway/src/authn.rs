@@ -34,18 +34,29 @@ fn bearer(req: &HttpRequest) -> Option<String> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_owned())
 }
 
-async fn authenticate(state: web::Data<State>, token: Option<String>) -> Result<Authenticated, Problem> {
+async fn authenticate(
+    state: web::Data<State>,
+    token: Option<String>,
+) -> Result<Authenticated, Problem> {
     let token = token.ok_or_else(Problem::invalid_token)?;
     let kid = Verifier::kid_of(&token);
-    let keys = state.keys.for_kid(kid.as_deref()).await.map_err(|_| Problem::unavailable())?;
+    let keys = state
+        .keys
+        .for_kid(kid.as_deref())
+        .await
+        .map_err(|_| Problem::unavailable())?;
     let claims = keys.verifier.verify(&token).map_err(|reason| {
-        metrics::counter!("gateway_token_refused_total", "reason" => reason.to_string()).increment(1);
+        metrics::counter!("gateway_token_refused_total", "reason" => reason.to_string())
+            .increment(1);
         Problem::invalid_token()
     })?;
     let revoked = state
         .session
         .clone()
-        .is_revoked(IsRevokedRequest { jti: claims.jti.clone(), session_id: claims.sid.clone() })
+        .is_revoked(IsRevokedRequest {
+            jti: claims.jti.clone(),
+            session_id: claims.sid.clone(),
+        })
         .await
         .map_err(|status| match status.code() {
             tonic::Code::InvalidArgument => Problem::invalid_token(),

@@ -24,7 +24,10 @@ impl RequestId {
         let accepted = value
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.is_empty() && v.len() <= 128)
-            .filter(|v| v.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)));
+            .filter(|v| {
+                v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+            });
         Self(accepted.map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned))
     }
 }
@@ -52,7 +55,10 @@ impl Client {
             end -= 1;
         }
         Self {
-            ip: req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default(),
+            ip: req
+                .peer_addr()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default(),
             user_agent: user_agent[..end].to_owned(),
             request_id: req
                 .extensions()

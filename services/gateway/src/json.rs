@@ -14,7 +14,10 @@ pub fn config(limit: usize) -> JsonConfig {
     JsonConfig::default()
         .limit(limit)
         .content_type_required(true)
-        .content_type(|mime| mime.type_() == "application" && (mime.subtype() == "json" || mime.suffix().is_some_and(|s| s == "json")))
+        .content_type(|mime| {
+            mime.type_() == "application"
+                && (mime.subtype() == "json" || mime.suffix().is_some_and(|s| s == "json"))
+        })
         .error_handler(move |err, _req| problem(&err, limit).into())
 }
 

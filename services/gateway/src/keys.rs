@@ -43,15 +43,21 @@ pub struct KeysUnavailable;
 impl KeyCache {
     /// An empty cache; nothing is fetched until needed.
     pub fn new(auth: AuthServiceClient<Channel>, issuer: String, audience: String) -> Self {
-        Self { auth, issuer, audience, current: RwLock::new(None), last_fetch: Mutex::new(None) }
+        Self {
+            auth,
+            issuer,
+            audience,
+            current: RwLock::new(None),
+            last_fetch: Mutex::new(None),
+        }
     }
 
     /// The key set to verify a token naming `kid` with.
     pub async fn for_kid(&self, kid: Option<&str>) -> Result<Arc<KeySet>, KeysUnavailable> {
-        if let Some(set) = self.current.read().await.clone() {
-            if kid.is_none_or(|kid| set.verifier.knows(kid)) {
-                return Ok(set);
-            }
+        if let Some(set) = self.current.read().await.clone()
+            && kid.is_none_or(|kid| set.verifier.knows(kid))
+        {
+            return Ok(set);
         }
         self.refresh().await
     }
@@ -84,9 +90,18 @@ impl KeyCache {
     }
 
     async fn fetch(&self) -> anyhow::Result<KeySet> {
-        let json = self.auth.clone().get_jwks(GetJwksRequest {}).await?.into_inner().jwks_json;
+        let json = self
+            .auth
+            .clone()
+            .get_jwks(GetJwksRequest {})
+            .await?
+            .into_inner()
+            .jwks_json;
         let jwks: Jwks = serde_json::from_str(&json)?;
         metrics::counter!("gateway_jwks_fetches_total").increment(1);
-        Ok(KeySet { verifier: Verifier::new(&jwks, &self.issuer, &self.audience), json })
+        Ok(KeySet {
+            verifier: Verifier::new(&jwks, &self.issuer, &self.audience),
+            json,
+        })
     }
 }

@@ -51,21 +51,39 @@ fn channel(url: &str, what: &str) -> anyhow::Result<Channel> {
 
 impl Application {
     /// Connects (lazily) to the services and binds the listeners.
-    pub async fn build(settings: GatewaySettings, shutdown: CancellationToken) -> anyhow::Result<Self> {
+    pub async fn build(
+        settings: GatewaySettings,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
         let auth = AuthServiceClient::new(channel(&settings.auth_url, "AUTH_GRPC_URL")?);
-        let session = SessionServiceClient::new(channel(&settings.session_url, "SESSION_GRPC_URL")?);
+        let session =
+            SessionServiceClient::new(channel(&settings.session_url, "SESSION_GRPC_URL")?);
         let state = web::Data::new(state::State {
-            keys: keys::KeyCache::new(auth.clone(), settings.tokens.issuer.clone(), settings.tokens.audience.clone()),
+            keys: keys::KeyCache::new(
+                auth.clone(),
+                settings.tokens.issuer.clone(),
+                settings.tokens.audience.clone(),
+            ),
             auth,
             session,
         });
         let ready_state = state.clone();
         let readiness: aia_telemetry::admin::ReadinessCheck = Arc::new(move || {
             let state = ready_state.clone();
-            Box::pin(async move { state.keys.for_kid(None).await.map(|_| ()).map_err(|_| "auth".to_owned()) })
+            Box::pin(async move {
+                state
+                    .keys
+                    .for_kid(None)
+                    .await
+                    .map(|_| ())
+                    .map_err(|_| "auth".to_owned())
+            })
         });
-        let admin = AdminServer::bind(settings.admin_addr, readiness).await.context("binding the admin port")?;
-        let listener = std::net::TcpListener::bind(settings.http_addr).context("binding the HTTP port")?;
+        let admin = AdminServer::bind(settings.admin_addr, readiness)
+            .await
+            .context("binding the admin port")?;
+        let listener =
+            std::net::TcpListener::bind(settings.http_addr).context("binding the HTTP port")?;
         let http_addr = listener.local_addr()?;
         let json_limit = settings.json_limit;
         let server = HttpServer::new(move || {
@@ -80,7 +98,12 @@ impl Application {
         .shutdown_timeout(GRACE_PERIOD.as_secs())
         .listen(listener)?
         .run();
-        Ok(Self { server, http_addr, admin, shutdown })
+        Ok(Self {
+            server,
+            http_addr,
+            admin,
+            shutdown,
+        })
     }
 
     /// The bound public address.

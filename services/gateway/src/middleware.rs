@@ -1,11 +1,11 @@
 //! Cross-cutting behaviour applied to every response: the request id, baseline
 //! security headers, and request metrics.
 
+use actix_web::HttpMessage;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
-use actix_web::HttpMessage;
 
 use crate::client::{REQUEST_ID, RequestId};
 
@@ -15,7 +15,10 @@ const SECURITY_HEADERS: [(&str, &str); 6] = [
     ("x-content-type-options", "nosniff"),
     ("x-frame-options", "DENY"),
     ("referrer-policy", "no-referrer"),
-    ("content-security-policy", "default-src 'none'; frame-ancestors 'none'"),
+    (
+        "content-security-policy",
+        "default-src 'none'; frame-ancestors 'none'",
+    ),
     ("cross-origin-resource-policy", "same-origin"),
     ("x-permitted-cross-domain-policies", "none"),
 ];
@@ -32,7 +35,10 @@ pub async fn decorate(
     let method = req.method().to_string();
     let started = std::time::Instant::now();
     let mut response = next.call(req).await?;
-    let route = response.request().match_pattern().unwrap_or_else(|| "unmatched".to_owned());
+    let route = response
+        .request()
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
     let status = response.status().as_u16().to_string();
     metrics::counter!("gateway_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status)
         .increment(1);
@@ -43,7 +49,10 @@ pub async fn decorate(
         headers.insert(HeaderName::from_static(REQUEST_ID), id);
     }
     for (name, value) in SECURITY_HEADERS {
-        headers.insert(HeaderName::from_static(name), HeaderValue::from_static(value));
+        headers.insert(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        );
     }
     headers.remove(header::SERVER);
     Ok(response)

@@ -38,7 +38,13 @@ impl std::fmt::Display for Problem {
 
 impl Problem {
     fn new(status: StatusCode, kind: &'static str, title: &'static str) -> Self {
-        Self { kind, title, status: status.as_u16(), detail: None, headers: Vec::new() }
+        Self {
+            kind,
+            title,
+            status: status.as_u16(),
+            detail: None,
+            headers: Vec::new(),
+        }
     }
 
     /// Adds a detail message.
@@ -55,12 +61,20 @@ impl Problem {
 
     /// 400: the request is malformed (e.g. invalid JSON).
     pub fn bad_request() -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "urn:aia:problem:bad-request", "Bad request")
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "urn:aia:problem:bad-request",
+            "Bad request",
+        )
     }
 
     /// 401: missing or invalid credentials.
     pub fn unauthorized() -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "urn:aia:problem:unauthorized", "Unauthorized")
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "urn:aia:problem:unauthorized",
+            "Unauthorized",
+        )
     }
 
     /// 401 for bearer-protected routes, with the RFC 6750 challenge.
@@ -72,18 +86,30 @@ impl Problem {
 
     /// 404.
     pub fn not_found() -> Self {
-        Self::new(StatusCode::NOT_FOUND, "urn:aia:problem:not-found", "Not found")
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "urn:aia:problem:not-found",
+            "Not found",
+        )
     }
 
     /// 405.
     pub fn method_not_allowed() -> Self {
-        Self::new(StatusCode::METHOD_NOT_ALLOWED, "urn:aia:problem:method-not-allowed", "Method not allowed")
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "urn:aia:problem:method-not-allowed",
+            "Method not allowed",
+        )
     }
 
     /// 413: the body is over the route's limit.
     pub fn payload_too_large(limit: usize) -> Self {
-        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "urn:aia:problem:payload-too-large", "Payload too large")
-            .detail(format!("the body must be at most {limit} bytes"))
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "urn:aia:problem:payload-too-large",
+            "Payload too large",
+        )
+        .detail(format!("the body must be at most {limit} bytes"))
     }
 
     /// 415: not `application/json`.
@@ -98,20 +124,32 @@ impl Problem {
 
     /// 422: well-formed but invalid content.
     pub fn validation(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "urn:aia:problem:validation", "Validation failed")
-            .detail(detail)
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "urn:aia:problem:validation",
+            "Validation failed",
+        )
+        .detail(detail)
     }
 
     /// 503: a dependency is down; retry later.
     pub fn unavailable() -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "urn:aia:problem:unavailable", "Service unavailable")
-            .detail("a backing service is unavailable; retry later")
-            .header(header::RETRY_AFTER, "1")
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "urn:aia:problem:unavailable",
+            "Service unavailable",
+        )
+        .detail("a backing service is unavailable; retry later")
+        .header(header::RETRY_AFTER, "1")
     }
 
     /// 500: a bug. The body says nothing more.
     pub fn internal() -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "urn:aia:problem:internal", "Internal error")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "urn:aia:problem:internal",
+            "Internal error",
+        )
     }
 
     /// Maps a failed gRPC call to the answer a client should get.
@@ -121,7 +159,10 @@ impl Problem {
             Code::InvalidArgument => Self::validation(status.message()),
             Code::Unauthenticated => Self::unauthorized().detail(status.message()),
             Code::NotFound => Self::not_found(),
-            Code::ResourceExhausted | Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
+            Code::ResourceExhausted
+            | Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Cancelled => {
                 tracing::warn!(code = ?status.code(), "upstream unavailable");
                 Self::unavailable()
             }

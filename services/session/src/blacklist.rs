@@ -61,7 +61,12 @@ pub struct Blacklist {
 impl Blacklist {
     /// A blacklist over these stores; Redis keys start with `prefix`.
     pub fn new(pg: PgPool, redis: RedisPool, prefix: String) -> Self {
-        Self { pg, redis, prefix, rehydrating: Arc::new(AtomicBool::new(false)) }
+        Self {
+            pg,
+            redis,
+            prefix,
+            rehydrating: Arc::new(AtomicBool::new(false)),
+        }
     }
 
     fn key(&self, kind: Kind, id: uuid::Uuid) -> String {
@@ -73,7 +78,12 @@ impl Blacklist {
     }
 
     /// Adds an entry, durably first. Fails only if Postgres fails.
-    pub async fn revoke(&self, kind: Kind, id: uuid::Uuid, until: DateTime<Utc>) -> anyhow::Result<()> {
+    pub async fn revoke(
+        &self,
+        kind: Kind,
+        id: uuid::Uuid,
+        until: DateTime<Utc>,
+    ) -> anyhow::Result<()> {
         let mut conn = aia_db::conn(&self.pg).await?;
         diesel::insert_into(revocations::table)
             .values((
@@ -83,38 +93,57 @@ impl Blacklist {
             ))
             .on_conflict((revocations::kind, revocations::id))
             .do_update()
-            .set(revocations::expires_at.eq(diesel::dsl::sql::<diesel::sql_types::Timestamptz>(
-                "GREATEST(session.revocations.expires_at, excluded.expires_at)",
-            )))
+            .set(
+                revocations::expires_at.eq(diesel::dsl::sql::<diesel::sql_types::Timestamptz>(
+                    "GREATEST(session.revocations.expires_at, excluded.expires_at)",
+                )),
+            )
             .execute(&mut conn)
             .await
             .context("storing a revocation")?;
         metrics::counter!("session_revocations_total", "kind" => kind.as_str()).increment(1);
         if let Err(error) = self.copy_to_redis(&[(kind, id, until)]).await {
             // Redis now lacks an entry: drop the sentinel so lookups ask Postgres.
-            tracing::warn!(error = format!("{error:#}"), "revocation not copied to Redis");
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "revocation not copied to Redis"
+            );
             self.forget_sentinel().await;
         }
         Ok(())
     }
 
-    async fn copy_to_redis(&self, entries: &[(Kind, uuid::Uuid, DateTime<Utc>)]) -> anyhow::Result<()> {
+    async fn copy_to_redis(
+        &self,
+        entries: &[(Kind, uuid::Uuid, DateTime<Utc>)],
+    ) -> anyhow::Result<()> {
         let now = Utc::now();
         let mut pipe = redis::pipe();
         for &(kind, id, until) in entries {
             let ttl_ms = (until - now).num_milliseconds();
             if ttl_ms > 0 {
-                pipe.cmd("SET").arg(self.key(kind, id)).arg(1).arg("PX").arg(ttl_ms).ignore();
+                pipe.cmd("SET")
+                    .arg(self.key(kind, id))
+                    .arg(1)
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .ignore();
             }
         }
         let mut conn = self.redis.get().await.context("Redis connection")?;
-        let () = pipe.query_async(&mut conn).await.context("copying revocations to Redis")?;
+        let () = pipe
+            .query_async(&mut conn)
+            .await
+            .context("copying revocations to Redis")?;
         Ok(())
     }
 
     async fn forget_sentinel(&self) {
         if let Ok(mut conn) = self.redis.get().await {
-            let _: Result<(), _> = redis::cmd("DEL").arg(self.sentinel()).query_async(&mut conn).await;
+            let _: Result<(), _> = redis::cmd("DEL")
+                .arg(self.sentinel())
+                .query_async(&mut conn)
+                .await;
         }
     }
 
@@ -128,7 +157,10 @@ impl Blacklist {
                 self.lookup_postgres(jti, sid).await
             }
             Err(error) => {
-                tracing::warn!(error = format!("{error:#}"), "Redis lookup failed; asking Postgres");
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "Redis lookup failed; asking Postgres"
+                );
                 metrics::counter!("session_blacklist_fallback_total").increment(1);
                 self.lookup_postgres(jti, sid).await
             }
@@ -156,8 +188,12 @@ impl Blacklist {
         let hit = diesel::select(diesel::dsl::exists(
             revocations::table
                 .filter(
-                    (revocations::kind.eq(Kind::Jti.as_str()).and(revocations::id.eq(jti)))
-                        .or(revocations::kind.eq(Kind::Sid.as_str()).and(revocations::id.eq(sid))),
+                    (revocations::kind
+                        .eq(Kind::Jti.as_str())
+                        .and(revocations::id.eq(jti)))
+                    .or(revocations::kind
+                        .eq(Kind::Sid.as_str())
+                        .and(revocations::id.eq(sid))),
                 )
                 .filter(revocations::expires_at.gt(Utc::now())),
         ))
@@ -176,7 +212,9 @@ impl Blacklist {
         tokio::spawn(async move {
             match this.rehydrate().await {
                 Ok(count) => tracing::info!(count, "blacklist copied back to Redis"),
-                Err(error) => tracing::warn!(error = format!("{error:#}"), "blacklist rehydration failed"),
+                Err(error) => {
+                    tracing::warn!(error = format!("{error:#}"), "blacklist rehydration failed")
+                }
             }
             this.rehydrating.store(false, Ordering::Release);
         });

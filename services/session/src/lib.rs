@@ -38,24 +38,34 @@ fn chrono_duration(d: std::time::Duration) -> chrono::Duration {
 
 impl Application {
     /// Connects the pools (lazily), starts the audit relay and binds the listeners.
-    pub async fn build(settings: SessionSettings, shutdown: CancellationToken) -> anyhow::Result<Self> {
-        let pg = aia_db::pool(settings.common.database_url.expose_secret(), settings.common.database_pool_size)?;
+    pub async fn build(
+        settings: SessionSettings,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let pg = aia_db::pool(
+            settings.common.database_url.expose_secret(),
+            settings.common.database_pool_size,
+        )?;
         let redis = aia_db::redis::pool(settings.common.redis_url.expose_secret())?;
-        let (audit, relay) = aia_audit_client::AuditClient::spawn(&settings.audit_url, "session", shutdown.clone())?;
+        let (audit, relay) =
+            aia_audit_client::AuditClient::spawn(&settings.audit_url, "session", shutdown.clone())?;
         let readiness: aia_telemetry::admin::ReadinessCheck = {
             let (pg, redis) = (pg.clone(), redis.clone());
             Arc::new(move || {
                 let (pg, redis) = (pg.clone(), redis.clone());
                 Box::pin(async move {
                     aia_db::ping(&pg).await.map_err(|_| "postgres".to_owned())?;
-                    aia_db::redis::ping(&redis).await.map_err(|_| "redis".to_owned())
+                    aia_db::redis::ping(&redis)
+                        .await
+                        .map_err(|_| "redis".to_owned())
                 })
             })
         };
         let server = GrpcService::bind(settings.grpc_addr, settings.admin_addr, readiness)
             .await
             .context("binding the session listeners")?;
-        let blacklist = blacklist::Blacklist::new(pg.clone(), redis, settings.common.redis_key_prefix.clone());
+        let blacklist =
+            blacklist::Blacklist::new(pg.clone(), redis, settings.common.redis_key_prefix.clone());
         let lifetimes = store::Lifetimes {
             idle: chrono_duration(settings.idle_ttl),
             absolute: chrono_duration(settings.absolute_ttl),
@@ -66,7 +76,12 @@ impl Application {
             audit,
             access_ttl: chrono_duration(settings.access_ttl),
         };
-        Ok(Self { server, sessions, shutdown, relay })
+        Ok(Self {
+            server,
+            sessions,
+            shutdown,
+            relay,
+        })
     }
 
     /// The bound gRPC address.

@@ -28,7 +28,9 @@ impl RefreshToken {
     /// be one of ours, and is refused without a database lookup.
     pub fn parse(presented: &str) -> Option<Self> {
         let shaped = presented.len() == ENCODED_LEN
-            && URL_SAFE_NO_PAD.decode(presented).is_ok_and(|b| b.len() == 32);
+            && URL_SAFE_NO_PAD
+                .decode(presented)
+                .is_ok_and(|b| b.len() == 32);
         shaped.then(|| Self(presented.to_owned()))
     }
 
@@ -58,7 +60,13 @@ mod tests {
 
     #[test]
     fn misshapen_tokens_are_refused_up_front() {
-        for bad in ["", "short", &"A".repeat(44), &"!".repeat(43), &"A".repeat(4096)] {
+        for bad in [
+            "",
+            "short",
+            &"A".repeat(44),
+            &"!".repeat(43),
+            &"A".repeat(4096),
+        ] {
             assert!(RefreshToken::parse(bad).is_none(), "{bad}");
         }
     }

@@ -30,7 +30,8 @@ pub struct Sessions {
 const INVALID_REFRESH: &str = "invalid refresh token";
 
 fn uuid_arg(value: &str, field: &'static str) -> Result<uuid::Uuid, Status> {
-    uuid::Uuid::parse_str(value).map_err(|_| Status::invalid_argument(format!("{field} must be a UUID")))
+    uuid::Uuid::parse_str(value)
+        .map_err(|_| Status::invalid_argument(format!("{field} must be a UUID")))
 }
 
 fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
@@ -75,12 +76,19 @@ impl SessionService for Sessions {
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
-    async fn rotate(&self, request: Request<RotateRequest>) -> Result<Response<RotateResponse>, Status> {
+    async fn rotate(
+        &self,
+        request: Request<RotateRequest>,
+    ) -> Result<Response<RotateResponse>, Status> {
         let req = request.into_inner();
         let client = client_of(req.client.as_ref());
         let request_id = request_id(req.client.as_ref());
         let rotated = match RefreshToken::parse(&req.refresh_token) {
-            Some(token) => self.store.rotate(&token, Utc::now()).await.map_err(unavailable)?,
+            Some(token) => self
+                .store
+                .rotate(&token, Utc::now())
+                .await
+                .map_err(unavailable)?,
             None => None,
         };
         let Some(rotated) = rotated else {
@@ -108,7 +116,10 @@ impl SessionService for Sessions {
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
-    async fn revoke(&self, request: Request<RevokeRequest>) -> Result<Response<RevokeResponse>, Status> {
+    async fn revoke(
+        &self,
+        request: Request<RevokeRequest>,
+    ) -> Result<Response<RevokeResponse>, Status> {
         let req = request.into_inner();
         let session_id = uuid_arg(&req.session_id, "session_id")?;
         let user_id = uuid_arg(&req.user_id, "user_id")?;
@@ -129,25 +140,39 @@ impl SessionService for Sessions {
                 .access_expires_at
                 .and_then(|t| DateTime::from_timestamp(t.seconds, 0))
                 .map_or(now + self.access_ttl, |exp| exp.min(now + self.access_ttl));
-            self.blacklist.revoke(Kind::Jti, jti, until).await.map_err(unavailable)?;
+            self.blacklist
+                .revoke(Kind::Jti, jti, until)
+                .await
+                .map_err(unavailable)?;
         }
         let client = client_of(req.client.as_ref());
         self.audit
             .event("session.logout", Outcome::Success)
             .actor(user_id.to_string())
             .subject(session_id.to_string())
-            .client(&client.ip, &client.user_agent, request_id(req.client.as_ref()))
+            .client(
+                &client.ip,
+                &client.user_agent,
+                request_id(req.client.as_ref()),
+            )
             .details(serde_json::json!({"already_revoked": !revoked}))
             .emit();
         Ok(Response::new(RevokeResponse { revoked }))
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
-    async fn is_revoked(&self, request: Request<IsRevokedRequest>) -> Result<Response<IsRevokedResponse>, Status> {
+    async fn is_revoked(
+        &self,
+        request: Request<IsRevokedRequest>,
+    ) -> Result<Response<IsRevokedResponse>, Status> {
         let req = request.into_inner();
         let jti = uuid_arg(&req.jti, "jti")?;
         let sid = uuid_arg(&req.session_id, "session_id")?;
-        let revoked = self.blacklist.is_revoked(jti, sid).await.map_err(unavailable)?;
+        let revoked = self
+            .blacklist
+            .is_revoked(jti, sid)
+            .await
+            .map_err(unavailable)?;
         Ok(Response::new(IsRevokedResponse { revoked }))
     }
 }

@@ -65,7 +65,12 @@ impl SessionStore {
     }
 
     /// Starts a session and issues its first refresh token.
-    pub async fn create(&self, user_id: uuid::Uuid, client: &Client, now: DateTime<Utc>) -> anyhow::Result<Created> {
+    pub async fn create(
+        &self,
+        user_id: uuid::Uuid,
+        client: &Client,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<Created> {
         let session_id = uuid::Uuid::new_v4();
         let token = RefreshToken::generate()?;
         let session_end = now + self.lifetimes.absolute;
@@ -98,7 +103,11 @@ impl SessionStore {
         })
         .await
         .context("creating a session")?;
-        Ok(Created { session_id, token, expires_at })
+        Ok(Created {
+            session_id,
+            token,
+            expires_at,
+        })
     }
 
     /// Exchanges `presented` for a successor. `None` when the token is unknown,
@@ -107,7 +116,11 @@ impl SessionStore {
     /// Atomic: the token row is claimed with one conditional UPDATE
     /// (`rotated_at IS NULL`), so of concurrent calls exactly one wins; the others wait
     /// on the row lock, re-check the condition and find it false.
-    pub async fn rotate(&self, presented: &RefreshToken, now: DateTime<Utc>) -> anyhow::Result<Option<Rotated>> {
+    pub async fn rotate(
+        &self,
+        presented: &RefreshToken,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<Option<Rotated>> {
         let successor = RefreshToken::generate()?;
         let old_hash = presented.hash();
         let new_hash = successor.hash();
@@ -127,15 +140,18 @@ impl SessionStore {
                     .get_result(conn)
                     .await
                     .optional()?;
-                let Some(session_id) = claimed else { return Ok(None) };
-                let live: Option<(uuid::Uuid, DateTime<Utc>)> = diesel::update(sessions::table.find(session_id))
-                    .filter(sessions::revoked_at.is_null())
-                    .filter(sessions::expires_at.gt(now))
-                    .set(sessions::last_used_at.eq(now))
-                    .returning((sessions::user_id, sessions::expires_at))
-                    .get_result(conn)
-                    .await
-                    .optional()?;
+                let Some(session_id) = claimed else {
+                    return Ok(None);
+                };
+                let live: Option<(uuid::Uuid, DateTime<Utc>)> =
+                    diesel::update(sessions::table.find(session_id))
+                        .filter(sessions::revoked_at.is_null())
+                        .filter(sessions::expires_at.gt(now))
+                        .set(sessions::last_used_at.eq(now))
+                        .returning((sessions::user_id, sessions::expires_at))
+                        .get_result(conn)
+                        .await
+                        .optional()?;
                 let Some((user_id, session_end)) = live else {
                     // Undo the claim: the session is over, nothing rotates.
                     return Err(diesel::result::Error::RollbackTransaction);
@@ -154,9 +170,12 @@ impl SessionStore {
             })
             .await;
         match outcome {
-            Ok(Some((session_id, user_id, expires_at))) => {
-                Ok(Some(Rotated { session_id, user_id, token: successor, expires_at }))
-            }
+            Ok(Some((session_id, user_id, expires_at))) => Ok(Some(Rotated {
+                session_id,
+                user_id,
+                token: successor,
+                expires_at,
+            })),
             Ok(None) | Err(diesel::result::Error::RollbackTransaction) => Ok(None),
             Err(e) => Err(e).context("rotating a refresh token"),
         }
@@ -174,7 +193,10 @@ impl SessionStore {
         let changed = diesel::update(sessions::table.find(session_id))
             .filter(sessions::user_id.eq(user_id))
             .filter(sessions::revoked_at.is_null())
-            .set((sessions::revoked_at.eq(now), sessions::revoke_reason.eq(reason)))
+            .set((
+                sessions::revoked_at.eq(now),
+                sessions::revoke_reason.eq(reason),
+            ))
             .execute(&mut conn)
             .await
             .context("revoking a session")?;

@@ -3,7 +3,9 @@
 
 use actix_web::http::header;
 use actix_web::{HttpResponse, web};
-use aia_proto::auth::v1::{GetUserRequest, LoginRequest, LogoutRequest, RefreshRequest, RegisterRequest, TokenPair};
+use aia_proto::auth::v1::{
+    GetUserRequest, LoginRequest, LogoutRequest, RefreshRequest, RegisterRequest, TokenPair,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::authn::Authenticated;
@@ -39,13 +41,20 @@ struct TokenResponse {
 
 impl From<TokenPair> for TokenResponse {
     fn from(p: TokenPair) -> Self {
-        Self { access_token: p.access_token, token_type: p.token_type, expires_in: p.expires_in, refresh_token: p.refresh_token }
+        Self {
+            access_token: p.access_token,
+            token_type: p.token_type,
+            expires_in: p.expires_in,
+            refresh_token: p.refresh_token,
+        }
     }
 }
 
 /// Token responses must never be cached (RFC 6749 §5.1).
 fn no_store(mut response: actix_web::HttpResponseBuilder) -> actix_web::HttpResponseBuilder {
-    response.insert_header((header::CACHE_CONTROL, "no-store")).insert_header((header::PRAGMA, "no-cache"));
+    response
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header((header::PRAGMA, "no-cache"));
     response
 }
 
@@ -60,7 +69,11 @@ pub async fn register(
     state
         .auth
         .clone()
-        .register(RegisterRequest { email, password, client: Some(client.to_auth()) })
+        .register(RegisterRequest {
+            email,
+            password,
+            client: Some(client.to_auth()),
+        })
         .await?;
     Ok(no_store(HttpResponse::Accepted()).json(serde_json::json!({
         "status": "accepted",
@@ -78,7 +91,11 @@ pub async fn login(
     let pair = state
         .auth
         .clone()
-        .login(LoginRequest { email, password, client: Some(client.to_auth()) })
+        .login(LoginRequest {
+            email,
+            password,
+            client: Some(client.to_auth()),
+        })
         .await?
         .into_inner();
     Ok(no_store(HttpResponse::Ok()).json(TokenResponse::from(pair)))
@@ -93,7 +110,10 @@ pub async fn refresh(
     let pair = state
         .auth
         .clone()
-        .refresh(RefreshRequest { refresh_token: body.into_inner().refresh_token, client: Some(client.to_auth()) })
+        .refresh(RefreshRequest {
+            refresh_token: body.into_inner().refresh_token,
+            client: Some(client.to_auth()),
+        })
         .await?
         .into_inner();
     Ok(no_store(HttpResponse::Ok()).json(TokenResponse::from(pair)))
@@ -101,11 +121,18 @@ pub async fn refresh(
 
 /// `POST /v1/auth/logout`: ends the session of the presented access token and
 /// blacklists the token; 204.
-pub async fn logout(state: web::Data<State>, client: Client, auth: Authenticated) -> Result<HttpResponse, Problem> {
+pub async fn logout(
+    state: web::Data<State>,
+    client: Client,
+    auth: Authenticated,
+) -> Result<HttpResponse, Problem> {
     state
         .auth
         .clone()
-        .logout(LogoutRequest { access_token: auth.token, client: Some(client.to_auth()) })
+        .logout(LogoutRequest {
+            access_token: auth.token,
+            client: Some(client.to_auth()),
+        })
         .await
         .map_err(|status| match status.code() {
             tonic::Code::Unauthenticated => Problem::invalid_token(),
@@ -121,7 +148,9 @@ pub async fn me(state: web::Data<State>, auth: Authenticated) -> Result<HttpResp
     let user = state
         .auth
         .clone()
-        .get_user(GetUserRequest { user_id: auth.claims.sub.clone() })
+        .get_user(GetUserRequest {
+            user_id: auth.claims.sub.clone(),
+        })
         .await
         .map_err(|status| match status.code() {
             // The token is valid but its user is gone: the token is no longer good.
@@ -141,7 +170,11 @@ pub async fn me(state: web::Data<State>, auth: Authenticated) -> Result<HttpResp
 
 /// `GET /.well-known/jwks.json`: the public keys, for offline verification.
 pub async fn jwks(state: web::Data<State>) -> Result<HttpResponse, Problem> {
-    let keys = state.keys.for_kid(None).await.map_err(|_| Problem::unavailable())?;
+    let keys = state
+        .keys
+        .for_kid(None)
+        .await
+        .map_err(|_| Problem::unavailable())?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "public, max-age=300"))
         .content_type("application/jwk-set+json")

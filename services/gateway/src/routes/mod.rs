@@ -16,18 +16,28 @@ async fn not_found() -> Result<HttpResponse, Problem> {
 }
 
 async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().content_type("text/plain; charset=utf-8").body("ok\n")
+    HttpResponse::Ok()
+        .content_type("text/plain; charset=utf-8")
+        .body("ok\n")
 }
 
 /// Ready when auth answers with its signing keys (every protected route needs them).
 async fn readyz(state: web::Data<crate::state::State>) -> Result<HttpResponse, Problem> {
-    state.keys.for_kid(None).await.map_err(|_| Problem::unavailable())?;
-    Ok(HttpResponse::Ok().content_type("text/plain; charset=utf-8").body("ready\n"))
+    state
+        .keys
+        .for_kid(None)
+        .await
+        .map_err(|_| Problem::unavailable())?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; charset=utf-8")
+        .body("ready\n"))
 }
 
 /// A resource that answers `route` and 405 to every other method.
 fn only(path: &str, route: actix_web::Route) -> actix_web::Resource {
-    web::resource(path).route(route).default_service(web::to(method_not_allowed))
+    web::resource(path)
+        .route(route)
+        .default_service(web::to(method_not_allowed))
 }
 
 /// Registers every public route.

@@ -2,13 +2,15 @@
 
 use std::time::Duration;
 
-use aia_proto::audit::v1::{Outcome, QueryRequest};
 use aia_proto::audit::v1::audit_service_client::AuditServiceClient;
+use aia_proto::audit::v1::{Outcome, QueryRequest};
 use aia_testkit::{Stack, eventually};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{PASSWORD, assert_problem, email, field, login, me_status, register, signed_in};
+use crate::helpers::{
+    PASSWORD, assert_problem, email, field, login, me_status, register, signed_in,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_login_me_refresh_logout_and_then_me_is_refused() -> anyhow::Result<()> {
@@ -31,7 +33,14 @@ async fn register_login_me_refresh_logout_and_then_me_is_refused() -> anyhow::Re
     let refresh = field(&first, "refresh_token");
     assert_eq!(refresh.len(), 43, "256 bits, base64url");
 
-    let me: Value = stack.http().get(stack.url("/v1/auth/me")).bearer_auth(access).send().await?.json().await?;
+    let me: Value = stack
+        .http()
+        .get(stack.url("/v1/auth/me"))
+        .bearer_auth(access)
+        .send()
+        .await?
+        .json()
+        .await?;
     assert_eq!(me["email"], email);
     assert_eq!(me["roles"], json!(["user"]));
 
@@ -48,7 +57,12 @@ async fn register_login_me_refresh_logout_and_then_me_is_refused() -> anyhow::Re
     let access2 = field(&second, "access_token");
     assert_eq!(me_status(&stack, access2).await?, StatusCode::OK);
 
-    let response = stack.http().post(stack.url("/v1/auth/logout")).bearer_auth(access2).send().await?;
+    let response = stack
+        .http()
+        .post(stack.url("/v1/auth/logout"))
+        .bearer_auth(access2)
+        .send()
+        .await?;
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
     assert!(response.headers().contains_key("clear-site-data"));
 
@@ -69,9 +83,19 @@ async fn register_login_me_refresh_logout_and_then_me_is_refused() -> anyhow::Re
     let types = eventually(Duration::from_secs(10), || {
         let mut audit = audit.clone();
         async move {
-            let events = audit.query(QueryRequest { limit: 100, ..Default::default() }).await?.into_inner().events;
-            let seen: Vec<(String, i32)> =
-                events.into_iter().filter_map(|e| e.event).map(|e| (e.event_type, e.outcome)).collect();
+            let events = audit
+                .query(QueryRequest {
+                    limit: 100,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner()
+                .events;
+            let seen: Vec<(String, i32)> = events
+                .into_iter()
+                .filter_map(|e| e.event)
+                .map(|e| (e.event_type, e.outcome))
+                .collect();
             let (ok, failed) = (Outcome::Success as i32, Outcome::Failure as i32);
             let wanted = [
                 ("auth.register", ok),
@@ -80,11 +104,18 @@ async fn register_login_me_refresh_logout_and_then_me_is_refused() -> anyhow::Re
                 ("session.logout", ok),
                 ("session.refresh", failed),
             ];
-            Ok(wanted.iter().all(|(t, o)| seen.iter().any(|(st, so)| st == t && so == o)).then_some(seen))
+            Ok(wanted
+                .iter()
+                .all(|(t, o)| seen.iter().any(|(st, so)| st == t && so == o))
+                .then_some(seen))
         }
     })
     .await?;
-    assert_eq!(types.iter().filter(|(t, _)| t == "auth.login").count(), 1, "{types:?}");
+    assert_eq!(
+        types.iter().filter(|(t, _)| t == "auth.login").count(),
+        1,
+        "{types:?}"
+    );
     assert!(types.iter().all(|(t, _)| !t.is_empty()));
     stack.stop().await;
     Ok(())
@@ -96,12 +127,21 @@ async fn a_refresh_token_works_exactly_once_even_when_raced() -> anyhow::Result<
     let tokens = signed_in(&stack).await?;
     let refresh = field(&tokens, "refresh_token").to_owned();
     let attempts = (0..50).map(|_| {
-        let request = stack.http().post(stack.url("/v1/auth/refresh")).json(&json!({"refresh_token": refresh}));
+        let request = stack
+            .http()
+            .post(stack.url("/v1/auth/refresh"))
+            .json(&json!({"refresh_token": refresh}));
         async move { request.send().await.map(|r| r.status()) }
     });
     let statuses = futures::future::join_all(attempts).await;
-    let ok = statuses.iter().filter(|s| matches!(s, Ok(StatusCode::OK))).count();
-    let refused = statuses.iter().filter(|s| matches!(s, Ok(StatusCode::UNAUTHORIZED))).count();
+    let ok = statuses
+        .iter()
+        .filter(|s| matches!(s, Ok(StatusCode::OK)))
+        .count();
+    let refused = statuses
+        .iter()
+        .filter(|s| matches!(s, Ok(StatusCode::UNAUTHORIZED)))
+        .count();
     assert_eq!((ok, refused), (1, 49), "{statuses:?}");
     stack.stop().await;
     Ok(())
@@ -113,7 +153,10 @@ async fn an_unknown_email_and_a_wrong_password_get_identical_answers() -> anyhow
     let known = email();
     register(&stack, &known).await?;
     let mut answers = Vec::new();
-    for (email, password) in [(known.as_str(), "wrong password entirely"), ("nobody@example.com", PASSWORD)] {
+    for (email, password) in [
+        (known.as_str(), "wrong password entirely"),
+        ("nobody@example.com", PASSWORD),
+    ] {
         let response = stack
             .http()
             .post(stack.url("/v1/auth/login"))
@@ -131,7 +174,8 @@ async fn an_unknown_email_and_a_wrong_password_get_identical_answers() -> anyhow
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn registering_a_taken_email_looks_like_success_and_keeps_the_first_password() -> anyhow::Result<()> {
+async fn registering_a_taken_email_looks_like_success_and_keeps_the_first_password()
+-> anyhow::Result<()> {
     let stack = Stack::start().await?;
     let email = email();
     let first = stack
@@ -166,15 +210,38 @@ async fn health_readiness_and_metrics_answer_on_every_admin_port() -> anyhow::Re
     let stack = Stack::start().await?;
     let http = stack.http();
     for service in [stack.audit, stack.session, stack.auth, stack.gateway] {
-        assert_eq!(http.get(service.admin_url("/healthz")).send().await?.status(), StatusCode::OK);
-        assert_eq!(http.get(service.admin_url("/readyz")).send().await?.status(), StatusCode::OK);
+        assert_eq!(
+            http.get(service.admin_url("/healthz"))
+                .send()
+                .await?
+                .status(),
+            StatusCode::OK
+        );
+        assert_eq!(
+            http.get(service.admin_url("/readyz"))
+                .send()
+                .await?
+                .status(),
+            StatusCode::OK
+        );
         let metrics = http.get(service.admin_url("/metrics")).send().await?;
         assert_eq!(metrics.status(), StatusCode::OK);
     }
-    assert_eq!(http.get(stack.url("/healthz")).send().await?.status(), StatusCode::OK);
-    assert_eq!(http.get(stack.url("/readyz")).send().await?.status(), StatusCode::OK);
+    assert_eq!(
+        http.get(stack.url("/healthz")).send().await?.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        http.get(stack.url("/readyz")).send().await?.status(),
+        StatusCode::OK
+    );
     // After a request, the gateway's counters show up.
-    let text = http.get(stack.gateway.admin_url("/metrics")).send().await?.text().await?;
+    let text = http
+        .get(stack.gateway.admin_url("/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
     assert!(text.contains("gateway_requests_total"), "{text}");
     stack.stop().await;
     Ok(())

@@ -45,7 +45,13 @@ pub async fn signed_in(stack: &Stack) -> anyhow::Result<Value> {
 
 /// `GET /v1/auth/me` with a bearer token; the status.
 pub async fn me_status(stack: &Stack, access_token: &str) -> anyhow::Result<StatusCode> {
-    Ok(stack.http().get(stack.url("/v1/auth/me")).bearer_auth(access_token).send().await?.status())
+    Ok(stack
+        .http()
+        .get(stack.url("/v1/auth/me"))
+        .bearer_auth(access_token)
+        .send()
+        .await?
+        .status())
 }
 
 /// A string field of a JSON value.
@@ -54,7 +60,10 @@ pub fn field<'a>(value: &'a Value, name: &str) -> &'a str {
 }
 
 /// Asserts a problem response with `status`, and returns its body.
-pub async fn assert_problem(response: reqwest::Response, status: StatusCode) -> anyhow::Result<Value> {
+pub async fn assert_problem(
+    response: reqwest::Response,
+    status: StatusCode,
+) -> anyhow::Result<Value> {
     assert_eq!(response.status(), status);
     let content_type = response
         .headers()
@@ -65,6 +74,11 @@ pub async fn assert_problem(response: reqwest::Response, status: StatusCode) -> 
     assert_eq!(content_type, "application/problem+json");
     let body: Value = response.json().await?;
     assert_eq!(body["status"], status.as_u16());
-    assert!(body["type"].as_str().is_some_and(|t| t.starts_with("urn:aia:problem:")), "{body}");
+    assert!(
+        body["type"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("urn:aia:problem:")),
+        "{body}"
+    );
     Ok(body)
 }

@@ -10,7 +10,11 @@ use crate::helpers::{field, me_status, signed_in};
 async fn the_jwks_verifies_issued_tokens_offline() -> anyhow::Result<()> {
     let stack = Stack::start().await?;
     let tokens = signed_in(&stack).await?;
-    let response = stack.http().get(stack.url("/.well-known/jwks.json")).send().await?;
+    let response = stack
+        .http()
+        .get(stack.url("/.well-known/jwks.json"))
+        .send()
+        .await?;
     assert_eq!(response.status(), StatusCode::OK);
     let jwks: Jwks = response.json().await?;
     assert_eq!(jwks.keys.len(), 1);
@@ -30,7 +34,13 @@ async fn forged_tokens_are_refused() -> anyhow::Result<()> {
     let tokens = signed_in(&stack).await?;
     let real = field(&tokens, "access_token");
     let claims: AccessClaims = {
-        let jwks: Jwks = stack.http().get(stack.url("/.well-known/jwks.json")).send().await?.json().await?;
+        let jwks: Jwks = stack
+            .http()
+            .get(stack.url("/.well-known/jwks.json"))
+            .send()
+            .await?
+            .json()
+            .await?;
         Verifier::new(&jwks, "http://localhost:8080", "aia").verify(real)?
     };
     // Same claims, signed by an attacker's key.
@@ -42,14 +52,23 @@ async fn forged_tokens_are_refused() -> anyhow::Result<()> {
     let none = format!("eyJhbGciOiJub25lIiwidHlwIjoiYXQrand0In0.{}.", parts[1]);
     assert_eq!(me_status(&stack, &none).await?, StatusCode::UNAUTHORIZED);
     // The real token with its signature cut off, or with a flipped bit.
-    assert_eq!(me_status(&stack, &format!("{}.{}.", parts[0], parts[1])).await?, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        me_status(&stack, &format!("{}.{}.", parts[0], parts[1])).await?,
+        StatusCode::UNAUTHORIZED
+    );
     let mut sig = parts[2].to_owned();
     let flipped = if sig.ends_with('A') { 'B' } else { 'A' };
     sig.pop();
     sig.push(flipped);
-    assert_eq!(me_status(&stack, &format!("{}.{}.{sig}", parts[0], parts[1])).await?, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        me_status(&stack, &format!("{}.{}.{sig}", parts[0], parts[1])).await?,
+        StatusCode::UNAUTHORIZED
+    );
     // A refresh token is not an access token.
-    assert_eq!(me_status(&stack, field(&tokens, "refresh_token")).await?, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        me_status(&stack, field(&tokens, "refresh_token")).await?,
+        StatusCode::UNAUTHORIZED
+    );
     // The real one still works.
     assert_eq!(me_status(&stack, real).await?, StatusCode::OK);
     stack.stop().await;

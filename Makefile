@@ -1,0 +1,32 @@
+# AIA security platform. `make run` starts the stack, `make test` runs every test.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/aia
+REDIS_URL ?= redis://127.0.0.1:6379
+export DATABASE_URL REDIS_URL
+
+.PHONY: help run build test lint fmt services clean-test-dbs
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+build: ## Build every binary (debug)
+	cargo build --workspace --bins
+
+run: build ## Create and migrate the database, start all four services (Ctrl-C stops them)
+	bash scripts/run.sh
+
+services: ## Make sure Postgres and Redis answer (start them if installed and stopped)
+	bash scripts/services.sh
+
+test: services ## Run the whole test suite against real Postgres and Redis
+	cargo nextest run --workspace --no-fail-fast
+	cargo test --workspace --doc
+
+lint: ## rustfmt and clippy, warnings are errors
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+fmt: ## Format the code
+	cargo fmt --all
