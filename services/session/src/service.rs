@@ -128,7 +128,8 @@ impl SessionService for Sessions {
             .store
             .revoke(session_id, user_id, "logout", now)
             .await
-            .map_err(unavailable)?;
+            .map_err(unavailable)?
+            .ok_or_else(|| Status::not_found("no such session for this user"))?;
         // Every access token of the session, for as long as one could still be valid.
         self.blacklist
             .revoke(Kind::Sid, session_id, now + self.access_ttl)

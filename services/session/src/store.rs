@@ -181,17 +181,30 @@ impl SessionStore {
         }
     }
 
-    /// Marks a session of `user_id` revoked. True if it was live until now.
+    /// Marks a session of `user_id` revoked. `Some(true)` if it was live until now,
+    /// `Some(false)` if it was already revoked, `None` if `user_id` has no such session.
     pub async fn revoke(
         &self,
         session_id: uuid::Uuid,
         user_id: uuid::Uuid,
         reason: &str,
         now: DateTime<Utc>,
-    ) -> anyhow::Result<bool> {
+    ) -> anyhow::Result<Option<bool>> {
         let mut conn = aia_db::conn(&self.pool).await?;
-        let changed = diesel::update(sessions::table.find(session_id))
+        let exists: Option<Option<DateTime<Utc>>> = sessions::table
+            .find(session_id)
             .filter(sessions::user_id.eq(user_id))
+            .select(sessions::revoked_at)
+            .first(&mut conn)
+            .await
+            .optional()
+            .context("looking up a session")?;
+        let Some(previous) = exists else { return Ok(None) };
+        if previous.is_some() {
+            return Ok(Some(false));
+        }
+        // Conditional on still being live: of two concurrent logouts one revokes.
+        let changed = diesel::update(sessions::table.find(session_id))
             .filter(sessions::revoked_at.is_null())
             .set((
                 sessions::revoked_at.eq(now),
@@ -200,6 +213,6 @@ impl SessionStore {
             .execute(&mut conn)
             .await
             .context("revoking a session")?;
-        Ok(changed == 1)
+        Ok(Some(changed == 1))
     }
 }
