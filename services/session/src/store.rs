@@ -199,7 +199,9 @@ impl SessionStore {
             .await
             .optional()
             .context("looking up a session")?;
-        let Some(previous) = exists else { return Ok(None) };
+        let Some(previous) = exists else {
+            return Ok(None);
+        };
         if previous.is_some() {
             return Ok(Some(false));
         }

@@ -20,7 +20,12 @@ async fn spawn() -> anyhow::Result<Audit> {
     let mut running = aia_testkit::services();
     let addrs = running.audit(aia_testkit::env(&db, "", &[])).await?;
     let client = AuditServiceClient::connect(addrs.url()).await?;
-    Ok(Audit { db, addrs, client, running })
+    Ok(Audit {
+        db,
+        addrs,
+        client,
+        running,
+    })
 }
 
 impl Audit {
@@ -45,8 +50,13 @@ fn event(event_type: &str) -> Event {
 }
 
 fn prost_types_now() -> prost_types::Timestamp {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    prost_types::Timestamp { seconds: i64::try_from(now.as_secs()).unwrap_or(0), nanos: 0 }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    prost_types::Timestamp {
+        seconds: i64::try_from(now.as_secs()).unwrap_or(0),
+        nanos: 0,
+    }
 }
 
 async fn count(db: &TestDb) -> anyhow::Result<i64> {
@@ -56,20 +66,37 @@ async fn count(db: &TestDb) -> anyhow::Result<i64> {
         n: i64,
     }
     let mut conn = db.connect().await?;
-    Ok(diesel::sql_query("SELECT count(*) AS n FROM audit.events").get_result::<N>(&mut conn).await?.n)
+    Ok(diesel::sql_query("SELECT count(*) AS n FROM audit.events")
+        .get_result::<N>(&mut conn)
+        .await?
+        .n)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redelivered_event_is_stored_once() -> anyhow::Result<()> {
     let mut audit = spawn().await?;
     let e = event("auth.login");
-    let first = audit.client.record(RecordRequest { event: Some(e.clone()) }).await?.into_inner();
-    let again = audit.client.record(RecordRequest { event: Some(e.clone()) }).await?.into_inner();
+    let first = audit
+        .client
+        .record(RecordRequest {
+            event: Some(e.clone()),
+        })
+        .await?
+        .into_inner();
+    let again = audit
+        .client
+        .record(RecordRequest {
+            event: Some(e.clone()),
+        })
+        .await?
+        .into_inner();
     assert!(first.stored);
     assert!(!again.stored);
     let batch = audit
         .client
-        .record_batch(RecordBatchRequest { events: vec![e.clone(), event("auth.logout"), e] })
+        .record_batch(RecordBatchRequest {
+            events: vec![e.clone(), event("auth.logout"), e],
+        })
         .await?
         .into_inner();
     assert_eq!(batch.stored, 1);
@@ -97,13 +124,23 @@ async fn a_batch_with_one_malformed_event_is_refused_whole() -> anyhow::Result<(
         mutate(&mut bad);
         let status = audit
             .client
-            .record_batch(RecordBatchRequest { events: vec![event("auth.login"), bad] })
+            .record_batch(RecordBatchRequest {
+                events: vec![event("auth.login"), bad],
+            })
             .await
             .err();
-        assert_eq!(status.map(|s| s.code()), Some(tonic::Code::InvalidArgument), "{name}");
+        assert_eq!(
+            status.map(|s| s.code()),
+            Some(tonic::Code::InvalidArgument),
+            "{name}"
+        );
     }
     let too_many = (0..1001).map(|_| event("x")).collect();
-    let status = audit.client.record_batch(RecordBatchRequest { events: too_many }).await.err();
+    let status = audit
+        .client
+        .record_batch(RecordBatchRequest { events: too_many })
+        .await
+        .err();
     assert_eq!(status.map(|s| s.code()), Some(tonic::Code::InvalidArgument));
     assert_eq!(count(&audit.db).await?, 0);
     audit.stop().await;
@@ -113,7 +150,12 @@ async fn a_batch_with_one_malformed_event_is_refused_whole() -> anyhow::Result<(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stored_events_cannot_be_changed_even_with_direct_sql() -> anyhow::Result<()> {
     let mut audit = spawn().await?;
-    audit.client.record(RecordRequest { event: Some(event("auth.login")) }).await?;
+    audit
+        .client
+        .record(RecordRequest {
+            event: Some(event("auth.login")),
+        })
+        .await?;
     let mut conn = audit.db.connect().await?;
     for statement in [
         "UPDATE audit.events SET outcome = 'failure'",
@@ -132,35 +174,83 @@ async fn stored_events_cannot_be_changed_even_with_direct_sql() -> anyhow::Resul
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_pages_newest_first_and_filters() -> anyhow::Result<()> {
     let mut audit = spawn().await?;
-    let events: Vec<Event> = (0..5).map(|i| event(if i % 2 == 0 { "auth.login" } else { "auth.logout" })).collect();
+    let events: Vec<Event> = (0..5)
+        .map(|i| {
+            event(if i % 2 == 0 {
+                "auth.login"
+            } else {
+                "auth.logout"
+            })
+        })
+        .collect();
     for e in &events {
-        audit.client.record(RecordRequest { event: Some(e.clone()) }).await?;
+        audit
+            .client
+            .record(RecordRequest {
+                event: Some(e.clone()),
+            })
+            .await?;
     }
-    let page1 = audit.client.query(QueryRequest { limit: 2, ..Default::default() }).await?.into_inner();
-    let ids = |page: &aia_proto::audit::v1::QueryResponse| -> Vec<String> {
-        page.events.iter().filter_map(|e| e.event.as_ref()).map(|e| e.id.clone()).collect()
-    };
-    assert_eq!(ids(&page1), vec![events[4].id.clone(), events[3].id.clone()]);
-    let page2 = audit
+    let page1 = audit
         .client
-        .query(QueryRequest { limit: 2, cursor: page1.next_cursor.clone(), ..Default::default() })
+        .query(QueryRequest {
+            limit: 2,
+            ..Default::default()
+        })
         .await?
         .into_inner();
-    assert_eq!(ids(&page2), vec![events[2].id.clone(), events[1].id.clone()]);
+    let ids = |page: &aia_proto::audit::v1::QueryResponse| -> Vec<String> {
+        page.events
+            .iter()
+            .filter_map(|e| e.event.as_ref())
+            .map(|e| e.id.clone())
+            .collect()
+    };
+    assert_eq!(
+        ids(&page1),
+        vec![events[4].id.clone(), events[3].id.clone()]
+    );
+    let page2 = audit
+        .client
+        .query(QueryRequest {
+            limit: 2,
+            cursor: page1.next_cursor.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        ids(&page2),
+        vec![events[2].id.clone(), events[1].id.clone()]
+    );
     let page3 = audit
         .client
-        .query(QueryRequest { limit: 2, cursor: page2.next_cursor.clone(), ..Default::default() })
+        .query(QueryRequest {
+            limit: 2,
+            cursor: page2.next_cursor.clone(),
+            ..Default::default()
+        })
         .await?
         .into_inner();
     assert_eq!(ids(&page3), vec![events[0].id.clone()]);
     assert!(page3.next_cursor.is_empty());
     let logins = audit
         .client
-        .query(QueryRequest { event_type: "auth.login".into(), ..Default::default() })
+        .query(QueryRequest {
+            event_type: "auth.login".into(),
+            ..Default::default()
+        })
         .await?
         .into_inner();
     assert_eq!(logins.events.len(), 3);
-    let bad = audit.client.query(QueryRequest { cursor: "'; drop".into(), ..Default::default() }).await.err();
+    let bad = audit
+        .client
+        .query(QueryRequest {
+            cursor: "'; drop".into(),
+            ..Default::default()
+        })
+        .await
+        .err();
     assert_eq!(bad.map(|s| s.code()), Some(tonic::Code::InvalidArgument));
     audit.stop().await;
     Ok(())
@@ -169,31 +259,51 @@ async fn query_pages_newest_first_and_filters() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_health_says_serving() -> anyhow::Result<()> {
     let audit = spawn().await?;
-    let mut health = tonic_health::pb::health_client::HealthClient::new(Channel::from_shared(audit.addrs.url())?.connect().await?);
+    let mut health = tonic_health::pb::health_client::HealthClient::new(
+        Channel::from_shared(audit.addrs.url())?.connect().await?,
+    );
     for service in ["", "aia.audit.v1.AuditService"] {
         let response = health
-            .check(tonic_health::pb::HealthCheckRequest { service: service.into() })
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
             .await?
             .into_inner();
-        assert_eq!(response.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+        assert_eq!(
+            response.status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        );
     }
     audit.stop().await;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readiness_fails_while_the_database_is_unreachable_and_liveness_does_not() -> anyhow::Result<()> {
-    let db = TestDb { url: "postgres://postgres@127.0.0.1:1/nothing".into() };
+async fn readiness_fails_while_the_database_is_unreachable_and_liveness_does_not()
+-> anyhow::Result<()> {
+    let db = TestDb {
+        url: "postgres://postgres@127.0.0.1:1/nothing".into(),
+    };
     let mut running = aia_testkit::services();
     let addrs = running.audit(aia_testkit::env(&db, "", &[])).await?;
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(20)).build()?;
-    assert_eq!(http.get(addrs.admin_url("/healthz")).send().await?.status(), 200);
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()?;
+    assert_eq!(
+        http.get(addrs.admin_url("/healthz")).send().await?.status(),
+        200
+    );
     let ready = http.get(addrs.admin_url("/readyz")).send().await?;
     assert_eq!(ready.status(), 503);
     assert_eq!(ready.headers()["content-type"], "application/problem+json");
     // A write while the database is down is UNAVAILABLE, not a hang or INTERNAL.
     let mut client = AuditServiceClient::connect(addrs.url()).await?;
-    let status = client.record(RecordRequest { event: Some(event("auth.login")) }).await.err();
+    let status = client
+        .record(RecordRequest {
+            event: Some(event("auth.login")),
+        })
+        .await
+        .err();
     assert_eq!(status.map(|s| s.code()), Some(tonic::Code::Unavailable));
     running.stop().await;
     Ok(())

@@ -2,7 +2,8 @@
 
 use aia_proto::session::v1::session_service_client::SessionServiceClient;
 use aia_proto::session::v1::{
-    ClientInfo, CreateSessionRequest, CreateSessionResponse, IsRevokedRequest, RevokeRequest, RotateRequest,
+    ClientInfo, CreateSessionRequest, CreateSessionResponse, IsRevokedRequest, RevokeRequest,
+    RotateRequest,
 };
 use aia_testkit::{Running, TestDb};
 use deadpool_redis::redis;
@@ -22,20 +23,45 @@ async fn spawn() -> anyhow::Result<Session> {
     let prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
     let mut running = aia_testkit::services();
     let audit = running.audit(aia_testkit::env(&db, &prefix, &[])).await?;
-    let addrs = running.session(aia_testkit::env(&db, &prefix, &[("AUDIT_GRPC_URL", audit.url())])).await?;
+    let addrs = running
+        .session(aia_testkit::env(
+            &db,
+            &prefix,
+            &[("AUDIT_GRPC_URL", audit.url())],
+        ))
+        .await?;
     let client = SessionServiceClient::connect(addrs.url()).await?;
-    Ok(Session { db, prefix, client, running })
+    Ok(Session {
+        db,
+        prefix,
+        client,
+        running,
+    })
 }
 
 impl Session {
     async fn create(&mut self, user_id: uuid::Uuid) -> anyhow::Result<CreateSessionResponse> {
-        let client = Some(ClientInfo { ip: "203.0.113.7".into(), user_agent: "test".into(), request_id: "r1".into() });
-        Ok(self.client.create_session(CreateSessionRequest { user_id: user_id.to_string(), client }).await?.into_inner())
+        let client = Some(ClientInfo {
+            ip: "203.0.113.7".into(),
+            user_agent: "test".into(),
+            request_id: "r1".into(),
+        });
+        Ok(self
+            .client
+            .create_session(CreateSessionRequest {
+                user_id: user_id.to_string(),
+                client,
+            })
+            .await?
+            .into_inner())
     }
 
     async fn rotate(&mut self, token: &str) -> Result<String, tonic::Code> {
         self.client
-            .rotate(RotateRequest { refresh_token: token.to_owned(), client: None })
+            .rotate(RotateRequest {
+                refresh_token: token.to_owned(),
+                client: None,
+            })
             .await
             .map(|r| r.into_inner().refresh_token)
             .map_err(|s| s.code())
@@ -44,19 +70,34 @@ impl Session {
     async fn is_revoked(&mut self, jti: uuid::Uuid, sid: &str) -> anyhow::Result<bool> {
         Ok(self
             .client
-            .is_revoked(IsRevokedRequest { jti: jti.to_string(), session_id: sid.to_owned() })
+            .is_revoked(IsRevokedRequest {
+                jti: jti.to_string(),
+                session_id: sid.to_owned(),
+            })
             .await?
             .into_inner()
             .revoked)
     }
 
-    async fn revoke(&mut self, sid: &str, user: uuid::Uuid, jti: uuid::Uuid, ttl_secs: i64) -> Result<bool, tonic::Status> {
-        let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+    async fn revoke(
+        &mut self,
+        sid: &str,
+        user: uuid::Uuid,
+        jti: uuid::Uuid,
+        ttl_secs: i64,
+    ) -> Result<bool, tonic::Status> {
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
         self.client
             .revoke(RevokeRequest {
                 session_id: sid.to_owned(),
                 access_jti: jti.to_string(),
-                access_expires_at: Some(prost_types::Timestamp { seconds: i64::try_from(exp).unwrap_or(0) + ttl_secs, nanos: 0 }),
+                access_expires_at: Some(prost_types::Timestamp {
+                    seconds: i64::try_from(exp).unwrap_or(0) + ttl_secs,
+                    nanos: 0,
+                }),
                 client: None,
                 user_id: user.to_string(),
             })
@@ -65,14 +106,19 @@ impl Session {
     }
 
     async fn redis(&self) -> anyhow::Result<deadpool_redis::Connection> {
-        Ok(aia_db::redis::pool(&aia_testkit::redis_url())?.get().await?)
+        Ok(aia_db::redis::pool(&aia_testkit::redis_url())?
+            .get()
+            .await?)
     }
 
     /// Deletes every key of this test's prefix: what a Redis restart without
     /// persistence does, limited to this test so parallel tests are unaffected.
     async fn wipe_redis(&self) -> anyhow::Result<usize> {
         let mut conn = self.redis().await?;
-        let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{}*", self.prefix)).query_async(&mut conn).await?;
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}*", self.prefix))
+            .query_async(&mut conn)
+            .await?;
         if !keys.is_empty() {
             let () = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await?;
         }
@@ -89,10 +135,19 @@ impl Session {
 async fn a_refresh_token_rotates_once_and_its_successor_works() -> anyhow::Result<()> {
     let mut s = spawn().await?;
     let created = s.create(uuid::Uuid::new_v4()).await?;
-    let next = s.rotate(&created.refresh_token).await.map_err(|c| anyhow::anyhow!("{c:?}"))?;
+    let next = s
+        .rotate(&created.refresh_token)
+        .await
+        .map_err(|c| anyhow::anyhow!("{c:?}"))?;
     assert_ne!(next, created.refresh_token);
-    assert_eq!(s.rotate(&created.refresh_token).await, Err(tonic::Code::Unauthenticated));
-    let third = s.rotate(&next).await.map_err(|c| anyhow::anyhow!("{c:?}"))?;
+    assert_eq!(
+        s.rotate(&created.refresh_token).await,
+        Err(tonic::Code::Unauthenticated)
+    );
+    let third = s
+        .rotate(&next)
+        .await
+        .map_err(|c| anyhow::anyhow!("{c:?}"))?;
     assert_eq!(s.rotate(&next).await, Err(tonic::Code::Unauthenticated));
     assert!(s.rotate(&third).await.is_ok());
     s.stop().await;
@@ -106,11 +161,23 @@ async fn fifty_concurrent_rotations_of_one_token_have_exactly_one_winner() -> an
     let calls = (0..50).map(|_| {
         let mut client = s.client.clone();
         let token = created.refresh_token.clone();
-        async move { client.rotate(RotateRequest { refresh_token: token, client: None }).await.map(|_| ()).map_err(|e| e.code()) }
+        async move {
+            client
+                .rotate(RotateRequest {
+                    refresh_token: token,
+                    client: None,
+                })
+                .await
+                .map(|_| ())
+                .map_err(|e| e.code())
+        }
     });
     let results = futures::future::join_all(calls).await;
     let winners = results.iter().filter(|r| r.is_ok()).count();
-    let refused = results.iter().filter(|r| **r == Err(tonic::Code::Unauthenticated)).count();
+    let refused = results
+        .iter()
+        .filter(|r| **r == Err(tonic::Code::Unauthenticated))
+        .count();
     assert_eq!((winners, refused), (1, 49), "{results:?}");
     // One successor stored, not fifty.
     #[derive(diesel::QueryableByName)]
@@ -119,7 +186,10 @@ async fn fifty_concurrent_rotations_of_one_token_have_exactly_one_winner() -> an
         n: i64,
     }
     let mut conn = s.db.connect().await?;
-    let n = diesel::sql_query("SELECT count(*) AS n FROM session.refresh_tokens").get_result::<N>(&mut conn).await?.n;
+    let n = diesel::sql_query("SELECT count(*) AS n FROM session.refresh_tokens")
+        .get_result::<N>(&mut conn)
+        .await?
+        .n;
     assert_eq!(n, 2);
     s.stop().await;
     Ok(())
@@ -132,26 +202,48 @@ async fn refresh_tokens_of_revoked_or_expired_sessions_are_refused() -> anyhow::
     let mut conn = s.db.connect().await?;
     // Revoked.
     let revoked = s.create(user).await?;
-    assert!(s.revoke(&revoked.session_id, user, uuid::Uuid::new_v4(), 60).await?);
-    assert_eq!(s.rotate(&revoked.refresh_token).await, Err(tonic::Code::Unauthenticated));
+    assert!(
+        s.revoke(&revoked.session_id, user, uuid::Uuid::new_v4(), 60)
+            .await?
+    );
+    assert_eq!(
+        s.rotate(&revoked.refresh_token).await,
+        Err(tonic::Code::Unauthenticated)
+    );
     // Past its absolute lifetime.
     let old = s.create(user).await?;
-    diesel::sql_query(format!("UPDATE session.sessions SET expires_at = now() - interval '1 second' WHERE id = '{}'", old.session_id))
-        .execute(&mut conn)
-        .await?;
-    assert_eq!(s.rotate(&old.refresh_token).await, Err(tonic::Code::Unauthenticated));
+    diesel::sql_query(format!(
+        "UPDATE session.sessions SET expires_at = now() - interval '1 second' WHERE id = '{}'",
+        old.session_id
+    ))
+    .execute(&mut conn)
+    .await?;
+    assert_eq!(
+        s.rotate(&old.refresh_token).await,
+        Err(tonic::Code::Unauthenticated)
+    );
     // Idle too long.
     let idle = s.create(user).await?;
     diesel::sql_query(format!("UPDATE session.refresh_tokens SET expires_at = now() - interval '1 second' WHERE session_id = '{}'", idle.session_id))
         .execute(&mut conn)
         .await?;
-    assert_eq!(s.rotate(&idle.refresh_token).await, Err(tonic::Code::Unauthenticated));
+    assert_eq!(
+        s.rotate(&idle.refresh_token).await,
+        Err(tonic::Code::Unauthenticated)
+    );
     // A refused rotation of an over session did not consume anything: still refused,
     // and no successor was stored.
-    assert_eq!(s.rotate(&old.refresh_token).await, Err(tonic::Code::Unauthenticated));
+    assert_eq!(
+        s.rotate(&old.refresh_token).await,
+        Err(tonic::Code::Unauthenticated)
+    );
     // Junk never reaches the database.
     for junk in ["", "x", &"A".repeat(43), &"é".repeat(100)] {
-        assert_eq!(s.rotate(junk).await, Err(tonic::Code::Unauthenticated), "{junk}");
+        assert_eq!(
+            s.rotate(junk).await,
+            Err(tonic::Code::Unauthenticated),
+            "{junk}"
+        );
     }
     s.stop().await;
     Ok(())
@@ -168,8 +260,15 @@ async fn revoking_a_session_blacklists_every_access_token_of_it() -> anyhow::Res
     assert!(!s.is_revoked(presented, &created.session_id).await?);
     assert!(s.revoke(&created.session_id, user, presented, 600).await?);
     assert!(s.is_revoked(presented, &created.session_id).await?);
-    assert!(s.is_revoked(earlier, &created.session_id).await?, "another token of the same session");
-    assert!(!s.is_revoked(uuid::Uuid::new_v4(), &other.session_id).await?, "another session");
+    assert!(
+        s.is_revoked(earlier, &created.session_id).await?,
+        "another token of the same session"
+    );
+    assert!(
+        !s.is_revoked(uuid::Uuid::new_v4(), &other.session_id)
+            .await?,
+        "another session"
+    );
     // Idempotent.
     assert!(!s.revoke(&created.session_id, user, presented, 600).await?);
     // The Redis copy lives as long as the token could.
@@ -186,9 +285,20 @@ async fn a_user_cannot_revoke_someone_elses_session() -> anyhow::Result<()> {
     let mut s = spawn().await?;
     let owner = uuid::Uuid::new_v4();
     let created = s.create(owner).await?;
-    let status = s.revoke(&created.session_id, uuid::Uuid::new_v4(), uuid::Uuid::new_v4(), 60).await.err();
+    let status = s
+        .revoke(
+            &created.session_id,
+            uuid::Uuid::new_v4(),
+            uuid::Uuid::new_v4(),
+            60,
+        )
+        .await
+        .err();
     assert_eq!(status.map(|s| s.code()), Some(tonic::Code::NotFound));
-    assert!(!s.is_revoked(uuid::Uuid::new_v4(), &created.session_id).await?);
+    assert!(
+        !s.is_revoked(uuid::Uuid::new_v4(), &created.session_id)
+            .await?
+    );
     assert!(s.rotate(&created.refresh_token).await.is_ok());
     s.stop().await;
     Ok(())
@@ -204,7 +314,10 @@ async fn revocations_survive_redis_losing_its_data() -> anyhow::Result<()> {
     assert!(s.wipe_redis().await? >= 2);
     // Redis knows nothing now; the answer must still be "revoked".
     assert!(s.is_revoked(jti, &created.session_id).await?);
-    assert!(s.is_revoked(uuid::Uuid::new_v4(), &created.session_id).await?);
+    assert!(
+        s.is_revoked(uuid::Uuid::new_v4(), &created.session_id)
+            .await?
+    );
     // And the entries come back to Redis on their own.
     let key = aia_db::redis::key(&s.prefix, "bl", &format!("sid:{}", created.session_id));
     let pool = aia_db::redis::pool(&aia_testkit::redis_url())?;
@@ -212,7 +325,10 @@ async fn revocations_survive_redis_losing_its_data() -> anyhow::Result<()> {
         let (key, pool) = (key.clone(), pool.clone());
         async move {
             let mut redis = pool.get().await?;
-            let present: bool = redis::cmd("EXISTS").arg(&key).query_async(&mut redis).await?;
+            let present: bool = redis::cmd("EXISTS")
+                .arg(&key)
+                .query_async(&mut redis)
+                .await?;
             Ok(present.then_some(()))
         }
     })
@@ -226,13 +342,19 @@ async fn malformed_ids_are_invalid_arguments() -> anyhow::Result<()> {
     let mut s = spawn().await?;
     let status = s
         .client
-        .create_session(CreateSessionRequest { user_id: "1 OR 1=1".into(), client: None })
+        .create_session(CreateSessionRequest {
+            user_id: "1 OR 1=1".into(),
+            client: None,
+        })
         .await
         .err();
     assert_eq!(status.map(|s| s.code()), Some(tonic::Code::InvalidArgument));
     let status = s
         .client
-        .is_revoked(IsRevokedRequest { jti: "x".into(), session_id: uuid::Uuid::new_v4().to_string() })
+        .is_revoked(IsRevokedRequest {
+            jti: "x".into(),
+            session_id: uuid::Uuid::new_v4().to_string(),
+        })
         .await
         .err();
     assert_eq!(status.map(|s| s.code()), Some(tonic::Code::InvalidArgument));

@@ -1,0 +1,260 @@
+//! The auth service over real gRPC, with real session and audit services behind it.
+
+use std::time::Duration;
+
+use aia_proto::audit::v1::QueryRequest;
+use aia_proto::audit::v1::audit_service_client::AuditServiceClient;
+use aia_proto::auth::v1::auth_service_client::AuthServiceClient;
+use aia_proto::auth::v1::{
+    ClientInfo, GetJwksRequest, LoginRequest, LogoutRequest, RegisterRequest, TokenPair,
+    ValidateTokenRequest,
+};
+use aia_testkit::Stack;
+use diesel_async::RunQueryDsl;
+use tonic::transport::Channel;
+
+const PASSWORD: &str = "correct horse battery staple";
+
+fn email() -> String {
+    format!("user-{}@example.com", uuid::Uuid::new_v4().simple())
+}
+
+async fn client(stack: &Stack) -> anyhow::Result<AuthServiceClient<Channel>> {
+    Ok(AuthServiceClient::connect(stack.auth.url()).await?)
+}
+
+fn from(ip: &str) -> Option<ClientInfo> {
+    Some(ClientInfo {
+        ip: ip.into(),
+        user_agent: "tests".into(),
+        request_id: uuid::Uuid::new_v4().to_string(),
+    })
+}
+
+async fn register_and_login(
+    auth: &mut AuthServiceClient<Channel>,
+    email: &str,
+) -> anyhow::Result<TokenPair> {
+    auth.register(RegisterRequest {
+        email: email.into(),
+        password: PASSWORD.into(),
+        client: from("198.51.100.1"),
+    })
+    .await?;
+    Ok(auth
+        .login(LoginRequest {
+            email: email.into(),
+            password: PASSWORD.into(),
+            client: from("198.51.100.1"),
+        })
+        .await?
+        .into_inner())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_token_returns_the_claims_and_sees_a_logout() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let mut auth = client(&stack).await?;
+    let pair = register_and_login(&mut auth, &email()).await?;
+    let valid = auth
+        .validate_token(ValidateTokenRequest {
+            access_token: pair.access_token.clone(),
+        })
+        .await?
+        .into_inner();
+    let claims = valid.claims.ok_or_else(|| anyhow::anyhow!("no claims"))?;
+    assert!(!valid.revoked);
+    assert_eq!(claims.aud, "aia");
+    assert_eq!(claims.roles, vec!["user".to_owned()]);
+    assert!(uuid::Uuid::parse_str(&claims.sid).is_ok());
+    auth.logout(LogoutRequest {
+        access_token: pair.access_token.clone(),
+        client: None,
+    })
+    .await?;
+    let after = auth
+        .validate_token(ValidateTokenRequest {
+            access_token: pair.access_token,
+        })
+        .await?
+        .into_inner();
+    assert!(after.revoked);
+    let junk = auth
+        .validate_token(ValidateTokenRequest {
+            access_token: "junk".into(),
+        })
+        .await
+        .err();
+    assert_eq!(junk.map(|s| s.code()), Some(tonic::Code::Unauthenticated));
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_email_and_wrong_password_are_indistinguishable() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let mut auth = client(&stack).await?;
+    let known = email();
+    register_and_login(&mut auth, &known).await?;
+    let wrong = auth
+        .login(LoginRequest {
+            email: known.clone(),
+            password: "not the password".into(),
+            client: None,
+        })
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("wrong password accepted"))?;
+    let unknown = auth
+        .login(LoginRequest {
+            email: email(),
+            password: PASSWORD.into(),
+            client: None,
+        })
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("unknown email accepted"))?;
+    assert_eq!(wrong.code(), tonic::Code::Unauthenticated);
+    assert_eq!(
+        (wrong.code(), wrong.message()),
+        (unknown.code(), unknown.message())
+    );
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_are_stored_as_argon2id_with_the_configured_cost() -> anyhow::Result<()> {
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        password_hash: String,
+    }
+    let stack = Stack::start().await?;
+    let mut auth = client(&stack).await?;
+    let email = email();
+    register_and_login(&mut auth, &email).await?;
+    // A second registration of the same email changes nothing.
+    auth.register(RegisterRequest {
+        email: email.clone(),
+        password: "another long password".into(),
+        client: None,
+    })
+    .await?;
+    let mut conn = stack.db.connect().await?;
+    let rows = diesel::sql_query("SELECT password_hash FROM auth.users")
+        .load::<Row>(&mut conn)
+        .await?;
+    assert_eq!(rows.len(), 1);
+    assert!(
+        rows[0]
+            .password_hash
+            .starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+        "{}",
+        rows[0].password_hash
+    );
+    assert!(!rows[0].password_hash.contains(PASSWORD));
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_input_is_an_invalid_argument_naming_the_field() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let mut auth = client(&stack).await?;
+    for (email, password, field) in [
+        ("not-an-email", PASSWORD, "email"),
+        ("a@example.com", "short", "password"),
+        ("a@example.com", &"x".repeat(1025), "password"),
+    ] {
+        let status = auth
+            .register(RegisterRequest {
+                email: email.into(),
+                password: password.into(),
+                client: None,
+            })
+            .await
+            .err()
+            .ok_or_else(|| anyhow::anyhow!("accepted"))?;
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().starts_with(field), "{}", status.message());
+        assert!(
+            !status.message().contains(password),
+            "the password is echoed"
+        );
+    }
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_failures_reach_the_audit_trail_with_their_reason() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let mut auth = client(&stack).await?;
+    let known = email();
+    register_and_login(&mut auth, &known).await?;
+    let _ = auth
+        .login(LoginRequest {
+            email: known,
+            password: "not the password".into(),
+            client: from("192.0.2.9"),
+        })
+        .await;
+    let audit = AuditServiceClient::connect(stack.audit.url()).await?;
+    let failure = aia_testkit::eventually(Duration::from_secs(10), || {
+        let mut audit = audit.clone();
+        async move {
+            let events = audit
+                .query(QueryRequest {
+                    event_type: "auth.login".into(),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner()
+                .events;
+            Ok(events
+                .into_iter()
+                .filter_map(|e| e.event)
+                .find(|e| e.source_ip == "192.0.2.9"))
+        }
+    })
+    .await?;
+    assert_eq!(failure.producer, "auth");
+    assert!(
+        failure.details_json.contains("wrong_password"),
+        "{}",
+        failure.details_json
+    );
+    assert!(!failure.details_json.contains("not the password"));
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_signing_key_is_used_and_published() -> anyhow::Result<()> {
+    let pem = aia_tokens::SigningKey::generate_pem()?;
+    let expected = aia_tokens::SigningKey::from_pkcs8_pem(&pem)?
+        .kid()
+        .to_owned();
+    let path = std::env::temp_dir().join(format!("aia-key-{}.pem", uuid::Uuid::new_v4()));
+    std::fs::write(&path, &pem)?;
+    let stack = Stack::start_with(&[("JWT_SIGNING_KEY_FILE", path.display().to_string())]).await?;
+    let mut auth = client(&stack).await?;
+    let jwks: aia_tokens::Jwks = serde_json::from_str(
+        &auth
+            .get_jwks(GetJwksRequest {})
+            .await?
+            .into_inner()
+            .jwks_json,
+    )?;
+    assert_eq!(
+        jwks.keys.iter().map(|k| k.kid.as_str()).collect::<Vec<_>>(),
+        vec![expected.as_str()]
+    );
+    let pair = register_and_login(&mut auth, &email()).await?;
+    let verifier = aia_tokens::Verifier::new(&jwks, "http://localhost:8080", "aia");
+    assert!(verifier.verify(&pair.access_token).is_ok());
+    stack.stop().await;
+    let _ = std::fs::remove_file(path);
+    Ok(())
+}
