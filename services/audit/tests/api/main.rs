@@ -108,7 +108,8 @@ async fn a_redelivered_event_is_stored_once() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_with_one_malformed_event_is_refused_whole() -> anyhow::Result<()> {
     let mut audit = spawn().await?;
-    let mutations: Vec<(&str, fn(&mut Event))> = vec![
+    type Mutation = fn(&mut Event);
+    let mutations: Vec<(&str, Mutation)> = vec![
         ("bad id", |e| e.id = "not-a-uuid".into()),
         ("no time", |e| e.occurred_at = None),
         ("empty type", |e| e.event_type.clear()),
