@@ -21,8 +21,8 @@ services: ## Make sure Postgres and Redis answer (start them if installed and st
 	bash scripts/services.sh
 
 test: services ## Run the whole test suite against real Postgres and Redis
+	cargo test --workspace --doc --quiet
 	cargo nextest run --workspace --no-fail-fast
-	cargo test --workspace --doc
 
 lint: ## rustfmt and clippy, warnings are errors
 	cargo fmt --all -- --check

@@ -17,6 +17,7 @@ fn compile(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
     let files = [
+        root.join("aia/common/v1/common.proto"),
         root.join("aia/auth/v1/auth.proto"),
         root.join("aia/session/v1/session.proto"),
         root.join("aia/audit/v1/audit.proto"),

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use aia_proto::audit::v1::audit_service_client::AuditServiceClient;
 use aia_proto::audit::v1::{Event, Outcome, RecordBatchRequest};
+use aia_proto::common::v1::ClientInfo;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
@@ -93,11 +94,13 @@ impl EventBuilder<'_> {
         self
     }
 
-    /// Where the request came from.
-    pub fn client(mut self, ip: &str, user_agent: &str, request_id: &str) -> Self {
-        self.event.source_ip = ip.to_owned();
-        self.event.user_agent = user_agent.to_owned();
-        self.event.request_id = request_id.to_owned();
+    /// Where the request came from, as the gateway reported it.
+    pub fn client(mut self, client: Option<&ClientInfo>) -> Self {
+        if let Some(c) = client {
+            self.event.source_ip.clone_from(&c.ip);
+            self.event.user_agent.clone_from(&c.user_agent);
+            self.event.request_id.clone_from(&c.request_id);
+        }
         self
     }
 

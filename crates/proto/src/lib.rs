@@ -3,6 +3,13 @@
 
 #![allow(clippy::all, clippy::pedantic, missing_docs)]
 
+/// `aia.common.v1`: messages shared by the APIs.
+pub mod common {
+    pub mod v1 {
+        tonic::include_proto!("aia.common.v1");
+    }
+}
+
 /// `aia.auth.v1`: users, credentials, access tokens.
 pub mod auth {
     pub mod v1 {

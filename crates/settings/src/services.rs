@@ -153,6 +153,10 @@ pub struct GatewaySettings {
     pub json_limit: usize,
     /// `GATEWAY_WORKERS`: HTTP worker threads (default: the number of cores).
     pub workers: usize,
+    /// `REVOCATION_STALE_AFTER_MS`: how long the in-memory blacklist is trusted
+    /// without news from the session service (default 2000); after that, each request
+    /// asks the session service.
+    pub revocation_stale_after: Duration,
 }
 
 const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/aia";
@@ -325,6 +329,12 @@ impl GatewaySettings {
             tokens: TokenSettings::read(&mut env),
             json_limit: env.parse_in("GATEWAY_JSON_LIMIT_BYTES", 65_536, 1_024, 16 << 20),
             workers: env.parse_in("GATEWAY_WORKERS", cores(), 1, 256),
+            revocation_stale_after: Duration::from_millis(env.parse_in(
+                "REVOCATION_STALE_AFTER_MS",
+                2000,
+                600,
+                60_000,
+            )),
             common,
         };
         env.finish(settings)

@@ -15,23 +15,53 @@ use tonic_health::server::{HealthReporter, HealthService};
 use crate::admin::AdminServer;
 use crate::shutdown::GRACE_PERIOD;
 
-/// A bound gRPC service and its admin port, ready to run.
-pub struct GrpcService {
+/// A gRPC service, bound and ready to run: its gRPC listener (with `grpc.health.v1`
+/// added), its admin port, and the background tasks to wait for after it stops.
+/// Every gRPC service's `build` returns one.
+pub struct GrpcApplication {
     grpc: TcpListener,
     admin: AdminServer,
+    name: &'static str,
+    router: Router,
+    reporter: HealthReporter,
+    shutdown: CancellationToken,
+    background: Vec<tokio::task::JoinHandle<()>>,
 }
 
-impl GrpcService {
-    /// Binds both listeners (port 0 picks free ports).
+impl GrpcApplication {
+    /// Binds both listeners (port 0 picks free ports) and builds the router:
+    /// `add_services` receives a router that already serves health, and adds the
+    /// service named `name` (its health status is reported under that name).
     pub async fn bind(
         grpc_addr: SocketAddr,
         admin_addr: SocketAddr,
         readiness: crate::admin::ReadinessCheck,
-    ) -> std::io::Result<Self> {
+        name: &'static str,
+        add_services: impl FnOnce(Router) -> Router,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let reporter = HealthReporter::new();
+        let health = HealthServer::new(HealthService::from_health_reporter(reporter.clone()));
         Ok(Self {
-            grpc: TcpListener::bind(grpc_addr).await?,
-            admin: AdminServer::bind(admin_addr, readiness).await?,
+            grpc: TcpListener::bind(grpc_addr)
+                .await
+                .with_context(|| format!("binding the gRPC port {grpc_addr}"))?,
+            admin: AdminServer::bind(admin_addr, readiness)
+                .await
+                .with_context(|| format!("binding the admin port {admin_addr}"))?,
+            name,
+            router: add_services(tonic::transport::Server::builder().add_service(health)),
+            reporter,
+            shutdown,
+            background: Vec::new(),
         })
+    }
+
+    /// A task to wait for (bounded by the grace period) once serving has stopped,
+    /// such as a relay that flushes queued events.
+    pub fn with_background(mut self, task: tokio::task::JoinHandle<()>) -> Self {
+        self.background.push(task);
+        self
     }
 
     /// The bound gRPC address.
@@ -44,42 +74,41 @@ impl GrpcService {
         self.admin.local_addr()
     }
 
-    /// Serves `router` (health is added here, reporting `name` as serving) until
-    /// `shutdown` is cancelled; in-flight calls get [`GRACE_PERIOD`] to finish.
-    pub async fn run(
-        self,
-        name: &'static str,
-        router: impl FnOnce(HealthServer<HealthService>) -> Router,
-        shutdown: CancellationToken,
-    ) -> anyhow::Result<()> {
-        let reporter = HealthReporter::new();
-        let health = HealthServer::new(HealthService::from_health_reporter(reporter.clone()));
-        reporter
-            .set_service_status(name, tonic_health::ServingStatus::Serving)
-            .await;
-        reporter
-            .set_service_status("", tonic_health::ServingStatus::Serving)
-            .await;
-        let incoming = TcpIncoming::from(self.grpc).with_nodelay(Some(true));
-        let stopping = shutdown.clone();
-        let grpc = router(health).serve_with_incoming_shutdown(incoming, async move {
-            stopping.cancelled().await;
+    /// Serves until the shutdown token is cancelled; in-flight calls and background
+    /// tasks get [`GRACE_PERIOD`] to finish.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let reporter = self.reporter;
+        for service in [self.name, ""] {
             reporter
-                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .set_service_status(service, tonic_health::ServingStatus::Serving)
                 .await;
-        });
-        let admin = self.admin.run(shutdown.clone());
-        let both = async {
+        }
+        let incoming = TcpIncoming::from(self.grpc).with_nodelay(Some(true));
+        let stopping = self.shutdown.clone();
+        let grpc = self
+            .router
+            .serve_with_incoming_shutdown(incoming, async move {
+                stopping.cancelled().await;
+                reporter
+                    .set_service_status("", tonic_health::ServingStatus::NotServing)
+                    .await;
+            });
+        let admin = self.admin.run(self.shutdown.clone());
+        let background = self.background;
+        let all = async {
             let (grpc, admin) = tokio::join!(grpc, admin);
+            for task in background {
+                let _ = task.await;
+            }
             grpc.context("gRPC server")?;
             admin.context("admin server")?;
             Ok::<(), anyhow::Error>(())
         };
-        tokio::pin!(both);
+        let shutdown = self.shutdown;
         tokio::select! {
-            result = &mut both => result,
+            result = all => result,
             () = async { shutdown.cancelled().await; tokio::time::sleep(GRACE_PERIOD).await } => {
-                tracing::warn!("grace period over; stopping with calls in flight");
+                tracing::warn!("grace period over; stopping with work in flight");
                 Ok(())
             }
         }

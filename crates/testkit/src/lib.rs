@@ -158,104 +158,111 @@ impl Addrs {
     }
 }
 
-fn spawn_run(
-    run: impl Future<Output = anyhow::Result<()>> + Send + 'static,
-    name: &'static str,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        if let Err(error) = run.await {
-            eprintln!("{name} stopped with an error: {error:#}");
-        }
-    })
-}
-
-/// A handle on services started by the kit.
+/// A handle on services started by the kit; each can be stopped on its own.
 pub struct Running {
     shutdown: CancellationToken,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    services: Vec<(&'static str, CancellationToken, tokio::task::JoinHandle<()>)>,
 }
 
 impl Running {
     fn new(shutdown: CancellationToken) -> Self {
         Self {
             shutdown,
-            tasks: Vec::new(),
+            services: Vec::new(),
         }
+    }
+
+    fn spawn(
+        &mut self,
+        name: &'static str,
+        token: CancellationToken,
+        run: impl Future<Output = anyhow::Result<()>> + Send + 'static,
+    ) {
+        let task = tokio::spawn(async move {
+            if let Err(error) = run.await {
+                eprintln!("{name} stopped with an error: {error:#}");
+            }
+        });
+        self.services.push((name, token, task));
     }
 
     /// Starts the audit service.
     pub async fn audit(&mut self, env: Env) -> anyhow::Result<Addrs> {
-        let app = aia_audit::Application::build(
-            aia_settings::AuditSettings::from_env(env)?,
-            self.shutdown.child_token(),
-        )
-        .await?;
+        let token = self.shutdown.child_token();
+        let app =
+            aia_audit::build(aia_settings::AuditSettings::from_env(env)?, token.clone()).await?;
         let addrs = Addrs {
             main: app.grpc_addr()?,
             admin: app.admin_addr()?,
         };
-        self.tasks.push(spawn_run(app.run_until_stopped(), "audit"));
+        self.spawn("audit", token, app.run_until_stopped());
         Ok(addrs)
     }
 
     /// Starts the session service.
     pub async fn session(&mut self, env: Env) -> anyhow::Result<Addrs> {
-        let app = aia_session::Application::build(
-            aia_settings::SessionSettings::from_env(env)?,
-            self.shutdown.child_token(),
-        )
-        .await?;
+        let token = self.shutdown.child_token();
+        let app = aia_session::build(aia_settings::SessionSettings::from_env(env)?, token.clone())
+            .await?;
         let addrs = Addrs {
             main: app.grpc_addr()?,
             admin: app.admin_addr()?,
         };
-        self.tasks
-            .push(spawn_run(app.run_until_stopped(), "session"));
+        self.spawn("session", token, app.run_until_stopped());
         Ok(addrs)
     }
 
     /// Starts the auth service.
     pub async fn auth(&mut self, env: Env) -> anyhow::Result<Addrs> {
-        let app = aia_auth::Application::build(
-            aia_settings::AuthSettings::from_env(env)?,
-            self.shutdown.child_token(),
-        )
-        .await?;
+        let token = self.shutdown.child_token();
+        let app =
+            aia_auth::build(aia_settings::AuthSettings::from_env(env)?, token.clone()).await?;
         let addrs = Addrs {
             main: app.grpc_addr()?,
             admin: app.admin_addr()?,
         };
-        self.tasks.push(spawn_run(app.run_until_stopped(), "auth"));
+        self.spawn("auth", token, app.run_until_stopped());
         Ok(addrs)
     }
 
     /// Starts a gateway.
     pub async fn gateway(&mut self, env: Env) -> anyhow::Result<Addrs> {
-        let app = aia_gateway::Application::build(
-            aia_settings::GatewaySettings::from_env(env)?,
-            self.shutdown.child_token(),
-        )
-        .await?;
+        let token = self.shutdown.child_token();
+        let app = aia_gateway::build(aia_settings::GatewaySettings::from_env(env)?, token.clone())
+            .await?;
         let addrs = Addrs {
             main: app.http_addr(),
             admin: app.admin_addr()?,
         };
-        self.tasks
-            .push(spawn_run(app.run_until_stopped(), "gateway"));
+        self.spawn("gateway", token, app.run_until_stopped());
         Ok(addrs)
+    }
+
+    /// Stops every service called `name` and waits (bounded) for them to finish.
+    pub async fn stop_service(&mut self, name: &str) {
+        let (stopping, kept) = std::mem::take(&mut self.services)
+            .into_iter()
+            .partition(|(n, _, _)| *n == name);
+        self.services = kept;
+        Self::wait(stopping).await;
+    }
+
+    async fn wait(services: Vec<(&'static str, CancellationToken, tokio::task::JoinHandle<()>)>) {
+        for (_, token, _) in &services {
+            token.cancel();
+        }
+        let all = async {
+            for (_, _, task) in services {
+                let _ = task.await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(15), all).await;
     }
 
     /// Stops everything and waits (bounded) for it to finish.
     pub async fn stop(self) {
         self.shutdown.cancel();
-        let all = futures_join(self.tasks);
-        let _ = tokio::time::timeout(Duration::from_secs(15), all).await;
-    }
-}
-
-async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
-    for task in tasks {
-        let _ = task.await;
+        Self::wait(self.services).await;
     }
 }
 
@@ -275,6 +282,7 @@ pub struct Stack {
     pub gateway: Addrs,
     running: Running,
     http: reqwest::Client,
+    extra: Vec<(String, String)>,
 }
 
 impl Stack {
@@ -288,8 +296,13 @@ impl Stack {
         let db = TestDb::create().await?;
         let redis_prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
         let mut running = Running::new(CancellationToken::new());
+        let extra: Vec<(String, String)> = extra
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect();
         let base = |more: &[(&str, String)]| {
-            let mut all: Vec<(&str, String)> = extra.to_vec();
+            let mut all: Vec<(&str, String)> =
+                extra.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
             all.extend_from_slice(more);
             env(&db, &redis_prefix, &all)
         };
@@ -321,7 +334,26 @@ impl Stack {
             gateway,
             running,
             http,
+            extra,
         })
+    }
+
+    /// Starts one more gateway in front of the same services.
+    pub async fn add_gateway(&mut self) -> anyhow::Result<Addrs> {
+        let mut all: Vec<(&str, String)> = self
+            .extra
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect();
+        all.push(("AUTH_GRPC_URL", self.auth.url()));
+        all.push(("SESSION_GRPC_URL", self.session.url()));
+        let env = env(&self.db, &self.redis_prefix, &all);
+        self.running.gateway(env).await
+    }
+
+    /// Stops one service (`audit`, `session`, `auth` or `gateway`: every gateway).
+    pub async fn stop_service(&mut self, name: &str) {
+        self.running.stop_service(name).await;
     }
 
     /// An HTTP client.

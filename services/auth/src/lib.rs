@@ -1,6 +1,7 @@
 //! The auth service: users, credentials, access tokens.
 //!
-//! - [`Application`]: binds the gRPC and admin ports (`build`), then serves them.
+//! - [`build`]: binds the gRPC and admin ports; the [`Application`] it returns serves
+//!   them.
 //! - `service`: `aia.auth.v1.AuthService` (register, login, refresh, logout, validate).
 //! - `domain`: `EmailAddress`, `Password` (valid by construction).
 //! - `hashing`: argon2id on a bounded blocking pool; the dummy hash for unknown users.
@@ -16,14 +17,13 @@ mod schema;
 mod service;
 mod users;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use aia_proto::auth::v1::auth_service_server::AuthServiceServer;
 use aia_proto::session::v1::session_service_client::SessionServiceClient;
 use aia_settings::AuthSettings;
-use aia_telemetry::grpc::GrpcService;
+use aia_telemetry::grpc::GrpcApplication;
 use aia_telemetry::shutdown::CancellationToken;
 use aia_tokens::{Jwks, Verifier};
 use anyhow::Context;
@@ -32,89 +32,54 @@ use tonic::transport::Endpoint;
 
 pub use service::Auth;
 
-/// A bound auth service.
-pub struct Application {
-    server: GrpcService,
-    auth: Auth,
+/// The auth service, bound and ready to run.
+pub type Application = GrpcApplication;
+
+/// Loads the signing key, prepares the hasher, connects (lazily) and binds.
+pub async fn build(
+    settings: AuthSettings,
     shutdown: CancellationToken,
-    relay: tokio::task::JoinHandle<()>,
-}
-
-impl Application {
-    /// Loads the signing key, prepares the hasher, connects (lazily) and binds.
-    pub async fn build(
-        settings: AuthSettings,
-        shutdown: CancellationToken,
-    ) -> anyhow::Result<Self> {
-        let key = keys::load(&settings.signing_key, settings.common.app_env)?;
-        let jwks = Jwks {
-            keys: vec![key.jwk().clone()],
-        };
-        let verifier = Verifier::new(&jwks, &settings.tokens.issuer, &settings.tokens.audience);
-        let pg = aia_db::pool(
-            settings.common.database_url.expose_secret(),
-            settings.common.database_pool_size,
-        )?;
-        let session = Endpoint::from_shared(settings.session_url.clone())
-            .context("SESSION_GRPC_URL")?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(5))
-            .connect_lazy();
-        let (audit, relay) =
-            aia_audit_client::AuditClient::spawn(&settings.audit_url, "auth", shutdown.clone())?;
-        let ready_pool = pg.clone();
-        let readiness: aia_telemetry::admin::ReadinessCheck = Arc::new(move || {
-            let pool = ready_pool.clone();
-            Box::pin(async move { aia_db::ping(&pool).await.map_err(|_| "postgres".to_owned()) })
-        });
-        let server = GrpcService::bind(settings.grpc_addr, settings.admin_addr, readiness)
-            .await
-            .context("binding the auth listeners")?;
-        let auth = Auth {
-            users: users::UserStore::new(pg),
-            hasher: hashing::Hasher::new(&settings.hashing).await?,
-            key: Arc::new(key),
-            verifier,
-            jwks_json: Arc::from(serde_json::to_string(&jwks)?),
-            tokens: settings.tokens,
-            password_min_length: settings.password_min_length,
-            session: SessionServiceClient::new(session),
-            audit,
-        };
-        Ok(Self {
-            server,
-            auth,
-            shutdown,
-            relay,
-        })
-    }
-
-    /// The bound gRPC address.
-    pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
-        self.server.grpc_addr()
-    }
-
-    /// The bound admin address.
-    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
-        self.server.admin_addr()
-    }
-
-    /// Serves until the shutdown token is cancelled, then flushes pending audit events.
-    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let auth = self.auth;
-        let result = self
-            .server
-            .run(
-                "aia.auth.v1.AuthService",
-                move |health| {
-                    tonic::transport::Server::builder()
-                        .add_service(health)
-                        .add_service(AuthServiceServer::new(auth))
-                },
-                self.shutdown,
-            )
-            .await;
-        let _ = self.relay.await;
-        result
-    }
+) -> anyhow::Result<Application> {
+    let key = keys::load(&settings.signing_key, settings.common.app_env)?;
+    let jwks = Jwks {
+        keys: vec![key.jwk().clone()],
+    };
+    let verifier = Verifier::new(&jwks, &settings.tokens.issuer, &settings.tokens.audience);
+    let pg = aia_db::pool(
+        settings.common.database_url.expose_secret(),
+        settings.common.database_pool_size,
+    )?;
+    let session = Endpoint::from_shared(settings.session_url.clone())
+        .context("SESSION_GRPC_URL")?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(5))
+        .connect_lazy();
+    let (audit, relay) =
+        aia_audit_client::AuditClient::spawn(&settings.audit_url, "auth", shutdown.clone())?;
+    let ready_pool = pg.clone();
+    let readiness: aia_telemetry::admin::ReadinessCheck = Arc::new(move || {
+        let pool = ready_pool.clone();
+        Box::pin(async move { aia_db::ping(&pool).await.map_err(|_| "postgres".to_owned()) })
+    });
+    let auth = Auth {
+        users: users::UserStore::new(pg),
+        hasher: hashing::Hasher::new(&settings.hashing).await?,
+        key: Arc::new(key),
+        verifier,
+        jwks_json: Arc::from(serde_json::to_string(&jwks)?),
+        tokens: settings.tokens,
+        password_min_length: settings.password_min_length,
+        session: SessionServiceClient::new(session),
+        audit,
+    };
+    let app = GrpcApplication::bind(
+        settings.grpc_addr,
+        settings.admin_addr,
+        readiness,
+        "aia.auth.v1.AuthService",
+        |router| router.add_service(AuthServiceServer::new(auth)),
+        shutdown,
+    )
+    .await?;
+    Ok(app.with_background(relay))
 }

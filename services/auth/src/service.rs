@@ -6,8 +6,8 @@ use aia_audit_client::AuditClient;
 use aia_proto::audit::v1::Outcome;
 use aia_proto::auth::v1::auth_service_server::AuthService;
 use aia_proto::auth::v1::{
-    Claims, ClientInfo, GetJwksRequest, GetJwksResponse, GetUserRequest, LoginRequest,
-    LogoutRequest, LogoutResponse, RefreshRequest, RegisterRequest, RegisterResponse, TokenPair,
+    Claims, GetJwksRequest, GetJwksResponse, GetUserRequest, LoginRequest, LogoutRequest,
+    LogoutResponse, RefreshRequest, RegisterRequest, RegisterResponse, TokenPair,
     User as UserMessage, ValidateTokenRequest, ValidateTokenResponse,
 };
 use aia_proto::session::v1 as session;
@@ -34,20 +34,6 @@ pub struct Auth {
     pub(crate) password_min_length: usize,
     pub(crate) session: SessionServiceClient<Channel>,
     pub(crate) audit: AuditClient,
-}
-
-fn to_session_client(client: Option<&ClientInfo>) -> Option<session::ClientInfo> {
-    client.map(|c| session::ClientInfo {
-        ip: c.ip.clone(),
-        user_agent: c.user_agent.clone(),
-        request_id: c.request_id.clone(),
-    })
-}
-
-fn client_fields(client: Option<&ClientInfo>) -> (&str, &str, &str) {
-    client.map_or(("", "", ""), |c| {
-        (c.ip.as_str(), c.user_agent.as_str(), c.request_id.as_str())
-    })
 }
 
 impl Auth {
@@ -93,7 +79,7 @@ impl Auth {
             .insert(&email, &hash)
             .await
             .map_err(AuthError::Unavailable)?;
-        let (ip, ua, rid) = client_fields(req.client.as_ref());
+        let client = req.client.as_ref();
         match created {
             Some(id) => {
                 metrics::counter!("auth_register_total", "outcome" => "created").increment(1);
@@ -101,14 +87,14 @@ impl Auth {
                     .event("auth.register", Outcome::Success)
                     .actor(id.to_string())
                     .subject(id.to_string())
-                    .client(ip, ua, rid)
+                    .client(client)
                     .emit();
             }
             None => {
                 metrics::counter!("auth_register_total", "outcome" => "email_taken").increment(1);
                 self.audit
                     .event("auth.register", Outcome::Failure)
-                    .client(ip, ua, rid)
+                    .client(client)
                     .details(serde_json::json!({"reason": "email_taken"}))
                     .emit();
             }
@@ -128,7 +114,7 @@ impl Auth {
             .hasher
             .verify(password, user.as_ref().map(|u| u.password_hash.clone()))
             .await?;
-        let (ip, ua, rid) = client_fields(req.client.as_ref());
+        let client = req.client.as_ref();
         let user = match user {
             Some(user) if matches && user.disabled_at.is_none() => user,
             other => {
@@ -142,7 +128,7 @@ impl Auth {
                 let mut event = self
                     .audit
                     .event("auth.login", Outcome::Failure)
-                    .client(ip, ua, rid)
+                    .client(client)
                     .details(serde_json::json!({"reason": reason}));
                 if let Some(u) = other {
                     event = event.subject(u.id.to_string());
@@ -156,7 +142,7 @@ impl Auth {
             .clone()
             .create_session(session::CreateSessionRequest {
                 user_id: user.id.to_string(),
-                client: to_session_client(req.client.as_ref()),
+                client: req.client.clone(),
             })
             .await
             .map_err(|s| AuthError::from_upstream(s, "session.CreateSession"))?
@@ -167,7 +153,7 @@ impl Auth {
             .event("auth.login", Outcome::Success)
             .actor(user.id.to_string())
             .subject(user.id.to_string())
-            .client(ip, ua, rid)
+            .client(client)
             .details(serde_json::json!({"session_id": created.session_id, "amr": ["pwd"]}))
             .emit();
         Ok(pair)
@@ -179,7 +165,7 @@ impl Auth {
             .clone()
             .rotate(session::RotateRequest {
                 refresh_token: req.refresh_token,
-                client: to_session_client(req.client.as_ref()),
+                client: req.client.clone(),
             })
             .await
             .map_err(|s| match s.code() {
@@ -220,7 +206,7 @@ impl Auth {
                     seconds: claims.exp,
                     nanos: 0,
                 }),
-                client: to_session_client(req.client.as_ref()),
+                client: req.client.clone(),
                 user_id: claims.sub,
             })
             .await

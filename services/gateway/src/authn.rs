@@ -2,8 +2,9 @@
 //!
 //! A route that takes `Authenticated` is protected: the token must verify locally
 //! against auth's keys (EdDSA only, `typ` at+jwt, exact `iss`/`aud`, see
-//! `aia_tokens::Verifier`) and must not be revoked. Revocation is asked of the session
-//! service per request; if it cannot answer, the request fails closed with 503.
+//! `aia_tokens::Verifier`) and must not be revoked. Revocation is checked against the
+//! in-memory blacklist while it is fresh, else asked of the session service; if that
+//! cannot answer either, the request fails closed with 503.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -50,23 +51,36 @@ async fn authenticate(
             .increment(1);
         Problem::invalid_token()
     })?;
-    let revoked = state
-        .session
-        .clone()
-        .is_revoked(IsRevokedRequest {
-            jti: claims.jti.clone(),
-            session_id: claims.sid.clone(),
-        })
-        .await
-        .map_err(|status| match status.code() {
-            tonic::Code::InvalidArgument => Problem::invalid_token(),
-            _ => {
-                tracing::warn!(code = ?status.code(), "revocation check failed; refusing");
-                Problem::unavailable()
-            }
-        })?
-        .into_inner()
-        .revoked;
+    let (Ok(jti), Ok(sid)) = (
+        uuid::Uuid::parse_str(&claims.jti),
+        uuid::Uuid::parse_str(&claims.sid),
+    ) else {
+        return Err(Problem::invalid_token());
+    };
+    let revoked = match state.revocations.check(jti, sid) {
+        Some(revoked) => {
+            metrics::counter!("gateway_revocation_checks_total", "source" => "memory").increment(1);
+            revoked
+        }
+        None => {
+            metrics::counter!("gateway_revocation_checks_total", "source" => "session")
+                .increment(1);
+            state
+                .session
+                .clone()
+                .is_revoked(IsRevokedRequest {
+                    jti: claims.jti.clone(),
+                    session_id: claims.sid.clone(),
+                })
+                .await
+                .map_err(|status| {
+                    tracing::warn!(code = ?status.code(), "revocation check failed; refusing");
+                    Problem::unavailable()
+                })?
+                .into_inner()
+                .revoked
+        }
+    };
     if revoked {
         metrics::counter!("gateway_token_refused_total", "reason" => "revoked").increment(1);
         return Err(Problem::invalid_token());

@@ -68,9 +68,9 @@ impl Client {
         }
     }
 
-    /// As the auth service's message.
-    pub fn to_auth(&self) -> aia_proto::auth::v1::ClientInfo {
-        aia_proto::auth::v1::ClientInfo {
+    /// As the services' message.
+    pub fn to_proto(&self) -> aia_proto::common::v1::ClientInfo {
+        aia_proto::common::v1::ClientInfo {
             ip: self.ip.clone(),
             user_agent: self.user_agent.clone(),
             request_id: self.request_id.clone(),

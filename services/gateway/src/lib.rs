@@ -1,10 +1,12 @@
 //! The gateway: the only public door. HTTP/JSON outside, gRPC to the services inside.
 //!
-//! - [`Application`]: binds the public and admin ports (`build`), then serves them.
+//! - [`build`]: binds the public and admin ports; the [`Application`] it returns
+//!   serves them.
 //! - `routes`: the route table and the `/v1/auth/*` handlers.
 //! - `authn`: bearer-token verification (local, against cached keys) and the
 //!   revocation check.
 //! - `keys`: the signing-key cache.
+//! - `revocations`: the in-memory blacklist, fed by `session.WatchRevocations`.
 //! - `json`: JSON body limits and parse errors as problems.
 //! - `problem`: RFC 9457 bodies, and the mapping from gRPC statuses.
 //! - `client`: request id, client IP, user agent.
@@ -16,6 +18,7 @@ mod json;
 mod keys;
 mod middleware;
 mod problem;
+mod revocations;
 mod routes;
 mod state;
 
@@ -49,63 +52,79 @@ fn channel(url: &str, what: &str) -> anyhow::Result<Channel> {
         .connect_lazy())
 }
 
-impl Application {
-    /// Connects (lazily) to the services and binds the listeners.
-    pub async fn build(
-        settings: GatewaySettings,
-        shutdown: CancellationToken,
-    ) -> anyhow::Result<Self> {
-        let auth = AuthServiceClient::new(channel(&settings.auth_url, "AUTH_GRPC_URL")?);
-        let session =
-            SessionServiceClient::new(channel(&settings.session_url, "SESSION_GRPC_URL")?);
-        let state = web::Data::new(state::State {
-            keys: keys::KeyCache::new(
-                auth.clone(),
-                settings.tokens.issuer.clone(),
-                settings.tokens.audience.clone(),
-            ),
-            auth,
-            session,
-        });
-        let ready_state = state.clone();
-        let readiness: aia_telemetry::admin::ReadinessCheck = Arc::new(move || {
-            let state = ready_state.clone();
-            Box::pin(async move {
-                state
-                    .keys
-                    .for_kid(None)
-                    .await
-                    .map(|_| ())
-                    .map_err(|_| "auth".to_owned())
-            })
-        });
-        let admin = AdminServer::bind(settings.admin_addr, readiness)
-            .await
-            .context("binding the admin port")?;
-        let listener =
-            std::net::TcpListener::bind(settings.http_addr).context("binding the HTTP port")?;
-        let http_addr = listener.local_addr()?;
-        let json_limit = settings.json_limit;
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(state.clone())
-                .app_data(json::config(json_limit))
-                .wrap(actix_web::middleware::from_fn(middleware::decorate))
-                .configure(routes::configure)
+/// Connects (lazily) to the services, starts following the revocation stream, and
+/// binds the listeners.
+pub async fn build(
+    settings: GatewaySettings,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Application> {
+    let auth = AuthServiceClient::new(channel(&settings.auth_url, "AUTH_GRPC_URL")?);
+    let session = SessionServiceClient::new(channel(&settings.session_url, "SESSION_GRPC_URL")?);
+    // The watch stream lives long: no per-call timeout, HTTP/2 keep-alive instead.
+    let watch_channel = Endpoint::from_shared(settings.session_url.clone())
+        .context("SESSION_GRPC_URL is not a URL")?
+        .connect_timeout(Duration::from_secs(2))
+        .http2_keep_alive_interval(Duration::from_secs(1))
+        .keep_alive_timeout(Duration::from_secs(2))
+        .connect_lazy();
+    let revocations = Arc::new(revocations::RevocationCache::new(
+        settings.revocation_stale_after,
+    ));
+    tokio::spawn(revocations::watch(
+        revocations.clone(),
+        SessionServiceClient::new(watch_channel),
+        shutdown.clone(),
+    ));
+    let state = web::Data::new(state::State {
+        keys: keys::KeyCache::new(
+            auth.clone(),
+            settings.tokens.issuer.clone(),
+            settings.tokens.audience.clone(),
+        ),
+        auth,
+        session,
+        revocations,
+    });
+    let ready_state = state.clone();
+    let readiness: aia_telemetry::admin::ReadinessCheck = Arc::new(move || {
+        let state = ready_state.clone();
+        Box::pin(async move {
+            state
+                .keys
+                .for_kid(None)
+                .await
+                .map(|_| ())
+                .map_err(|_| "auth".to_owned())
         })
-        .workers(settings.workers)
-        .disable_signals()
-        .shutdown_timeout(GRACE_PERIOD.as_secs())
-        .listen(listener)?
-        .run();
-        Ok(Self {
-            server,
-            http_addr,
-            admin,
-            shutdown,
-        })
-    }
+    });
+    let admin = AdminServer::bind(settings.admin_addr, readiness)
+        .await
+        .context("binding the admin port")?;
+    let listener =
+        std::net::TcpListener::bind(settings.http_addr).context("binding the HTTP port")?;
+    let http_addr = listener.local_addr()?;
+    let json_limit = settings.json_limit;
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .app_data(json::config(json_limit))
+            .wrap(actix_web::middleware::from_fn(middleware::decorate))
+            .configure(routes::configure)
+    })
+    .workers(settings.workers)
+    .disable_signals()
+    .shutdown_timeout(GRACE_PERIOD.as_secs())
+    .listen(listener)?
+    .run();
+    Ok(Application {
+        server,
+        http_addr,
+        admin,
+        shutdown,
+    })
+}
 
+impl Application {
     /// The bound public address.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr

@@ -5,6 +5,7 @@ use aia_proto::session::v1::session_service_client::SessionServiceClient;
 use tonic::transport::Channel;
 
 use crate::keys::KeyCache;
+use crate::revocations::RevocationCache;
 
 /// Shared state: gRPC clients (cheap to clone) and the key cache.
 pub struct State {
@@ -14,4 +15,6 @@ pub struct State {
     pub session: SessionServiceClient<Channel>,
     /// The public signing keys.
     pub keys: KeyCache,
+    /// The in-memory blacklist.
+    pub revocations: std::sync::Arc<RevocationCache>,
 }

@@ -20,6 +20,7 @@ use chrono::{DateTime, Utc};
 use deadpool_redis::redis;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
+use tokio::sync::broadcast;
 
 use crate::schema::revocations;
 
@@ -56,7 +57,15 @@ pub struct Blacklist {
     redis: RedisPool,
     prefix: String,
     rehydrating: Arc<AtomicBool>,
+    /// New entries, for `WatchRevocations` streams of this process.
+    events: broadcast::Sender<Entry>,
 }
+
+/// One blacklist entry: what it covers, which id, until when.
+pub type Entry = (Kind, uuid::Uuid, DateTime<Utc>);
+
+/// Entries a slow `WatchRevocations` stream may fall behind before it is ended.
+const EVENT_BUFFER: usize = 4096;
 
 impl Blacklist {
     /// A blacklist over these stores; Redis keys start with `prefix`.
@@ -66,6 +75,7 @@ impl Blacklist {
             redis,
             prefix,
             rehydrating: Arc::new(AtomicBool::new(false)),
+            events: broadcast::channel(EVENT_BUFFER).0,
         }
     }
 
@@ -102,6 +112,8 @@ impl Blacklist {
             .await
             .context("storing a revocation")?;
         metrics::counter!("session_revocations_total", "kind" => kind.as_str()).increment(1);
+        // No receiver is not an error: no gateway is watching.
+        let _ = self.events.send((kind, id, until));
         if let Err(error) = self.copy_to_redis(&[(kind, id, until)]).await {
             // Redis now lacks an entry: drop the sentinel so lookups ask Postgres.
             tracing::warn!(
@@ -220,21 +232,29 @@ impl Blacklist {
         });
     }
 
-    /// Copies every unexpired entry from Postgres to Redis, then marks Redis complete.
-    pub async fn rehydrate(&self) -> anyhow::Result<usize> {
-        let rows: Vec<(String, uuid::Uuid, DateTime<Utc>)> = {
-            let mut conn = aia_db::conn(&self.pg).await?;
-            revocations::table
-                .select((revocations::kind, revocations::id, revocations::expires_at))
-                .filter(revocations::expires_at.gt(Utc::now()))
-                .load(&mut conn)
-                .await
-                .context("loading revocations")?
-        };
-        let entries: Vec<_> = rows
+    /// New entries from now on (those added through this process).
+    pub fn subscribe(&self) -> broadcast::Receiver<Entry> {
+        self.events.subscribe()
+    }
+
+    /// Every entry that still matters, from the durable store.
+    pub async fn unexpired(&self) -> anyhow::Result<Vec<Entry>> {
+        let mut conn = aia_db::conn(&self.pg).await?;
+        let rows: Vec<(String, uuid::Uuid, DateTime<Utc>)> = revocations::table
+            .select((revocations::kind, revocations::id, revocations::expires_at))
+            .filter(revocations::expires_at.gt(Utc::now()))
+            .load(&mut conn)
+            .await
+            .context("loading revocations")?;
+        Ok(rows
             .into_iter()
             .filter_map(|(kind, id, until)| Some((Kind::from_str(&kind)?, id, until)))
-            .collect();
+            .collect())
+    }
+
+    /// Copies every unexpired entry from Postgres to Redis, then marks Redis complete.
+    pub async fn rehydrate(&self) -> anyhow::Result<usize> {
+        let entries = self.unexpired().await?;
         for chunk in entries.chunks(1000) {
             self.copy_to_redis(chunk).await?;
         }

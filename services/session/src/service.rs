@@ -2,22 +2,27 @@
 
 use aia_audit_client::AuditClient;
 use aia_proto::audit::v1::Outcome;
+use aia_proto::common::v1::ClientInfo;
 use aia_proto::session::v1::session_service_server::SessionService;
 use aia_proto::session::v1::{
-    ClientInfo, CreateSessionRequest, CreateSessionResponse, IsRevokedRequest, IsRevokedResponse,
-    RevokeRequest, RevokeResponse, RotateRequest, RotateResponse,
+    CreateSessionRequest, CreateSessionResponse, IsRevokedRequest, IsRevokedResponse, Revocation,
+    RevocationBatch, RevocationKind, RevokeRequest, RevokeResponse, RotateRequest, RotateResponse,
+    WatchRevocationsRequest,
 };
 use aia_telemetry::grpc::unavailable;
 use chrono::{DateTime, Utc};
 use tonic::{Request, Response, Status};
 
-use crate::blacklist::{Blacklist, Kind};
+use crate::blacklist::{Blacklist, Entry, Kind};
 use crate::refresh_token::RefreshToken;
 use crate::store::{Client, SessionStore};
+use tokio::sync::{broadcast, mpsc};
 
 /// The session service's state.
 #[derive(Clone)]
 pub struct Sessions {
+    /// Ends `WatchRevocations` streams when the service stops.
+    pub(crate) shutdown: aia_telemetry::shutdown::CancellationToken,
     pub(crate) store: SessionStore,
     pub(crate) blacklist: Blacklist,
     pub(crate) audit: AuditClient,
@@ -49,12 +54,95 @@ fn client_of(info: Option<&ClientInfo>) -> Client {
     .unwrap_or_default()
 }
 
-fn request_id(info: Option<&ClientInfo>) -> &str {
-    info.map_or("", |c| c.request_id.as_str())
+/// How often an idle `WatchRevocations` stream gets an empty batch.
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_millis(500);
+/// Entries per snapshot batch (well under gRPC's 4 MiB message limit).
+const SNAPSHOT_BATCH: usize = 1000;
+
+type RevocationStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<RevocationBatch, Status>> + Send>>;
+
+fn revocation(entry: &Entry) -> Revocation {
+    let (kind, id, until) = entry;
+    let kind = match kind {
+        Kind::Jti => RevocationKind::Jti,
+        Kind::Sid => RevocationKind::Sid,
+    };
+    Revocation {
+        kind: kind.into(),
+        id: id.to_string(),
+        expires_at: Some(timestamp(*until)),
+    }
+}
+
+/// Feeds one `WatchRevocations` stream: the snapshot, then live entries and
+/// heartbeats, until the client goes away, falls behind, or the service stops.
+async fn feed(
+    snapshot: Vec<Entry>,
+    mut live: broadcast::Receiver<Entry>,
+    tx: mpsc::Sender<Result<RevocationBatch, Status>>,
+    shutdown: aia_telemetry::shutdown::CancellationToken,
+) {
+    let batches = snapshot
+        .chunks(SNAPSHOT_BATCH)
+        .map(|c| c.iter().map(revocation).collect::<Vec<_>>());
+    let mut batches: Vec<Vec<Revocation>> = batches.collect();
+    if batches.is_empty() {
+        batches.push(Vec::new());
+    }
+    let last = batches.len() - 1;
+    for (i, revocations) in batches.into_iter().enumerate() {
+        let batch = RevocationBatch {
+            revocations,
+            snapshot_complete: i == last,
+        };
+        if tx.send(Ok(batch)).await.is_err() {
+            return;
+        }
+    }
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    loop {
+        let batch = tokio::select! {
+            entry = live.recv() => match entry {
+                Ok(entry) => RevocationBatch { revocations: vec![revocation(&entry)], snapshot_complete: true },
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "a revocation watcher fell behind; ending its stream");
+                    let _ = tx.send(Err(Status::aborted("fell behind; reconnect for a fresh snapshot"))).await;
+                    return;
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            _ = heartbeat.tick() => RevocationBatch { revocations: Vec::new(), snapshot_complete: true },
+            () = tx.closed() => return,
+            () = shutdown.cancelled() => return,
+        };
+        if tx.send(Ok(batch)).await.is_err() {
+            return;
+        }
+    }
 }
 
 #[tonic::async_trait]
 impl SessionService for Sessions {
+    type WatchRevocationsStream = RevocationStream;
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn watch_revocations(
+        &self,
+        _: Request<WatchRevocationsRequest>,
+    ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
+        // Subscribe before reading the snapshot, so nothing falls in between (an entry
+        // in both is harmless).
+        let live = self.blacklist.subscribe();
+        let snapshot = self.blacklist.unexpired().await.map_err(unavailable)?;
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(feed(snapshot, live, tx, self.shutdown.clone()));
+        metrics::counter!("session_revocation_watchers_total").increment(1);
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
     #[tracing::instrument(level = "debug", skip_all)]
     async fn create_session(
         &self,
@@ -81,8 +169,6 @@ impl SessionService for Sessions {
         request: Request<RotateRequest>,
     ) -> Result<Response<RotateResponse>, Status> {
         let req = request.into_inner();
-        let client = client_of(req.client.as_ref());
-        let request_id = request_id(req.client.as_ref());
         let rotated = match RefreshToken::parse(&req.refresh_token) {
             Some(token) => self
                 .store
@@ -95,7 +181,7 @@ impl SessionService for Sessions {
             metrics::counter!("session_refresh_total", "outcome" => "refused").increment(1);
             self.audit
                 .event("session.refresh", Outcome::Failure)
-                .client(&client.ip, &client.user_agent, request_id)
+                .client(req.client.as_ref())
                 .details(serde_json::json!({"reason": "invalid_refresh_token"}))
                 .emit();
             return Err(Status::unauthenticated(INVALID_REFRESH));
@@ -105,7 +191,7 @@ impl SessionService for Sessions {
             .event("session.refresh", Outcome::Success)
             .actor(rotated.user_id.to_string())
             .subject(rotated.session_id.to_string())
-            .client(&client.ip, &client.user_agent, request_id)
+            .client(req.client.as_ref())
             .emit();
         Ok(Response::new(RotateResponse {
             session_id: rotated.session_id.to_string(),
@@ -146,16 +232,11 @@ impl SessionService for Sessions {
                 .await
                 .map_err(unavailable)?;
         }
-        let client = client_of(req.client.as_ref());
         self.audit
             .event("session.logout", Outcome::Success)
             .actor(user_id.to_string())
             .subject(session_id.to_string())
-            .client(
-                &client.ip,
-                &client.user_agent,
-                request_id(req.client.as_ref()),
-            )
+            .client(req.client.as_ref())
             .details(serde_json::json!({"already_revoked": !revoked}))
             .emit();
         Ok(Response::new(RevokeResponse { revoked }))

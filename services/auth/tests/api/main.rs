@@ -6,9 +6,9 @@ use aia_proto::audit::v1::QueryRequest;
 use aia_proto::audit::v1::audit_service_client::AuditServiceClient;
 use aia_proto::auth::v1::auth_service_client::AuthServiceClient;
 use aia_proto::auth::v1::{
-    ClientInfo, GetJwksRequest, LoginRequest, LogoutRequest, RegisterRequest, TokenPair,
-    ValidateTokenRequest,
+    GetJwksRequest, LoginRequest, LogoutRequest, RegisterRequest, TokenPair, ValidateTokenRequest,
 };
+use aia_proto::common::v1::ClientInfo;
 use aia_testkit::Stack;
 use diesel_async::RunQueryDsl;
 use tonic::transport::Channel;

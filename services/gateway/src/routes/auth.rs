@@ -72,7 +72,7 @@ pub async fn register(
         .register(RegisterRequest {
             email,
             password,
-            client: Some(client.to_auth()),
+            client: Some(client.to_proto()),
         })
         .await?;
     Ok(no_store(HttpResponse::Accepted()).json(serde_json::json!({
@@ -94,7 +94,7 @@ pub async fn login(
         .login(LoginRequest {
             email,
             password,
-            client: Some(client.to_auth()),
+            client: Some(client.to_proto()),
         })
         .await?
         .into_inner();
@@ -112,7 +112,7 @@ pub async fn refresh(
         .clone()
         .refresh(RefreshRequest {
             refresh_token: body.into_inner().refresh_token,
-            client: Some(client.to_auth()),
+            client: Some(client.to_proto()),
         })
         .await?
         .into_inner();
@@ -131,7 +131,7 @@ pub async fn logout(
         .clone()
         .logout(LogoutRequest {
             access_token: auth.token,
-            client: Some(client.to_auth()),
+            client: Some(client.to_proto()),
         })
         .await
         .map_err(|status| match status.code() {

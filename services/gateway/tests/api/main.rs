@@ -3,4 +3,5 @@
 mod bad_input;
 mod flow;
 mod helpers;
+mod revocation;
 mod tokens;

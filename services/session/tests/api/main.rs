@@ -1,9 +1,9 @@
 //! The session service over real gRPC, against real Postgres and Redis.
 
+use aia_proto::common::v1::ClientInfo;
 use aia_proto::session::v1::session_service_client::SessionServiceClient;
 use aia_proto::session::v1::{
-    ClientInfo, CreateSessionRequest, CreateSessionResponse, IsRevokedRequest, RevokeRequest,
-    RotateRequest,
+    CreateSessionRequest, CreateSessionResponse, IsRevokedRequest, RevokeRequest, RotateRequest,
 };
 use aia_testkit::{Running, TestDb};
 use deadpool_redis::redis;
