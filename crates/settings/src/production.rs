@@ -3,7 +3,9 @@
 //! run at every service's start-up.
 
 use crate::env::Env;
-use crate::services::{PasswordHashing, SigningKeySource};
+use secrecy::SecretString;
+
+use crate::services::{AppEnv, PasswordHashing, SigningKeySource};
 
 /// `DATABASE_URL` must ask for TLS (`sslmode=require`, `verify-ca` or `verify-full`).
 pub fn check_database_url(env: &mut Env, url: &str) {
@@ -56,6 +58,70 @@ pub fn check_redis_url(env: &mut Env, url: &str) {
     }
 }
 
+/// A secret from `name`: in production it must be set, at least `min_len`
+/// characters long, and look random (see [`looks_random`]). In development a missing
+/// secret is `None`, and the service generates an ephemeral one.
+pub fn secret(env: &mut Env, name: &str, min_len: usize, app_env: AppEnv) -> Option<SecretString> {
+    let value = env.get(name).map(str::to_owned);
+    if app_env.is_production() {
+        match &value {
+            None => env.problem(name, format!("must be set in production; generate one with `openssl rand -base64 {}`", min_len)),
+            Some(v) if v.chars().count() < min_len => {
+                env.problem(name, format!("must be at least {min_len} characters; generate one with `openssl rand -base64 {min_len}`"))
+            }
+            Some(v) if !looks_random(v) => env.problem(
+                name,
+                "looks guessable (repeated characters or a phrase); generate one with `openssl rand -base64 64`",
+            ),
+            Some(_) => {}
+        }
+    }
+    value.map(SecretString::from)
+}
+
+/// Words that mark a placeholder or a made-up secret, not a generated one.
+const PLACEHOLDER_WORDS: [&str; 14] = [
+    "secret",
+    "password",
+    "passwd",
+    "change",
+    "example",
+    "default",
+    "sample",
+    "placeholder",
+    "your",
+    "test",
+    "prod",
+    "admin",
+    "letmein",
+    "qwerty",
+];
+
+/// Heuristics that catch placeholders, phrases and patterns, and pass what
+/// `openssl rand` or `aia gen-secrets` produce: at least 16 distinct characters, at
+/// least 3.5 bits of Shannon entropy per character, no 6-character run that occurs
+/// twice, and none of a few placeholder words.
+pub fn looks_random(value: &str) -> bool {
+    let chars: Vec<char> = value.chars().collect();
+    let mut counts = std::collections::HashMap::new();
+    for c in &chars {
+        *counts.entry(*c).or_insert(0usize) += 1;
+    }
+    let n = chars.len() as f64;
+    let entropy: f64 = counts
+        .values()
+        .map(|&k| {
+            let p = k as f64 / n;
+            -p * p.log2()
+        })
+        .sum();
+    let mut runs = std::collections::HashSet::new();
+    let repeats = chars.windows(6).any(|w| !runs.insert(w));
+    let lower = value.to_lowercase();
+    let placeholder = PLACEHOLDER_WORDS.iter().any(|w| lower.contains(w));
+    counts.len() >= 16 && entropy >= 3.5 && !repeats && !placeholder
+}
+
 /// Production must not sign with a key that dies with the process.
 pub fn check_signing_key(env: &mut Env, source: &SigningKeySource) {
     if matches!(source, SigningKeySource::Ephemeral) {
@@ -105,6 +171,36 @@ mod tests {
             problems(|e| check_database_url(e, "postgres://h/db?x=1&sslmode=require")),
             0
         );
+    }
+
+    #[test]
+    fn weak_secrets_are_refused_in_production_only() {
+        let weak = [
+            "",
+            "short",
+            &"a".repeat(80),
+            "your-secret-key-here-change-this-in-production-please-your-secret-key",
+            &"0123456789".repeat(8),
+        ];
+        for value in weak {
+            let mut env: Env = [("S", value)].into_iter().collect();
+            let _ = secret(&mut env, "S", 64, AppEnv::Production);
+            assert!(env.finish(()).is_err(), "{value:?}");
+        }
+        // What a generator's output looks like: 64 distinct base64 characters.
+        let alphabet: Vec<char> = ('A'..='Z')
+            .chain('a'..='z')
+            .chain('0'..='9')
+            .chain(['+', '/'])
+            .collect();
+        let strong: String = (0..64).map(|i| alphabet[(i * 37 + 11) % 64]).collect();
+        let strong = strong.as_str();
+        let mut env: Env = [("S", strong)].into_iter().collect();
+        assert!(secret(&mut env, "S", 64, AppEnv::Production).is_some());
+        assert!(env.finish(()).is_ok());
+        let mut env = Env::default();
+        assert!(secret(&mut env, "S", 64, AppEnv::Development).is_none());
+        assert!(env.finish(()).is_ok());
     }
 
     #[test]

@@ -121,6 +121,13 @@ pub struct SessionSettings {
     pub idle_ttl: Duration,
     /// `SESSION_ABSOLUTE_TTL_SECONDS`: no session lives longer (default 90 days).
     pub absolute_ttl: Duration,
+    /// `REFRESH_GRACE_SECONDS`: for this long after a rotation, presenting the old
+    /// refresh token again returns the same successor instead of counting as reuse
+    /// (default 10, at most 60; 0 turns the window off).
+    pub refresh_grace: Duration,
+    /// `SESSION_SECRET`: keys the derivation of successor refresh tokens. Required in
+    /// production (64+ characters); development generates one per start.
+    pub secret: Option<SecretString>,
 }
 
 /// The audit service.
@@ -298,6 +305,8 @@ impl SessionSettings {
                 60,
                 3 * 365 * 86_400,
             )),
+            refresh_grace: Duration::from_secs(env.parse_in("REFRESH_GRACE_SECONDS", 10, 0, 60)),
+            secret: production::secret(&mut env, "SESSION_SECRET", 64, common.app_env),
             common,
         };
         env.finish(settings)

@@ -36,24 +36,38 @@ pub struct Auth {
     pub(crate) audit: AuditClient,
 }
 
+/// The access token id that goes with a refresh token: a one-way function of it.
+fn jti_for(refresh_token: &str) -> uuid::Uuid {
+    use sha2::Digest;
+    let digest = sha2::Sha256::new_with_prefix(b"aia access jti v1\0")
+        .chain_update(refresh_token.as_bytes())
+        .finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_random_bytes(bytes).into_uuid()
+}
+
 impl Auth {
     /// Signs an access token for `user` in `session_id` and pairs it with `refresh_token`.
+    /// Signs an access token for `user` in `session_id`, issued at `issued_at`
+    /// (seconds since the epoch) with id `jti`, and pairs it with `refresh_token`.
     fn issue(
         &self,
         user: &User,
         session_id: &str,
         refresh_token: String,
+        issued_at: i64,
+        jti: uuid::Uuid,
     ) -> Result<TokenPair, AuthError> {
-        let now = chrono::Utc::now().timestamp();
-        let ttl = self.tokens.access_ttl.as_secs();
+        let ttl = i64::try_from(self.tokens.access_ttl.as_secs()).unwrap_or(900);
         let claims = AccessClaims {
             iss: self.tokens.issuer.clone(),
             aud: self.tokens.audience.clone(),
             sub: user.id.to_string(),
-            exp: now + i64::try_from(ttl).unwrap_or(900),
-            iat: now,
-            nbf: now,
-            jti: uuid::Uuid::new_v4().to_string(),
+            exp: issued_at + ttl,
+            iat: issued_at,
+            nbf: issued_at,
+            jti: jti.to_string(),
             sid: session_id.to_owned(),
             roles: user.roles.clone(),
         };
@@ -61,10 +75,11 @@ impl Auth {
             .key
             .sign(&claims)
             .map_err(|e| AuthError::Unexpected(e.into()))?;
+        let remaining = claims.exp - chrono::Utc::now().timestamp();
         Ok(TokenPair {
             access_token,
             token_type: "Bearer".into(),
-            expires_in: u32::try_from(ttl).unwrap_or(900),
+            expires_in: u32::try_from(remaining.clamp(0, ttl)).unwrap_or(0),
             refresh_token,
         })
     }
@@ -147,7 +162,14 @@ impl Auth {
             .await
             .map_err(|s| AuthError::from_upstream(s, "session.CreateSession"))?
             .into_inner();
-        let pair = self.issue(&user, &created.session_id, created.refresh_token)?;
+        let now = chrono::Utc::now().timestamp();
+        let pair = self.issue(
+            &user,
+            &created.session_id,
+            created.refresh_token,
+            now,
+            uuid::Uuid::new_v4(),
+        )?;
         metrics::counter!("auth_login_total", "outcome" => "success", "reason" => "").increment(1);
         self.audit
             .event("auth.login", Outcome::Success)
@@ -185,7 +207,20 @@ impl Auth {
         let Some(user) = user.filter(|u| u.disabled_at.is_none()) else {
             return Err(AuthError::InvalidRefreshToken);
         };
-        self.issue(&user, &rotated.session_id, rotated.refresh_token)
+        // Issue time and token id come from the rotation, so that a retry within the
+        // grace window gets the identical access token (Ed25519 signatures are
+        // deterministic), not a second one.
+        let issued_at = rotated
+            .issued_at
+            .map_or_else(|| chrono::Utc::now().timestamp(), |t| t.seconds);
+        let jti = jti_for(&rotated.refresh_token);
+        self.issue(
+            &user,
+            &rotated.session_id,
+            rotated.refresh_token,
+            issued_at,
+            jti,
+        )
     }
 
     fn verify(&self, token: &str) -> Result<AccessClaims, AuthError> {

@@ -62,10 +62,23 @@ pub async fn build(
     let lifetimes = store::Lifetimes {
         idle: chrono_duration(settings.idle_ttl),
         absolute: chrono_duration(settings.absolute_ttl),
+        grace: chrono_duration(settings.refresh_grace),
+    };
+    let secret = match &settings.secret {
+        Some(secret) => secret.expose_secret().as_bytes().to_vec(),
+        None => {
+            tracing::warn!(
+                "DEVELOPMENT: no SESSION_SECRET; using an ephemeral one. Refresh retries \
+                 across a restart will be refused."
+            );
+            let mut key = vec![0u8; 32];
+            getrandom::fill(&mut key).map_err(|e| anyhow::anyhow!("OS random source: {e}"))?;
+            key
+        }
     };
     let sessions = Sessions {
         shutdown: shutdown.clone(),
-        store: store::SessionStore::new(pg, lifetimes),
+        store: store::SessionStore::new(pg, lifetimes, &secret),
         blacklist,
         audit,
         access_ttl: chrono_duration(settings.access_ttl),

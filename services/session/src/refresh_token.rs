@@ -2,6 +2,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
 /// Length of an encoded token: 32 bytes in base64url without padding.
@@ -34,6 +35,21 @@ impl RefreshToken {
         shaped.then(|| Self(presented.to_owned()))
     }
 
+    /// The token that succeeds this one: HMAC-SHA256 of this token under `key`.
+    ///
+    /// Deriving rather than drawing the successor lets a retry of this token within
+    /// the grace window get the very same successor, although only hashes are stored.
+    /// Without `key` (`SESSION_SECRET`), neither the database nor an observer of old
+    /// tokens can compute it.
+    pub fn successor(&self, key: &[u8]) -> anyhow::Result<Self> {
+        // HMAC takes keys of any length; this cannot fail.
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(key).map_err(|_| anyhow::anyhow!("HMAC key"))?;
+        mac.update(b"aia refresh successor v1\0");
+        mac.update(self.0.as_bytes());
+        Ok(Self(URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())))
+    }
+
     /// The stored form.
     pub fn hash(&self) -> Vec<u8> {
         Sha256::digest(self.0.as_bytes()).to_vec()
@@ -54,6 +70,17 @@ mod tests {
         let a = RefreshToken::generate()?;
         let b = RefreshToken::generate()?;
         assert_ne!(a.hash(), b.hash());
+        assert!(RefreshToken::parse(&a.into_string()).is_some());
+        Ok(())
+    }
+
+    #[test]
+    fn a_successor_is_a_token_determined_by_its_predecessor_and_the_key() -> anyhow::Result<()> {
+        let token = RefreshToken::generate()?;
+        let a = token.successor(b"key one")?;
+        assert_eq!(a.hash(), token.successor(b"key one")?.hash());
+        assert_ne!(a.hash(), token.successor(b"key two")?.hash());
+        assert_ne!(a.hash(), token.hash());
         assert!(RefreshToken::parse(&a.into_string()).is_some());
         Ok(())
     }

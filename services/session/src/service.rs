@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 
 use crate::blacklist::{Blacklist, Entry, Kind};
 use crate::refresh_token::RefreshToken;
-use crate::store::{Client, SessionStore};
+use crate::store::{Client, Rotation, SessionStore};
 use tokio::sync::{broadcast, mpsc};
 
 /// The session service's state.
@@ -122,6 +122,32 @@ async fn feed(
     }
 }
 
+impl Sessions {
+    /// Revokes a session and blacklists every access token of it, for as long as one
+    /// could still be valid. `None` if `user_id` has no such session.
+    async fn end_session(
+        &self,
+        session_id: uuid::Uuid,
+        user_id: uuid::Uuid,
+        reason: &str,
+    ) -> Result<Option<bool>, Status> {
+        let now = Utc::now();
+        let Some(revoked) = self
+            .store
+            .revoke(session_id, user_id, reason, now)
+            .await
+            .map_err(unavailable)?
+        else {
+            return Ok(None);
+        };
+        self.blacklist
+            .revoke(Kind::Sid, session_id, now + self.access_ttl)
+            .await
+            .map_err(unavailable)?;
+        Ok(Some(revoked))
+    }
+}
+
 #[tonic::async_trait]
 impl SessionService for Sessions {
     type WatchRevocationsStream = RevocationStream;
@@ -169,35 +195,60 @@ impl SessionService for Sessions {
         request: Request<RotateRequest>,
     ) -> Result<Response<RotateResponse>, Status> {
         let req = request.into_inner();
-        let rotated = match RefreshToken::parse(&req.refresh_token) {
+        let rotation = match RefreshToken::parse(&req.refresh_token) {
             Some(token) => self
                 .store
                 .rotate(&token, Utc::now())
                 .await
                 .map_err(unavailable)?,
-            None => None,
+            None => Rotation::Refused,
         };
-        let Some(rotated) = rotated else {
-            metrics::counter!("session_refresh_total", "outcome" => "refused").increment(1);
-            self.audit
-                .event("session.refresh", Outcome::Failure)
-                .client(req.client.as_ref())
-                .details(serde_json::json!({"reason": "invalid_refresh_token"}))
-                .emit();
-            return Err(Status::unauthenticated(INVALID_REFRESH));
+        let (rotated, replayed) = match rotation {
+            Rotation::Rotated(rotated) => (rotated, false),
+            Rotation::Replayed(rotated) => (rotated, true),
+            Rotation::Reused {
+                session_id,
+                user_id,
+            } => {
+                // Two holders of one token: end the family, access tokens included.
+                metrics::counter!("session_refresh_total", "outcome" => "reuse").increment(1);
+                tracing::warn!(%session_id, "refresh token reuse: revoking the session");
+                self.end_session(session_id, user_id, "refresh_token_reuse")
+                    .await?;
+                self.audit
+                    .event("session.refresh_reuse", Outcome::Failure)
+                    .actor(user_id.to_string())
+                    .subject(session_id.to_string())
+                    .client(req.client.as_ref())
+                    .details(serde_json::json!({"risk": "high", "action": "session_revoked"}))
+                    .emit();
+                return Err(Status::unauthenticated(INVALID_REFRESH));
+            }
+            Rotation::Refused => {
+                metrics::counter!("session_refresh_total", "outcome" => "refused").increment(1);
+                self.audit
+                    .event("session.refresh", Outcome::Failure)
+                    .client(req.client.as_ref())
+                    .details(serde_json::json!({"reason": "invalid_refresh_token"}))
+                    .emit();
+                return Err(Status::unauthenticated(INVALID_REFRESH));
+            }
         };
-        metrics::counter!("session_refresh_total", "outcome" => "rotated").increment(1);
+        let outcome = if replayed { "replayed" } else { "rotated" };
+        metrics::counter!("session_refresh_total", "outcome" => outcome).increment(1);
         self.audit
             .event("session.refresh", Outcome::Success)
             .actor(rotated.user_id.to_string())
             .subject(rotated.session_id.to_string())
             .client(req.client.as_ref())
+            .details(serde_json::json!({"replayed_within_grace": replayed}))
             .emit();
         Ok(Response::new(RotateResponse {
             session_id: rotated.session_id.to_string(),
             user_id: rotated.user_id.to_string(),
             refresh_token: rotated.token.into_string(),
             refresh_expires_at: Some(timestamp(rotated.expires_at)),
+            issued_at: Some(timestamp(rotated.issued_at)),
         }))
     }
 
@@ -209,20 +260,17 @@ impl SessionService for Sessions {
         let req = request.into_inner();
         let session_id = uuid_arg(&req.session_id, "session_id")?;
         let user_id = uuid_arg(&req.user_id, "user_id")?;
+        // Parse everything before changing anything.
+        let jti = match req.access_jti.as_str() {
+            "" => None,
+            jti => Some(uuid_arg(jti, "access_jti")?),
+        };
         let now = Utc::now();
         let revoked = self
-            .store
-            .revoke(session_id, user_id, "logout", now)
-            .await
-            .map_err(unavailable)?
+            .end_session(session_id, user_id, "logout")
+            .await?
             .ok_or_else(|| Status::not_found("no such session for this user"))?;
-        // Every access token of the session, for as long as one could still be valid.
-        self.blacklist
-            .revoke(Kind::Sid, session_id, now + self.access_ttl)
-            .await
-            .map_err(unavailable)?;
-        if !req.access_jti.is_empty() {
-            let jti = uuid_arg(&req.access_jti, "access_jti")?;
+        if let Some(jti) = jti {
             let until = req
                 .access_expires_at
                 .and_then(|t| DateTime::from_timestamp(t.seconds, 0))

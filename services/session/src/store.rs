@@ -16,6 +16,8 @@ pub struct Lifetimes {
     pub idle: chrono::Duration,
     /// No session outlives this.
     pub absolute: chrono::Duration,
+    /// How long after a rotation the old token still gets the same successor.
+    pub grace: chrono::Duration,
 }
 
 /// A new session's first token.
@@ -29,6 +31,114 @@ pub struct Created {
     pub expires_at: DateTime<Utc>,
 }
 
+/// What presenting a refresh token led to.
+#[derive(Debug)]
+pub enum Rotation {
+    /// The token was current; it is now rotated, and this is its successor.
+    Rotated(Rotated),
+    /// The token was rotated within the grace window and its successor is still
+    /// unused: a retry (a lost response, or a race between tabs) gets the same
+    /// successor again, not a new branch.
+    Replayed(Rotated),
+    /// A rotated token presented outside the rules: someone holds a copy of it. The
+    /// caller revokes the whole session.
+    Reused {
+        /// The compromised session.
+        session_id: uuid::Uuid,
+        /// Its user.
+        user_id: uuid::Uuid,
+    },
+    /// Unknown, expired, or its session is over.
+    Refused,
+}
+
+/// What the rotation transaction found (the successor token is added after it).
+enum Outcome {
+    Rotated {
+        session_id: uuid::Uuid,
+        user_id: uuid::Uuid,
+        expires_at: DateTime<Utc>,
+        issued_at: DateTime<Utc>,
+    },
+    Replayed {
+        session_id: uuid::Uuid,
+        user_id: uuid::Uuid,
+        expires_at: DateTime<Utc>,
+        issued_at: DateTime<Utc>,
+    },
+    Reused {
+        session_id: uuid::Uuid,
+        user_id: uuid::Uuid,
+    },
+    Refused,
+}
+
+/// A token that did not claim its row: was it rotated moments ago (a retry), long
+/// ago or after its successor was used (reuse), or is it simply dead?
+async fn already_rotated(
+    conn: &mut diesel_async::AsyncPgConnection,
+    old_hash: &[u8],
+    derived_successor: &[u8],
+    now: DateTime<Utc>,
+    grace: chrono::Duration,
+) -> Result<Outcome, diesel::result::Error> {
+    type Row = (
+        Option<DateTime<Utc>>,
+        Option<Vec<u8>>,
+        uuid::Uuid,
+        uuid::Uuid,
+        Option<DateTime<Utc>>,
+        DateTime<Utc>,
+    );
+    let row: Option<Row> = refresh_tokens::table
+        .inner_join(sessions::table)
+        .filter(refresh_tokens::token_hash.eq(old_hash))
+        .select((
+            refresh_tokens::rotated_at,
+            refresh_tokens::successor_hash,
+            refresh_tokens::session_id,
+            sessions::user_id,
+            sessions::revoked_at,
+            sessions::expires_at,
+        ))
+        .first(conn)
+        .await
+        .optional()?;
+    let Some((Some(rotated_at), Some(successor_hash), session_id, user_id, None, session_end)) =
+        row
+    else {
+        // Unknown, expired without rotation, or its session is revoked.
+        return Ok(Outcome::Refused);
+    };
+    if session_end <= now {
+        return Ok(Outcome::Refused);
+    }
+    let successor: Option<(Option<DateTime<Utc>>, DateTime<Utc>)> = refresh_tokens::table
+        .find(&successor_hash)
+        .select((refresh_tokens::rotated_at, refresh_tokens::expires_at))
+        .first(conn)
+        .await
+        .optional()?;
+    let within_grace = now - rotated_at <= grace;
+    match successor {
+        Some((None, expires_at)) if within_grace && successor_hash == derived_successor => {
+            Ok(Outcome::Replayed {
+                session_id,
+                user_id,
+                expires_at,
+                issued_at: rotated_at,
+            })
+        }
+        // The successor was derived with another key (SESSION_SECRET changed): not
+        // the same client retrying, but no evidence of theft either.
+        Some((None, _)) if within_grace => Ok(Outcome::Refused),
+        _ => Ok(Outcome::Reused {
+            session_id,
+            user_id,
+        }),
+    }
+}
+
 /// The outcome of a successful rotation.
 #[derive(Debug)]
 pub struct Rotated {
@@ -40,6 +150,8 @@ pub struct Rotated {
     pub token: RefreshToken,
     /// When the successor expires if unused.
     pub expires_at: DateTime<Utc>,
+    /// When the rotation happened: the issue time of the pair's access token.
+    pub issued_at: DateTime<Utc>,
 }
 
 /// Where a request came from.
@@ -56,12 +168,18 @@ pub struct Client {
 pub struct SessionStore {
     pool: PgPool,
     lifetimes: Lifetimes,
+    /// Derives each successor token from its predecessor (see `RefreshToken::successor`).
+    successor_key: std::sync::Arc<[u8]>,
 }
 
 impl SessionStore {
     /// A store over `pool`.
-    pub fn new(pool: PgPool, lifetimes: Lifetimes) -> Self {
-        Self { pool, lifetimes }
+    pub fn new(pool: PgPool, lifetimes: Lifetimes, successor_key: &[u8]) -> Self {
+        Self {
+            pool,
+            lifetimes,
+            successor_key: successor_key.into(),
+        }
     }
 
     /// Starts a session and issues its first refresh token.
@@ -110,21 +228,21 @@ impl SessionStore {
         })
     }
 
-    /// Exchanges `presented` for a successor. `None` when the token is unknown,
-    /// already rotated, expired, or its session is revoked or over.
+    /// Exchanges `presented` for a successor (see [`Rotation`] for the outcomes).
     ///
     /// Atomic: the token row is claimed with one conditional UPDATE
-    /// (`rotated_at IS NULL`), so of concurrent calls exactly one wins; the others wait
-    /// on the row lock, re-check the condition and find it false.
+    /// (`rotated_at IS NULL`), so of concurrent calls exactly one rotates; the others
+    /// wait on the row lock, find the row rotated, and are answered as retries within
+    /// the grace window: with the same successor.
     pub async fn rotate(
         &self,
         presented: &RefreshToken,
         now: DateTime<Utc>,
-    ) -> anyhow::Result<Option<Rotated>> {
-        let successor = RefreshToken::generate()?;
+    ) -> anyhow::Result<Rotation> {
+        let successor = presented.successor(&self.successor_key)?;
         let old_hash = presented.hash();
         let new_hash = successor.hash();
-        let idle = self.lifetimes.idle;
+        let (idle, grace) = (self.lifetimes.idle, self.lifetimes.grace);
         let mut conn = aia_db::conn(&self.pool).await?;
         let outcome = conn
             .transaction::<_, diesel::result::Error, _>(async |conn| {
@@ -141,7 +259,7 @@ impl SessionStore {
                     .await
                     .optional()?;
                 let Some(session_id) = claimed else {
-                    return Ok(None);
+                    return already_rotated(conn, &old_hash, &new_hash, now, grace).await;
                 };
                 let live: Option<(uuid::Uuid, DateTime<Utc>)> =
                     diesel::update(sessions::table.find(session_id))
@@ -166,17 +284,48 @@ impl SessionStore {
                     ))
                     .execute(conn)
                     .await?;
-                Ok(Some((session_id, user_id, expires_at)))
+                Ok(Outcome::Rotated {
+                    session_id,
+                    user_id,
+                    expires_at,
+                    issued_at: now,
+                })
             })
             .await;
+        let rotated = move |session_id, user_id, expires_at, issued_at| Rotated {
+            session_id,
+            user_id,
+            token: successor,
+            expires_at,
+            issued_at,
+        };
         match outcome {
-            Ok(Some((session_id, user_id, expires_at))) => Ok(Some(Rotated {
+            Ok(Outcome::Rotated {
                 session_id,
                 user_id,
-                token: successor,
                 expires_at,
-            })),
-            Ok(None) | Err(diesel::result::Error::RollbackTransaction) => Ok(None),
+                issued_at,
+            }) => Ok(Rotation::Rotated(rotated(
+                session_id, user_id, expires_at, issued_at,
+            ))),
+            Ok(Outcome::Replayed {
+                session_id,
+                user_id,
+                expires_at,
+                issued_at,
+            }) => Ok(Rotation::Replayed(rotated(
+                session_id, user_id, expires_at, issued_at,
+            ))),
+            Ok(Outcome::Reused {
+                session_id,
+                user_id,
+            }) => Ok(Rotation::Reused {
+                session_id,
+                user_id,
+            }),
+            Ok(Outcome::Refused) | Err(diesel::result::Error::RollbackTransaction) => {
+                Ok(Rotation::Refused)
+            }
             Err(e) => Err(e).context("rotating a refresh token"),
         }
     }

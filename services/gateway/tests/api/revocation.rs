@@ -13,19 +13,33 @@ async fn counter(stack: &Stack, metrics_url: &str, series: &str) -> anyhow::Resu
     let text = stack.http().get(metrics_url).send().await?.text().await?;
     Ok(text
         .lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
         .unwrap_or(0.0))
 }
 
 const MEMORY: &str = "gateway_revocation_checks_total{source=\"memory\"}";
 const SESSION: &str = "gateway_revocation_checks_total{source=\"session\"}";
 
-async fn me_on(stack: &Stack, gateway: &aia_testkit::Addrs, token: &str) -> anyhow::Result<StatusCode> {
-    Ok(stack.http().get(format!("{}/v1/auth/me", gateway.url())).bearer_auth(token).send().await?.status())
+async fn me_on(
+    stack: &Stack,
+    gateway: &aia_testkit::Addrs,
+    token: &str,
+) -> anyhow::Result<StatusCode> {
+    Ok(stack
+        .http()
+        .get(format!("{}/v1/auth/me", gateway.url()))
+        .bearer_auth(token)
+        .send()
+        .await?
+        .status())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_logout_at_one_gateway_is_refused_at_another_within_a_second_without_round_trips() -> anyhow::Result<()> {
+async fn a_logout_at_one_gateway_is_refused_at_another_within_a_second_without_round_trips()
+-> anyhow::Result<()> {
     let mut stack = Stack::start().await?;
     let second = stack.add_gateway().await?;
     let tokens = signed_in(&stack).await?;
@@ -34,7 +48,10 @@ async fn a_logout_at_one_gateway_is_refused_at_another_within_a_second_without_r
     // Both gateways have their snapshot once checks are answered from memory.
     eventually(Duration::from_secs(5), || async {
         let before = counter(&stack, &metrics, MEMORY).await?;
-        let (a, b) = (me_status(&stack, &access).await?, me_on(&stack, &second, &access).await?);
+        let (a, b) = (
+            me_status(&stack, &access).await?,
+            me_on(&stack, &second, &access).await?,
+        );
         let after = counter(&stack, &metrics, MEMORY).await?;
         Ok((a == StatusCode::OK && b == StatusCode::OK && after >= before + 2.0).then_some(()))
     })
@@ -44,9 +61,18 @@ async fn a_logout_at_one_gateway_is_refused_at_another_within_a_second_without_r
     for _ in 0..20 {
         assert_eq!(me_on(&stack, &second, &access).await?, StatusCode::OK);
     }
-    assert_eq!(counter(&stack, &metrics, SESSION).await?, asked_session, "steady state asked the session service");
+    assert_eq!(
+        counter(&stack, &metrics, SESSION).await?,
+        asked_session,
+        "steady state asked the session service"
+    );
 
-    let response = stack.http().post(stack.url("/v1/auth/logout")).bearer_auth(&access).send().await?;
+    let response = stack
+        .http()
+        .post(stack.url("/v1/auth/logout"))
+        .bearer_auth(&access)
+        .send()
+        .await?;
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
     let logged_out = Instant::now();
     let refused_after = eventually(Duration::from_secs(5), || async {
@@ -54,8 +80,15 @@ async fn a_logout_at_one_gateway_is_refused_at_another_within_a_second_without_r
         Ok((status == StatusCode::UNAUTHORIZED).then(|| logged_out.elapsed()))
     })
     .await?;
-    assert!(refused_after < Duration::from_secs(1), "took {refused_after:?}");
-    assert_eq!(counter(&stack, &metrics, SESSION).await?, asked_session, "the refusal came from memory");
+    assert!(
+        refused_after < Duration::from_secs(1),
+        "took {refused_after:?}"
+    );
+    assert_eq!(
+        counter(&stack, &metrics, SESSION).await?,
+        asked_session,
+        "the refusal came from memory"
+    );
     stack.stop().await;
     Ok(())
 }
@@ -71,14 +104,33 @@ async fn protected_routes_answer_503_once_the_session_service_is_gone() -> anyho
     // gateway must refuse with 503, never let the token through on a guess.
     let status = eventually(Duration::from_secs(10), || async {
         let status = me_status(&stack, &access).await?;
-        assert!(matches!(status, StatusCode::OK | StatusCode::SERVICE_UNAVAILABLE), "{status}");
+        assert!(
+            matches!(status, StatusCode::OK | StatusCode::SERVICE_UNAVAILABLE),
+            "{status}"
+        );
         Ok((status == StatusCode::SERVICE_UNAVAILABLE).then_some(status))
     })
     .await?;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     // Routes that do not need the session service keep working.
-    assert_eq!(stack.http().get(stack.url("/healthz")).send().await?.status(), StatusCode::OK);
-    assert_eq!(stack.http().get(stack.url("/.well-known/jwks.json")).send().await?.status(), StatusCode::OK);
+    assert_eq!(
+        stack
+            .http()
+            .get(stack.url("/healthz"))
+            .send()
+            .await?
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        stack
+            .http()
+            .get(stack.url("/.well-known/jwks.json"))
+            .send()
+            .await?
+            .status(),
+        StatusCode::OK
+    );
     stack.stop().await;
     Ok(())
 }

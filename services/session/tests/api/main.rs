@@ -131,31 +131,98 @@ impl Session {
     }
 }
 
+async fn rotate_ok(s: &mut Session, token: &str) -> anyhow::Result<String> {
+    s.rotate(token)
+        .await
+        .map_err(|c| anyhow::anyhow!("rotation refused: {c:?}"))
+}
+
+async fn events_of_type(s: &Session, event_type: &str) -> anyhow::Result<usize> {
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let mut conn = s.db.connect().await?;
+    let n = diesel::sql_query("SELECT count(*) AS n FROM audit.events WHERE event_type = $1")
+        .bind::<diesel::sql_types::Text, _>(event_type)
+        .get_result::<N>(&mut conn)
+        .await?
+        .n;
+    Ok(usize::try_from(n)?)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refresh_token_rotates_once_and_its_successor_works() -> anyhow::Result<()> {
+async fn a_retry_within_the_grace_window_gets_the_same_successor() -> anyhow::Result<()> {
     let mut s = spawn().await?;
     let created = s.create(uuid::Uuid::new_v4()).await?;
-    let next = s
-        .rotate(&created.refresh_token)
-        .await
-        .map_err(|c| anyhow::anyhow!("{c:?}"))?;
+    let next = rotate_ok(&mut s, &created.refresh_token).await?;
     assert_ne!(next, created.refresh_token);
-    assert_eq!(
-        s.rotate(&created.refresh_token).await,
-        Err(tonic::Code::Unauthenticated)
-    );
-    let third = s
-        .rotate(&next)
-        .await
-        .map_err(|c| anyhow::anyhow!("{c:?}"))?;
-    assert_eq!(s.rotate(&next).await, Err(tonic::Code::Unauthenticated));
+    // The response was lost; the client retries with the old token.
+    assert_eq!(rotate_ok(&mut s, &created.refresh_token).await?, next);
+    assert_eq!(rotate_ok(&mut s, &created.refresh_token).await?, next);
+    // The successor works, once it is used the chain moves on.
+    let third = rotate_ok(&mut s, &next).await?;
+    assert_ne!(third, next);
     assert!(s.rotate(&third).await.is_ok());
     s.stop().await;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fifty_concurrent_rotations_of_one_token_have_exactly_one_winner() -> anyhow::Result<()> {
+async fn a_rotated_token_used_after_the_window_revokes_the_family() -> anyhow::Result<()> {
+    let mut s = spawn().await?;
+    let user = uuid::Uuid::new_v4();
+    let created = s.create(user).await?;
+    let next = rotate_ok(&mut s, &created.refresh_token).await?;
+    // Move the rotation out of the grace window.
+    let mut conn = s.db.connect().await?;
+    diesel::sql_query(
+        "UPDATE session.refresh_tokens SET rotated_at = rotated_at - interval '11 seconds'",
+    )
+    .execute(&mut conn)
+    .await?;
+    assert_eq!(
+        s.rotate(&created.refresh_token).await,
+        Err(tonic::Code::Unauthenticated)
+    );
+    // The whole family is gone: the legitimate holder's successor too, and every
+    // access token of the session.
+    assert_eq!(s.rotate(&next).await, Err(tonic::Code::Unauthenticated));
+    assert!(
+        s.is_revoked(uuid::Uuid::new_v4(), &created.session_id)
+            .await?
+    );
+    aia_testkit::eventually(Duration::from_secs(10), || async {
+        Ok((events_of_type(&s, "session.refresh_reuse").await? == 1).then_some(()))
+    })
+    .await?;
+    s.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_token_used_after_its_successor_revokes_the_family() -> anyhow::Result<()> {
+    let mut s = spawn().await?;
+    let created = s.create(uuid::Uuid::new_v4()).await?;
+    let next = rotate_ok(&mut s, &created.refresh_token).await?;
+    let third = rotate_ok(&mut s, &next).await?;
+    // Within the window, but the successor has been used: a copy is being replayed.
+    assert_eq!(
+        s.rotate(&created.refresh_token).await,
+        Err(tonic::Code::Unauthenticated)
+    );
+    assert_eq!(s.rotate(&third).await, Err(tonic::Code::Unauthenticated));
+    assert!(
+        s.is_revoked(uuid::Uuid::new_v4(), &created.session_id)
+            .await?
+    );
+    s.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_rotations_of_one_token_rotate_it_once() -> anyhow::Result<()> {
     let mut s = spawn().await?;
     let created = s.create(uuid::Uuid::new_v4()).await?;
     let calls = (0..50).map(|_| {
@@ -168,17 +235,15 @@ async fn fifty_concurrent_rotations_of_one_token_have_exactly_one_winner() -> an
                     client: None,
                 })
                 .await
-                .map(|_| ())
+                .map(|r| r.into_inner().refresh_token)
                 .map_err(|e| e.code())
         }
     });
     let results = futures::future::join_all(calls).await;
-    let winners = results.iter().filter(|r| r.is_ok()).count();
-    let refused = results
-        .iter()
-        .filter(|r| **r == Err(tonic::Code::Unauthenticated))
-        .count();
-    assert_eq!((winners, refused), (1, 49), "{results:?}");
+    // Every caller gets the one successor: a race between tabs does not log anyone out.
+    let first = results[0].clone();
+    assert!(first.is_ok(), "{results:?}");
+    assert!(results.iter().all(|r| *r == first), "{results:?}");
     // One successor stored, not fifty.
     #[derive(diesel::QueryableByName)]
     struct N {
