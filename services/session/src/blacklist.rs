@@ -24,6 +24,15 @@ use tokio::sync::broadcast;
 
 use crate::schema::revocations;
 
+/// `jti:<uuid>:<expiry seconds>` or `sid:…`, as published.
+fn parse_message(payload: &str) -> Option<Entry> {
+    let mut parts = payload.splitn(3, ':');
+    let kind = Kind::from_str(parts.next()?)?;
+    let id = uuid::Uuid::parse_str(parts.next()?).ok()?;
+    let until = DateTime::from_timestamp(parts.next()?.parse().ok()?, 0)?;
+    Some((kind, id, until))
+}
+
 /// What an entry covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -57,8 +66,19 @@ pub struct Blacklist {
     redis: RedisPool,
     prefix: String,
     rehydrating: Arc<AtomicBool>,
-    /// New entries, for `WatchRevocations` streams of this process.
-    events: broadcast::Sender<Entry>,
+    /// New entries, for `WatchRevocations` streams of this process: those made here,
+    /// and those other replicas publish through Redis.
+    events: broadcast::Sender<Event>,
+}
+
+/// What `WatchRevocations` streams are told.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A new entry.
+    Revoked(Entry),
+    /// Entries may have been missed (the Redis subscription was down): streams end so
+    /// that gateways reconnect and load a fresh snapshot.
+    Resync,
 }
 
 /// One blacklist entry: what it covers, which id, until when.
@@ -113,7 +133,8 @@ impl Blacklist {
             .context("storing a revocation")?;
         metrics::counter!("session_revocations_total", "kind" => kind.as_str()).increment(1);
         // No receiver is not an error: no gateway is watching.
-        let _ = self.events.send((kind, id, until));
+        let _ = self.events.send(Event::Revoked((kind, id, until)));
+        self.publish((kind, id, until)).await;
         if let Err(error) = self.copy_to_redis(&[(kind, id, until)]).await {
             // Redis now lacks an entry: drop the sentinel so lookups ask Postgres.
             tracing::warn!(
@@ -233,8 +254,87 @@ impl Blacklist {
     }
 
     /// New entries from now on (those added through this process).
-    pub fn subscribe(&self) -> broadcast::Receiver<Entry> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
+    }
+
+    fn channel(&self) -> String {
+        format!("{}bl:events", self.prefix)
+    }
+
+    /// Tells the other replicas (best effort: if Redis is down, their watchers resync
+    /// when the subscription comes back).
+    async fn publish(&self, (kind, id, until): Entry) {
+        let message = format!("{}:{id}:{}", kind.as_str(), until.timestamp());
+        let result: anyhow::Result<()> = async {
+            let mut conn = self.redis.get().await.context("Redis connection")?;
+            let _: i64 = redis::cmd("PUBLISH")
+                .arg(self.channel())
+                .arg(message)
+                .query_async(&mut conn)
+                .await
+                .context("PUBLISH")?;
+            Ok(())
+        }
+        .await;
+        if let Err(error) = result {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "revocation not published to other replicas"
+            );
+        }
+    }
+
+    /// Relays what other replicas publish to this replica's watchers, until
+    /// `shutdown`. Each (re)subscription starts with a resync, since messages published
+    /// while unsubscribed are lost.
+    pub async fn relay_from_replicas(
+        self,
+        redis_url: String,
+        shutdown: aia_telemetry::shutdown::CancellationToken,
+    ) {
+        let mut backoff = std::time::Duration::from_millis(100);
+        loop {
+            let followed = tokio::select! {
+                result = self.follow_channel(&redis_url) => result,
+                () = shutdown.cancelled() => return,
+            };
+            if let Err(error) = followed {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "revocation channel down; resubscribing"
+                );
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = shutdown.cancelled() => return,
+            }
+            backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+        }
+    }
+
+    async fn follow_channel(&self, redis_url: &str) -> anyhow::Result<()> {
+        use futures::StreamExt;
+        let client = redis::Client::open(redis_url).context("REDIS_URL")?;
+        let mut pubsub = client
+            .get_async_pubsub()
+            .await
+            .context("Redis pub/sub connection")?;
+        pubsub
+            .subscribe(self.channel())
+            .await
+            .context("SUBSCRIBE")?;
+        let _ = self.events.send(Event::Resync);
+        let mut messages = pubsub.into_on_message();
+        while let Some(message) = messages.next().await {
+            let Ok(payload) = message.get_payload::<String>() else {
+                continue;
+            };
+            if let Some(entry) = parse_message(&payload) {
+                let _ = self.events.send(Event::Revoked(entry));
+            }
+        }
+        anyhow::bail!("subscription ended")
     }
 
     /// Every entry that still matters, from the durable store.

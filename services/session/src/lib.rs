@@ -59,6 +59,10 @@ pub async fn build(
         blacklist::Blacklist::new(pg.clone(), redis, settings.common.redis_key_prefix.clone());
     // Make sure Redis holds every revocation before trusting it.
     blacklist.start_rehydration();
+    let relay_from_replicas = tokio::spawn(blacklist.clone().relay_from_replicas(
+        settings.common.redis_url.expose_secret().to_owned(),
+        shutdown.clone(),
+    ));
     let lifetimes = store::Lifetimes {
         idle: chrono_duration(settings.idle_ttl),
         absolute: chrono_duration(settings.absolute_ttl),
@@ -92,5 +96,7 @@ pub async fn build(
         shutdown,
     )
     .await?;
-    Ok(app.with_background(relay))
+    Ok(app
+        .with_background(relay)
+        .with_background(relay_from_replicas))
 }

@@ -13,7 +13,7 @@ use aia_telemetry::grpc::unavailable;
 use chrono::{DateTime, Utc};
 use tonic::{Request, Response, Status};
 
-use crate::blacklist::{Blacklist, Entry, Kind};
+use crate::blacklist::{Blacklist, Entry, Event, Kind};
 use crate::refresh_token::RefreshToken;
 use crate::store::{Client, Rotation, SessionStore};
 use tokio::sync::{broadcast, mpsc};
@@ -79,7 +79,7 @@ fn revocation(entry: &Entry) -> Revocation {
 /// heartbeats, until the client goes away, falls behind, or the service stops.
 async fn feed(
     snapshot: Vec<Entry>,
-    mut live: broadcast::Receiver<Entry>,
+    mut live: broadcast::Receiver<Event>,
     tx: mpsc::Sender<Result<RevocationBatch, Status>>,
     shutdown: aia_telemetry::shutdown::CancellationToken,
 ) {
@@ -103,8 +103,12 @@ async fn feed(
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     loop {
         let batch = tokio::select! {
-            entry = live.recv() => match entry {
-                Ok(entry) => RevocationBatch { revocations: vec![revocation(&entry)], snapshot_complete: true },
+            event = live.recv() => match event {
+                Ok(Event::Revoked(entry)) => RevocationBatch { revocations: vec![revocation(&entry)], snapshot_complete: true },
+                Ok(Event::Resync) => {
+                    let _ = tx.send(Err(Status::unavailable("revocations may have been missed; reconnect"))).await;
+                    return;
+                }
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     tracing::warn!(missed, "a revocation watcher fell behind; ending its stream");
                     let _ = tx.send(Err(Status::aborted("fell behind; reconnect for a fresh snapshot"))).await;

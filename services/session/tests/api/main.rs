@@ -426,3 +426,57 @@ async fn malformed_ids_are_invalid_arguments() -> anyhow::Result<()> {
     s.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_made_through_one_replica_is_streamed_by_another() -> anyhow::Result<()> {
+    use aia_proto::session::v1::{RevocationKind, WatchRevocationsRequest};
+    let mut a = spawn().await?;
+    // A second replica on the same database and Redis prefix.
+    let audit = a.running.audit(aia_testkit::env(&a.db, &a.prefix, &[])).await?;
+    let b_addrs = a
+        .running
+        .session(aia_testkit::env(&a.db, &a.prefix, &[("AUDIT_GRPC_URL", audit.url())]))
+        .await?;
+    let b = SessionServiceClient::connect(b_addrs.url()).await?;
+    let user = uuid::Uuid::new_v4();
+    let created = a.create(user).await?;
+
+    // Watch replica A until its snapshot is in and its Redis subscription is up (a
+    // resync ends the first stream if the subscription came up after it started).
+    let sid = created.session_id.clone();
+    let seen = aia_testkit::eventually(Duration::from_secs(10), || {
+        let (mut watcher, mut b, sid) = (a.client.clone(), b.clone(), sid.clone());
+        async move {
+            let mut stream = watcher.watch_revocations(WatchRevocationsRequest {}).await?.into_inner();
+            // Snapshot first.
+            while let Some(batch) = stream.message().await? {
+                if batch.snapshot_complete {
+                    break;
+                }
+            }
+            // Then revoke through replica B (idempotent on later attempts).
+            b.revoke(RevokeRequest {
+                session_id: sid.clone(),
+                access_jti: String::new(),
+                access_expires_at: None,
+                client: None,
+                user_id: user.to_string(),
+            })
+            .await?;
+            let started = std::time::Instant::now();
+            while started.elapsed() < Duration::from_secs(1) {
+                let Ok(Ok(Some(batch))) = tokio::time::timeout(Duration::from_secs(1), stream.message()).await else {
+                    return Ok(None);
+                };
+                if batch.revocations.iter().any(|r| r.id == sid && r.kind == RevocationKind::Sid as i32) {
+                    return Ok(Some(started.elapsed()));
+                }
+            }
+            Ok(None)
+        }
+    })
+    .await?;
+    assert!(seen < Duration::from_secs(1), "{seen:?}");
+    a.stop().await;
+    Ok(())
+}
