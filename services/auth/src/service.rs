@@ -7,8 +7,9 @@ use aia_proto::audit::v1::Outcome;
 use aia_proto::auth::v1::auth_service_server::AuthService;
 use aia_proto::auth::v1::{
     Claims, GetJwksRequest, GetJwksResponse, GetUserRequest, LoginRequest, LogoutRequest,
-    LogoutResponse, RefreshRequest, RegisterRequest, RegisterResponse, TokenPair,
-    User as UserMessage, ValidateTokenRequest, ValidateTokenResponse,
+    LogoutResponse, RefreshRequest, RegisterRequest, RegisterResponse, RevokeTokenRequest,
+    RevokeTokenResponse, TokenPair, User as UserMessage, ValidateTokenRequest,
+    ValidateTokenResponse,
 };
 use aia_proto::session::v1 as session;
 use aia_proto::session::v1::session_service_client::SessionServiceClient;
@@ -249,6 +250,45 @@ impl Auth {
         Ok(LogoutResponse {})
     }
 
+    /// RFC 7009: revoke whatever `token` is; unknown or invalid tokens are a success.
+    async fn revoke_token(
+        &self,
+        req: RevokeTokenRequest,
+    ) -> Result<RevokeTokenResponse, AuthError> {
+        // The hint only says what to try first (RFC 7009 §2.1); both kinds are tried.
+        let claims = self.verifier.verify(&req.token).ok();
+        match claims {
+            Some(claims) => {
+                self.session
+                    .clone()
+                    .revoke_access_token(session::RevokeAccessTokenRequest {
+                        jti: claims.jti,
+                        expires_at: Some(prost_types::Timestamp {
+                            seconds: claims.exp,
+                            nanos: 0,
+                        }),
+                        user_id: claims.sub,
+                        client: req.client.clone(),
+                    })
+                    .await
+                    .map_err(|s| AuthError::from_upstream(s, "session.RevokeAccessToken"))?;
+            }
+            None => {
+                // Not a valid access token: perhaps a refresh token (session ignores
+                // anything that is not one of its tokens).
+                self.session
+                    .clone()
+                    .revoke_refresh_token(session::RevokeRefreshTokenRequest {
+                        refresh_token: req.token,
+                        client: req.client.clone(),
+                    })
+                    .await
+                    .map_err(|s| AuthError::from_upstream(s, "session.RevokeRefreshToken"))?;
+            }
+        }
+        Ok(RevokeTokenResponse {})
+    }
+
     async fn validate(
         &self,
         req: ValidateTokenRequest,
@@ -348,6 +388,16 @@ impl AuthService for Auth {
         request: Request<ValidateTokenRequest>,
     ) -> Result<Response<ValidateTokenResponse>, Status> {
         Ok(Response::new(self.validate(request.into_inner()).await?))
+    }
+
+    #[tracing::instrument(level = "info", name = "auth.revoke_token", skip_all)]
+    async fn revoke_token(
+        &self,
+        request: Request<RevokeTokenRequest>,
+    ) -> Result<Response<RevokeTokenResponse>, Status> {
+        Ok(Response::new(
+            Auth::revoke_token(self, request.into_inner()).await?,
+        ))
     }
 
     #[tracing::instrument(level = "debug", name = "auth.get_user", skip_all)]

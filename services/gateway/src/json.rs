@@ -4,8 +4,8 @@
 //! - not JSON (syntax, truncated, nested too deep) → 400;
 //! - JSON of the wrong shape (missing field, wrong type) → 422.
 
-use actix_web::error::JsonPayloadError;
-use actix_web::web::JsonConfig;
+use actix_web::error::{JsonPayloadError, UrlencodedError};
+use actix_web::web::{FormConfig, JsonConfig};
 
 use crate::problem::Problem;
 
@@ -19,6 +19,24 @@ pub fn config(limit: usize) -> JsonConfig {
                 && (mime.subtype() == "json" || mime.suffix().is_some_and(|s| s == "json"))
         })
         .error_handler(move |err, _req| problem(&err, limit).into())
+}
+
+/// The extractor configuration for form routes (the OAuth endpoints).
+pub fn form_config(limit: usize) -> FormConfig {
+    FormConfig::default()
+        .limit(limit)
+        .error_handler(move |err, _req| {
+            match err {
+                UrlencodedError::Overflow { .. } => Problem::payload_too_large(limit),
+                UrlencodedError::ContentType => Problem::unsupported_media_type()
+                    .detail("the body must be application/x-www-form-urlencoded"),
+                UrlencodedError::Parse(_) => {
+                    Problem::validation("the form is missing `token` or is malformed")
+                }
+                _ => Problem::bad_request().detail("the body could not be read"),
+            }
+            .into()
+        })
 }
 
 fn problem(err: &JsonPayloadError, limit: usize) -> Problem {

@@ -108,6 +108,7 @@ pub async fn build(
         App::new()
             .app_data(state.clone())
             .app_data(json::config(json_limit))
+            .app_data(json::form_config(json_limit))
             .wrap(actix_web::middleware::from_fn(middleware::decorate))
             .configure(routes::configure)
     })

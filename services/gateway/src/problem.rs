@@ -84,6 +84,16 @@ impl Problem {
             .header(header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\"")
     }
 
+    /// 403: authenticated, but not allowed.
+    pub fn forbidden(detail: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "urn:aia:problem:forbidden",
+            "Forbidden",
+        )
+        .detail(detail)
+    }
+
     /// 404.
     pub fn not_found() -> Self {
         Self::new(

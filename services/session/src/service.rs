@@ -6,8 +6,9 @@ use aia_proto::common::v1::ClientInfo;
 use aia_proto::session::v1::session_service_server::SessionService;
 use aia_proto::session::v1::{
     CreateSessionRequest, CreateSessionResponse, IsRevokedRequest, IsRevokedResponse, Revocation,
-    RevocationBatch, RevocationKind, RevokeRequest, RevokeResponse, RotateRequest, RotateResponse,
-    WatchRevocationsRequest,
+    RevocationBatch, RevocationKind, RevokeAccessTokenRequest, RevokeAccessTokenResponse,
+    RevokeRefreshTokenRequest, RevokeRefreshTokenResponse, RevokeRequest, RevokeResponse,
+    RotateRequest, RotateResponse, WatchRevocationsRequest,
 };
 use aia_telemetry::grpc::unavailable;
 use chrono::{DateTime, Utc};
@@ -292,6 +293,62 @@ impl SessionService for Sessions {
             .details(serde_json::json!({"already_revoked": !revoked}))
             .emit();
         Ok(Response::new(RevokeResponse { revoked }))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn revoke_access_token(
+        &self,
+        request: Request<RevokeAccessTokenRequest>,
+    ) -> Result<Response<RevokeAccessTokenResponse>, Status> {
+        let req = request.into_inner();
+        let jti = uuid_arg(&req.jti, "jti")?;
+        let now = Utc::now();
+        let until = req
+            .expires_at
+            .and_then(|t| DateTime::from_timestamp(t.seconds, 0))
+            .map_or(now + self.access_ttl, |exp| exp.min(now + self.access_ttl));
+        if until > now {
+            self.blacklist
+                .revoke(Kind::Jti, jti, until)
+                .await
+                .map_err(unavailable)?;
+        }
+        self.audit
+            .event("token.revoked", Outcome::Success)
+            .actor(req.user_id.clone())
+            .subject(jti.to_string())
+            .client(req.client.as_ref())
+            .details(serde_json::json!({"token_type": "access_token"}))
+            .emit();
+        Ok(Response::new(RevokeAccessTokenResponse {}))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn revoke_refresh_token(
+        &self,
+        request: Request<RevokeRefreshTokenRequest>,
+    ) -> Result<Response<RevokeRefreshTokenResponse>, Status> {
+        let req = request.into_inner();
+        let Some(token) = RefreshToken::parse(&req.refresh_token) else {
+            return Ok(Response::new(RevokeRefreshTokenResponse { revoked: false }));
+        };
+        let Some((session_id, user_id)) =
+            self.store.session_of(&token).await.map_err(unavailable)?
+        else {
+            return Ok(Response::new(RevokeRefreshTokenResponse { revoked: false }));
+        };
+        let revoked = self
+            .end_session(session_id, user_id, "token_revoked")
+            .await?
+            .unwrap_or(false);
+        self.audit
+            .event("token.revoked", Outcome::Success)
+            .actor(user_id.to_string())
+            .subject(session_id.to_string())
+            .client(req.client.as_ref())
+            .details(serde_json::json!({"token_type": "refresh_token", "session_ended": revoked}))
+            .emit();
+        Ok(Response::new(RevokeRefreshTokenResponse { revoked }))
     }
 
     #[tracing::instrument(level = "debug", skip_all)]

@@ -330,6 +330,22 @@ impl SessionStore {
         }
     }
 
+    /// The session (and its user) that `token` belongs to, rotated or not.
+    pub async fn session_of(
+        &self,
+        token: &RefreshToken,
+    ) -> anyhow::Result<Option<(uuid::Uuid, uuid::Uuid)>> {
+        let mut conn = aia_db::conn(&self.pool).await?;
+        refresh_tokens::table
+            .inner_join(sessions::table)
+            .filter(refresh_tokens::token_hash.eq(token.hash()))
+            .select((sessions::id, sessions::user_id))
+            .first(&mut conn)
+            .await
+            .optional()
+            .context("looking up a refresh token's session")
+    }
+
     /// Marks a session of `user_id` revoked. `Some(true)` if it was live until now,
     /// `Some(false)` if it was already revoked, `None` if `user_id` has no such session.
     pub async fn revoke(

@@ -2,6 +2,7 @@
 //! method gets 405, any other path 404, both as problems.
 
 pub mod auth;
+pub mod oauth;
 
 use actix_web::{HttpResponse, web};
 
@@ -47,6 +48,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(only("/v1/auth/refresh", web::post().to(auth::refresh)))
         .service(only("/v1/auth/logout", web::post().to(auth::logout)))
         .service(only("/v1/auth/me", web::get().to(auth::me)))
+        .service(only("/v1/oauth/revoke", web::post().to(oauth::revoke)))
+        .service(only(
+            "/v1/oauth/introspect",
+            web::post().to(oauth::introspect),
+        ))
         .service(only("/.well-known/jwks.json", web::get().to(auth::jwks)))
         .service(only("/healthz", web::get().to(healthz)))
         .service(only("/readyz", web::get().to(readyz)))

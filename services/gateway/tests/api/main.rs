@@ -3,5 +3,6 @@
 mod bad_input;
 mod flow;
 mod helpers;
+mod oauth;
 mod revocation;
 mod tokens;

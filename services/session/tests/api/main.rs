@@ -432,10 +432,17 @@ async fn a_revocation_made_through_one_replica_is_streamed_by_another() -> anyho
     use aia_proto::session::v1::{RevocationKind, WatchRevocationsRequest};
     let mut a = spawn().await?;
     // A second replica on the same database and Redis prefix.
-    let audit = a.running.audit(aia_testkit::env(&a.db, &a.prefix, &[])).await?;
+    let audit = a
+        .running
+        .audit(aia_testkit::env(&a.db, &a.prefix, &[]))
+        .await?;
     let b_addrs = a
         .running
-        .session(aia_testkit::env(&a.db, &a.prefix, &[("AUDIT_GRPC_URL", audit.url())]))
+        .session(aia_testkit::env(
+            &a.db,
+            &a.prefix,
+            &[("AUDIT_GRPC_URL", audit.url())],
+        ))
         .await?;
     let b = SessionServiceClient::connect(b_addrs.url()).await?;
     let user = uuid::Uuid::new_v4();
@@ -447,7 +454,10 @@ async fn a_revocation_made_through_one_replica_is_streamed_by_another() -> anyho
     let seen = aia_testkit::eventually(Duration::from_secs(10), || {
         let (mut watcher, mut b, sid) = (a.client.clone(), b.clone(), sid.clone());
         async move {
-            let mut stream = watcher.watch_revocations(WatchRevocationsRequest {}).await?.into_inner();
+            let mut stream = watcher
+                .watch_revocations(WatchRevocationsRequest {})
+                .await?
+                .into_inner();
             // Snapshot first.
             while let Some(batch) = stream.message().await? {
                 if batch.snapshot_complete {
@@ -465,10 +475,16 @@ async fn a_revocation_made_through_one_replica_is_streamed_by_another() -> anyho
             .await?;
             let started = std::time::Instant::now();
             while started.elapsed() < Duration::from_secs(1) {
-                let Ok(Ok(Some(batch))) = tokio::time::timeout(Duration::from_secs(1), stream.message()).await else {
+                let Ok(Ok(Some(batch))) =
+                    tokio::time::timeout(Duration::from_secs(1), stream.message()).await
+                else {
                     return Ok(None);
                 };
-                if batch.revocations.iter().any(|r| r.id == sid && r.kind == RevocationKind::Sid as i32) {
+                if batch
+                    .revocations
+                    .iter()
+                    .any(|r| r.id == sid && r.kind == RevocationKind::Sid as i32)
+                {
                     return Ok(Some(started.elapsed()));
                 }
             }

@@ -1,0 +1,108 @@
+//! `/v1/oauth/*`: token revocation (RFC 7009) and introspection (RFC 7662), for
+//! clients and resource servers that speak OAuth rather than gRPC.
+//!
+//! Both take `application/x-www-form-urlencoded` bodies, as the RFCs require.
+
+use actix_web::http::header;
+use actix_web::{HttpResponse, web};
+use aia_proto::auth::v1::{RevokeTokenRequest, ValidateTokenRequest};
+use serde::Deserialize;
+
+use crate::authn::Authenticated;
+use crate::client::Client;
+use crate::problem::Problem;
+use crate::state::State;
+
+/// The role a caller needs to introspect other tokens.
+pub const INTROSPECTION_ROLE: &str = "admin";
+
+/// `token` and the optional `token_type_hint`.
+#[derive(Deserialize)]
+pub struct TokenForm {
+    token: String,
+    #[serde(default)]
+    token_type_hint: String,
+}
+
+/// `POST /v1/oauth/revoke` (RFC 7009): 200 whether or not the token was valid, so the
+/// endpoint cannot be used to test tokens. Revoking an access token blacklists it;
+/// revoking a refresh token ends its whole session.
+pub async fn revoke(
+    state: web::Data<State>,
+    client: Client,
+    form: web::Form<TokenForm>,
+) -> Result<HttpResponse, Problem> {
+    let TokenForm {
+        token,
+        token_type_hint,
+    } = form.into_inner();
+    if !matches!(
+        token_type_hint.as_str(),
+        "" | "access_token" | "refresh_token"
+    ) {
+        // RFC 7009 §2.2.1: unsupported_token_type.
+        return Err(Problem::validation(
+            "token_type_hint must be access_token or refresh_token",
+        ));
+    }
+    state
+        .auth
+        .clone()
+        .revoke_token(RevokeTokenRequest {
+            token,
+            token_type_hint,
+            client: Some(client.to_proto()),
+        })
+        .await?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .finish())
+}
+
+/// `POST /v1/oauth/introspect` (RFC 7662). The caller authenticates with its own
+/// bearer token and must have the `admin` role (introspection tells who a token
+/// belongs to). An invalid, expired or revoked token is only `{"active": false}`.
+pub async fn introspect(
+    state: web::Data<State>,
+    caller: Authenticated,
+    form: web::Form<TokenForm>,
+) -> Result<HttpResponse, Problem> {
+    if !caller.claims.roles.iter().any(|r| r == INTROSPECTION_ROLE) {
+        return Err(Problem::forbidden("introspection needs the admin role"));
+    }
+    let answer = state
+        .auth
+        .clone()
+        .validate_token(ValidateTokenRequest {
+            access_token: form.into_inner().token,
+        })
+        .await;
+    let body = match answer {
+        Ok(response) => match response.into_inner() {
+            aia_proto::auth::v1::ValidateTokenResponse {
+                claims: Some(c),
+                revoked: false,
+            } => serde_json::json!({
+                "active": true,
+                "token_type": "access_token",
+                "sub": c.sub,
+                "sid": c.sid,
+                "jti": c.jti,
+                "exp": c.exp,
+                "iat": c.iat,
+                "iss": c.iss,
+                "aud": c.aud,
+                "scope": c.roles.join(" "),
+                "roles": c.roles,
+            }),
+            _ => serde_json::json!({"active": false}),
+        },
+        Err(status) if status.code() == tonic::Code::Unauthenticated => {
+            serde_json::json!({"active": false})
+        }
+        Err(status) => return Err(Problem::from_status(&status)),
+    };
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(body))
+}
