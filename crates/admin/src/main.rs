@@ -30,6 +30,15 @@ enum Command {
     },
     /// Print a new Ed25519 signing key (PKCS#8 PEM) for JWT_SIGNING_KEY_FILE.
     GenSigningKey,
+    /// Add a new signing key to the key store (needs DATABASE_URL and ENCRYPTION_KEY).
+    /// It is published at once and signs after --activate-in seconds; the old key
+    /// stays published until the tokens it signed have expired.
+    RotateSigningKey {
+        /// Seconds before the new key signs. Leave time for every gateway to fetch the
+        /// key set (they do every 30 s).
+        #[arg(long, default_value_t = 60)]
+        activate_in: u32,
+    },
 }
 
 #[tokio::main]
@@ -37,6 +46,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Migrate { check } => migrate(check).await,
+        Command::RotateSigningKey { activate_in } => rotate_signing_key(activate_in).await,
         Command::GenSigningKey => aia_tokens::SigningKey::generate_pem()
             .map(|pem| {
                 print!("{pem}");
@@ -74,5 +84,22 @@ async fn migrate(check: bool) -> anyhow::Result<ExitCode> {
     for name in applied {
         println!("applied: {name}");
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn rotate_signing_key(activate_in: u32) -> anyhow::Result<ExitCode> {
+    let settings = aia_settings::AuthSettings::from_env(Env::from_process())?;
+    anyhow::ensure!(
+        settings.encryption_key.is_some(),
+        "ENCRYPTION_KEY must be set to the value the auth service uses"
+    );
+    let sealing = aia_auth::sealing_key(&settings)?;
+    let pool = aia_db::pool(settings.common.database_url.expose_secret(), 1)?;
+    let activates = chrono::Utc::now() + chrono::Duration::seconds(i64::from(activate_in));
+    let kid = aia_auth::rotate_signing_key(&pool, &sealing, activates).await?;
+    println!(
+        "new signing key {kid}: published now, signs from {}",
+        activates.to_rfc3339()
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -5,7 +5,7 @@
 use crate::env::Env;
 use secrecy::SecretString;
 
-use crate::services::{AppEnv, PasswordHashing, SigningKeySource};
+use crate::services::{AppEnv, PasswordHashing};
 
 /// `DATABASE_URL` must ask for TLS (`sslmode=require`, `verify-ca` or `verify-full`).
 pub fn check_database_url(env: &mut Env, url: &str) {
@@ -120,17 +120,6 @@ pub fn looks_random(value: &str) -> bool {
     let lower = value.to_lowercase();
     let placeholder = PLACEHOLDER_WORDS.iter().any(|w| lower.contains(w));
     counts.len() >= 16 && entropy >= 3.5 && !repeats && !placeholder
-}
-
-/// Production must not sign with a key that dies with the process.
-pub fn check_signing_key(env: &mut Env, source: &SigningKeySource) {
-    if matches!(source, SigningKeySource::Ephemeral) {
-        env.problem(
-            "JWT_SIGNING_KEY_FILE",
-            "must name an Ed25519 PKCS#8 PEM file (or set JWT_SIGNING_KEY); \
-             generate one with `openssl genpkey -algorithm ed25519`",
-        );
-    }
 }
 
 /// Argon2id must not be cheaper than OWASP's minimum (19 MiB, 2 iterations).

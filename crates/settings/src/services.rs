@@ -94,8 +94,23 @@ pub struct AuthSettings {
     pub audit_url: String,
     /// Access-token settings.
     pub tokens: TokenSettings,
-    /// `JWT_SIGNING_KEY_FILE` or `JWT_SIGNING_KEY`.
+    /// `JWT_SIGNING_KEY_FILE` or `JWT_SIGNING_KEY`: a key to import into the key
+    /// store at start (if it is not there yet) and sign with from then on.
     pub signing_key: SigningKeySource,
+    /// `ENCRYPTION_KEY`: seals private signing keys (and later TOTP secrets) at rest.
+    /// Required in production (32+ random characters); development generates one per
+    /// start, so its stored keys do not survive a restart.
+    pub encryption_key: Option<SecretString>,
+    /// `SIGNING_KEY_ROTATION_DAYS`: rotate the signing key automatically when the
+    /// active one is this old (default 0: only by `aia rotate-signing-key`).
+    pub key_rotation: Option<Duration>,
+    /// `SIGNING_KEY_PUBLISH_AHEAD_SECONDS`: an automatically rotated key is published
+    /// in the JWKS this long before it signs (default 60), so that every verifier
+    /// knows it first.
+    pub key_publish_ahead: Duration,
+    /// `SIGNING_KEY_RELOAD_SECONDS`: how often the key store is re-read, so that a
+    /// rotation by the CLI or another replica takes effect (default 10).
+    pub key_reload: Duration,
     /// Argon2id parameters.
     pub hashing: PasswordHashing,
     /// `PASSWORD_MIN_LENGTH` in code points after NFKC (default 12).
@@ -257,10 +272,23 @@ impl AuthSettings {
             (None, Some(pem)) => SigningKeySource::Pem(pem.to_owned().into()),
             (None, None) => SigningKeySource::Ephemeral,
         };
-        if common.app_env.is_production() {
-            production::check_signing_key(&mut env, &signing_key);
-        }
+        let encryption_key = production::secret(&mut env, "ENCRYPTION_KEY", 32, common.app_env);
+        let rotation_days: u64 = env.parse_in("SIGNING_KEY_ROTATION_DAYS", 0, 0, 3650);
         let settings = Self {
+            encryption_key,
+            key_rotation: (rotation_days > 0).then(|| Duration::from_secs(rotation_days * 86_400)),
+            key_reload: Duration::from_secs(env.parse_in(
+                "SIGNING_KEY_RELOAD_SECONDS",
+                10,
+                1,
+                3600,
+            )),
+            key_publish_ahead: Duration::from_secs(env.parse_in(
+                "SIGNING_KEY_PUBLISH_AHEAD_SECONDS",
+                60,
+                0,
+                86_400,
+            )),
             grpc_addr: addr(&mut env, "AUTH_GRPC_ADDR", "127.0.0.1:50051"),
             admin_addr: addr(&mut env, "AUTH_ADMIN_ADDR", "127.0.0.1:9101"),
             session_url: env.string("SESSION_GRPC_URL", "http://127.0.0.1:50052"),
@@ -380,12 +408,16 @@ mod tests {
         let vars: Vec<&str> = problems.iter().map(|p| p.variable.as_str()).collect();
         assert!(vars.contains(&"DATABASE_URL"), "{vars:?}");
         assert!(vars.contains(&"REDIS_URL"), "{vars:?}");
-        assert!(vars.contains(&"JWT_SIGNING_KEY_FILE"), "{vars:?}");
+        assert!(vars.contains(&"ENCRYPTION_KEY"), "{vars:?}");
         assert!(vars.contains(&"ARGON2_MEMORY_KIB"), "{vars:?}");
     }
 
     #[test]
     fn production_accepts_a_complete_configuration() {
+        let alphabet: Vec<char> = ('A'..='Z').chain('a'..='z').chain('0'..='9').collect();
+        let strong: String = (0..40)
+            .map(|i| alphabet[(i * 23 + 5) % alphabet.len()])
+            .collect();
         let env: Env = [
             ("APP_ENV", "production"),
             (
@@ -394,6 +426,7 @@ mod tests {
             ),
             ("REDIS_URL", "rediss://:pw@cache.internal:6380"),
             ("JWT_SIGNING_KEY_FILE", "/run/secrets/jwt.pem"),
+            ("ENCRYPTION_KEY", &strong),
         ]
         .into_iter()
         .collect();

@@ -11,6 +11,7 @@
 
 mod claims;
 mod jwks;
+pub mod seal;
 mod signing;
 mod verify;
 

@@ -5,7 +5,6 @@ use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use sha2::{Digest, Sha256};
 
 use crate::claims::{ACCESS_TOKEN_TYPE, AccessClaims};
 use crate::jwks::Jwk;
@@ -28,6 +27,7 @@ pub enum KeyError {
 pub struct SigningKey {
     encoding: EncodingKey,
     jwk: Jwk,
+    pkcs8: Vec<u8>,
 }
 
 impl std::fmt::Debug for SigningKey {
@@ -66,20 +66,20 @@ impl SigningKey {
         )))
     }
 
-    fn from_pkcs8_der(der: &[u8]) -> Result<Self, KeyError> {
+    /// Loads a PKCS#8 DER document (as stored, sealed, by auth).
+    pub fn from_pkcs8_der(der: &[u8]) -> Result<Self, KeyError> {
         let pair = Ed25519KeyPair::from_pkcs8(der).map_err(|_| KeyError::NotEd25519)?;
         let x = URL_SAFE_NO_PAD.encode(pair.public_key().as_ref());
         Ok(Self {
             encoding: EncodingKey::from_ed_der(der),
-            jwk: Jwk {
-                kid: thumbprint(&x),
-                kty: "OKP".into(),
-                crv: "Ed25519".into(),
-                x,
-                alg: "EdDSA".into(),
-                use_: "sig".into(),
-            },
+            jwk: Jwk::ed25519(x),
+            pkcs8: der.to_vec(),
         })
+    }
+
+    /// The private key as PKCS#8 DER, to seal it for storage. Handle with care.
+    pub fn pkcs8_der(&self) -> &[u8] {
+        &self.pkcs8
     }
 
     /// The key id.
@@ -106,25 +106,9 @@ impl SigningKey {
     }
 }
 
-/// RFC 7638 thumbprint of an Ed25519 public key: SHA-256 over the required members
-/// in lexicographic order, base64url.
-fn thumbprint(x: &str) -> String {
-    let canonical = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}"#);
-    URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rfc_8037_example_key_has_the_rfc_thumbprint() {
-        // RFC 8037 Appendix A.3: thumbprint of the example public key.
-        assert_eq!(
-            thumbprint("11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"),
-            "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
-        );
-    }
 
     #[test]
     fn a_pem_that_is_not_ed25519_is_refused() {

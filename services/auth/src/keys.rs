@@ -1,33 +1,318 @@
-//! The signing key, from settings.
+//! Signing keys: stored in `auth.signing_keys` with the private half sealed under
+//! `ENCRYPTION_KEY`, and held in memory as a [`KeyRing`] that is reloaded every
+//! `SIGNING_KEY_RELOAD_SECONDS`, so that a rotation made by `aia rotate-signing-key` or by another
+//! replica takes effect everywhere without a restart.
+//!
+//! Lifecycle of a key: inserted with an `activated_at`; published in the JWKS from
+//! then on; signs once `activated_at` has passed and it is the newest such key; still
+//! published for the access-token lifetime (plus a minute) after a newer key took
+//! over, so tokens it signed keep verifying; then no longer published.
+//!
+//! At start, a key given in `JWT_SIGNING_KEY_FILE`/`JWT_SIGNING_KEY` is imported
+//! (once), and if no key can sign, one is generated.
 
-use aia_settings::{AppEnv, SigningKeySource};
-use aia_tokens::SigningKey;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use aia_db::PgPool;
+use aia_settings::{AuthSettings, SigningKeySource};
+use aia_telemetry::shutdown::CancellationToken;
+use aia_tokens::seal::SealingKey;
+use aia_tokens::{Jwk, Jwks, SigningKey, Verifier};
 use anyhow::Context;
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, RunQueryDsl};
 use secrecy::ExposeSecret;
 
-/// Loads the configured key, or generates one in development (and says so).
-pub fn load(source: &SigningKeySource, env: AppEnv) -> anyhow::Result<SigningKey> {
-    match source {
-        SigningKeySource::File(path) => {
-            let pem = std::fs::read_to_string(path)
-                .with_context(|| format!("reading JWT_SIGNING_KEY_FILE {}", path.display()))?;
-            SigningKey::from_pkcs8_pem(&pem).context("JWT_SIGNING_KEY_FILE")
-        }
-        SigningKeySource::Pem(pem) => {
-            SigningKey::from_pkcs8_pem(pem.expose_secret()).context("JWT_SIGNING_KEY")
-        }
-        SigningKeySource::Ephemeral => {
+use crate::schema::signing_keys;
+
+/// Arbitrary, fixed: serialises automatic rotation across replicas.
+const ROTATION_LOCK: i64 = 0x6169_615f_6b65_7973;
+
+/// The keys in use: the one that signs, and the set that verifies.
+pub struct KeyRing {
+    /// Signs new access tokens.
+    pub active: SigningKey,
+    /// Verifies access tokens against every published key.
+    pub verifier: Verifier,
+    /// The published keys, as served by `GetJwks`.
+    pub jwks_json: String,
+}
+
+/// The key store and its current ring.
+pub struct KeyStore {
+    pool: PgPool,
+    sealing: SealingKey,
+    issuer: String,
+    audience: String,
+    /// How long a replaced key stays published.
+    publish_window: chrono::Duration,
+    rotation: Option<chrono::Duration>,
+    publish_ahead: chrono::Duration,
+    reload_every: Duration,
+    ring: RwLock<Arc<KeyRing>>,
+}
+
+/// The sealing key from settings; development without `ENCRYPTION_KEY` gets an
+/// ephemeral one (and says so).
+pub fn sealing_key(settings: &AuthSettings) -> anyhow::Result<SealingKey> {
+    let secret = match &settings.encryption_key {
+        Some(secret) => secret.expose_secret().as_bytes().to_vec(),
+        None => {
             anyhow::ensure!(
-                !env.is_production(),
-                "production needs JWT_SIGNING_KEY_FILE"
+                !settings.common.app_env.is_production(),
+                "production needs ENCRYPTION_KEY"
             );
-            let key = SigningKey::generate()?;
             tracing::warn!(
-                kid = key.kid(),
-                "DEVELOPMENT: generated an ephemeral signing key; tokens die with this process. \
-                 Set JWT_SIGNING_KEY_FILE to keep them."
+                "DEVELOPMENT: no ENCRYPTION_KEY; signing keys generated now will not be usable after a \
+                 restart (tokens they signed stay verifiable until they expire)"
             );
-            Ok(key)
+            let mut secret = vec![0u8; 32];
+            getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("OS random source: {e}"))?;
+            secret
+        }
+    };
+    SealingKey::derive(&secret).map_err(|e| anyhow::anyhow!("ENCRYPTION_KEY: {e}"))
+}
+
+/// Stores `key`, signing from `activated_at` on. False if it was already stored.
+pub async fn insert(
+    pool: &PgPool,
+    sealing: &SealingKey,
+    key: &SigningKey,
+    activated_at: DateTime<Utc>,
+) -> anyhow::Result<bool> {
+    let sealed = sealing
+        .seal(key.pkcs8_der(), key.kid().as_bytes())
+        .map_err(|e| anyhow::anyhow!("sealing a signing key: {e}"))?;
+    let mut conn = aia_db::conn(pool).await?;
+    let inserted = diesel::insert_into(signing_keys::table)
+        .values((
+            signing_keys::kid.eq(key.kid()),
+            signing_keys::public_x.eq(&key.jwk().x),
+            signing_keys::private_key.eq(sealed),
+            signing_keys::sealing_key_id.eq(sealing.id()),
+            signing_keys::activated_at.eq(activated_at),
+        ))
+        .on_conflict_do_nothing()
+        .execute(&mut conn)
+        .await
+        .context("storing a signing key")?;
+    Ok(inserted == 1)
+}
+
+/// Generates a new key that signs from `activated_at` on; returns its `kid`.
+pub async fn rotate(
+    pool: &PgPool,
+    sealing: &SealingKey,
+    activated_at: DateTime<Utc>,
+) -> anyhow::Result<String> {
+    let key = SigningKey::generate()?;
+    insert(pool, sealing, &key, activated_at).await?;
+    Ok(key.kid().to_owned())
+}
+
+type Row = (String, String, Vec<u8>, String, DateTime<Utc>);
+
+impl KeyStore {
+    /// Imports the configured key, makes sure one can sign, and loads the ring.
+    pub async fn open(pool: PgPool, settings: &AuthSettings) -> anyhow::Result<Arc<Self>> {
+        let sealing = sealing_key(settings)?;
+        let now = Utc::now();
+        let configured = match &settings.signing_key {
+            SigningKeySource::File(path) => {
+                let pem = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading JWT_SIGNING_KEY_FILE {}", path.display()))?;
+                Some(SigningKey::from_pkcs8_pem(&pem).context("JWT_SIGNING_KEY_FILE")?)
+            }
+            SigningKeySource::Pem(pem) => {
+                Some(SigningKey::from_pkcs8_pem(pem.expose_secret()).context("JWT_SIGNING_KEY")?)
+            }
+            SigningKeySource::Ephemeral => None,
+        };
+        if let Some(key) = &configured
+            && insert(&pool, &sealing, key, now).await?
+        {
+            tracing::info!(kid = key.kid(), "imported the configured signing key");
+        }
+        let ttl = chrono::Duration::from_std(settings.tokens.access_ttl)
+            .unwrap_or(chrono::Duration::minutes(15));
+        let rows = load_rows(&pool).await?;
+        let ring = match build_ring(
+            &rows,
+            &sealing,
+            now,
+            ttl + chrono::Duration::minutes(1),
+            &settings.tokens,
+        ) {
+            Some(ring) => ring,
+            None => {
+                let kid = rotate(&pool, &sealing, now).await?;
+                tracing::info!(%kid, "generated a signing key");
+                let rows = load_rows(&pool).await?;
+                build_ring(
+                    &rows,
+                    &sealing,
+                    now,
+                    ttl + chrono::Duration::minutes(1),
+                    &settings.tokens,
+                )
+                .context("a generated signing key does not load")?
+            }
+        };
+        tracing::info!(kid = ring.active.kid(), "signing with this key");
+        Ok(Arc::new(Self {
+            pool,
+            sealing,
+            issuer: settings.tokens.issuer.clone(),
+            audience: settings.tokens.audience.clone(),
+            publish_window: ttl + chrono::Duration::minutes(1),
+            rotation: settings
+                .key_rotation
+                .and_then(|d| chrono::Duration::from_std(d).ok()),
+            publish_ahead: chrono::Duration::from_std(settings.key_publish_ahead)
+                .unwrap_or_default(),
+            reload_every: settings.key_reload,
+            ring: RwLock::new(Arc::new(ring)),
+        }))
+    }
+
+    /// The current ring.
+    pub fn ring(&self) -> Arc<KeyRing> {
+        match self.ring.read() {
+            Ok(ring) => ring.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
+
+    /// Rotates if automatic rotation is due, then reloads the ring.
+    pub async fn reload(&self) -> anyhow::Result<()> {
+        let now = Utc::now();
+        if let Some(max_age) = self.rotation {
+            self.rotate_if_due(now, max_age).await?;
+        }
+        let rows = load_rows(&self.pool).await?;
+        let tokens = aia_settings::TokenSettings {
+            issuer: self.issuer.clone(),
+            audience: self.audience.clone(),
+            access_ttl: Duration::ZERO,
+        };
+        if let Some(ring) = build_ring(&rows, &self.sealing, now, self.publish_window, &tokens) {
+            let previous = self.ring().active.kid().to_owned();
+            if previous != ring.active.kid() {
+                tracing::info!(from = %previous, to = ring.active.kid(), "signing key rotated");
+            }
+            if let Ok(mut current) = self.ring.write() {
+                *current = Arc::new(ring);
+            }
+        }
+        Ok(())
+    }
+
+    /// One replica at a time: if the newest key is older than `max_age` and none is
+    /// waiting to activate, insert one that activates after the publish-ahead delay.
+    async fn rotate_if_due(
+        &self,
+        now: DateTime<Utc>,
+        max_age: chrono::Duration,
+    ) -> anyhow::Result<()> {
+        let mut conn = aia_db::conn(&self.pool).await?;
+        let due = conn
+            .transaction::<_, diesel::result::Error, _>(async |conn| {
+                diesel::sql_query(format!("SELECT pg_advisory_xact_lock({ROTATION_LOCK})"))
+                    .execute(conn)
+                    .await?;
+                let newest: Option<DateTime<Utc>> = signing_keys::table
+                    .select(diesel::dsl::max(signing_keys::activated_at))
+                    .first(conn)
+                    .await?;
+                Ok(newest.is_none_or(|t| t + max_age <= now))
+            })
+            .await
+            .context("checking whether rotation is due")?;
+        drop(conn);
+        if due {
+            let kid = rotate(&self.pool, &self.sealing, now + self.publish_ahead).await?;
+            tracing::info!(%kid, activates_in = ?self.publish_ahead, "automatic signing-key rotation");
+        }
+        Ok(())
+    }
+
+    /// Reloads every `reload_every` until `shutdown`.
+    pub fn spawn_reload(
+        self: Arc<Self>,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(self.reload_every);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = shutdown.cancelled() => return,
+                }
+                if let Err(error) = self.reload().await {
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        "reloading signing keys failed; keeping the current ones"
+                    );
+                }
+            }
+        })
+    }
+}
+
+async fn load_rows(pool: &PgPool) -> anyhow::Result<Vec<Row>> {
+    let mut conn = aia_db::conn(pool).await?;
+    signing_keys::table
+        .select((
+            signing_keys::kid,
+            signing_keys::public_x,
+            signing_keys::private_key,
+            signing_keys::sealing_key_id,
+            signing_keys::activated_at,
+        ))
+        .order(signing_keys::activated_at.asc())
+        .load(&mut conn)
+        .await
+        .context("loading signing keys")
+}
+
+/// The ring for `now`: the newest activated key that this sealing key opens signs;
+/// published are the keys not yet active, the active ones, and those replaced less
+/// than `window` ago. `None` if no key can sign.
+fn build_ring(
+    rows: &[Row],
+    sealing: &SealingKey,
+    now: DateTime<Utc>,
+    window: chrono::Duration,
+    tokens: &aia_settings::TokenSettings,
+) -> Option<KeyRing> {
+    let active =
+        rows.iter()
+            .rev()
+            .filter(|r| r.4 <= now)
+            .find_map(|(kid, _, sealed, sealing_id, _)| {
+                if sealing_id != sealing.id() {
+                    return None;
+                }
+                let der = sealing.open(sealed, kid.as_bytes()).ok()?;
+                SigningKey::from_pkcs8_der(&der).ok()
+            })?;
+    let mut keys = vec![active.jwk().clone()];
+    for (i, (kid, x, _, _, _)) in rows.iter().enumerate() {
+        // Replaced when a later key has activated.
+        let replaced_at = rows[i + 1..].iter().map(|r| r.4).find(|t| *t <= now);
+        let published = replaced_at.is_none_or(|t| t + window > now);
+        if published && kid != active.kid() {
+            keys.push(Jwk::ed25519(x.clone()));
+        }
+    }
+    let jwks = Jwks { keys };
+    Some(KeyRing {
+        verifier: Verifier::new(&jwks, &tokens.issuer, &tokens.audience),
+        jwks_json: serde_json::to_string(&jwks).ok()?,
+        active,
+    })
 }

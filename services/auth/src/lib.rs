@@ -6,7 +6,7 @@
 //! - `domain`: `EmailAddress`, `Password` (valid by construction).
 //! - `hashing`: argon2id on a bounded blocking pool; the dummy hash for unknown users.
 //! - `users`: the `auth.users` table.
-//! - `keys`: the Ed25519 signing key from settings.
+//! - `keys`: the Ed25519 signing keys: stored sealed, rotated, reloaded.
 //! - `error`: one error enum, mapped to gRPC statuses in one place.
 
 mod domain;
@@ -25,11 +25,11 @@ use aia_proto::session::v1::session_service_client::SessionServiceClient;
 use aia_settings::AuthSettings;
 use aia_telemetry::grpc::GrpcApplication;
 use aia_telemetry::shutdown::CancellationToken;
-use aia_tokens::{Jwks, Verifier};
 use anyhow::Context;
 use secrecy::ExposeSecret;
 use tonic::transport::Endpoint;
 
+pub use keys::{rotate as rotate_signing_key, sealing_key};
 pub use service::Auth;
 
 /// The auth service, bound and ready to run.
@@ -40,11 +40,6 @@ pub async fn build(
     settings: AuthSettings,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Application> {
-    let key = keys::load(&settings.signing_key, settings.common.app_env)?;
-    let jwks = Jwks {
-        keys: vec![key.jwk().clone()],
-    };
-    let verifier = Verifier::new(&jwks, &settings.tokens.issuer, &settings.tokens.audience);
     let pg = aia_db::pool(
         settings.common.database_url.expose_secret(),
         settings.common.database_pool_size,
@@ -61,12 +56,12 @@ pub async fn build(
         let pool = ready_pool.clone();
         Box::pin(async move { aia_db::ping(&pool).await.map_err(|_| "postgres".to_owned()) })
     });
+    let keys = keys::KeyStore::open(pg.clone(), &settings).await?;
+    let reload = keys.clone().spawn_reload(shutdown.clone());
     let auth = Auth {
         users: users::UserStore::new(pg),
         hasher: hashing::Hasher::new(&settings.hashing).await?,
-        key: Arc::new(key),
-        verifier,
-        jwks_json: Arc::from(serde_json::to_string(&jwks)?),
+        keys: keys.clone(),
         tokens: settings.tokens,
         password_min_length: settings.password_min_length,
         session: SessionServiceClient::new(session),
@@ -81,5 +76,5 @@ pub async fn build(
         shutdown,
     )
     .await?;
-    Ok(app.with_background(relay))
+    Ok(app.with_background(relay).with_background(reload))
 }

@@ -12,3 +12,14 @@ diesel::table! {
         updated_at -> Timestamptz,
     }
 }
+
+diesel::table! {
+    auth.signing_keys (kid) {
+        kid -> Text,
+        public_x -> Text,
+        private_key -> Bytea,
+        sealing_key_id -> Text,
+        created_at -> Timestamptz,
+        activated_at -> Timestamptz,
+    }
+}

@@ -14,7 +14,9 @@ use aia_proto::auth::v1::{
 use aia_proto::session::v1 as session;
 use aia_proto::session::v1::session_service_client::SessionServiceClient;
 use aia_settings::TokenSettings;
-use aia_tokens::{AccessClaims, SigningKey, Verifier};
+use aia_tokens::AccessClaims;
+
+use crate::keys::KeyStore;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
@@ -28,9 +30,7 @@ use crate::users::{User, UserStore};
 pub struct Auth {
     pub(crate) users: UserStore,
     pub(crate) hasher: Hasher,
-    pub(crate) key: Arc<SigningKey>,
-    pub(crate) verifier: Verifier,
-    pub(crate) jwks_json: Arc<str>,
+    pub(crate) keys: Arc<KeyStore>,
     pub(crate) tokens: TokenSettings,
     pub(crate) password_min_length: usize,
     pub(crate) session: SessionServiceClient<Channel>,
@@ -73,7 +73,9 @@ impl Auth {
             roles: user.roles.clone(),
         };
         let access_token = self
-            .key
+            .keys
+            .ring()
+            .active
             .sign(&claims)
             .map_err(|e| AuthError::Unexpected(e.into()))?;
         let remaining = claims.exp - chrono::Utc::now().timestamp();
@@ -225,7 +227,7 @@ impl Auth {
     }
 
     fn verify(&self, token: &str) -> Result<AccessClaims, AuthError> {
-        self.verifier.verify(token).map_err(|e| {
+        self.keys.ring().verifier.verify(token).map_err(|e| {
             tracing::debug!(reason = %e, "access token refused");
             AuthError::InvalidAccessToken
         })
@@ -256,7 +258,7 @@ impl Auth {
         req: RevokeTokenRequest,
     ) -> Result<RevokeTokenResponse, AuthError> {
         // The hint only says what to try first (RFC 7009 §2.1); both kinds are tried.
-        let claims = self.verifier.verify(&req.token).ok();
+        let claims = self.keys.ring().verifier.verify(&req.token).ok();
         match claims {
             Some(claims) => {
                 self.session
@@ -415,7 +417,7 @@ impl AuthService for Auth {
         _: Request<GetJwksRequest>,
     ) -> Result<Response<GetJwksResponse>, Status> {
         Ok(Response::new(GetJwksResponse {
-            jwks_json: self.jwks_json.to_string(),
+            jwks_json: self.keys.ring().jwks_json.clone(),
         }))
     }
 }

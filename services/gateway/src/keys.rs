@@ -17,6 +17,9 @@ use tonic::transport::Channel;
 /// Least time between two fetches of the key set.
 const REFRESH_INTERVAL: Duration = Duration::from_secs(10);
 
+/// How often the key set is fetched anyway, to learn keys published ahead of use.
+pub const PERIODIC_REFRESH: Duration = Duration::from_secs(30);
+
 /// A fetched key set.
 #[derive(Debug)]
 pub struct KeySet {
@@ -86,6 +89,21 @@ impl KeyCache {
                 tracing::warn!(error = format!("{error:#}"), "fetching signing keys failed");
                 cached.ok_or(KeysUnavailable)
             }
+        }
+    }
+
+    /// Fetches the key set every [`PERIODIC_REFRESH`] until `shutdown`.
+    pub async fn refresh_periodically(
+        self: std::sync::Arc<Self>,
+        shutdown: aia_telemetry::shutdown::CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(PERIODIC_REFRESH);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = shutdown.cancelled() => return,
+            }
+            let _ = self.refresh().await;
         }
     }
 

@@ -75,12 +75,14 @@ pub async fn build(
         SessionServiceClient::new(watch_channel),
         shutdown.clone(),
     ));
+    let key_cache = Arc::new(keys::KeyCache::new(
+        auth.clone(),
+        settings.tokens.issuer.clone(),
+        settings.tokens.audience.clone(),
+    ));
+    tokio::spawn(key_cache.clone().refresh_periodically(shutdown.clone()));
     let state = web::Data::new(state::State {
-        keys: keys::KeyCache::new(
-            auth.clone(),
-            settings.tokens.issuer.clone(),
-            settings.tokens.audience.clone(),
-        ),
+        keys: key_cache,
         auth,
         session,
         revocations,

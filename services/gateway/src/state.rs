@@ -14,7 +14,7 @@ pub struct State {
     /// The session service.
     pub session: SessionServiceClient<Channel>,
     /// The public signing keys.
-    pub keys: KeyCache,
+    pub keys: std::sync::Arc<KeyCache>,
     /// The in-memory blacklist.
     pub revocations: std::sync::Arc<RevocationCache>,
 }

@@ -1,5 +1,7 @@
 //! The auth service over real gRPC, with real session and audit services behind it.
 
+mod keys;
+
 use std::time::Duration;
 
 use aia_proto::audit::v1::QueryRequest;
@@ -15,11 +17,11 @@ use tonic::transport::Channel;
 
 const PASSWORD: &str = "correct horse battery staple";
 
-fn email() -> String {
+pub(crate) fn email() -> String {
     format!("user-{}@example.com", uuid::Uuid::new_v4().simple())
 }
 
-async fn client(stack: &Stack) -> anyhow::Result<AuthServiceClient<Channel>> {
+pub(crate) async fn client(stack: &Stack) -> anyhow::Result<AuthServiceClient<Channel>> {
     Ok(AuthServiceClient::connect(stack.auth.url()).await?)
 }
 
@@ -31,7 +33,7 @@ fn from(ip: &str) -> Option<ClientInfo> {
     })
 }
 
-async fn register_and_login(
+pub(crate) async fn register_and_login(
     auth: &mut AuthServiceClient<Channel>,
     email: &str,
 ) -> anyhow::Result<TokenPair> {
