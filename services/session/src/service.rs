@@ -5,10 +5,12 @@ use aia_proto::audit::v1::Outcome;
 use aia_proto::common::v1::ClientInfo;
 use aia_proto::session::v1::session_service_server::SessionService;
 use aia_proto::session::v1::{
-    CreateSessionRequest, CreateSessionResponse, IsRevokedRequest, IsRevokedResponse, Revocation,
-    RevocationBatch, RevocationKind, RevokeAccessTokenRequest, RevokeAccessTokenResponse,
-    RevokeRefreshTokenRequest, RevokeRefreshTokenResponse, RevokeRequest, RevokeResponse,
-    RotateRequest, RotateResponse, WatchRevocationsRequest,
+    CreateSessionRequest, CreateSessionResponse, IsRevokedRequest, IsRevokedResponse,
+    ListSessionsRequest, ListSessionsResponse, Revocation, RevocationBatch, RevocationKind,
+    RevokeAccessTokenRequest, RevokeAccessTokenResponse, RevokeRefreshTokenRequest,
+    RevokeRefreshTokenResponse, RevokeRequest, RevokeResponse, RevokeUserSessionsRequest,
+    RevokeUserSessionsResponse, RotateRequest, RotateResponse, SessionInfo,
+    WatchRevocationsRequest,
 };
 use aia_telemetry::grpc::unavailable;
 use chrono::{DateTime, Utc};
@@ -349,6 +351,73 @@ impl SessionService for Sessions {
             .details(serde_json::json!({"token_type": "refresh_token", "session_ended": revoked}))
             .emit();
         Ok(Response::new(RevokeRefreshTokenResponse { revoked }))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn list_sessions(
+        &self,
+        request: Request<ListSessionsRequest>,
+    ) -> Result<Response<ListSessionsResponse>, Status> {
+        let user_id = uuid_arg(&request.into_inner().user_id, "user_id")?;
+        let rows = self
+            .store
+            .live_sessions(user_id, Utc::now())
+            .await
+            .map_err(unavailable)?;
+        Ok(Response::new(ListSessionsResponse {
+            sessions: rows
+                .into_iter()
+                .map(|r| SessionInfo {
+                    id: r.id.to_string(),
+                    created_at: Some(timestamp(r.created_at)),
+                    last_used_at: Some(timestamp(r.last_used_at)),
+                    expires_at: Some(timestamp(r.expires_at)),
+                    ip: r.ip,
+                    user_agent: r.user_agent,
+                })
+                .collect(),
+        }))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn revoke_user_sessions(
+        &self,
+        request: Request<RevokeUserSessionsRequest>,
+    ) -> Result<Response<RevokeUserSessionsResponse>, Status> {
+        let req = request.into_inner();
+        let user_id = uuid_arg(&req.user_id, "user_id")?;
+        let keep = match req.except_session_id.as_str() {
+            "" => None,
+            id => Some(uuid_arg(id, "except_session_id")?),
+        };
+        let reason = match req.reason.as_str() {
+            "" => "revoke_all",
+            r if r.len() <= 64 && r.chars().all(|c| c.is_ascii_lowercase() || c == '_') => r,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "reason must be lower_snake_case, at most 64 characters",
+                ));
+            }
+        };
+        let sessions = self
+            .store
+            .live_sessions(user_id, Utc::now())
+            .await
+            .map_err(unavailable)?;
+        let mut revoked = 0u32;
+        for session in sessions.iter().filter(|s| Some(s.id) != keep) {
+            if self.end_session(session.id, user_id, reason).await? == Some(true) {
+                revoked += 1;
+            }
+        }
+        self.audit
+            .event("session.revoke_all", Outcome::Success)
+            .actor(user_id.to_string())
+            .subject(user_id.to_string())
+            .client(req.client.as_ref())
+            .details(serde_json::json!({"reason": reason, "revoked": revoked, "kept_current": keep.is_some()}))
+            .emit();
+        Ok(Response::new(RevokeUserSessionsResponse { revoked }))
     }
 
     #[tracing::instrument(level = "debug", skip_all)]

@@ -154,6 +154,24 @@ pub struct Rotated {
     pub issued_at: DateTime<Utc>,
 }
 
+/// A session as listed to its user.
+#[derive(Debug, Queryable, Selectable)]
+#[diesel(table_name = sessions)]
+pub struct SessionRow {
+    /// Session id.
+    pub id: uuid::Uuid,
+    /// Login time.
+    pub created_at: DateTime<Utc>,
+    /// Last refresh.
+    pub last_used_at: DateTime<Utc>,
+    /// Absolute end.
+    pub expires_at: DateTime<Utc>,
+    /// IP at login.
+    pub ip: String,
+    /// User agent at login.
+    pub user_agent: String,
+}
+
 /// Where a request came from.
 #[derive(Debug, Default, Clone)]
 pub struct Client {
@@ -328,6 +346,24 @@ impl SessionStore {
             }
             Err(e) => Err(e).context("rotating a refresh token"),
         }
+    }
+
+    /// A user's live sessions, newest first.
+    pub async fn live_sessions(
+        &self,
+        user_id: uuid::Uuid,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<Vec<SessionRow>> {
+        let mut conn = aia_db::conn(&self.pool).await?;
+        sessions::table
+            .filter(sessions::user_id.eq(user_id))
+            .filter(sessions::revoked_at.is_null())
+            .filter(sessions::expires_at.gt(now))
+            .order(sessions::created_at.desc())
+            .select(SessionRow::as_select())
+            .load(&mut conn)
+            .await
+            .context("listing sessions")
     }
 
     /// The session (and its user) that `token` belongs to, rotated or not.

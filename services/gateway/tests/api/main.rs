@@ -5,4 +5,5 @@ mod flow;
 mod helpers;
 mod oauth;
 mod revocation;
+mod sessions;
 mod tokens;

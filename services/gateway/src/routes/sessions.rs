@@ -1,0 +1,95 @@
+//! `/v1/auth/sessions` and `/v1/auth/logout-all`: a user sees and ends their own
+//! sessions. The user is always the one the bearer token names; a session id of
+//! someone else is answered like an unknown one (404).
+
+use actix_web::http::header;
+use actix_web::{HttpResponse, web};
+use aia_proto::session::v1::{ListSessionsRequest, RevokeRequest, RevokeUserSessionsRequest};
+
+use crate::authn::Authenticated;
+use crate::client::Client;
+use crate::problem::Problem;
+use crate::state::State;
+
+fn rfc3339(t: Option<prost_types::Timestamp>) -> Option<String> {
+    let t = t?;
+    chrono::DateTime::from_timestamp(t.seconds, 0).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+}
+
+/// `GET /v1/auth/sessions`: live sessions, newest first, the caller's marked current.
+pub async fn list(state: web::Data<State>, auth: Authenticated) -> Result<HttpResponse, Problem> {
+    let sessions = state
+        .session
+        .clone()
+        .list_sessions(ListSessionsRequest { user_id: auth.claims.sub.clone() })
+        .await?
+        .into_inner()
+        .sessions;
+    let body: Vec<serde_json::Value> = sessions
+        .into_iter()
+        .map(|s| {
+            serde_json::json!({
+                "id": s.id,
+                "current": s.id == auth.claims.sid,
+                "created_at": rfc3339(s.created_at),
+                "last_used_at": rfc3339(s.last_used_at),
+                "expires_at": rfc3339(s.expires_at),
+                "ip": s.ip,
+                "user_agent": s.user_agent,
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(body))
+}
+
+/// `DELETE /v1/auth/sessions/{id}`: ends one of the caller's sessions; 204.
+pub async fn revoke_one(
+    state: web::Data<State>,
+    client: Client,
+    auth: Authenticated,
+    id: web::Path<String>,
+) -> Result<HttpResponse, Problem> {
+    let id = uuid::Uuid::parse_str(&id).map_err(|_| Problem::not_found())?;
+    state
+        .session
+        .clone()
+        .revoke(RevokeRequest {
+            session_id: id.to_string(),
+            access_jti: String::new(),
+            access_expires_at: None,
+            client: Some(client.to_proto()),
+            user_id: auth.claims.sub,
+        })
+        .await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+async fn revoke_all(state: &State, client: &Client, auth: &Authenticated, keep_current: bool) -> Result<u32, Problem> {
+    Ok(state
+        .session
+        .clone()
+        .revoke_user_sessions(RevokeUserSessionsRequest {
+            user_id: auth.claims.sub.clone(),
+            except_session_id: if keep_current { auth.claims.sid.clone() } else { String::new() },
+            reason: if keep_current { "revoke_others" } else { "logout_all" }.to_owned(),
+            client: Some(client.to_proto()),
+        })
+        .await?
+        .into_inner()
+        .revoked)
+}
+
+/// `DELETE /v1/auth/sessions`: ends every session but the caller's; 200 with the count.
+pub async fn revoke_others(state: web::Data<State>, client: Client, auth: Authenticated) -> Result<HttpResponse, Problem> {
+    let revoked = revoke_all(&state, &client, &auth, true).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({"revoked": revoked})))
+}
+
+/// `POST /v1/auth/logout-all`: ends every session of the caller, this one included; 204.
+pub async fn logout_all(state: web::Data<State>, client: Client, auth: Authenticated) -> Result<HttpResponse, Problem> {
+    revoke_all(&state, &client, &auth, false).await?;
+    Ok(HttpResponse::NoContent()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header(("Clear-Site-Data", "\"cookies\", \"storage\""))
+        .finish())
+}
