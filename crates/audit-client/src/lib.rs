@@ -17,7 +17,7 @@ use aia_proto::audit::v1::{Event, Outcome, RecordBatchRequest};
 use aia_proto::common::v1::ClientInfo;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Events waiting to be sent, at most.
 const QUEUE: usize = 10_000;
@@ -40,10 +40,10 @@ impl AuditClient {
     pub fn spawn(
         url: &str,
         producer: &'static str,
+        tls: Option<&aia_telemetry::tls::TlsMaterial>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<(Self, tokio::task::JoinHandle<()>)> {
-        let channel = Endpoint::from_shared(url.to_owned())?
-            .connect_timeout(Duration::from_secs(2))
+        let channel = aia_telemetry::tls::endpoint(url, tls, "audit")?
             .timeout(Duration::from_secs(5))
             .connect_lazy();
         let (tx, rx) = mpsc::channel(QUEUE);

@@ -25,6 +25,27 @@ impl AppEnv {
     }
 }
 
+/// How services authenticate each other on internal gRPC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InternalTls {
+    /// Plaintext, unauthenticated (development only).
+    Off,
+    /// A service mesh provides mTLS around the services; they speak plaintext.
+    Mesh,
+    /// The services speak mTLS themselves: every listener requires a client
+    /// certificate from the CA, every client presents its own, and each rpc checks the
+    /// caller's identity (the certificate's DNS name: `auth`, `session`, `audit`,
+    /// `gateway`) against its allowlist.
+    Mtls {
+        /// `TLS_CA_FILE`: PEM of the CA that signs every service certificate.
+        ca_file: PathBuf,
+        /// `TLS_CERT_FILE`: PEM of this service's certificate (its DNS name is its identity).
+        cert_file: PathBuf,
+        /// `TLS_KEY_FILE`: PEM of this service's private key.
+        key_file: PathBuf,
+    },
+}
+
 /// Settings every service reads.
 #[derive(Debug, Clone)]
 pub struct Common {
@@ -41,6 +62,8 @@ pub struct Common {
     pub redis_key_prefix: String,
     /// `LOG_FORMAT`: `json` (default in production) or `text`.
     pub log_json: bool,
+    /// `INTERNAL_TLS`: `off` (default in development), `mtls` or `mesh`.
+    pub internal_tls: InternalTls,
 }
 
 /// Settings of access tokens, shared by the services that issue or check them.
@@ -224,8 +247,40 @@ impl Common {
             production::check_database_url(env, &database_url);
             production::check_redis_url(env, &redis_url);
         }
+        let internal_tls = match env.get("INTERNAL_TLS").unwrap_or("off") {
+            "off" => {
+                if app_env.is_production() {
+                    env.problem(
+                        "INTERNAL_TLS",
+                        "production refuses plaintext internal gRPC: set `mtls` (with TLS_CA_FILE, \
+                         TLS_CERT_FILE, TLS_KEY_FILE) or `mesh` if a service mesh provides mTLS",
+                    );
+                }
+                InternalTls::Off
+            }
+            "mesh" => InternalTls::Mesh,
+            "mtls" => {
+                let mut file = |name: &str| {
+                    let path = env.get(name).map(PathBuf::from);
+                    if path.is_none() {
+                        env.problem(name, "is required when INTERNAL_TLS=mtls (a PEM file)");
+                    }
+                    path.unwrap_or_default()
+                };
+                InternalTls::Mtls {
+                    ca_file: file("TLS_CA_FILE"),
+                    cert_file: file("TLS_CERT_FILE"),
+                    key_file: file("TLS_KEY_FILE"),
+                }
+            }
+            _ => {
+                env.problem("INTERNAL_TLS", "must be `off`, `mtls` or `mesh`");
+                InternalTls::Off
+            }
+        };
         Self {
             app_env,
+            internal_tls,
             database_pool_size: env.parse_in("DATABASE_POOL_SIZE", 10, 1, 1000),
             database_url: database_url.into(),
             redis_url: redis_url.into(),
@@ -410,6 +465,20 @@ mod tests {
         assert!(vars.contains(&"REDIS_URL"), "{vars:?}");
         assert!(vars.contains(&"ENCRYPTION_KEY"), "{vars:?}");
         assert!(vars.contains(&"ARGON2_MEMORY_KIB"), "{vars:?}");
+        assert!(vars.contains(&"INTERNAL_TLS"), "{vars:?}");
+    }
+
+    #[test]
+    fn mtls_needs_its_three_files() {
+        let env: Env = [("INTERNAL_TLS", "mtls"), ("TLS_CA_FILE", "/ca.pem")]
+            .into_iter()
+            .collect();
+        let problems = AuditSettings::from_env(env)
+            .err()
+            .map(|e| e.0)
+            .unwrap_or_default();
+        let vars: Vec<&str> = problems.iter().map(|p| p.variable.as_str()).collect();
+        assert_eq!(vars, vec!["TLS_CERT_FILE", "TLS_KEY_FILE"]);
     }
 
     #[test]
@@ -427,6 +496,7 @@ mod tests {
             ("REDIS_URL", "rediss://:pw@cache.internal:6380"),
             ("JWT_SIGNING_KEY_FILE", "/run/secrets/jwt.pem"),
             ("ENCRYPTION_KEY", &strong),
+            ("INTERNAL_TLS", "mesh"),
         ]
         .into_iter()
         .collect();

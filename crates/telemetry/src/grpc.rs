@@ -38,10 +38,17 @@ impl GrpcApplication {
         readiness: crate::admin::ReadinessCheck,
         name: &'static str,
         add_services: impl FnOnce(Router) -> Router,
+        tls: Option<&crate::tls::TlsMaterial>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
         let reporter = HealthReporter::new();
         let health = HealthServer::new(HealthService::from_health_reporter(reporter.clone()));
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            server = server
+                .tls_config(tls.server())
+                .context("TLS server configuration")?;
+        }
         Ok(Self {
             grpc: TcpListener::bind(grpc_addr)
                 .await
@@ -50,7 +57,7 @@ impl GrpcApplication {
                 .await
                 .with_context(|| format!("binding the admin port {admin_addr}"))?,
             name,
-            router: add_services(tonic::transport::Server::builder().add_service(health)),
+            router: add_services(server.add_service(health)),
             reporter,
             shutdown,
             background: Vec::new(),

@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod metrics;
 pub mod shutdown;
+pub mod tls;
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;

@@ -14,6 +14,8 @@
 //! [`Stack::stop`], and creating one also drops those left over for an hour by tests
 //! that crashed.
 
+pub mod pki;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -293,6 +295,19 @@ impl Stack {
 
     /// Starts all four services; `extra` variables go to every service.
     pub async fn start_with(extra: &[(&str, String)]) -> anyhow::Result<Self> {
+        Self::start_configured(extra, None).await
+    }
+
+    /// Starts all four services speaking mTLS to each other, with certificates from
+    /// `pki` (one per service, named after it).
+    pub async fn start_mtls(pki: &pki::TestPki) -> anyhow::Result<Self> {
+        Self::start_configured(&[], Some(pki)).await
+    }
+
+    async fn start_configured(
+        extra: &[(&str, String)],
+        pki: Option<&pki::TestPki>,
+    ) -> anyhow::Result<Self> {
         let db = TestDb::create().await?;
         let redis_prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
         let mut running = Running::new(CancellationToken::new());
@@ -300,27 +315,36 @@ impl Stack {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), v.clone()))
             .collect();
-        let base = |more: &[(&str, String)]| {
+        let base = |service: &str, more: &[(&str, String)]| -> anyhow::Result<Env> {
             let mut all: Vec<(&str, String)> =
                 extra.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
             all.extend_from_slice(more);
-            env(&db, &redis_prefix, &all)
+            if let Some(pki) = pki {
+                all.extend(pki.env(service)?);
+            }
+            Ok(env(&db, &redis_prefix, &all))
         };
-        let audit = running.audit(base(&[])).await?;
+        let audit = running.audit(base("audit", &[])?).await?;
         let session = running
-            .session(base(&[("AUDIT_GRPC_URL", audit.url())]))
+            .session(base("session", &[("AUDIT_GRPC_URL", audit.url())])?)
             .await?;
         let auth = running
-            .auth(base(&[
-                ("AUDIT_GRPC_URL", audit.url()),
-                ("SESSION_GRPC_URL", session.url()),
-            ]))
+            .auth(base(
+                "auth",
+                &[
+                    ("AUDIT_GRPC_URL", audit.url()),
+                    ("SESSION_GRPC_URL", session.url()),
+                ],
+            )?)
             .await?;
         let gateway = running
-            .gateway(base(&[
-                ("AUTH_GRPC_URL", auth.url()),
-                ("SESSION_GRPC_URL", session.url()),
-            ]))
+            .gateway(base(
+                "gateway",
+                &[
+                    ("AUTH_GRPC_URL", auth.url()),
+                    ("SESSION_GRPC_URL", session.url()),
+                ],
+            )?)
             .await?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))

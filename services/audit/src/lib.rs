@@ -27,6 +27,7 @@ pub async fn build(
     settings: AuditSettings,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Application> {
+    let tls = aia_telemetry::tls::TlsMaterial::load(&settings.common.internal_tls)?;
     let pool = aia_db::pool(
         secrecy::ExposeSecret::expose_secret(&settings.common.database_url),
         settings.common.database_pool_size,
@@ -42,6 +43,7 @@ pub async fn build(
         readiness,
         "aia.audit.v1.AuditService",
         |router| router.add_service(AuditServiceServer::new(Audit::new(pool))),
+        tls.as_ref(),
         shutdown,
     )
     .await

@@ -7,6 +7,7 @@ use aia_proto::audit::v1::{
     RecordResponse, StoredEvent,
 };
 use aia_telemetry::grpc::{internal, unavailable};
+use aia_telemetry::tls::authorize;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use tonic::{Request, Response, Status};
@@ -51,6 +52,7 @@ impl AuditService for Audit {
         &self,
         request: Request<RecordRequest>,
     ) -> Result<Response<RecordResponse>, Status> {
+        authorize(&request, &[])?; // any service of the platform
         let event = request
             .into_inner()
             .event
@@ -65,6 +67,7 @@ impl AuditService for Audit {
         &self,
         request: Request<RecordBatchRequest>,
     ) -> Result<Response<RecordBatchResponse>, Status> {
+        authorize(&request, &[])?; // any service of the platform
         let events = request.into_inner().events;
         tracing::Span::current().record("count", events.len());
         if events.len() > MAX_BATCH {
@@ -89,6 +92,7 @@ impl AuditService for Audit {
         &self,
         request: Request<QueryRequest>,
     ) -> Result<Response<QueryResponse>, Status> {
+        authorize(&request, &["gateway"])?;
         let q = request.into_inner();
         let limit = match q.limit {
             0 => 100,

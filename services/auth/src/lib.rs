@@ -27,7 +27,6 @@ use aia_telemetry::grpc::GrpcApplication;
 use aia_telemetry::shutdown::CancellationToken;
 use anyhow::Context;
 use secrecy::ExposeSecret;
-use tonic::transport::Endpoint;
 
 pub use keys::{rotate as rotate_signing_key, sealing_key};
 pub use service::Auth;
@@ -40,17 +39,21 @@ pub async fn build(
     settings: AuthSettings,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Application> {
+    let tls = aia_telemetry::tls::TlsMaterial::load(&settings.common.internal_tls)?;
     let pg = aia_db::pool(
         settings.common.database_url.expose_secret(),
         settings.common.database_pool_size,
     )?;
-    let session = Endpoint::from_shared(settings.session_url.clone())
+    let session = aia_telemetry::tls::endpoint(&settings.session_url, tls.as_ref(), "session")
         .context("SESSION_GRPC_URL")?
-        .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(5))
         .connect_lazy();
-    let (audit, relay) =
-        aia_audit_client::AuditClient::spawn(&settings.audit_url, "auth", shutdown.clone())?;
+    let (audit, relay) = aia_audit_client::AuditClient::spawn(
+        &settings.audit_url,
+        "auth",
+        tls.as_ref(),
+        shutdown.clone(),
+    )?;
     let ready_pool = pg.clone();
     let readiness: aia_telemetry::admin::ReadinessCheck = Arc::new(move || {
         let pool = ready_pool.clone();
@@ -73,6 +76,7 @@ pub async fn build(
         readiness,
         "aia.auth.v1.AuthService",
         |router| router.add_service(AuthServiceServer::new(auth)),
+        tls.as_ref(),
         shutdown,
     )
     .await?;

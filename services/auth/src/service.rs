@@ -17,6 +17,7 @@ use aia_settings::TokenSettings;
 use aia_tokens::AccessClaims;
 
 use crate::keys::KeyStore;
+use aia_telemetry::tls::authorize;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
@@ -352,6 +353,7 @@ impl AuthService for Auth {
         &self,
         request: Request<RegisterRequest>,
     ) -> Result<Response<RegisterResponse>, Status> {
+        authorize(&request, &["gateway"])?;
         Ok(Response::new(
             Auth::register(self, request.into_inner()).await?,
         ))
@@ -359,6 +361,7 @@ impl AuthService for Auth {
 
     #[tracing::instrument(level = "info", name = "auth.login", skip_all)]
     async fn login(&self, request: Request<LoginRequest>) -> Result<Response<TokenPair>, Status> {
+        authorize(&request, &["gateway"])?;
         Ok(Response::new(
             Auth::login(self, request.into_inner()).await?,
         ))
@@ -369,6 +372,7 @@ impl AuthService for Auth {
         &self,
         request: Request<RefreshRequest>,
     ) -> Result<Response<TokenPair>, Status> {
+        authorize(&request, &["gateway"])?;
         Ok(Response::new(
             Auth::refresh(self, request.into_inner()).await?,
         ))
@@ -379,6 +383,7 @@ impl AuthService for Auth {
         &self,
         request: Request<LogoutRequest>,
     ) -> Result<Response<LogoutResponse>, Status> {
+        authorize(&request, &["gateway"])?;
         Ok(Response::new(
             Auth::logout(self, request.into_inner()).await?,
         ))
@@ -389,6 +394,7 @@ impl AuthService for Auth {
         &self,
         request: Request<ValidateTokenRequest>,
     ) -> Result<Response<ValidateTokenResponse>, Status> {
+        authorize(&request, &[])?; // any service of the platform
         Ok(Response::new(self.validate(request.into_inner()).await?))
     }
 
@@ -397,6 +403,7 @@ impl AuthService for Auth {
         &self,
         request: Request<RevokeTokenRequest>,
     ) -> Result<Response<RevokeTokenResponse>, Status> {
+        authorize(&request, &["gateway"])?;
         Ok(Response::new(
             Auth::revoke_token(self, request.into_inner()).await?,
         ))
@@ -407,6 +414,7 @@ impl AuthService for Auth {
         &self,
         request: Request<GetUserRequest>,
     ) -> Result<Response<UserMessage>, Status> {
+        authorize(&request, &["gateway"])?;
         Ok(Response::new(
             Auth::get_user(self, request.into_inner()).await?,
         ))
@@ -414,8 +422,9 @@ impl AuthService for Auth {
 
     async fn get_jwks(
         &self,
-        _: Request<GetJwksRequest>,
+        request: Request<GetJwksRequest>,
     ) -> Result<Response<GetJwksResponse>, Status> {
+        authorize(&request, &[])?; // any service of the platform
         Ok(Response::new(GetJwksResponse {
             jwks_json: self.keys.ring().jwks_json.clone(),
         }))

@@ -32,8 +32,9 @@ use aia_proto::session::v1::session_service_client::SessionServiceClient;
 use aia_settings::GatewaySettings;
 use aia_telemetry::admin::AdminServer;
 use aia_telemetry::shutdown::{CancellationToken, GRACE_PERIOD};
+use aia_telemetry::tls::TlsMaterial;
 use anyhow::Context;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// A bound gateway.
 pub struct Application {
@@ -43,12 +44,15 @@ pub struct Application {
     shutdown: CancellationToken,
 }
 
-fn channel(url: &str, what: &str) -> anyhow::Result<Channel> {
-    Ok(Endpoint::from_shared(url.to_owned())
-        .with_context(|| format!("{what} is not a URL"))?
-        .connect_timeout(Duration::from_secs(2))
+fn channel(
+    url: &str,
+    tls: Option<&TlsMaterial>,
+    peer: &str,
+    what: &str,
+) -> anyhow::Result<Channel> {
+    Ok(aia_telemetry::tls::endpoint(url, tls, peer)
+        .context(what.to_owned())?
         .timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
         .connect_lazy())
 }
 
@@ -58,15 +62,26 @@ pub async fn build(
     settings: GatewaySettings,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Application> {
-    let auth = AuthServiceClient::new(channel(&settings.auth_url, "AUTH_GRPC_URL")?);
-    let session = SessionServiceClient::new(channel(&settings.session_url, "SESSION_GRPC_URL")?);
+    let tls = TlsMaterial::load(&settings.common.internal_tls)?;
+    let auth = AuthServiceClient::new(channel(
+        &settings.auth_url,
+        tls.as_ref(),
+        "auth",
+        "AUTH_GRPC_URL",
+    )?);
+    let session = SessionServiceClient::new(channel(
+        &settings.session_url,
+        tls.as_ref(),
+        "session",
+        "SESSION_GRPC_URL",
+    )?);
     // The watch stream lives long: no per-call timeout, HTTP/2 keep-alive instead.
-    let watch_channel = Endpoint::from_shared(settings.session_url.clone())
-        .context("SESSION_GRPC_URL is not a URL")?
-        .connect_timeout(Duration::from_secs(2))
-        .http2_keep_alive_interval(Duration::from_secs(1))
-        .keep_alive_timeout(Duration::from_secs(2))
-        .connect_lazy();
+    let watch_channel =
+        aia_telemetry::tls::endpoint(&settings.session_url, tls.as_ref(), "session")
+            .context("SESSION_GRPC_URL")?
+            .http2_keep_alive_interval(Duration::from_secs(1))
+            .keep_alive_timeout(Duration::from_secs(2))
+            .connect_lazy();
     let revocations = Arc::new(revocations::RevocationCache::new(
         settings.revocation_stale_after,
     ));

@@ -36,13 +36,18 @@ pub async fn build(
     settings: SessionSettings,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Application> {
+    let tls = aia_telemetry::tls::TlsMaterial::load(&settings.common.internal_tls)?;
     let pg = aia_db::pool(
         settings.common.database_url.expose_secret(),
         settings.common.database_pool_size,
     )?;
     let redis = aia_db::redis::pool(settings.common.redis_url.expose_secret())?;
-    let (audit, relay) =
-        aia_audit_client::AuditClient::spawn(&settings.audit_url, "session", shutdown.clone())?;
+    let (audit, relay) = aia_audit_client::AuditClient::spawn(
+        &settings.audit_url,
+        "session",
+        tls.as_ref(),
+        shutdown.clone(),
+    )?;
     let readiness: aia_telemetry::admin::ReadinessCheck = {
         let (pg, redis) = (pg.clone(), redis.clone());
         Arc::new(move || {
@@ -93,6 +98,7 @@ pub async fn build(
         readiness,
         "aia.session.v1.SessionService",
         |router| router.add_service(SessionServiceServer::new(sessions)),
+        tls.as_ref(),
         shutdown,
     )
     .await?;

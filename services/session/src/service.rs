@@ -13,6 +13,7 @@ use aia_proto::session::v1::{
     WatchRevocationsRequest,
 };
 use aia_telemetry::grpc::unavailable;
+use aia_telemetry::tls::authorize;
 use chrono::{DateTime, Utc};
 use tonic::{Request, Response, Status};
 
@@ -162,8 +163,9 @@ impl SessionService for Sessions {
     #[tracing::instrument(level = "debug", skip_all)]
     async fn watch_revocations(
         &self,
-        _: Request<WatchRevocationsRequest>,
+        request: Request<WatchRevocationsRequest>,
     ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
+        authorize(&request, &["gateway"])?;
         // Subscribe before reading the snapshot, so nothing falls in between (an entry
         // in both is harmless).
         let live = self.blacklist.subscribe();
@@ -181,6 +183,7 @@ impl SessionService for Sessions {
         &self,
         request: Request<CreateSessionRequest>,
     ) -> Result<Response<CreateSessionResponse>, Status> {
+        authorize(&request, &["auth"])?;
         let req = request.into_inner();
         let user_id = uuid_arg(&req.user_id, "user_id")?;
         let created = self
@@ -201,6 +204,7 @@ impl SessionService for Sessions {
         &self,
         request: Request<RotateRequest>,
     ) -> Result<Response<RotateResponse>, Status> {
+        authorize(&request, &["auth"])?;
         let req = request.into_inner();
         let rotation = match RefreshToken::parse(&req.refresh_token) {
             Some(token) => self
@@ -264,6 +268,7 @@ impl SessionService for Sessions {
         &self,
         request: Request<RevokeRequest>,
     ) -> Result<Response<RevokeResponse>, Status> {
+        authorize(&request, &["auth", "gateway"])?;
         let req = request.into_inner();
         let session_id = uuid_arg(&req.session_id, "session_id")?;
         let user_id = uuid_arg(&req.user_id, "user_id")?;
@@ -302,6 +307,7 @@ impl SessionService for Sessions {
         &self,
         request: Request<RevokeAccessTokenRequest>,
     ) -> Result<Response<RevokeAccessTokenResponse>, Status> {
+        authorize(&request, &["auth"])?;
         let req = request.into_inner();
         let jti = uuid_arg(&req.jti, "jti")?;
         let now = Utc::now();
@@ -330,6 +336,7 @@ impl SessionService for Sessions {
         &self,
         request: Request<RevokeRefreshTokenRequest>,
     ) -> Result<Response<RevokeRefreshTokenResponse>, Status> {
+        authorize(&request, &["auth"])?;
         let req = request.into_inner();
         let Some(token) = RefreshToken::parse(&req.refresh_token) else {
             return Ok(Response::new(RevokeRefreshTokenResponse { revoked: false }));
@@ -358,6 +365,7 @@ impl SessionService for Sessions {
         &self,
         request: Request<ListSessionsRequest>,
     ) -> Result<Response<ListSessionsResponse>, Status> {
+        authorize(&request, &["gateway"])?;
         let user_id = uuid_arg(&request.into_inner().user_id, "user_id")?;
         let rows = self
             .store
@@ -384,6 +392,7 @@ impl SessionService for Sessions {
         &self,
         request: Request<RevokeUserSessionsRequest>,
     ) -> Result<Response<RevokeUserSessionsResponse>, Status> {
+        authorize(&request, &["gateway", "auth"])?;
         let req = request.into_inner();
         let user_id = uuid_arg(&req.user_id, "user_id")?;
         let keep = match req.except_session_id.as_str() {
@@ -425,6 +434,7 @@ impl SessionService for Sessions {
         &self,
         request: Request<IsRevokedRequest>,
     ) -> Result<Response<IsRevokedResponse>, Status> {
+        authorize(&request, &["auth", "gateway"])?;
         let req = request.into_inner();
         let jti = uuid_arg(&req.jti, "jti")?;
         let sid = uuid_arg(&req.session_id, "session_id")?;

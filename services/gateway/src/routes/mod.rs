@@ -49,14 +49,20 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(only("/v1/auth/refresh", web::post().to(auth::refresh)))
         .service(only("/v1/auth/logout", web::post().to(auth::logout)))
         .service(only("/v1/auth/me", web::get().to(auth::me)))
-        .service(only("/v1/auth/logout-all", web::post().to(sessions::logout_all)))
+        .service(only(
+            "/v1/auth/logout-all",
+            web::post().to(sessions::logout_all),
+        ))
         .service(
             web::resource("/v1/auth/sessions")
                 .route(web::get().to(sessions::list))
                 .route(web::delete().to(sessions::revoke_others))
                 .default_service(web::to(method_not_allowed)),
         )
-        .service(only("/v1/auth/sessions/{id}", web::delete().to(sessions::revoke_one)))
+        .service(only(
+            "/v1/auth/sessions/{id}",
+            web::delete().to(sessions::revoke_one),
+        ))
         .service(only("/v1/oauth/revoke", web::post().to(oauth::revoke)))
         .service(only(
             "/v1/oauth/introspect",

@@ -13,7 +13,8 @@ use crate::state::State;
 
 fn rfc3339(t: Option<prost_types::Timestamp>) -> Option<String> {
     let t = t?;
-    chrono::DateTime::from_timestamp(t.seconds, 0).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+    chrono::DateTime::from_timestamp(t.seconds, 0)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
 }
 
 /// `GET /v1/auth/sessions`: live sessions, newest first, the caller's marked current.
@@ -21,7 +22,9 @@ pub async fn list(state: web::Data<State>, auth: Authenticated) -> Result<HttpRe
     let sessions = state
         .session
         .clone()
-        .list_sessions(ListSessionsRequest { user_id: auth.claims.sub.clone() })
+        .list_sessions(ListSessionsRequest {
+            user_id: auth.claims.sub.clone(),
+        })
         .await?
         .into_inner()
         .sessions;
@@ -39,7 +42,9 @@ pub async fn list(state: web::Data<State>, auth: Authenticated) -> Result<HttpRe
             })
         })
         .collect();
-    Ok(HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(body))
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(body))
 }
 
 /// `DELETE /v1/auth/sessions/{id}`: ends one of the caller's sessions; 204.
@@ -64,14 +69,28 @@ pub async fn revoke_one(
     Ok(HttpResponse::NoContent().finish())
 }
 
-async fn revoke_all(state: &State, client: &Client, auth: &Authenticated, keep_current: bool) -> Result<u32, Problem> {
+async fn revoke_all(
+    state: &State,
+    client: &Client,
+    auth: &Authenticated,
+    keep_current: bool,
+) -> Result<u32, Problem> {
     Ok(state
         .session
         .clone()
         .revoke_user_sessions(RevokeUserSessionsRequest {
             user_id: auth.claims.sub.clone(),
-            except_session_id: if keep_current { auth.claims.sid.clone() } else { String::new() },
-            reason: if keep_current { "revoke_others" } else { "logout_all" }.to_owned(),
+            except_session_id: if keep_current {
+                auth.claims.sid.clone()
+            } else {
+                String::new()
+            },
+            reason: if keep_current {
+                "revoke_others"
+            } else {
+                "logout_all"
+            }
+            .to_owned(),
             client: Some(client.to_proto()),
         })
         .await?
@@ -80,13 +99,21 @@ async fn revoke_all(state: &State, client: &Client, auth: &Authenticated, keep_c
 }
 
 /// `DELETE /v1/auth/sessions`: ends every session but the caller's; 200 with the count.
-pub async fn revoke_others(state: web::Data<State>, client: Client, auth: Authenticated) -> Result<HttpResponse, Problem> {
+pub async fn revoke_others(
+    state: web::Data<State>,
+    client: Client,
+    auth: Authenticated,
+) -> Result<HttpResponse, Problem> {
     let revoked = revoke_all(&state, &client, &auth, true).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({"revoked": revoked})))
 }
 
 /// `POST /v1/auth/logout-all`: ends every session of the caller, this one included; 204.
-pub async fn logout_all(state: web::Data<State>, client: Client, auth: Authenticated) -> Result<HttpResponse, Problem> {
+pub async fn logout_all(
+    state: web::Data<State>,
+    client: Client,
+    auth: Authenticated,
+) -> Result<HttpResponse, Problem> {
     revoke_all(&state, &client, &auth, false).await?;
     Ok(HttpResponse::NoContent()
         .insert_header((header::CACHE_CONTROL, "no-store"))

@@ -3,6 +3,7 @@
 mod bad_input;
 mod flow;
 mod helpers;
+mod mtls;
 mod oauth;
 mod revocation;
 mod sessions;

@@ -7,7 +7,12 @@ use serde_json::Value;
 use crate::helpers::{email, field, login, me_status, register, signed_in};
 
 async fn sessions(stack: &Stack, token: &str) -> anyhow::Result<Vec<Value>> {
-    let response = stack.http().get(stack.url("/v1/auth/sessions")).bearer_auth(token).send().await?;
+    let response = stack
+        .http()
+        .get(stack.url("/v1/auth/sessions"))
+        .bearer_auth(token)
+        .send()
+        .await?;
     assert_eq!(response.status(), StatusCode::OK);
     Ok(response.json().await?)
 }
@@ -20,8 +25,11 @@ async fn a_user_lists_ends_one_and_ends_the_others() -> anyhow::Result<()> {
     let laptop = login(&stack, &email).await?;
     let phone = login(&stack, &email).await?;
     let tablet = login(&stack, &email).await?;
-    let (laptop, phone, tablet) =
-        (field(&laptop, "access_token"), field(&phone, "access_token"), field(&tablet, "access_token"));
+    let (laptop, phone, tablet) = (
+        field(&laptop, "access_token"),
+        field(&phone, "access_token"),
+        field(&tablet, "access_token"),
+    );
 
     let listed = sessions(&stack, laptop).await?;
     assert_eq!(listed.len(), 3);
@@ -29,8 +37,13 @@ async fn a_user_lists_ends_one_and_ends_the_others() -> anyhow::Result<()> {
     assert_eq!(listed[0]["ip"], "127.0.0.1");
 
     // End the phone's session from the laptop.
-    let phone_sid = sessions(&stack, phone).await?.into_iter().find(|s| s["current"] == true);
-    let phone_sid = phone_sid.and_then(|s| s["id"].as_str().map(str::to_owned)).unwrap_or_default();
+    let phone_sid = sessions(&stack, phone)
+        .await?
+        .into_iter()
+        .find(|s| s["current"] == true);
+    let phone_sid = phone_sid
+        .and_then(|s| s["id"].as_str().map(str::to_owned))
+        .unwrap_or_default();
     let response = stack
         .http()
         .delete(stack.url(&format!("/v1/auth/sessions/{phone_sid}")))
@@ -42,7 +55,12 @@ async fn a_user_lists_ends_one_and_ends_the_others() -> anyhow::Result<()> {
     assert_eq!(sessions(&stack, laptop).await?.len(), 2);
 
     // End all but the current one.
-    let response = stack.http().delete(stack.url("/v1/auth/sessions")).bearer_auth(laptop).send().await?;
+    let response = stack
+        .http()
+        .delete(stack.url("/v1/auth/sessions"))
+        .bearer_auth(laptop)
+        .send()
+        .await?;
     let body: Value = response.json().await?;
     assert_eq!(body["revoked"], 1);
     assert_eq!(me_status(&stack, tablet).await?, StatusCode::UNAUTHORIZED);
@@ -58,11 +76,18 @@ async fn logout_all_ends_every_session_including_the_current_one() -> anyhow::Re
     register(&stack, &email).await?;
     let a = login(&stack, &email).await?;
     let b = login(&stack, &email).await?;
-    let response =
-        stack.http().post(stack.url("/v1/auth/logout-all")).bearer_auth(field(&a, "access_token")).send().await?;
+    let response = stack
+        .http()
+        .post(stack.url("/v1/auth/logout-all"))
+        .bearer_auth(field(&a, "access_token"))
+        .send()
+        .await?;
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
     for tokens in [&a, &b] {
-        assert_eq!(me_status(&stack, field(tokens, "access_token")).await?, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            me_status(&stack, field(tokens, "access_token")).await?,
+            StatusCode::UNAUTHORIZED
+        );
         let refresh = stack
             .http()
             .post(stack.url("/v1/auth/refresh"))
@@ -81,9 +106,23 @@ async fn nobody_can_end_or_see_someone_elses_session() -> anyhow::Result<()> {
     let victim = signed_in(&stack).await?;
     let attacker = signed_in(&stack).await?;
     let victim_token = field(&victim, "access_token");
-    let victim_sid = sessions(&stack, victim_token).await?[0]["id"].as_str().unwrap_or_default().to_owned();
-    assert_eq!(sessions(&stack, field(&attacker, "access_token")).await?.len(), 1, "only their own");
-    for target in [victim_sid.as_str(), &uuid::Uuid::new_v4().to_string(), "junk", "..%2F..%2Fetc"] {
+    let victim_sid = sessions(&stack, victim_token).await?[0]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(
+        sessions(&stack, field(&attacker, "access_token"))
+            .await?
+            .len(),
+        1,
+        "only their own"
+    );
+    for target in [
+        victim_sid.as_str(),
+        &uuid::Uuid::new_v4().to_string(),
+        "junk",
+        "..%2F..%2Fetc",
+    ] {
         let response = stack
             .http()
             .delete(stack.url(&format!("/v1/auth/sessions/{target}")))
@@ -93,7 +132,11 @@ async fn nobody_can_end_or_see_someone_elses_session() -> anyhow::Result<()> {
         assert_eq!(response.status(), StatusCode::NOT_FOUND, "{target}");
     }
     assert_eq!(me_status(&stack, victim_token).await?, StatusCode::OK);
-    let unauthenticated = stack.http().get(stack.url("/v1/auth/sessions")).send().await?;
+    let unauthenticated = stack
+        .http()
+        .get(stack.url("/v1/auth/sessions"))
+        .send()
+        .await?;
     assert_eq!(unauthenticated.status(), StatusCode::UNAUTHORIZED);
     stack.stop().await;
     Ok(())
