@@ -16,6 +16,6 @@ mod services;
 
 pub use env::{Env, Problem, SettingsError};
 pub use services::{
-    AppEnv, AuditSettings, AuthSettings, Common, GatewaySettings, InternalTls, PasswordHashing,
-    SessionSettings, SigningKeySource, TokenSettings,
+    AppEnv, AuditSettings, AuthSettings, Common, GatewaySettings, InternalTls, JwtAlgorithm,
+    PasswordHashing, SessionSettings, SigningKeySource, TokenSettings,
 };

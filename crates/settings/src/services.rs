@@ -66,9 +66,23 @@ pub struct Common {
     pub internal_tls: InternalTls,
 }
 
+/// How access tokens are signed: one algorithm per deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JwtAlgorithm {
+    /// Ed25519 keys in auth's key store, public halves in the JWKS (the default).
+    EdDsa,
+    /// The original design's shared `JWT_SECRET_KEY` (HS256); nothing is published.
+    Hs256,
+}
+
 /// Settings of access tokens, shared by the services that issue or check them.
 #[derive(Debug, Clone)]
 pub struct TokenSettings {
+    /// `JWT_ALGORITHM`: `EdDSA` (default) or `HS256`.
+    pub algorithm: JwtAlgorithm,
+    /// `JWT_SECRET_KEY`: the HS256 secret (required in that mode, 64+ characters,
+    /// and random-looking in production).
+    pub hs256_secret: Option<SecretString>,
     /// `JWT_ISSUER`: the `iss` claim (default `http://localhost:8080`).
     pub issuer: String,
     /// `JWT_AUDIENCE`: the `aud` claim (default `aia`).
@@ -291,17 +305,46 @@ impl Common {
 }
 
 impl TokenSettings {
-    fn read(env: &mut Env) -> Self {
+    fn read(env: &mut Env, app_env: AppEnv) -> Self {
+        let algorithm = match env.get("JWT_ALGORITHM").unwrap_or("EdDSA") {
+            "EdDSA" => JwtAlgorithm::EdDsa,
+            "HS256" => JwtAlgorithm::Hs256,
+            _ => {
+                env.problem("JWT_ALGORITHM", "must be `EdDSA` (the default) or `HS256`");
+                JwtAlgorithm::EdDsa
+            }
+        };
+        let hs256_secret = match algorithm {
+            JwtAlgorithm::EdDsa => None,
+            JwtAlgorithm::Hs256 => {
+                // Every service must hold the same secret, so even development
+                // cannot make one up.
+                let secret = production::secret(env, "JWT_SECRET_KEY", 64, app_env);
+                match &secret {
+                    None if !app_env.is_production() => env.problem(
+                        "JWT_SECRET_KEY",
+                        "is required with JWT_ALGORITHM=HS256 (64+ random characters)",
+                    ),
+                    Some(s) if secrecy::ExposeSecret::expose_secret(s).chars().count() < 64 => {
+                        env.problem("JWT_SECRET_KEY", "must be at least 64 characters")
+                    }
+                    _ => {}
+                }
+                secret
+            }
+        };
         Self {
+            algorithm,
+            hs256_secret,
             issuer: env.string("JWT_ISSUER", "http://localhost:8080"),
             audience: env.string("JWT_AUDIENCE", "aia"),
-            access_ttl: Duration::from_secs(env.parse_in(
-                "ACCESS_TOKEN_TTL_SECONDS",
-                900,
-                30,
-                86_400,
-            )),
+            access_ttl: Self::access_ttl(env),
         }
+    }
+
+    /// `ACCESS_TOKEN_TTL_SECONDS` alone (for the session service, which needs no key).
+    fn access_ttl(env: &mut Env) -> Duration {
+        Duration::from_secs(env.parse_in("ACCESS_TOKEN_TTL_SECONDS", 900, 30, 86_400))
     }
 }
 
@@ -348,7 +391,7 @@ impl AuthSettings {
             admin_addr: addr(&mut env, "AUTH_ADMIN_ADDR", "127.0.0.1:9101"),
             session_url: env.string("SESSION_GRPC_URL", "http://127.0.0.1:50052"),
             audit_url: env.string("AUDIT_GRPC_URL", "http://127.0.0.1:50053"),
-            tokens: TokenSettings::read(&mut env),
+            tokens: TokenSettings::read(&mut env, common.app_env),
             signing_key,
             hashing: PasswordHashing {
                 memory_kib: env.parse_in("ARGON2_MEMORY_KIB", 19_456, 8, 4_194_304),
@@ -375,7 +418,7 @@ impl SessionSettings {
             grpc_addr: addr(&mut env, "SESSION_GRPC_ADDR", "127.0.0.1:50052"),
             admin_addr: addr(&mut env, "SESSION_ADMIN_ADDR", "127.0.0.1:9102"),
             audit_url: env.string("AUDIT_GRPC_URL", "http://127.0.0.1:50053"),
-            access_ttl: TokenSettings::read(&mut env).access_ttl,
+            access_ttl: TokenSettings::access_ttl(&mut env),
             idle_ttl: Duration::from_secs(env.parse_in(
                 "SESSION_IDLE_TTL_SECONDS",
                 30 * 86_400,
@@ -418,7 +461,7 @@ impl GatewaySettings {
             admin_addr: addr(&mut env, "GATEWAY_ADMIN_ADDR", "127.0.0.1:9100"),
             auth_url: env.string("AUTH_GRPC_URL", "http://127.0.0.1:50051"),
             session_url: env.string("SESSION_GRPC_URL", "http://127.0.0.1:50052"),
-            tokens: TokenSettings::read(&mut env),
+            tokens: TokenSettings::read(&mut env, common.app_env),
             json_limit: env.parse_in("GATEWAY_JSON_LIMIT_BYTES", 65_536, 1_024, 16 << 20),
             workers: env.parse_in("GATEWAY_WORKERS", cores(), 1, 256),
             revocation_stale_after: Duration::from_millis(env.parse_in(

@@ -10,12 +10,14 @@
 //!   all present and right.
 
 mod claims;
+mod hmac;
 mod jwks;
 pub mod seal;
 mod signing;
 mod verify;
 
 pub use claims::{ACCESS_TOKEN_TYPE, AccessClaims};
+pub use hmac::{HmacKey, Signer};
 pub use jwks::{Jwk, Jwks};
 pub use signing::{KeyError, SigningKey};
 pub use verify::{TokenError, Verifier};

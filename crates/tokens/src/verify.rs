@@ -21,7 +21,8 @@ pub enum TokenError {
     /// Not a JWT, too long, or not decodable.
     #[error("malformed token")]
     Malformed,
-    /// `alg` is not EdDSA (this includes `none` and HS256 signed with a public key).
+    /// `alg` is not the deployment's algorithm (this includes `none`, and HS256 signed
+    /// with an EdDSA public key).
     #[error("algorithm not allowed")]
     Algorithm,
     /// `typ` is not `at+jwt`: some other kind of token.
@@ -47,6 +48,8 @@ pub enum TokenError {
 pub struct Verifier {
     keys: HashMap<String, DecodingKey>,
     validation: Validation,
+    /// The one algorithm this deployment uses; every other is refused.
+    algorithm: Algorithm,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -66,15 +69,35 @@ impl Verifier {
             .filter(|k| k.kty == "OKP" && k.crv == "Ed25519")
             .filter_map(|k| Some((k.kid.clone(), DecodingKey::from_ed_components(&k.x).ok()?)))
             .collect();
-        let mut validation = Validation::new(Algorithm::EdDSA);
-        validation.algorithms = vec![Algorithm::EdDSA];
+        Self::with_keys(keys, Algorithm::EdDSA, issuer, audience)
+    }
+
+    /// A verifier for the symmetric HS256 mode (`JWT_ALGORITHM=HS256`): only HS256
+    /// tokens under `secret`'s key id are accepted, EdDSA ones are refused.
+    pub fn hs256(secret: &crate::HmacKey, issuer: &str, audience: &str) -> Self {
+        let keys = HashMap::from([(secret.kid().to_owned(), secret.decoding_key())]);
+        Self::with_keys(keys, Algorithm::HS256, issuer, audience)
+    }
+
+    fn with_keys(
+        keys: HashMap<String, DecodingKey>,
+        algorithm: Algorithm,
+        issuer: &str,
+        audience: &str,
+    ) -> Self {
+        let mut validation = Validation::new(algorithm);
+        validation.algorithms = vec![algorithm];
         validation.leeway = LEEWAY_SECONDS;
         validation.validate_exp = true;
         validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
         validation.set_issuer(&[issuer]);
         validation.set_audience(&[audience]);
-        Self { keys, validation }
+        Self {
+            keys,
+            validation,
+            algorithm,
+        }
     }
 
     /// Whether `kid` is one of this verifier's keys.
@@ -100,7 +123,7 @@ impl Verifier {
             ErrorKind::InvalidAlgorithmName | ErrorKind::InvalidAlgorithm => TokenError::Algorithm,
             _ => TokenError::Malformed,
         })?;
-        if header.alg != Algorithm::EdDSA {
+        if header.alg != self.algorithm {
             return Err(TokenError::Algorithm);
         }
         if header

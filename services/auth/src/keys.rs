@@ -15,10 +15,10 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use aia_db::PgPool;
-use aia_settings::{AuthSettings, SigningKeySource};
+use aia_settings::{AuthSettings, JwtAlgorithm, SigningKeySource};
 use aia_telemetry::shutdown::CancellationToken;
 use aia_tokens::seal::SealingKey;
-use aia_tokens::{Jwk, Jwks, SigningKey, Verifier};
+use aia_tokens::{HmacKey, Jwk, Jwks, Signer, SigningKey, Verifier};
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -33,7 +33,7 @@ const ROTATION_LOCK: i64 = 0x6169_615f_6b65_7973;
 /// The keys in use: the one that signs, and the set that verifies.
 pub struct KeyRing {
     /// Signs new access tokens.
-    pub active: SigningKey,
+    pub active: Signer,
     /// Verifies access tokens against every published key.
     pub verifier: Verifier,
     /// The published keys, as served by `GetJwks`.
@@ -51,6 +51,8 @@ pub struct KeyStore {
     rotation: Option<chrono::Duration>,
     publish_ahead: chrono::Duration,
     reload_every: Duration,
+    /// HS256 mode: one key from settings, nothing stored, nothing to reload.
+    fixed: bool,
     ring: RwLock<Arc<KeyRing>>,
 }
 
@@ -119,6 +121,26 @@ impl KeyStore {
     /// Imports the configured key, makes sure one can sign, and loads the ring.
     pub async fn open(pool: PgPool, settings: &AuthSettings) -> anyhow::Result<Arc<Self>> {
         let sealing = sealing_key(settings)?;
+        if settings.tokens.algorithm == JwtAlgorithm::Hs256 {
+            let secret = settings
+                .tokens
+                .hs256_secret
+                .as_ref()
+                .context("JWT_SECRET_KEY")?;
+            let key = HmacKey::new(secret.expose_secret().as_bytes());
+            tracing::info!(
+                kid = key.kid(),
+                "HS256 mode: signing with JWT_SECRET_KEY; the JWKS stays empty"
+            );
+            let ring = KeyRing {
+                verifier: Verifier::hs256(&key, &settings.tokens.issuer, &settings.tokens.audience),
+                jwks_json: serde_json::to_string(&Jwks::default())?,
+                active: Signer::Hs256(key),
+            };
+            return Ok(Arc::new(Self::with_ring(
+                pool, sealing, settings, ring, true,
+            )));
+        }
         let now = Utc::now();
         let configured = match &settings.signing_key {
             SigningKeySource::File(path) => {
@@ -144,7 +166,8 @@ impl KeyStore {
             &sealing,
             now,
             ttl + chrono::Duration::minutes(1),
-            &settings.tokens,
+            &settings.tokens.issuer,
+            &settings.tokens.audience,
         ) {
             Some(ring) => ring,
             None => {
@@ -156,13 +179,28 @@ impl KeyStore {
                     &sealing,
                     now,
                     ttl + chrono::Duration::minutes(1),
-                    &settings.tokens,
+                    &settings.tokens.issuer,
+                    &settings.tokens.audience,
                 )
                 .context("a generated signing key does not load")?
             }
         };
         tracing::info!(kid = ring.active.kid(), "signing with this key");
-        Ok(Arc::new(Self {
+        Ok(Arc::new(Self::with_ring(
+            pool, sealing, settings, ring, false,
+        )))
+    }
+
+    fn with_ring(
+        pool: PgPool,
+        sealing: SealingKey,
+        settings: &AuthSettings,
+        ring: KeyRing,
+        fixed: bool,
+    ) -> Self {
+        let ttl = chrono::Duration::from_std(settings.tokens.access_ttl)
+            .unwrap_or(chrono::Duration::minutes(15));
+        Self {
             pool,
             sealing,
             issuer: settings.tokens.issuer.clone(),
@@ -174,8 +212,9 @@ impl KeyStore {
             publish_ahead: chrono::Duration::from_std(settings.key_publish_ahead)
                 .unwrap_or_default(),
             reload_every: settings.key_reload,
+            fixed,
             ring: RwLock::new(Arc::new(ring)),
-        }))
+        }
     }
 
     /// The current ring.
@@ -188,17 +227,22 @@ impl KeyStore {
 
     /// Rotates if automatic rotation is due, then reloads the ring.
     pub async fn reload(&self) -> anyhow::Result<()> {
+        if self.fixed {
+            return Ok(());
+        }
         let now = Utc::now();
         if let Some(max_age) = self.rotation {
             self.rotate_if_due(now, max_age).await?;
         }
         let rows = load_rows(&self.pool).await?;
-        let tokens = aia_settings::TokenSettings {
-            issuer: self.issuer.clone(),
-            audience: self.audience.clone(),
-            access_ttl: Duration::ZERO,
-        };
-        if let Some(ring) = build_ring(&rows, &self.sealing, now, self.publish_window, &tokens) {
+        if let Some(ring) = build_ring(
+            &rows,
+            &self.sealing,
+            now,
+            self.publish_window,
+            &self.issuer,
+            &self.audience,
+        ) {
             let previous = self.ring().active.kid().to_owned();
             if previous != ring.active.kid() {
                 tracing::info!(from = %previous, to = ring.active.kid(), "signing key rotated");
@@ -287,7 +331,8 @@ fn build_ring(
     sealing: &SealingKey,
     now: DateTime<Utc>,
     window: chrono::Duration,
-    tokens: &aia_settings::TokenSettings,
+    issuer: &str,
+    audience: &str,
 ) -> Option<KeyRing> {
     let active =
         rows.iter()
@@ -311,8 +356,8 @@ fn build_ring(
     }
     let jwks = Jwks { keys };
     Some(KeyRing {
-        verifier: Verifier::new(&jwks, &tokens.issuer, &tokens.audience),
+        verifier: Verifier::new(&jwks, issuer, audience),
         jwks_json: serde_json::to_string(&jwks).ok()?,
-        active,
+        active: Signer::Ed25519(active),
     })
 }

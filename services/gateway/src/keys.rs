@@ -36,6 +36,8 @@ pub struct KeyCache {
     audience: String,
     current: RwLock<Option<Arc<KeySet>>>,
     last_fetch: Mutex<Option<Instant>>,
+    /// HS256 mode: the key comes from settings and nothing is ever fetched.
+    fixed: bool,
 }
 
 /// Auth could not be asked for keys, and none are cached.
@@ -52,6 +54,23 @@ impl KeyCache {
             audience,
             current: RwLock::new(None),
             last_fetch: Mutex::new(None),
+            fixed: false,
+        }
+    }
+
+    /// A cache that always holds `verifier` (HS256 mode) and publishes no key.
+    pub fn fixed(auth: AuthServiceClient<Channel>, verifier: Verifier) -> Self {
+        let set = KeySet {
+            verifier,
+            json: r#"{"keys":[]}"#.to_owned(),
+        };
+        Self {
+            auth,
+            issuer: String::new(),
+            audience: String::new(),
+            current: RwLock::new(Some(Arc::new(set))),
+            last_fetch: Mutex::new(None),
+            fixed: true,
         }
     }
 
@@ -70,6 +89,9 @@ impl KeyCache {
     pub async fn refresh(&self) -> Result<Arc<KeySet>, KeysUnavailable> {
         let mut last = self.last_fetch.lock().await;
         let cached = self.current.read().await.clone();
+        if self.fixed {
+            return cached.ok_or(KeysUnavailable);
+        }
         if last.is_some_and(|at| at.elapsed() < REFRESH_INTERVAL) {
             return cached.ok_or(KeysUnavailable);
         }
@@ -97,6 +119,9 @@ impl KeyCache {
         self: std::sync::Arc<Self>,
         shutdown: aia_telemetry::shutdown::CancellationToken,
     ) {
+        if self.fixed {
+            return;
+        }
         let mut tick = tokio::time::interval(PERIODIC_REFRESH);
         loop {
             tokio::select! {

@@ -29,11 +29,12 @@ use std::time::Duration;
 use actix_web::{App, HttpServer, web};
 use aia_proto::auth::v1::auth_service_client::AuthServiceClient;
 use aia_proto::session::v1::session_service_client::SessionServiceClient;
-use aia_settings::GatewaySettings;
+use aia_settings::{GatewaySettings, JwtAlgorithm};
 use aia_telemetry::admin::AdminServer;
 use aia_telemetry::shutdown::{CancellationToken, GRACE_PERIOD};
 use aia_telemetry::tls::TlsMaterial;
 use anyhow::Context;
+use secrecy::ExposeSecret;
 use tonic::transport::Channel;
 
 /// A bound gateway.
@@ -90,11 +91,27 @@ pub async fn build(
         SessionServiceClient::new(watch_channel),
         shutdown.clone(),
     ));
-    let key_cache = Arc::new(keys::KeyCache::new(
-        auth.clone(),
-        settings.tokens.issuer.clone(),
-        settings.tokens.audience.clone(),
-    ));
+    let key_cache = Arc::new(
+        match (settings.tokens.algorithm, &settings.tokens.hs256_secret) {
+            (JwtAlgorithm::Hs256, Some(secret)) => {
+                let key = aia_tokens::HmacKey::new(secret.expose_secret().as_bytes());
+                let verifier = aia_tokens::Verifier::hs256(
+                    &key,
+                    &settings.tokens.issuer,
+                    &settings.tokens.audience,
+                );
+                keys::KeyCache::fixed(auth.clone(), verifier)
+            }
+            (JwtAlgorithm::Hs256, None) => {
+                anyhow::bail!("JWT_ALGORITHM=HS256 needs JWT_SECRET_KEY")
+            }
+            (JwtAlgorithm::EdDsa, _) => keys::KeyCache::new(
+                auth.clone(),
+                settings.tokens.issuer.clone(),
+                settings.tokens.audience.clone(),
+            ),
+        },
+    );
     tokio::spawn(key_cache.clone().refresh_periodically(shutdown.clone()));
     let state = web::Data::new(state::State {
         keys: key_cache,

@@ -15,8 +15,14 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use crate::helpers::{field, me_status, signed_in};
 
 /// A channel to `url` presenting a certificate for `identity` issued by `pki`.
-async fn as_service(pki: &TestPki, identity: &str, url: &str, peer: &str) -> anyhow::Result<Channel> {
-    let tls = TlsMaterial::load(&pki.settings(identity)?)?.ok_or_else(|| anyhow::anyhow!("no TLS material"))?;
+async fn as_service(
+    pki: &TestPki,
+    identity: &str,
+    url: &str,
+    peer: &str,
+) -> anyhow::Result<Channel> {
+    let tls = TlsMaterial::load(&pki.settings(identity)?)?
+        .ok_or_else(|| anyhow::anyhow!("no TLS material"))?;
     Ok(endpoint(url, Some(&tls), peer)?.connect().await?)
 }
 
@@ -27,81 +33,148 @@ async fn the_whole_flow_works_with_mtls_between_the_services() -> anyhow::Result
     let tokens = signed_in(&stack).await?;
     let access = field(&tokens, "access_token");
     assert_eq!(me_status(&stack, access).await?, StatusCode::OK);
-    let response = stack.http().post(stack.url("/v1/auth/logout")).bearer_auth(access).send().await?;
+    let response = stack
+        .http()
+        .post(stack.url("/v1/auth/logout"))
+        .bearer_auth(access)
+        .send()
+        .await?;
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
     assert_eq!(me_status(&stack, access).await?, StatusCode::UNAUTHORIZED);
     // Audit events arrived over mTLS too.
-    let mut audit = AuditServiceClient::new(as_service(&pki, "gateway", &stack.audit.url(), "audit").await?);
+    let mut audit =
+        AuditServiceClient::new(as_service(&pki, "gateway", &stack.audit.url(), "audit").await?);
     let stored = aia_testkit::eventually(std::time::Duration::from_secs(10), || {
         let mut audit = audit.clone();
         async move {
-            let events = audit.query(aia_proto::audit::v1::QueryRequest::default()).await?.into_inner().events;
-            Ok(events.iter().any(|e| e.event.as_ref().is_some_and(|e| e.event_type == "session.logout")).then_some(()))
+            let events = audit
+                .query(aia_proto::audit::v1::QueryRequest::default())
+                .await?
+                .into_inner()
+                .events;
+            Ok(events
+                .iter()
+                .any(|e| {
+                    e.event
+                        .as_ref()
+                        .is_some_and(|e| e.event_type == "session.logout")
+                })
+                .then_some(()))
         }
     })
     .await;
     assert!(stored.is_ok(), "no logout event over mTLS");
-    let _ = audit.query(aia_proto::audit::v1::QueryRequest::default()).await?;
+    let _ = audit
+        .query(aia_proto::audit::v1::QueryRequest::default())
+        .await?;
     stack.stop().await;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn internal_listeners_refuse_strangers_and_check_each_callers_identity() -> anyhow::Result<()> {
+async fn internal_listeners_refuse_strangers_and_check_each_callers_identity() -> anyhow::Result<()>
+{
     let pki = TestPki::new()?;
     let stack = Stack::start_mtls(&pki).await?;
     let session_url = stack.session.url();
-    let create = CreateSessionRequest { user_id: uuid::Uuid::new_v4().to_string(), client: None };
+    let create = CreateSessionRequest {
+        user_id: uuid::Uuid::new_v4().to_string(),
+        client: None,
+    };
 
     // Plaintext: no TLS handshake, no call.
     let plain = SessionServiceClient::connect(session_url.clone()).await;
     if let Ok(mut plain) = plain {
-        assert!(plain.create_session(create.clone()).await.is_err(), "plaintext call accepted");
+        assert!(
+            plain.create_session(create.clone()).await.is_err(),
+            "plaintext call accepted"
+        );
     }
 
     // TLS without a client certificate.
     let ca = Certificate::from_pem(std::fs::read(pki.ca_file())?);
     let https = session_url.replacen("http://", "https://", 1);
     let anonymous = Endpoint::from_shared(https)?
-        .tls_config(ClientTlsConfig::new().ca_certificate(ca).domain_name("session"))?
+        .tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(ca)
+                .domain_name("session"),
+        )?
         .connect()
         .await;
     if let Ok(channel) = anonymous {
-        let result = SessionServiceClient::new(channel).create_session(create.clone()).await;
+        let result = SessionServiceClient::new(channel)
+            .create_session(create.clone())
+            .await;
         assert!(result.is_err(), "a caller without a certificate was served");
     }
 
     // A certificate from another CA, even with the right name.
     let rogue = TestPki::new()?;
     if let Ok(channel) = as_service(&rogue, "auth", &session_url, "session").await {
-        let result = SessionServiceClient::new(channel).create_session(create.clone()).await;
-        assert!(result.is_err(), "a certificate from another CA was accepted");
+        let result = SessionServiceClient::new(channel)
+            .create_session(create.clone())
+            .await;
+        assert!(
+            result.is_err(),
+            "a certificate from another CA was accepted"
+        );
     }
 
     // A real certificate, but for the gateway: it may ask IsRevoked, not create sessions.
-    let mut as_gateway = SessionServiceClient::new(as_service(&pki, "gateway", &session_url, "session").await?);
-    let denied = as_gateway.create_session(create.clone()).await.err().map(|s| s.code());
+    let mut as_gateway =
+        SessionServiceClient::new(as_service(&pki, "gateway", &session_url, "session").await?);
+    let denied = as_gateway
+        .create_session(create.clone())
+        .await
+        .err()
+        .map(|s| s.code());
     assert_eq!(denied, Some(tonic::Code::PermissionDenied));
     let allowed = as_gateway
-        .is_revoked(IsRevokedRequest { jti: uuid::Uuid::new_v4().to_string(), session_id: uuid::Uuid::new_v4().to_string() })
+        .is_revoked(IsRevokedRequest {
+            jti: uuid::Uuid::new_v4().to_string(),
+            session_id: uuid::Uuid::new_v4().to_string(),
+        })
         .await;
     assert!(allowed.is_ok(), "{allowed:?}");
 
     // Auth's ValidateToken is open to any service of the CA; Login only to the gateway.
-    let mut as_audit = AuthServiceClient::new(as_service(&pki, "audit", &stack.auth.url(), "auth").await?);
-    let validate = as_audit.validate_token(ValidateTokenRequest { access_token: "junk".into() }).await;
-    assert_eq!(validate.err().map(|s| s.code()), Some(tonic::Code::Unauthenticated));
-    let login = as_audit
-        .login(aia_proto::auth::v1::LoginRequest { email: "a@example.com".into(), password: "x".into(), client: None })
+    let mut as_audit =
+        AuthServiceClient::new(as_service(&pki, "audit", &stack.auth.url(), "auth").await?);
+    let validate = as_audit
+        .validate_token(ValidateTokenRequest {
+            access_token: "junk".into(),
+        })
         .await;
-    assert_eq!(login.err().map(|s| s.code()), Some(tonic::Code::PermissionDenied));
+    assert_eq!(
+        validate.err().map(|s| s.code()),
+        Some(tonic::Code::Unauthenticated)
+    );
+    let login = as_audit
+        .login(aia_proto::auth::v1::LoginRequest {
+            email: "a@example.com".into(),
+            password: "x".into(),
+            client: None,
+        })
+        .await;
+    assert_eq!(
+        login.err().map(|s| s.code()),
+        Some(tonic::Code::PermissionDenied)
+    );
 
     // A client that expects the session service but reaches a listener whose
     // certificate names another service refuses to talk.
-    let wrong_peer = endpoint(&stack.auth.url(), TlsMaterial::load(&pki.settings("gateway")?)?.as_ref(), "session")?
-        .connect()
-        .await;
-    assert!(wrong_peer.is_err(), "the client accepted a certificate for the wrong service");
+    let wrong_peer = endpoint(
+        &stack.auth.url(),
+        TlsMaterial::load(&pki.settings("gateway")?)?.as_ref(),
+        "session",
+    )?
+    .connect()
+    .await;
+    assert!(
+        wrong_peer.is_err(),
+        "the client accepted a certificate for the wrong service"
+    );
     stack.stop().await;
     Ok(())
 }
