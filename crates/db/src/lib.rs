@@ -8,6 +8,7 @@
 //! - [`redis`]: the Redis pool and key naming.
 
 pub mod redis;
+pub mod tls;
 
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use anyhow::Context;
 use diesel::sql_query;
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 /// Every migration of the platform, compiled in.
@@ -32,7 +33,9 @@ const POOL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Builds a pool. Connections are made lazily, so this succeeds with Postgres down.
 pub fn pool(url: &str, size: usize) -> anyhow::Result<PgPool> {
-    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+    let mut config = diesel_async::pooled_connection::ManagerConfig::default();
+    config.custom_setup = Box::new(tls::establish);
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, config);
     Pool::builder(manager)
         .max_size(size)
         .wait_timeout(Some(POOL_TIMEOUT))
@@ -59,14 +62,10 @@ pub async fn ping(pool: &PgPool) -> anyhow::Result<()> {
 }
 
 /// Applies every pending migration. Runs on the blocking pool (diesel's migration
-/// harness is synchronous).
+/// harness is synchronous), over a connection made like the pool's (TLS included).
 pub async fn migrate(url: &str) -> anyhow::Result<Vec<String>> {
-    let url = url.to_owned();
+    let mut conn = wrapped(url).await?;
     tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
-        use diesel::Connection;
-        use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
-        let mut conn = <AsyncConnectionWrapper<AsyncPgConnection> as Connection>::establish(&url)
-            .context("connecting to Postgres to migrate")?;
         let applied = conn
             .run_pending_migrations(MIGRATIONS)
             .map_err(|e| anyhow::anyhow!("applying migrations: {e}"))?;
@@ -78,12 +77,8 @@ pub async fn migrate(url: &str) -> anyhow::Result<Vec<String>> {
 
 /// Migrations compiled in but not applied to the database at `url`.
 pub async fn pending_migrations(url: &str) -> anyhow::Result<Vec<String>> {
-    let url = url.to_owned();
+    let mut conn = wrapped(url).await?;
     tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
-        use diesel::Connection;
-        use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
-        let mut conn = <AsyncConnectionWrapper<AsyncPgConnection> as Connection>::establish(&url)
-            .context("connecting to Postgres")?;
         let pending = conn
             .pending_migrations(MIGRATIONS)
             .map_err(|e| anyhow::anyhow!("listing migrations: {e}"))?;
@@ -91,6 +86,15 @@ pub async fn pending_migrations(url: &str) -> anyhow::Result<Vec<String>> {
     })
     .await
     .context("migration task")?
+}
+
+type Wrapped = diesel_async::async_connection_wrapper::AsyncConnectionWrapper<AsyncPgConnection>;
+
+async fn wrapped(url: &str) -> anyhow::Result<Wrapped> {
+    let conn = tls::establish(url)
+        .await
+        .context("connecting to Postgres")?;
+    Ok(Wrapped::from(conn))
 }
 
 /// Splits a Postgres URL into (URL of the `postgres` maintenance database, name of the
@@ -123,7 +127,7 @@ pub async fn ensure_database(url: &str) -> anyhow::Result<bool> {
         !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
         "database name must contain only letters, digits and `_`"
     );
-    let mut conn = AsyncPgConnection::establish(&maintenance)
+    let mut conn = tls::establish(&maintenance)
         .await
         .context("connecting to the `postgres` database")?;
     let found: Exists =
@@ -157,7 +161,7 @@ pub async fn drop_database(url: &str) -> anyhow::Result<()> {
         name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
         "database name must contain only letters, digits and `_`"
     );
-    let mut conn = AsyncPgConnection::establish(&maintenance)
+    let mut conn = tls::establish(&maintenance)
         .await
         .context("connecting to the `postgres` database")?;
     sql_query(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))

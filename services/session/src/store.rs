@@ -435,14 +435,21 @@ mod tests {
             absolute: chrono::Duration::days(90),
             grace: chrono::Duration::seconds(10),
         };
-        Ok((SessionStore::new(aia_db::pool(&db.url, 2)?, lifetimes, b"test key"), db))
+        Ok((
+            SessionStore::new(aia_db::pool(&db.url, 2)?, lifetimes, b"test key"),
+            db,
+        ))
     }
 
     fn at(start: DateTime<Utc>, seconds: i64) -> DateTime<Utc> {
         start + chrono::Duration::seconds(seconds)
     }
 
-    async fn rotate(store: &SessionStore, token: &RefreshToken, now: DateTime<Utc>) -> anyhow::Result<Option<Rotated>> {
+    async fn rotate(
+        store: &SessionStore,
+        token: &RefreshToken,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<Option<Rotated>> {
         Ok(match store.rotate(token, now).await? {
             Rotation::Rotated(r) => Some(r),
             _ => None,
@@ -453,28 +460,45 @@ mod tests {
     async fn a_refresh_token_unused_for_the_idle_time_expires() -> anyhow::Result<()> {
         let (store, db) = store().await?;
         let start = Utc::now();
-        let created = store.create(uuid::Uuid::new_v4(), &Client::default(), start).await?;
-        assert!(rotate(&store, &created.token, at(start, 30 * DAY + 1)).await?.is_none());
+        let created = store
+            .create(uuid::Uuid::new_v4(), &Client::default(), start)
+            .await?;
+        assert!(
+            rotate(&store, &created.token, at(start, 30 * DAY + 1))
+                .await?
+                .is_none()
+        );
         db.drop_database().await?;
         Ok(())
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn using_a_session_keeps_it_alive_but_never_past_its_absolute_end() -> anyhow::Result<()> {
+    async fn using_a_session_keeps_it_alive_but_never_past_its_absolute_end() -> anyhow::Result<()>
+    {
         let (store, db) = store().await?;
         let start = Utc::now();
-        let created = store.create(uuid::Uuid::new_v4(), &Client::default(), start).await?;
+        let created = store
+            .create(uuid::Uuid::new_v4(), &Client::default(), start)
+            .await?;
         // Used every 29 days: each use extends the idle window ...
         let mut token = created.token;
         for day in [29, 58, 87] {
             let rotated = rotate(&store, &token, at(start, day * DAY)).await?;
             let rotated = rotated.ok_or_else(|| anyhow::anyhow!("refused on day {day}"))?;
             // ... but the successor never outlives the session.
-            assert!(rotated.expires_at <= at(start, 90 * DAY), "day {day}: {}", rotated.expires_at);
+            assert!(
+                rotated.expires_at <= at(start, 90 * DAY),
+                "day {day}: {}",
+                rotated.expires_at
+            );
             token = rotated.token;
         }
         // Day 87's token would be idle-valid until day 117; the session ends on day 90.
-        assert!(rotate(&store, &token, at(start, 90 * DAY + 1)).await?.is_none());
+        assert!(
+            rotate(&store, &token, at(start, 90 * DAY + 1))
+                .await?
+                .is_none()
+        );
         db.drop_database().await?;
         Ok(())
     }

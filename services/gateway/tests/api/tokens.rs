@@ -77,24 +77,46 @@ async fn forged_tokens_are_refused() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hs256_mode_works_end_to_end_and_accepts_no_other_algorithm() -> anyhow::Result<()> {
-    let secret = format!("{}{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
-    let stack = Stack::start_with(&[("JWT_ALGORITHM", "HS256".into()), ("JWT_SECRET_KEY", secret.clone())]).await?;
+    let secret = format!(
+        "{}{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let stack = Stack::start_with(&[
+        ("JWT_ALGORITHM", "HS256".into()),
+        ("JWT_SECRET_KEY", secret.clone()),
+    ])
+    .await?;
     let tokens = signed_in(&stack).await?;
     let access = field(&tokens, "access_token");
     assert_eq!(me_status(&stack, access).await?, StatusCode::OK);
     assert!(Verifier::kid_of(access).is_some_and(|kid| kid.starts_with("hs-")));
     // The secret is never published.
-    let jwks: serde_json::Value = stack.http().get(stack.url("/.well-known/jwks.json")).send().await?.json().await?;
+    let jwks: serde_json::Value = stack
+        .http()
+        .get(stack.url("/.well-known/jwks.json"))
+        .send()
+        .await?
+        .json()
+        .await?;
     assert_eq!(jwks, serde_json::json!({"keys": []}));
 
     let key = aia_tokens::HmacKey::new(secret.as_bytes());
     let claims = Verifier::hs256(&key, "http://localhost:8080", "aia").verify(access)?;
     // EdDSA is not accepted in this deployment, whatever key signed it.
     let ed = SigningKey::generate()?;
-    assert_eq!(me_status(&stack, &ed.sign(&claims)?).await?, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        me_status(&stack, &ed.sign(&claims)?).await?,
+        StatusCode::UNAUTHORIZED
+    );
     // Nor HS256 under another secret.
-    let other = aia_tokens::HmacKey::new(b"not the deployment's secret, but long enough to look real");
-    assert_eq!(me_status(&stack, &other.sign(&claims)?).await?, StatusCode::UNAUTHORIZED);
+    let other =
+        aia_tokens::HmacKey::new(b"not the deployment's secret, but long enough to look real");
+    assert_eq!(
+        me_status(&stack, &other.sign(&claims)?).await?,
+        StatusCode::UNAUTHORIZED
+    );
     stack.stop().await;
     Ok(())
 }
