@@ -28,6 +28,13 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Create an administrator. The password is read from AIA_ADMIN_PASSWORD, or else
+    /// from the first line of standard input; it must pass the password policy.
+    CreateAdmin {
+        /// The administrator's email address.
+        #[arg(long)]
+        email: String,
+    },
     /// Print a new Ed25519 signing key (PKCS#8 PEM) for JWT_SIGNING_KEY_FILE.
     GenSigningKey,
     /// Add a new signing key to the key store (needs DATABASE_URL and ENCRYPTION_KEY).
@@ -46,6 +53,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Migrate { check } => migrate(check).await,
+        Command::CreateAdmin { email } => create_admin(&email).await,
         Command::RotateSigningKey { activate_in } => rotate_signing_key(activate_in).await,
         Command::GenSigningKey => aia_tokens::SigningKey::generate_pem()
             .map(|pem| {
@@ -101,5 +109,20 @@ async fn rotate_signing_key(activate_in: u32) -> anyhow::Result<ExitCode> {
         "new signing key {kid}: published now, signs from {}",
         activates.to_rfc3339()
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn create_admin(email: &str) -> anyhow::Result<ExitCode> {
+    let settings = aia_settings::AuthSettings::from_env(Env::from_process())?;
+    let password = match std::env::var("AIA_ADMIN_PASSWORD") {
+        Ok(password) => password,
+        Err(_) => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            line.trim_end_matches(['\r', '\n']).to_owned()
+        }
+    };
+    let id = aia_auth::create_admin(&settings, email, &password).await?;
+    println!("created administrator {email} ({id})");
     Ok(ExitCode::SUCCESS)
 }

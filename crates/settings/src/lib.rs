@@ -17,5 +17,5 @@ mod services;
 pub use env::{Env, Problem, SettingsError};
 pub use services::{
     AppEnv, AuditSettings, AuthSettings, Common, GatewaySettings, InternalTls, JwtAlgorithm,
-    PasswordHashing, SessionSettings, SigningKeySource, TokenSettings,
+    PasswordHashing, PasswordPolicySettings, SessionSettings, SigningKeySource, TokenSettings,
 };

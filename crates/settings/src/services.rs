@@ -116,6 +116,25 @@ pub struct PasswordHashing {
     pub concurrency: usize,
 }
 
+/// The password policy (NIST SP 800-63B by default: length and a blocklist, no
+/// composition rules unless the operator turns them on).
+#[derive(Debug, Clone, Copy)]
+pub struct PasswordPolicySettings {
+    /// `PASSWORD_MIN_LENGTH`: in Unicode code points after NFKC (default 12).
+    pub min_length: usize,
+    /// `PASSWORD_REQUIRE_UPPERCASE` (default off).
+    pub require_uppercase: bool,
+    /// `PASSWORD_REQUIRE_LOWERCASE` (default off).
+    pub require_lowercase: bool,
+    /// `PASSWORD_REQUIRE_NUMBERS` (default off).
+    pub require_numbers: bool,
+    /// `PASSWORD_REQUIRE_SYMBOLS` (default off).
+    pub require_symbols: bool,
+    /// `PASSWORD_HISTORY`: how many previous passwords a change may not reuse
+    /// (default 5).
+    pub history: usize,
+}
+
 /// The auth service.
 #[derive(Debug, Clone)]
 pub struct AuthSettings {
@@ -150,8 +169,8 @@ pub struct AuthSettings {
     pub key_reload: Duration,
     /// Argon2id parameters.
     pub hashing: PasswordHashing,
-    /// `PASSWORD_MIN_LENGTH` in code points after NFKC (default 12).
-    pub password_min_length: usize,
+    /// The password policy.
+    pub password_policy: PasswordPolicySettings,
 }
 
 /// The session service.
@@ -399,12 +418,19 @@ impl AuthSettings {
                 parallelism: env.parse_in("ARGON2_PARALLELISM", 1, 1, 64),
                 concurrency: env.parse_in("PASSWORD_HASHING_CONCURRENCY", cores(), 1, 1024),
             },
-            password_min_length: env.parse_in("PASSWORD_MIN_LENGTH", 12, 1, 128),
+            password_policy: PasswordPolicySettings {
+                min_length: env.parse_in("PASSWORD_MIN_LENGTH", 12, 1, 128),
+                require_uppercase: env.flag("PASSWORD_REQUIRE_UPPERCASE", false),
+                require_lowercase: env.flag("PASSWORD_REQUIRE_LOWERCASE", false),
+                require_numbers: env.flag("PASSWORD_REQUIRE_NUMBERS", false),
+                require_symbols: env.flag("PASSWORD_REQUIRE_SYMBOLS", false),
+                history: env.parse_in("PASSWORD_HISTORY", 5, 0, 24),
+            },
             common,
         };
         if settings.common.app_env.is_production() {
             production::check_password_hashing(&mut env, &settings.hashing);
-            production::check_password_min_length(&mut env, settings.password_min_length);
+            production::check_password_min_length(&mut env, settings.password_policy.min_length);
         }
         env.finish(settings)
     }

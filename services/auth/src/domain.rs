@@ -19,6 +19,18 @@ pub enum Invalid {
     /// The password is too long.
     #[error("password: must be at most {MAX_PASSWORD_CHARS} characters")]
     PasswordTooLong,
+    /// The password is on the list of common and breached passwords.
+    #[error("password: is too common (it appears in lists of breached passwords)")]
+    PasswordCommon,
+    /// The password contains the user's email name.
+    #[error("password: must not contain your email address's name")]
+    PasswordContainsEmail,
+    /// A composition rule the operator turned on.
+    #[error("password: must contain {0}")]
+    PasswordComposition(&'static str),
+    /// The new password is the current one or a recent one.
+    #[error("password: must differ from your recent passwords")]
+    PasswordReused,
 }
 
 /// A syntactically valid email address, trimmed and lower-cased (addresses are

@@ -21,6 +21,12 @@ pub enum AuthError {
     /// An access token that fails verification.
     #[error("invalid access token")]
     InvalidAccessToken,
+    /// The current password given for a change is wrong.
+    #[error("the current password is wrong")]
+    WrongCurrentPassword,
+    /// The caller may not do this (not an admin).
+    #[error("not allowed")]
+    Forbidden,
     /// No such user.
     #[error("user not found")]
     NotFound,
@@ -64,6 +70,9 @@ impl From<AuthError> for Status {
             | AuthError::InvalidRefreshToken
             | AuthError::InvalidAccessToken => Status::unauthenticated(e.to_string()),
             AuthError::NotFound => Status::not_found(e.to_string()),
+            AuthError::WrongCurrentPassword | AuthError::Forbidden => {
+                Status::permission_denied(e.to_string())
+            }
             AuthError::Overloaded => Status::resource_exhausted(e.to_string()),
             AuthError::Unavailable(error) => aia_telemetry::grpc::unavailable(error),
             AuthError::Unexpected(error) => aia_telemetry::grpc::internal(error),

@@ -13,6 +13,7 @@ mod domain;
 mod error;
 mod hashing;
 mod keys;
+mod policy;
 mod schema;
 mod service;
 mod users;
@@ -66,7 +67,7 @@ pub async fn build(
         hasher: hashing::Hasher::new(&settings.hashing).await?,
         keys: keys.clone(),
         tokens: settings.tokens,
-        password_min_length: settings.password_min_length,
+        policy: policy::PasswordPolicy::load(settings.password_policy)?,
         session: SessionServiceClient::new(session),
         audit,
     };
@@ -81,4 +82,25 @@ pub async fn build(
     )
     .await?;
     Ok(app.with_background(relay).with_background(reload))
+}
+
+/// Creates an administrator (for `aia create-admin`): the password must pass the
+/// policy; the email must be new. There is no default admin and no default password.
+pub async fn create_admin(
+    settings: &AuthSettings,
+    email: &str,
+    password: &str,
+) -> anyhow::Result<uuid::Uuid> {
+    let email = domain::EmailAddress::parse(email)?;
+    let password =
+        policy::PasswordPolicy::load(settings.password_policy)?.check(password, &email)?;
+    let hash = hashing::Hasher::new(&settings.hashing)
+        .await?
+        .hash(password)
+        .await?;
+    let pool = aia_db::pool(settings.common.database_url.expose_secret(), 1)?;
+    users::UserStore::new(pool)
+        .insert_with_roles(&email, &hash, &["user", "admin"])
+        .await?
+        .context("a user with this email exists already")
 }

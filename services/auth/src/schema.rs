@@ -23,3 +23,12 @@ diesel::table! {
         activated_at -> Timestamptz,
     }
 }
+
+diesel::table! {
+    auth.password_history (id) {
+        id -> Int8,
+        user_id -> Uuid,
+        password_hash -> Text,
+        created_at -> Timestamptz,
+    }
+}

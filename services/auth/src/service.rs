@@ -6,9 +6,10 @@ use aia_audit_client::AuditClient;
 use aia_proto::audit::v1::Outcome;
 use aia_proto::auth::v1::auth_service_server::AuthService;
 use aia_proto::auth::v1::{
-    Claims, GetJwksRequest, GetJwksResponse, GetUserRequest, LoginRequest, LogoutRequest,
-    LogoutResponse, RefreshRequest, RegisterRequest, RegisterResponse, RevokeTokenRequest,
-    RevokeTokenResponse, TokenPair, User as UserMessage, ValidateTokenRequest,
+    ChangePasswordRequest, ChangePasswordResponse, Claims, GetJwksRequest, GetJwksResponse,
+    GetUserRequest, LoginRequest, LogoutRequest, LogoutResponse, RefreshRequest, RegisterRequest,
+    RegisterResponse, RevokeTokenRequest, RevokeTokenResponse, SetUserDisabledRequest,
+    SetUserDisabledResponse, TokenPair, User as UserMessage, ValidateTokenRequest,
     ValidateTokenResponse,
 };
 use aia_proto::session::v1 as session;
@@ -17,11 +18,12 @@ use aia_settings::TokenSettings;
 use aia_tokens::AccessClaims;
 
 use crate::keys::KeyStore;
+use crate::policy::PasswordPolicy;
 use aia_telemetry::tls::authorize;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use crate::domain::{EmailAddress, Password};
+use crate::domain::{EmailAddress, Invalid, Password};
 use crate::error::AuthError;
 use crate::hashing::Hasher;
 use crate::users::{User, UserStore};
@@ -33,7 +35,7 @@ pub struct Auth {
     pub(crate) hasher: Hasher,
     pub(crate) keys: Arc<KeyStore>,
     pub(crate) tokens: TokenSettings,
-    pub(crate) password_min_length: usize,
+    pub(crate) policy: PasswordPolicy,
     pub(crate) session: SessionServiceClient<Channel>,
     pub(crate) audit: AuditClient,
 }
@@ -90,7 +92,7 @@ impl Auth {
 
     async fn register(&self, req: RegisterRequest) -> Result<RegisterResponse, AuthError> {
         let email = EmailAddress::parse(&req.email)?;
-        let password = Password::new(&req.password, self.password_min_length)?;
+        let password = self.policy.check(&req.password, &email)?;
         // Hash first, whatever happens next: a taken email costs the same time.
         let hash = self.hasher.hash(password).await?;
         let created = self
@@ -292,6 +294,145 @@ impl Auth {
         Ok(RevokeTokenResponse {})
     }
 
+    async fn change_password(
+        &self,
+        req: ChangePasswordRequest,
+    ) -> Result<ChangePasswordResponse, AuthError> {
+        let user_id =
+            uuid::Uuid::parse_str(&req.user_id).map_err(|_| AuthError::InvalidAccessToken)?;
+        let user = self
+            .users
+            .by_id(user_id)
+            .await
+            .map_err(AuthError::Unavailable)?
+            .filter(|u| u.disabled_at.is_none())
+            .ok_or(AuthError::InvalidAccessToken)?;
+        let email = EmailAddress::parse(&user.email)?;
+        let current = Password::presented(&req.current_password)?;
+        if !self
+            .hasher
+            .verify(current, Some(user.password_hash.clone()))
+            .await?
+        {
+            self.audit
+                .event("auth.password_change", Outcome::Failure)
+                .actor(user_id.to_string())
+                .subject(user_id.to_string())
+                .client(req.client.as_ref())
+                .details(serde_json::json!({"reason": "wrong_current_password"}))
+                .emit();
+            return Err(AuthError::WrongCurrentPassword);
+        }
+        let new = self.policy.check(&req.new_password, &email)?;
+        // Not the current password, nor a recent one.
+        let mut recent = vec![user.password_hash.clone()];
+        recent.extend(
+            self.users
+                .password_history(user_id, self.policy.history())
+                .await
+                .map_err(AuthError::Unavailable)?,
+        );
+        for old in recent {
+            if self
+                .hasher
+                .verify(Password::presented(new.expose())?, Some(old))
+                .await?
+            {
+                return Err(AuthError::Invalid(Invalid::PasswordReused));
+            }
+        }
+        let hash = self.hasher.hash(new).await?;
+        self.users
+            .set_password(user_id, &user.password_hash, &hash, self.policy.history())
+            .await
+            .map_err(AuthError::Unavailable)?;
+        let ended = self
+            .end_sessions(
+                user_id,
+                Some(&req.session_id),
+                "password_changed",
+                req.client.clone(),
+            )
+            .await?;
+        self.audit
+            .event("auth.password_change", Outcome::Success)
+            .actor(user_id.to_string())
+            .subject(user_id.to_string())
+            .client(req.client.as_ref())
+            .details(serde_json::json!({"other_sessions_ended": ended}))
+            .emit();
+        Ok(ChangePasswordResponse {
+            sessions_ended: ended,
+        })
+    }
+
+    /// Ends every session of `user_id` but `keep`.
+    async fn end_sessions(
+        &self,
+        user_id: uuid::Uuid,
+        keep: Option<&str>,
+        reason: &str,
+        client: Option<aia_proto::common::v1::ClientInfo>,
+    ) -> Result<u32, AuthError> {
+        Ok(self
+            .session
+            .clone()
+            .revoke_user_sessions(session::RevokeUserSessionsRequest {
+                user_id: user_id.to_string(),
+                except_session_id: keep.unwrap_or_default().to_owned(),
+                reason: reason.to_owned(),
+                client,
+            })
+            .await
+            .map_err(|s| AuthError::from_upstream(s, "session.RevokeUserSessions"))?
+            .into_inner()
+            .revoked)
+    }
+
+    async fn set_user_disabled(
+        &self,
+        req: SetUserDisabledRequest,
+    ) -> Result<SetUserDisabledResponse, AuthError> {
+        // The gateway checked the token's roles; check the actor's current roles too.
+        let actor_id = uuid::Uuid::parse_str(&req.actor_id).map_err(|_| AuthError::Forbidden)?;
+        let actor = self
+            .users
+            .by_id(actor_id)
+            .await
+            .map_err(AuthError::Unavailable)?;
+        if !actor.is_some_and(|a| a.disabled_at.is_none() && a.roles.iter().any(|r| r == "admin")) {
+            return Err(AuthError::Forbidden);
+        }
+        let user_id = uuid::Uuid::parse_str(&req.user_id).map_err(|_| AuthError::NotFound)?;
+        if !self
+            .users
+            .set_disabled(user_id, req.disabled)
+            .await
+            .map_err(AuthError::Unavailable)?
+        {
+            return Err(AuthError::NotFound);
+        }
+        let ended = if req.disabled {
+            self.end_sessions(user_id, None, "user_disabled", req.client.clone())
+                .await?
+        } else {
+            0
+        };
+        let event = if req.disabled {
+            "admin.user_disabled"
+        } else {
+            "admin.user_enabled"
+        };
+        self.audit
+            .event(event, Outcome::Success)
+            .actor(actor_id.to_string())
+            .subject(user_id.to_string())
+            .client(req.client.as_ref())
+            .details(serde_json::json!({"sessions_ended": ended}))
+            .emit();
+        Ok(SetUserDisabledResponse {})
+    }
+
     async fn validate(
         &self,
         req: ValidateTokenRequest,
@@ -406,6 +547,28 @@ impl AuthService for Auth {
         authorize(&request, &["gateway"])?;
         Ok(Response::new(
             Auth::revoke_token(self, request.into_inner()).await?,
+        ))
+    }
+
+    #[tracing::instrument(level = "info", name = "auth.change_password", skip_all)]
+    async fn change_password(
+        &self,
+        request: Request<ChangePasswordRequest>,
+    ) -> Result<Response<ChangePasswordResponse>, Status> {
+        authorize(&request, &["gateway"])?;
+        Ok(Response::new(
+            Auth::change_password(self, request.into_inner()).await?,
+        ))
+    }
+
+    #[tracing::instrument(level = "info", name = "auth.set_user_disabled", skip_all)]
+    async fn set_user_disabled(
+        &self,
+        request: Request<SetUserDisabledRequest>,
+    ) -> Result<Response<SetUserDisabledResponse>, Status> {
+        authorize(&request, &["gateway"])?;
+        Ok(Response::new(
+            Auth::set_user_disabled(self, request.into_inner()).await?,
         ))
     }
 

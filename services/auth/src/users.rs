@@ -4,10 +4,10 @@ use aia_db::PgPool;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
+use diesel_async::{AsyncConnection, RunQueryDsl};
 
 use crate::domain::EmailAddress;
-use crate::schema::users;
+use crate::schema::{password_history, users};
 
 /// A stored user.
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -74,6 +74,99 @@ impl UserStore {
             .await
             .optional()
             .context("looking up a user by email")
+    }
+
+    /// Replaces the password hash of `user_id`, keeping the old one in the history
+    /// (trimmed to `keep` entries).
+    pub async fn set_password(
+        &self,
+        user_id: uuid::Uuid,
+        old_hash: &str,
+        new_hash: &str,
+        keep: usize,
+    ) -> anyhow::Result<()> {
+        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+        let mut conn = aia_db::conn(&self.pool).await?;
+        conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+            if keep > 0 {
+                diesel::insert_into(password_history::table)
+                    .values((password_history::user_id.eq(user_id), password_history::password_hash.eq(old_hash)))
+                    .execute(conn)
+                    .await?;
+            }
+            diesel::update(users::table.find(user_id))
+                .set((users::password_hash.eq(new_hash), users::updated_at.eq(diesel::dsl::now)))
+                .execute(conn)
+                .await?;
+            diesel::sql_query(
+                "DELETE FROM auth.password_history WHERE user_id = $1 AND id NOT IN \
+                 (SELECT id FROM auth.password_history WHERE user_id = $1 ORDER BY id DESC LIMIT $2)",
+            )
+            .bind::<diesel::sql_types::Uuid, _>(user_id)
+            .bind::<diesel::sql_types::BigInt, _>(keep)
+            .execute(conn)
+            .await?;
+            Ok(())
+        })
+        .await
+        .context("changing a password")
+    }
+
+    /// The last `n` previous password hashes of `user_id`, newest first.
+    pub async fn password_history(
+        &self,
+        user_id: uuid::Uuid,
+        n: usize,
+    ) -> anyhow::Result<Vec<String>> {
+        let mut conn = aia_db::conn(&self.pool).await?;
+        password_history::table
+            .filter(password_history::user_id.eq(user_id))
+            .order(password_history::id.desc())
+            .limit(i64::try_from(n).unwrap_or(i64::MAX))
+            .select(password_history::password_hash)
+            .load(&mut conn)
+            .await
+            .context("reading the password history")
+    }
+
+    /// Disables or enables a user. False if there is no such user.
+    pub async fn set_disabled(&self, user_id: uuid::Uuid, disabled: bool) -> anyhow::Result<bool> {
+        let mut conn = aia_db::conn(&self.pool).await?;
+        let when = disabled.then(chrono::Utc::now);
+        let changed = diesel::update(users::table.find(user_id))
+            .set((
+                users::disabled_at.eq(when),
+                users::updated_at.eq(diesel::dsl::now),
+            ))
+            .execute(&mut conn)
+            .await
+            .context("disabling a user")?;
+        Ok(changed == 1)
+    }
+
+    /// Inserts a user with `roles` unless the email is taken.
+    pub async fn insert_with_roles(
+        &self,
+        email: &EmailAddress,
+        password_hash: &str,
+        roles: &[&str],
+    ) -> anyhow::Result<Option<uuid::Uuid>> {
+        let id = uuid::Uuid::new_v4();
+        let roles: Vec<String> = roles.iter().map(|r| (*r).to_owned()).collect();
+        let mut conn = aia_db::conn(&self.pool).await?;
+        let inserted = diesel::insert_into(users::table)
+            .values((
+                users::id.eq(id),
+                users::email.eq(email.as_str()),
+                users::password_hash.eq(password_hash),
+                users::roles.eq(roles),
+            ))
+            .on_conflict(users::email)
+            .do_nothing()
+            .execute(&mut conn)
+            .await
+            .context("inserting a user")?;
+        Ok((inserted == 1).then_some(id))
     }
 
     /// The user with this id.

@@ -169,6 +169,7 @@ impl Problem {
             Code::InvalidArgument => Self::validation(status.message()),
             Code::Unauthenticated => Self::unauthorized().detail(status.message()),
             Code::NotFound => Self::not_found(),
+            Code::PermissionDenied => Self::forbidden(status.message()),
             Code::ResourceExhausted
             | Code::Unavailable
             | Code::DeadlineExceeded

@@ -260,3 +260,43 @@ async fn a_configured_signing_key_is_used_and_published() -> anyhow::Result<()> 
     let _ = std::fs::remove_file(path);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_admin_makes_an_admin_and_refuses_weak_passwords_and_taken_emails()
+-> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let settings = aia_settings::AuthSettings::from_env(aia_testkit::env(&stack.db, "", &[]))?;
+    let weak = aia_auth::create_admin(&settings, "root@example.com", "password123").await;
+    assert!(weak.is_err(), "a weak admin password was accepted");
+    let passphrase = "the first admin's long passphrase";
+    aia_auth::create_admin(&settings, "root@example.com", passphrase).await?;
+    assert!(
+        aia_auth::create_admin(
+            &settings,
+            "ROOT@example.com",
+            "another long passphrase here"
+        )
+        .await
+        .is_err()
+    );
+    let mut auth = client(&stack).await?;
+    let pair = auth
+        .login(LoginRequest {
+            email: "root@example.com".into(),
+            password: passphrase.into(),
+            client: None,
+        })
+        .await?
+        .into_inner();
+    let claims = auth
+        .validate_token(ValidateTokenRequest {
+            access_token: pair.access_token,
+        })
+        .await?
+        .into_inner()
+        .claims
+        .ok_or_else(|| anyhow::anyhow!("no claims"))?;
+    assert!(claims.roles.contains(&"admin".to_owned()));
+    stack.stop().await;
+    Ok(())
+}

@@ -1,6 +1,7 @@
 //! The route table. Each path is a resource with its allowed methods; any other
 //! method gets 405, any other path 404, both as problems.
 
+pub mod account;
 pub mod auth;
 pub mod oauth;
 pub mod sessions;
@@ -49,6 +50,18 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(only("/v1/auth/refresh", web::post().to(auth::refresh)))
         .service(only("/v1/auth/logout", web::post().to(auth::logout)))
         .service(only("/v1/auth/me", web::get().to(auth::me)))
+        .service(only(
+            "/v1/auth/password/change",
+            web::post().to(account::change_password),
+        ))
+        .service(only(
+            "/v1/admin/users/{id}/disable",
+            web::post().to(account::disable_user),
+        ))
+        .service(only(
+            "/v1/admin/users/{id}/enable",
+            web::post().to(account::enable_user),
+        ))
         .service(only(
             "/v1/auth/logout-all",
             web::post().to(sessions::logout_all),

@@ -1,6 +1,7 @@
 //! Shared steps of the end-to-end tests.
 
 use aia_testkit::Stack;
+use diesel_async::RunQueryDsl;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -81,4 +82,16 @@ pub async fn assert_problem(
         "{body}"
     );
     Ok(body)
+}
+
+/// A user with the admin role, logged in.
+pub async fn admin(stack: &Stack) -> anyhow::Result<Value> {
+    let email = email();
+    register(stack, &email).await?;
+    let mut conn = stack.db.connect().await?;
+    diesel::sql_query("UPDATE auth.users SET roles = ARRAY['user', 'admin'] WHERE email = $1")
+        .bind::<diesel::sql_types::Text, _>(&email)
+        .execute(&mut conn)
+        .await?;
+    login(stack, &email).await
 }

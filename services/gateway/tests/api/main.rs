@@ -1,5 +1,6 @@
 //! End-to-end tests: all four services, driven through the gateway over HTTP.
 
+mod account;
 mod bad_input;
 mod flow;
 mod helpers;

@@ -1,11 +1,10 @@
 //! RFC 7009 revocation and RFC 7662 introspection.
 
 use aia_testkit::Stack;
-use diesel_async::RunQueryDsl;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{assert_problem, email, field, login, me_status, register, signed_in};
+use crate::helpers::{admin, assert_problem, field, me_status, signed_in};
 
 async fn revoke(stack: &Stack, form: &[(&str, &str)]) -> anyhow::Result<reqwest::Response> {
     Ok(stack
@@ -24,18 +23,6 @@ async fn refresh_status(stack: &Stack, refresh: &str) -> anyhow::Result<StatusCo
         .send()
         .await?
         .status())
-}
-
-/// A user with the admin role, logged in.
-async fn admin(stack: &Stack) -> anyhow::Result<Value> {
-    let email = email();
-    register(stack, &email).await?;
-    let mut conn = stack.db.connect().await?;
-    diesel::sql_query("UPDATE auth.users SET roles = ARRAY['user', 'admin'] WHERE email = $1")
-        .bind::<diesel::sql_types::Text, _>(&email)
-        .execute(&mut conn)
-        .await?;
-    login(stack, &email).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

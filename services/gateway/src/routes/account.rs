@@ -1,0 +1,94 @@
+//! Account actions: password change (the user) and disabling users (admins).
+
+use actix_web::{HttpResponse, web};
+use aia_proto::auth::v1::{ChangePasswordRequest, SetUserDisabledRequest};
+use serde::Deserialize;
+
+use crate::authn::Authenticated;
+use crate::client::Client;
+use crate::problem::Problem;
+use crate::state::State;
+
+/// Body of a password change.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordChange {
+    current_password: String,
+    new_password: String,
+}
+
+/// `POST /v1/auth/password/change`: needs the current password; every other session
+/// of the user ends. 200 with how many ended; 403 if the current password is wrong;
+/// 422 naming the policy rule the new one breaks.
+pub async fn change_password(
+    state: web::Data<State>,
+    client: Client,
+    auth: Authenticated,
+    body: web::Json<PasswordChange>,
+) -> Result<HttpResponse, Problem> {
+    let PasswordChange {
+        current_password,
+        new_password,
+    } = body.into_inner();
+    let ended = state
+        .auth
+        .clone()
+        .change_password(ChangePasswordRequest {
+            user_id: auth.claims.sub,
+            session_id: auth.claims.sid,
+            current_password,
+            new_password,
+            client: Some(client.to_proto()),
+        })
+        .await?
+        .into_inner()
+        .sessions_ended;
+    Ok(HttpResponse::Ok().json(serde_json::json!({"other_sessions_ended": ended})))
+}
+
+/// The role admin routes need.
+const ADMIN: &str = "admin";
+
+async fn set_disabled(
+    state: &State,
+    client: &Client,
+    auth: &Authenticated,
+    user_id: &str,
+    disabled: bool,
+) -> Result<HttpResponse, Problem> {
+    if !auth.claims.roles.iter().any(|r| r == ADMIN) {
+        return Err(Problem::forbidden("this needs the admin role"));
+    }
+    state
+        .auth
+        .clone()
+        .set_user_disabled(SetUserDisabledRequest {
+            user_id: user_id.to_owned(),
+            disabled,
+            actor_id: auth.claims.sub.clone(),
+            client: Some(client.to_proto()),
+        })
+        .await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// `POST /v1/admin/users/{id}/disable`: the user cannot log in, and every session of
+/// theirs ends at once; 204.
+pub async fn disable_user(
+    state: web::Data<State>,
+    client: Client,
+    auth: Authenticated,
+    id: web::Path<String>,
+) -> Result<HttpResponse, Problem> {
+    set_disabled(&state, &client, &auth, &id, true).await
+}
+
+/// `POST /v1/admin/users/{id}/enable`; 204.
+pub async fn enable_user(
+    state: web::Data<State>,
+    client: Client,
+    auth: Authenticated,
+    id: web::Path<String>,
+) -> Result<HttpResponse, Problem> {
+    set_disabled(&state, &client, &auth, &id, false).await
+}

@@ -1,0 +1,239 @@
+//! Password policy, password change, and disabling users, through the gateway.
+
+use aia_testkit::Stack;
+use diesel_async::RunQueryDsl;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{
+    PASSWORD, admin, assert_problem, email, field, login, me_status, register, signed_in,
+};
+
+async fn register_with(
+    stack: &Stack,
+    email: &str,
+    password: &str,
+) -> anyhow::Result<reqwest::Response> {
+    Ok(stack
+        .http()
+        .post(stack.url("/v1/auth/register"))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await?)
+}
+
+async fn login_status(stack: &Stack, email: &str, password: &str) -> anyhow::Result<StatusCode> {
+    Ok(stack
+        .http()
+        .post(stack.url("/v1/auth/login"))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await?
+        .status())
+}
+
+async fn change(
+    stack: &Stack,
+    token: &str,
+    current: &str,
+    new: &str,
+) -> anyhow::Result<reqwest::Response> {
+    Ok(stack
+        .http()
+        .post(stack.url("/v1/auth/password/change"))
+        .bearer_auth(token)
+        .json(&json!({"current_password": current, "new_password": new}))
+        .send()
+        .await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_names_the_policy_rule_a_password_breaks() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    for (password, rule) in [
+        ("1q2w3e4r5t6y", "too common"),
+        ("QazWsxEdcRfv", "too common"),
+        ("short", "at least 12"),
+        ("grace.hopper's secret", "email"),
+    ] {
+        let response = register_with(&stack, "grace.hopper@example.com", password).await?;
+        let body = assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY).await?;
+        let detail = body["detail"].as_str().unwrap_or_default().to_owned();
+        assert!(detail.contains(rule), "{password}: {detail}");
+    }
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_and_unicode_passwords_are_whole_never_truncated() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let email = email();
+    // 129 characters; the last one is what makes it different.
+    let long = format!(
+        "{}é",
+        "pass phrase "
+            .repeat(11)
+            .chars()
+            .take(128)
+            .collect::<String>()
+    );
+    assert_eq!(long.chars().count(), 129);
+    assert_eq!(
+        register_with(&stack, &email, &long).await?.status(),
+        StatusCode::ACCEPTED
+    );
+    let almost: String = long.chars().take(128).collect::<String>() + "e";
+    assert_eq!(
+        login_status(&stack, &email, &almost).await?,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(login_status(&stack, &email, &long).await?, StatusCode::OK);
+    // The same password in another Unicode normal form (NFD "é") logs in too.
+    let decomposed = long.replace('é', "e\u{301}");
+    assert_eq!(
+        login_status(&stack, &email, &decomposed).await?,
+        StatusCode::OK
+    );
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_change_needs_the_current_one_and_ends_the_other_sessions() -> anyhow::Result<()>
+{
+    let stack = Stack::start().await?;
+    let email = email();
+    register(&stack, &email).await?;
+    let here = login(&stack, &email).await?;
+    let elsewhere = login(&stack, &email).await?;
+    let token = field(&here, "access_token");
+    let new = "a brand new passphrase 2026";
+
+    assert_problem(
+        change(&stack, token, "not the current one", new).await?,
+        StatusCode::FORBIDDEN,
+    )
+    .await?;
+    assert_problem(
+        change(&stack, token, PASSWORD, "1q2w3e4r5t6y").await?,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await?;
+    assert_problem(
+        change(&stack, token, PASSWORD, PASSWORD).await?,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await?;
+
+    let response = change(&stack, token, PASSWORD, new).await?;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await?;
+    assert_eq!(body["other_sessions_ended"], 1);
+    assert_eq!(
+        me_status(&stack, field(&elsewhere, "access_token")).await?,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(me_status(&stack, token).await?, StatusCode::OK);
+    assert_eq!(
+        login_status(&stack, &email, PASSWORD).await?,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(login_status(&stack, &email, new).await?, StatusCode::OK);
+    // Going back to a recent password is refused.
+    let body = assert_problem(
+        change(&stack, token, new, PASSWORD).await?,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await?;
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("recent")),
+        "{body}"
+    );
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabling_a_user_ends_their_sessions_at_once_and_only_admins_may() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let admin = admin(&stack).await?;
+    let admin_token = field(&admin, "access_token");
+    let email = email();
+    register(&stack, &email).await?;
+    let user = login(&stack, &email).await?;
+    let user_token = field(&user, "access_token");
+    let me: Value = stack
+        .http()
+        .get(stack.url("/v1/auth/me"))
+        .bearer_auth(user_token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let user_id = me["id"].as_str().unwrap_or_default().to_owned();
+    let disable = |token: &str, id: &str| {
+        stack
+            .http()
+            .post(stack.url(&format!("/v1/admin/users/{id}/disable")))
+            .bearer_auth(token)
+            .send()
+    };
+
+    // A user cannot disable anyone.
+    let other = signed_in(&stack).await?;
+    assert_problem(
+        disable(field(&other, "access_token"), &user_id).await?,
+        StatusCode::FORBIDDEN,
+    )
+    .await?;
+
+    assert_eq!(
+        disable(admin_token, &user_id).await?.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        me_status(&stack, user_token).await?,
+        StatusCode::UNAUTHORIZED
+    );
+    let refresh = stack
+        .http()
+        .post(stack.url("/v1/auth/refresh"))
+        .json(&json!({"refresh_token": field(&user, "refresh_token")}))
+        .send()
+        .await?;
+    assert_eq!(refresh.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        login_status(&stack, &email, PASSWORD).await?,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        disable(admin_token, &uuid::Uuid::new_v4().to_string())
+            .await?
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+
+    let enable = stack
+        .http()
+        .post(stack.url(&format!("/v1/admin/users/{user_id}/enable")))
+        .bearer_auth(admin_token)
+        .send()
+        .await?;
+    assert_eq!(enable.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        login_status(&stack, &email, PASSWORD).await?,
+        StatusCode::OK
+    );
+
+    // An admin demoted in the database is refused even with an admin token in hand.
+    let mut conn = stack.db.connect().await?;
+    diesel::sql_query("UPDATE auth.users SET roles = ARRAY['user'] WHERE roles @> ARRAY['admin']")
+        .execute(&mut conn)
+        .await?;
+    assert_problem(disable(admin_token, &user_id).await?, StatusCode::FORBIDDEN).await?;
+    stack.stop().await;
+    Ok(())
+}
