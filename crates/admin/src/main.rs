@@ -35,6 +35,13 @@ enum Command {
         #[arg(long)]
         email: String,
     },
+    /// Lift the lockout of an account (needs REDIS_URL and REDIS_KEY_PREFIX as the
+    /// auth service has them).
+    UnlockUser {
+        /// The account's email address.
+        #[arg(long)]
+        email: String,
+    },
     /// Print a new Ed25519 signing key (PKCS#8 PEM) for JWT_SIGNING_KEY_FILE.
     GenSigningKey,
     /// Add a new signing key to the key store (needs DATABASE_URL and ENCRYPTION_KEY).
@@ -54,6 +61,25 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Migrate { check } => migrate(check).await,
         Command::CreateAdmin { email } => create_admin(&email).await,
+        Command::UnlockUser { email } => {
+            let settings = aia_settings::AuthSettings::from_env(Env::from_process());
+            match settings {
+                Ok(settings) => aia_auth::unlock_user(&settings, &email)
+                    .await
+                    .map(|was_locked| {
+                        println!(
+                            "{email}: {}",
+                            if was_locked {
+                                "unlocked"
+                            } else {
+                                "was not locked"
+                            }
+                        );
+                        ExitCode::SUCCESS
+                    }),
+                Err(error) => Err(error.into()),
+            }
+        }
         Command::RotateSigningKey { activate_in } => rotate_signing_key(activate_in).await,
         Command::GenSigningKey => aia_tokens::SigningKey::generate_pem()
             .map(|pem| {

@@ -17,5 +17,6 @@ mod services;
 pub use env::{Env, Problem, SettingsError};
 pub use services::{
     AppEnv, AuditSettings, AuthSettings, Common, GatewaySettings, InternalTls, JwtAlgorithm,
-    PasswordHashing, PasswordPolicySettings, SessionSettings, SigningKeySource, TokenSettings,
+    LockoutSettings, PasswordHashing, PasswordPolicySettings, SessionSettings, SigningKeySource,
+    TokenSettings,
 };

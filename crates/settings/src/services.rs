@@ -135,6 +135,25 @@ pub struct PasswordPolicySettings {
     pub history: usize,
 }
 
+/// Login throttling and lockout (see the auth service's `lockout` module).
+#[derive(Debug, Clone, Copy)]
+pub struct LockoutSettings {
+    /// `LOCKOUT_THRESHOLD`: failures on one account before it locks (default 10).
+    pub threshold: u64,
+    /// `LOCKOUT_DURATION_SECONDS`: how long a lock lasts (default 900).
+    pub duration: Duration,
+    /// `LOCKOUT_WINDOW_SECONDS`: the window failures are counted over (default 900).
+    pub window: Duration,
+    /// `LOGIN_IP_FAILURE_LIMIT`: failures from one IP before it is refused (default 50).
+    pub ip_limit: u64,
+    /// `LOGIN_BACKOFF_AFTER`: failures on one account from one IP before each try
+    /// must wait, doubling (default 3).
+    pub backoff_after: u64,
+    /// `LOCKOUT_FAIL_OPEN`: let logins through when Redis is down (default false:
+    /// logins answer 503 instead, so an attacker cannot switch throttling off).
+    pub fail_open: bool,
+}
+
 /// The auth service.
 #[derive(Debug, Clone)]
 pub struct AuthSettings {
@@ -171,6 +190,8 @@ pub struct AuthSettings {
     pub hashing: PasswordHashing,
     /// The password policy.
     pub password_policy: PasswordPolicySettings,
+    /// Login throttling and lockout.
+    pub lockout: LockoutSettings,
 }
 
 /// The session service.
@@ -417,6 +438,19 @@ impl AuthSettings {
                 iterations: env.parse_in("ARGON2_ITERATIONS", 2, 1, 100),
                 parallelism: env.parse_in("ARGON2_PARALLELISM", 1, 1, 64),
                 concurrency: env.parse_in("PASSWORD_HASHING_CONCURRENCY", cores(), 1, 1024),
+            },
+            lockout: LockoutSettings {
+                threshold: env.parse_in("LOCKOUT_THRESHOLD", 10, 1, 1000),
+                duration: Duration::from_secs(env.parse_in(
+                    "LOCKOUT_DURATION_SECONDS",
+                    900,
+                    1,
+                    86_400,
+                )),
+                window: Duration::from_secs(env.parse_in("LOCKOUT_WINDOW_SECONDS", 900, 1, 86_400)),
+                ip_limit: env.parse_in("LOGIN_IP_FAILURE_LIMIT", 50, 1, 1_000_000),
+                backoff_after: env.parse_in("LOGIN_BACKOFF_AFTER", 3, 1, 1000),
+                fail_open: env.flag("LOCKOUT_FAIL_OPEN", false),
             },
             password_policy: PasswordPolicySettings {
                 min_length: env.parse_in("PASSWORD_MIN_LENGTH", 12, 1, 128),

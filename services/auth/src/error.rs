@@ -30,6 +30,9 @@ pub enum AuthError {
     /// No such user.
     #[error("user not found")]
     NotFound,
+    /// Too many failed logins (throttle or lock); retry after this long.
+    #[error("too many failed logins; retry later")]
+    Throttled(std::time::Duration),
     /// Too many password hashes queued; retry later.
     #[error("too many requests in progress; retry later")]
     Overloaded,
@@ -73,7 +76,14 @@ impl From<AuthError> for Status {
             AuthError::WrongCurrentPassword | AuthError::Forbidden => {
                 Status::permission_denied(e.to_string())
             }
-            AuthError::Overloaded => Status::resource_exhausted(e.to_string()),
+            AuthError::Throttled(wait) => {
+                let mut status = Status::resource_exhausted(e.to_string());
+                if let Ok(value) = wait.as_secs().max(1).to_string().parse() {
+                    status.metadata_mut().insert("retry-after", value);
+                }
+                status
+            }
+            AuthError::Overloaded => Status::unavailable(e.to_string()),
             AuthError::Unavailable(error) => aia_telemetry::grpc::unavailable(error),
             AuthError::Unexpected(error) => aia_telemetry::grpc::internal(error),
         }

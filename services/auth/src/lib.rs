@@ -13,6 +13,7 @@ mod domain;
 mod error;
 mod hashing;
 mod keys;
+mod lockout;
 mod policy;
 mod schema;
 mod service;
@@ -55,11 +56,20 @@ pub async fn build(
         tls.as_ref(),
         shutdown.clone(),
     )?;
-    let ready_pool = pg.clone();
-    let readiness: aia_telemetry::admin::ReadinessCheck = Arc::new(move || {
-        let pool = ready_pool.clone();
-        Box::pin(async move { aia_db::ping(&pool).await.map_err(|_| "postgres".to_owned()) })
-    });
+    let redis = aia_db::redis::pool(settings.common.redis_url.expose_secret())?;
+    let readiness: aia_telemetry::admin::ReadinessCheck = {
+        let (pg, redis) = (pg.clone(), redis.clone());
+        Arc::new(move || {
+            let (pg, redis) = (pg.clone(), redis.clone());
+            Box::pin(async move {
+                aia_db::ping(&pg).await.map_err(|_| "postgres".to_owned())?;
+                aia_db::redis::ping(&redis)
+                    .await
+                    .map_err(|_| "redis".to_owned())
+            })
+        })
+    };
+    let lockout = lockout_of(&settings, redis);
     let keys = keys::KeyStore::open(pg.clone(), &settings).await?;
     let reload = keys.clone().spawn_reload(shutdown.clone());
     let auth = Auth {
@@ -68,6 +78,7 @@ pub async fn build(
         keys: keys.clone(),
         tokens: settings.tokens,
         policy: policy::PasswordPolicy::load(settings.password_policy)?,
+        lockout,
         session: SessionServiceClient::new(session),
         audit,
     };
@@ -103,4 +114,28 @@ pub async fn create_admin(
         .insert_with_roles(&email, &hash, &["user", "admin"])
         .await?
         .context("a user with this email exists already")
+}
+
+fn lockout_of(settings: &AuthSettings, redis: aia_db::redis::Pool) -> lockout::Lockout {
+    let l = settings.lockout;
+    lockout::Lockout::new(
+        redis,
+        settings.common.redis_key_prefix.clone(),
+        lockout::Limits {
+            threshold: l.threshold,
+            lock_for: l.duration,
+            window: l.window,
+            ip_limit: l.ip_limit,
+            backoff_after: l.backoff_after,
+            fail_open: l.fail_open,
+        },
+    )
+}
+
+/// Lifts the lock of the account with `email` (for `aia unlock-user`). True if it
+/// was locked.
+pub async fn unlock_user(settings: &AuthSettings, email: &str) -> anyhow::Result<bool> {
+    let email = domain::EmailAddress::parse(email)?;
+    let redis = aia_db::redis::pool(settings.common.redis_url.expose_secret())?;
+    lockout_of(settings, redis).unlock(email.as_str()).await
 }

@@ -9,8 +9,8 @@ use aia_proto::auth::v1::{
     ChangePasswordRequest, ChangePasswordResponse, Claims, GetJwksRequest, GetJwksResponse,
     GetUserRequest, LoginRequest, LogoutRequest, LogoutResponse, RefreshRequest, RegisterRequest,
     RegisterResponse, RevokeTokenRequest, RevokeTokenResponse, SetUserDisabledRequest,
-    SetUserDisabledResponse, TokenPair, User as UserMessage, ValidateTokenRequest,
-    ValidateTokenResponse,
+    SetUserDisabledResponse, TokenPair, UnlockUserRequest, UnlockUserResponse, User as UserMessage,
+    ValidateTokenRequest, ValidateTokenResponse,
 };
 use aia_proto::session::v1 as session;
 use aia_proto::session::v1::session_service_client::SessionServiceClient;
@@ -18,6 +18,7 @@ use aia_settings::TokenSettings;
 use aia_tokens::AccessClaims;
 
 use crate::keys::KeyStore;
+use crate::lockout::{Lockout, Refusal};
 use crate::policy::PasswordPolicy;
 use aia_telemetry::tls::authorize;
 use tonic::transport::Channel;
@@ -36,6 +37,7 @@ pub struct Auth {
     pub(crate) keys: Arc<KeyStore>,
     pub(crate) tokens: TokenSettings,
     pub(crate) policy: PasswordPolicy,
+    pub(crate) lockout: Lockout,
     pub(crate) session: SessionServiceClient<Channel>,
     pub(crate) audit: AuditClient,
 }
@@ -126,6 +128,24 @@ impl Auth {
     async fn login(&self, req: LoginRequest) -> Result<TokenPair, AuthError> {
         let email = EmailAddress::parse(&req.email)?;
         let password = Password::presented(&req.password)?;
+        let ip = req.client.as_ref().map_or("", |c| c.ip.as_str()).to_owned();
+        let precheck = match self
+            .lockout
+            .precheck(email.as_str(), &ip)
+            .await
+            .map_err(AuthError::Unavailable)?
+        {
+            Ok(precheck) => precheck,
+            Err(Refusal::RetryAfter(wait)) => {
+                metrics::counter!("auth_login_total", "outcome" => "failure", "reason" => "throttled").increment(1);
+                self.audit
+                    .event("auth.login", Outcome::Failure)
+                    .client(req.client.as_ref())
+                    .details(serde_json::json!({"reason": "throttled", "retry_after_seconds": wait.as_secs()}))
+                    .emit();
+                return Err(AuthError::Throttled(wait));
+            }
+        };
         let user = self
             .users
             .by_email(&email)
@@ -151,13 +171,39 @@ impl Auth {
                     .event("auth.login", Outcome::Failure)
                     .client(client)
                     .details(serde_json::json!({"reason": reason}));
-                if let Some(u) = other {
+                if let Some(u) = &other {
                     event = event.subject(u.id.to_string());
                 }
                 event.emit();
+                let locked = self
+                    .lockout
+                    .record_failure(email.as_str(), &ip)
+                    .await
+                    .map_err(AuthError::Unavailable)?;
+                if locked {
+                    metrics::counter!("auth_lockouts_total").increment(1);
+                    let mut event = self
+                        .audit
+                        .event("auth.lockout", Outcome::Failure)
+                        .client(client)
+                        .details(
+                            serde_json::json!({"risk": "high", "reason": "too_many_failures"}),
+                        );
+                    if let Some(u) = &other {
+                        event = event.subject(u.id.to_string());
+                    }
+                    event.emit();
+                }
                 return Err(AuthError::InvalidCredentials);
             }
         };
+        self.lockout
+            .record_success(email.as_str(), &ip)
+            .await
+            .map_err(AuthError::Unavailable)?;
+        if precheck.locked_known_client {
+            tracing::info!(user = %user.id, "locked account: login let through from a known client");
+        }
         let created = self
             .session
             .clone()
@@ -389,12 +435,9 @@ impl Auth {
             .revoked)
     }
 
-    async fn set_user_disabled(
-        &self,
-        req: SetUserDisabledRequest,
-    ) -> Result<SetUserDisabledResponse, AuthError> {
-        // The gateway checked the token's roles; check the actor's current roles too.
-        let actor_id = uuid::Uuid::parse_str(&req.actor_id).map_err(|_| AuthError::Forbidden)?;
+    /// The gateway checked the token's roles; check the actor's current roles too.
+    async fn require_admin(&self, actor_id: &str) -> Result<uuid::Uuid, AuthError> {
+        let actor_id = uuid::Uuid::parse_str(actor_id).map_err(|_| AuthError::Forbidden)?;
         let actor = self
             .users
             .by_id(actor_id)
@@ -403,6 +446,38 @@ impl Auth {
         if !actor.is_some_and(|a| a.disabled_at.is_none() && a.roles.iter().any(|r| r == "admin")) {
             return Err(AuthError::Forbidden);
         }
+        Ok(actor_id)
+    }
+
+    async fn unlock_user(&self, req: UnlockUserRequest) -> Result<UnlockUserResponse, AuthError> {
+        let actor_id = self.require_admin(&req.actor_id).await?;
+        let user_id = uuid::Uuid::parse_str(&req.user_id).map_err(|_| AuthError::NotFound)?;
+        let user = self
+            .users
+            .by_id(user_id)
+            .await
+            .map_err(AuthError::Unavailable)?
+            .ok_or(AuthError::NotFound)?;
+        let was_locked = self
+            .lockout
+            .unlock(&user.email)
+            .await
+            .map_err(AuthError::Unavailable)?;
+        self.audit
+            .event("admin.user_unlocked", Outcome::Success)
+            .actor(actor_id.to_string())
+            .subject(user_id.to_string())
+            .client(req.client.as_ref())
+            .details(serde_json::json!({"was_locked": was_locked}))
+            .emit();
+        Ok(UnlockUserResponse { was_locked })
+    }
+
+    async fn set_user_disabled(
+        &self,
+        req: SetUserDisabledRequest,
+    ) -> Result<SetUserDisabledResponse, AuthError> {
+        let actor_id = self.require_admin(&req.actor_id).await?;
         let user_id = uuid::Uuid::parse_str(&req.user_id).map_err(|_| AuthError::NotFound)?;
         if !self
             .users
@@ -558,6 +633,17 @@ impl AuthService for Auth {
         authorize(&request, &["gateway"])?;
         Ok(Response::new(
             Auth::change_password(self, request.into_inner()).await?,
+        ))
+    }
+
+    #[tracing::instrument(level = "info", name = "auth.unlock_user", skip_all)]
+    async fn unlock_user(
+        &self,
+        request: Request<UnlockUserRequest>,
+    ) -> Result<Response<UnlockUserResponse>, Status> {
+        authorize(&request, &["gateway"])?;
+        Ok(Response::new(
+            Auth::unlock_user(self, request.into_inner()).await?,
         ))
     }
 

@@ -170,10 +170,23 @@ impl Problem {
             Code::Unauthenticated => Self::unauthorized().detail(status.message()),
             Code::NotFound => Self::not_found(),
             Code::PermissionDenied => Self::forbidden(status.message()),
-            Code::ResourceExhausted
-            | Code::Unavailable
-            | Code::DeadlineExceeded
-            | Code::Cancelled => {
+            Code::ResourceExhausted => {
+                let retry_after = status
+                    .metadata()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| HeaderValue::from_str(v).ok())
+                    .unwrap_or(HeaderValue::from_static("1"));
+                let mut problem = Self::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "urn:aia:problem:too-many-requests",
+                    "Too many requests",
+                )
+                .detail(status.message());
+                problem.headers.push((header::RETRY_AFTER, retry_after));
+                problem
+            }
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
                 tracing::warn!(code = ?status.code(), "upstream unavailable");
                 Self::unavailable()
             }

@@ -1,7 +1,7 @@
 //! Account actions: password change (the user) and disabling users (admins).
 
 use actix_web::{HttpResponse, web};
-use aia_proto::auth::v1::{ChangePasswordRequest, SetUserDisabledRequest};
+use aia_proto::auth::v1::{ChangePasswordRequest, SetUserDisabledRequest, UnlockUserRequest};
 use serde::Deserialize;
 
 use crate::authn::Authenticated;
@@ -56,9 +56,7 @@ async fn set_disabled(
     user_id: &str,
     disabled: bool,
 ) -> Result<HttpResponse, Problem> {
-    if !auth.claims.roles.iter().any(|r| r == ADMIN) {
-        return Err(Problem::forbidden("this needs the admin role"));
-    }
+    require_admin(auth)?;
     state
         .auth
         .clone()
@@ -81,6 +79,37 @@ pub async fn disable_user(
     id: web::Path<String>,
 ) -> Result<HttpResponse, Problem> {
     set_disabled(&state, &client, &auth, &id, true).await
+}
+
+/// `POST /v1/admin/users/{id}/unlock`: lifts a lockout early; 200 with whether the
+/// account was locked.
+pub async fn unlock_user(
+    state: web::Data<State>,
+    client: Client,
+    auth: Authenticated,
+    id: web::Path<String>,
+) -> Result<HttpResponse, Problem> {
+    require_admin(&auth)?;
+    let was_locked = state
+        .auth
+        .clone()
+        .unlock_user(UnlockUserRequest {
+            user_id: id.into_inner(),
+            actor_id: auth.claims.sub.clone(),
+            client: Some(client.to_proto()),
+        })
+        .await?
+        .into_inner()
+        .was_locked;
+    Ok(HttpResponse::Ok().json(serde_json::json!({"was_locked": was_locked})))
+}
+
+fn require_admin(auth: &Authenticated) -> Result<(), Problem> {
+    if auth.claims.roles.iter().any(|r| r == ADMIN) {
+        Ok(())
+    } else {
+        Err(Problem::forbidden("this needs the admin role"))
+    }
 }
 
 /// `POST /v1/admin/users/{id}/enable`; 204.

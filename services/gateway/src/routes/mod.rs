@@ -51,6 +51,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(only("/v1/auth/logout", web::post().to(auth::logout)))
         .service(only("/v1/auth/me", web::get().to(auth::me)))
         .service(only(
+            "/v1/admin/users/{id}/unlock",
+            web::post().to(account::unlock_user),
+        ))
+        .service(only(
             "/v1/auth/password/change",
             web::post().to(account::change_password),
         ))

@@ -4,6 +4,7 @@ mod account;
 mod bad_input;
 mod flow;
 mod helpers;
+mod lockout;
 mod mtls;
 mod oauth;
 mod revocation;

@@ -1,0 +1,262 @@
+//! Login throttling and account lockout, held in Redis so that every auth replica
+//! sees the same counts.
+//!
+//! Three axes, each a counter of failed logins over a sliding window
+//! (`LOCKOUT_WINDOW_SECONDS`, 15 min):
+//!
+//! - **per source IP**: past `LOGIN_IP_FAILURE_LIMIT` failures (50), that IP gets no
+//!   more tries until the window passes. This stops a sprayer long before it could
+//!   lock a user base (it locks at most 50/10 = 5 accounts per window and IP).
+//! - **per account and IP**: after `LOGIN_BACKOFF_AFTER` failures (3), each further
+//!   try from that IP must wait 2^(n-3) s (at most 60 s) after the last failure.
+//! - **per account**: after `LOCKOUT_THRESHOLD` failures (10) from anywhere, the
+//!   account locks for `LOCKOUT_DURATION_SECONDS` (15 min), with an audit event; an
+//!   admin can unlock it earlier.
+//!
+//! So that a stranger cannot keep someone locked out forever, a lock does not apply
+//! to an IP address the account has logged in from successfully within 30 days: from
+//! there, the correct password still works (the per-IP and per-account-and-IP axes
+//! still apply, so the lock cannot be bypassed by guessing from such an address).
+//!
+//! Counters are keyed by the normalised email whether or not an account exists, so
+//! throttling behaves the same for unknown emails and reveals nothing. If Redis
+//! cannot be reached the check fails closed (logins answer 503) unless
+//! `LOCKOUT_FAIL_OPEN=true`.
+
+use std::time::Duration;
+
+use aia_db::redis::Pool;
+use anyhow::Context;
+use deadpool_redis::redis;
+
+/// How long a successful login makes an IP a known client of the account.
+const KNOWN_CLIENT_TTL: Duration = Duration::from_secs(30 * 86_400);
+/// Longest backoff between tries on one account from one IP.
+const MAX_BACKOFF_SECS: u64 = 60;
+
+/// Settings of the throttle.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Failures on one account before it locks.
+    pub threshold: u64,
+    /// How long a lock lasts.
+    pub lock_for: Duration,
+    /// The window the counters cover.
+    pub window: Duration,
+    /// Failures from one IP before it is refused.
+    pub ip_limit: u64,
+    /// Failures on one account from one IP before backoff starts.
+    pub backoff_after: u64,
+    /// Let logins through when Redis is unreachable.
+    pub fail_open: bool,
+}
+
+/// Why a login is refused before its password is even checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Too many failures from this IP, or too soon after the last failure on this
+    /// account from this IP, or the account is locked: retry after this long.
+    RetryAfter(Duration),
+}
+
+/// What the pre-check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Precheck {
+    /// Locked, but this IP is a known client: only a correct password gets in.
+    pub locked_known_client: bool,
+}
+
+/// The throttle.
+#[derive(Clone)]
+pub struct Lockout {
+    redis: Pool,
+    prefix: String,
+    limits: Limits,
+}
+
+impl Lockout {
+    /// A throttle over `redis`, keys under `prefix`.
+    pub fn new(redis: Pool, prefix: String, limits: Limits) -> Self {
+        Self {
+            redis,
+            prefix,
+            limits,
+        }
+    }
+
+    fn key(&self, kind: &str, id: &str) -> String {
+        aia_db::redis::key(&self.prefix, "lo", &format!("{kind}:{id}"))
+    }
+
+    /// Before hashing: may this login be tried at all?
+    pub async fn precheck(
+        &self,
+        email: &str,
+        ip: &str,
+    ) -> anyhow::Result<Result<Precheck, Refusal>> {
+        let result = self.precheck_redis(email, ip).await;
+        match result {
+            Ok(answer) => Ok(answer),
+            Err(error) if self.limits.fail_open => {
+                metrics::counter!("auth_lockout_redis_errors_total", "mode" => "open").increment(1);
+                tracing::error!(
+                    error = format!("{error:#}"),
+                    "lockout check failed; failing open"
+                );
+                Ok(Ok(Precheck {
+                    locked_known_client: false,
+                }))
+            }
+            Err(error) => {
+                metrics::counter!("auth_lockout_redis_errors_total", "mode" => "closed")
+                    .increment(1);
+                Err(error)
+            }
+        }
+    }
+
+    async fn precheck_redis(
+        &self,
+        email: &str,
+        ip: &str,
+    ) -> anyhow::Result<Result<Precheck, Refusal>> {
+        let mut conn = self.redis.get().await.context("Redis connection")?;
+        let pair = format!("{email}|{ip}");
+        let (ip_failures, ip_ttl, pair_failures, last_failure, lock_ttl, known): (
+            Option<u64>,
+            i64,
+            Option<u64>,
+            Option<u64>,
+            i64,
+            bool,
+        ) = redis::pipe()
+            .get(self.key("ip", ip))
+            .ttl(self.key("ip", ip))
+            .get(self.key("pair", &pair))
+            .get(self.key("pairlast", &pair))
+            .ttl(self.key("lock", email))
+            .sismember(self.key("known", email), ip)
+            .query_async(&mut conn)
+            .await
+            .context("reading lockout counters")?;
+        if ip_failures.unwrap_or(0) >= self.limits.ip_limit {
+            return Ok(Err(Refusal::RetryAfter(Duration::from_secs(
+                u64::try_from(ip_ttl.max(1)).unwrap_or(1),
+            ))));
+        }
+        let pair_failures = pair_failures.unwrap_or(0);
+        if pair_failures >= self.limits.backoff_after {
+            let wait = 1u64 << (pair_failures - self.limits.backoff_after).min(6);
+            let wait = wait.min(MAX_BACKOFF_SECS);
+            let since = now_secs().saturating_sub(last_failure.unwrap_or(0));
+            if since < wait {
+                return Ok(Err(Refusal::RetryAfter(Duration::from_secs(wait - since))));
+            }
+        }
+        let locked = lock_ttl > 0 || lock_ttl == -1;
+        if locked && !known {
+            return Ok(Err(Refusal::RetryAfter(Duration::from_secs(
+                u64::try_from(lock_ttl.max(1)).unwrap_or(1),
+            ))));
+        }
+        Ok(Ok(Precheck {
+            locked_known_client: locked && known,
+        }))
+    }
+
+    /// After a failed password: count it on every axis. True if this failure locked
+    /// the account (it was not locked before).
+    pub async fn record_failure(&self, email: &str, ip: &str) -> anyhow::Result<bool> {
+        let mut conn = self.redis.get().await.context("Redis connection")?;
+        let window = self.limits.window.as_secs();
+        let pair = format!("{email}|{ip}");
+        let (account_failures, _, _): (u64, u64, u64) = redis::pipe()
+            .cmd("INCR")
+            .arg(self.key("acct", email))
+            .cmd("EXPIRE")
+            .arg(self.key("acct", email))
+            .arg(window)
+            .arg("NX")
+            .ignore()
+            .cmd("INCR")
+            .arg(self.key("ip", ip))
+            .cmd("EXPIRE")
+            .arg(self.key("ip", ip))
+            .arg(window)
+            .arg("NX")
+            .ignore()
+            .cmd("INCR")
+            .arg(self.key("pair", &pair))
+            .cmd("EXPIRE")
+            .arg(self.key("pair", &pair))
+            .arg(window)
+            .arg("NX")
+            .ignore()
+            .cmd("SET")
+            .arg(self.key("pairlast", &pair))
+            .arg(now_secs())
+            .arg("EX")
+            .arg(window)
+            .ignore()
+            .query_async(&mut conn)
+            .await
+            .context("counting a failed login")?;
+        if account_failures < self.limits.threshold {
+            return Ok(false);
+        }
+        let newly: Option<String> = redis::cmd("SET")
+            .arg(self.key("lock", email))
+            .arg(1)
+            .arg("EX")
+            .arg(self.limits.lock_for.as_secs())
+            .arg("NX")
+            .query_async(&mut conn)
+            .await
+            .context("locking an account")?;
+        Ok(newly.is_some())
+    }
+
+    /// After a successful login: this IP becomes a known client, and the account's
+    /// counters start again.
+    pub async fn record_success(&self, email: &str, ip: &str) -> anyhow::Result<()> {
+        let mut conn = self.redis.get().await.context("Redis connection")?;
+        let pair = format!("{email}|{ip}");
+        let () = redis::pipe()
+            .del(self.key("acct", email))
+            .ignore()
+            .del(self.key("pair", &pair))
+            .ignore()
+            .del(self.key("pairlast", &pair))
+            .ignore()
+            .sadd(self.key("known", email), ip)
+            .ignore()
+            .expire(
+                self.key("known", email),
+                i64::try_from(KNOWN_CLIENT_TTL.as_secs()).unwrap_or(i64::MAX),
+            )
+            .ignore()
+            .query_async(&mut conn)
+            .await
+            .context("recording a successful login")?;
+        Ok(())
+    }
+
+    /// Lifts a lock and clears the account's counter (admin unlock, password reset).
+    /// True if the account was locked.
+    pub async fn unlock(&self, email: &str) -> anyhow::Result<bool> {
+        let mut conn = self.redis.get().await.context("Redis connection")?;
+        let (removed, _): (u64, u64) = redis::pipe()
+            .del(self.key("lock", email))
+            .del(self.key("acct", email))
+            .query_async(&mut conn)
+            .await
+            .context("unlocking an account")?;
+        Ok(removed > 0)
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -1,0 +1,253 @@
+//! Brute force and enumeration: throttling on three axes, lockout that a stranger
+//! cannot keep up forever, and answers that tell nothing about which emails exist.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+use aia_proto::audit::v1::QueryRequest;
+use aia_proto::audit::v1::audit_service_client::AuditServiceClient;
+use aia_testkit::Stack;
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::{PASSWORD, admin, email, field, register};
+
+/// An HTTP client whose connections come from 127.0.0.`n` (all of 127/8 is loopback).
+fn from_ip(n: u8) -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .local_address(IpAddr::V4(Ipv4Addr::new(127, 0, 0, n)))
+        .timeout(Duration::from_secs(30))
+        .build()?)
+}
+
+async fn login(
+    stack: &Stack,
+    client: &reqwest::Client,
+    email: &str,
+    password: &str,
+) -> anyhow::Result<reqwest::Response> {
+    Ok(client
+        .post(stack.url("/v1/auth/login"))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_failures_lock_the_account_for_strangers_but_not_for_its_known_client()
+-> anyhow::Result<()> {
+    let stack = Stack::start_with(&[("LOGIN_BACKOFF_AFTER", "100".into())]).await?;
+    let victim = email();
+    register(&stack, &victim).await?;
+    let owner = from_ip(1)?;
+    assert_eq!(
+        login(&stack, &owner, &victim, PASSWORD).await?.status(),
+        StatusCode::OK
+    );
+
+    let attacker = from_ip(2)?;
+    for _ in 0..10 {
+        assert_eq!(
+            login(&stack, &attacker, &victim, "guess guess guess")
+                .await?
+                .status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    // Locked: even the right password from a stranger's address is refused, with a
+    // retry time, before any hashing.
+    let locked = login(&stack, &from_ip(3)?, &victim, PASSWORD).await?;
+    assert_eq!(locked.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = locked.headers()["retry-after"].to_str()?.parse()?;
+    assert!(retry > 0 && retry <= 900, "{retry}");
+    // The owner's usual address still gets in with the right password.
+    assert_eq!(
+        login(&stack, &owner, &victim, PASSWORD).await?.status(),
+        StatusCode::OK
+    );
+
+    let audit = AuditServiceClient::connect(stack.audit.url()).await?;
+    aia_testkit::eventually(Duration::from_secs(10), || {
+        let mut audit = audit.clone();
+        async move {
+            let events = audit
+                .query(QueryRequest {
+                    event_type: "auth.lockout".into(),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner()
+                .events;
+            Ok((events.len() == 1).then_some(()))
+        }
+    })
+    .await?;
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_email_locks_exactly_like_a_real_one_and_an_admin_unlocks() -> anyhow::Result<()>
+{
+    let stack = Stack::start_with(&[("LOGIN_BACKOFF_AFTER", "100".into())]).await?;
+    let real = email();
+    register(&stack, &real).await?;
+    let ghost = email();
+    let attacker = from_ip(2)?;
+    let mut answers = Vec::new();
+    for target in [&real, &ghost] {
+        let mut statuses = Vec::new();
+        for _ in 0..11 {
+            statuses.push(
+                login(&stack, &attacker, target, "guess guess guess")
+                    .await?
+                    .status(),
+            );
+        }
+        answers.push(statuses);
+    }
+    assert_eq!(
+        answers[0], answers[1],
+        "the lockout tells real accounts apart"
+    );
+    assert_eq!(answers[0][10], StatusCode::TOO_MANY_REQUESTS);
+
+    let admin = admin(&stack).await?;
+    let me: serde_json::Value = login(&stack, &from_ip(1)?, &real, PASSWORD)
+        .await?
+        .json()
+        .await
+        .unwrap_or_default();
+    assert!(me.get("access_token").is_none(), "still locked");
+    let user_id = {
+        let mut conn = stack.db.connect().await?;
+        #[derive(diesel::QueryableByName)]
+        struct Id {
+            #[diesel(sql_type = diesel::sql_types::Uuid)]
+            id: uuid::Uuid,
+        }
+        use diesel_async::RunQueryDsl;
+        diesel::sql_query("SELECT id FROM auth.users WHERE email = $1")
+            .bind::<diesel::sql_types::Text, _>(&real)
+            .get_result::<Id>(&mut conn)
+            .await?
+            .id
+    };
+    let unlock = stack
+        .http()
+        .post(stack.url(&format!("/v1/admin/users/{user_id}/unlock")))
+        .bearer_auth(field(&admin, "access_token"))
+        .send()
+        .await?;
+    assert_eq!(unlock.status(), StatusCode::OK);
+    assert_eq!(
+        login(&stack, &from_ip(3)?, &real, PASSWORD).await?.status(),
+        StatusCode::OK
+    );
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sprayer_is_stopped_by_its_address_before_it_locks_anyone() -> anyhow::Result<()> {
+    let stack = Stack::start_with(&[
+        ("LOGIN_BACKOFF_AFTER", "100".into()),
+        ("LOGIN_IP_FAILURE_LIMIT", "20".into()),
+    ])
+    .await?;
+    let accounts: Vec<String> = (0..6).map(|_| email()).collect();
+    for account in &accounts {
+        register(&stack, account).await?;
+    }
+    let sprayer = from_ip(9)?;
+    let mut refused = 0;
+    for round in 0..5 {
+        for account in &accounts {
+            let status = login(&stack, &sprayer, account, &format!("Spring2026!{round}"))
+                .await?
+                .status();
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(refused, 30 - 20, "the sprayer got past its limit");
+    // No account was locked: their owners log in from elsewhere.
+    for account in &accounts {
+        assert_eq!(
+            login(&stack, &from_ip(1)?, account, PASSWORD)
+                .await?
+                .status(),
+            StatusCode::OK
+        );
+    }
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_failures_from_one_address_back_off() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let victim = email();
+    register(&stack, &victim).await?;
+    let attacker = from_ip(4)?;
+    for _ in 0..3 {
+        assert_eq!(
+            login(&stack, &attacker, &victim, "guess guess guess")
+                .await?
+                .status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let too_soon = login(&stack, &attacker, &victim, "guess guess guess").await?;
+    assert_eq!(too_soon.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(too_soon.headers().contains_key("retry-after"));
+    // Another address is not slowed down by it.
+    assert_eq!(
+        login(&stack, &from_ip(5)?, &victim, PASSWORD)
+            .await?
+            .status(),
+        StatusCode::OK
+    );
+    stack.stop().await;
+    Ok(())
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_users_and_wrong_passwords_take_the_same_time() -> anyhow::Result<()> {
+    let stack = Stack::start_with(&[("LOGIN_IP_FAILURE_LIMIT", "1000".into())]).await?;
+    let known: Vec<String> = (0..30).map(|_| email()).collect();
+    for account in &known {
+        register(&stack, account).await?;
+    }
+    let client = from_ip(6)?;
+    // Warm up connections and caches.
+    login(&stack, &client, &email(), "warm up warm up").await?;
+    let (mut unknown_times, mut wrong_times) = (Vec::new(), Vec::new());
+    // Interleaved, so that drift on a shared machine hits both sides alike.
+    for account in &known {
+        let started = Instant::now();
+        let unknown = login(&stack, &client, &email(), "wrong password here").await?;
+        unknown_times.push(started.elapsed());
+        let started = Instant::now();
+        let wrong = login(&stack, &client, account, "wrong password here").await?;
+        wrong_times.push(started.elapsed());
+        assert_eq!(
+            (unknown.status(), wrong.status()),
+            (StatusCode::UNAUTHORIZED, StatusCode::UNAUTHORIZED)
+        );
+    }
+    let (unknown, wrong) = (median(unknown_times), median(wrong_times));
+    let ratio = unknown.as_secs_f64() / wrong.as_secs_f64();
+    assert!(
+        (0.9..=1.1).contains(&ratio),
+        "unknown {unknown:?} vs wrong password {wrong:?}"
+    );
+    stack.stop().await;
+    Ok(())
+}
