@@ -192,6 +192,10 @@ pub struct AuthSettings {
     pub password_policy: PasswordPolicySettings,
     /// Login throttling and lockout.
     pub lockout: LockoutSettings,
+    /// `API_KEY_SECRET`: keys the HMAC under which API-key secrets are stored.
+    /// Required in production (64+ random characters); development generates one per
+    /// start, so its API keys stop working at a restart.
+    pub api_key_secret: Option<SecretString>,
 }
 
 /// The session service.
@@ -439,6 +443,7 @@ impl AuthSettings {
                 parallelism: env.parse_in("ARGON2_PARALLELISM", 1, 1, 64),
                 concurrency: env.parse_in("PASSWORD_HASHING_CONCURRENCY", cores(), 1, 1024),
             },
+            api_key_secret: production::secret(&mut env, "API_KEY_SECRET", 64, common.app_env),
             lockout: LockoutSettings {
                 threshold: env.parse_in("LOCKOUT_THRESHOLD", 10, 1, 1000),
                 duration: Duration::from_secs(env.parse_in(
@@ -590,6 +595,8 @@ mod tests {
         let strong: String = (0..40)
             .map(|i| alphabet[(i * 23 + 5) % alphabet.len()])
             .collect();
+        let base64: Vec<char> = alphabet.iter().copied().chain(['+', '/']).collect();
+        let strong64: String = (0..64).map(|i| base64[(i * 37 + 11) % 64]).collect();
         let env: Env = [
             ("APP_ENV", "production"),
             (
@@ -599,6 +606,7 @@ mod tests {
             ("REDIS_URL", "rediss://:pw@cache.internal:6380"),
             ("JWT_SIGNING_KEY_FILE", "/run/secrets/jwt.pem"),
             ("ENCRYPTION_KEY", &strong),
+            ("API_KEY_SECRET", &strong64),
             ("INTERNAL_TLS", "mesh"),
         ]
         .into_iter()

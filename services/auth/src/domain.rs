@@ -28,6 +28,15 @@ pub enum Invalid {
     /// A composition rule the operator turned on.
     #[error("password: must contain {0}")]
     PasswordComposition(&'static str),
+    /// An API key's name is empty, too long or has control characters.
+    #[error("name: must be 1-100 characters without control characters")]
+    ApiKeyName,
+    /// An API key's scopes are empty or unknown.
+    #[error("scopes: must be one or more of profile:read, tokens:introspect")]
+    ApiKeyScopes,
+    /// An API key's expiry is too far.
+    #[error("expires_in_days: must be at most 3650")]
+    ApiKeyExpiry,
     /// The new password is the current one or a recent one.
     #[error("password: must differ from your recent passwords")]
     PasswordReused,

@@ -18,6 +18,9 @@ pub enum AuthError {
     /// A refresh token that is unknown, used, expired or revoked.
     #[error("invalid refresh token")]
     InvalidRefreshToken,
+    /// An API key that is unknown, wrong, revoked or expired.
+    #[error("invalid API key")]
+    InvalidApiKey,
     /// An access token that fails verification.
     #[error("invalid access token")]
     InvalidAccessToken,
@@ -71,7 +74,8 @@ impl From<AuthError> for Status {
             AuthError::Invalid(invalid) => Status::invalid_argument(invalid.to_string()),
             AuthError::InvalidCredentials
             | AuthError::InvalidRefreshToken
-            | AuthError::InvalidAccessToken => Status::unauthenticated(e.to_string()),
+            | AuthError::InvalidAccessToken
+            | AuthError::InvalidApiKey => Status::unauthenticated(e.to_string()),
             AuthError::NotFound => Status::not_found(e.to_string()),
             AuthError::WrongCurrentPassword | AuthError::Forbidden => {
                 Status::permission_denied(e.to_string())

@@ -9,6 +9,7 @@
 //! - `keys`: the Ed25519 signing keys: stored sealed, rotated, reloaded.
 //! - `error`: one error enum, mapped to gRPC statuses in one place.
 
+mod api_keys;
 mod domain;
 mod error;
 mod hashing;
@@ -72,6 +73,7 @@ pub async fn build(
     let lockout = lockout_of(&settings, redis);
     let keys = keys::KeyStore::open(pg.clone(), &settings).await?;
     let reload = keys.clone().spawn_reload(shutdown.clone());
+    let api_keys = api_keys::ApiKeys::new(pg.clone(), &api_key_secret(&settings)?);
     let auth = Auth {
         users: users::UserStore::new(pg),
         hasher: hashing::Hasher::new(&settings.hashing).await?,
@@ -79,6 +81,7 @@ pub async fn build(
         tokens: settings.tokens,
         policy: policy::PasswordPolicy::load(settings.password_policy)?,
         lockout,
+        api_keys,
         session: SessionServiceClient::new(session),
         audit,
     };
@@ -138,4 +141,23 @@ pub async fn unlock_user(settings: &AuthSettings, email: &str) -> anyhow::Result
     let email = domain::EmailAddress::parse(email)?;
     let redis = aia_db::redis::pool(settings.common.redis_url.expose_secret())?;
     lockout_of(settings, redis).unlock(email.as_str()).await
+}
+
+/// The API-key HMAC secret; development without `API_KEY_SECRET` gets an ephemeral one.
+fn api_key_secret(settings: &AuthSettings) -> anyhow::Result<Vec<u8>> {
+    match &settings.api_key_secret {
+        Some(secret) => Ok(secret.expose_secret().as_bytes().to_vec()),
+        None => {
+            anyhow::ensure!(
+                !settings.common.app_env.is_production(),
+                "production needs API_KEY_SECRET"
+            );
+            tracing::warn!(
+                "DEVELOPMENT: no API_KEY_SECRET; API keys created now stop working at a restart"
+            );
+            let mut secret = vec![0u8; 32];
+            getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("OS random source: {e}"))?;
+            Ok(secret)
+        }
+    }
 }

@@ -6,17 +6,20 @@ use aia_audit_client::AuditClient;
 use aia_proto::audit::v1::Outcome;
 use aia_proto::auth::v1::auth_service_server::AuthService;
 use aia_proto::auth::v1::{
-    ChangePasswordRequest, ChangePasswordResponse, Claims, GetJwksRequest, GetJwksResponse,
-    GetUserRequest, LoginRequest, LogoutRequest, LogoutResponse, RefreshRequest, RegisterRequest,
-    RegisterResponse, RevokeTokenRequest, RevokeTokenResponse, SetUserDisabledRequest,
-    SetUserDisabledResponse, TokenPair, UnlockUserRequest, UnlockUserResponse, User as UserMessage,
-    ValidateTokenRequest, ValidateTokenResponse,
+    ApiKeyInfo, AuthenticateApiKeyRequest, AuthenticateApiKeyResponse, ChangePasswordRequest,
+    ChangePasswordResponse, Claims, CreateApiKeyRequest, CreateApiKeyResponse, GetJwksRequest,
+    GetJwksResponse, GetUserRequest, ListApiKeysRequest, ListApiKeysResponse, LoginRequest,
+    LogoutRequest, LogoutResponse, RefreshRequest, RegisterRequest, RegisterResponse,
+    RevokeApiKeyRequest, RevokeApiKeyResponse, RevokeTokenRequest, RevokeTokenResponse,
+    SetUserDisabledRequest, SetUserDisabledResponse, TokenPair, UnlockUserRequest,
+    UnlockUserResponse, User as UserMessage, ValidateTokenRequest, ValidateTokenResponse,
 };
 use aia_proto::session::v1 as session;
 use aia_proto::session::v1::session_service_client::SessionServiceClient;
 use aia_settings::TokenSettings;
 use aia_tokens::AccessClaims;
 
+use crate::api_keys::{ApiKey, ApiKeys, SCOPES};
 use crate::keys::KeyStore;
 use crate::lockout::{Lockout, Refusal};
 use crate::policy::PasswordPolicy;
@@ -38,6 +41,7 @@ pub struct Auth {
     pub(crate) tokens: TokenSettings,
     pub(crate) policy: PasswordPolicy,
     pub(crate) lockout: Lockout,
+    pub(crate) api_keys: ApiKeys,
     pub(crate) session: SessionServiceClient<Channel>,
     pub(crate) audit: AuditClient,
 }
@@ -51,6 +55,24 @@ fn jti_for(refresh_token: &str) -> uuid::Uuid {
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&digest[..16]);
     uuid::Builder::from_random_bytes(bytes).into_uuid()
+}
+
+fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: 0,
+    }
+}
+
+fn api_key_info(key: ApiKey) -> ApiKeyInfo {
+    ApiKeyInfo {
+        id: key.id.to_string(),
+        name: key.name,
+        scopes: key.scopes,
+        created_at: Some(timestamp(key.created_at)),
+        expires_at: key.expires_at.map(timestamp),
+        last_used_at: key.last_used_at.map(timestamp),
+    }
 }
 
 impl Auth {
@@ -508,6 +530,68 @@ impl Auth {
         Ok(SetUserDisabledResponse {})
     }
 
+    async fn create_api_key(
+        &self,
+        req: CreateApiKeyRequest,
+    ) -> Result<CreateApiKeyResponse, AuthError> {
+        let user_id =
+            uuid::Uuid::parse_str(&req.user_id).map_err(|_| AuthError::InvalidAccessToken)?;
+        let name = req.name.trim();
+        if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+            return Err(AuthError::Invalid(Invalid::ApiKeyName));
+        }
+        if req.scopes.is_empty() || !req.scopes.iter().all(|s| SCOPES.contains(&s.as_str())) {
+            return Err(AuthError::Invalid(Invalid::ApiKeyScopes));
+        }
+        if req.expires_in_days > 3650 {
+            return Err(AuthError::Invalid(Invalid::ApiKeyExpiry));
+        }
+        let expires_at = (req.expires_in_days > 0)
+            .then(|| chrono::Utc::now() + chrono::Duration::days(i64::from(req.expires_in_days)));
+        let mut scopes = req.scopes.clone();
+        scopes.sort();
+        scopes.dedup();
+        let (key, api_key) = self
+            .api_keys
+            .create(user_id, name, &scopes, expires_at)
+            .await
+            .map_err(AuthError::Unavailable)?;
+        self.audit
+            .event("auth.api_key_created", Outcome::Success)
+            .actor(user_id.to_string())
+            .subject(key.id.to_string())
+            .client(req.client.as_ref())
+            .details(serde_json::json!({"scopes": scopes, "expires_at": expires_at}))
+            .emit();
+        Ok(CreateApiKeyResponse {
+            key: Some(api_key_info(key)),
+            api_key,
+        })
+    }
+
+    async fn authenticate_api_key(
+        &self,
+        req: AuthenticateApiKeyRequest,
+    ) -> Result<AuthenticateApiKeyResponse, AuthError> {
+        let key = self
+            .api_keys
+            .authenticate(&req.api_key, chrono::Utc::now())
+            .await
+            .map_err(AuthError::Unavailable)?
+            .ok_or(AuthError::InvalidApiKey)?;
+        self.users
+            .by_id(key.user_id)
+            .await
+            .map_err(AuthError::Unavailable)?
+            .filter(|u| u.disabled_at.is_none())
+            .ok_or(AuthError::InvalidApiKey)?;
+        Ok(AuthenticateApiKeyResponse {
+            user_id: key.user_id.to_string(),
+            key_id: key.id.to_string(),
+            scopes: key.scopes,
+        })
+    }
+
     async fn validate(
         &self,
         req: ValidateTokenRequest,
@@ -633,6 +717,74 @@ impl AuthService for Auth {
         authorize(&request, &["gateway"])?;
         Ok(Response::new(
             Auth::change_password(self, request.into_inner()).await?,
+        ))
+    }
+
+    #[tracing::instrument(level = "info", name = "auth.create_api_key", skip_all)]
+    async fn create_api_key(
+        &self,
+        request: Request<CreateApiKeyRequest>,
+    ) -> Result<Response<CreateApiKeyResponse>, Status> {
+        authorize(&request, &["gateway"])?;
+        Ok(Response::new(
+            Auth::create_api_key(self, request.into_inner()).await?,
+        ))
+    }
+
+    #[tracing::instrument(level = "debug", name = "auth.list_api_keys", skip_all)]
+    async fn list_api_keys(
+        &self,
+        request: Request<ListApiKeysRequest>,
+    ) -> Result<Response<ListApiKeysResponse>, Status> {
+        authorize(&request, &["gateway"])?;
+        let user_id = uuid::Uuid::parse_str(&request.into_inner().user_id)
+            .map_err(|_| Status::invalid_argument("user_id"))?;
+        let keys = self
+            .api_keys
+            .list(user_id)
+            .await
+            .map_err(aia_telemetry::grpc::unavailable)?;
+        Ok(Response::new(ListApiKeysResponse {
+            keys: keys.into_iter().map(api_key_info).collect(),
+        }))
+    }
+
+    #[tracing::instrument(level = "info", name = "auth.revoke_api_key", skip_all)]
+    async fn revoke_api_key(
+        &self,
+        request: Request<RevokeApiKeyRequest>,
+    ) -> Result<Response<RevokeApiKeyResponse>, Status> {
+        authorize(&request, &["gateway"])?;
+        let req = request.into_inner();
+        let user_id =
+            uuid::Uuid::parse_str(&req.user_id).map_err(|_| Status::invalid_argument("user_id"))?;
+        let key_id =
+            uuid::Uuid::parse_str(&req.key_id).map_err(|_| Status::not_found("no such API key"))?;
+        if !self
+            .api_keys
+            .revoke(user_id, key_id)
+            .await
+            .map_err(aia_telemetry::grpc::unavailable)?
+        {
+            return Err(Status::not_found("no such API key"));
+        }
+        self.audit
+            .event("auth.api_key_revoked", Outcome::Success)
+            .actor(user_id.to_string())
+            .subject(key_id.to_string())
+            .client(req.client.as_ref())
+            .emit();
+        Ok(Response::new(RevokeApiKeyResponse {}))
+    }
+
+    #[tracing::instrument(level = "debug", name = "auth.authenticate_api_key", skip_all)]
+    async fn authenticate_api_key(
+        &self,
+        request: Request<AuthenticateApiKeyRequest>,
+    ) -> Result<Response<AuthenticateApiKeyResponse>, Status> {
+        authorize(&request, &["gateway"])?;
+        Ok(Response::new(
+            Auth::authenticate_api_key(self, request.into_inner()).await?,
         ))
     }
 

@@ -101,3 +101,84 @@ impl FromRequest for Authenticated {
         })
     }
 }
+
+/// The API key of `Authorization: ApiKey <key>` or `X-API-Key: <key>`.
+fn api_key(req: &HttpRequest) -> Option<String> {
+    if let Some(value) = req.headers().get("x-api-key").and_then(|v| v.to_str().ok()) {
+        return Some(value.trim().to_owned());
+    }
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, key) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("apikey")
+        .then(|| key.trim().to_owned())
+}
+
+/// Who is calling a route that accepts API keys as well as bearer tokens.
+#[derive(Debug)]
+pub enum Caller {
+    /// A user with a verified, unrevoked access token.
+    User(Authenticated),
+    /// An API key, with its owner and scopes.
+    ApiKey {
+        /// The owner.
+        user_id: String,
+        /// The key's scopes. Roles are not carried: an API key never acts as an
+        /// admin, whatever its owner's roles.
+        scopes: Vec<String>,
+    },
+}
+
+impl Caller {
+    /// The user acting.
+    pub fn user_id(&self) -> &str {
+        match self {
+            Self::User(auth) => &auth.claims.sub,
+            Self::ApiKey { user_id, .. } => user_id,
+        }
+    }
+
+    /// Whether the caller may act with `scope`: a user token always may, an API key
+    /// only if it carries the scope.
+    pub fn may(&self, scope: &str) -> bool {
+        match self {
+            Self::User(_) => true,
+            Self::ApiKey { scopes, .. } => scopes.iter().any(|s| s == scope),
+        }
+    }
+}
+
+impl FromRequest for Caller {
+    type Error = Problem;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, Problem>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let state = req.app_data::<web::Data<State>>().cloned();
+        let key = api_key(req);
+        let token = bearer(req);
+        Box::pin(async move {
+            let state = state.ok_or_else(Problem::internal)?;
+            let Some(key) = key else {
+                return authenticate(state, token).await.map(Caller::User);
+            };
+            let answer = state
+                .auth
+                .clone()
+                .authenticate_api_key(aia_proto::auth::v1::AuthenticateApiKeyRequest {
+                    api_key: key,
+                })
+                .await
+                .map_err(|status| match status.code() {
+                    tonic::Code::Unauthenticated => Problem::unauthorized()
+                        .detail("invalid API key")
+                        .header(header::WWW_AUTHENTICATE, "ApiKey"),
+                    _ => Problem::from_status(&status),
+                })?
+                .into_inner();
+            Ok(Caller::ApiKey {
+                user_id: answer.user_id,
+                scopes: answer.scopes,
+            })
+        })
+    }
+}

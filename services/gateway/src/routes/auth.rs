@@ -8,7 +8,7 @@ use aia_proto::auth::v1::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::authn::Authenticated;
+use crate::authn::{Authenticated, Caller};
 use crate::client::Client;
 use crate::problem::Problem;
 use crate::state::State;
@@ -144,12 +144,17 @@ pub async fn logout(
 }
 
 /// `GET /v1/auth/me`: the caller's profile.
-pub async fn me(state: web::Data<State>, auth: Authenticated) -> Result<HttpResponse, Problem> {
+pub async fn me(state: web::Data<State>, caller: Caller) -> Result<HttpResponse, Problem> {
+    if !caller.may("profile:read") {
+        return Err(Problem::forbidden(
+            "this API key lacks the profile:read scope",
+        ));
+    }
     let user = state
         .auth
         .clone()
         .get_user(GetUserRequest {
-            user_id: auth.claims.sub.clone(),
+            user_id: caller.user_id().to_owned(),
         })
         .await
         .map_err(|status| match status.code() {
@@ -164,7 +169,10 @@ pub async fn me(state: web::Data<State>, auth: Authenticated) -> Result<HttpResp
         "email_verified": user.email_verified,
         "roles": user.roles,
         "created_at": user.created_at,
-        "session_id": auth.claims.sid,
+        "session_id": match &caller {
+            Caller::User(auth) => Some(auth.claims.sid.clone()),
+            Caller::ApiKey { .. } => None,
+        },
     })))
 }
 

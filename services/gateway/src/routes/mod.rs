@@ -2,6 +2,7 @@
 //! method gets 405, any other path 404, both as problems.
 
 pub mod account;
+pub mod api_keys;
 pub mod auth;
 pub mod oauth;
 pub mod sessions;
@@ -50,6 +51,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(only("/v1/auth/refresh", web::post().to(auth::refresh)))
         .service(only("/v1/auth/logout", web::post().to(auth::logout)))
         .service(only("/v1/auth/me", web::get().to(auth::me)))
+        .service(
+            web::resource("/v1/api-keys")
+                .route(web::post().to(api_keys::create))
+                .route(web::get().to(api_keys::list))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(only(
+            "/v1/api-keys/{id}",
+            web::delete().to(api_keys::revoke),
+        ))
         .service(only(
             "/v1/admin/users/{id}/unlock",
             web::post().to(account::unlock_user),

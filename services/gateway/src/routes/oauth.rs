@@ -8,12 +8,15 @@ use actix_web::{HttpResponse, web};
 use aia_proto::auth::v1::{RevokeTokenRequest, ValidateTokenRequest};
 use serde::Deserialize;
 
-use crate::authn::Authenticated;
+use crate::authn::Caller;
 use crate::client::Client;
 use crate::problem::Problem;
 use crate::state::State;
 
-/// The role a caller needs to introspect other tokens.
+/// The scope an API key needs to introspect tokens.
+pub const INTROSPECTION_SCOPE: &str = "tokens:introspect";
+
+/// The role a user needs to introspect other tokens with their own access token.
 pub const INTROSPECTION_ROLE: &str = "admin";
 
 /// `token` and the optional `token_type_hint`.
@@ -59,16 +62,23 @@ pub async fn revoke(
         .finish())
 }
 
-/// `POST /v1/oauth/introspect` (RFC 7662). The caller authenticates with its own
-/// bearer token and must have the `admin` role (introspection tells who a token
-/// belongs to). An invalid, expired or revoked token is only `{"active": false}`.
+/// `POST /v1/oauth/introspect` (RFC 7662). The caller authenticates with an API key
+/// that has the `tokens:introspect` scope (how resource servers should call it), or
+/// with the access token of a user with the `admin` role (introspection tells who a
+/// token belongs to). An invalid, expired or revoked token is only `{"active": false}`.
 pub async fn introspect(
     state: web::Data<State>,
-    caller: Authenticated,
+    caller: Caller,
     form: web::Form<TokenForm>,
 ) -> Result<HttpResponse, Problem> {
-    if !caller.claims.roles.iter().any(|r| r == INTROSPECTION_ROLE) {
-        return Err(Problem::forbidden("introspection needs the admin role"));
+    let allowed = match &caller {
+        Caller::User(auth) => auth.claims.roles.iter().any(|r| r == INTROSPECTION_ROLE),
+        Caller::ApiKey { .. } => caller.may(INTROSPECTION_SCOPE),
+    };
+    if !allowed {
+        return Err(Problem::forbidden(
+            "introspection needs the admin role or an API key with tokens:introspect",
+        ));
     }
     let answer = state
         .auth

@@ -1,0 +1,104 @@
+//! `/v1/api-keys`: a user creates, lists and revokes their API keys. Only with a
+//! bearer token: an API key cannot mint or manage keys.
+
+use actix_web::http::header;
+use actix_web::{HttpResponse, web};
+use aia_proto::auth::v1::{
+    ApiKeyInfo, CreateApiKeyRequest, ListApiKeysRequest, RevokeApiKeyRequest,
+};
+use serde::Deserialize;
+
+use crate::authn::Authenticated;
+use crate::client::Client;
+use crate::problem::Problem;
+use crate::state::State;
+
+/// Body of key creation.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewKey {
+    name: String,
+    scopes: Vec<String>,
+    #[serde(default)]
+    expires_in_days: u32,
+}
+
+fn rfc3339(t: Option<prost_types::Timestamp>) -> Option<String> {
+    chrono::DateTime::from_timestamp(t?.seconds, 0)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+}
+
+fn describe(key: ApiKeyInfo) -> serde_json::Value {
+    serde_json::json!({
+        "id": key.id,
+        "name": key.name,
+        "scopes": key.scopes,
+        "created_at": rfc3339(key.created_at),
+        "expires_at": rfc3339(key.expires_at),
+        "last_used_at": rfc3339(key.last_used_at),
+    })
+}
+
+/// `POST /v1/api-keys`: 201 with the key, shown this once.
+pub async fn create(
+    state: web::Data<State>,
+    client: Client,
+    auth: Authenticated,
+    body: web::Json<NewKey>,
+) -> Result<HttpResponse, Problem> {
+    let NewKey {
+        name,
+        scopes,
+        expires_in_days,
+    } = body.into_inner();
+    let created = state
+        .auth
+        .clone()
+        .create_api_key(CreateApiKeyRequest {
+            user_id: auth.claims.sub,
+            name,
+            scopes,
+            expires_in_days,
+            client: Some(client.to_proto()),
+        })
+        .await?
+        .into_inner();
+    let mut body = created.key.map(describe).unwrap_or_default();
+    body["api_key"] = serde_json::Value::String(created.api_key);
+    Ok(HttpResponse::Created()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(body))
+}
+
+/// `GET /v1/api-keys`: the caller's live keys (never a secret).
+pub async fn list(state: web::Data<State>, auth: Authenticated) -> Result<HttpResponse, Problem> {
+    let keys = state
+        .auth
+        .clone()
+        .list_api_keys(ListApiKeysRequest {
+            user_id: auth.claims.sub,
+        })
+        .await?
+        .into_inner()
+        .keys;
+    Ok(HttpResponse::Ok().json(keys.into_iter().map(describe).collect::<Vec<_>>()))
+}
+
+/// `DELETE /v1/api-keys/{id}`: 204, or 404 if the caller has no such key.
+pub async fn revoke(
+    state: web::Data<State>,
+    client: Client,
+    auth: Authenticated,
+    id: web::Path<String>,
+) -> Result<HttpResponse, Problem> {
+    state
+        .auth
+        .clone()
+        .revoke_api_key(RevokeApiKeyRequest {
+            user_id: auth.claims.sub,
+            key_id: id.into_inner(),
+            client: Some(client.to_proto()),
+        })
+        .await?;
+    Ok(HttpResponse::NoContent().finish())
+}

@@ -1,0 +1,222 @@
+//! API keys: shown once, stored as an HMAC, scoped, revocable, expiring, and never
+//! enough for account actions.
+
+use aia_testkit::Stack;
+use diesel_async::RunQueryDsl;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{assert_problem, field, signed_in};
+
+async fn create(stack: &Stack, token: &str, body: Value) -> anyhow::Result<reqwest::Response> {
+    Ok(stack
+        .http()
+        .post(stack.url("/v1/api-keys"))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await?)
+}
+
+async fn me_with_key(stack: &Stack, key: &str) -> anyhow::Result<reqwest::Response> {
+    Ok(stack
+        .http()
+        .get(stack.url("/v1/auth/me"))
+        .header("x-api-key", key)
+        .send()
+        .await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_is_shown_once_works_until_revoked_and_a_wrong_secret_never_works()
+-> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let user = signed_in(&stack).await?;
+    let token = field(&user, "access_token");
+    let response = create(
+        &stack,
+        token,
+        json!({"name": "ci", "scopes": ["profile:read"]}),
+    )
+    .await?;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let created: Value = response.json().await?;
+    let key = field(&created, "api_key").to_owned();
+    let parts: Vec<&str> = key.split('_').collect();
+    assert_eq!(
+        (parts[0], parts[1].len(), key.len()),
+        ("aia", 32, 4 + 32 + 1 + 43)
+    );
+
+    // Only an HMAC of the secret is stored.
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Bytea)]
+        secret_hmac: Vec<u8>,
+    }
+    let mut conn = stack.db.connect().await?;
+    let rows = diesel::sql_query("SELECT secret_hmac FROM auth.api_keys")
+        .load::<Row>(&mut conn)
+        .await?;
+    let secret = key.rsplit('_').next().unwrap_or_default();
+    assert_eq!(rows[0].secret_hmac.len(), 32);
+    assert!(!String::from_utf8_lossy(&rows[0].secret_hmac).contains(secret));
+
+    let me: Value = me_with_key(&stack, &key).await?.json().await?;
+    assert_eq!(me["session_id"], Value::Null);
+    assert!(me["email"].as_str().is_some());
+    let via_authorization = stack
+        .http()
+        .get(stack.url("/v1/auth/me"))
+        .header("authorization", format!("ApiKey {key}"))
+        .send()
+        .await?;
+    assert_eq!(via_authorization.status(), StatusCode::OK);
+
+    // Same id, another secret: refused.
+    let forged = format!("aia_{}_{}", parts[1], "B".repeat(43));
+    assert_problem(
+        me_with_key(&stack, &forged).await?,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await?;
+    assert_problem(
+        me_with_key(&stack, "aia_junk").await?,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await?;
+
+    let listed: Vec<Value> = stack
+        .http()
+        .get(stack.url("/v1/api-keys"))
+        .bearer_auth(token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(listed.len(), 1);
+    assert!(
+        listed[0].get("api_key").is_none(),
+        "a listed key carries its secret"
+    );
+    assert!(listed[0]["last_used_at"].is_string());
+
+    let id = field(&created, "id");
+    let revoked = stack
+        .http()
+        .delete(stack.url(&format!("/v1/api-keys/{id}")))
+        .bearer_auth(token)
+        .send()
+        .await?;
+    assert_eq!(revoked.status(), StatusCode::NO_CONTENT);
+    assert_problem(me_with_key(&stack, &key).await?, StatusCode::UNAUTHORIZED).await?;
+    // Someone else cannot revoke or see it.
+    let other = signed_in(&stack).await?;
+    let theirs = stack
+        .http()
+        .delete(stack.url(&format!("/v1/api-keys/{id}")))
+        .bearer_auth(field(&other, "access_token"))
+        .send()
+        .await?;
+    assert_eq!(theirs.status(), StatusCode::NOT_FOUND);
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scopes_limit_a_key_and_no_key_can_do_account_actions() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let user = signed_in(&stack).await?;
+    let token = field(&user, "access_token");
+    let created: Value = create(
+        &stack,
+        token,
+        json!({"name": "introspector", "scopes": ["tokens:introspect"]}),
+    )
+    .await?
+    .json()
+    .await?;
+    let key = field(&created, "api_key").to_owned();
+
+    assert_problem(me_with_key(&stack, &key).await?, StatusCode::FORBIDDEN).await?;
+    // A resource server introspects with its key.
+    let active: Value = stack
+        .http()
+        .post(stack.url("/v1/oauth/introspect"))
+        .header("x-api-key", &key)
+        .form(&[("token", token)])
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(active["active"], true);
+
+    // Account actions want the user's own bearer token.
+    let attempts = [
+        stack
+            .http()
+            .post(stack.url("/v1/api-keys"))
+            .header("x-api-key", &key)
+            .json(&json!({"name": "x", "scopes": ["profile:read"]})),
+        stack
+            .http()
+            .get(stack.url("/v1/api-keys"))
+            .header("x-api-key", &key),
+        stack
+            .http()
+            .post(stack.url("/v1/auth/password/change"))
+            .header("x-api-key", &key)
+            .json(&json!({"current_password": "x", "new_password": "y"})),
+        stack
+            .http()
+            .get(stack.url("/v1/auth/sessions"))
+            .header("x-api-key", &key),
+        stack
+            .http()
+            .post(stack.url("/v1/auth/logout-all"))
+            .header("x-api-key", &key),
+    ];
+    for attempt in attempts {
+        assert_eq!(attempt.send().await?.status(), StatusCode::UNAUTHORIZED);
+    }
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_keys_and_bad_requests_are_refused() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let user = signed_in(&stack).await?;
+    let token = field(&user, "access_token");
+    for body in [
+        json!({"name": "", "scopes": ["profile:read"]}),
+        json!({"name": "x", "scopes": []}),
+        json!({"name": "x", "scopes": ["admin"]}),
+        json!({"name": "x", "scopes": ["profile:read"], "expires_in_days": 100000}),
+        json!({"name": "x", "scopes": ["profile:read"], "owner": "someone else"}),
+    ] {
+        assert_problem(
+            create(&stack, token, body.clone()).await?,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        )
+        .await?;
+    }
+    let created: Value = create(
+        &stack,
+        token,
+        json!({"name": "short-lived", "scopes": ["profile:read"], "expires_in_days": 1}),
+    )
+    .await?
+    .json()
+    .await?;
+    assert!(created["expires_at"].is_string());
+    let key = field(&created, "api_key").to_owned();
+    assert_eq!(me_with_key(&stack, &key).await?.status(), StatusCode::OK);
+    let mut conn = stack.db.connect().await?;
+    diesel::sql_query("UPDATE auth.api_keys SET expires_at = now() - interval '1 second'")
+        .execute(&mut conn)
+        .await?;
+    assert_problem(me_with_key(&stack, &key).await?, StatusCode::UNAUTHORIZED).await?;
+    stack.stop().await;
+    Ok(())
+}
