@@ -102,19 +102,59 @@ impl Hasher {
         password: Password,
         stored: Option<String>,
     ) -> Result<bool, HashError> {
+        Ok(self.check(password, stored).await?.matches)
+    }
+
+    /// Like [`Hasher::verify`], and also says whether a matching hash should be
+    /// replaced: it is a legacy bcrypt hash (imported from the previous system), or an
+    /// argon2 hash with other parameters than the current ones.
+    pub async fn check(
+        &self,
+        password: Password,
+        stored: Option<String>,
+    ) -> Result<Checked, HashError> {
         let known = stored.is_some();
         let phc = stored.unwrap_or_else(|| self.dummy.to_string());
         let argon2 = self.argon2();
+        let current = self.params.clone();
         self.on_pool(move || {
+            if phc.starts_with("$2a$") || phc.starts_with("$2b$") || phc.starts_with("$2y$") {
+                // bcrypt looks at the first 72 bytes only; the argon2id hash that
+                // replaces it after this login takes the whole password.
+                let matches = bcrypt::verify(password.expose(), &phc).unwrap_or(false);
+                return Ok(Checked {
+                    matches: matches && known,
+                    outdated: true,
+                });
+            }
             let parsed = PasswordHash::new(&phc)
                 .map_err(|e| anyhow::anyhow!("stored hash is not PHC: {e}"))?;
-            Ok(argon2
+            let matches = argon2
                 .verify_password(password.expose().as_bytes(), &parsed)
                 .is_ok()
-                && known)
+                && known;
+            let same = parsed.algorithm == argon2::ARGON2ID_IDENT
+                && Params::try_from(&parsed).is_ok_and(|p| {
+                    p.m_cost() == current.m_cost()
+                        && p.t_cost() == current.t_cost()
+                        && p.p_cost() == current.p_cost()
+                });
+            Ok(Checked {
+                matches,
+                outdated: !same,
+            })
         })
         .await
     }
+}
+
+/// What checking a password found.
+#[derive(Debug, Clone, Copy)]
+pub struct Checked {
+    /// The password is right (never true for an unknown user).
+    pub matches: bool,
+    /// The stored hash should be replaced by one with the current parameters.
+    pub outdated: bool,
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -173,10 +173,11 @@ impl Auth {
             .by_email(&email)
             .await
             .map_err(AuthError::Unavailable)?;
-        let matches = self
+        let checked = self
             .hasher
-            .verify(password, user.as_ref().map(|u| u.password_hash.clone()))
+            .check(password, user.as_ref().map(|u| u.password_hash.clone()))
             .await?;
+        let matches = checked.matches;
         let client = req.client.as_ref();
         let user = match user {
             Some(user) if matches && user.disabled_at.is_none() => user,
@@ -223,6 +224,9 @@ impl Auth {
             .record_success(email.as_str(), &ip)
             .await
             .map_err(AuthError::Unavailable)?;
+        if checked.outdated {
+            self.upgrade_hash(&user, &req.password).await;
+        }
         if precheck.locked_known_client {
             tracing::info!(user = %user.id, "locked account: login let through from a known client");
         }
@@ -455,6 +459,33 @@ impl Auth {
             .map_err(|s| AuthError::from_upstream(s, "session.RevokeUserSessions"))?
             .into_inner()
             .revoked)
+    }
+
+    /// Replaces a legacy (bcrypt) or outdated argon2 hash after a successful login,
+    /// while the password is at hand. A failure is logged; the login goes on.
+    async fn upgrade_hash(&self, user: &User, raw_password: &str) {
+        let result: Result<(), AuthError> = async {
+            let hash = self.hasher.hash(Password::presented(raw_password)?).await?;
+            self.users
+                .upgrade_hash(user.id, &hash)
+                .await
+                .map_err(AuthError::Unavailable)
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                let from = if user.password_hash.starts_with("$2") {
+                    "bcrypt"
+                } else {
+                    "argon2"
+                };
+                metrics::counter!("auth_password_rehashed_total", "from" => from).increment(1);
+                tracing::info!(user = %user.id, from, "password hash upgraded to the current argon2id parameters");
+            }
+            Err(error) => {
+                tracing::warn!(user = %user.id, error = %error, "password hash upgrade failed")
+            }
+        }
     }
 
     /// The gateway checked the token's roles; check the actor's current roles too.

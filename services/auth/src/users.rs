@@ -129,6 +129,18 @@ impl UserStore {
             .context("reading the password history")
     }
 
+    /// Replaces a password hash in place (an upgrade of the same password to the
+    /// current parameters; no history entry).
+    pub async fn upgrade_hash(&self, user_id: uuid::Uuid, new_hash: &str) -> anyhow::Result<()> {
+        let mut conn = aia_db::conn(&self.pool).await?;
+        diesel::update(users::table.find(user_id))
+            .set(users::password_hash.eq(new_hash))
+            .execute(&mut conn)
+            .await
+            .context("upgrading a password hash")?;
+        Ok(())
+    }
+
     /// Disables or enables a user. False if there is no such user.
     pub async fn set_disabled(&self, user_id: uuid::Uuid, disabled: bool) -> anyhow::Result<bool> {
         let mut conn = aia_db::conn(&self.pool).await?;

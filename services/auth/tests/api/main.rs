@@ -300,3 +300,115 @@ async fn create_admin_makes_an_admin_and_refuses_weak_passwords_and_taken_emails
     stack.stop().await;
     Ok(())
 }
+
+async fn stored_hash(stack: &Stack, email: &str) -> anyhow::Result<String> {
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        password_hash: String,
+    }
+    let mut conn = stack.db.connect().await?;
+    Ok(
+        diesel::sql_query("SELECT password_hash FROM auth.users WHERE email = $1")
+            .bind::<diesel::sql_types::Text, _>(email)
+            .get_result::<Row>(&mut conn)
+            .await?
+            .password_hash,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_imported_bcrypt_hash_logs_in_and_becomes_argon2id() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let email = email();
+    let legacy = bcrypt::hash("the old system's password", 4)?;
+    let mut conn = stack.db.connect().await?;
+    diesel::sql_query("INSERT INTO auth.users (id, email, password_hash) VALUES ($1, $2, $3)")
+        .bind::<diesel::sql_types::Uuid, _>(uuid::Uuid::new_v4())
+        .bind::<diesel::sql_types::Text, _>(&email)
+        .bind::<diesel::sql_types::Text, _>(&legacy)
+        .execute(&mut conn)
+        .await?;
+    let mut auth = client(&stack).await?;
+    let wrong = auth
+        .login(LoginRequest {
+            email: email.clone(),
+            password: "not it".into(),
+            client: None,
+        })
+        .await;
+    assert_eq!(
+        wrong.err().map(|s| s.code()),
+        Some(tonic::Code::Unauthenticated)
+    );
+    assert!(
+        stored_hash(&stack, &email).await?.starts_with("$2"),
+        "rehashed without the right password"
+    );
+    auth.login(LoginRequest {
+        email: email.clone(),
+        password: "the old system's password".into(),
+        client: None,
+    })
+    .await?;
+    let upgraded = stored_hash(&stack, &email).await?;
+    assert!(
+        upgraded.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+        "{upgraded}"
+    );
+    // And the upgraded hash works.
+    auth.login(LoginRequest {
+        email,
+        password: "the old system's password".into(),
+        client: None,
+    })
+    .await?;
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hash_with_old_argon2_parameters_is_upgraded_at_login() -> anyhow::Result<()> {
+    // Users registered while the parameters were cheaper ...
+    let cheap = Stack::start_with(&[
+        ("ARGON2_MEMORY_KIB", "1024".into()),
+        ("ARGON2_ITERATIONS", "1".into()),
+    ])
+    .await?;
+    let email = email();
+    let mut auth = client(&cheap).await?;
+    register_and_login(&mut auth, &email).await?;
+    assert!(
+        stored_hash(&cheap, &email)
+            .await?
+            .starts_with("$argon2id$v=19$m=1024,t=1,p=1$")
+    );
+    // ... log in after the upgrade (same database, default parameters).
+    let mut running = aia_testkit::services();
+    let session = running
+        .session(aia_testkit::env(&cheap.db, &cheap.redis_prefix, &[]))
+        .await?;
+    let addrs = running
+        .auth(aia_testkit::env(
+            &cheap.db,
+            &cheap.redis_prefix,
+            &[("SESSION_GRPC_URL", session.url())],
+        ))
+        .await?;
+    let mut upgraded_auth = AuthServiceClient::connect(addrs.url()).await?;
+    upgraded_auth
+        .login(LoginRequest {
+            email: email.clone(),
+            password: PASSWORD.into(),
+            client: None,
+        })
+        .await?;
+    assert!(
+        stored_hash(&cheap, &email)
+            .await?
+            .starts_with("$argon2id$v=19$m=19456,t=2,p=1$")
+    );
+    running.stop().await;
+    cheap.stop().await;
+    Ok(())
+}
