@@ -158,29 +158,27 @@ impl KeyStore {
         {
             tracing::info!(kid = key.kid(), "imported the configured signing key");
         }
-        let ttl = chrono::Duration::from_std(settings.tokens.access_ttl)
-            .unwrap_or(chrono::Duration::minutes(15));
-        let rows = load_rows(&pool).await?;
+        let (issuer, audience) = (&settings.tokens.issuer, &settings.tokens.audience);
+        let window = publish_window(settings);
         let ring = match build_ring(
-            &rows,
+            &load_rows(&pool).await?,
             &sealing,
             now,
-            ttl + chrono::Duration::minutes(1),
-            &settings.tokens.issuer,
-            &settings.tokens.audience,
+            window,
+            issuer,
+            audience,
         ) {
             Some(ring) => ring,
             None => {
                 let kid = rotate(&pool, &sealing, now).await?;
                 tracing::info!(%kid, "generated a signing key");
-                let rows = load_rows(&pool).await?;
                 build_ring(
-                    &rows,
+                    &load_rows(&pool).await?,
                     &sealing,
                     now,
-                    ttl + chrono::Duration::minutes(1),
-                    &settings.tokens.issuer,
-                    &settings.tokens.audience,
+                    window,
+                    issuer,
+                    audience,
                 )
                 .context("a generated signing key does not load")?
             }
@@ -198,14 +196,12 @@ impl KeyStore {
         ring: KeyRing,
         fixed: bool,
     ) -> Self {
-        let ttl = chrono::Duration::from_std(settings.tokens.access_ttl)
-            .unwrap_or(chrono::Duration::minutes(15));
         Self {
             pool,
             sealing,
             issuer: settings.tokens.issuer.clone(),
             audience: settings.tokens.audience.clone(),
-            publish_window: ttl + chrono::Duration::minutes(1),
+            publish_window: publish_window(settings),
             rotation: settings
                 .key_rotation
                 .and_then(|d| chrono::Duration::from_std(d).ok()),
@@ -305,6 +301,13 @@ impl KeyStore {
             }
         })
     }
+}
+
+/// How long a replaced key stays published: the access-token lifetime plus a minute.
+fn publish_window(settings: &AuthSettings) -> chrono::Duration {
+    let ttl = chrono::Duration::from_std(settings.tokens.access_ttl)
+        .unwrap_or(chrono::Duration::minutes(15));
+    ttl + chrono::Duration::minutes(1)
 }
 
 async fn load_rows(pool: &PgPool) -> anyhow::Result<Vec<Row>> {

@@ -48,20 +48,8 @@ impl UserStore {
         email: &EmailAddress,
         password_hash: &str,
     ) -> anyhow::Result<Option<uuid::Uuid>> {
-        let id = uuid::Uuid::new_v4();
-        let mut conn = aia_db::conn(&self.pool).await?;
-        let inserted = diesel::insert_into(users::table)
-            .values((
-                users::id.eq(id),
-                users::email.eq(email.as_str()),
-                users::password_hash.eq(password_hash),
-            ))
-            .on_conflict(users::email)
-            .do_nothing()
-            .execute(&mut conn)
+        self.insert_with_roles(email, password_hash, &["user"])
             .await
-            .context("inserting a user")?;
-        Ok((inserted == 1).then_some(id))
     }
 
     /// The user with this email.
