@@ -17,6 +17,6 @@ mod services;
 pub use env::{Env, Problem, SettingsError};
 pub use services::{
     AppEnv, AuditSettings, AuthSettings, Common, GatewaySettings, InternalTls, JwtAlgorithm,
-    LockoutSettings, PasswordHashing, PasswordPolicySettings, SessionSettings, SigningKeySource,
-    TokenSettings,
+    LockoutSettings, MailSettings, PasswordHashing, PasswordPolicySettings, SessionSettings,
+    SigningKeySource, TokenSettings,
 };

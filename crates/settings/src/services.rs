@@ -135,6 +135,27 @@ pub struct PasswordPolicySettings {
     pub history: usize,
 }
 
+/// Email delivery.
+#[derive(Debug, Clone)]
+pub struct MailSettings {
+    /// `SMTP_URL`, e.g. `smtps://user:password@mail.example.com` (secret: it may
+    /// carry a password). Without it, messages are written to `MAIL_DIR` instead.
+    pub smtp_url: Option<SecretString>,
+    /// `MAIL_FROM` (default `AIA <no-reply@localhost>`).
+    pub from: String,
+    /// `PUBLIC_BASE_URL`: where links in messages point (default `http://localhost:8080`).
+    pub public_url: String,
+    /// `MAIL_DIR`: where messages go without SMTP (default `.run/mail`).
+    pub folder: PathBuf,
+    /// `REQUIRE_EMAIL_VERIFICATION`: refuse logins of unverified users (default on in
+    /// production, off in development).
+    pub require_verification: bool,
+    /// `EMAIL_VERIFICATION_TTL_SECONDS` (default 86400).
+    pub verification_ttl: Duration,
+    /// `PASSWORD_RESET_TTL_SECONDS` (default 3600).
+    pub reset_ttl: Duration,
+}
+
 /// Login throttling and lockout (see the auth service's `lockout` module).
 #[derive(Debug, Clone, Copy)]
 pub struct LockoutSettings {
@@ -192,6 +213,8 @@ pub struct AuthSettings {
     pub password_policy: PasswordPolicySettings,
     /// Login throttling and lockout.
     pub lockout: LockoutSettings,
+    /// Email delivery and the verification and reset tokens it carries.
+    pub mail: MailSettings,
     /// `API_KEY_SECRET`: keys the HMAC under which API-key secrets are stored.
     /// Required in production (64+ random characters); development generates one per
     /// start, so its API keys stop working at a restart.
@@ -444,6 +467,28 @@ impl AuthSettings {
                 concurrency: env.parse_in("PASSWORD_HASHING_CONCURRENCY", cores(), 1, 1024),
             },
             api_key_secret: production::secret(&mut env, "API_KEY_SECRET", 64, common.app_env),
+            mail: MailSettings {
+                smtp_url: env
+                    .get("SMTP_URL")
+                    .map(|u| SecretString::from(u.to_owned())),
+                from: env.string("MAIL_FROM", "AIA <no-reply@localhost>"),
+                public_url: env.string("PUBLIC_BASE_URL", "http://localhost:8080"),
+                folder: PathBuf::from(env.string("MAIL_DIR", ".run/mail")),
+                require_verification: env
+                    .flag("REQUIRE_EMAIL_VERIFICATION", common.app_env.is_production()),
+                verification_ttl: Duration::from_secs(env.parse_in(
+                    "EMAIL_VERIFICATION_TTL_SECONDS",
+                    86_400,
+                    60,
+                    30 * 86_400,
+                )),
+                reset_ttl: Duration::from_secs(env.parse_in(
+                    "PASSWORD_RESET_TTL_SECONDS",
+                    3600,
+                    60,
+                    86_400,
+                )),
+            },
             lockout: LockoutSettings {
                 threshold: env.parse_in("LOCKOUT_THRESHOLD", 10, 1, 1000),
                 duration: Duration::from_secs(env.parse_in(

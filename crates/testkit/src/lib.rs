@@ -15,6 +15,7 @@
 //! that crashed.
 
 pub mod pki;
+pub mod smtp;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -129,6 +130,13 @@ pub fn env(db: &TestDb, redis_prefix: &str, extra: &[(&str, String)]) -> Env {
         ("GATEWAY_HTTP_ADDR", "127.0.0.1:0".to_owned()),
         ("GATEWAY_ADMIN_ADDR", "127.0.0.1:0".to_owned()),
         ("GATEWAY_WORKERS", "2".to_owned()),
+        (
+            "MAIL_DIR",
+            std::env::temp_dir()
+                .join("aia-test-mail")
+                .display()
+                .to_string(),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))

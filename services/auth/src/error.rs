@@ -30,6 +30,12 @@ pub enum AuthError {
     /// The caller may not do this (not an admin).
     #[error("not allowed")]
     Forbidden,
+    /// The user must verify their email before logging in.
+    #[error("email address not verified; check your inbox or ask for a new link")]
+    EmailNotVerified,
+    /// A verification or reset token that is unknown, used or expired.
+    #[error("token: invalid, used or expired")]
+    InvalidEmailToken,
     /// No such user.
     #[error("user not found")]
     NotFound,
@@ -77,6 +83,8 @@ impl From<AuthError> for Status {
             | AuthError::InvalidAccessToken
             | AuthError::InvalidApiKey => Status::unauthenticated(e.to_string()),
             AuthError::NotFound => Status::not_found(e.to_string()),
+            AuthError::EmailNotVerified => Status::failed_precondition(e.to_string()),
+            AuthError::InvalidEmailToken => Status::invalid_argument(e.to_string()),
             AuthError::WrongCurrentPassword | AuthError::Forbidden => {
                 Status::permission_denied(e.to_string())
             }

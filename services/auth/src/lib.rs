@@ -11,10 +11,12 @@
 
 mod api_keys;
 mod domain;
+mod email_tokens;
 mod error;
 mod hashing;
 mod keys;
 mod lockout;
+mod mailer;
 mod policy;
 mod schema;
 mod service;
@@ -73,6 +75,7 @@ pub async fn build(
     let lockout = lockout_of(&settings, redis);
     let keys = keys::KeyStore::open(pg.clone(), &settings).await?;
     let reload = keys.clone().spawn_reload(shutdown.clone());
+    let email_tokens = email_tokens::EmailTokens::new(pg.clone());
     let api_keys = api_keys::ApiKeys::new(pg.clone(), &api_key_secret(&settings)?);
     let auth = Auth {
         users: users::UserStore::new(pg),
@@ -82,6 +85,9 @@ pub async fn build(
         policy: policy::PasswordPolicy::load(settings.password_policy)?,
         lockout,
         api_keys,
+        email_tokens,
+        mailer: mailer::Mailer::new(&settings.mail)?,
+        mail: settings.mail.clone(),
         session: SessionServiceClient::new(session),
         audit,
     };

@@ -46,3 +46,14 @@ diesel::table! {
         revoked_at -> Nullable<Timestamptz>,
     }
 }
+
+diesel::table! {
+    auth.email_tokens (token_hash) {
+        token_hash -> Bytea,
+        user_id -> Uuid,
+        purpose -> Text,
+        created_at -> Timestamptz,
+        expires_at -> Timestamptz,
+        used_at -> Nullable<Timestamptz>,
+    }
+}

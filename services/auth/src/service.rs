@@ -7,12 +7,14 @@ use aia_proto::audit::v1::Outcome;
 use aia_proto::auth::v1::auth_service_server::AuthService;
 use aia_proto::auth::v1::{
     ApiKeyInfo, AuthenticateApiKeyRequest, AuthenticateApiKeyResponse, ChangePasswordRequest,
-    ChangePasswordResponse, Claims, CreateApiKeyRequest, CreateApiKeyResponse, GetJwksRequest,
-    GetJwksResponse, GetUserRequest, ListApiKeysRequest, ListApiKeysResponse, LoginRequest,
-    LogoutRequest, LogoutResponse, RefreshRequest, RegisterRequest, RegisterResponse,
+    ChangePasswordResponse, Claims, CreateApiKeyRequest, CreateApiKeyResponse, EmailRequest,
+    EmailResponse, GetJwksRequest, GetJwksResponse, GetUserRequest, ListApiKeysRequest,
+    ListApiKeysResponse, LoginRequest, LogoutRequest, LogoutResponse, RefreshRequest,
+    RegisterRequest, RegisterResponse, ResetPasswordRequest, ResetPasswordResponse,
     RevokeApiKeyRequest, RevokeApiKeyResponse, RevokeTokenRequest, RevokeTokenResponse,
     SetUserDisabledRequest, SetUserDisabledResponse, TokenPair, UnlockUserRequest,
     UnlockUserResponse, User as UserMessage, ValidateTokenRequest, ValidateTokenResponse,
+    VerifyEmailRequest, VerifyEmailResponse,
 };
 use aia_proto::session::v1 as session;
 use aia_proto::session::v1::session_service_client::SessionServiceClient;
@@ -20,8 +22,10 @@ use aia_settings::TokenSettings;
 use aia_tokens::AccessClaims;
 
 use crate::api_keys::{ApiKey, ApiKeys, SCOPES};
+use crate::email_tokens::{EmailTokens, Purpose};
 use crate::keys::KeyStore;
 use crate::lockout::{Lockout, Refusal};
+use crate::mailer::Mailer;
 use crate::policy::PasswordPolicy;
 use aia_telemetry::tls::authorize;
 use tonic::transport::Channel;
@@ -42,6 +46,9 @@ pub struct Auth {
     pub(crate) policy: PasswordPolicy,
     pub(crate) lockout: Lockout,
     pub(crate) api_keys: ApiKeys,
+    pub(crate) email_tokens: EmailTokens,
+    pub(crate) mailer: Mailer,
+    pub(crate) mail: aia_settings::MailSettings,
     pub(crate) session: SessionServiceClient<Channel>,
     pub(crate) audit: AuditClient,
 }
@@ -134,6 +141,7 @@ impl Auth {
                     .subject(id.to_string())
                     .client(client)
                     .emit();
+                self.send_verification(id, &email).await?;
             }
             None => {
                 metrics::counter!("auth_register_total", "outcome" => "email_taken").increment(1);
@@ -180,7 +188,12 @@ impl Auth {
         let matches = checked.matches;
         let client = req.client.as_ref();
         let user = match user {
-            Some(user) if matches && user.disabled_at.is_none() => user,
+            Some(user) if matches && user.disabled_at.is_none() => {
+                if self.mail.require_verification && !user.email_verified {
+                    return Err(AuthError::EmailNotVerified);
+                }
+                user
+            }
             other => {
                 let reason = match other {
                     None => "unknown_email",
@@ -623,6 +636,170 @@ impl Auth {
         })
     }
 
+    fn ttl(d: std::time::Duration) -> chrono::Duration {
+        chrono::Duration::from_std(d).unwrap_or(chrono::Duration::hours(1))
+    }
+
+    async fn send_verification(
+        &self,
+        user_id: uuid::Uuid,
+        email: &EmailAddress,
+    ) -> Result<(), AuthError> {
+        let expires = chrono::Utc::now() + Self::ttl(self.mail.verification_ttl);
+        let token = self
+            .email_tokens
+            .issue(user_id, Purpose::VerifyEmail, expires)
+            .await
+            .map_err(AuthError::Unavailable)?;
+        let link = format!(
+            "{}/v1/auth/verify-email?token={token}",
+            self.mailer.public_url
+        );
+        self.mailer.send(
+            email.as_str(),
+            "Confirm your email address",
+            format!(
+                "Confirm that this address is yours:\n\n{link}\n\nOr send this token to POST /v1/auth/verify-email:\n\n{token}\n\n\
+                 It works once, until {expires}. If you did not sign up, ignore this message.\n"
+            ),
+        );
+        Ok(())
+    }
+
+    async fn verify_email(
+        &self,
+        req: VerifyEmailRequest,
+    ) -> Result<VerifyEmailResponse, AuthError> {
+        let user_id = self
+            .email_tokens
+            .consume(&req.token, Purpose::VerifyEmail, chrono::Utc::now())
+            .await
+            .map_err(AuthError::Unavailable)?
+            .ok_or(AuthError::InvalidEmailToken)?;
+        self.users
+            .set_verified(user_id)
+            .await
+            .map_err(AuthError::Unavailable)?;
+        self.audit
+            .event("auth.email_verified", Outcome::Success)
+            .actor(user_id.to_string())
+            .subject(user_id.to_string())
+            .client(req.client.as_ref())
+            .emit();
+        Ok(VerifyEmailResponse {})
+    }
+
+    async fn resend_verification(&self, req: EmailRequest) -> Result<EmailResponse, AuthError> {
+        let email = EmailAddress::parse(&req.email)?;
+        let user = self
+            .users
+            .by_email(&email)
+            .await
+            .map_err(AuthError::Unavailable)?;
+        if let Some(user) = user.filter(|u| !u.email_verified && u.disabled_at.is_none()) {
+            self.send_verification(user.id, &email).await?;
+        }
+        Ok(EmailResponse {})
+    }
+
+    async fn forgot_password(&self, req: EmailRequest) -> Result<EmailResponse, AuthError> {
+        let email = EmailAddress::parse(&req.email)?;
+        let user = self
+            .users
+            .by_email(&email)
+            .await
+            .map_err(AuthError::Unavailable)?;
+        let Some(user) = user.filter(|u| u.disabled_at.is_none()) else {
+            self.audit
+                .event("auth.password_reset_requested", Outcome::Failure)
+                .client(req.client.as_ref())
+                .details(serde_json::json!({"reason": "unknown_email"}))
+                .emit();
+            return Ok(EmailResponse {});
+        };
+        let expires = chrono::Utc::now() + Self::ttl(self.mail.reset_ttl);
+        let token = self
+            .email_tokens
+            .issue(user.id, Purpose::ResetPassword, expires)
+            .await
+            .map_err(AuthError::Unavailable)?;
+        self.mailer.send(
+            email.as_str(),
+            "Reset your password",
+            format!(
+                "Someone asked to reset the password of this account.\n\n\
+                 Send this token with your new password to POST /v1/auth/password/reset:\n\n{token}\n\n\
+                 It works once, until {expires}. If it was not you, ignore this message: \
+                 your password stays as it is.\n"
+            ),
+        );
+        self.audit
+            .event("auth.password_reset_requested", Outcome::Success)
+            .subject(user.id.to_string())
+            .client(req.client.as_ref())
+            .emit();
+        Ok(EmailResponse {})
+    }
+
+    async fn reset_password(
+        &self,
+        req: ResetPasswordRequest,
+    ) -> Result<ResetPasswordResponse, AuthError> {
+        let now = chrono::Utc::now();
+        // Check the new password before using the token up, so a refused password
+        // does not cost the user their link.
+        let user_id = self
+            .email_tokens
+            .peek(&req.token, Purpose::ResetPassword, now)
+            .await
+            .map_err(AuthError::Unavailable)?
+            .ok_or(AuthError::InvalidEmailToken)?;
+        let user = self
+            .users
+            .by_id(user_id)
+            .await
+            .map_err(AuthError::Unavailable)?
+            .ok_or(AuthError::InvalidEmailToken)?;
+        let email = EmailAddress::parse(&user.email)?;
+        let new = self.policy.check(&req.new_password, &email)?;
+        let hash = self.hasher.hash(new).await?;
+        if self
+            .email_tokens
+            .consume(&req.token, Purpose::ResetPassword, now)
+            .await
+            .map_err(AuthError::Unavailable)?
+            != Some(user_id)
+        {
+            return Err(AuthError::InvalidEmailToken);
+        }
+        self.users
+            .set_password(user_id, &user.password_hash, &hash, self.policy.history())
+            .await
+            .map_err(AuthError::Unavailable)?;
+        // A reset proves control of the mailbox: the address counts as verified.
+        self.users
+            .set_verified(user_id)
+            .await
+            .map_err(AuthError::Unavailable)?;
+        let ended = self
+            .end_sessions(user_id, None, "password_reset", req.client.clone())
+            .await?;
+        self.lockout
+            .unlock(email.as_str())
+            .await
+            .map_err(AuthError::Unavailable)?;
+        self.audit
+            .event("auth.password_reset", Outcome::Success)
+            .actor(user_id.to_string())
+            .subject(user_id.to_string())
+            .client(req.client.as_ref())
+            .details(serde_json::json!({"sessions_ended": ended}))
+            .emit();
+        Ok(ResetPasswordResponse {
+            sessions_ended: ended,
+        })
+    }
+
     async fn validate(
         &self,
         req: ValidateTokenRequest,
@@ -816,6 +993,50 @@ impl AuthService for Auth {
         authorize(&request, &["gateway"])?;
         Ok(Response::new(
             Auth::authenticate_api_key(self, request.into_inner()).await?,
+        ))
+    }
+
+    #[tracing::instrument(level = "info", name = "auth.verify_email", skip_all)]
+    async fn verify_email(
+        &self,
+        request: Request<VerifyEmailRequest>,
+    ) -> Result<Response<VerifyEmailResponse>, Status> {
+        authorize(&request, &["gateway"])?;
+        Ok(Response::new(
+            Auth::verify_email(self, request.into_inner()).await?,
+        ))
+    }
+
+    #[tracing::instrument(level = "info", name = "auth.resend_verification", skip_all)]
+    async fn resend_verification(
+        &self,
+        request: Request<EmailRequest>,
+    ) -> Result<Response<EmailResponse>, Status> {
+        authorize(&request, &["gateway"])?;
+        Ok(Response::new(
+            Auth::resend_verification(self, request.into_inner()).await?,
+        ))
+    }
+
+    #[tracing::instrument(level = "info", name = "auth.forgot_password", skip_all)]
+    async fn forgot_password(
+        &self,
+        request: Request<EmailRequest>,
+    ) -> Result<Response<EmailResponse>, Status> {
+        authorize(&request, &["gateway"])?;
+        Ok(Response::new(
+            Auth::forgot_password(self, request.into_inner()).await?,
+        ))
+    }
+
+    #[tracing::instrument(level = "info", name = "auth.reset_password", skip_all)]
+    async fn reset_password(
+        &self,
+        request: Request<ResetPasswordRequest>,
+    ) -> Result<Response<ResetPasswordResponse>, Status> {
+        authorize(&request, &["gateway"])?;
+        Ok(Response::new(
+            Auth::reset_password(self, request.into_inner()).await?,
         ))
     }
 

@@ -129,6 +129,20 @@ impl UserStore {
         Ok(())
     }
 
+    /// Marks the user's email verified.
+    pub async fn set_verified(&self, user_id: uuid::Uuid) -> anyhow::Result<()> {
+        let mut conn = aia_db::conn(&self.pool).await?;
+        diesel::update(users::table.find(user_id))
+            .set((
+                users::email_verified.eq(true),
+                users::updated_at.eq(diesel::dsl::now),
+            ))
+            .execute(&mut conn)
+            .await
+            .context("verifying an email")?;
+        Ok(())
+    }
+
     /// Disables or enables a user. False if there is no such user.
     pub async fn set_disabled(&self, user_id: uuid::Uuid, disabled: bool) -> anyhow::Result<bool> {
         let mut conn = aia_db::conn(&self.pool).await?;

@@ -169,7 +169,7 @@ impl Problem {
             Code::InvalidArgument => Self::validation(status.message()),
             Code::Unauthenticated => Self::unauthorized().detail(status.message()),
             Code::NotFound => Self::not_found(),
-            Code::PermissionDenied => Self::forbidden(status.message()),
+            Code::PermissionDenied | Code::FailedPrecondition => Self::forbidden(status.message()),
             Code::ResourceExhausted => {
                 let retry_after = status
                     .metadata()

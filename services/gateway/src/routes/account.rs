@@ -1,7 +1,10 @@
 //! Account actions: password change (the user) and disabling users (admins).
 
 use actix_web::{HttpResponse, web};
-use aia_proto::auth::v1::{ChangePasswordRequest, SetUserDisabledRequest, UnlockUserRequest};
+use aia_proto::auth::v1::{
+    ChangePasswordRequest, EmailRequest, ResetPasswordRequest, SetUserDisabledRequest,
+    UnlockUserRequest, VerifyEmailRequest,
+};
 use serde::Deserialize;
 
 use crate::authn::Authenticated;
@@ -120,4 +123,111 @@ pub async fn enable_user(
     id: web::Path<String>,
 ) -> Result<HttpResponse, Problem> {
     set_disabled(&state, &client, &auth, &id, false).await
+}
+
+/// Body with a token.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenBody {
+    token: String,
+}
+
+/// Body with an email.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailBody {
+    email: String,
+}
+
+/// Body of a password reset.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResetBody {
+    token: String,
+    new_password: String,
+}
+
+/// The one answer of forgot-password and resend-verification, whatever happened.
+fn accepted() -> HttpResponse {
+    HttpResponse::Accepted().json(serde_json::json!({
+        "status": "accepted",
+        "message": "If this address belongs to an account, a message is on its way.",
+    }))
+}
+
+/// `POST /v1/auth/verify-email`: 200 once; 422 for an unknown, used or expired token.
+pub async fn verify_email(
+    state: web::Data<State>,
+    client: Client,
+    body: web::Json<TokenBody>,
+) -> Result<HttpResponse, Problem> {
+    state
+        .auth
+        .clone()
+        .verify_email(VerifyEmailRequest {
+            token: body.into_inner().token,
+            client: Some(client.to_proto()),
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({"email_verified": true})))
+}
+
+/// `POST /v1/auth/verify-email/resend`: always 202.
+pub async fn resend_verification(
+    state: web::Data<State>,
+    client: Client,
+    body: web::Json<EmailBody>,
+) -> Result<HttpResponse, Problem> {
+    state
+        .auth
+        .clone()
+        .resend_verification(EmailRequest {
+            email: body.into_inner().email,
+            client: Some(client.to_proto()),
+        })
+        .await?;
+    Ok(accepted())
+}
+
+/// `POST /v1/auth/password/forgot`: always 202.
+pub async fn forgot_password(
+    state: web::Data<State>,
+    client: Client,
+    body: web::Json<EmailBody>,
+) -> Result<HttpResponse, Problem> {
+    state
+        .auth
+        .clone()
+        .forgot_password(EmailRequest {
+            email: body.into_inner().email,
+            client: Some(client.to_proto()),
+        })
+        .await?;
+    Ok(accepted())
+}
+
+/// `POST /v1/auth/password/reset`: sets the new password, ends every session, lifts a
+/// lockout; 200. 422 for a bad token or a password the policy refuses (the token
+/// then stays usable).
+pub async fn reset_password(
+    state: web::Data<State>,
+    client: Client,
+    body: web::Json<ResetBody>,
+) -> Result<HttpResponse, Problem> {
+    let ResetBody {
+        token,
+        new_password,
+    } = body.into_inner();
+    let ended = state
+        .auth
+        .clone()
+        .reset_password(ResetPasswordRequest {
+            token,
+            new_password,
+            client: Some(client.to_proto()),
+        })
+        .await?
+        .into_inner()
+        .sessions_ended;
+    Ok(HttpResponse::Ok().json(serde_json::json!({"sessions_ended": ended})))
 }

@@ -51,6 +51,22 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(only("/v1/auth/refresh", web::post().to(auth::refresh)))
         .service(only("/v1/auth/logout", web::post().to(auth::logout)))
         .service(only("/v1/auth/me", web::get().to(auth::me)))
+        .service(only(
+            "/v1/auth/verify-email",
+            web::post().to(account::verify_email),
+        ))
+        .service(only(
+            "/v1/auth/verify-email/resend",
+            web::post().to(account::resend_verification),
+        ))
+        .service(only(
+            "/v1/auth/password/forgot",
+            web::post().to(account::forgot_password),
+        ))
+        .service(only(
+            "/v1/auth/password/reset",
+            web::post().to(account::reset_password),
+        ))
         .service(
             web::resource("/v1/api-keys")
                 .route(web::post().to(api_keys::create))

@@ -3,6 +3,7 @@
 mod account;
 mod api_keys;
 mod bad_input;
+mod email;
 mod flow;
 mod helpers;
 mod lockout;

@@ -1,0 +1,275 @@
+//! Email verification and password reset, with the messages read from a real SMTP
+//! listener.
+
+use aia_testkit::Stack;
+use aia_testkit::smtp::SmtpSink;
+use diesel_async::RunQueryDsl;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{PASSWORD, assert_problem, email, field, login, me_status};
+
+/// The 43-character token in a message.
+fn token_in(mail: &str) -> String {
+    mail.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        .find(|w| w.len() == 43)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+async fn post(stack: &Stack, path: &str, body: Value) -> anyhow::Result<reqwest::Response> {
+    Ok(stack
+        .http()
+        .post(stack.url(path))
+        .json(&body)
+        .send()
+        .await?)
+}
+
+async fn stack_with_mail(extra: &[(&str, String)]) -> anyhow::Result<(Stack, SmtpSink)> {
+    let smtp = SmtpSink::start().await?;
+    let mut all = vec![("SMTP_URL", smtp.url.clone())];
+    all.extend_from_slice(extra);
+    Ok((Stack::start_with(&all).await?, smtp))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_sends_a_single_use_verification_token() -> anyhow::Result<()> {
+    let (stack, smtp) = stack_with_mail(&[("REQUIRE_EMAIL_VERIFICATION", "true".into())]).await?;
+    let email = email();
+    assert_eq!(
+        post(
+            &stack,
+            "/v1/auth/register",
+            json!({"email": email, "password": PASSWORD})
+        )
+        .await?
+        .status(),
+        StatusCode::ACCEPTED
+    );
+    let mail = smtp.wait_for(&email).await?;
+    let token = token_in(&mail.data);
+    assert_eq!(token.len(), 43, "{}", mail.data);
+
+    // Unverified: the right password is not enough.
+    let refused = post(
+        &stack,
+        "/v1/auth/login",
+        json!({"email": email, "password": PASSWORD}),
+    )
+    .await?;
+    assert_problem(refused, StatusCode::FORBIDDEN).await?;
+    // A resend voids the first token.
+    post(
+        &stack,
+        "/v1/auth/verify-email/resend",
+        json!({"email": email}),
+    )
+    .await?;
+    let second = aia_testkit::eventually(std::time::Duration::from_secs(10), || async {
+        Ok((smtp.count_for(&email) == 2).then_some(()))
+    });
+    second.await?;
+    let newer = token_in(&smtp.wait_for(&email).await?.data);
+    assert_ne!(newer, token);
+    assert_problem(
+        post(&stack, "/v1/auth/verify-email", json!({"token": token})).await?,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await?;
+
+    assert_eq!(
+        post(&stack, "/v1/auth/verify-email", json!({"token": newer}))
+            .await?
+            .status(),
+        StatusCode::OK
+    );
+    assert_problem(
+        post(&stack, "/v1/auth/verify-email", json!({"token": newer})).await?,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await?;
+    let tokens = login(&stack, &email).await?;
+    let me: Value = stack
+        .http()
+        .get(stack.url("/v1/auth/me"))
+        .bearer_auth(field(&tokens, "access_token"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(me["email_verified"], true);
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_reset_ends_every_session_and_lifts_a_lockout() -> anyhow::Result<()> {
+    let (stack, smtp) = stack_with_mail(&[("LOGIN_BACKOFF_AFTER", "100".into())]).await?;
+    let email = email();
+    post(
+        &stack,
+        "/v1/auth/register",
+        json!({"email": email, "password": PASSWORD}),
+    )
+    .await?;
+    // The owner is logged in from elsewhere (so this address is no known client).
+    let elsewhere = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 7)))
+        .build()?;
+    let session: Value = elsewhere
+        .post(stack.url("/v1/auth/login"))
+        .json(&json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    // Someone locks the account.
+    for _ in 0..10 {
+        post(
+            &stack,
+            "/v1/auth/login",
+            json!({"email": email, "password": "guess guess"}),
+        )
+        .await?;
+    }
+    assert_eq!(
+        post(
+            &stack,
+            "/v1/auth/login",
+            json!({"email": email, "password": PASSWORD})
+        )
+        .await?
+        .status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+
+    // Forgot: the same answer as for an address nobody has.
+    let known = post(&stack, "/v1/auth/password/forgot", json!({"email": email})).await?;
+    let unknown = post(
+        &stack,
+        "/v1/auth/password/forgot",
+        json!({"email": "nobody@example.com"}),
+    )
+    .await?;
+    assert_eq!(
+        (known.status(), known.text().await?),
+        (unknown.status(), unknown.text().await?)
+    );
+    // The second message to the address (the first was the verification).
+    aia_testkit::eventually(std::time::Duration::from_secs(10), || async {
+        Ok((smtp.count_for(&email) == 2).then_some(()))
+    })
+    .await?;
+    let mail = smtp.wait_for(&email).await?;
+    assert!(mail.data.contains("Reset your password"), "{}", mail.data);
+    let token = token_in(&mail.data);
+
+    // A password the policy refuses does not use the token up.
+    let weak = post(
+        &stack,
+        "/v1/auth/password/reset",
+        json!({"token": token, "new_password": "1q2w3e4r5t6y"}),
+    )
+    .await?;
+    assert_problem(weak, StatusCode::UNPROCESSABLE_ENTITY).await?;
+    let new = "a fresh passphrase after reset";
+    let reset = post(
+        &stack,
+        "/v1/auth/password/reset",
+        json!({"token": token, "new_password": new}),
+    )
+    .await?;
+    assert_eq!(reset.status(), StatusCode::OK);
+    // Single use.
+    let again = post(
+        &stack,
+        "/v1/auth/password/reset",
+        json!({"token": token, "new_password": "another fresh passphrase"}),
+    )
+    .await?;
+    assert_problem(again, StatusCode::UNPROCESSABLE_ENTITY).await?;
+
+    assert_eq!(
+        me_status(&stack, field(&session, "access_token")).await?,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        post(
+            &stack,
+            "/v1/auth/login",
+            json!({"email": email, "password": PASSWORD})
+        )
+        .await?
+        .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        post(
+            &stack,
+            "/v1/auth/login",
+            json!({"email": email, "password": new})
+        )
+        .await?
+        .status(),
+        StatusCode::OK
+    );
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_and_replaced_reset_tokens_are_refused() -> anyhow::Result<()> {
+    let (stack, smtp) = stack_with_mail(&[]).await?;
+    let email = email();
+    post(
+        &stack,
+        "/v1/auth/register",
+        json!({"email": email, "password": PASSWORD}),
+    )
+    .await?;
+    post(&stack, "/v1/auth/password/forgot", json!({"email": email})).await?;
+    aia_testkit::eventually(std::time::Duration::from_secs(10), || async {
+        Ok((smtp.count_for(&email) == 2).then_some(()))
+    })
+    .await?;
+    let first = token_in(&smtp.wait_for(&email).await?.data);
+    post(&stack, "/v1/auth/password/forgot", json!({"email": email})).await?;
+    aia_testkit::eventually(std::time::Duration::from_secs(10), || async {
+        Ok((smtp.count_for(&email) == 3).then_some(()))
+    })
+    .await?;
+    let second = token_in(&smtp.wait_for(&email).await?.data);
+    assert_ne!(first, second);
+    let replaced = post(
+        &stack,
+        "/v1/auth/password/reset",
+        json!({"token": first, "new_password": "replaced token passphrase"}),
+    )
+    .await?;
+    assert_problem(replaced, StatusCode::UNPROCESSABLE_ENTITY).await?;
+
+    let mut conn = stack.db.connect().await?;
+    diesel::sql_query("UPDATE auth.email_tokens SET expires_at = now() - interval '1 second'")
+        .execute(&mut conn)
+        .await?;
+    let expired = post(
+        &stack,
+        "/v1/auth/password/reset",
+        json!({"token": second, "new_password": "expired token passphrase"}),
+    )
+    .await?;
+    assert_problem(expired, StatusCode::UNPROCESSABLE_ENTITY).await?;
+    assert_eq!(
+        post(
+            &stack,
+            "/v1/auth/login",
+            json!({"email": email, "password": PASSWORD})
+        )
+        .await?
+        .status(),
+        StatusCode::OK
+    );
+    stack.stop().await;
+    Ok(())
+}
