@@ -37,6 +37,18 @@ pub enum Invalid {
     /// An API key's expiry is too far.
     #[error("expires_in_days: must be at most 3650")]
     ApiKeyExpiry,
+    /// A page size out of range.
+    #[error("limit: must be between 1 and 200")]
+    PageSize,
+    /// A cursor this service did not issue.
+    #[error("cursor: not one this service issued")]
+    Cursor,
+    /// Unknown roles.
+    #[error("roles: must be from user, admin")]
+    Roles,
+    /// An admin removing their own admin role.
+    #[error("roles: you cannot remove your own admin role")]
+    SelfDemotion,
     /// The new password is the current one or a recent one.
     #[error("password: must differ from your recent passwords")]
     PasswordReused,

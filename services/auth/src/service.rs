@@ -9,12 +9,13 @@ use aia_proto::auth::v1::{
     ApiKeyInfo, AuthenticateApiKeyRequest, AuthenticateApiKeyResponse, ChangePasswordRequest,
     ChangePasswordResponse, Claims, CreateApiKeyRequest, CreateApiKeyResponse, EmailRequest,
     EmailResponse, GetJwksRequest, GetJwksResponse, GetUserRequest, ListApiKeysRequest,
-    ListApiKeysResponse, LoginRequest, LogoutRequest, LogoutResponse, RefreshRequest,
-    RegisterRequest, RegisterResponse, ResetPasswordRequest, ResetPasswordResponse,
-    RevokeApiKeyRequest, RevokeApiKeyResponse, RevokeTokenRequest, RevokeTokenResponse,
-    SetUserDisabledRequest, SetUserDisabledResponse, TokenPair, UnlockUserRequest,
-    UnlockUserResponse, User as UserMessage, ValidateTokenRequest, ValidateTokenResponse,
-    VerifyEmailRequest, VerifyEmailResponse,
+    ListApiKeysResponse, ListUsersRequest, ListUsersResponse, LoginRequest, LogoutRequest,
+    LogoutResponse, RefreshRequest, RegisterRequest, RegisterResponse, ResetPasswordRequest,
+    ResetPasswordResponse, RevokeApiKeyRequest, RevokeApiKeyResponse, RevokeTokenRequest,
+    RevokeTokenResponse, SetUserDisabledRequest, SetUserDisabledResponse, SetUserRolesRequest,
+    SetUserRolesResponse, TokenPair, UnlockUserRequest, UnlockUserResponse, User as UserMessage,
+    UserSummary, ValidateTokenRequest, ValidateTokenResponse, VerifyEmailRequest,
+    VerifyEmailResponse,
 };
 use aia_proto::session::v1 as session;
 use aia_proto::session::v1::session_service_client::SessionServiceClient;
@@ -28,6 +29,8 @@ use crate::lockout::{Lockout, Refusal};
 use crate::mailer::Mailer;
 use crate::policy::PasswordPolicy;
 use aia_telemetry::tls::authorize;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
@@ -513,6 +516,96 @@ impl Auth {
             return Err(AuthError::Forbidden);
         }
         Ok(actor_id)
+    }
+
+    async fn list_users(&self, req: ListUsersRequest) -> Result<ListUsersResponse, AuthError> {
+        self.require_admin(&req.actor_id).await?;
+        let limit = match req.limit {
+            0 => 50,
+            n @ 1..=200 => i64::from(n),
+            _ => return Err(AuthError::Invalid(Invalid::PageSize)),
+        };
+        let after = match req.cursor.as_str() {
+            "" => None,
+            c => Some(
+                String::from_utf8(
+                    URL_SAFE_NO_PAD
+                        .decode(c)
+                        .map_err(|_| AuthError::Invalid(Invalid::Cursor))?,
+                )
+                .map_err(|_| AuthError::Invalid(Invalid::Cursor))?,
+            ),
+        };
+        if req.query.chars().count() > 254 {
+            return Err(AuthError::Invalid(Invalid::Email));
+        }
+        let mut users = self
+            .users
+            .list(&req.query, after.as_deref(), limit + 1)
+            .await
+            .map_err(AuthError::Unavailable)?;
+        let next_cursor = if users.len() as i64 > limit {
+            users.truncate(usize::try_from(limit).unwrap_or(50));
+            users
+                .last()
+                .map(|u| URL_SAFE_NO_PAD.encode(&u.email))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(ListUsersResponse {
+            users: users
+                .into_iter()
+                .map(|u| UserSummary {
+                    id: u.id.to_string(),
+                    email: u.email,
+                    email_verified: u.email_verified,
+                    roles: u.roles,
+                    disabled: u.disabled_at.is_some(),
+                    created_at: u
+                        .created_at
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                })
+                .collect(),
+            next_cursor,
+        })
+    }
+
+    async fn set_user_roles(
+        &self,
+        req: SetUserRolesRequest,
+    ) -> Result<SetUserRolesResponse, AuthError> {
+        let actor_id = self.require_admin(&req.actor_id).await?;
+        let user_id = uuid::Uuid::parse_str(&req.user_id).map_err(|_| AuthError::NotFound)?;
+        let mut roles = req.roles.clone();
+        roles.push("user".to_owned());
+        roles.sort();
+        roles.dedup();
+        if !roles.iter().all(|r| r == "user" || r == "admin") {
+            return Err(AuthError::Invalid(Invalid::Roles));
+        }
+        if user_id == actor_id && !roles.iter().any(|r| r == "admin") {
+            return Err(AuthError::Invalid(Invalid::SelfDemotion));
+        }
+        if !self
+            .users
+            .set_roles(user_id, &roles)
+            .await
+            .map_err(AuthError::Unavailable)?
+        {
+            return Err(AuthError::NotFound);
+        }
+        let ended = self
+            .end_sessions(user_id, None, "roles_changed", req.client.clone())
+            .await?;
+        self.audit
+            .event("admin.user_roles_changed", Outcome::Success)
+            .actor(actor_id.to_string())
+            .subject(user_id.to_string())
+            .client(req.client.as_ref())
+            .details(serde_json::json!({"roles": roles, "sessions_ended": ended}))
+            .emit();
+        Ok(SetUserRolesResponse {})
     }
 
     async fn unlock_user(&self, req: UnlockUserRequest) -> Result<UnlockUserResponse, AuthError> {
@@ -1037,6 +1130,28 @@ impl AuthService for Auth {
         authorize(&request, &["gateway"])?;
         Ok(Response::new(
             Auth::reset_password(self, request.into_inner()).await?,
+        ))
+    }
+
+    #[tracing::instrument(level = "info", name = "auth.list_users", skip_all)]
+    async fn list_users(
+        &self,
+        request: Request<ListUsersRequest>,
+    ) -> Result<Response<ListUsersResponse>, Status> {
+        authorize(&request, &["gateway"])?;
+        Ok(Response::new(
+            Auth::list_users(self, request.into_inner()).await?,
+        ))
+    }
+
+    #[tracing::instrument(level = "info", name = "auth.set_user_roles", skip_all)]
+    async fn set_user_roles(
+        &self,
+        request: Request<SetUserRolesRequest>,
+    ) -> Result<Response<SetUserRolesResponse>, Status> {
+        authorize(&request, &["gateway"])?;
+        Ok(Response::new(
+            Auth::set_user_roles(self, request.into_inner()).await?,
         ))
     }
 

@@ -129,6 +129,47 @@ impl UserStore {
         Ok(())
     }
 
+    /// Users ordered by email after `after`, whose email contains `query`.
+    pub async fn list(
+        &self,
+        query: &str,
+        after: Option<&str>,
+        limit: i64,
+    ) -> anyhow::Result<Vec<User>> {
+        let mut conn = aia_db::conn(&self.pool).await?;
+        let mut q = users::table
+            .select(User::as_select())
+            .order(users::email.asc())
+            .limit(limit)
+            .into_boxed();
+        if !query.is_empty() {
+            let escaped = query
+                .to_lowercase()
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            q = q.filter(users::email.like(format!("%{escaped}%")));
+        }
+        if let Some(after) = after {
+            q = q.filter(users::email.gt(after.to_owned()));
+        }
+        q.load(&mut conn).await.context("listing users")
+    }
+
+    /// Replaces a user's roles. False if there is no such user.
+    pub async fn set_roles(&self, user_id: uuid::Uuid, roles: &[String]) -> anyhow::Result<bool> {
+        let mut conn = aia_db::conn(&self.pool).await?;
+        let changed = diesel::update(users::table.find(user_id))
+            .set((
+                users::roles.eq(roles),
+                users::updated_at.eq(diesel::dsl::now),
+            ))
+            .execute(&mut conn)
+            .await
+            .context("setting roles")?;
+        Ok(changed == 1)
+    }
+
     /// Marks the user's email verified.
     pub async fn set_verified(&self, user_id: uuid::Uuid) -> anyhow::Result<()> {
         let mut conn = aia_db::conn(&self.pool).await?;

@@ -5,7 +5,7 @@
 //! - JSON of the wrong shape (missing field, wrong type) → 422.
 
 use actix_web::error::{JsonPayloadError, UrlencodedError};
-use actix_web::web::{FormConfig, JsonConfig};
+use actix_web::web::{FormConfig, JsonConfig, QueryConfig};
 
 use crate::problem::Problem;
 
@@ -19,6 +19,13 @@ pub fn config(limit: usize) -> JsonConfig {
                 && (mime.subtype() == "json" || mime.suffix().is_some_and(|s| s == "json"))
         })
         .error_handler(move |err, _req| problem(&err, limit).into())
+}
+
+/// The extractor configuration for query strings: a malformed one is a 422 problem.
+pub fn query_config() -> QueryConfig {
+    QueryConfig::default().error_handler(|_, _| {
+        Problem::validation("the query string has an unknown parameter or a bad value").into()
+    })
 }
 
 /// The extractor configuration for form routes (the OAuth endpoints).

@@ -143,6 +143,7 @@ pub async fn build(
             .app_data(state.clone())
             .app_data(json::config(json_limit))
             .app_data(json::form_config(json_limit))
+            .app_data(json::query_config())
             .wrap(actix_web::middleware::from_fn(middleware::decorate))
             .configure(routes::configure)
     })

@@ -2,8 +2,8 @@
 
 use actix_web::{HttpResponse, web};
 use aia_proto::auth::v1::{
-    ChangePasswordRequest, EmailRequest, ResetPasswordRequest, SetUserDisabledRequest,
-    UnlockUserRequest, VerifyEmailRequest,
+    ChangePasswordRequest, EmailRequest, ListUsersRequest, ResetPasswordRequest,
+    SetUserDisabledRequest, SetUserRolesRequest, UnlockUserRequest, VerifyEmailRequest,
 };
 use serde::Deserialize;
 
@@ -230,4 +230,78 @@ pub async fn reset_password(
         .into_inner()
         .sessions_ended;
     Ok(HttpResponse::Ok().json(serde_json::json!({"sessions_ended": ended})))
+}
+
+/// Query of the user list.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserQuery {
+    #[serde(default)]
+    q: String,
+    #[serde(default)]
+    limit: u32,
+    #[serde(default)]
+    cursor: String,
+}
+
+/// `GET /v1/admin/users?q=&limit=&cursor=`: users by email, keyset-paginated.
+pub async fn list_users(
+    state: web::Data<State>,
+    auth: Authenticated,
+    query: web::Query<UserQuery>,
+) -> Result<HttpResponse, Problem> {
+    require_admin(&auth)?;
+    let UserQuery { q, limit, cursor } = query.into_inner();
+    let page = state
+        .auth
+        .clone()
+        .list_users(ListUsersRequest {
+            actor_id: auth.claims.sub.clone(),
+            query: q,
+            limit,
+            cursor,
+        })
+        .await?
+        .into_inner();
+    let users: Vec<serde_json::Value> = page
+        .users
+        .into_iter()
+        .map(|u| {
+            serde_json::json!({
+                "id": u.id, "email": u.email, "email_verified": u.email_verified,
+                "roles": u.roles, "disabled": u.disabled, "created_at": u.created_at,
+            })
+        })
+        .collect();
+    let next = (!page.next_cursor.is_empty()).then_some(page.next_cursor);
+    Ok(HttpResponse::Ok().json(serde_json::json!({"users": users, "next_cursor": next})))
+}
+
+/// Body of a role change.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolesBody {
+    roles: Vec<String>,
+}
+
+/// `PUT /v1/admin/users/{id}/roles`: sets the roles and ends the user's sessions; 204.
+pub async fn set_roles(
+    state: web::Data<State>,
+    client: Client,
+    auth: Authenticated,
+    id: web::Path<String>,
+    body: web::Json<RolesBody>,
+) -> Result<HttpResponse, Problem> {
+    require_admin(&auth)?;
+    state
+        .auth
+        .clone()
+        .set_user_roles(SetUserRolesRequest {
+            actor_id: auth.claims.sub.clone(),
+            user_id: id.into_inner(),
+            roles: body.into_inner().roles,
+            client: Some(client.to_proto()),
+        })
+        .await?;
+    Ok(HttpResponse::NoContent().finish())
 }

@@ -51,6 +51,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(only("/v1/auth/refresh", web::post().to(auth::refresh)))
         .service(only("/v1/auth/logout", web::post().to(auth::logout)))
         .service(only("/v1/auth/me", web::get().to(auth::me)))
+        .service(only("/v1/admin/users", web::get().to(account::list_users)))
+        .service(only(
+            "/v1/admin/users/{id}/roles",
+            web::put().to(account::set_roles),
+        ))
         .service(only(
             "/v1/auth/verify-email",
             web::post().to(account::verify_email),

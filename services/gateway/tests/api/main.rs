@@ -1,6 +1,7 @@
 //! End-to-end tests: all four services, driven through the gateway over HTTP.
 
 mod account;
+mod admin;
 mod api_keys;
 mod bad_input;
 mod email;
