@@ -279,6 +279,14 @@ pub struct GatewaySettings {
     pub json_limit: usize,
     /// `GATEWAY_WORKERS`: HTTP worker threads (default: the number of cores).
     pub workers: usize,
+    /// `TRUSTED_PROXIES`: comma-separated CIDRs of the proxies in front of the
+    /// gateway. `X-Forwarded-For` and `Forwarded` are believed only from them
+    /// (default: none, so the TCP peer is the client).
+    pub trusted_proxies: Vec<String>,
+    /// `ALLOWED_HOSTS`: comma-separated host names (`api.example.com`) and wildcards
+    /// (`*.example.com`, one label). Any other `Host` gets 400. Empty allows any host,
+    /// which production refuses.
+    pub allowed_hosts: Vec<String>,
     /// `REVOCATION_STALE_AFTER_MS`: how long the in-memory blacklist is trusted
     /// without news from the session service (default 2000); after that, each request
     /// asks the session service.
@@ -413,6 +421,16 @@ impl TokenSettings {
     fn access_ttl(env: &mut Env) -> Duration {
         Duration::from_secs(env.parse_in("ACCESS_TOKEN_TTL_SECONDS", 900, 30, 86_400))
     }
+}
+
+/// A comma-separated list, trimmed, empty items dropped.
+fn list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 fn addr(env: &mut Env, name: &str, default: &str) -> SocketAddr {
@@ -574,6 +592,11 @@ impl GatewaySettings {
             tokens: TokenSettings::read(&mut env, common.app_env),
             json_limit: env.parse_in("GATEWAY_JSON_LIMIT_BYTES", 65_536, 1_024, 16 << 20),
             workers: env.parse_in("GATEWAY_WORKERS", cores(), 1, 256),
+            trusted_proxies: list(&env.string("TRUSTED_PROXIES", "")),
+            allowed_hosts: list(&env.string("ALLOWED_HOSTS", ""))
+                .into_iter()
+                .map(|h| h.to_lowercase())
+                .collect(),
             revocation_stale_after: Duration::from_millis(env.parse_in(
                 "REVOCATION_STALE_AFTER_MS",
                 2000,
@@ -582,6 +605,12 @@ impl GatewaySettings {
             )),
             common,
         };
+        if settings.common.app_env.is_production() && settings.allowed_hosts.is_empty() {
+            env.problem(
+                "ALLOWED_HOSTS",
+                "must list the gateway's public host names in production",
+            );
+        }
         env.finish(settings)
     }
 }

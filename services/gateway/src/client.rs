@@ -1,8 +1,7 @@
 //! Who is calling: request id, client IP and user agent.
 //!
-//! The client IP is the TCP peer address. `X-Forwarded-For` and `Forwarded` are not
-//! believed at all yet (there is no trusted-proxy list), and actix's
-//! `realip_remote_addr()` is never used: the client controls it.
+//! The client IP comes from `client_ip` (forwarding headers only from trusted
+//! proxies).
 
 use actix_web::dev::Payload;
 use actix_web::http::header::HeaderValue;
@@ -56,8 +55,10 @@ impl Client {
         }
         Self {
             ip: req
-                .peer_addr()
-                .map(|a| a.ip().to_string())
+                .app_data::<actix_web::web::Data<crate::client_ip::TrustedProxies>>()
+                .and_then(|proxies| proxies.client_ip(req))
+                .or_else(|| req.peer_addr().map(|a| a.ip()))
+                .map(|ip| ip.to_string())
                 .unwrap_or_default(),
             user_agent: user_agent[..end].to_owned(),
             request_id: req

@@ -14,6 +14,7 @@
 
 mod authn;
 mod client;
+mod client_ip;
 mod json;
 mod keys;
 mod middleware;
@@ -21,6 +22,7 @@ mod problem;
 mod revocations;
 mod routes;
 mod state;
+mod trusted_host;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -138,13 +140,22 @@ pub async fn build(
         std::net::TcpListener::bind(settings.http_addr).context("binding the HTTP port")?;
     let http_addr = listener.local_addr()?;
     let json_limit = settings.json_limit;
+    let trusted_proxies =
+        web::Data::new(client_ip::TrustedProxies::parse(&settings.trusted_proxies)?);
+    let allowed_hosts = web::Data::new(trusted_host::AllowedHosts::new(
+        settings.allowed_hosts.clone(),
+    ));
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .app_data(trusted_proxies.clone())
+            .app_data(allowed_hosts.clone())
             .app_data(json::config(json_limit))
             .app_data(json::form_config(json_limit))
             .app_data(json::query_config())
             .wrap(actix_web::middleware::from_fn(middleware::decorate))
+            // Outermost: an untrusted Host is refused before anything else runs.
+            .wrap(actix_web::middleware::from_fn(trusted_host::check))
             .configure(routes::configure)
     })
     .workers(settings.workers)

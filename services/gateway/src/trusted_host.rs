@@ -1,0 +1,105 @@
+//! Trusted hosts: a request whose `Host` is not in `ALLOWED_HOSTS` gets 400 before
+//! anything else runs (host-header poisoning of links, cache keys and redirects).
+//! Entries are exact names or `*.example.com`, which matches exactly one more label
+//! (`api.example.com`, not `example.com` nor `a.b.example.com`). An empty list allows
+//! any host (development only; production refuses it).
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{ResponseError, web};
+
+use crate::problem::Problem;
+
+/// The allowed hosts, lower-case.
+#[derive(Debug, Clone, Default)]
+pub struct AllowedHosts(Vec<String>);
+
+impl AllowedHosts {
+    /// From settings (already lower-cased).
+    pub fn new(hosts: Vec<String>) -> Self {
+        Self(hosts)
+    }
+
+    /// Whether `host` (from the `Host` header, port included or not) is allowed.
+    pub fn allows(&self, host: &str) -> bool {
+        if self.0.is_empty() {
+            return true;
+        }
+        let host = host.to_ascii_lowercase();
+        let name = if host.starts_with('[') {
+            host.split(']')
+                .next()
+                .map(|h| format!("{h}]"))
+                .unwrap_or_default()
+        } else {
+            host.split(':').next().unwrap_or("").to_owned()
+        };
+        self.0
+            .iter()
+            .any(|allowed| match allowed.strip_prefix("*.") {
+                Some(domain) => name
+                    .strip_suffix(domain)
+                    .and_then(|label| label.strip_suffix('.'))
+                    .is_some_and(|label| !label.is_empty() && !label.contains('.')),
+                None => *allowed == name,
+            })
+    }
+}
+
+/// The middleware.
+pub async fn check(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let allowed = req
+        .app_data::<web::Data<AllowedHosts>>()
+        .is_none_or(|hosts| {
+            let host = req
+                .headers()
+                .get(actix_web::http::header::HOST)
+                .and_then(|h| h.to_str().ok());
+            host.is_some_and(|h| hosts.allows(h))
+        });
+    if !allowed {
+        metrics::counter!("gateway_rejections_total", "reason" => "host").increment(1);
+        let problem = Problem::bad_request().detail("this host is not served here");
+        return Ok(req.into_response(problem.error_response()));
+    }
+    Ok(next.call(req).await?.map_into_boxed_body())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exact_names_and_one_label_wildcards_only() {
+        let hosts = AllowedHosts::new(vec![
+            "api.example.com".into(),
+            "*.example.org".into(),
+            "[::1]".into(),
+        ]);
+        for ok in [
+            "api.example.com",
+            "API.example.com:8443",
+            "a.example.org",
+            "[::1]:8080",
+        ] {
+            assert!(hosts.allows(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "example.org",
+            "a.b.example.org",
+            "example.org.evil.net",
+            "api.example.com.evil.net",
+            "xapi.example.com",
+            "",
+            ".example.org",
+        ] {
+            assert!(!hosts.allows(bad), "{bad}");
+        }
+        assert!(AllowedHosts::default().allows("anything"));
+    }
+}
