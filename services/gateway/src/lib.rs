@@ -142,6 +142,9 @@ pub async fn build(
     let json_limit = settings.json_limit;
     let trusted_proxies =
         web::Data::new(client_ip::TrustedProxies::parse(&settings.trusted_proxies)?);
+    let send_hsts = web::Data::new(middleware::SendHsts(
+        settings.common.app_env.is_production(),
+    ));
     let allowed_hosts = web::Data::new(trusted_host::AllowedHosts::new(
         settings.allowed_hosts.clone(),
     ));
@@ -150,6 +153,7 @@ pub async fn build(
             .app_data(state.clone())
             .app_data(trusted_proxies.clone())
             .app_data(allowed_hosts.clone())
+            .app_data(send_hsts.clone())
             .app_data(json::config(json_limit))
             .app_data(json::form_config(json_limit))
             .app_data(json::query_config())

@@ -11,7 +11,7 @@ use crate::client::{REQUEST_ID, RequestId};
 
 /// Headers every response carries. API responses are never framed, sniffed, cached by
 /// shared caches or allowed to load anything.
-const SECURITY_HEADERS: [(&str, &str); 6] = [
+const SECURITY_HEADERS: [(&str, &str); 9] = [
     ("x-content-type-options", "nosniff"),
     ("x-frame-options", "DENY"),
     ("referrer-policy", "no-referrer"),
@@ -20,8 +20,24 @@ const SECURITY_HEADERS: [(&str, &str); 6] = [
         "default-src 'none'; frame-ancestors 'none'",
     ),
     ("cross-origin-resource-policy", "same-origin"),
+    ("cross-origin-opener-policy", "same-origin"),
+    ("cross-origin-embedder-policy", "require-corp"),
     ("x-permitted-cross-domain-policies", "none"),
+    (
+        "permissions-policy",
+        "accelerometer=(), autoplay=(), camera=(), display-capture=(), fullscreen=(), geolocation=(), \
+         gyroscope=(), magnetometer=(), microphone=(), midi=(), payment=(), picture-in-picture=(), \
+         publickey-credentials-get=(), screen-wake-lock=(), usb=(), xr-spatial-tracking=()",
+    ),
 ];
+
+/// `Strict-Transport-Security`, sent in production only (development is plain HTTP
+/// on localhost, where a pinned HSTS entry would break other local apps).
+pub const HSTS: &str = "max-age=31536000; includeSubDomains";
+
+/// Whether to send [`HSTS`].
+#[derive(Debug, Clone, Copy)]
+pub struct SendHsts(pub bool);
 
 /// Accepts or makes the request id, records it for handlers, echoes it, adds the
 /// security headers and counts the request.
@@ -33,6 +49,9 @@ pub async fn decorate(
     let id_value = HeaderValue::from_str(&request_id.0).ok();
     req.extensions_mut().insert(request_id);
     let method = req.method().to_string();
+    let hsts = req
+        .app_data::<actix_web::web::Data<SendHsts>>()
+        .is_some_and(|h| h.0);
     let started = std::time::Instant::now();
     let mut response = next.call(req).await?;
     let route = response
@@ -54,6 +73,51 @@ pub async fn decorate(
             HeaderValue::from_static(value),
         );
     }
+    if hsts {
+        headers.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static(HSTS),
+        );
+    }
     headers.remove(header::SERVER);
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::{App, HttpResponse, test, web};
+
+    use super::*;
+
+    async fn headers_with(send_hsts: bool) -> actix_web::http::header::HeaderMap {
+        let app = test::init_service(
+            App::new()
+                .app_data(web::Data::new(SendHsts(send_hsts)))
+                .wrap(actix_web::middleware::from_fn(decorate))
+                .route("/", web::get().to(HttpResponse::Ok)),
+        )
+        .await;
+        test::call_service(&app, test::TestRequest::get().uri("/").to_request())
+            .await
+            .headers()
+            .clone()
+    }
+
+    #[actix_web::test]
+    async fn production_pins_https_and_development_does_not() {
+        let production = headers_with(true).await;
+        assert_eq!(
+            production
+                .get(header::STRICT_TRANSPORT_SECURITY)
+                .and_then(|v| v.to_str().ok()),
+            Some(HSTS)
+        );
+        assert!(production.get(header::SERVER).is_none());
+        assert!(
+            headers_with(false)
+                .await
+                .get(header::STRICT_TRANSPORT_SECURITY)
+                .is_none()
+        );
+    }
 }

@@ -176,6 +176,19 @@ async fn responses_carry_a_request_id_and_security_headers() -> anyhow::Result<(
     assert_eq!(response.headers()["x-request-id"], "abc-123");
     assert_eq!(response.headers()["x-content-type-options"], "nosniff");
     assert_eq!(response.headers()["x-frame-options"], "DENY");
+    for header in [
+        "content-security-policy",
+        "referrer-policy",
+        "permissions-policy",
+        "cross-origin-opener-policy",
+        "cross-origin-embedder-policy",
+        "cross-origin-resource-policy",
+        "x-permitted-cross-domain-policies",
+    ] {
+        assert!(response.headers().contains_key(header), "{header} missing");
+    }
+    // Development is plain HTTP: no HSTS pin.
+    assert!(!response.headers().contains_key("strict-transport-security"));
     assert!(!response.headers().contains_key("server"));
     // A request id that could inject into logs is replaced.
     let response = stack
