@@ -287,6 +287,11 @@ pub struct GatewaySettings {
     /// (`*.example.com`, one label). Any other `Host` gets 400. Empty allows any host,
     /// which production refuses.
     pub allowed_hosts: Vec<String>,
+    /// `CORS_ORIGINS`: comma-separated origins allowed to call the API from a
+    /// browser, exact (`https://app.example.com`) or with one wildcard label
+    /// (`https://*.example.com`). Empty: no cross-origin access. Production refuses
+    /// `*` and non-https origins.
+    pub cors_origins: Vec<String>,
     /// `REVOCATION_STALE_AFTER_MS`: how long the in-memory blacklist is trusted
     /// without news from the session service (default 2000); after that, each request
     /// asks the session service.
@@ -593,6 +598,10 @@ impl GatewaySettings {
             json_limit: env.parse_in("GATEWAY_JSON_LIMIT_BYTES", 65_536, 1_024, 16 << 20),
             workers: env.parse_in("GATEWAY_WORKERS", cores(), 1, 256),
             trusted_proxies: list(&env.string("TRUSTED_PROXIES", "")),
+            cors_origins: list(&env.string("CORS_ORIGINS", ""))
+                .into_iter()
+                .map(|o| o.to_lowercase())
+                .collect(),
             allowed_hosts: list(&env.string("ALLOWED_HOSTS", ""))
                 .into_iter()
                 .map(|h| h.to_lowercase())
@@ -609,6 +618,17 @@ impl GatewaySettings {
             env.problem(
                 "ALLOWED_HOSTS",
                 "must list the gateway's public host names in production",
+            );
+        }
+        if settings.common.app_env.is_production()
+            && settings
+                .cors_origins
+                .iter()
+                .any(|o| o == "*" || !o.starts_with("https://"))
+        {
+            env.problem(
+                "CORS_ORIGINS",
+                "must list https:// origins only, no `*`, in production",
             );
         }
         env.finish(settings)

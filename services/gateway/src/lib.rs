@@ -15,6 +15,7 @@
 mod authn;
 mod client;
 mod client_ip;
+mod cors;
 mod json;
 mod keys;
 mod middleware;
@@ -142,6 +143,7 @@ pub async fn build(
     let json_limit = settings.json_limit;
     let trusted_proxies =
         web::Data::new(client_ip::TrustedProxies::parse(&settings.trusted_proxies)?);
+    let origins = cors::Origins::new(settings.cors_origins.clone());
     let send_hsts = web::Data::new(middleware::SendHsts(
         settings.common.app_env.is_production(),
     ));
@@ -157,6 +159,7 @@ pub async fn build(
             .app_data(json::config(json_limit))
             .app_data(json::form_config(json_limit))
             .app_data(json::query_config())
+            .wrap(cors::middleware(origins.clone()))
             .wrap(actix_web::middleware::from_fn(middleware::decorate))
             // Outermost: an untrusted Host is refused before anything else runs.
             .wrap(actix_web::middleware::from_fn(trusted_host::check))

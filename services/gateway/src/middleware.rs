@@ -80,6 +80,8 @@ pub async fn decorate(
         );
     }
     headers.remove(header::SERVER);
+    // Answers differ by Origin (CORS), so caches must key on it, errors included.
+    headers.append(header::VARY, HeaderValue::from_static("Origin"));
     Ok(response)
 }
 
