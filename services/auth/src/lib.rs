@@ -2,13 +2,19 @@
 //!
 //! - [`build`]: binds the gRPC and admin ports; the [`Application`] it returns serves
 //!   them.
-//! - `service`: `aia.auth.v1.AuthService` (register, login, refresh, logout, validate).
+//! - `service`: `aia.auth.v1.AuthService`: the gRPC adapter, and the token flows
+//!   (register, login, refresh, logout, revoke, validate).
+//! - `account`: password change, API keys, email verification, password reset.
+//! - `admin`: user list and search, roles, unlock, disable.
+//! - `policy`, `lockout`, `api_keys`, `email_tokens`, `mailer`: the pieces they use.
 //! - `domain`: `EmailAddress`, `Password` (valid by construction).
 //! - `hashing`: argon2id on a bounded blocking pool; the dummy hash for unknown users.
 //! - `users`: the `auth.users` table.
 //! - `keys`: the Ed25519 signing keys: stored sealed, rotated, reloaded.
 //! - `error`: one error enum, mapped to gRPC statuses in one place.
 
+mod account;
+mod admin;
 mod api_keys;
 mod domain;
 mod email_tokens;

@@ -14,27 +14,24 @@ use aia_proto::auth::v1::{
     ResetPasswordResponse, RevokeApiKeyRequest, RevokeApiKeyResponse, RevokeTokenRequest,
     RevokeTokenResponse, SetUserDisabledRequest, SetUserDisabledResponse, SetUserRolesRequest,
     SetUserRolesResponse, TokenPair, UnlockUserRequest, UnlockUserResponse, User as UserMessage,
-    UserSummary, ValidateTokenRequest, ValidateTokenResponse, VerifyEmailRequest,
-    VerifyEmailResponse,
+    ValidateTokenRequest, ValidateTokenResponse, VerifyEmailRequest, VerifyEmailResponse,
 };
 use aia_proto::session::v1 as session;
 use aia_proto::session::v1::session_service_client::SessionServiceClient;
 use aia_settings::TokenSettings;
 use aia_tokens::AccessClaims;
 
-use crate::api_keys::{ApiKey, ApiKeys, SCOPES};
-use crate::email_tokens::{EmailTokens, Purpose};
+use crate::api_keys::{ApiKey, ApiKeys};
+use crate::email_tokens::EmailTokens;
 use crate::keys::KeyStore;
 use crate::lockout::{Lockout, Refusal};
 use crate::mailer::Mailer;
 use crate::policy::PasswordPolicy;
 use aia_telemetry::tls::authorize;
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use crate::domain::{EmailAddress, Invalid, Password};
+use crate::domain::{EmailAddress, Password};
 use crate::error::AuthError;
 use crate::hashing::Hasher;
 use crate::users::{User, UserStore};
@@ -67,14 +64,14 @@ fn jti_for(refresh_token: &str) -> uuid::Uuid {
     uuid::Builder::from_random_bytes(bytes).into_uuid()
 }
 
-fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
+pub(crate) fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: t.timestamp(),
         nanos: 0,
     }
 }
 
-fn api_key_info(key: ApiKey) -> ApiKeyInfo {
+pub(crate) fn api_key_info(key: ApiKey) -> ApiKeyInfo {
     ApiKeyInfo {
         id: key.id.to_string(),
         name: key.name,
@@ -382,80 +379,8 @@ impl Auth {
         Ok(RevokeTokenResponse {})
     }
 
-    async fn change_password(
-        &self,
-        req: ChangePasswordRequest,
-    ) -> Result<ChangePasswordResponse, AuthError> {
-        let user_id =
-            uuid::Uuid::parse_str(&req.user_id).map_err(|_| AuthError::InvalidAccessToken)?;
-        let user = self
-            .users
-            .by_id(user_id)
-            .await
-            .map_err(AuthError::Unavailable)?
-            .filter(|u| u.disabled_at.is_none())
-            .ok_or(AuthError::InvalidAccessToken)?;
-        let email = EmailAddress::parse(&user.email)?;
-        let current = Password::presented(&req.current_password)?;
-        if !self
-            .hasher
-            .verify(current, Some(user.password_hash.clone()))
-            .await?
-        {
-            self.audit
-                .event("auth.password_change", Outcome::Failure)
-                .actor(user_id.to_string())
-                .subject(user_id.to_string())
-                .client(req.client.as_ref())
-                .details(serde_json::json!({"reason": "wrong_current_password"}))
-                .emit();
-            return Err(AuthError::WrongCurrentPassword);
-        }
-        let new = self.policy.check(&req.new_password, &email)?;
-        // Not the current password, nor a recent one.
-        let mut recent = vec![user.password_hash.clone()];
-        recent.extend(
-            self.users
-                .password_history(user_id, self.policy.history())
-                .await
-                .map_err(AuthError::Unavailable)?,
-        );
-        for old in recent {
-            if self
-                .hasher
-                .verify(Password::presented(new.expose())?, Some(old))
-                .await?
-            {
-                return Err(AuthError::Invalid(Invalid::PasswordReused));
-            }
-        }
-        let hash = self.hasher.hash(new).await?;
-        self.users
-            .set_password(user_id, &user.password_hash, &hash, self.policy.history())
-            .await
-            .map_err(AuthError::Unavailable)?;
-        let ended = self
-            .end_sessions(
-                user_id,
-                Some(&req.session_id),
-                "password_changed",
-                req.client.clone(),
-            )
-            .await?;
-        self.audit
-            .event("auth.password_change", Outcome::Success)
-            .actor(user_id.to_string())
-            .subject(user_id.to_string())
-            .client(req.client.as_ref())
-            .details(serde_json::json!({"other_sessions_ended": ended}))
-            .emit();
-        Ok(ChangePasswordResponse {
-            sessions_ended: ended,
-        })
-    }
-
     /// Ends every session of `user_id` but `keep`.
-    async fn end_sessions(
+    pub(crate) async fn end_sessions(
         &self,
         user_id: uuid::Uuid,
         keep: Option<&str>,
@@ -502,395 +427,6 @@ impl Auth {
                 tracing::warn!(user = %user.id, error = %error, "password hash upgrade failed")
             }
         }
-    }
-
-    /// The gateway checked the token's roles; check the actor's current roles too.
-    async fn require_admin(&self, actor_id: &str) -> Result<uuid::Uuid, AuthError> {
-        let actor_id = uuid::Uuid::parse_str(actor_id).map_err(|_| AuthError::Forbidden)?;
-        let actor = self
-            .users
-            .by_id(actor_id)
-            .await
-            .map_err(AuthError::Unavailable)?;
-        if !actor.is_some_and(|a| a.disabled_at.is_none() && a.roles.iter().any(|r| r == "admin")) {
-            return Err(AuthError::Forbidden);
-        }
-        Ok(actor_id)
-    }
-
-    async fn list_users(&self, req: ListUsersRequest) -> Result<ListUsersResponse, AuthError> {
-        self.require_admin(&req.actor_id).await?;
-        let limit = match req.limit {
-            0 => 50,
-            n @ 1..=200 => i64::from(n),
-            _ => return Err(AuthError::Invalid(Invalid::PageSize)),
-        };
-        let after = match req.cursor.as_str() {
-            "" => None,
-            c => Some(
-                String::from_utf8(
-                    URL_SAFE_NO_PAD
-                        .decode(c)
-                        .map_err(|_| AuthError::Invalid(Invalid::Cursor))?,
-                )
-                .map_err(|_| AuthError::Invalid(Invalid::Cursor))?,
-            ),
-        };
-        if req.query.chars().count() > 254 {
-            return Err(AuthError::Invalid(Invalid::Email));
-        }
-        let mut users = self
-            .users
-            .list(&req.query, after.as_deref(), limit + 1)
-            .await
-            .map_err(AuthError::Unavailable)?;
-        let next_cursor = if users.len() as i64 > limit {
-            users.truncate(usize::try_from(limit).unwrap_or(50));
-            users
-                .last()
-                .map(|u| URL_SAFE_NO_PAD.encode(&u.email))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
-        Ok(ListUsersResponse {
-            users: users
-                .into_iter()
-                .map(|u| UserSummary {
-                    id: u.id.to_string(),
-                    email: u.email,
-                    email_verified: u.email_verified,
-                    roles: u.roles,
-                    disabled: u.disabled_at.is_some(),
-                    created_at: u
-                        .created_at
-                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                })
-                .collect(),
-            next_cursor,
-        })
-    }
-
-    async fn set_user_roles(
-        &self,
-        req: SetUserRolesRequest,
-    ) -> Result<SetUserRolesResponse, AuthError> {
-        let actor_id = self.require_admin(&req.actor_id).await?;
-        let user_id = uuid::Uuid::parse_str(&req.user_id).map_err(|_| AuthError::NotFound)?;
-        let mut roles = req.roles.clone();
-        roles.push("user".to_owned());
-        roles.sort();
-        roles.dedup();
-        if !roles.iter().all(|r| r == "user" || r == "admin") {
-            return Err(AuthError::Invalid(Invalid::Roles));
-        }
-        if user_id == actor_id && !roles.iter().any(|r| r == "admin") {
-            return Err(AuthError::Invalid(Invalid::SelfDemotion));
-        }
-        if !self
-            .users
-            .set_roles(user_id, &roles)
-            .await
-            .map_err(AuthError::Unavailable)?
-        {
-            return Err(AuthError::NotFound);
-        }
-        let ended = self
-            .end_sessions(user_id, None, "roles_changed", req.client.clone())
-            .await?;
-        self.audit
-            .event("admin.user_roles_changed", Outcome::Success)
-            .actor(actor_id.to_string())
-            .subject(user_id.to_string())
-            .client(req.client.as_ref())
-            .details(serde_json::json!({"roles": roles, "sessions_ended": ended}))
-            .emit();
-        Ok(SetUserRolesResponse {})
-    }
-
-    async fn unlock_user(&self, req: UnlockUserRequest) -> Result<UnlockUserResponse, AuthError> {
-        let actor_id = self.require_admin(&req.actor_id).await?;
-        let user_id = uuid::Uuid::parse_str(&req.user_id).map_err(|_| AuthError::NotFound)?;
-        let user = self
-            .users
-            .by_id(user_id)
-            .await
-            .map_err(AuthError::Unavailable)?
-            .ok_or(AuthError::NotFound)?;
-        let was_locked = self
-            .lockout
-            .unlock(&user.email)
-            .await
-            .map_err(AuthError::Unavailable)?;
-        self.audit
-            .event("admin.user_unlocked", Outcome::Success)
-            .actor(actor_id.to_string())
-            .subject(user_id.to_string())
-            .client(req.client.as_ref())
-            .details(serde_json::json!({"was_locked": was_locked}))
-            .emit();
-        Ok(UnlockUserResponse { was_locked })
-    }
-
-    async fn set_user_disabled(
-        &self,
-        req: SetUserDisabledRequest,
-    ) -> Result<SetUserDisabledResponse, AuthError> {
-        let actor_id = self.require_admin(&req.actor_id).await?;
-        let user_id = uuid::Uuid::parse_str(&req.user_id).map_err(|_| AuthError::NotFound)?;
-        if !self
-            .users
-            .set_disabled(user_id, req.disabled)
-            .await
-            .map_err(AuthError::Unavailable)?
-        {
-            return Err(AuthError::NotFound);
-        }
-        let ended = if req.disabled {
-            self.end_sessions(user_id, None, "user_disabled", req.client.clone())
-                .await?
-        } else {
-            0
-        };
-        let event = if req.disabled {
-            "admin.user_disabled"
-        } else {
-            "admin.user_enabled"
-        };
-        self.audit
-            .event(event, Outcome::Success)
-            .actor(actor_id.to_string())
-            .subject(user_id.to_string())
-            .client(req.client.as_ref())
-            .details(serde_json::json!({"sessions_ended": ended}))
-            .emit();
-        Ok(SetUserDisabledResponse {})
-    }
-
-    async fn create_api_key(
-        &self,
-        req: CreateApiKeyRequest,
-    ) -> Result<CreateApiKeyResponse, AuthError> {
-        let user_id =
-            uuid::Uuid::parse_str(&req.user_id).map_err(|_| AuthError::InvalidAccessToken)?;
-        let name = req.name.trim();
-        if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-            return Err(AuthError::Invalid(Invalid::ApiKeyName));
-        }
-        if req.scopes.is_empty() || !req.scopes.iter().all(|s| SCOPES.contains(&s.as_str())) {
-            return Err(AuthError::Invalid(Invalid::ApiKeyScopes));
-        }
-        if req.expires_in_days > 3650 {
-            return Err(AuthError::Invalid(Invalid::ApiKeyExpiry));
-        }
-        let expires_at = (req.expires_in_days > 0)
-            .then(|| chrono::Utc::now() + chrono::Duration::days(i64::from(req.expires_in_days)));
-        let mut scopes = req.scopes.clone();
-        scopes.sort();
-        scopes.dedup();
-        let (key, api_key) = self
-            .api_keys
-            .create(user_id, name, &scopes, expires_at)
-            .await
-            .map_err(AuthError::Unavailable)?;
-        self.audit
-            .event("auth.api_key_created", Outcome::Success)
-            .actor(user_id.to_string())
-            .subject(key.id.to_string())
-            .client(req.client.as_ref())
-            .details(serde_json::json!({"scopes": scopes, "expires_at": expires_at}))
-            .emit();
-        Ok(CreateApiKeyResponse {
-            key: Some(api_key_info(key)),
-            api_key,
-        })
-    }
-
-    async fn authenticate_api_key(
-        &self,
-        req: AuthenticateApiKeyRequest,
-    ) -> Result<AuthenticateApiKeyResponse, AuthError> {
-        let key = self
-            .api_keys
-            .authenticate(&req.api_key, chrono::Utc::now())
-            .await
-            .map_err(AuthError::Unavailable)?
-            .ok_or(AuthError::InvalidApiKey)?;
-        self.users
-            .by_id(key.user_id)
-            .await
-            .map_err(AuthError::Unavailable)?
-            .filter(|u| u.disabled_at.is_none())
-            .ok_or(AuthError::InvalidApiKey)?;
-        Ok(AuthenticateApiKeyResponse {
-            user_id: key.user_id.to_string(),
-            key_id: key.id.to_string(),
-            scopes: key.scopes,
-        })
-    }
-
-    fn ttl(d: std::time::Duration) -> chrono::Duration {
-        chrono::Duration::from_std(d).unwrap_or(chrono::Duration::hours(1))
-    }
-
-    async fn send_verification(
-        &self,
-        user_id: uuid::Uuid,
-        email: &EmailAddress,
-    ) -> Result<(), AuthError> {
-        let expires = chrono::Utc::now() + Self::ttl(self.mail.verification_ttl);
-        let token = self
-            .email_tokens
-            .issue(user_id, Purpose::VerifyEmail, expires)
-            .await
-            .map_err(AuthError::Unavailable)?;
-        let link = format!(
-            "{}/v1/auth/verify-email?token={token}",
-            self.mailer.public_url
-        );
-        self.mailer.send(
-            email.as_str(),
-            "Confirm your email address",
-            format!(
-                "Confirm that this address is yours:\n\n{link}\n\nOr send this token to POST /v1/auth/verify-email:\n\n{token}\n\n\
-                 It works once, until {expires}. If you did not sign up, ignore this message.\n"
-            ),
-        );
-        Ok(())
-    }
-
-    async fn verify_email(
-        &self,
-        req: VerifyEmailRequest,
-    ) -> Result<VerifyEmailResponse, AuthError> {
-        let user_id = self
-            .email_tokens
-            .consume(&req.token, Purpose::VerifyEmail, chrono::Utc::now())
-            .await
-            .map_err(AuthError::Unavailable)?
-            .ok_or(AuthError::InvalidEmailToken)?;
-        self.users
-            .set_verified(user_id)
-            .await
-            .map_err(AuthError::Unavailable)?;
-        self.audit
-            .event("auth.email_verified", Outcome::Success)
-            .actor(user_id.to_string())
-            .subject(user_id.to_string())
-            .client(req.client.as_ref())
-            .emit();
-        Ok(VerifyEmailResponse {})
-    }
-
-    async fn resend_verification(&self, req: EmailRequest) -> Result<EmailResponse, AuthError> {
-        let email = EmailAddress::parse(&req.email)?;
-        let user = self
-            .users
-            .by_email(&email)
-            .await
-            .map_err(AuthError::Unavailable)?;
-        if let Some(user) = user.filter(|u| !u.email_verified && u.disabled_at.is_none()) {
-            self.send_verification(user.id, &email).await?;
-        }
-        Ok(EmailResponse {})
-    }
-
-    async fn forgot_password(&self, req: EmailRequest) -> Result<EmailResponse, AuthError> {
-        let email = EmailAddress::parse(&req.email)?;
-        let user = self
-            .users
-            .by_email(&email)
-            .await
-            .map_err(AuthError::Unavailable)?;
-        let Some(user) = user.filter(|u| u.disabled_at.is_none()) else {
-            self.audit
-                .event("auth.password_reset_requested", Outcome::Failure)
-                .client(req.client.as_ref())
-                .details(serde_json::json!({"reason": "unknown_email"}))
-                .emit();
-            return Ok(EmailResponse {});
-        };
-        let expires = chrono::Utc::now() + Self::ttl(self.mail.reset_ttl);
-        let token = self
-            .email_tokens
-            .issue(user.id, Purpose::ResetPassword, expires)
-            .await
-            .map_err(AuthError::Unavailable)?;
-        self.mailer.send(
-            email.as_str(),
-            "Reset your password",
-            format!(
-                "Someone asked to reset the password of this account.\n\n\
-                 Send this token with your new password to POST /v1/auth/password/reset:\n\n{token}\n\n\
-                 It works once, until {expires}. If it was not you, ignore this message: \
-                 your password stays as it is.\n"
-            ),
-        );
-        self.audit
-            .event("auth.password_reset_requested", Outcome::Success)
-            .subject(user.id.to_string())
-            .client(req.client.as_ref())
-            .emit();
-        Ok(EmailResponse {})
-    }
-
-    async fn reset_password(
-        &self,
-        req: ResetPasswordRequest,
-    ) -> Result<ResetPasswordResponse, AuthError> {
-        let now = chrono::Utc::now();
-        // Check the new password before using the token up, so a refused password
-        // does not cost the user their link.
-        let user_id = self
-            .email_tokens
-            .peek(&req.token, Purpose::ResetPassword, now)
-            .await
-            .map_err(AuthError::Unavailable)?
-            .ok_or(AuthError::InvalidEmailToken)?;
-        let user = self
-            .users
-            .by_id(user_id)
-            .await
-            .map_err(AuthError::Unavailable)?
-            .ok_or(AuthError::InvalidEmailToken)?;
-        let email = EmailAddress::parse(&user.email)?;
-        let new = self.policy.check(&req.new_password, &email)?;
-        let hash = self.hasher.hash(new).await?;
-        if self
-            .email_tokens
-            .consume(&req.token, Purpose::ResetPassword, now)
-            .await
-            .map_err(AuthError::Unavailable)?
-            != Some(user_id)
-        {
-            return Err(AuthError::InvalidEmailToken);
-        }
-        self.users
-            .set_password(user_id, &user.password_hash, &hash, self.policy.history())
-            .await
-            .map_err(AuthError::Unavailable)?;
-        // A reset proves control of the mailbox: the address counts as verified.
-        self.users
-            .set_verified(user_id)
-            .await
-            .map_err(AuthError::Unavailable)?;
-        let ended = self
-            .end_sessions(user_id, None, "password_reset", req.client.clone())
-            .await?;
-        self.lockout
-            .unlock(email.as_str())
-            .await
-            .map_err(AuthError::Unavailable)?;
-        self.audit
-            .event("auth.password_reset", Outcome::Success)
-            .actor(user_id.to_string())
-            .subject(user_id.to_string())
-            .client(req.client.as_ref())
-            .details(serde_json::json!({"sessions_ended": ended}))
-            .emit();
-        Ok(ResetPasswordResponse {
-            sessions_ended: ended,
-        })
     }
 
     async fn validate(

@@ -1,0 +1,321 @@
+//! Account flows beyond login: password change, API keys, email verification and
+//! password reset.
+
+use aia_proto::audit::v1::Outcome;
+use aia_proto::auth::v1::{
+    AuthenticateApiKeyRequest, AuthenticateApiKeyResponse, ChangePasswordRequest,
+    ChangePasswordResponse, CreateApiKeyRequest, CreateApiKeyResponse, EmailRequest, EmailResponse,
+    ResetPasswordRequest, ResetPasswordResponse, VerifyEmailRequest, VerifyEmailResponse,
+};
+
+use crate::api_keys::SCOPES;
+use crate::domain::{EmailAddress, Invalid, Password};
+use crate::email_tokens::Purpose;
+use crate::error::AuthError;
+use crate::service::{Auth, api_key_info};
+
+impl Auth {
+    pub(crate) async fn change_password(
+        &self,
+        req: ChangePasswordRequest,
+    ) -> Result<ChangePasswordResponse, AuthError> {
+        let user_id =
+            uuid::Uuid::parse_str(&req.user_id).map_err(|_| AuthError::InvalidAccessToken)?;
+        let user = self
+            .users
+            .by_id(user_id)
+            .await
+            .map_err(AuthError::Unavailable)?
+            .filter(|u| u.disabled_at.is_none())
+            .ok_or(AuthError::InvalidAccessToken)?;
+        let email = EmailAddress::parse(&user.email)?;
+        let current = Password::presented(&req.current_password)?;
+        if !self
+            .hasher
+            .verify(current, Some(user.password_hash.clone()))
+            .await?
+        {
+            self.audit
+                .event("auth.password_change", Outcome::Failure)
+                .actor(user_id.to_string())
+                .subject(user_id.to_string())
+                .client(req.client.as_ref())
+                .details(serde_json::json!({"reason": "wrong_current_password"}))
+                .emit();
+            return Err(AuthError::WrongCurrentPassword);
+        }
+        let new = self.policy.check(&req.new_password, &email)?;
+        // Not the current password, nor a recent one.
+        let mut recent = vec![user.password_hash.clone()];
+        recent.extend(
+            self.users
+                .password_history(user_id, self.policy.history())
+                .await
+                .map_err(AuthError::Unavailable)?,
+        );
+        for old in recent {
+            if self
+                .hasher
+                .verify(Password::presented(new.expose())?, Some(old))
+                .await?
+            {
+                return Err(AuthError::Invalid(Invalid::PasswordReused));
+            }
+        }
+        let hash = self.hasher.hash(new).await?;
+        self.users
+            .set_password(user_id, &user.password_hash, &hash, self.policy.history())
+            .await
+            .map_err(AuthError::Unavailable)?;
+        let ended = self
+            .end_sessions(
+                user_id,
+                Some(&req.session_id),
+                "password_changed",
+                req.client.clone(),
+            )
+            .await?;
+        self.audit
+            .event("auth.password_change", Outcome::Success)
+            .actor(user_id.to_string())
+            .subject(user_id.to_string())
+            .client(req.client.as_ref())
+            .details(serde_json::json!({"other_sessions_ended": ended}))
+            .emit();
+        Ok(ChangePasswordResponse {
+            sessions_ended: ended,
+        })
+    }
+
+    pub(crate) async fn create_api_key(
+        &self,
+        req: CreateApiKeyRequest,
+    ) -> Result<CreateApiKeyResponse, AuthError> {
+        let user_id =
+            uuid::Uuid::parse_str(&req.user_id).map_err(|_| AuthError::InvalidAccessToken)?;
+        let name = req.name.trim();
+        if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+            return Err(AuthError::Invalid(Invalid::ApiKeyName));
+        }
+        if req.scopes.is_empty() || !req.scopes.iter().all(|s| SCOPES.contains(&s.as_str())) {
+            return Err(AuthError::Invalid(Invalid::ApiKeyScopes));
+        }
+        if req.expires_in_days > 3650 {
+            return Err(AuthError::Invalid(Invalid::ApiKeyExpiry));
+        }
+        let expires_at = (req.expires_in_days > 0)
+            .then(|| chrono::Utc::now() + chrono::Duration::days(i64::from(req.expires_in_days)));
+        let mut scopes = req.scopes.clone();
+        scopes.sort();
+        scopes.dedup();
+        let (key, api_key) = self
+            .api_keys
+            .create(user_id, name, &scopes, expires_at)
+            .await
+            .map_err(AuthError::Unavailable)?;
+        self.audit
+            .event("auth.api_key_created", Outcome::Success)
+            .actor(user_id.to_string())
+            .subject(key.id.to_string())
+            .client(req.client.as_ref())
+            .details(serde_json::json!({"scopes": scopes, "expires_at": expires_at}))
+            .emit();
+        Ok(CreateApiKeyResponse {
+            key: Some(api_key_info(key)),
+            api_key,
+        })
+    }
+
+    pub(crate) async fn authenticate_api_key(
+        &self,
+        req: AuthenticateApiKeyRequest,
+    ) -> Result<AuthenticateApiKeyResponse, AuthError> {
+        let key = self
+            .api_keys
+            .authenticate(&req.api_key, chrono::Utc::now())
+            .await
+            .map_err(AuthError::Unavailable)?
+            .ok_or(AuthError::InvalidApiKey)?;
+        self.users
+            .by_id(key.user_id)
+            .await
+            .map_err(AuthError::Unavailable)?
+            .filter(|u| u.disabled_at.is_none())
+            .ok_or(AuthError::InvalidApiKey)?;
+        Ok(AuthenticateApiKeyResponse {
+            user_id: key.user_id.to_string(),
+            key_id: key.id.to_string(),
+            scopes: key.scopes,
+        })
+    }
+
+    pub(crate) fn ttl(d: std::time::Duration) -> chrono::Duration {
+        chrono::Duration::from_std(d).unwrap_or(chrono::Duration::hours(1))
+    }
+
+    pub(crate) async fn send_verification(
+        &self,
+        user_id: uuid::Uuid,
+        email: &EmailAddress,
+    ) -> Result<(), AuthError> {
+        let expires = chrono::Utc::now() + Self::ttl(self.mail.verification_ttl);
+        let token = self
+            .email_tokens
+            .issue(user_id, Purpose::VerifyEmail, expires)
+            .await
+            .map_err(AuthError::Unavailable)?;
+        let link = format!(
+            "{}/v1/auth/verify-email?token={token}",
+            self.mailer.public_url
+        );
+        self.mailer.send(
+            email.as_str(),
+            "Confirm your email address",
+            format!(
+                "Confirm that this address is yours:\n\n{link}\n\nOr send this token to POST /v1/auth/verify-email:\n\n{token}\n\n\
+                 It works once, until {expires}. If you did not sign up, ignore this message.\n"
+            ),
+        );
+        Ok(())
+    }
+
+    pub(crate) async fn verify_email(
+        &self,
+        req: VerifyEmailRequest,
+    ) -> Result<VerifyEmailResponse, AuthError> {
+        let user_id = self
+            .email_tokens
+            .consume(&req.token, Purpose::VerifyEmail, chrono::Utc::now())
+            .await
+            .map_err(AuthError::Unavailable)?
+            .ok_or(AuthError::InvalidEmailToken)?;
+        self.users
+            .set_verified(user_id)
+            .await
+            .map_err(AuthError::Unavailable)?;
+        self.audit
+            .event("auth.email_verified", Outcome::Success)
+            .actor(user_id.to_string())
+            .subject(user_id.to_string())
+            .client(req.client.as_ref())
+            .emit();
+        Ok(VerifyEmailResponse {})
+    }
+
+    pub(crate) async fn resend_verification(
+        &self,
+        req: EmailRequest,
+    ) -> Result<EmailResponse, AuthError> {
+        let email = EmailAddress::parse(&req.email)?;
+        let user = self
+            .users
+            .by_email(&email)
+            .await
+            .map_err(AuthError::Unavailable)?;
+        if let Some(user) = user.filter(|u| !u.email_verified && u.disabled_at.is_none()) {
+            self.send_verification(user.id, &email).await?;
+        }
+        Ok(EmailResponse {})
+    }
+
+    pub(crate) async fn forgot_password(
+        &self,
+        req: EmailRequest,
+    ) -> Result<EmailResponse, AuthError> {
+        let email = EmailAddress::parse(&req.email)?;
+        let user = self
+            .users
+            .by_email(&email)
+            .await
+            .map_err(AuthError::Unavailable)?;
+        let Some(user) = user.filter(|u| u.disabled_at.is_none()) else {
+            self.audit
+                .event("auth.password_reset_requested", Outcome::Failure)
+                .client(req.client.as_ref())
+                .details(serde_json::json!({"reason": "unknown_email"}))
+                .emit();
+            return Ok(EmailResponse {});
+        };
+        let expires = chrono::Utc::now() + Self::ttl(self.mail.reset_ttl);
+        let token = self
+            .email_tokens
+            .issue(user.id, Purpose::ResetPassword, expires)
+            .await
+            .map_err(AuthError::Unavailable)?;
+        self.mailer.send(
+            email.as_str(),
+            "Reset your password",
+            format!(
+                "Someone asked to reset the password of this account.\n\n\
+                 Send this token with your new password to POST /v1/auth/password/reset:\n\n{token}\n\n\
+                 It works once, until {expires}. If it was not you, ignore this message: \
+                 your password stays as it is.\n"
+            ),
+        );
+        self.audit
+            .event("auth.password_reset_requested", Outcome::Success)
+            .subject(user.id.to_string())
+            .client(req.client.as_ref())
+            .emit();
+        Ok(EmailResponse {})
+    }
+
+    pub(crate) async fn reset_password(
+        &self,
+        req: ResetPasswordRequest,
+    ) -> Result<ResetPasswordResponse, AuthError> {
+        let now = chrono::Utc::now();
+        // Check the new password before using the token up, so a refused password
+        // does not cost the user their link.
+        let user_id = self
+            .email_tokens
+            .peek(&req.token, Purpose::ResetPassword, now)
+            .await
+            .map_err(AuthError::Unavailable)?
+            .ok_or(AuthError::InvalidEmailToken)?;
+        let user = self
+            .users
+            .by_id(user_id)
+            .await
+            .map_err(AuthError::Unavailable)?
+            .ok_or(AuthError::InvalidEmailToken)?;
+        let email = EmailAddress::parse(&user.email)?;
+        let new = self.policy.check(&req.new_password, &email)?;
+        let hash = self.hasher.hash(new).await?;
+        if self
+            .email_tokens
+            .consume(&req.token, Purpose::ResetPassword, now)
+            .await
+            .map_err(AuthError::Unavailable)?
+            != Some(user_id)
+        {
+            return Err(AuthError::InvalidEmailToken);
+        }
+        self.users
+            .set_password(user_id, &user.password_hash, &hash, self.policy.history())
+            .await
+            .map_err(AuthError::Unavailable)?;
+        // A reset proves control of the mailbox: the address counts as verified.
+        self.users
+            .set_verified(user_id)
+            .await
+            .map_err(AuthError::Unavailable)?;
+        let ended = self
+            .end_sessions(user_id, None, "password_reset", req.client.clone())
+            .await?;
+        self.lockout
+            .unlock(email.as_str())
+            .await
+            .map_err(AuthError::Unavailable)?;
+        self.audit
+            .event("auth.password_reset", Outcome::Success)
+            .actor(user_id.to_string())
+            .subject(user_id.to_string())
+            .client(req.client.as_ref())
+            .details(serde_json::json!({"sessions_ended": ended}))
+            .emit();
+        Ok(ResetPasswordResponse {
+            sessions_ended: ended,
+        })
+    }
+}

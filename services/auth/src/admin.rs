@@ -1,0 +1,185 @@
+//! Admin actions: list and search users, roles, unlock, disable. Every one
+//! re-checks in the database that the actor is an admin.
+
+use aia_proto::audit::v1::Outcome;
+use aia_proto::auth::v1::{
+    ListUsersRequest, ListUsersResponse, SetUserDisabledRequest, SetUserDisabledResponse,
+    SetUserRolesRequest, SetUserRolesResponse, UnlockUserRequest, UnlockUserResponse, UserSummary,
+};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+use crate::domain::Invalid;
+use crate::error::AuthError;
+use crate::service::Auth;
+
+impl Auth {
+    /// The gateway checked the token's roles; check the actor's current roles too.
+    pub(crate) async fn require_admin(&self, actor_id: &str) -> Result<uuid::Uuid, AuthError> {
+        let actor_id = uuid::Uuid::parse_str(actor_id).map_err(|_| AuthError::Forbidden)?;
+        let actor = self
+            .users
+            .by_id(actor_id)
+            .await
+            .map_err(AuthError::Unavailable)?;
+        if !actor.is_some_and(|a| a.disabled_at.is_none() && a.roles.iter().any(|r| r == "admin")) {
+            return Err(AuthError::Forbidden);
+        }
+        Ok(actor_id)
+    }
+
+    pub(crate) async fn list_users(
+        &self,
+        req: ListUsersRequest,
+    ) -> Result<ListUsersResponse, AuthError> {
+        self.require_admin(&req.actor_id).await?;
+        let limit = match req.limit {
+            0 => 50,
+            n @ 1..=200 => i64::from(n),
+            _ => return Err(AuthError::Invalid(Invalid::PageSize)),
+        };
+        let after = match req.cursor.as_str() {
+            "" => None,
+            c => Some(
+                String::from_utf8(
+                    URL_SAFE_NO_PAD
+                        .decode(c)
+                        .map_err(|_| AuthError::Invalid(Invalid::Cursor))?,
+                )
+                .map_err(|_| AuthError::Invalid(Invalid::Cursor))?,
+            ),
+        };
+        if req.query.chars().count() > 254 {
+            return Err(AuthError::Invalid(Invalid::Email));
+        }
+        let mut users = self
+            .users
+            .list(&req.query, after.as_deref(), limit + 1)
+            .await
+            .map_err(AuthError::Unavailable)?;
+        let next_cursor = if users.len() as i64 > limit {
+            users.truncate(usize::try_from(limit).unwrap_or(50));
+            users
+                .last()
+                .map(|u| URL_SAFE_NO_PAD.encode(&u.email))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(ListUsersResponse {
+            users: users
+                .into_iter()
+                .map(|u| UserSummary {
+                    id: u.id.to_string(),
+                    email: u.email,
+                    email_verified: u.email_verified,
+                    roles: u.roles,
+                    disabled: u.disabled_at.is_some(),
+                    created_at: u
+                        .created_at
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                })
+                .collect(),
+            next_cursor,
+        })
+    }
+
+    pub(crate) async fn set_user_roles(
+        &self,
+        req: SetUserRolesRequest,
+    ) -> Result<SetUserRolesResponse, AuthError> {
+        let actor_id = self.require_admin(&req.actor_id).await?;
+        let user_id = uuid::Uuid::parse_str(&req.user_id).map_err(|_| AuthError::NotFound)?;
+        let mut roles = req.roles.clone();
+        roles.push("user".to_owned());
+        roles.sort();
+        roles.dedup();
+        if !roles.iter().all(|r| r == "user" || r == "admin") {
+            return Err(AuthError::Invalid(Invalid::Roles));
+        }
+        if user_id == actor_id && !roles.iter().any(|r| r == "admin") {
+            return Err(AuthError::Invalid(Invalid::SelfDemotion));
+        }
+        if !self
+            .users
+            .set_roles(user_id, &roles)
+            .await
+            .map_err(AuthError::Unavailable)?
+        {
+            return Err(AuthError::NotFound);
+        }
+        let ended = self
+            .end_sessions(user_id, None, "roles_changed", req.client.clone())
+            .await?;
+        self.audit
+            .event("admin.user_roles_changed", Outcome::Success)
+            .actor(actor_id.to_string())
+            .subject(user_id.to_string())
+            .client(req.client.as_ref())
+            .details(serde_json::json!({"roles": roles, "sessions_ended": ended}))
+            .emit();
+        Ok(SetUserRolesResponse {})
+    }
+
+    pub(crate) async fn unlock_user(
+        &self,
+        req: UnlockUserRequest,
+    ) -> Result<UnlockUserResponse, AuthError> {
+        let actor_id = self.require_admin(&req.actor_id).await?;
+        let user_id = uuid::Uuid::parse_str(&req.user_id).map_err(|_| AuthError::NotFound)?;
+        let user = self
+            .users
+            .by_id(user_id)
+            .await
+            .map_err(AuthError::Unavailable)?
+            .ok_or(AuthError::NotFound)?;
+        let was_locked = self
+            .lockout
+            .unlock(&user.email)
+            .await
+            .map_err(AuthError::Unavailable)?;
+        self.audit
+            .event("admin.user_unlocked", Outcome::Success)
+            .actor(actor_id.to_string())
+            .subject(user_id.to_string())
+            .client(req.client.as_ref())
+            .details(serde_json::json!({"was_locked": was_locked}))
+            .emit();
+        Ok(UnlockUserResponse { was_locked })
+    }
+
+    pub(crate) async fn set_user_disabled(
+        &self,
+        req: SetUserDisabledRequest,
+    ) -> Result<SetUserDisabledResponse, AuthError> {
+        let actor_id = self.require_admin(&req.actor_id).await?;
+        let user_id = uuid::Uuid::parse_str(&req.user_id).map_err(|_| AuthError::NotFound)?;
+        if !self
+            .users
+            .set_disabled(user_id, req.disabled)
+            .await
+            .map_err(AuthError::Unavailable)?
+        {
+            return Err(AuthError::NotFound);
+        }
+        let ended = if req.disabled {
+            self.end_sessions(user_id, None, "user_disabled", req.client.clone())
+                .await?
+        } else {
+            0
+        };
+        let event = if req.disabled {
+            "admin.user_disabled"
+        } else {
+            "admin.user_enabled"
+        };
+        self.audit
+            .event(event, Outcome::Success)
+            .actor(actor_id.to_string())
+            .subject(user_id.to_string())
+            .client(req.client.as_ref())
+            .details(serde_json::json!({"sessions_ended": ended}))
+            .emit();
+        Ok(SetUserDisabledResponse {})
+    }
+}
