@@ -59,6 +59,21 @@ impl SmtpSink {
         .await
     }
 
+    /// Waits (up to 10 s) for the `n`-th message to `to`, counting from 1.
+    pub async fn nth(&self, to: &str, n: usize) -> anyhow::Result<Mail> {
+        crate::eventually(Duration::from_secs(10), || async {
+            let received = self
+                .received
+                .lock()
+                .map_err(|_| anyhow::anyhow!("poisoned"))?;
+            let mut to_them = received
+                .iter()
+                .filter(|m| m.to.iter().any(|t| t.eq_ignore_ascii_case(to)));
+            Ok(to_them.nth(n.saturating_sub(1)).cloned())
+        })
+        .await
+    }
+
     /// How many messages went to `to`.
     pub fn count_for(&self, to: &str) -> usize {
         self.received

@@ -6,7 +6,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    PASSWORD, admin, assert_problem, email, field, login, me_status, register, signed_in,
+    PASSWORD, admin, assert_problem, email, field, login, me_status, register, signed_in, user_id,
 };
 
 async fn register_with(
@@ -165,15 +165,7 @@ async fn disabling_a_user_ends_their_sessions_at_once_and_only_admins_may() -> a
     register(&stack, &email).await?;
     let user = login(&stack, &email).await?;
     let user_token = field(&user, "access_token");
-    let me: Value = stack
-        .http()
-        .get(stack.url("/v1/auth/me"))
-        .bearer_auth(user_token)
-        .send()
-        .await?
-        .json()
-        .await?;
-    let user_id = me["id"].as_str().unwrap_or_default().to_owned();
+    let user_id = user_id(&stack, user_token).await?;
     let disable = |token: &str, id: &str| {
         stack
             .http()

@@ -4,7 +4,7 @@ use aia_testkit::Stack;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{admin, assert_problem, field, me_status, register, signed_in};
+use crate::helpers::{admin, assert_problem, field, me_status, register, signed_in, user_id};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admins_page_through_and_search_users_and_users_cannot() -> anyhow::Result<()> {
@@ -96,15 +96,7 @@ async fn a_role_change_takes_effect_at_once_and_an_admin_cannot_demote_themselve
     let admin_token = field(&admin, "access_token");
     let user = signed_in(&stack).await?;
     let user_token = field(&user, "access_token");
-    let me: Value = stack
-        .http()
-        .get(stack.url("/v1/auth/me"))
-        .bearer_auth(user_token)
-        .send()
-        .await?
-        .json()
-        .await?;
-    let user_id = me["id"].as_str().unwrap_or_default().to_owned();
+    let user_id = user_id(&stack, user_token).await?;
     let set = |token: &str, id: &str, roles: Value| {
         stack
             .http()
@@ -132,15 +124,7 @@ async fn a_role_change_takes_effect_at_once_and_an_admin_cannot_demote_themselve
         me_status(&stack, user_token).await?,
         StatusCode::UNAUTHORIZED
     );
-    let admin_me: Value = stack
-        .http()
-        .get(stack.url("/v1/auth/me"))
-        .bearer_auth(admin_token)
-        .send()
-        .await?
-        .json()
-        .await?;
-    let admin_id = admin_me["id"].as_str().unwrap_or_default().to_owned();
+    let admin_id = crate::helpers::user_id(&stack, admin_token).await?;
     assert_problem(
         set(admin_token, &admin_id, json!(["user"])).await?,
         StatusCode::UNPROCESSABLE_ENTITY,

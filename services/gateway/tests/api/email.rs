@@ -66,11 +66,7 @@ async fn registration_sends_a_single_use_verification_token() -> anyhow::Result<
         json!({"email": email}),
     )
     .await?;
-    let second = aia_testkit::eventually(std::time::Duration::from_secs(10), || async {
-        Ok((smtp.count_for(&email) == 2).then_some(()))
-    });
-    second.await?;
-    let newer = token_in(&smtp.wait_for(&email).await?.data);
+    let newer = token_in(&smtp.nth(&email, 2).await?.data);
     assert_ne!(newer, token);
     assert_problem(
         post(&stack, "/v1/auth/verify-email", json!({"token": token})).await?,
@@ -157,11 +153,7 @@ async fn a_password_reset_ends_every_session_and_lifts_a_lockout() -> anyhow::Re
         (unknown.status(), unknown.text().await?)
     );
     // The second message to the address (the first was the verification).
-    aia_testkit::eventually(std::time::Duration::from_secs(10), || async {
-        Ok((smtp.count_for(&email) == 2).then_some(()))
-    })
-    .await?;
-    let mail = smtp.wait_for(&email).await?;
+    let mail = smtp.nth(&email, 2).await?;
     assert!(mail.data.contains("Reset your password"), "{}", mail.data);
     let token = token_in(&mail.data);
 
@@ -229,17 +221,9 @@ async fn expired_and_replaced_reset_tokens_are_refused() -> anyhow::Result<()> {
     )
     .await?;
     post(&stack, "/v1/auth/password/forgot", json!({"email": email})).await?;
-    aia_testkit::eventually(std::time::Duration::from_secs(10), || async {
-        Ok((smtp.count_for(&email) == 2).then_some(()))
-    })
-    .await?;
-    let first = token_in(&smtp.wait_for(&email).await?.data);
+    let first = token_in(&smtp.nth(&email, 2).await?.data);
     post(&stack, "/v1/auth/password/forgot", json!({"email": email})).await?;
-    aia_testkit::eventually(std::time::Duration::from_secs(10), || async {
-        Ok((smtp.count_for(&email) == 3).then_some(()))
-    })
-    .await?;
-    let second = token_in(&smtp.wait_for(&email).await?.data);
+    let second = token_in(&smtp.nth(&email, 3).await?.data);
     assert_ne!(first, second);
     let replaced = post(
         &stack,
@@ -270,6 +254,40 @@ async fn expired_and_replaced_reset_tokens_are_refused() -> anyhow::Result<()> {
         .status(),
         StatusCode::OK
     );
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_token_raced_ten_times_works_exactly_once() -> anyhow::Result<()> {
+    let (stack, smtp) = stack_with_mail(&[]).await?;
+    let email = email();
+    post(
+        &stack,
+        "/v1/auth/register",
+        json!({"email": email, "password": PASSWORD}),
+    )
+    .await?;
+    post(&stack, "/v1/auth/password/forgot", json!({"email": email})).await?;
+    let token = token_in(&smtp.nth(&email, 2).await?.data);
+    let attempts = (0..10).map(|i| {
+        let body = json!({"token": token, "new_password": format!("raced passphrase number {i}")});
+        let request = stack
+            .http()
+            .post(stack.url("/v1/auth/password/reset"))
+            .json(&body);
+        async move { request.send().await.map(|r| r.status()) }
+    });
+    let statuses = futures::future::join_all(attempts).await;
+    let ok = statuses
+        .iter()
+        .filter(|s| matches!(s, Ok(StatusCode::OK)))
+        .count();
+    let refused = statuses
+        .iter()
+        .filter(|s| matches!(s, Ok(StatusCode::UNPROCESSABLE_ENTITY)))
+        .count();
+    assert_eq!((ok, refused), (1, 9), "{statuses:?}");
     stack.stop().await;
     Ok(())
 }

@@ -95,3 +95,16 @@ pub async fn admin(stack: &Stack) -> anyhow::Result<Value> {
         .await?;
     login(stack, &email).await
 }
+
+/// The id of the user a bearer token belongs to (from `GET /v1/auth/me`).
+pub async fn user_id(stack: &Stack, token: &str) -> anyhow::Result<String> {
+    let me: Value = stack
+        .http()
+        .get(stack.url("/v1/auth/me"))
+        .bearer_auth(token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(me["id"].as_str().unwrap_or_default().to_owned())
+}

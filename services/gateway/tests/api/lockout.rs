@@ -259,3 +259,49 @@ async fn unknown_users_and_wrong_passwords_take_the_same_time() -> anyhow::Resul
     stack.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_failures_are_all_counted_and_lock_once() -> anyhow::Result<()> {
+    let stack = Stack::start_with(&[("LOGIN_BACKOFF_AFTER", "100".into())]).await?;
+    let victim = email();
+    register(&stack, &victim).await?;
+    let attacker = from_ip(2)?;
+    let attempts = (0..12).map(|_| login(&stack, &attacker, &victim, "guess guess guess"));
+    let statuses: Vec<StatusCode> = futures::future::join_all(attempts)
+        .await
+        .into_iter()
+        .map(|r| r.map(|r| r.status()))
+        .collect::<anyhow::Result<_>>()?;
+    assert!(
+        statuses
+            .iter()
+            .all(|s| matches!(*s, StatusCode::UNAUTHORIZED | StatusCode::TOO_MANY_REQUESTS)),
+        "{statuses:?}"
+    );
+    // However the twelve interleaved, ten or more were counted: the account is locked.
+    assert_eq!(
+        login(&stack, &from_ip(3)?, &victim, PASSWORD)
+            .await?
+            .status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    let audit = AuditServiceClient::connect(stack.audit.url()).await?;
+    aia_testkit::eventually(Duration::from_secs(10), || {
+        let mut audit = audit.clone();
+        async move {
+            let events = audit
+                .query(QueryRequest {
+                    event_type: "auth.lockout".into(),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner()
+                .events;
+            Ok((!events.is_empty()).then_some(events.len()))
+        }
+    })
+    .await
+    .map(|n| assert_eq!(n, 1, "one lock, one event"))?;
+    stack.stop().await;
+    Ok(())
+}
