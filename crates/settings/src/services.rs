@@ -193,7 +193,7 @@ pub struct AuthSettings {
     /// `JWT_SIGNING_KEY_FILE` or `JWT_SIGNING_KEY`: a key to import into the key
     /// store at start (if it is not there yet) and sign with from then on.
     pub signing_key: SigningKeySource,
-    /// `ENCRYPTION_KEY`: seals private signing keys (and later TOTP secrets) at rest.
+    /// `ENCRYPTION_KEY`: seals private signing keys and TOTP secrets at rest.
     /// Required in production (32+ random characters); development generates one per
     /// start, so its stored keys do not survive a restart.
     pub encryption_key: Option<SecretString>,
@@ -219,6 +219,9 @@ pub struct AuthSettings {
     /// Required in production (64+ random characters); development generates one per
     /// start, so its API keys stop working at a restart.
     pub api_key_secret: Option<SecretString>,
+    /// `TOTP_ISSUER`: the name authenticator apps show for this service (default
+    /// `AIA`; no `:`).
+    pub totp_issuer: String,
 }
 
 /// The session service.
@@ -490,6 +493,7 @@ impl AuthSettings {
                 concurrency: env.parse_in("PASSWORD_HASHING_CONCURRENCY", cores(), 1, 1024),
             },
             api_key_secret: production::secret(&mut env, "API_KEY_SECRET", 64, common.app_env),
+            totp_issuer: env.string("TOTP_ISSUER", "AIA"),
             mail: MailSettings {
                 smtp_url: env
                     .get("SMTP_URL")
@@ -535,6 +539,9 @@ impl AuthSettings {
             },
             common,
         };
+        if settings.totp_issuer.is_empty() || settings.totp_issuer.contains(':') {
+            env.problem("TOTP_ISSUER", "must be a non-empty name without ':'");
+        }
         if settings.common.app_env.is_production() {
             production::check_password_hashing(&mut env, &settings.hashing);
             production::check_password_min_length(&mut env, settings.password_policy.min_length);

@@ -27,4 +27,7 @@ pub struct AccessClaims {
     /// The user's roles at issue time.
     #[serde(default)]
     pub roles: Vec<String>,
+    /// How the session authenticated (RFC 8176 values: `pwd`, `otp`).
+    #[serde(default)]
+    pub amr: Vec<String>,
 }

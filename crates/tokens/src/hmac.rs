@@ -97,6 +97,7 @@ mod tests {
             jti: "jti".into(),
             sid: "sid".into(),
             roles: vec![],
+            amr: vec!["pwd".into()],
         }
     }
 

@@ -188,6 +188,7 @@ mod tests {
             jti: "jti".into(),
             sid: "sid".into(),
             roles: vec!["user".into()],
+            amr: vec!["pwd".into()],
         }
     }
 

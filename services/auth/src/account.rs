@@ -28,6 +28,7 @@ impl Auth {
             .map_err(AuthError::Unavailable)?
             .filter(|u| u.disabled_at.is_none())
             .ok_or(AuthError::InvalidAccessToken)?;
+        self.require_second_factor(user_id, &req.amr).await?;
         let email = EmailAddress::parse(&user.email)?;
         let current = Password::presented(&req.current_password)?;
         if !self
@@ -93,6 +94,7 @@ impl Auth {
     ) -> Result<CreateApiKeyResponse, AuthError> {
         let user_id =
             uuid::Uuid::parse_str(&req.user_id).map_err(|_| AuthError::InvalidAccessToken)?;
+        self.require_second_factor(user_id, &req.amr).await?;
         let name = req.name.trim();
         if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
             return Err(AuthError::Invalid(Invalid::ApiKeyName));

@@ -52,6 +52,9 @@ pub enum Invalid {
     /// The new password is the current one or a recent one.
     #[error("password: must differ from your recent passwords")]
     PasswordReused,
+    /// Disabling MFA needs a proof.
+    #[error("code or password: one of them is required")]
+    ProofMissing,
 }
 
 /// A syntactically valid email address, trimmed and lower-cased (addresses are

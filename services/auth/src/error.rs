@@ -27,6 +27,20 @@ pub enum AuthError {
     /// The current password given for a change is wrong.
     #[error("the current password is wrong")]
     WrongCurrentPassword,
+    /// An MFA challenge that is unknown, used or expired, or a wrong code for it.
+    #[error("invalid or expired MFA challenge, or wrong code")]
+    InvalidMfaLogin,
+    /// A wrong TOTP or recovery code for an account action.
+    #[error("the code is wrong or was already used")]
+    WrongCode,
+    /// The user has MFA on and the caller's session did not use it.
+    #[error(
+        "this action needs a session signed in with your second factor; log in again with your code"
+    )]
+    SecondFactorRequired,
+    /// MFA is not in the state the action needs.
+    #[error("{0}")]
+    MfaState(&'static str),
     /// The caller may not do this (not an admin).
     #[error("not allowed")]
     Forbidden,
@@ -81,13 +95,16 @@ impl From<AuthError> for Status {
             AuthError::InvalidCredentials
             | AuthError::InvalidRefreshToken
             | AuthError::InvalidAccessToken
-            | AuthError::InvalidApiKey => Status::unauthenticated(e.to_string()),
+            | AuthError::InvalidApiKey
+            | AuthError::InvalidMfaLogin => Status::unauthenticated(e.to_string()),
+            AuthError::MfaState(_) => Status::failed_precondition(e.to_string()),
             AuthError::NotFound => Status::not_found(e.to_string()),
             AuthError::EmailNotVerified => Status::failed_precondition(e.to_string()),
             AuthError::InvalidEmailToken => Status::invalid_argument(e.to_string()),
-            AuthError::WrongCurrentPassword | AuthError::Forbidden => {
-                Status::permission_denied(e.to_string())
-            }
+            AuthError::WrongCurrentPassword
+            | AuthError::Forbidden
+            | AuthError::WrongCode
+            | AuthError::SecondFactorRequired => Status::permission_denied(e.to_string()),
             AuthError::Throttled(wait) => {
                 let mut status = Status::resource_exhausted(e.to_string());
                 if let Ok(value) = wait.as_secs().max(1).to_string().parse() {

@@ -43,7 +43,7 @@ pub struct KeyRing {
 /// The key store and its current ring.
 pub struct KeyStore {
     pool: PgPool,
-    sealing: SealingKey,
+    sealing: Arc<SealingKey>,
     issuer: String,
     audience: String,
     /// How long a replaced key stays published.
@@ -119,8 +119,11 @@ type Row = (String, String, Vec<u8>, String, DateTime<Utc>);
 
 impl KeyStore {
     /// Imports the configured key, makes sure one can sign, and loads the ring.
-    pub async fn open(pool: PgPool, settings: &AuthSettings) -> anyhow::Result<Arc<Self>> {
-        let sealing = sealing_key(settings)?;
+    pub async fn open(
+        pool: PgPool,
+        settings: &AuthSettings,
+        sealing: Arc<SealingKey>,
+    ) -> anyhow::Result<Arc<Self>> {
         if settings.tokens.algorithm == JwtAlgorithm::Hs256 {
             let secret = settings
                 .tokens
@@ -191,7 +194,7 @@ impl KeyStore {
 
     fn with_ring(
         pool: PgPool,
-        sealing: SealingKey,
+        sealing: Arc<SealingKey>,
         settings: &AuthSettings,
         ring: KeyRing,
         fixed: bool,

@@ -6,6 +6,8 @@
 //!   (register, login, refresh, logout, revoke, validate).
 //! - `account`: password change, API keys, email verification, password reset.
 //! - `admin`: user list and search, roles, unlock, disable.
+//! - `mfa_flows`: the MFA challenge at login, TOTP enrolment and removal; `mfa`: the
+//!   TOTP credentials, recovery codes and challenges they use.
 //! - `policy`, `lockout`, `api_keys`, `email_tokens`, `mailer`: the pieces they use.
 //! - `domain`: `EmailAddress`, `Password` (valid by construction).
 //! - `hashing`: argon2id on a bounded blocking pool; the dummy hash for unknown users.
@@ -23,6 +25,8 @@ mod hashing;
 mod keys;
 mod lockout;
 mod mailer;
+mod mfa;
+mod mfa_flows;
 mod policy;
 mod schema;
 mod service;
@@ -78,8 +82,16 @@ pub async fn build(
             })
         })
     };
-    let lockout = lockout_of(&settings, redis);
-    let keys = keys::KeyStore::open(pg.clone(), &settings).await?;
+    let lockout = lockout_of(&settings, redis.clone());
+    let sealing = Arc::new(keys::sealing_key(&settings)?);
+    let keys = keys::KeyStore::open(pg.clone(), &settings, sealing.clone()).await?;
+    let mfa = mfa::Mfa::new(
+        pg.clone(),
+        redis,
+        settings.common.redis_key_prefix.clone(),
+        sealing,
+        settings.totp_issuer.clone(),
+    );
     let reload = keys.clone().spawn_reload(shutdown.clone());
     let email_tokens = email_tokens::EmailTokens::new(pg.clone());
     let api_keys = api_keys::ApiKeys::new(pg.clone(), &api_key_secret(&settings)?);
@@ -94,6 +106,7 @@ pub async fn build(
         email_tokens,
         mailer: mailer::Mailer::new(&settings.mail)?,
         mail: settings.mail.clone(),
+        mfa,
         session: SessionServiceClient::new(session),
         audit,
     };

@@ -57,3 +57,23 @@ diesel::table! {
         used_at -> Nullable<Timestamptz>,
     }
 }
+
+diesel::table! {
+    auth.totp_credentials (user_id) {
+        user_id -> Uuid,
+        secret -> Bytea,
+        sealing_key_id -> Text,
+        created_at -> Timestamptz,
+        confirmed_at -> Nullable<Timestamptz>,
+        last_step -> Int8,
+    }
+}
+
+diesel::table! {
+    auth.recovery_codes (code_hash) {
+        code_hash -> Bytea,
+        user_id -> Uuid,
+        created_at -> Timestamptz,
+        used_at -> Nullable<Timestamptz>,
+    }
+}

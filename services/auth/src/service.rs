@@ -7,14 +7,17 @@ use aia_proto::audit::v1::Outcome;
 use aia_proto::auth::v1::auth_service_server::AuthService;
 use aia_proto::auth::v1::{
     ApiKeyInfo, AuthenticateApiKeyRequest, AuthenticateApiKeyResponse, ChangePasswordRequest,
-    ChangePasswordResponse, Claims, CreateApiKeyRequest, CreateApiKeyResponse, EmailRequest,
-    EmailResponse, GetJwksRequest, GetJwksResponse, GetUserRequest, ListApiKeysRequest,
-    ListApiKeysResponse, ListUsersRequest, ListUsersResponse, LoginRequest, LogoutRequest,
+    ChangePasswordResponse, Claims, CompleteMfaLoginRequest, ConfirmTotpRequest,
+    ConfirmTotpResponse, CreateApiKeyRequest, CreateApiKeyResponse, DisableTotpRequest,
+    DisableTotpResponse, EmailRequest, EmailResponse, EnrollTotpRequest, EnrollTotpResponse,
+    GetJwksRequest, GetJwksResponse, GetUserRequest, ListApiKeysRequest, ListApiKeysResponse,
+    ListUsersRequest, ListUsersResponse, LoginRequest, LoginResponse, LogoutRequest,
     LogoutResponse, RefreshRequest, RegisterRequest, RegisterResponse, ResetPasswordRequest,
     ResetPasswordResponse, RevokeApiKeyRequest, RevokeApiKeyResponse, RevokeTokenRequest,
     RevokeTokenResponse, SetUserDisabledRequest, SetUserDisabledResponse, SetUserRolesRequest,
     SetUserRolesResponse, TokenPair, UnlockUserRequest, UnlockUserResponse, User as UserMessage,
     ValidateTokenRequest, ValidateTokenResponse, VerifyEmailRequest, VerifyEmailResponse,
+    login_response,
 };
 use aia_proto::session::v1 as session;
 use aia_proto::session::v1::session_service_client::SessionServiceClient;
@@ -24,7 +27,7 @@ use aia_tokens::AccessClaims;
 use crate::api_keys::{ApiKey, ApiKeys};
 use crate::email_tokens::EmailTokens;
 use crate::keys::KeyStore;
-use crate::lockout::{Lockout, Refusal};
+use crate::lockout::{Lockout, Precheck, Refusal};
 use crate::mailer::Mailer;
 use crate::policy::PasswordPolicy;
 use aia_telemetry::tls::authorize;
@@ -49,6 +52,7 @@ pub struct Auth {
     pub(crate) email_tokens: EmailTokens,
     pub(crate) mailer: Mailer,
     pub(crate) mail: aia_settings::MailSettings,
+    pub(crate) mfa: crate::mfa::Mfa,
     pub(crate) session: SessionServiceClient<Channel>,
     pub(crate) audit: AuditClient,
 }
@@ -83,9 +87,9 @@ pub(crate) fn api_key_info(key: ApiKey) -> ApiKeyInfo {
 }
 
 impl Auth {
-    /// Signs an access token for `user` in `session_id` and pairs it with `refresh_token`.
     /// Signs an access token for `user` in `session_id`, issued at `issued_at`
-    /// (seconds since the epoch) with id `jti`, and pairs it with `refresh_token`.
+    /// (seconds since the epoch) with id `jti` and the session's `amr`, and pairs it
+    /// with `refresh_token`.
     fn issue(
         &self,
         user: &User,
@@ -93,6 +97,7 @@ impl Auth {
         refresh_token: String,
         issued_at: i64,
         jti: uuid::Uuid,
+        amr: Vec<String>,
     ) -> Result<TokenPair, AuthError> {
         let ttl = i64::try_from(self.tokens.access_ttl.as_secs()).unwrap_or(900);
         let claims = AccessClaims {
@@ -105,6 +110,7 @@ impl Auth {
             jti: jti.to_string(),
             sid: session_id.to_owned(),
             roles: user.roles.clone(),
+            amr,
         };
         let access_token = self
             .keys
@@ -155,27 +161,13 @@ impl Auth {
         Ok(RegisterResponse {})
     }
 
-    async fn login(&self, req: LoginRequest) -> Result<TokenPair, AuthError> {
+    async fn login(&self, req: LoginRequest) -> Result<LoginResponse, AuthError> {
         let email = EmailAddress::parse(&req.email)?;
         let password = Password::presented(&req.password)?;
         let ip = req.client.as_ref().map_or("", |c| c.ip.as_str()).to_owned();
-        let precheck = match self
-            .lockout
-            .precheck(email.as_str(), &ip)
-            .await
-            .map_err(AuthError::Unavailable)?
-        {
-            Ok(precheck) => precheck,
-            Err(Refusal::RetryAfter(wait)) => {
-                metrics::counter!("auth_login_total", "outcome" => "failure", "reason" => "throttled").increment(1);
-                self.audit
-                    .event("auth.login", Outcome::Failure)
-                    .client(req.client.as_ref())
-                    .details(serde_json::json!({"reason": "throttled", "retry_after_seconds": wait.as_secs()}))
-                    .emit();
-                return Err(AuthError::Throttled(wait));
-            }
-        };
+        let precheck = self
+            .may_try(email.as_str(), &ip, req.client.as_ref())
+            .await?;
         let user = self
             .users
             .by_email(&email)
@@ -211,63 +203,129 @@ impl Auth {
                     event = event.subject(u.id.to_string());
                 }
                 event.emit();
-                let locked = self
-                    .lockout
-                    .record_failure(email.as_str(), &ip)
-                    .await
-                    .map_err(AuthError::Unavailable)?;
-                if locked {
-                    metrics::counter!("auth_lockouts_total").increment(1);
-                    let mut event = self
-                        .audit
-                        .event("auth.lockout", Outcome::Failure)
-                        .client(client)
-                        .details(
-                            serde_json::json!({"risk": "high", "reason": "too_many_failures"}),
-                        );
-                    if let Some(u) = &other {
-                        event = event.subject(u.id.to_string());
-                    }
-                    event.emit();
-                }
+                self.count_failure(email.as_str(), &ip, client, other.map(|u| u.id))
+                    .await?;
                 return Err(AuthError::InvalidCredentials);
             }
         };
-        self.lockout
-            .record_success(email.as_str(), &ip)
-            .await
-            .map_err(AuthError::Unavailable)?;
         if checked.outdated {
             self.upgrade_hash(&user, &req.password).await;
         }
         if precheck.locked_known_client {
             tracing::info!(user = %user.id, "locked account: login let through from a known client");
         }
+        if self
+            .mfa
+            .is_enabled(user.id)
+            .await
+            .map_err(AuthError::Unavailable)?
+        {
+            // The throttle is not cleared yet: only the second factor does that, so
+            // that a known password cannot reset the count of wrong codes.
+            return self.mfa_challenge(&user, &email, client).await;
+        }
+        self.lockout
+            .record_success(email.as_str(), &ip)
+            .await
+            .map_err(AuthError::Unavailable)?;
+        let pair = self
+            .start_session(&user, req.client, vec!["pwd".to_owned()])
+            .await?;
+        Ok(LoginResponse {
+            result: Some(login_response::Result::Tokens(pair)),
+        })
+    }
+
+    /// The throttle's pre-check for a login step on `email` from `ip`.
+    pub(crate) async fn may_try(
+        &self,
+        email: &str,
+        ip: &str,
+        client: Option<&aia_proto::common::v1::ClientInfo>,
+    ) -> Result<Precheck, AuthError> {
+        match self
+            .lockout
+            .precheck(email, ip)
+            .await
+            .map_err(AuthError::Unavailable)?
+        {
+            Ok(precheck) => Ok(precheck),
+            Err(Refusal::RetryAfter(wait)) => {
+                metrics::counter!("auth_login_total", "outcome" => "failure", "reason" => "throttled").increment(1);
+                self.audit
+                    .event("auth.login", Outcome::Failure)
+                    .client(client)
+                    .details(serde_json::json!({"reason": "throttled", "retry_after_seconds": wait.as_secs()}))
+                    .emit();
+                Err(AuthError::Throttled(wait))
+            }
+        }
+    }
+
+    /// Counts a failed login step (a wrong password or a wrong second factor) on
+    /// the throttle, and records a lock it causes.
+    pub(crate) async fn count_failure(
+        &self,
+        email: &str,
+        ip: &str,
+        client: Option<&aia_proto::common::v1::ClientInfo>,
+        subject: Option<uuid::Uuid>,
+    ) -> Result<(), AuthError> {
+        let locked = self
+            .lockout
+            .record_failure(email, ip)
+            .await
+            .map_err(AuthError::Unavailable)?;
+        if locked {
+            metrics::counter!("auth_lockouts_total").increment(1);
+            let mut event = self
+                .audit
+                .event("auth.lockout", Outcome::Failure)
+                .client(client)
+                .details(serde_json::json!({"risk": "high", "reason": "too_many_failures"}));
+            if let Some(id) = subject {
+                event = event.subject(id.to_string());
+            }
+            event.emit();
+        }
+        Ok(())
+    }
+
+    /// Starts a session for `user`, who authenticated with `amr`, and issues its
+    /// first token pair.
+    pub(crate) async fn start_session(
+        &self,
+        user: &User,
+        client: Option<aia_proto::common::v1::ClientInfo>,
+        amr: Vec<String>,
+    ) -> Result<TokenPair, AuthError> {
         let created = self
             .session
             .clone()
             .create_session(session::CreateSessionRequest {
                 user_id: user.id.to_string(),
-                client: req.client.clone(),
+                client: client.clone(),
+                amr: amr.clone(),
             })
             .await
             .map_err(|s| AuthError::from_upstream(s, "session.CreateSession"))?
             .into_inner();
         let now = chrono::Utc::now().timestamp();
         let pair = self.issue(
-            &user,
+            user,
             &created.session_id,
             created.refresh_token,
             now,
             uuid::Uuid::new_v4(),
+            amr.clone(),
         )?;
         metrics::counter!("auth_login_total", "outcome" => "success", "reason" => "").increment(1);
         self.audit
             .event("auth.login", Outcome::Success)
             .actor(user.id.to_string())
             .subject(user.id.to_string())
-            .client(client)
-            .details(serde_json::json!({"session_id": created.session_id, "amr": ["pwd"]}))
+            .client(client.as_ref())
+            .details(serde_json::json!({"session_id": created.session_id, "amr": amr}))
             .emit();
         Ok(pair)
     }
@@ -311,6 +369,7 @@ impl Auth {
             rotated.refresh_token,
             issued_at,
             jti,
+            rotated.amr,
         )
     }
 
@@ -458,6 +517,7 @@ impl Auth {
                 iss: claims.iss,
                 aud: claims.aud,
                 roles: claims.roles,
+                amr: claims.amr,
             }),
             revoked,
         })
@@ -479,6 +539,11 @@ impl Auth {
             created_at: user
                 .created_at
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            mfa_enabled: self
+                .mfa
+                .is_enabled(user.id)
+                .await
+                .map_err(AuthError::Unavailable)?,
         })
     }
 }
@@ -497,10 +562,57 @@ impl AuthService for Auth {
     }
 
     #[tracing::instrument(level = "info", name = "auth.login", skip_all)]
-    async fn login(&self, request: Request<LoginRequest>) -> Result<Response<TokenPair>, Status> {
+    async fn login(
+        &self,
+        request: Request<LoginRequest>,
+    ) -> Result<Response<LoginResponse>, Status> {
         authorize(&request, &["gateway"])?;
         Ok(Response::new(
             Auth::login(self, request.into_inner()).await?,
+        ))
+    }
+
+    #[tracing::instrument(level = "info", name = "auth.complete_mfa_login", skip_all)]
+    async fn complete_mfa_login(
+        &self,
+        request: Request<CompleteMfaLoginRequest>,
+    ) -> Result<Response<TokenPair>, Status> {
+        authorize(&request, &["gateway"])?;
+        Ok(Response::new(
+            Auth::complete_mfa_login(self, request.into_inner()).await?,
+        ))
+    }
+
+    #[tracing::instrument(level = "info", name = "auth.enroll_totp", skip_all)]
+    async fn enroll_totp(
+        &self,
+        request: Request<EnrollTotpRequest>,
+    ) -> Result<Response<EnrollTotpResponse>, Status> {
+        authorize(&request, &["gateway"])?;
+        Ok(Response::new(
+            Auth::enroll_totp(self, request.into_inner()).await?,
+        ))
+    }
+
+    #[tracing::instrument(level = "info", name = "auth.confirm_totp", skip_all)]
+    async fn confirm_totp(
+        &self,
+        request: Request<ConfirmTotpRequest>,
+    ) -> Result<Response<ConfirmTotpResponse>, Status> {
+        authorize(&request, &["gateway"])?;
+        Ok(Response::new(
+            Auth::confirm_totp(self, request.into_inner()).await?,
+        ))
+    }
+
+    #[tracing::instrument(level = "info", name = "auth.disable_totp", skip_all)]
+    async fn disable_totp(
+        &self,
+        request: Request<DisableTotpRequest>,
+    ) -> Result<Response<DisableTotpResponse>, Status> {
+        authorize(&request, &["gateway"])?;
+        Ok(Response::new(
+            Auth::disable_totp(self, request.into_inner()).await?,
         ))
     }
 

@@ -11,6 +11,7 @@ diesel::table! {
         revoke_reason -> Nullable<Text>,
         ip -> Text,
         user_agent -> Text,
+        amr -> Array<Text>,
     }
 }
 

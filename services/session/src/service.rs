@@ -43,6 +43,19 @@ fn uuid_arg(value: &str, field: &'static str) -> Result<uuid::Uuid, Status> {
         .map_err(|_| Status::invalid_argument(format!("{field} must be a UUID")))
 }
 
+/// The authentication methods a session may record (RFC 8176); none means `pwd`.
+fn amr_arg(amr: Vec<String>) -> Result<Vec<String>, Status> {
+    const KNOWN: [&str; 2] = ["pwd", "otp"];
+    if amr.is_empty() {
+        return Ok(vec!["pwd".to_owned()]);
+    }
+    let duplicated = amr.iter().enumerate().any(|(i, m)| amr[..i].contains(m));
+    if duplicated || amr.iter().any(|m| !KNOWN.contains(&m.as_str())) {
+        return Err(Status::invalid_argument("amr: only \"pwd\" and \"otp\""));
+    }
+    Ok(amr)
+}
+
 fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: t.timestamp(),
@@ -186,9 +199,10 @@ impl SessionService for Sessions {
         authorize(&request, &["auth"])?;
         let req = request.into_inner();
         let user_id = uuid_arg(&req.user_id, "user_id")?;
+        let amr = amr_arg(req.amr)?;
         let created = self
             .store
-            .create(user_id, &client_of(req.client.as_ref()), Utc::now())
+            .create(user_id, &client_of(req.client.as_ref()), &amr, Utc::now())
             .await
             .map_err(unavailable)?;
         metrics::counter!("session_created_total").increment(1);
@@ -260,6 +274,7 @@ impl SessionService for Sessions {
             refresh_token: rotated.token.into_string(),
             refresh_expires_at: Some(timestamp(rotated.expires_at)),
             issued_at: Some(timestamp(rotated.issued_at)),
+            amr: rotated.amr,
         }))
     }
 

@@ -52,20 +52,19 @@ pub enum Rotation {
     Refused,
 }
 
+/// A live session's side of a rotation.
+struct Live {
+    session_id: uuid::Uuid,
+    user_id: uuid::Uuid,
+    expires_at: DateTime<Utc>,
+    issued_at: DateTime<Utc>,
+    amr: Vec<String>,
+}
+
 /// What the rotation transaction found (the successor token is added after it).
 enum Outcome {
-    Rotated {
-        session_id: uuid::Uuid,
-        user_id: uuid::Uuid,
-        expires_at: DateTime<Utc>,
-        issued_at: DateTime<Utc>,
-    },
-    Replayed {
-        session_id: uuid::Uuid,
-        user_id: uuid::Uuid,
-        expires_at: DateTime<Utc>,
-        issued_at: DateTime<Utc>,
-    },
+    Rotated(Live),
+    Replayed(Live),
     Reused {
         session_id: uuid::Uuid,
         user_id: uuid::Uuid,
@@ -89,6 +88,7 @@ async fn already_rotated(
         uuid::Uuid,
         Option<DateTime<Utc>>,
         DateTime<Utc>,
+        Vec<String>,
     );
     let row: Option<Row> = refresh_tokens::table
         .inner_join(sessions::table)
@@ -100,11 +100,12 @@ async fn already_rotated(
             sessions::user_id,
             sessions::revoked_at,
             sessions::expires_at,
+            sessions::amr,
         ))
         .first(conn)
         .await
         .optional()?;
-    let Some((Some(rotated_at), Some(successor_hash), session_id, user_id, None, session_end)) =
+    let Some((Some(rotated_at), Some(successor_hash), session_id, user_id, None, session_end, amr)) =
         row
     else {
         // Unknown, expired without rotation, or its session is revoked.
@@ -122,12 +123,13 @@ async fn already_rotated(
     let within_grace = now - rotated_at <= grace;
     match successor {
         Some((None, expires_at)) if within_grace && successor_hash == derived_successor => {
-            Ok(Outcome::Replayed {
+            Ok(Outcome::Replayed(Live {
                 session_id,
                 user_id,
                 expires_at,
                 issued_at: rotated_at,
-            })
+                amr,
+            }))
         }
         // The successor was derived with another key (SESSION_SECRET changed): not
         // the same client retrying, but no evidence of theft either.
@@ -152,6 +154,8 @@ pub struct Rotated {
     pub expires_at: DateTime<Utc>,
     /// When the rotation happened: the issue time of the pair's access token.
     pub issued_at: DateTime<Utc>,
+    /// How the user authenticated at login.
+    pub amr: Vec<String>,
 }
 
 /// A session as listed to its user.
@@ -205,6 +209,7 @@ impl SessionStore {
         &self,
         user_id: uuid::Uuid,
         client: &Client,
+        amr: &[String],
         now: DateTime<Utc>,
     ) -> anyhow::Result<Created> {
         let session_id = uuid::Uuid::new_v4();
@@ -223,6 +228,7 @@ impl SessionStore {
                     sessions::expires_at.eq(session_end),
                     sessions::ip.eq(&client.ip),
                     sessions::user_agent.eq(&client.user_agent),
+                    sessions::amr.eq(amr),
                 ))
                 .execute(conn)
                 .await?;
@@ -279,16 +285,16 @@ impl SessionStore {
                 let Some(session_id) = claimed else {
                     return already_rotated(conn, &old_hash, &new_hash, now, grace).await;
                 };
-                let live: Option<(uuid::Uuid, DateTime<Utc>)> =
+                let live: Option<(uuid::Uuid, DateTime<Utc>, Vec<String>)> =
                     diesel::update(sessions::table.find(session_id))
                         .filter(sessions::revoked_at.is_null())
                         .filter(sessions::expires_at.gt(now))
                         .set(sessions::last_used_at.eq(now))
-                        .returning((sessions::user_id, sessions::expires_at))
+                        .returning((sessions::user_id, sessions::expires_at, sessions::amr))
                         .get_result(conn)
                         .await
                         .optional()?;
-                let Some((user_id, session_end)) = live else {
+                let Some((user_id, session_end, amr)) = live else {
                     // Undo the claim: the session is over, nothing rotates.
                     return Err(diesel::result::Error::RollbackTransaction);
                 };
@@ -302,38 +308,26 @@ impl SessionStore {
                     ))
                     .execute(conn)
                     .await?;
-                Ok(Outcome::Rotated {
+                Ok(Outcome::Rotated(Live {
                     session_id,
                     user_id,
                     expires_at,
                     issued_at: now,
-                })
+                    amr,
+                }))
             })
             .await;
-        let rotated = move |session_id, user_id, expires_at, issued_at| Rotated {
-            session_id,
-            user_id,
+        let rotated = move |live: Live| Rotated {
+            session_id: live.session_id,
+            user_id: live.user_id,
             token: successor,
-            expires_at,
-            issued_at,
+            expires_at: live.expires_at,
+            issued_at: live.issued_at,
+            amr: live.amr,
         };
         match outcome {
-            Ok(Outcome::Rotated {
-                session_id,
-                user_id,
-                expires_at,
-                issued_at,
-            }) => Ok(Rotation::Rotated(rotated(
-                session_id, user_id, expires_at, issued_at,
-            ))),
-            Ok(Outcome::Replayed {
-                session_id,
-                user_id,
-                expires_at,
-                issued_at,
-            }) => Ok(Rotation::Replayed(rotated(
-                session_id, user_id, expires_at, issued_at,
-            ))),
+            Ok(Outcome::Rotated(live)) => Ok(Rotation::Rotated(rotated(live))),
+            Ok(Outcome::Replayed(live)) => Ok(Rotation::Replayed(rotated(live))),
             Ok(Outcome::Reused {
                 session_id,
                 user_id,
@@ -461,7 +455,12 @@ mod tests {
         let (store, db) = store().await?;
         let start = Utc::now();
         let created = store
-            .create(uuid::Uuid::new_v4(), &Client::default(), start)
+            .create(
+                uuid::Uuid::new_v4(),
+                &Client::default(),
+                &["pwd".to_owned()],
+                start,
+            )
             .await?;
         assert!(
             rotate(&store, &created.token, at(start, 30 * DAY + 1))
@@ -478,7 +477,12 @@ mod tests {
         let (store, db) = store().await?;
         let start = Utc::now();
         let created = store
-            .create(uuid::Uuid::new_v4(), &Client::default(), start)
+            .create(
+                uuid::Uuid::new_v4(),
+                &Client::default(),
+                &["pwd".to_owned()],
+                start,
+            )
             .await?;
         // Used every 29 days: each use extends the idle window ...
         let mut token = created.token;

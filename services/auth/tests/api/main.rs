@@ -8,7 +8,8 @@ use aia_proto::audit::v1::QueryRequest;
 use aia_proto::audit::v1::audit_service_client::AuditServiceClient;
 use aia_proto::auth::v1::auth_service_client::AuthServiceClient;
 use aia_proto::auth::v1::{
-    GetJwksRequest, LoginRequest, LogoutRequest, RegisterRequest, TokenPair, ValidateTokenRequest,
+    GetJwksRequest, LoginRequest, LoginResponse, LogoutRequest, RegisterRequest, TokenPair,
+    ValidateTokenRequest, login_response,
 };
 use aia_proto::common::v1::ClientInfo;
 use aia_testkit::Stack;
@@ -43,14 +44,23 @@ pub(crate) async fn register_and_login(
         client: from("198.51.100.1"),
     })
     .await?;
-    Ok(auth
-        .login(LoginRequest {
+    tokens(
+        auth.login(LoginRequest {
             email: email.into(),
             password: PASSWORD.into(),
             client: from("198.51.100.1"),
         })
         .await?
-        .into_inner())
+        .into_inner(),
+    )
+}
+
+/// The token pair of a login without a second factor.
+pub(crate) fn tokens(answer: LoginResponse) -> anyhow::Result<TokenPair> {
+    match answer.result {
+        Some(login_response::Result::Tokens(pair)) => Ok(pair),
+        other => anyhow::bail!("expected tokens, got {other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -280,14 +290,15 @@ async fn create_admin_makes_an_admin_and_refuses_weak_passwords_and_taken_emails
         .is_err()
     );
     let mut auth = client(&stack).await?;
-    let pair = auth
-        .login(LoginRequest {
+    let pair = tokens(
+        auth.login(LoginRequest {
             email: "root@example.com".into(),
             password: passphrase.into(),
             client: None,
         })
         .await?
-        .into_inner();
+        .into_inner(),
+    )?;
     let claims = auth
         .validate_token(ValidateTokenRequest {
             access_token: pair.access_token,

@@ -42,6 +42,7 @@ pub async fn change_password(
             current_password,
             new_password,
             client: Some(client.to_proto()),
+            amr: auth.claims.amr,
         })
         .await?
         .into_inner()

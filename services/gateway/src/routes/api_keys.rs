@@ -60,6 +60,7 @@ pub async fn create(
             scopes,
             expires_in_days,
             client: Some(client.to_proto()),
+            amr: auth.claims.amr,
         })
         .await?
         .into_inner();

@@ -5,6 +5,7 @@ use actix_web::http::header;
 use actix_web::{HttpResponse, web};
 use aia_proto::auth::v1::{
     GetUserRequest, LoginRequest, LogoutRequest, RefreshRequest, RegisterRequest, TokenPair,
+    login_response,
 };
 use serde::{Deserialize, Serialize};
 
@@ -32,7 +33,7 @@ pub struct RefreshBody {
 
 /// The token response (RFC 6749 §5.1 field names).
 #[derive(Serialize)]
-struct TokenResponse {
+pub(crate) struct TokenResponse {
     access_token: String,
     token_type: String,
     expires_in: u32,
@@ -51,7 +52,9 @@ impl From<TokenPair> for TokenResponse {
 }
 
 /// Token responses must never be cached (RFC 6749 §5.1).
-fn no_store(mut response: actix_web::HttpResponseBuilder) -> actix_web::HttpResponseBuilder {
+pub(crate) fn no_store(
+    mut response: actix_web::HttpResponseBuilder,
+) -> actix_web::HttpResponseBuilder {
     response
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .insert_header((header::PRAGMA, "no-cache"));
@@ -81,14 +84,16 @@ pub async fn register(
     })))
 }
 
-/// `POST /v1/auth/login`: a token pair, or one 401 for every kind of failure.
+/// `POST /v1/auth/login`: a token pair, or one 401 for every kind of failure. A
+/// user with a second factor gets 200 with `{"mfa_required": true, "challenge",
+/// "expires_in", "methods"}` instead, to complete at `POST /v1/auth/login/mfa`.
 pub async fn login(
     state: web::Data<State>,
     client: Client,
     body: web::Json<Credentials>,
 ) -> Result<HttpResponse, Problem> {
     let Credentials { email, password } = body.into_inner();
-    let pair = state
+    let answer = state
         .auth
         .clone()
         .login(LoginRequest {
@@ -98,7 +103,20 @@ pub async fn login(
         })
         .await?
         .into_inner();
-    Ok(no_store(HttpResponse::Ok()).json(TokenResponse::from(pair)))
+    match answer.result {
+        Some(login_response::Result::Tokens(pair)) => {
+            Ok(no_store(HttpResponse::Ok()).json(TokenResponse::from(pair)))
+        }
+        Some(login_response::Result::Mfa(mfa)) => {
+            Ok(no_store(HttpResponse::Ok()).json(serde_json::json!({
+                "mfa_required": true,
+                "challenge": mfa.challenge,
+                "expires_in": mfa.expires_in,
+                "methods": mfa.methods,
+            })))
+        }
+        None => Err(Problem::internal()),
+    }
 }
 
 /// `POST /v1/auth/refresh`: rotates the refresh token; the old one stops working.
@@ -169,8 +187,13 @@ pub async fn me(state: web::Data<State>, caller: Caller) -> Result<HttpResponse,
         "email_verified": user.email_verified,
         "roles": user.roles,
         "created_at": user.created_at,
+        "mfa_enabled": user.mfa_enabled,
         "session_id": match &caller {
             Caller::User(auth) => Some(auth.claims.sid.clone()),
+            Caller::ApiKey { .. } => None,
+        },
+        "amr": match &caller {
+            Caller::User(auth) => Some(auth.claims.amr.clone()),
             Caller::ApiKey { .. } => None,
         },
     })))

@@ -4,6 +4,7 @@
 pub mod account;
 pub mod api_keys;
 pub mod auth;
+pub mod mfa;
 pub mod oauth;
 pub mod sessions;
 
@@ -48,6 +49,19 @@ fn only(path: &str, route: actix_web::Route) -> actix_web::Resource {
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(only("/v1/auth/register", web::post().to(auth::register)))
         .service(only("/v1/auth/login", web::post().to(auth::login)))
+        .service(only("/v1/auth/login/mfa", web::post().to(mfa::login)))
+        .service(only(
+            "/v1/auth/mfa/totp/enroll",
+            web::post().to(mfa::enroll),
+        ))
+        .service(only(
+            "/v1/auth/mfa/totp/confirm",
+            web::post().to(mfa::confirm),
+        ))
+        .service(only(
+            "/v1/auth/mfa/totp/disable",
+            web::post().to(mfa::disable),
+        ))
         .service(only("/v1/auth/refresh", web::post().to(auth::refresh)))
         .service(only("/v1/auth/logout", web::post().to(auth::logout)))
         .service(only("/v1/auth/me", web::get().to(auth::me)))

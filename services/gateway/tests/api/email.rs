@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use crate::helpers::{PASSWORD, assert_problem, email, field, login, me_status};
 
 /// The 43-character token in a message.
-fn token_in(mail: &str) -> String {
+pub(crate) fn token_in(mail: &str) -> String {
     mail.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
         .find(|w| w.len() == 43)
         .unwrap_or_default()
@@ -26,7 +26,7 @@ async fn post(stack: &Stack, path: &str, body: Value) -> anyhow::Result<reqwest:
         .await?)
 }
 
-async fn stack_with_mail(extra: &[(&str, String)]) -> anyhow::Result<(Stack, SmtpSink)> {
+pub(crate) async fn stack_with_mail(extra: &[(&str, String)]) -> anyhow::Result<(Stack, SmtpSink)> {
     let smtp = SmtpSink::start().await?;
     let mut all = vec![("SMTP_URL", smtp.url.clone())];
     all.extend_from_slice(extra);

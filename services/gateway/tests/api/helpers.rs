@@ -108,3 +108,11 @@ pub async fn user_id(stack: &Stack, token: &str) -> anyhow::Result<String> {
         .await?;
     Ok(me["id"].as_str().unwrap_or_default().to_owned())
 }
+
+/// An HTTP client whose connections come from 127.0.0.`n` (all of 127/8 is loopback).
+pub fn from_ip(n: u8) -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .local_address(std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, n)))
+        .timeout(std::time::Duration::from_secs(30))
+        .build()?)
+}

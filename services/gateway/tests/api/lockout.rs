@@ -1,7 +1,6 @@
 //! Brute force and enumeration: throttling on three axes, lockout that a stranger
 //! cannot keep up forever, and answers that tell nothing about which emails exist.
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use aia_proto::audit::v1::QueryRequest;
@@ -10,15 +9,7 @@ use aia_testkit::Stack;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{PASSWORD, admin, email, field, register};
-
-/// An HTTP client whose connections come from 127.0.0.`n` (all of 127/8 is loopback).
-fn from_ip(n: u8) -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .local_address(IpAddr::V4(Ipv4Addr::new(127, 0, 0, n)))
-        .timeout(Duration::from_secs(30))
-        .build()?)
-}
+use crate::helpers::{PASSWORD, admin, email, field, from_ip, register};
 
 async fn login(
     stack: &Stack,

@@ -10,6 +10,7 @@ mod email;
 mod flow;
 mod helpers;
 mod lockout;
+mod mfa;
 mod mtls;
 mod oauth;
 mod revocation;

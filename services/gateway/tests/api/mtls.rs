@@ -80,6 +80,7 @@ async fn internal_listeners_refuse_strangers_and_check_each_callers_identity() -
     let create = CreateSessionRequest {
         user_id: uuid::Uuid::new_v4().to_string(),
         client: None,
+        amr: vec![],
     };
 
     // Plaintext: no TLS handshake, no call.

@@ -51,6 +51,7 @@ impl Session {
             .create_session(CreateSessionRequest {
                 user_id: user_id.to_string(),
                 client,
+                amr: vec![],
             })
             .await?
             .into_inner())
@@ -410,6 +411,7 @@ async fn malformed_ids_are_invalid_arguments() -> anyhow::Result<()> {
         .create_session(CreateSessionRequest {
             user_id: "1 OR 1=1".into(),
             client: None,
+            amr: vec![],
         })
         .await
         .err();
@@ -494,5 +496,71 @@ async fn a_revocation_made_through_one_replica_is_streamed_by_another() -> anyho
     .await?;
     assert!(seen < Duration::from_secs(1), "{seen:?}");
     a.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_keeps_its_authentication_methods_across_rotations() -> anyhow::Result<()> {
+    let mut s = spawn().await?;
+    let created = s
+        .client
+        .create_session(CreateSessionRequest {
+            user_id: uuid::Uuid::new_v4().to_string(),
+            client: None,
+            amr: vec!["pwd".into(), "otp".into()],
+        })
+        .await?
+        .into_inner();
+    let first = s
+        .client
+        .rotate(RotateRequest {
+            refresh_token: created.refresh_token,
+            client: None,
+        })
+        .await?
+        .into_inner();
+    assert_eq!(first.amr, ["pwd", "otp"]);
+    let second = s
+        .client
+        .rotate(RotateRequest {
+            refresh_token: first.refresh_token,
+            client: None,
+        })
+        .await?
+        .into_inner();
+    assert_eq!(second.amr, ["pwd", "otp"]);
+
+    // A plain session records the password alone.
+    let plain = s.create(uuid::Uuid::new_v4()).await?;
+    let rotated = s
+        .client
+        .rotate(RotateRequest {
+            refresh_token: plain.refresh_token,
+            client: None,
+        })
+        .await?
+        .into_inner();
+    assert_eq!(rotated.amr, ["pwd"]);
+
+    // Only known methods, each once at most.
+    for amr in [
+        vec!["hwk"],
+        vec!["pwd", "otp", "pwd"],
+        vec!["otp", "otp"],
+        vec![""],
+    ] {
+        let refused = s
+            .client
+            .create_session(CreateSessionRequest {
+                user_id: uuid::Uuid::new_v4().to_string(),
+                client: None,
+                amr: amr.iter().map(|m| (*m).to_owned()).collect(),
+            })
+            .await
+            .err()
+            .map(|e| e.code());
+        assert_eq!(refused, Some(tonic::Code::InvalidArgument), "{amr:?}");
+    }
+    s.stop().await;
     Ok(())
 }

@@ -1,0 +1,1 @@
+ALTER TABLE session.sessions DROP COLUMN IF EXISTS amr;

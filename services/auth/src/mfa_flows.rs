@@ -1,0 +1,285 @@
+//! MFA flows: the challenge after a correct password, its completion, and TOTP
+//! enrolment, confirmation and removal.
+//!
+//! Rules (see `mfa` for the storage):
+//! - A user with TOTP on gets a challenge instead of tokens; the throttle is cleared
+//!   only by the second factor, and each wrong code counts on it as a wrong password
+//!   does, so a stolen password does not buy unlimited code guesses.
+//! - Sessions record how they were opened (`amr`: `pwd`, or `pwd` + `otp`), and
+//!   access tokens carry it. With TOTP on, the actions that change credentials
+//!   (password change, API key creation, turning TOTP off) need a token whose `amr`
+//!   includes `otp`; an API key never reaches them (the gateway takes only bearer
+//!   tokens there).
+//! - Confirming TOTP ends every other session of the user: sessions opened with the
+//!   password alone before the factor existed do not live on beside it.
+
+use aia_proto::audit::v1::Outcome;
+use aia_proto::auth::v1::{
+    CompleteMfaLoginRequest, ConfirmTotpRequest, ConfirmTotpResponse, DisableTotpRequest,
+    DisableTotpResponse, EnrollTotpRequest, EnrollTotpResponse, LoginResponse, MfaChallenge,
+    TokenPair, login_response,
+};
+use aia_proto::common::v1::ClientInfo;
+
+use crate::domain::{EmailAddress, Invalid, Password};
+use crate::error::AuthError;
+use crate::mfa::{CHALLENGE_TTL, Factor};
+use crate::service::Auth;
+use crate::users::User;
+
+impl Auth {
+    /// A user whose password was right and who has TOTP on: a challenge.
+    pub(crate) async fn mfa_challenge(
+        &self,
+        user: &User,
+        email: &EmailAddress,
+        client: Option<&ClientInfo>,
+    ) -> Result<LoginResponse, AuthError> {
+        let challenge = self
+            .mfa
+            .challenge(user.id, email.as_str())
+            .await
+            .map_err(AuthError::Unavailable)?;
+        metrics::counter!("auth_login_total", "outcome" => "mfa_required", "reason" => "")
+            .increment(1);
+        self.audit
+            .event("auth.mfa_challenge", Outcome::Success)
+            .actor(user.id.to_string())
+            .subject(user.id.to_string())
+            .client(client)
+            .emit();
+        Ok(LoginResponse {
+            result: Some(login_response::Result::Mfa(MfaChallenge {
+                challenge,
+                expires_in: u32::try_from(CHALLENGE_TTL.as_secs()).unwrap_or(300),
+                methods: vec!["totp".into(), "recovery_code".into()],
+            })),
+        })
+    }
+
+    pub(crate) async fn complete_mfa_login(
+        &self,
+        req: CompleteMfaLoginRequest,
+    ) -> Result<TokenPair, AuthError> {
+        let client = req.client.as_ref();
+        let ip = client.map_or("", |c| c.ip.as_str());
+        let pending = self
+            .mfa
+            .pending(&req.challenge)
+            .await
+            .map_err(AuthError::Unavailable)?
+            .ok_or(AuthError::InvalidMfaLogin)?;
+        self.may_try(&pending.email, ip, client).await?;
+        let user = self
+            .users
+            .by_id(pending.user_id)
+            .await
+            .map_err(AuthError::Unavailable)?
+            .filter(|u| u.disabled_at.is_none())
+            .ok_or(AuthError::InvalidMfaLogin)?;
+        let factor = self
+            .mfa
+            .verify(user.id, &req.code)
+            .await
+            .map_err(AuthError::Unavailable)?;
+        let Some(factor) = factor else {
+            self.mfa
+                .wrong_code(&pending)
+                .await
+                .map_err(AuthError::Unavailable)?;
+            metrics::counter!("auth_login_total", "outcome" => "failure", "reason" => "wrong_mfa_code")
+                .increment(1);
+            self.audit
+                .event("auth.mfa", Outcome::Failure)
+                .subject(user.id.to_string())
+                .client(client)
+                .details(serde_json::json!({"reason": "wrong_code"}))
+                .emit();
+            self.count_failure(&pending.email, ip, client, Some(user.id))
+                .await?;
+            return Err(AuthError::InvalidMfaLogin);
+        };
+        if !self
+            .mfa
+            .complete(&pending)
+            .await
+            .map_err(AuthError::Unavailable)?
+        {
+            // A concurrent request completed this challenge first.
+            return Err(AuthError::InvalidMfaLogin);
+        }
+        self.lockout
+            .record_success(&pending.email, ip)
+            .await
+            .map_err(AuthError::Unavailable)?;
+        if factor == Factor::RecoveryCode {
+            let left = self
+                .mfa
+                .recovery_codes_left(user.id)
+                .await
+                .map_err(AuthError::Unavailable)?;
+            self.audit
+                .event("auth.recovery_code_used", Outcome::Success)
+                .actor(user.id.to_string())
+                .subject(user.id.to_string())
+                .client(client)
+                .details(serde_json::json!({"risk": "medium", "codes_left": left}))
+                .emit();
+        }
+        self.start_session(&user, req.client, vec!["pwd".into(), "otp".into()])
+            .await
+    }
+
+    /// The live, enabled user behind a verified access token's `sub`.
+    async fn token_user(&self, user_id: &str) -> Result<User, AuthError> {
+        let id = uuid::Uuid::parse_str(user_id).map_err(|_| AuthError::InvalidAccessToken)?;
+        self.users
+            .by_id(id)
+            .await
+            .map_err(AuthError::Unavailable)?
+            .filter(|u| u.disabled_at.is_none())
+            .ok_or(AuthError::InvalidAccessToken)
+    }
+
+    /// With TOTP on, a credential change needs a session that used it.
+    pub(crate) async fn require_second_factor(
+        &self,
+        user_id: uuid::Uuid,
+        amr: &[String],
+    ) -> Result<(), AuthError> {
+        if amr.iter().any(|m| m == "otp") {
+            return Ok(());
+        }
+        if self
+            .mfa
+            .is_enabled(user_id)
+            .await
+            .map_err(AuthError::Unavailable)?
+        {
+            return Err(AuthError::SecondFactorRequired);
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn enroll_totp(
+        &self,
+        req: EnrollTotpRequest,
+    ) -> Result<EnrollTotpResponse, AuthError> {
+        let user = self.token_user(&req.user_id).await?;
+        let enrolment = self
+            .mfa
+            .enroll(user.id, &user.email)
+            .await
+            .map_err(AuthError::Unavailable)?
+            .ok_or(AuthError::MfaState(
+                "TOTP is already on; turn it off first to enrol a new authenticator",
+            ))?;
+        self.audit
+            .event("auth.mfa_enroll", Outcome::Success)
+            .actor(user.id.to_string())
+            .subject(user.id.to_string())
+            .client(req.client.as_ref())
+            .details(serde_json::json!({"method": "totp", "step": "started"}))
+            .emit();
+        Ok(EnrollTotpResponse {
+            otpauth_uri: enrolment.uri,
+            secret: enrolment.secret,
+        })
+    }
+
+    pub(crate) async fn confirm_totp(
+        &self,
+        req: ConfirmTotpRequest,
+    ) -> Result<ConfirmTotpResponse, AuthError> {
+        let user = self.token_user(&req.user_id).await?;
+        let Some(recovery_codes) = self
+            .mfa
+            .confirm(user.id, &req.code)
+            .await
+            .map_err(AuthError::Unavailable)?
+        else {
+            self.audit
+                .event("auth.mfa_enroll", Outcome::Failure)
+                .actor(user.id.to_string())
+                .subject(user.id.to_string())
+                .client(req.client.as_ref())
+                .details(serde_json::json!({"method": "totp", "reason": "wrong_code"}))
+                .emit();
+            return Err(AuthError::WrongCode);
+        };
+        let ended = self
+            .end_sessions(
+                user.id,
+                Some(&req.session_id),
+                "mfa_enabled",
+                req.client.clone(),
+            )
+            .await?;
+        self.audit
+            .event("auth.mfa_enabled", Outcome::Success)
+            .actor(user.id.to_string())
+            .subject(user.id.to_string())
+            .client(req.client.as_ref())
+            .details(serde_json::json!({"method": "totp", "sessions_ended": ended}))
+            .emit();
+        Ok(ConfirmTotpResponse { recovery_codes })
+    }
+
+    pub(crate) async fn disable_totp(
+        &self,
+        req: DisableTotpRequest,
+    ) -> Result<DisableTotpResponse, AuthError> {
+        let user = self.token_user(&req.user_id).await?;
+        if !self
+            .mfa
+            .is_enabled(user.id)
+            .await
+            .map_err(AuthError::Unavailable)?
+        {
+            return Err(AuthError::MfaState("TOTP is not on"));
+        }
+        self.require_second_factor(user.id, &req.amr).await?;
+        let proven = if !req.code.is_empty() {
+            self.mfa
+                .verify(user.id, &req.code)
+                .await
+                .map_err(AuthError::Unavailable)?
+                .is_some()
+        } else if !req.password.is_empty() {
+            self.hasher
+                .verify(
+                    Password::presented(&req.password)?,
+                    Some(user.password_hash.clone()),
+                )
+                .await?
+        } else {
+            return Err(AuthError::Invalid(Invalid::ProofMissing));
+        };
+        if !proven {
+            self.audit
+                .event("auth.mfa_disabled", Outcome::Failure)
+                .actor(user.id.to_string())
+                .subject(user.id.to_string())
+                .client(req.client.as_ref())
+                .details(serde_json::json!({"reason": "wrong_proof"}))
+                .emit();
+            return Err(if req.code.is_empty() {
+                AuthError::WrongCurrentPassword
+            } else {
+                AuthError::WrongCode
+            });
+        }
+        self.mfa
+            .disable(user.id)
+            .await
+            .map_err(AuthError::Unavailable)?;
+        self.audit
+            .event("auth.mfa_disabled", Outcome::Success)
+            .actor(user.id.to_string())
+            .subject(user.id.to_string())
+            .client(req.client.as_ref())
+            .details(serde_json::json!({"risk": "medium", "method": "totp"}))
+            .emit();
+        Ok(DisableTotpResponse {})
+    }
+}

@@ -1,0 +1,522 @@
+//! TOTP MFA: enrolment, the login challenge, codes that work once, recovery codes,
+//! sessions that record `amr`, credential changes that need the second factor, and
+//! wrong codes that count toward the lockout.
+
+use aia_testkit::Stack;
+use diesel_async::RunQueryDsl;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{PASSWORD, assert_problem, email, field, from_ip, me_status, register};
+
+/// The time now, in seconds.
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+/// What an authenticator app does with the enrolment URI: the code at `time`.
+fn code_at(uri: &str, time: u64) -> anyhow::Result<String> {
+    let totp = totp_rs::Totp::from_url(uri).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(totp.generate(time).to_string())
+}
+
+async fn post(
+    stack: &Stack,
+    path: &str,
+    token: Option<&str>,
+    body: Value,
+) -> anyhow::Result<reqwest::Response> {
+    let mut request = stack.http().post(stack.url(path)).json(&body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    Ok(request.send().await?)
+}
+
+async fn login_with(client: &reqwest::Client, stack: &Stack, email: &str) -> anyhow::Result<Value> {
+    let response = client
+        .post(stack.url("/v1/auth/login"))
+        .json(&json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await?;
+    assert_eq!(response.status(), StatusCode::OK);
+    Ok(response.json().await?)
+}
+
+/// The first step of an MFA login: the challenge.
+async fn challenge(client: &reqwest::Client, stack: &Stack, email: &str) -> anyhow::Result<String> {
+    let answer = login_with(client, stack, email).await?;
+    assert_eq!(answer["mfa_required"], true, "{answer}");
+    assert!(answer.get("access_token").is_none(), "{answer}");
+    assert_eq!(answer["methods"], json!(["totp", "recovery_code"]));
+    assert_eq!(answer["expires_in"], 300);
+    Ok(field(&answer, "challenge").to_owned())
+}
+
+async fn second_step(
+    client: &reqwest::Client,
+    stack: &Stack,
+    challenge: &str,
+    code: &str,
+) -> anyhow::Result<reqwest::Response> {
+    Ok(client
+        .post(stack.url("/v1/auth/login/mfa"))
+        .json(&json!({"challenge": challenge, "code": code}))
+        .send()
+        .await?)
+}
+
+async fn me(stack: &Stack, token: &str) -> anyhow::Result<Value> {
+    Ok(stack
+        .http()
+        .get(stack.url("/v1/auth/me"))
+        .bearer_auth(token)
+        .send()
+        .await?
+        .json()
+        .await?)
+}
+
+/// A user with TOTP on: their email, the enrolment URI, the recovery codes, and the
+/// token pair of the session that confirmed it (a password-only session).
+struct Enrolled {
+    email: String,
+    uri: String,
+    recovery_codes: Vec<String>,
+    tokens: Value,
+}
+
+async fn enrolled(stack: &Stack) -> anyhow::Result<Enrolled> {
+    let email = email();
+    register(stack, &email).await?;
+    let tokens = login_with(stack.http(), stack, &email).await?;
+    let token = field(&tokens, "access_token");
+    let enrolment: Value = post(stack, "/v1/auth/mfa/totp/enroll", Some(token), json!({}))
+        .await?
+        .json()
+        .await?;
+    let uri = field(&enrolment, "otpauth_uri").to_owned();
+    let code = code_at(&uri, now())?;
+    let confirmed = post(
+        stack,
+        "/v1/auth/mfa/totp/confirm",
+        Some(token),
+        json!({"code": code}),
+    )
+    .await?;
+    assert_eq!(confirmed.status(), StatusCode::OK);
+    let confirmed: Value = confirmed.json().await?;
+    let recovery_codes = confirmed["recovery_codes"]
+        .as_array()
+        .map(|codes| {
+            codes
+                .iter()
+                .filter_map(|c| c.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Enrolled {
+        email,
+        uri,
+        recovery_codes,
+        tokens,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrolment_shows_the_secret_once_seals_it_and_turns_login_into_two_steps()
+-> anyhow::Result<()> {
+    let stack = Stack::start_with(&[("LOGIN_BACKOFF_AFTER", "100".into())]).await?;
+    let email = email();
+    register(&stack, &email).await?;
+    let tokens = login_with(stack.http(), &stack, &email).await?;
+    let token = field(&tokens, "access_token").to_owned();
+    let other = login_with(stack.http(), &stack, &email).await?;
+    assert_eq!(me(&stack, &token).await?["mfa_enabled"], false);
+
+    let response = post(&stack, "/v1/auth/mfa/totp/enroll", Some(&token), json!({})).await?;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let enrolment: Value = response.json().await?;
+    let uri = field(&enrolment, "otpauth_uri").to_owned();
+    assert!(uri.starts_with("otpauth://totp/AIA:"), "{uri}");
+    assert!(uri.contains("issuer=AIA"), "{uri}");
+    let secret = field(&enrolment, "secret").to_owned();
+    assert_eq!(secret.len(), 32, "160 bits in base32");
+
+    // At rest the secret is sealed: its bytes are not in the row.
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Bytea)]
+        secret: Vec<u8>,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        sealing_key_id: String,
+    }
+    let mut conn = stack.db.connect().await?;
+    let rows = diesel::sql_query("SELECT secret, sealing_key_id FROM auth.totp_credentials")
+        .load::<Row>(&mut conn)
+        .await?;
+    let raw = totp_rs::Secret::try_from_base32(&secret).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    assert_eq!(rows.len(), 1);
+    assert!(!rows[0].secret.windows(20).any(|w| w == raw.as_ref()));
+    assert_eq!(rows[0].sealing_key_id.len(), 16);
+
+    // Not on until confirmed: the password alone still logs in.
+    assert!(login_with(stack.http(), &stack, &email).await?["access_token"].is_string());
+    // A wrong first code confirms nothing.
+    let wrong = code_at(&uri, now() + 3600)?;
+    let refused = post(
+        &stack,
+        "/v1/auth/mfa/totp/confirm",
+        Some(&token),
+        json!({"code": wrong}),
+    )
+    .await?;
+    assert_problem(refused, StatusCode::FORBIDDEN).await?;
+
+    let code = code_at(&uri, now())?;
+    let confirmed = post(
+        &stack,
+        "/v1/auth/mfa/totp/confirm",
+        Some(&token),
+        json!({"code": code}),
+    )
+    .await?;
+    assert_eq!(confirmed.status(), StatusCode::OK);
+    let confirmed: Value = confirmed.json().await?;
+    let codes = confirmed["recovery_codes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(codes.len(), 10);
+    let distinct: std::collections::HashSet<_> = codes.iter().filter_map(|c| c.as_str()).collect();
+    assert_eq!(distinct.len(), 10);
+    assert!(
+        distinct
+            .iter()
+            .all(|c| c.len() == 19 && c.matches('-').count() == 3)
+    );
+    // Recovery codes are stored hashed.
+    #[derive(diesel::QueryableByName)]
+    struct Hash {
+        #[diesel(sql_type = diesel::sql_types::Bytea)]
+        code_hash: Vec<u8>,
+    }
+    let hashes = diesel::sql_query("SELECT code_hash FROM auth.recovery_codes")
+        .load::<Hash>(&mut conn)
+        .await?;
+    assert_eq!(hashes.len(), 10);
+    assert!(hashes.iter().all(|h| h.code_hash.len() == 32));
+
+    // Confirming ended the other session and kept this one.
+    assert_eq!(
+        me_status(&stack, field(&other, "access_token")).await?,
+        StatusCode::UNAUTHORIZED
+    );
+    let profile = me(&stack, &token).await?;
+    assert_eq!(profile["mfa_enabled"], true);
+    assert_eq!(profile["amr"], json!(["pwd"]));
+    // A second enrolment cannot silently replace the factor.
+    let again = post(&stack, "/v1/auth/mfa/totp/enroll", Some(&token), json!({})).await?;
+    assert_problem(again, StatusCode::FORBIDDEN).await?;
+
+    // Login is now two steps. The code used to confirm is spent: replay refused.
+    let first = challenge(stack.http(), &stack, &email).await?;
+    let replay = second_step(stack.http(), &stack, &first, &code).await?;
+    assert_problem(replay, StatusCode::UNAUTHORIZED).await?;
+    // The next step's code (inside the ±1 step window) works, once.
+    let next = code_at(&uri, now() + 30)?;
+    let done = second_step(stack.http(), &stack, &first, &next).await?;
+    assert_eq!(done.status(), StatusCode::OK);
+    assert_eq!(done.headers()["cache-control"], "no-store");
+    let pair: Value = done.json().await?;
+    let mfa_token = field(&pair, "access_token").to_owned();
+    assert_eq!(me(&stack, &mfa_token).await?["amr"], json!(["pwd", "otp"]));
+    // The challenge is single use, and so is the code.
+    let reused = second_step(stack.http(), &stack, &first, &next).await?;
+    assert_problem(reused, StatusCode::UNAUTHORIZED).await?;
+    let fresh = challenge(stack.http(), &stack, &email).await?;
+    let replayed = second_step(stack.http(), &stack, &fresh, &next).await?;
+    assert_problem(replayed, StatusCode::UNAUTHORIZED).await?;
+
+    // A refresh keeps the session's amr.
+    let refreshed: Value = post(
+        &stack,
+        "/v1/auth/refresh",
+        None,
+        json!({"refresh_token": field(&pair, "refresh_token")}),
+    )
+    .await?
+    .json()
+    .await?;
+    assert_eq!(
+        me(&stack, field(&refreshed, "access_token")).await?["amr"],
+        json!(["pwd", "otp"])
+    );
+
+    // A recovery code works once (upper case and without dashes too).
+    let recovery = codes[0].as_str().unwrap_or_default().to_owned();
+    let typed = recovery.replace('-', "").to_uppercase();
+    let ok = second_step(stack.http(), &stack, &fresh, &typed).await?;
+    assert_eq!(ok.status(), StatusCode::OK);
+    let later = challenge(stack.http(), &stack, &email).await?;
+    let spent = second_step(stack.http(), &stack, &later, &recovery).await?;
+    assert_problem(spent, StatusCode::UNAUTHORIZED).await?;
+    // Another user's recovery code is not this user's.
+    let stranger = enrolled(&stack).await?;
+    let theirs = second_step(stack.http(), &stack, &later, &stranger.recovery_codes[0]).await?;
+    assert_problem(theirs, StatusCode::UNAUTHORIZED).await?;
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_challenges_and_five_wrong_codes_get_nowhere() -> anyhow::Result<()> {
+    let stack = Stack::start_with(&[("LOGIN_BACKOFF_AFTER", "100".into())]).await?;
+    let user = enrolled(&stack).await?;
+    let right = code_at(&user.uri, now() + 30)?;
+    for forged in [
+        "",
+        "not-a-challenge",
+        &"A".repeat(43),
+        &"x".repeat(10_000),
+        "../../etc/passwd",
+    ] {
+        let response = second_step(stack.http(), &stack, forged, &right).await?;
+        assert_problem(response, StatusCode::UNAUTHORIZED).await?;
+    }
+    let pending = challenge(stack.http(), &stack, &user.email).await?;
+    // The fifth wrong code ends the challenge.
+    for wrong in ["000000", "12345", "1234567", "abcdef", "١٢٣٤٥٦"] {
+        let response = second_step(stack.http(), &stack, &pending, wrong).await?;
+        assert_problem(response, StatusCode::UNAUTHORIZED).await?;
+    }
+    // The challenge is gone: even the right code is refused now.
+    let late = second_step(stack.http(), &stack, &pending, &right).await?;
+    assert_problem(late, StatusCode::UNAUTHORIZED).await?;
+    // Unknown fields are refused, not ignored.
+    let extra = stack
+        .http()
+        .post(stack.url("/v1/auth/login/mfa"))
+        .json(&json!({"challenge": pending, "code": right, "trust_device": true}))
+        .send()
+        .await?;
+    assert_problem(extra, StatusCode::UNPROCESSABLE_ENTITY).await?;
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credential_changes_need_a_session_that_used_the_second_factor() -> anyhow::Result<()> {
+    let stack = Stack::start_with(&[("LOGIN_BACKOFF_AFTER", "100".into())]).await?;
+    let user = enrolled(&stack).await?;
+    // The confirming session was opened with the password alone.
+    let pwd_only = field(&user.tokens, "access_token").to_owned();
+    let change = post(
+        &stack,
+        "/v1/auth/password/change",
+        Some(&pwd_only),
+        json!({"current_password": PASSWORD, "new_password": "a brand new passphrase"}),
+    )
+    .await?;
+    let body = assert_problem(change, StatusCode::FORBIDDEN).await?;
+    assert!(field(&body, "detail").contains("second factor"), "{body}");
+    let key = post(
+        &stack,
+        "/v1/api-keys",
+        Some(&pwd_only),
+        json!({"name": "ci", "scopes": ["profile:read"]}),
+    )
+    .await?;
+    assert_problem(key, StatusCode::FORBIDDEN).await?;
+    let disable = post(
+        &stack,
+        "/v1/auth/mfa/totp/disable",
+        Some(&pwd_only),
+        json!({"password": PASSWORD}),
+    )
+    .await?;
+    assert_problem(disable, StatusCode::FORBIDDEN).await?;
+
+    // With the second factor, they work. An API key made here cannot turn MFA off.
+    let pending = challenge(stack.http(), &stack, &user.email).await?;
+    let pair: Value = second_step(
+        stack.http(),
+        &stack,
+        &pending,
+        &code_at(&user.uri, now() + 30)?,
+    )
+    .await?
+    .json()
+    .await?;
+    let strong = field(&pair, "access_token").to_owned();
+    let created = post(
+        &stack,
+        "/v1/api-keys",
+        Some(&strong),
+        json!({"name": "ci", "scopes": ["profile:read"]}),
+    )
+    .await?;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let api_key = field(&created.json::<Value>().await?, "api_key").to_owned();
+    let by_key = stack
+        .http()
+        .post(stack.url("/v1/auth/mfa/totp/disable"))
+        .header("x-api-key", &api_key)
+        .json(&json!({"password": PASSWORD}))
+        .send()
+        .await?;
+    assert_problem(by_key, StatusCode::UNAUTHORIZED).await?;
+
+    // Disabling needs a proof: none, or a wrong one, is refused.
+    let none = post(
+        &stack,
+        "/v1/auth/mfa/totp/disable",
+        Some(&strong),
+        json!({}),
+    )
+    .await?;
+    assert_problem(none, StatusCode::UNPROCESSABLE_ENTITY).await?;
+    let wrong = post(
+        &stack,
+        "/v1/auth/mfa/totp/disable",
+        Some(&strong),
+        json!({"password": "not the password at all"}),
+    )
+    .await?;
+    assert_problem(wrong, StatusCode::FORBIDDEN).await?;
+    let off = post(
+        &stack,
+        "/v1/auth/mfa/totp/disable",
+        Some(&strong),
+        json!({"password": PASSWORD}),
+    )
+    .await?;
+    assert_eq!(off.status(), StatusCode::NO_CONTENT);
+    // Off: the password alone logs in again, and the old recovery codes are gone.
+    assert!(login_with(stack.http(), &stack, &user.email).await?["access_token"].is_string());
+    let mut conn = stack.db.connect().await?;
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let left = diesel::sql_query("SELECT count(*) AS n FROM auth.recovery_codes")
+        .load::<Count>(&mut conn)
+        .await?;
+    assert_eq!(left[0].n, 0);
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_codes_count_toward_the_lock_and_a_known_password_does_not_reset_them()
+-> anyhow::Result<()> {
+    let stack = Stack::start_with(&[
+        ("LOGIN_BACKOFF_AFTER", "100".into()),
+        ("LOCKOUT_THRESHOLD", "4".into()),
+    ])
+    .await?;
+    // The owner enrols from 127.0.0.1 (which becomes a known client).
+    let user = enrolled(&stack).await?;
+    let attacker = from_ip(2)?;
+    // Someone with the password but not the authenticator: three wrong codes...
+    let first = challenge(&attacker, &stack, &user.email).await?;
+    for _ in 0..3 {
+        let response = second_step(&attacker, &stack, &first, "000000").await?;
+        assert_problem(response, StatusCode::UNAUTHORIZED).await?;
+    }
+    // ...then the password again (which must not clear the count), one more wrong code.
+    let second = challenge(&attacker, &stack, &user.email).await?;
+    let response = second_step(&attacker, &stack, &second, "000001").await?;
+    assert_problem(response, StatusCode::UNAUTHORIZED).await?;
+    // Four failures: locked for strangers, before any password check.
+    let locked = attacker
+        .post(stack.url("/v1/auth/login"))
+        .json(&json!({"email": user.email, "password": PASSWORD}))
+        .send()
+        .await?;
+    assert_eq!(locked.status(), StatusCode::TOO_MANY_REQUESTS);
+    let pending_second_step = second_step(&attacker, &stack, &second, "000002").await?;
+    assert_eq!(pending_second_step.status(), StatusCode::TOO_MANY_REQUESTS);
+    // The owner's known client still gets in, with both factors.
+    let owner = challenge(stack.http(), &stack, &user.email).await?;
+    let ok = second_step(
+        stack.http(),
+        &stack,
+        &owner,
+        &code_at(&user.uri, now() + 30)?,
+    )
+    .await?;
+    assert_eq!(ok.status(), StatusCode::OK);
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_code_raced_on_ten_challenges_logs_in_once() -> anyhow::Result<()> {
+    let stack = Stack::start_with(&[("LOGIN_BACKOFF_AFTER", "100".into())]).await?;
+    let user = enrolled(&stack).await?;
+    let mut challenges = Vec::new();
+    for _ in 0..10 {
+        challenges.push(challenge(stack.http(), &stack, &user.email).await?);
+    }
+    let code = code_at(&user.uri, now() + 30)?;
+    let attempts = challenges
+        .iter()
+        .map(|c| second_step(stack.http(), &stack, c, &code));
+    let statuses: Vec<StatusCode> = futures::future::join_all(attempts)
+        .await
+        .into_iter()
+        .map(|r| r.map(|r| r.status()))
+        .collect::<Result<_, _>>()?;
+    let won = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    assert_eq!(won, 1, "{statuses:?}");
+    assert!(
+        statuses
+            .iter()
+            .all(|s| *s == StatusCode::OK || *s == StatusCode::UNAUTHORIZED),
+        "{statuses:?}"
+    );
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_reset_does_not_skip_the_second_factor() -> anyhow::Result<()> {
+    let (stack, smtp) = crate::email::stack_with_mail(&[]).await?;
+    let user = enrolled(&stack).await?;
+    post(
+        &stack,
+        "/v1/auth/password/forgot",
+        None,
+        json!({"email": user.email}),
+    )
+    .await?;
+    let mail = smtp.nth(&user.email, 2).await?;
+    let token = crate::email::token_in(&mail.data);
+    let new = "a fresh passphrase after reset";
+    let reset = post(
+        &stack,
+        "/v1/auth/password/reset",
+        None,
+        json!({"token": token, "new_password": new}),
+    )
+    .await?;
+    assert_eq!(reset.status(), StatusCode::OK);
+    let answer: Value = stack
+        .http()
+        .post(stack.url("/v1/auth/login"))
+        .json(&json!({"email": user.email, "password": new}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(answer["mfa_required"], true, "{answer}");
+    assert!(answer.get("access_token").is_none());
+    stack.stop().await;
+    Ok(())
+}
