@@ -12,9 +12,11 @@
 
 mod env;
 pub mod production;
+mod rate_limit;
 mod services;
 
 pub use env::{Env, Problem, SettingsError};
+pub use rate_limit::{CLASSES as RATE_LIMIT_CLASSES, Rate, RateLimitSettings};
 pub use services::{
     AppEnv, AuditSettings, AuthSettings, Common, GatewaySettings, InternalTls, JwtAlgorithm,
     LockoutSettings, MailSettings, PasswordHashing, PasswordPolicySettings, SessionSettings,

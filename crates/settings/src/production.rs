@@ -22,13 +22,11 @@ pub fn check_database_url(env: &mut Env, url: &str) {
     }
 }
 
-/// A `REDIS_URL` that leaves this host must use TLS (`rediss://`) and a password.
-pub fn check_redis_url(env: &mut Env, url: &str) {
+/// A Redis URL (in variable `name`) that leaves this host must use TLS (`rediss://`)
+/// and a password.
+pub fn check_redis_url(env: &mut Env, name: &str, url: &str) {
     let Some((scheme, rest)) = url.split_once("://") else {
-        env.problem(
-            "REDIS_URL",
-            "must be a URL like `rediss://:password@host:6380`",
-        );
+        env.problem(name, "must be a URL like `rediss://:password@host:6380`");
         return;
     };
     let (userinfo, hostport) = match rest.split('/').next().unwrap_or("").rsplit_once('@') {
@@ -45,14 +43,14 @@ pub fn check_redis_url(env: &mut Env, url: &str) {
     }
     if scheme != "rediss" {
         env.problem(
-            "REDIS_URL",
+            name,
             "a remote Redis must use TLS: use the `rediss://` scheme",
         );
     }
     let password = userinfo.split_once(':').map_or(userinfo, |(_, p)| p);
     if password.is_empty() {
         env.problem(
-            "REDIS_URL",
+            name,
             "a remote Redis must require a password: `rediss://:PASSWORD@host`",
         );
     }
@@ -194,14 +192,20 @@ mod tests {
 
     #[test]
     fn remote_redis_needs_tls_and_a_password() {
-        assert_eq!(problems(|e| check_redis_url(e, "redis://cache:6379")), 2);
-        assert_eq!(problems(|e| check_redis_url(e, "rediss://cache:6379")), 1);
         assert_eq!(
-            problems(|e| check_redis_url(e, "rediss://:pw@cache:6379/0")),
+            problems(|e| check_redis_url(e, "REDIS_URL", "redis://cache:6379")),
+            2
+        );
+        assert_eq!(
+            problems(|e| check_redis_url(e, "REDIS_URL", "rediss://cache:6379")),
+            1
+        );
+        assert_eq!(
+            problems(|e| check_redis_url(e, "REDIS_URL", "rediss://:pw@cache:6379/0")),
             0
         );
         assert_eq!(
-            problems(|e| check_redis_url(e, "redis://127.0.0.1:6379")),
+            problems(|e| check_redis_url(e, "REDIS_URL", "redis://127.0.0.1:6379")),
             0
         );
     }

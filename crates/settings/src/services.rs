@@ -299,6 +299,8 @@ pub struct GatewaySettings {
     /// without news from the session service (default 2000); after that, each request
     /// asks the session service.
     pub revocation_stale_after: Duration,
+    /// Rate limits (`RATE_LIMIT_*`).
+    pub rate_limits: crate::RateLimitSettings,
 }
 
 const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/aia";
@@ -342,7 +344,7 @@ impl Common {
                 }
             }
             production::check_database_url(env, &database_url);
-            production::check_redis_url(env, &redis_url);
+            production::check_redis_url(env, "REDIS_URL", &redis_url);
         }
         let internal_tls = match env.get("INTERNAL_TLS").unwrap_or("off") {
             "off" => {
@@ -619,6 +621,7 @@ impl GatewaySettings {
                 600,
                 60_000,
             )),
+            rate_limits: crate::RateLimitSettings::read(&mut env, common.app_env.is_production()),
             common,
         };
         if settings.common.app_env.is_production() && settings.allowed_hosts.is_empty() {

@@ -28,6 +28,9 @@ impl AdminServer {
     /// Binds `addr` (port 0 picks a free port).
     pub async fn bind(addr: SocketAddr, readiness: ReadinessCheck) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
+        // Install the recorder now, not at the first scrape: counters recorded before
+        // it would be lost.
+        let _ = crate::metrics::handle();
         let router = Router::new()
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz))

@@ -15,6 +15,7 @@
 //! that crashed.
 
 pub mod pki;
+pub mod proxy;
 pub mod smtp;
 
 use std::collections::HashMap;
@@ -130,6 +131,15 @@ pub fn env(db: &TestDb, redis_prefix: &str, extra: &[(&str, String)]) -> Env {
         ("GATEWAY_HTTP_ADDR", "127.0.0.1:0".to_owned()),
         ("GATEWAY_ADMIN_ADDR", "127.0.0.1:0".to_owned()),
         ("GATEWAY_WORKERS", "2".to_owned()),
+        // Tests make many requests from 127.0.0.1: limits high enough not to
+        // interfere; the rate-limit tests set their own.
+        ("RATE_LIMIT_LOGIN", "100000/60".to_owned()),
+        ("RATE_LIMIT_LOGIN_ACCOUNT", "100000/60".to_owned()),
+        ("RATE_LIMIT_REGISTER", "100000/60".to_owned()),
+        ("RATE_LIMIT_RECOVERY", "100000/60".to_owned()),
+        ("RATE_LIMIT_API", "100000/60".to_owned()),
+        // A loaded CI machine is slower than production Redis budgets assume.
+        ("RATE_LIMIT_REDIS_BUDGET_MS", "200".to_owned()),
         (
             "MAIL_DIR",
             std::env::temp_dir()

@@ -11,7 +11,7 @@ use std::pin::Pin;
 
 use actix_web::dev::Payload;
 use actix_web::http::header;
-use actix_web::{FromRequest, HttpRequest, web};
+use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
 use aia_proto::session::v1::IsRevokedRequest;
 use aia_tokens::{AccessClaims, Verifier};
 
@@ -28,29 +28,48 @@ pub struct Authenticated {
 }
 
 /// The token of `Authorization: Bearer <token>` (scheme case-insensitive).
-fn bearer(req: &HttpRequest) -> Option<String> {
-    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+pub fn bearer(headers: &header::HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_owned())
 }
 
-async fn authenticate(
-    state: web::Data<State>,
-    token: Option<String>,
-) -> Result<Authenticated, Problem> {
-    let token = token.ok_or_else(Problem::invalid_token)?;
-    let kid = Verifier::kid_of(&token);
+/// A token whose signature and claims verified earlier in this request (by the rate
+/// limiter, which keys on the user), so that it is not verified twice.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    /// The token.
+    pub token: String,
+    /// Its claims.
+    pub claims: AccessClaims,
+}
+
+/// Verifies the signature and claims of `token` (not its revocation).
+pub async fn verify(state: &State, token: &str) -> Result<AccessClaims, Problem> {
+    let kid = Verifier::kid_of(token);
     let keys = state
         .keys
         .for_kid(kid.as_deref())
         .await
         .map_err(|_| Problem::unavailable())?;
-    let claims = keys.verifier.verify(&token).map_err(|reason| {
+    keys.verifier.verify(token).map_err(|reason| {
         metrics::counter!("gateway_token_refused_total", "reason" => reason.to_string())
             .increment(1);
         Problem::invalid_token()
-    })?;
+    })
+}
+
+async fn authenticate(
+    state: web::Data<State>,
+    token: Option<String>,
+    verified: Option<Verified>,
+) -> Result<Authenticated, Problem> {
+    let token = token.ok_or_else(Problem::invalid_token)?;
+    let claims = match verified {
+        Some(v) if v.token == token => v.claims,
+        _ => verify(&state, &token).await?,
+    };
     let (Ok(jti), Ok(sid)) = (
         uuid::Uuid::parse_str(&claims.jti),
         uuid::Uuid::parse_str(&claims.sid),
@@ -94,20 +113,21 @@ impl FromRequest for Authenticated {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let state = req.app_data::<web::Data<State>>().cloned();
-        let token = bearer(req);
+        let token = bearer(req.headers());
+        let verified = req.extensions().get::<Verified>().cloned();
         Box::pin(async move {
             let state = state.ok_or_else(Problem::internal)?;
-            authenticate(state, token).await
+            authenticate(state, token, verified).await
         })
     }
 }
 
 /// The API key of `Authorization: ApiKey <key>` or `X-API-Key: <key>`.
-fn api_key(req: &HttpRequest) -> Option<String> {
-    if let Some(value) = req.headers().get("x-api-key").and_then(|v| v.to_str().ok()) {
+pub fn api_key(headers: &header::HeaderMap) -> Option<String> {
+    if let Some(value) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
         return Some(value.trim().to_owned());
     }
-    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, key) = value.split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("apikey")
@@ -154,12 +174,13 @@ impl FromRequest for Caller {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let state = req.app_data::<web::Data<State>>().cloned();
-        let key = api_key(req);
-        let token = bearer(req);
+        let key = api_key(req.headers());
+        let token = bearer(req.headers());
+        let verified = req.extensions().get::<Verified>().cloned();
         Box::pin(async move {
             let state = state.ok_or_else(Problem::internal)?;
             let Some(key) = key else {
-                return authenticate(state, token).await.map(Caller::User);
+                return authenticate(state, token, verified).await.map(Caller::User);
             };
             let answer = state
                 .auth

@@ -42,6 +42,15 @@ pub struct Client {
     pub request_id: String,
 }
 
+/// The client's IP: from the forwarding headers of a trusted proxy, else the TCP peer.
+pub fn ip_of(req: &HttpRequest) -> String {
+    req.app_data::<actix_web::web::Data<crate::client_ip::TrustedProxies>>()
+        .and_then(|proxies| proxies.client_ip(req))
+        .or_else(|| req.peer_addr().map(|a| a.ip()))
+        .map(|ip| ip.to_string())
+        .unwrap_or_default()
+}
+
 impl Client {
     fn of(req: &HttpRequest) -> Self {
         let user_agent = req
@@ -54,12 +63,7 @@ impl Client {
             end -= 1;
         }
         Self {
-            ip: req
-                .app_data::<actix_web::web::Data<crate::client_ip::TrustedProxies>>()
-                .and_then(|proxies| proxies.client_ip(req))
-                .or_else(|| req.peer_addr().map(|a| a.ip()))
-                .map(|ip| ip.to_string())
-                .unwrap_or_default(),
+            ip: ip_of(req),
             user_agent: user_agent[..end].to_owned(),
             request_id: req
                 .extensions()

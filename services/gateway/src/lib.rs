@@ -11,6 +11,7 @@
 //! - `problem`: RFC 9457 bodies, and the mapping from gRPC statuses.
 //! - `client`: request id, client IP, user agent.
 //! - `middleware`: request id, security headers, metrics on every response.
+//! - `rate_limit`: GCRA in Redis with an in-process fallback, per route class.
 
 mod authn;
 mod client;
@@ -20,6 +21,7 @@ mod json;
 mod keys;
 mod middleware;
 mod problem;
+mod rate_limit;
 mod revocations;
 mod routes;
 mod state;
@@ -116,11 +118,23 @@ pub async fn build(
         },
     );
     tokio::spawn(key_cache.clone().refresh_periodically(shutdown.clone()));
+    let limiter = Arc::new(rate_limit::Limiter::new(
+        &settings.rate_limits,
+        settings
+            .rate_limits
+            .redis_url
+            .as_ref()
+            .unwrap_or(&settings.common.redis_url)
+            .expose_secret(),
+        &settings.common.redis_key_prefix,
+    )?);
+    tokio::spawn(rate_limit::sweep(limiter.clone(), shutdown.clone()));
     let state = web::Data::new(state::State {
         keys: key_cache,
         auth,
         session,
         revocations,
+        limiter,
     });
     let ready_state = state.clone();
     let readiness: aia_telemetry::admin::ReadinessCheck = Arc::new(move || {
@@ -159,6 +173,7 @@ pub async fn build(
             .app_data(json::config(json_limit))
             .app_data(json::form_config(json_limit))
             .app_data(json::query_config())
+            .wrap(actix_web::middleware::from_fn(rate_limit::limit))
             .wrap(cors::middleware(origins.clone()))
             .wrap(actix_web::middleware::from_fn(middleware::decorate))
             // Outermost: an untrusted Host is refused before anything else runs.

@@ -142,6 +142,17 @@ impl Problem {
         .detail(detail)
     }
 
+    /// 429 with `Retry-After` (seconds).
+    pub fn too_many_requests(retry_after: HeaderValue) -> Self {
+        let mut problem = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "urn:aia:problem:too-many-requests",
+            "Too many requests",
+        );
+        problem.headers.push((header::RETRY_AFTER, retry_after));
+        problem
+    }
+
     /// 503: a dependency is down; retry later.
     pub fn unavailable() -> Self {
         Self::new(
@@ -177,14 +188,7 @@ impl Problem {
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| HeaderValue::from_str(v).ok())
                     .unwrap_or(HeaderValue::from_static("1"));
-                let mut problem = Self::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "urn:aia:problem:too-many-requests",
-                    "Too many requests",
-                )
-                .detail(status.message());
-                problem.headers.push((header::RETRY_AFTER, retry_after));
-                problem
+                Self::too_many_requests(retry_after).detail(status.message())
             }
             Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
                 tracing::warn!(code = ?status.code(), "upstream unavailable");

@@ -17,4 +17,6 @@ pub struct State {
     pub keys: std::sync::Arc<KeyCache>,
     /// The in-memory blacklist.
     pub revocations: std::sync::Arc<RevocationCache>,
+    /// Rate limits.
+    pub limiter: std::sync::Arc<crate::rate_limit::Limiter>,
 }

@@ -93,6 +93,14 @@ pub async fn login(
     body: web::Json<Credentials>,
 ) -> Result<HttpResponse, Problem> {
     let Credentials { email, password } = body.into_inner();
+    let limiter = &state.limiter;
+    if limiter.enabled() {
+        let account = crate::rate_limit::account_key(&email);
+        let decision = limiter.check(&limiter.login_account, &account).await;
+        if let Some(problem) = crate::rate_limit::refusal(&limiter.login_account, &decision) {
+            return Err(problem);
+        }
+    }
     let answer = state
         .auth
         .clone()

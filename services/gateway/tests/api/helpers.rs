@@ -116,3 +116,23 @@ pub fn from_ip(n: u8) -> anyhow::Result<reqwest::Client> {
         .timeout(std::time::Duration::from_secs(30))
         .build()?)
 }
+
+/// Waits (up to 10 s) until `GET /v1/auth/me` with `token` answers `status`.
+pub async fn eventually_status(
+    stack: &Stack,
+    token: &str,
+    status: StatusCode,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let got = me_status(stack, token).await?;
+        if got == status {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "still {got}, not {status}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,116 @@
+//! A TCP proxy that a test can pause: while paused it stops reading from either side,
+//! so requests through it hang (a slow or partitioned dependency) until resumed, or
+//! are refused outright after [`TcpProxy::refuse`] (a dependency that is down).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// What the proxy does with traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Forward both ways.
+    Forward,
+    /// Hold everything: read nothing, write nothing.
+    Pause,
+    /// Close every connection and refuse new ones.
+    Refuse,
+}
+
+/// A running proxy; stops when dropped.
+pub struct TcpProxy {
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    mode: Arc<watch::Sender<Mode>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Copies `from` to `to` while the mode allows; ends on `Refuse` or EOF.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut mode: watch::Receiver<Mode>,
+) {
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        let current = *mode.borrow_and_update();
+        match current {
+            Mode::Refuse => return,
+            Mode::Pause => {
+                if mode.changed().await.is_err() {
+                    return;
+                }
+            }
+            Mode::Forward => {
+                tokio::select! {
+                    read = from.read(&mut buffer) => match read {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            let Some(chunk) = buffer.get(..n) else { return };
+                            if to.write_all(chunk).await.is_err() {
+                                return;
+                            }
+                        }
+                    },
+                    changed = mode.changed() => if changed.is_err() { return },
+                }
+            }
+        }
+    }
+}
+
+impl TcpProxy {
+    /// Listens on a free loopback port and forwards to `target`.
+    pub async fn start(target: SocketAddr) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (mode, _) = watch::channel(Mode::Forward);
+        let mode = Arc::new(mode);
+        let modes = mode.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                if *modes.borrow() == Mode::Refuse {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(target).await else {
+                    continue;
+                };
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::spawn(pump(client_read, server_write, modes.subscribe()));
+                tokio::spawn(pump(server_read, client_write, modes.subscribe()));
+            }
+        });
+        Ok(Self { addr, mode, task })
+    }
+
+    /// Switches the mode.
+    pub fn set(&self, mode: Mode) {
+        self.mode.send_replace(mode);
+    }
+
+    /// Holds all traffic.
+    pub fn pause(&self) {
+        self.set(Mode::Pause);
+    }
+
+    /// Closes connections and refuses new ones.
+    pub fn refuse(&self) {
+        self.set(Mode::Refuse);
+    }
+
+    /// Forwards again.
+    pub fn resume(&self) {
+        self.set(Mode::Forward);
+    }
+}

@@ -1,0 +1,492 @@
+//! Rate limiting: GCRA in Redis, one atomic script per decision, with an in-process
+//! fallback.
+//!
+//! - **Policies** by route class and key (`RATE_LIMIT_*`): `login` (login and its MFA
+//!   step, per client IP), `login-account` (per email, checked by the login handler
+//!   once it has read the body), `register` and `recovery` (forgot-password, resend
+//!   verification; per client IP), and `api` (every other `/v1` route: per user for a
+//!   verified bearer token, per API key id, else per client IP). Health, readiness
+//!   and JWKS are not limited; preflights never reach here (CORS answers them).
+//! - **One round trip**: a Lua script (loaded once, then `EVALSHA`) reads the
+//!   theoretical arrival time, decides with Redis's own clock (`TIME`, so gateway
+//!   clocks do not matter), and writes it back, atomically. The key is one
+//!   `{hash tag}`, so Redis Cluster works.
+//! - **Answers**: 429 `problem+json` with `Retry-After`; limited routes carry the
+//!   draft-ietf-httpapi-ratelimit-headers fields `RateLimit-Policy: "login";q=20;w=60`
+//!   and `RateLimit: "login";r=19;t=3` (remaining, seconds until the quota is whole).
+//! - **Fallback**: if Redis does not answer within `RATE_LIMIT_REDIS_BUDGET_MS` (5 ms)
+//!   or fails, the decision is taken by an in-process GCRA limiter (`governor`) with
+//!   the same quota, per gateway instance; this is logged and counted
+//!   (`gateway_rate_limit_fallback_total`). Redis is then left alone for one second
+//!   and tried again, so the limiter recovers by itself. Classes listed in
+//!   `RATE_LIMIT_FAIL_CLOSED` answer 503 instead of falling back.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use aia_settings::{Rate, RateLimitSettings};
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::{Quota, RateLimiter};
+use tokio::sync::Mutex;
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::Method;
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::{HttpMessage, ResponseError, web};
+
+use crate::problem::Problem;
+use crate::state::State;
+use crate::{authn, client};
+
+/// GCRA. KEYS[1]: the bucket. ARGV: emission interval and period, in microseconds.
+/// Returns {allowed (0/1), remaining, retry after (µs), reset (µs)}.
+const GCRA: &str = r"
+local interval = tonumber(ARGV[1])
+local period = tonumber(ARGV[2])
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new_tat = tat + interval
+local allow_at = new_tat - period
+if now < allow_at then
+  return {0, 0, allow_at - now, tat - now}
+end
+redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil((new_tat - now) / 1000))
+return {1, math.floor((period - (new_tat - now)) / interval), 0, new_tat - now}
+";
+
+/// How long Redis is left alone after it failed to decide.
+const REDIS_BACKOFF: Duration = Duration::from_secs(1);
+
+type Local = RateLimiter<
+    String,
+    governor::state::keyed::DefaultKeyedStateStore<String>,
+    DefaultClock,
+    StateInformationMiddleware,
+>;
+
+/// One policy: a class, its quota, and its in-process twin.
+pub struct Policy {
+    /// The class name, used in keys, headers and metrics.
+    pub name: &'static str,
+    rate: Rate,
+    fail_closed: bool,
+    local: Local,
+}
+
+impl Policy {
+    fn new(name: &'static str, rate: Rate, settings: &RateLimitSettings) -> Self {
+        let limit = NonZeroU32::new(rate.limit).unwrap_or(NonZeroU32::MIN);
+        let interval = rate.period / rate.limit.max(1);
+        let quota = Quota::with_period(interval)
+            .unwrap_or_else(|| Quota::per_second(limit))
+            .allow_burst(limit);
+        Self {
+            name,
+            rate,
+            fail_closed: settings.fail_closed.iter().any(|c| c == name),
+            local: RateLimiter::keyed(quota).with_middleware::<StateInformationMiddleware>(),
+        }
+    }
+
+    /// `RateLimit-Policy` item: `"name";q=LIMIT;w=SECONDS`.
+    pub fn header(&self) -> String {
+        format!(
+            "\"{}\";q={};w={}",
+            self.name,
+            self.rate.limit,
+            self.rate.period.as_secs()
+        )
+    }
+
+    fn interval_micros(&self) -> u64 {
+        let period = self.period_micros();
+        period / u64::from(self.rate.limit.max(1))
+    }
+
+    fn period_micros(&self) -> u64 {
+        u64::try_from(self.rate.period.as_micros()).unwrap_or(u64::MAX)
+    }
+
+    fn decide_locally(&self, key: &str) -> Decision {
+        match self.local.check_key(&key.to_owned()) {
+            Ok(snapshot) => Decision::Allowed {
+                remaining: u64::from(snapshot.remaining_burst_capacity()),
+                reset: Duration::ZERO,
+            },
+            Err(not_until) => Decision::Limited {
+                retry_after: not_until.wait_time_from(DefaultClock::default().now()),
+            },
+        }
+    }
+}
+
+/// What a policy says about one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Go on; `remaining` more fit now, the quota is whole again after `reset`.
+    Allowed {
+        /// Requests left in the burst.
+        remaining: u64,
+        /// Time until the bucket is full again.
+        reset: Duration,
+    },
+    /// Refused; retry after this long.
+    Limited {
+        /// Time until one more request fits.
+        retry_after: Duration,
+    },
+    /// Redis could not decide and the class fails closed.
+    Unavailable,
+}
+
+impl Decision {
+    /// `RateLimit` item: `"name";r=REMAINING;t=SECONDS`.
+    pub fn header(&self, policy: &Policy) -> Option<String> {
+        let (remaining, reset) = match self {
+            Self::Allowed { remaining, reset } => (*remaining, *reset),
+            Self::Limited { retry_after } => (0, *retry_after),
+            Self::Unavailable => return None,
+        };
+        Some(format!(
+            "\"{}\";r={};t={}",
+            policy.name,
+            remaining,
+            reset.as_secs_f64().ceil() as u64
+        ))
+    }
+}
+
+/// The policies and their Redis.
+pub struct Limiter {
+    /// Per client IP: login and its second step.
+    pub login: Policy,
+    /// Per email: login.
+    pub login_account: Policy,
+    /// Per client IP: registration.
+    pub register: Policy,
+    /// Per client IP: forgot-password and resend-verification.
+    pub recovery: Policy,
+    /// Per caller: everything else.
+    pub api: Policy,
+    enabled: bool,
+    client: redis::Client,
+    connection: Mutex<Option<redis::aio::MultiplexedConnection>>,
+    script: redis::Script,
+    prefix: String,
+    budget: Duration,
+    /// Redis is not asked before this time (ms since the Unix epoch).
+    skip_until_ms: AtomicU64,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+impl Limiter {
+    /// The limiter of `settings`, keys under `prefix` in the Redis at `url`.
+    pub fn new(settings: &RateLimitSettings, url: &str, prefix: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            login: Policy::new("login", settings.login, settings),
+            login_account: Policy::new("login-account", settings.login_account, settings),
+            register: Policy::new("register", settings.register, settings),
+            recovery: Policy::new("recovery", settings.recovery, settings),
+            api: Policy::new("api", settings.api, settings),
+            enabled: settings.enabled,
+            client: redis::Client::open(url)?,
+            connection: Mutex::new(None),
+            script: redis::Script::new(GCRA),
+            prefix: prefix.to_owned(),
+            budget: settings.redis_budget,
+            skip_until_ms: AtomicU64::new(0),
+        })
+    }
+
+    /// Whether limits apply at all.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Forgets idle in-process buckets (call now and then).
+    pub fn forget_idle(&self) {
+        for policy in [
+            &self.login,
+            &self.login_account,
+            &self.register,
+            &self.recovery,
+            &self.api,
+        ] {
+            policy.local.retain_recent();
+            policy.local.shrink_to_fit();
+        }
+    }
+
+    async fn connection(&self) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+        let mut slot = self.connection.lock().await;
+        if let Some(conn) = slot.as_ref() {
+            return Ok(conn.clone());
+        }
+        let conn = self.client.get_multiplexed_async_connection().await?;
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    async fn decide_in_redis(&self, policy: &Policy, key: &str) -> anyhow::Result<Decision> {
+        let mut conn = self.connection().await?;
+        let bucket = aia_db::redis::key(&self.prefix, "rl", &format!("{}:{key}", policy.name));
+        let (allowed, remaining, retry_after, reset): (i64, i64, i64, i64) = self
+            .script
+            .key(bucket)
+            .arg(policy.interval_micros())
+            .arg(policy.period_micros())
+            .invoke_async(&mut conn)
+            .await?;
+        let micros = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
+        Ok(if allowed == 1 {
+            Decision::Allowed {
+                remaining: u64::try_from(remaining).unwrap_or(0),
+                reset: micros(reset),
+            }
+        } else {
+            Decision::Limited {
+                retry_after: micros(retry_after),
+            }
+        })
+    }
+
+    /// The decision of `policy` for `key` (an IP, a user id, an email...).
+    pub async fn check(&self, policy: &Policy, key: &str) -> Decision {
+        if now_ms() >= self.skip_until_ms.load(Ordering::Relaxed) {
+            match tokio::time::timeout(self.budget, self.decide_in_redis(policy, key)).await {
+                Ok(Ok(decision)) => return decision,
+                Ok(Err(error)) => {
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        policy = policy.name,
+                        "rate limit: Redis failed; deciding in-process"
+                    );
+                    // A broken connection is replaced at the next try.
+                    *self.connection.lock().await = None;
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        policy = policy.name,
+                        budget_ms = self.budget.as_millis(),
+                        "rate limit: Redis too slow; deciding in-process"
+                    );
+                }
+            }
+            self.skip_until_ms.store(
+                now_ms() + u64::try_from(REDIS_BACKOFF.as_millis()).unwrap_or(1000),
+                Ordering::Relaxed,
+            );
+        }
+        metrics::counter!("gateway_rate_limit_fallback_total", "policy" => policy.name, "mode" => if policy.fail_closed { "closed" } else { "local" }).increment(1);
+        if policy.fail_closed {
+            Decision::Unavailable
+        } else {
+            policy.decide_locally(key)
+        }
+    }
+}
+
+/// The policy and key of a request; `None` for routes that are not limited.
+async fn classify<'a>(
+    limiter: &'a Limiter,
+    state: &State,
+    req: &ServiceRequest,
+) -> Option<(&'a Policy, String)> {
+    let path = req.path();
+    if req.method() == Method::OPTIONS
+        || matches!(path, "/healthz" | "/readyz" | "/.well-known/jwks.json")
+    {
+        return None;
+    }
+    let by_ip = || format!("ip:{}", client::ip_of(req.request()));
+    let post = req.method() == Method::POST;
+    Some(match path {
+        "/v1/auth/login" | "/v1/auth/login/mfa" if post => (&limiter.login, by_ip()),
+        "/v1/auth/register" if post => (&limiter.register, by_ip()),
+        "/v1/auth/password/forgot" | "/v1/auth/verify-email/resend" if post => {
+            (&limiter.recovery, by_ip())
+        }
+        _ => (
+            &limiter.api,
+            caller_key(state, req).await.unwrap_or_else(by_ip),
+        ),
+    })
+}
+
+/// `user:<id>` for a bearer token that verifies (kept for the handler, so it is
+/// not verified twice), `key:<id>` for a well-formed API key.
+async fn caller_key(state: &State, req: &ServiceRequest) -> Option<String> {
+    if let Some(token) = authn::bearer(req.headers()) {
+        let claims = authn::verify(state, &token).await.ok()?;
+        let key = format!("user:{}", claims.sub);
+        req.extensions_mut()
+            .insert(authn::Verified { token, claims });
+        return Some(key);
+    }
+    let api_key = authn::api_key(req.headers())?;
+    let id = api_key.strip_prefix("aia_")?.split('_').next()?;
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| format!("key:{id}"))
+}
+
+/// The key of an account for the per-account policy: a hash of the normalised
+/// email, so that Redis holds no addresses.
+pub fn account_key(email: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(email.trim().to_lowercase().as_bytes());
+    format!("acct:{}", hex::encode(&digest[..16]))
+}
+
+/// The `RateLimit-Policy` and `RateLimit` fields of a decision.
+fn fields(policy: &Policy, decision: &Decision) -> Vec<(HeaderName, HeaderValue)> {
+    let mut fields = Vec::with_capacity(2);
+    if let Ok(value) = HeaderValue::from_str(&policy.header()) {
+        fields.push((HeaderName::from_static("ratelimit-policy"), value));
+    }
+    if let Some(value) = decision
+        .header(policy)
+        .and_then(|h| HeaderValue::from_str(&h).ok())
+    {
+        fields.push((HeaderName::from_static("ratelimit"), value));
+    }
+    fields
+}
+
+/// The answer to a request the policy refuses, if it does.
+pub fn refusal(policy: &Policy, decision: &Decision) -> Option<Problem> {
+    let mut problem = match decision {
+        Decision::Allowed { .. } => return None,
+        Decision::Limited { retry_after } => {
+            metrics::counter!("gateway_rejections_total", "reason" => "rate_limit", "policy" => policy.name).increment(1);
+            let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+            Problem::too_many_requests(HeaderValue::from(seconds))
+                .detail("too many requests; retry after the time in Retry-After")
+        }
+        Decision::Unavailable => Problem::unavailable(),
+    };
+    problem.headers.extend(fields(policy, decision));
+    Some(problem)
+}
+
+/// The middleware: one decision per request, before validation and handlers.
+pub async fn limit(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let Some(state) = req.app_data::<web::Data<State>>().cloned() else {
+        return Ok(next.call(req).await?.map_into_boxed_body());
+    };
+    let limiter = state.limiter.clone();
+    if !limiter.enabled() {
+        return Ok(next.call(req).await?.map_into_boxed_body());
+    }
+    let Some((policy, key)) = classify(&limiter, &state, &req).await else {
+        return Ok(next.call(req).await?.map_into_boxed_body());
+    };
+    let decision = limiter.check(policy, &key).await;
+    if let Some(problem) = refusal(policy, &decision) {
+        return Ok(req.into_response(problem.error_response()));
+    }
+    let mut response = next.call(req).await?.map_into_boxed_body();
+    let headers = response.headers_mut();
+    for (name, value) in fields(policy, &decision) {
+        // A handler's own policy (login-account) is listed beside this one.
+        let combined = match headers.get(&name).and_then(|v| v.to_str().ok()) {
+            Some(inner) => {
+                HeaderValue::from_str(&format!("{}, {inner}", value.to_str().unwrap_or_default()))
+                    .unwrap_or(value)
+            }
+            None => value,
+        };
+        headers.insert(name, combined);
+    }
+    Ok(response)
+}
+
+/// Forgets idle in-process buckets every minute until `shutdown`.
+pub async fn sweep(limiter: Arc<Limiter>, shutdown: aia_telemetry::shutdown::CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = every.tick() => limiter.forget_idle(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(limit: u32) -> RateLimitSettings {
+        let rate = Rate {
+            limit,
+            period: Duration::from_secs(60),
+        };
+        RateLimitSettings {
+            enabled: true,
+            login: rate,
+            login_account: rate,
+            register: rate,
+            recovery: rate,
+            api: rate,
+            redis_budget: Duration::from_millis(5),
+            fail_closed: vec!["register".into()],
+            redis_url: None,
+        }
+    }
+
+    #[test]
+    fn the_in_process_limiter_lets_the_burst_through_then_refuses() {
+        let settings = settings(3);
+        let policy = Policy::new("login", settings.login, &settings);
+        let decisions: Vec<Decision> = (0..4).map(|_| policy.decide_locally("k")).collect();
+        assert!(
+            matches!(decisions[0], Decision::Allowed { remaining: 2, .. }),
+            "{decisions:?}"
+        );
+        assert!(
+            matches!(decisions[2], Decision::Allowed { remaining: 0, .. }),
+            "{decisions:?}"
+        );
+        // One request per 20 s comes back.
+        assert!(
+            matches!(decisions[3], Decision::Limited { retry_after }
+                if retry_after > Duration::from_secs(15) && retry_after <= Duration::from_secs(20)),
+            "{decisions:?}"
+        );
+        // Another key has its own bucket.
+        assert!(matches!(
+            policy.decide_locally("other"),
+            Decision::Allowed { .. }
+        ));
+    }
+
+    #[test]
+    fn headers_follow_the_draft() {
+        let settings = settings(20);
+        let policy = Policy::new("login", settings.login, &settings);
+        assert_eq!(policy.header(), "\"login\";q=20;w=60");
+        let allowed = Decision::Allowed {
+            remaining: 19,
+            reset: Duration::from_millis(2_100),
+        };
+        assert_eq!(
+            allowed.header(&policy).as_deref(),
+            Some("\"login\";r=19;t=3")
+        );
+        assert!(Policy::new("register", settings.register, &settings).fail_closed);
+    }
+}

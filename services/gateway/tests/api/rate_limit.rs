@@ -1,0 +1,228 @@
+//! Rate limiting: GCRA in Redis per route class and key, 429 with the draft
+//! RateLimit fields, and an in-process fallback when Redis is slow or down that
+//! gives way to Redis again by itself.
+
+use aia_testkit::Stack;
+use aia_testkit::proxy::TcpProxy;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{assert_problem, email, field, from_ip, signed_in};
+
+async fn login(
+    client: &reqwest::Client,
+    stack: &Stack,
+    email: &str,
+) -> anyhow::Result<reqwest::Response> {
+    Ok(client
+        .post(stack.url("/v1/auth/login"))
+        .json(&json!({"email": email, "password": "not the password at all"}))
+        .send()
+        .await?)
+}
+
+async fn me(stack: &Stack, token: &str) -> anyhow::Result<reqwest::Response> {
+    Ok(stack
+        .http()
+        .get(stack.url("/v1/auth/me"))
+        .bearer_auth(token)
+        .send()
+        .await?)
+}
+
+fn header<'a>(response: &'a reqwest::Response, name: &str) -> &'a str {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_are_limited_per_address_with_the_draft_fields() -> anyhow::Result<()> {
+    let stack = Stack::start_with(&[("RATE_LIMIT_LOGIN", "3/60".into())]).await?;
+    let client = from_ip(1)?;
+    for remaining in [2, 1, 0] {
+        let response = login(&client, &stack, &email()).await?;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(header(&response, "ratelimit-policy"), "\"login\";q=3;w=60");
+        let fields = header(&response, "ratelimit");
+        assert!(
+            fields.starts_with(&format!("\"login\";r={remaining};t=")),
+            "{fields}"
+        );
+    }
+    let limited = login(&client, &stack, &email()).await?;
+    let retry: u64 = header(&limited, "retry-after").parse()?;
+    assert!((1..=20).contains(&retry), "one login per 20 s: {retry}");
+    assert_eq!(header(&limited, "ratelimit-policy"), "\"login\";q=3;w=60");
+    assert!(header(&limited, "ratelimit").starts_with("\"login\";r=0;t="));
+    assert!(header(&limited, "vary").contains("Origin"));
+    assert_eq!(header(&limited, "x-content-type-options"), "nosniff");
+    let body = assert_problem(limited, StatusCode::TOO_MANY_REQUESTS).await?;
+    assert_eq!(body["type"], "urn:aia:problem:too-many-requests");
+
+    // The MFA step shares the login budget of the address.
+    let step = client
+        .post(stack.url("/v1/auth/login/mfa"))
+        .json(&json!({"challenge": "x", "code": "123456"}))
+        .send()
+        .await?;
+    assert_eq!(step.status(), StatusCode::TOO_MANY_REQUESTS);
+    // Another address has its own budget; health and keys are never limited.
+    let other = login(&from_ip(2)?, &stack, &email()).await?;
+    assert_eq!(other.status(), StatusCode::UNAUTHORIZED);
+    for path in ["/healthz", "/.well-known/jwks.json"] {
+        let response = client.get(stack.url(path)).send().await?;
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        assert!(response.headers().get("ratelimit").is_none());
+    }
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_account_is_limited_whatever_the_address() -> anyhow::Result<()> {
+    let stack = Stack::start_with(&[("RATE_LIMIT_LOGIN_ACCOUNT", "2/60".into())]).await?;
+    let victim = email();
+    for n in 1..=2 {
+        let response = login(&from_ip(n)?, &stack, &victim).await?;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    }
+    // A third address, the same account (in another case): limited.
+    let limited = login(&from_ip(3)?, &stack, &victim.to_uppercase()).await?;
+    assert_eq!(
+        header(&limited, "ratelimit-policy"),
+        "\"login\";q=100000;w=60, \"login-account\";q=2;w=60"
+    );
+    assert!(header(&limited, "ratelimit").contains("\"login-account\";r=0;t="));
+    assert_problem(limited, StatusCode::TOO_MANY_REQUESTS).await?;
+    // Other accounts are not affected.
+    let other = login(&from_ip(3)?, &stack, &email()).await?;
+    assert_eq!(other.status(), StatusCode::UNAUTHORIZED);
+    // Redis holds a hash of the account, not the address.
+    let mut redis = redis::Client::open(aia_testkit::redis_url())?
+        .get_multiplexed_async_connection()
+        .await?;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}rl:*", stack.redis_prefix))
+        .query_async(&mut redis)
+        .await?;
+    assert!(!keys.is_empty());
+    assert!(keys.iter().all(|k| !k.contains('@')), "{keys:?}");
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_is_limited_per_user_not_per_address() -> anyhow::Result<()> {
+    let stack = Stack::start_with(&[("RATE_LIMIT_API", "3/60".into())]).await?;
+    let first = signed_in(&stack).await?;
+    let second = signed_in(&stack).await?;
+    let token = field(&first, "access_token");
+    for _ in 0..3 {
+        assert_eq!(me(&stack, token).await?.status(), StatusCode::OK);
+    }
+    let limited = me(&stack, token).await?;
+    assert_eq!(header(&limited, "ratelimit-policy"), "\"api\";q=3;w=60");
+    assert_problem(limited, StatusCode::TOO_MANY_REQUESTS).await?;
+    // The other user, from the same address, is not limited.
+    assert_eq!(
+        me(&stack, field(&second, "access_token")).await?.status(),
+        StatusCode::OK
+    );
+    // Forged tokens do not get a bucket of their own: they count on the address.
+    for n in 0..4 {
+        let forged = format!("{token}x{n}");
+        let response = from_ip(9)?
+            .get(stack.url("/v1/auth/me"))
+            .bearer_auth(&forged)
+            .send()
+            .await?;
+        let expected = if n < 3 {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::TOO_MANY_REQUESTS
+        };
+        assert_eq!(response.status(), expected, "forged token {n}");
+    }
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_the_limit_holds_in_process_and_redis_takes_over_again() -> anyhow::Result<()>
+{
+    let redis: std::net::SocketAddr = "127.0.0.1:6379".parse()?;
+    let proxy = TcpProxy::start(redis).await?;
+    let stack = Stack::start_with(&[
+        ("RATE_LIMIT_API", "3/60".into()),
+        ("RATE_LIMIT_FAIL_CLOSED", "register".into()),
+        ("RATE_LIMIT_REDIS_BUDGET_MS", "50".into()),
+        ("RATE_LIMIT_REDIS_URL", format!("redis://{}", proxy.addr)),
+    ])
+    .await?;
+    let users: Vec<Value> = vec![
+        signed_in(&stack).await?,
+        signed_in(&stack).await?,
+        signed_in(&stack).await?,
+    ];
+    let token = |i: usize| field(&users[i], "access_token").to_owned();
+    // Redis decides: the first user spends their budget.
+    for _ in 0..3 {
+        assert_eq!(me(&stack, &token(0)).await?.status(), StatusCode::OK);
+    }
+    assert_eq!(
+        me(&stack, &token(0)).await?.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+
+    // Redis hangs (every command waits): each decision gives up after the budget
+    // and the in-process limiter decides, with the same quota.
+    proxy.pause();
+    for _ in 0..3 {
+        assert_eq!(me(&stack, &token(1)).await?.status(), StatusCode::OK);
+    }
+    assert_eq!(
+        me(&stack, &token(1)).await?.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // Redis refuses connections: the same.
+    proxy.refuse();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(
+        me(&stack, &token(1)).await?.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // A class configured to fail closed answers 503 meanwhile.
+    let register = stack
+        .http()
+        .post(stack.url("/v1/auth/register"))
+        .json(&json!({"email": email(), "password": "correct horse battery staple"}))
+        .send()
+        .await?;
+    assert_problem(register, StatusCode::SERVICE_UNAVAILABLE).await?;
+    let metrics = stack
+        .http()
+        .get(stack.gateway.admin_url("/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics.contains("gateway_rate_limit_fallback_total"),
+        "{metrics}"
+    );
+
+    // Redis is back: after its back-off it decides again. The second user's budget
+    // was spent in-process only, so Redis lets them through.
+    proxy.resume();
+    crate::helpers::eventually_status(&stack, &token(1), StatusCode::OK).await?;
+    assert_eq!(
+        me(&stack, &token(0)).await?.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "the first user's Redis bucket is still spent"
+    );
+    stack.stop().await;
+    Ok(())
+}
