@@ -12,6 +12,7 @@
 //! - `client`: request id, client IP, user agent.
 //! - `middleware`: request id, security headers, metrics on every response.
 //! - `rate_limit`: GCRA in Redis with an in-process fallback, per route class.
+//! - `validate`: header counts and sizes, control characters in headers and path.
 
 mod authn;
 mod client;
@@ -26,6 +27,7 @@ mod revocations;
 mod routes;
 mod state;
 mod trusted_host;
+mod validate;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -173,11 +175,14 @@ pub async fn build(
             .app_data(json::config(json_limit))
             .app_data(json::form_config(json_limit))
             .app_data(json::query_config())
+            .wrap(actix_web::middleware::from_fn(validate::validate))
             .wrap(actix_web::middleware::from_fn(rate_limit::limit))
             .wrap(cors::middleware(origins.clone()))
-            .wrap(actix_web::middleware::from_fn(middleware::decorate))
-            // Outermost: an untrusted Host is refused before anything else runs.
+            // An untrusted Host is refused before anything else runs...
             .wrap(actix_web::middleware::from_fn(trusted_host::check))
+            // ...and yet its answer, like every other, gets the request id, the
+            // security headers and a charset.
+            .wrap(actix_web::middleware::from_fn(middleware::decorate))
             .configure(routes::configure)
     })
     .workers(settings.workers)

@@ -39,6 +39,15 @@ pub const HSTS: &str = "max-age=31536000; includeSubDomains";
 #[derive(Debug, Clone, Copy)]
 pub struct SendHsts(pub bool);
 
+/// A JSON or text content type without a charset parameter.
+fn needs_charset(content_type: &str) -> bool {
+    let lower = content_type.to_ascii_lowercase();
+    let essence = lower.split(';').next().unwrap_or("").trim();
+    let textual =
+        essence.starts_with("text/") || essence == "application/json" || essence.ends_with("+json");
+    textual && !lower.contains("charset=")
+}
+
 /// Accepts or makes the request id, records it for handlers, echoes it, adds the
 /// security headers and counts the request.
 pub async fn decorate(
@@ -80,6 +89,15 @@ pub async fn decorate(
         );
     }
     headers.remove(header::SERVER);
+    // Every text body names its charset (JSON is UTF-8; say so for every client).
+    if let Some(with_charset) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| needs_charset(v))
+        .and_then(|v| HeaderValue::from_str(&format!("{v}; charset=utf-8")).ok())
+    {
+        headers.insert(header::CONTENT_TYPE, with_charset);
+    }
     // Answers differ by Origin (CORS), so caches must key on it, errors included.
     headers.append(header::VARY, HeaderValue::from_static("Origin"));
     Ok(response)

@@ -37,7 +37,7 @@ impl std::fmt::Display for Problem {
 }
 
 impl Problem {
-    fn new(status: StatusCode, kind: &'static str, title: &'static str) -> Self {
+    pub fn new(status: StatusCode, kind: &'static str, title: &'static str) -> Self {
         Self {
             kind,
             title,

@@ -203,3 +203,102 @@ async fn responses_carry_a_request_id_and_security_headers() -> anyhow::Result<(
     stack.stop().await;
     Ok(())
 }
+
+/// Sends `request` as raw bytes (what reqwest would refuse to send) and returns the
+/// status and the response head and body.
+async fn raw(stack: &Stack, request: &[u8]) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(stack.gateway.main).await?;
+    socket.write_all(request).await?;
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        socket.read_to_end(&mut response),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok((status, text))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_are_bounded_and_control_characters_refused() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let host = format!("Host: {}\r\nConnection: close\r\n", stack.gateway.main);
+    let get = |path: &str, extra: &str| format!("GET {path} HTTP/1.1\r\n{host}{extra}\r\n");
+
+    // Sixty-five header fields: 431 as a problem.
+    let many: String = (0..65).map(|n| format!("X-Filler-{n}: {n}\r\n")).collect();
+    let (status, text) = raw(&stack, get("/healthz", &many).as_bytes()).await?;
+    assert_eq!(status, 431, "{text}");
+    assert!(text.contains("urn:aia:problem:headers-too-large"), "{text}");
+    // One field of 9 KiB: 431.
+    let big = format!("X-Big: {}\r\n", "a".repeat(9 * 1024));
+    let (status, _) = raw(&stack, get("/healthz", &big).as_bytes()).await?;
+    assert_eq!(status, 431);
+    // Five fields of 7 KiB (each fine, 35 KiB together): 431.
+    let heavy: String = (0..5)
+        .map(|n| format!("X-Heavy-{n}: {}\r\n", "b".repeat(7 * 1024)))
+        .collect();
+    let (status, _) = raw(&stack, get("/healthz", &heavy).as_bytes()).await?;
+    assert_eq!(status, 431);
+    // NUL and CR LF in the path, percent-encoded: 400 problems, nothing reaches a route.
+    for path in [
+        "/v1/auth/me%00",
+        "/v1/auth/me%0d%0aX-Injected:%201",
+        "/v1/%7f",
+    ] {
+        let (status, text) = raw(&stack, get(path, "").as_bytes()).await?;
+        assert_eq!(status, 400, "{path}: {text}");
+        assert!(text.contains("application/problem+json"), "{text}");
+        assert!(!text.contains("X-Injected: 1\r\n"), "{text}");
+    }
+    // A raw control character in a header value never gets through either (the
+    // HTTP parser or this gateway refuses it).
+    let (status, _) = raw(&stack, get("/healthz", "X-Evil: a\x01b\r\n").as_bytes()).await?;
+    assert_eq!(status, 400);
+    // Obs-text (bytes over 0x7f) is not a control character: served.
+    let (status, _) = raw(&stack, get("/healthz", "X-Note: caf\u{e9}\r\n").as_bytes()).await?;
+    assert_eq!(status, 200);
+    // A method a route does not serve: 405 problem.
+    let (status, text) = raw(
+        &stack,
+        format!("DELETE /v1/auth/login HTTP/1.1\r\n{host}\r\n").as_bytes(),
+    )
+    .await?;
+    assert_eq!(status, 405, "{text}");
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_body_names_its_charset() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    for (path, expected) in [
+        ("/healthz", "text/plain; charset=utf-8"),
+        (
+            "/.well-known/jwks.json",
+            "application/jwk-set+json; charset=utf-8",
+        ),
+        ("/nope", "application/problem+json; charset=utf-8"),
+    ] {
+        let response = stack.http().get(stack.url(path)).send().await?;
+        assert_eq!(response.headers()["content-type"], expected, "{path}");
+    }
+    let registered = stack
+        .http()
+        .post(stack.url("/v1/auth/register"))
+        .json(&json!({"email": "charset@example.com", "password": PASSWORD}))
+        .send()
+        .await?;
+    assert_eq!(
+        registered.headers()["content-type"],
+        "application/json; charset=utf-8"
+    );
+    stack.stop().await;
+    Ok(())
+}

@@ -72,7 +72,7 @@ pub async fn assert_problem(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    assert_eq!(content_type, "application/problem+json");
+    assert_eq!(content_type, "application/problem+json; charset=utf-8");
     let body: Value = response.json().await?;
     assert_eq!(body["status"], status.as_u16());
     assert!(
