@@ -14,6 +14,7 @@ mod env;
 pub mod production;
 mod rate_limit;
 mod services;
+mod upstreams;
 
 pub use env::{Env, Problem, SettingsError};
 pub use rate_limit::{CLASSES as RATE_LIMIT_CLASSES, Rate, RateLimitSettings};
@@ -22,3 +23,4 @@ pub use services::{
     LockoutSettings, MailSettings, PasswordHashing, PasswordPolicySettings, SessionSettings,
     SigningKeySource, TokenSettings,
 };
+pub use upstreams::{Upstream, UpstreamSettings};

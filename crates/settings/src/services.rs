@@ -301,6 +301,8 @@ pub struct GatewaySettings {
     pub revocation_stale_after: Duration,
     /// Rate limits (`RATE_LIMIT_*`).
     pub rate_limits: crate::RateLimitSettings,
+    /// The reverse proxy (`UPSTREAM*`).
+    pub upstreams: crate::UpstreamSettings,
 }
 
 const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/aia";
@@ -622,6 +624,7 @@ impl GatewaySettings {
                 60_000,
             )),
             rate_limits: crate::RateLimitSettings::read(&mut env, common.app_env.is_production()),
+            upstreams: crate::UpstreamSettings::read(&mut env, common.app_env.is_production()),
             common,
         };
         if settings.common.app_env.is_production() && settings.allowed_hosts.is_empty() {

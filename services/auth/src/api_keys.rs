@@ -16,9 +16,10 @@ use sha2::Sha256;
 use crate::schema::api_keys;
 
 /// Scopes a key may carry. `profile:read` reads the owner's profile;
-/// `tokens:introspect` may call the RFC 7662 endpoint. Account actions (password,
+/// `tokens:introspect` may call the RFC 7662 endpoint; `api:access` may call the
+/// proxied upstream routes. Account actions (password,
 /// sessions, keys, MFA) never accept an API key, whatever its scopes.
-pub const SCOPES: [&str; 2] = ["profile:read", "tokens:introspect"];
+pub const SCOPES: [&str; 3] = ["profile:read", "tokens:introspect", "api:access"];
 
 /// `last_used_at` is written at most this often per key.
 const LAST_USED_GRANULARITY: chrono::Duration = chrono::Duration::minutes(1);

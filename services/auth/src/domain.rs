@@ -32,7 +32,7 @@ pub enum Invalid {
     #[error("name: must be 1-100 characters without control characters")]
     ApiKeyName,
     /// An API key's scopes are empty or unknown.
-    #[error("scopes: must be one or more of profile:read, tokens:introspect")]
+    #[error("scopes: must be one or more of profile:read, tokens:introspect, api:access")]
     ApiKeyScopes,
     /// An API key's expiry is too far.
     #[error("expires_in_days: must be at most 3650")]

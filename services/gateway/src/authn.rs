@@ -143,6 +143,8 @@ pub enum Caller {
     ApiKey {
         /// The owner.
         user_id: String,
+        /// The key's id.
+        key_id: String,
         /// The key's scopes. Roles are not carried: an API key never acts as an
         /// admin, whatever its owner's roles.
         scopes: Vec<String>,
@@ -198,6 +200,7 @@ impl FromRequest for Caller {
                 .into_inner();
             Ok(Caller::ApiKey {
                 user_id: answer.user_id,
+                key_id: answer.key_id,
                 scopes: answer.scopes,
             })
         })

@@ -55,6 +55,20 @@ impl TrustedProxies {
     }
 }
 
+impl TrustedProxies {
+    /// `https` if a trusted proxy says the client used it (`X-Forwarded-Proto`),
+    /// else `http` (the gateway itself does not terminate TLS).
+    pub fn scheme(&self, req: &HttpRequest) -> &'static str {
+        let trusted = req.peer_addr().is_some_and(|p| self.trusts(p.ip()));
+        let https = req
+            .headers()
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("https"));
+        if trusted && https { "https" } else { "http" }
+    }
+}
+
 /// The addresses of `X-Forwarded-For` (all of its headers, in order), or else of the
 /// `for=` parameters of `Forwarded`. Unparseable entries end the chain's usefulness:
 /// they are dropped, never guessed at.

@@ -12,6 +12,7 @@
 //! - `client`: request id, client IP, user agent.
 //! - `middleware`: request id, security headers, metrics on every response.
 //! - `rate_limit`: GCRA in Redis with an in-process fallback, per route class.
+//! - `proxy`: the identity-injecting reverse proxy for `UPSTREAMS`.
 //! - `validate`: header counts and sizes, control characters in headers and path.
 
 mod authn;
@@ -22,6 +23,7 @@ mod json;
 mod keys;
 mod middleware;
 mod problem;
+mod proxy;
 mod rate_limit;
 mod revocations;
 mod routes;
@@ -166,8 +168,14 @@ pub async fn build(
     let allowed_hosts = web::Data::new(trusted_host::AllowedHosts::new(
         settings.allowed_hosts.clone(),
     ));
+    let upstream_settings = settings.upstreams.clone();
+    let upstreams = web::Data::new(proxy::Upstreams::new(settings.upstreams.clone()));
+    let prefixes = upstreams.prefixes();
     let server = HttpServer::new(move || {
         App::new()
+            .app_data(upstreams.clone())
+            // One upstream client per worker: awc, like the worker, is single-threaded.
+            .app_data(web::Data::new(proxy::http_client(&upstream_settings)))
             .app_data(state.clone())
             .app_data(trusted_proxies.clone())
             .app_data(allowed_hosts.clone())
@@ -183,7 +191,7 @@ pub async fn build(
             // ...and yet its answer, like every other, gets the request id, the
             // security headers and a charset.
             .wrap(actix_web::middleware::from_fn(middleware::decorate))
-            .configure(routes::configure)
+            .configure(|cfg| routes::configure(cfg, &prefixes))
     })
     .workers(settings.workers)
     .disable_signals()

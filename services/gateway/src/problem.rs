@@ -153,6 +153,23 @@ impl Problem {
         problem
     }
 
+    /// 502 or 504: the upstream failed or timed out.
+    pub fn upstream(status: StatusCode) -> Self {
+        if status == StatusCode::GATEWAY_TIMEOUT {
+            Self::new(
+                status,
+                "urn:aia:problem:upstream-timeout",
+                "Upstream timed out",
+            )
+        } else {
+            Self::new(
+                StatusCode::BAD_GATEWAY,
+                "urn:aia:problem:upstream-failed",
+                "Upstream failed",
+            )
+        }
+    }
+
     /// 503: a dependency is down; retry later.
     pub fn unavailable() -> Self {
         Self::new(

@@ -45,8 +45,11 @@ fn only(path: &str, route: actix_web::Route) -> actix_web::Resource {
         .default_service(web::to(method_not_allowed))
 }
 
-/// Registers every public route.
-pub fn configure(cfg: &mut web::ServiceConfig) {
+/// Registers every public route, and the proxied `prefixes` (every method).
+pub fn configure(cfg: &mut web::ServiceConfig, prefixes: &[String]) {
+    for prefix in prefixes {
+        cfg.service(web::resource(format!("{prefix}{{tail:.*}}")).to(crate::proxy::forward));
+    }
     cfg.service(only("/v1/auth/register", web::post().to(auth::register)))
         .service(only("/v1/auth/login", web::post().to(auth::login)))
         .service(only("/v1/auth/login/mfa", web::post().to(mfa::login)))

@@ -13,6 +13,7 @@ mod lockout;
 mod mfa;
 mod mtls;
 mod oauth;
+mod proxy;
 mod rate_limit;
 mod revocation;
 mod sessions;

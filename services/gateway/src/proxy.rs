@@ -1,0 +1,368 @@
+//! The reverse proxy: configured prefixes (`UPSTREAMS`, e.g. `/api/`) go to their
+//! upstream with the caller's identity attached.
+//!
+//! - **Authentication**: a prefix is protected unless listed in
+//!   `UPSTREAM_PUBLIC_PREFIXES`: it needs a valid, unrevoked access token, or an API
+//!   key with the `api:access` scope.
+//! - **Identity headers**: whatever `x-auth-*` headers the client sent are removed,
+//!   always; the gateway then adds `x-auth-user-id`, `x-auth-roles` (comma-separated;
+//!   empty for an API key, which never carries its owner's roles),
+//!   `x-auth-session-id` (bearer tokens) or `x-auth-api-key-id` (API keys), and
+//!   `x-request-id`, `traceparent` (W3C: the caller's trace id kept, a new parent id),
+//!   `x-forwarded-for` (the client IP as `client_ip` decided it, replacing whatever the
+//!   client sent), `x-forwarded-proto` and `x-forwarded-host`.
+//! - **Credentials for the gateway stay here**: `X-API-Key` and `Authorization: ApiKey`
+//!   are not forwarded; a bearer token is (an upstream may verify it with the JWKS).
+//!   Hop-by-hop headers (RFC 9110 §7.6.1) are dropped both ways.
+//! - **Streaming**: request and response bodies are streamed, not buffered; a request
+//!   body over `UPSTREAM_BODY_LIMIT_BYTES` gets 413 (by its length, or cut off when a
+//!   chunked one passes the limit). Redirects are passed to the client, not followed.
+//! - **Failure**: a connection error or timeout (`UPSTREAM_TIMEOUT_SECONDS`) is a 502
+//!   or 504 problem. Consecutive failures and 5xx answers open the upstream's circuit
+//!   (`UPSTREAM_BREAKER_FAILURES`, 5): for `UPSTREAM_BREAKER_OPEN_SECONDS` (10) it
+//!   answers 503 at once, then lets one request through to probe.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use actix_web::http::{StatusCode, Uri};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
+use aia_settings::{Upstream, UpstreamSettings};
+use futures::StreamExt;
+
+use crate::authn::Caller;
+use crate::client::{Client, RequestId};
+use crate::problem::Problem;
+
+/// The API-key scope that opens proxied routes.
+pub const SCOPE: &str = "api:access";
+
+/// Hop-by-hop fields, never forwarded in either direction.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// A circuit breaker: closed, open until a time, or half-open with one probe out.
+#[derive(Debug, Default)]
+pub struct Breaker {
+    failures: AtomicU32,
+    /// Open until this time (ms since the Unix epoch); 0 when closed.
+    open_until_ms: AtomicU64,
+    probing: AtomicBool,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+impl Breaker {
+    /// Whether a request may go now; `Err` carries the time to wait.
+    fn admit(&self) -> Result<(), Duration> {
+        let until = self.open_until_ms.load(Ordering::Acquire);
+        if until == 0 {
+            return Ok(());
+        }
+        let now = now_ms();
+        if now < until {
+            return Err(Duration::from_millis(until - now));
+        }
+        // Half-open: exactly one probe at a time.
+        if self
+            .probing
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            Ok(())
+        } else {
+            Err(Duration::from_secs(1))
+        }
+    }
+
+    fn success(&self) {
+        self.failures.store(0, Ordering::Release);
+        self.open_until_ms.store(0, Ordering::Release);
+        self.probing.store(false, Ordering::Release);
+    }
+
+    fn failure(&self, threshold: u32, open_for: Duration) {
+        let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
+        let probing = self.probing.swap(false, Ordering::AcqRel);
+        if failures >= threshold || probing {
+            let open_for = u64::try_from(open_for.as_millis()).unwrap_or(10_000);
+            self.open_until_ms
+                .store(now_ms() + open_for, Ordering::Release);
+        }
+    }
+}
+
+/// The configured upstreams, longest prefix first, each with its breaker.
+pub struct Upstreams {
+    routes: Vec<(Upstream, Arc<Breaker>)>,
+    settings: UpstreamSettings,
+}
+
+impl Upstreams {
+    /// From settings.
+    pub fn new(settings: UpstreamSettings) -> Self {
+        let mut routes: Vec<(Upstream, Arc<Breaker>)> = settings
+            .upstreams
+            .iter()
+            .map(|u| (u.clone(), Arc::new(Breaker::default())))
+            .collect();
+        routes.sort_by_key(|(u, _)| std::cmp::Reverse(u.prefix.len()));
+        Self { routes, settings }
+    }
+
+    /// The prefixes to route here.
+    pub fn prefixes(&self) -> Vec<String> {
+        self.routes.iter().map(|(u, _)| u.prefix.clone()).collect()
+    }
+
+    fn find(&self, path: &str) -> Option<&(Upstream, Arc<Breaker>)> {
+        self.routes
+            .iter()
+            .find(|(u, _)| path.starts_with(&u.prefix))
+    }
+}
+
+/// An HTTP client per worker thread (awc is single-threaded, like actix's workers).
+pub fn http_client(settings: &UpstreamSettings) -> awc::Client {
+    awc::Client::builder()
+        .connector(
+            awc::Connector::new()
+                .timeout(settings.connect_timeout)
+                .limit(0),
+        )
+        .timeout(settings.timeout)
+        .disable_redirects()
+        .no_default_headers()
+        .finish()
+}
+
+/// A W3C `traceparent` continuing the caller's trace, or starting one.
+fn traceparent(incoming: Option<&HeaderValue>) -> Option<HeaderValue> {
+    let mut parent = [0u8; 8];
+    getrandom::fill(&mut parent).ok()?;
+    let trace_id = incoming
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let parts: Vec<&str> = v.split('-').collect();
+            match parts.as_slice() {
+                ["00", trace, span, flags]
+                    if trace.len() == 32
+                        && span.len() == 16
+                        && flags.len() == 2
+                        && trace.bytes().all(|b| b.is_ascii_hexdigit())
+                        && *trace != "00000000000000000000000000000000" =>
+                {
+                    Some((*trace).to_ascii_lowercase())
+                }
+                _ => None,
+            }
+        })
+        .or_else(|| {
+            let mut trace = [0u8; 16];
+            getrandom::fill(&mut trace).ok()?;
+            Some(hex::encode(trace))
+        })?;
+    HeaderValue::from_str(&format!("00-{trace_id}-{}-01", hex::encode(parent))).ok()
+}
+
+/// The request headers an upstream gets.
+fn upstream_headers(req: &HttpRequest, caller: Option<&Caller>, client: &Client) -> HeaderMap {
+    // Fields the client named in `Connection` are hop-by-hop too.
+    let named: Vec<String> = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .collect();
+    let mut headers = HeaderMap::new();
+    for (name, value) in req.headers() {
+        let lower = name.as_str();
+        if named.iter().any(|n| n == lower) {
+            continue;
+        }
+        let gateway_credential = lower == "x-api-key"
+            || (name == header::AUTHORIZATION
+                && value
+                    .to_str()
+                    .is_ok_and(|v| v.to_ascii_lowercase().starts_with("apikey ")));
+        if lower.starts_with("x-auth-")
+            || lower.starts_with("x-forwarded-")
+            || lower == "forwarded"
+            || lower == "traceparent"
+            || lower == "host"
+            || HOP_BY_HOP.contains(&lower)
+            || gateway_credential
+        {
+            continue;
+        }
+        headers.append(name.clone(), value.clone());
+    }
+    let mut add = |name: &'static str, value: &str| {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(HeaderName::from_static(name), value);
+        }
+    };
+    match caller {
+        Some(Caller::User(auth)) => {
+            add("x-auth-user-id", &auth.claims.sub);
+            add("x-auth-roles", &auth.claims.roles.join(","));
+            add("x-auth-session-id", &auth.claims.sid);
+        }
+        Some(Caller::ApiKey {
+            user_id, key_id, ..
+        }) => {
+            add("x-auth-user-id", user_id);
+            add("x-auth-roles", "");
+            add("x-auth-api-key-id", key_id);
+        }
+        None => {}
+    }
+    add("x-request-id", &client.request_id);
+    add("x-forwarded-for", &client.ip);
+    let scheme = req
+        .app_data::<web::Data<crate::client_ip::TrustedProxies>>()
+        .map_or("http", |proxies| proxies.scheme(req));
+    add("x-forwarded-proto", scheme);
+    if let Some(host) = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+    {
+        add("x-forwarded-host", host);
+    }
+    if let Some(value) = traceparent(req.headers().get("traceparent")) {
+        headers.insert(HeaderName::from_static("traceparent"), value);
+    }
+    headers
+}
+
+fn declared_length(req: &HttpRequest) -> Option<usize> {
+    req.headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The handler of every proxied path.
+pub async fn forward(
+    req: HttpRequest,
+    payload: web::Payload,
+    upstreams: web::Data<Upstreams>,
+    http: web::Data<awc::Client>,
+    client: Client,
+) -> Result<HttpResponse, Problem> {
+    let Some((upstream, breaker)) = upstreams.find(req.path()) else {
+        return Err(Problem::not_found());
+    };
+    let caller = if upstream.public {
+        None
+    } else {
+        let caller = <Caller as actix_web::FromRequest>::extract(&req).await?;
+        if !caller.may(SCOPE) {
+            return Err(Problem::forbidden(
+                "this API key lacks the api:access scope",
+            ));
+        }
+        Some(caller)
+    };
+    let settings = &upstreams.settings;
+    if declared_length(&req).is_some_and(|n| n > settings.body_limit) {
+        return Err(Problem::payload_too_large(settings.body_limit));
+    }
+    if let Err(wait) = breaker.admit() {
+        metrics::counter!("gateway_upstream_requests_total", "upstream" => upstream.prefix.clone(), "outcome" => "circuit_open").increment(1);
+        let seconds = wait.as_secs().max(1);
+        let mut problem = Problem::unavailable().detail("the upstream is failing; retry later");
+        problem
+            .headers
+            .push((header::RETRY_AFTER, HeaderValue::from(seconds)));
+        return Err(problem);
+    }
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.path().to_owned(), |pq| pq.as_str().to_owned());
+    let Ok(uri) = format!("{}{path_and_query}", upstream.url).parse::<Uri>() else {
+        return Err(Problem::bad_request().detail("this path cannot be forwarded"));
+    };
+    let mut outgoing = http.request(req.method().clone(), uri);
+    *outgoing.headers_mut() = upstream_headers(&req, caller.as_ref(), &client);
+    let limit = settings.body_limit;
+    let mut seen = 0usize;
+    let body = payload.map(move |chunk| {
+        let chunk = chunk?;
+        seen += chunk.len();
+        if seen > limit {
+            return Err(actix_web::error::PayloadError::Overflow);
+        }
+        Ok(chunk)
+    });
+    let started = std::time::Instant::now();
+    let sent = outgoing.send_stream(body).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let response = match sent {
+        Ok(response) => response,
+        Err(error) => {
+            breaker.failure(settings.breaker_failures, settings.breaker_open_for);
+            let (status, outcome) = match error {
+                awc::error::SendRequestError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+                awc::error::SendRequestError::Body(_) => {
+                    return Err(Problem::payload_too_large(limit));
+                }
+                _ => (StatusCode::BAD_GATEWAY, "error"),
+            };
+            metrics::counter!("gateway_upstream_requests_total", "upstream" => upstream.prefix.clone(), "outcome" => outcome).increment(1);
+            tracing::warn!(upstream = %upstream.url, %error, "upstream request failed");
+            return Err(Problem::upstream(status));
+        }
+    };
+    if response.status().is_server_error() {
+        breaker.failure(settings.breaker_failures, settings.breaker_open_for);
+    } else {
+        breaker.success();
+    }
+    metrics::counter!("gateway_upstream_requests_total", "upstream" => upstream.prefix.clone(), "outcome" => response.status().as_u16().to_string()).increment(1);
+    metrics::histogram!("gateway_upstream_duration_seconds", "upstream" => upstream.prefix.clone())
+        .record(elapsed);
+    let mut answer = HttpResponse::build(response.status());
+    for (name, value) in response.headers() {
+        if !HOP_BY_HOP.contains(&name.as_str()) && name != header::CONTENT_LENGTH {
+            answer.append_header((name.clone(), value.clone()));
+        }
+    }
+    // The request id the gateway used (the middleware echoes it too).
+    if let Some(value) = req
+        .extensions()
+        .get::<RequestId>()
+        .and_then(|id| HeaderValue::from_str(&id.0).ok())
+    {
+        answer.insert_header((HeaderName::from_static("x-request-id"), value));
+    }
+    let length = response
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    Ok(match length {
+        // A known length stays known (no chunking the upstream did not do).
+        Some(length) => answer.body(actix_web::body::SizedStream::new(length, response)),
+        None => answer.streaming(response),
+    })
+}

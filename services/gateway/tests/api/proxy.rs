@@ -1,0 +1,325 @@
+//! The reverse proxy: identity headers the client cannot forge, authentication,
+//! streaming bodies with a limit, timeouts, the circuit breaker, redirects passed on.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use aia_testkit::Stack;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode as AxumStatus, Uri};
+use axum::response::IntoResponse;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{assert_problem, field, signed_in, user_id};
+
+/// An upstream that answers what it received, and counts calls.
+struct Echo {
+    url: String,
+    calls: Arc<AtomicUsize>,
+}
+
+async fn echo(
+    State(calls): State<Arc<AtomicUsize>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> axum::response::Response {
+    calls.fetch_add(1, Ordering::SeqCst);
+    match uri.path() {
+        "/api/slow" => {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            return "late".into_response();
+        }
+        "/api/fail" => return (AxumStatus::INTERNAL_SERVER_ERROR, "boom").into_response(),
+        "/api/redirect" => {
+            return (
+                AxumStatus::FOUND,
+                [("location", "https://elsewhere.example/")],
+                "",
+            )
+                .into_response();
+        }
+        _ => {}
+    }
+    let mut seen = serde_json::Map::new();
+    for (name, value) in &headers {
+        let entry = seen
+            .entry(name.as_str().to_owned())
+            .or_insert_with(|| json!([]));
+        if let Some(list) = entry.as_array_mut() {
+            list.push(json!(value.to_str().unwrap_or("<binary>")));
+        }
+    }
+    (
+        [("x-upstream", "echo"), ("content-type", "application/json")],
+        json!({
+            "method": method.as_str(),
+            "uri": uri.to_string(),
+            "headers": seen,
+            "body_length": body.len(),
+        })
+        .to_string(),
+    )
+        .into_response()
+}
+
+async fn start_echo() -> anyhow::Result<Echo> {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let app = axum::Router::new().fallback(echo).with_state(calls.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(Echo { url, calls })
+}
+
+async fn stack_with(echo: &Echo, extra: &[(&str, String)]) -> anyhow::Result<Stack> {
+    let mut all = vec![("UPSTREAMS", format!("/api/={0},/public/={0}", echo.url))];
+    all.push(("UPSTREAM_PUBLIC_PREFIXES", "/public/".into()));
+    all.extend_from_slice(extra);
+    Stack::start_with(&all).await
+}
+
+/// The first value of a header the upstream saw.
+fn seen<'a>(answer: &'a Value, name: &str) -> Option<&'a str> {
+    answer["headers"][name][0].as_str()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_headers_replace_whatever_the_client_sent() -> anyhow::Result<()> {
+    let echo = start_echo().await?;
+    let stack = stack_with(&echo, &[]).await?;
+    let user = signed_in(&stack).await?;
+    let token = field(&user, "access_token");
+    let id = user_id(&stack, token).await?;
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let response = stack
+        .http()
+        .get(stack.url("/api/orders/42?expand=items&x=%2F"))
+        .bearer_auth(token)
+        .header("x-auth-user-id", "00000000-0000-0000-0000-000000000000")
+        .header("X-Auth-Roles", "admin")
+        .header("x-auth-session-id", "forged")
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("x-request-id", "req-42")
+        .header("traceparent", format!("00-{trace}-b7ad6b7169203331-01"))
+        .header("connection", "keep-alive, x-secret")
+        .header("x-secret", "hop")
+        .send()
+        .await?;
+    assert_eq!(response.status(), StatusCode::OK);
+    // The upstream's headers come back, with the gateway's own on top.
+    assert_eq!(response.headers()["x-upstream"], "echo");
+    assert_eq!(response.headers()["x-content-type-options"], "nosniff");
+    assert_eq!(response.headers()["x-request-id"], "req-42");
+    let answer: Value = response.json().await?;
+    assert_eq!(answer["method"], "GET");
+    assert_eq!(answer["uri"], "/api/orders/42?expand=items&x=%2F");
+    assert_eq!(answer["headers"]["x-auth-user-id"], json!([id]));
+    assert_eq!(answer["headers"]["x-auth-roles"], json!(["user"]));
+    assert_ne!(seen(&answer, "x-auth-session-id"), Some("forged"));
+    assert_eq!(seen(&answer, "x-auth-session-id").map(str::len), Some(36));
+    assert_eq!(answer["headers"]["x-forwarded-for"], json!(["127.0.0.1"]));
+    assert_eq!(seen(&answer, "x-request-id"), Some("req-42"));
+    let traceparent = seen(&answer, "traceparent").unwrap_or_default();
+    assert!(
+        traceparent.starts_with(&format!("00-{trace}-")),
+        "{traceparent}"
+    );
+    assert!(!traceparent.contains("b7ad6b7169203331"), "a new parent id");
+    // A bearer token goes on (upstreams may verify it); hop-by-hop fields do not.
+    assert!(seen(&answer, "authorization").is_some_and(|a| a.starts_with("Bearer ")));
+    assert!(answer["headers"].get("x-secret").is_none(), "{answer}");
+    assert_ne!(seen(&answer, "connection"), Some("keep-alive, x-secret"));
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protected_prefixes_need_a_token_or_a_scoped_api_key() -> anyhow::Result<()> {
+    let echo = start_echo().await?;
+    let stack = stack_with(&echo, &[]).await?;
+    // No credentials, or forged identity headers alone: 401, nothing reaches it.
+    let anonymous = stack
+        .http()
+        .get(stack.url("/api/orders"))
+        .header("x-auth-user-id", "someone")
+        .send()
+        .await?;
+    assert_problem(anonymous, StatusCode::UNAUTHORIZED).await?;
+    let forged = stack
+        .http()
+        .get(stack.url("/api/orders"))
+        .bearer_auth("eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.")
+        .send()
+        .await?;
+    assert_problem(forged, StatusCode::UNAUTHORIZED).await?;
+    assert_eq!(echo.calls.load(Ordering::SeqCst), 0);
+
+    let user = signed_in(&stack).await?;
+    let token = field(&user, "access_token");
+    let key_for = |scopes: Value| {
+        let stack = &stack;
+        async move {
+            let created: Value = stack
+                .http()
+                .post(stack.url("/v1/api-keys"))
+                .bearer_auth(token)
+                .json(&json!({"name": "svc", "scopes": scopes}))
+                .send()
+                .await?
+                .json()
+                .await?;
+            anyhow::Ok((
+                field(&created, "api_key").to_owned(),
+                field(&created, "id").to_owned(),
+            ))
+        }
+    };
+    let (unscoped, _) = key_for(json!(["profile:read"])).await?;
+    let refused = stack
+        .http()
+        .get(stack.url("/api/orders"))
+        .header("x-api-key", &unscoped)
+        .send()
+        .await?;
+    assert_problem(refused, StatusCode::FORBIDDEN).await?;
+    let (scoped, key_id) = key_for(json!(["api:access"])).await?;
+    let answer: Value = stack
+        .http()
+        .get(stack.url("/api/orders"))
+        .header("authorization", format!("ApiKey {scoped}"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(seen(&answer, "x-auth-api-key-id"), Some(key_id.as_str()));
+    assert_eq!(
+        seen(&answer, "x-auth-roles"),
+        Some(""),
+        "keys carry no roles"
+    );
+    assert!(answer["headers"].get("authorization").is_none(), "{answer}");
+    assert!(answer["headers"].get("x-api-key").is_none());
+
+    // A public prefix needs nothing, and still gets no forged identity.
+    let public: Value = stack
+        .http()
+        .get(stack.url("/public/status"))
+        .header("x-auth-user-id", "someone")
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert!(
+        public["headers"].get("x-auth-user-id").is_none(),
+        "{public}"
+    );
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_stream_within_the_limit_and_failures_open_the_circuit() -> anyhow::Result<()> {
+    let echo = start_echo().await?;
+    let stack = stack_with(
+        &echo,
+        &[
+            ("UPSTREAM_BODY_LIMIT_BYTES", "2000000".into()),
+            ("UPSTREAM_TIMEOUT_SECONDS", "1".into()),
+            ("UPSTREAM_BREAKER_FAILURES", "3".into()),
+            ("UPSTREAM_BREAKER_OPEN_SECONDS", "2".into()),
+        ],
+    )
+    .await?;
+    let user = signed_in(&stack).await?;
+    let token = field(&user, "access_token").to_owned();
+    let post = |path: &'static str, body: Vec<u8>| {
+        let (stack, token) = (&stack, token.clone());
+        async move {
+            stack
+                .http()
+                .post(stack.url(path))
+                .bearer_auth(token)
+                .body(body)
+                .send()
+                .await
+        }
+    };
+    // A megabyte goes through whole (far over the 64 KiB JSON limit of /v1).
+    let answer: Value = post("/api/upload", vec![b'x'; 1 << 20])
+        .await?
+        .json()
+        .await?;
+    assert_eq!(answer["body_length"], 1 << 20);
+    assert_eq!(answer["method"], "POST");
+    // Over the proxy's limit: 413 before the upstream sees anything.
+    let before = echo.calls.load(Ordering::SeqCst);
+    let too_big = post("/api/upload", vec![b'x'; 2_000_001]).await?;
+    assert_problem(too_big, StatusCode::PAYLOAD_TOO_LARGE).await?;
+    assert_eq!(echo.calls.load(Ordering::SeqCst), before);
+
+    // Redirects are the client's business.
+    let redirect = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?
+        .get(stack.url("/api/redirect"))
+        .bearer_auth(&token)
+        .send()
+        .await?;
+    assert_eq!(redirect.status(), StatusCode::FOUND);
+    assert_eq!(redirect.headers()["location"], "https://elsewhere.example/");
+
+    // Too slow: 504.
+    let slow = stack
+        .http()
+        .get(stack.url("/api/slow"))
+        .bearer_auth(&token)
+        .send()
+        .await?;
+    assert_problem(slow, StatusCode::GATEWAY_TIMEOUT).await?;
+    // Failing: the 5xx passes through until the circuit opens (3 failures, the
+    // timeout included), then 503 at once without calling the upstream.
+    for _ in 0..2 {
+        let failed = stack
+            .http()
+            .get(stack.url("/api/fail"))
+            .bearer_auth(&token)
+            .send()
+            .await?;
+        assert_eq!(failed.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    let calls = echo.calls.load(Ordering::SeqCst);
+    let open = stack
+        .http()
+        .get(stack.url("/api/orders"))
+        .bearer_auth(&token)
+        .send()
+        .await?;
+    assert!(open.headers().contains_key("retry-after"));
+    assert_problem(open, StatusCode::SERVICE_UNAVAILABLE).await?;
+    assert_eq!(echo.calls.load(Ordering::SeqCst), calls);
+    // After the open period one probe goes through; it succeeds, so it closes.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let probe = stack
+        .http()
+        .get(stack.url("/api/orders"))
+        .bearer_auth(&token)
+        .send()
+        .await?;
+    assert_eq!(probe.status(), StatusCode::OK);
+    let after = stack
+        .http()
+        .get(stack.url("/api/orders"))
+        .bearer_auth(&token)
+        .send()
+        .await?;
+    assert_eq!(after.status(), StatusCode::OK);
+    stack.stop().await;
+    Ok(())
+}
