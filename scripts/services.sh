@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure Postgres (127.0.0.1:5432) and Redis (127.0.0.1:6379) answer: starts them
 # if they are installed but stopped, installs them from Debian's packages if missing
-# (only when running as root, as CI does). Idempotent.
+# (only when running as root, as CI does). Installs Chromium for the browser test the
+# same way. Idempotent.
 set -euo pipefail
 
 pg_up() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; }
@@ -38,5 +39,9 @@ if ! redis_up; then
     --dir /tmp/aia-redis --logfile /tmp/aia-redis/redis.log
   for _ in $(seq 1 30); do redis_up && break; sleep 0.5; done
   redis_up || { echo "Redis does not answer on 127.0.0.1:6379" >&2; exit 1; }
+fi
+# The browser CORS test drives headless Chromium.
+if ! command -v "${CHROMIUM:-chromium}" >/dev/null 2>&1; then
+  install_packages chromium || echo "warning: Chromium is missing; the browser CORS test will fail (apt-get install chromium, or set CHROMIUM)" >&2
 fi
 echo "Postgres and Redis answer"

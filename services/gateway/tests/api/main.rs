@@ -4,6 +4,7 @@ mod account;
 mod admin;
 mod api_keys;
 mod bad_input;
+mod browser;
 mod cors;
 mod edge;
 mod email;
