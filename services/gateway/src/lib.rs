@@ -12,6 +12,7 @@
 //! - `client`: request id, client IP, user agent.
 //! - `middleware`: request id, security headers, metrics on every response.
 //! - `rate_limit`: GCRA in Redis with an in-process fallback, per route class.
+//! - `openapi`: `GET /openapi.json`, from the route table.
 //! - `proxy`: the identity-injecting reverse proxy for `UPSTREAMS`.
 //! - `validate`: header counts and sizes, control characters in headers and path.
 
@@ -22,6 +23,7 @@ mod cors;
 mod json;
 mod keys;
 mod middleware;
+mod openapi;
 mod problem;
 mod proxy;
 mod rate_limit;
@@ -171,9 +173,15 @@ pub async fn build(
     let upstream_settings = settings.upstreams.clone();
     let upstreams = web::Data::new(proxy::Upstreams::new(settings.upstreams.clone()));
     let prefixes = upstreams.prefixes();
+    let document = web::Data::new(openapi::Document(
+        openapi::document(&prefixes)
+            .to_json()
+            .context("serialising the OpenAPI document")?,
+    ));
     let server = HttpServer::new(move || {
         App::new()
             .app_data(upstreams.clone())
+            .app_data(document.clone())
             // One upstream client per worker: awc, like the worker, is single-threaded.
             .app_data(web::Data::new(proxy::http_client(&upstream_settings)))
             .app_data(state.clone())

@@ -13,7 +13,7 @@ use crate::problem::Problem;
 use crate::state::State;
 
 /// Body of a password change.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PasswordChange {
     current_password: String,
@@ -127,21 +127,21 @@ pub async fn enable_user(
 }
 
 /// Body with a token.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenBody {
     token: String,
 }
 
 /// Body with an email.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmailBody {
     email: String,
 }
 
 /// Body of a password reset.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResetBody {
     token: String,
@@ -234,7 +234,7 @@ pub async fn reset_password(
 }
 
 /// Query of the user list.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserQuery {
     #[serde(default)]
@@ -279,7 +279,7 @@ pub async fn list_users(
 }
 
 /// Body of a role change.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RolesBody {
     roles: Vec<String>,

@@ -14,7 +14,7 @@ use crate::problem::Problem;
 use crate::state::State;
 
 /// Body of key creation.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewKey {
     name: String,

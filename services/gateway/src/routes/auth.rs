@@ -17,7 +17,7 @@ use crate::state::State;
 /// Body of register and login. Unknown fields are refused (422), so a typo such as
 /// `pasword` is reported instead of silently ignored, and no body can carry
 /// arbitrarily nested extra data.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Credentials {
     email: String,
@@ -25,14 +25,14 @@ pub struct Credentials {
 }
 
 /// Body of refresh.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefreshBody {
     refresh_token: String,
 }
 
 /// The token response (RFC 6749 §5.1 field names).
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct TokenResponse {
     access_token: String,
     token_type: String,

@@ -14,7 +14,7 @@ use crate::routes::auth::{TokenResponse, no_store};
 use crate::state::State;
 
 /// Body of the second login step.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MfaLogin {
     /// The challenge from `POST /v1/auth/login`.
@@ -68,7 +68,7 @@ pub async fn enroll(
 }
 
 /// Body of confirm.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Code {
     code: String,
@@ -100,7 +100,7 @@ pub async fn confirm(
 }
 
 /// Body of disable: a code or the password.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Disable {
     #[serde(default)]

@@ -1,5 +1,7 @@
-//! The route table. Each path is a resource with its allowed methods; any other
-//! method gets 405, any other path 404, both as problems.
+//! The route table: one list of [`Endpoint`]s both registers the routes and
+//! describes them in `GET /openapi.json` (see `openapi`), so the two cannot drift.
+//! Each path is a resource with its listed methods; any other method gets 405, any
+//! other path 404, both as problems.
 
 pub mod account;
 pub mod api_keys;
@@ -8,6 +10,7 @@ pub mod mfa;
 pub mod oauth;
 pub mod sessions;
 
+use actix_web::http::Method;
 use actix_web::{HttpResponse, web};
 
 use crate::problem::Problem;
@@ -38,104 +41,468 @@ async fn readyz(state: web::Data<crate::state::State>) -> Result<HttpResponse, P
         .body("ready\n"))
 }
 
-/// A resource that answers `route` and 405 to every other method.
-fn only(path: &str, route: actix_web::Route) -> actix_web::Resource {
-    web::resource(path)
-        .route(route)
-        .default_service(web::to(method_not_allowed))
+/// Who may call an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone.
+    Public,
+    /// A user's access token.
+    Bearer,
+    /// A user's access token, or an API key with this scope.
+    BearerOrKey(&'static str),
+    /// An admin's access token.
+    Admin,
 }
 
-/// Registers every public route, and the proxied `prefixes` (every method).
+/// What an endpoint takes in its body.
+#[derive(Debug, Clone, Copy)]
+pub enum Body {
+    /// Nothing.
+    None,
+    /// JSON of this schema.
+    Json(fn() -> Schema),
+    /// `application/x-www-form-urlencoded` of this schema.
+    Form(fn() -> Schema),
+}
+
+/// A named schema (from `utoipa::ToSchema`).
+pub type Schema = (
+    String,
+    utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+);
+
+fn schema<T: utoipa::ToSchema>() -> Schema {
+    (T::name().into_owned(), T::schema())
+}
+
+/// One public operation.
+#[derive(Clone)]
+pub struct Endpoint {
+    /// The method.
+    pub method: Method,
+    /// The path, with `{id}` for a path parameter.
+    pub path: &'static str,
+    /// The OpenAPI `operationId`.
+    pub id: &'static str,
+    /// One line on what it does.
+    pub summary: &'static str,
+    /// Who may call it.
+    pub access: Access,
+    /// Its body.
+    pub body: Body,
+    /// The success status, and its body's schema if it has a named one.
+    pub ok: (u16, Option<fn() -> Schema>),
+    /// The statuses of the problems it may answer (besides 429 and 503, which any
+    /// limited route may).
+    pub errors: &'static [u16],
+    route: fn() -> actix_web::Route,
+}
+
+/// JSON-body validation failures.
+const BODY: &[u16] = &[400, 413, 415, 422];
+/// A bearer-protected JSON route's failures.
+const BEARER_BODY: &[u16] = &[400, 401, 403, 413, 415, 422];
+
+#[allow(clippy::too_many_lines)]
+/// Every public operation of the gateway (the proxied prefixes come on top).
+pub fn endpoints() -> Vec<Endpoint> {
+    use Access::{Admin, Bearer, BearerOrKey, Public};
+    let e = |method: Method,
+             path: &'static str,
+             id: &'static str,
+             summary: &'static str,
+             access: Access,
+             body: Body,
+             ok: (u16, Option<fn() -> Schema>),
+             errors: &'static [u16],
+             route: fn() -> actix_web::Route| Endpoint {
+        method,
+        path,
+        id,
+        summary,
+        access,
+        body,
+        ok,
+        errors,
+        route,
+    };
+    let tokens: Option<fn() -> Schema> = Some(schema::<auth::TokenResponse>);
+    vec![
+        e(
+            Method::POST,
+            "/v1/auth/register",
+            "register",
+            "Register; the same 202 whether or not the email was taken",
+            Public,
+            Body::Json(schema::<auth::Credentials>),
+            (202, None),
+            BODY,
+            || web::post().to(auth::register),
+        ),
+        e(
+            Method::POST,
+            "/v1/auth/login",
+            "login",
+            "Log in: a token pair, or an MFA challenge for users with a second factor",
+            Public,
+            Body::Json(schema::<auth::Credentials>),
+            (200, tokens),
+            &[400, 401, 403, 413, 415, 422],
+            || web::post().to(auth::login),
+        ),
+        e(
+            Method::POST,
+            "/v1/auth/login/mfa",
+            "login_mfa",
+            "Second login step: challenge plus TOTP or recovery code",
+            Public,
+            Body::Json(schema::<mfa::MfaLogin>),
+            (200, tokens),
+            &[400, 401, 413, 415, 422],
+            || web::post().to(mfa::login),
+        ),
+        e(
+            Method::POST,
+            "/v1/auth/refresh",
+            "refresh",
+            "Rotate the refresh token for a new pair",
+            Public,
+            Body::Json(schema::<auth::RefreshBody>),
+            (200, tokens),
+            &[400, 401, 413, 415, 422],
+            || web::post().to(auth::refresh),
+        ),
+        e(
+            Method::POST,
+            "/v1/auth/logout",
+            "logout",
+            "End this session and blacklist the token",
+            Bearer,
+            Body::None,
+            (204, None),
+            &[401],
+            || web::post().to(auth::logout),
+        ),
+        e(
+            Method::POST,
+            "/v1/auth/logout-all",
+            "logout_all",
+            "End every session of the user",
+            Bearer,
+            Body::None,
+            (204, None),
+            &[401],
+            || web::post().to(sessions::logout_all),
+        ),
+        e(
+            Method::GET,
+            "/v1/auth/me",
+            "me",
+            "The caller's profile",
+            BearerOrKey("profile:read"),
+            Body::None,
+            (200, None),
+            &[401, 403],
+            || web::get().to(auth::me),
+        ),
+        e(
+            Method::GET,
+            "/v1/auth/sessions",
+            "list_sessions",
+            "The user's live sessions",
+            Bearer,
+            Body::None,
+            (200, None),
+            &[401],
+            || web::get().to(sessions::list),
+        ),
+        e(
+            Method::DELETE,
+            "/v1/auth/sessions",
+            "revoke_other_sessions",
+            "End every session but this one",
+            Bearer,
+            Body::None,
+            (200, None),
+            &[401],
+            || web::delete().to(sessions::revoke_others),
+        ),
+        e(
+            Method::DELETE,
+            "/v1/auth/sessions/{id}",
+            "revoke_session",
+            "End one session of the user",
+            Bearer,
+            Body::None,
+            (204, None),
+            &[401, 404],
+            || web::delete().to(sessions::revoke_one),
+        ),
+        e(
+            Method::POST,
+            "/v1/auth/verify-email",
+            "verify_email",
+            "Verify an email address with its token",
+            Public,
+            Body::Json(schema::<account::TokenBody>),
+            (200, None),
+            BODY,
+            || web::post().to(account::verify_email),
+        ),
+        e(
+            Method::POST,
+            "/v1/auth/verify-email/resend",
+            "resend_verification",
+            "Send a new verification message; the same 202 whatever the address",
+            Public,
+            Body::Json(schema::<account::EmailBody>),
+            (202, None),
+            BODY,
+            || web::post().to(account::resend_verification),
+        ),
+        e(
+            Method::POST,
+            "/v1/auth/password/forgot",
+            "forgot_password",
+            "Send a reset message; the same 202 whatever the address",
+            Public,
+            Body::Json(schema::<account::EmailBody>),
+            (202, None),
+            BODY,
+            || web::post().to(account::forgot_password),
+        ),
+        e(
+            Method::POST,
+            "/v1/auth/password/reset",
+            "reset_password",
+            "Set a new password with a reset token; ends every session",
+            Public,
+            Body::Json(schema::<account::ResetBody>),
+            (200, None),
+            BODY,
+            || web::post().to(account::reset_password),
+        ),
+        e(
+            Method::POST,
+            "/v1/auth/password/change",
+            "change_password",
+            "Change the password (needs the current one); ends the other sessions",
+            Bearer,
+            Body::Json(schema::<account::PasswordChange>),
+            (200, None),
+            BEARER_BODY,
+            || web::post().to(account::change_password),
+        ),
+        e(
+            Method::POST,
+            "/v1/auth/mfa/totp/enroll",
+            "enroll_totp",
+            "Start TOTP enrolment: the otpauth URI, once",
+            Bearer,
+            Body::None,
+            (200, None),
+            &[401, 403],
+            || web::post().to(mfa::enroll),
+        ),
+        e(
+            Method::POST,
+            "/v1/auth/mfa/totp/confirm",
+            "confirm_totp",
+            "Turn TOTP on with a first code; ten recovery codes, once",
+            Bearer,
+            Body::Json(schema::<mfa::Code>),
+            (200, None),
+            BEARER_BODY,
+            || web::post().to(mfa::confirm),
+        ),
+        e(
+            Method::POST,
+            "/v1/auth/mfa/totp/disable",
+            "disable_totp",
+            "Turn TOTP off with a code or the password",
+            Bearer,
+            Body::Json(schema::<mfa::Disable>),
+            (204, None),
+            BEARER_BODY,
+            || web::post().to(mfa::disable),
+        ),
+        e(
+            Method::POST,
+            "/v1/api-keys",
+            "create_api_key",
+            "Create an API key, shown once",
+            Bearer,
+            Body::Json(schema::<api_keys::NewKey>),
+            (201, None),
+            BEARER_BODY,
+            || web::post().to(api_keys::create),
+        ),
+        e(
+            Method::GET,
+            "/v1/api-keys",
+            "list_api_keys",
+            "The user's live API keys",
+            Bearer,
+            Body::None,
+            (200, None),
+            &[401],
+            || web::get().to(api_keys::list),
+        ),
+        e(
+            Method::DELETE,
+            "/v1/api-keys/{id}",
+            "revoke_api_key",
+            "Revoke one of the user's API keys",
+            Bearer,
+            Body::None,
+            (204, None),
+            &[401, 404],
+            || web::delete().to(api_keys::revoke),
+        ),
+        e(
+            Method::GET,
+            "/v1/admin/users",
+            "list_users",
+            "Users by email, searched, keyset-paginated (q, limit, cursor)",
+            Admin,
+            Body::None,
+            (200, None),
+            &[401, 403, 422],
+            || web::get().to(account::list_users),
+        ),
+        e(
+            Method::PUT,
+            "/v1/admin/users/{id}/roles",
+            "set_user_roles",
+            "Set a user's roles; ends their sessions",
+            Admin,
+            Body::Json(schema::<account::RolesBody>),
+            (204, None),
+            &[400, 401, 403, 404, 413, 415, 422],
+            || web::put().to(account::set_roles),
+        ),
+        e(
+            Method::POST,
+            "/v1/admin/users/{id}/unlock",
+            "unlock_user",
+            "Lift a user's lockout",
+            Admin,
+            Body::None,
+            (200, None),
+            &[401, 403, 404],
+            || web::post().to(account::unlock_user),
+        ),
+        e(
+            Method::POST,
+            "/v1/admin/users/{id}/disable",
+            "disable_user",
+            "Disable a user; ends their sessions",
+            Admin,
+            Body::None,
+            (204, None),
+            &[401, 403, 404],
+            || web::post().to(account::disable_user),
+        ),
+        e(
+            Method::POST,
+            "/v1/admin/users/{id}/enable",
+            "enable_user",
+            "Enable a user again",
+            Admin,
+            Body::None,
+            (204, None),
+            &[401, 403, 404],
+            || web::post().to(account::enable_user),
+        ),
+        e(
+            Method::POST,
+            "/v1/oauth/revoke",
+            "revoke_token",
+            "RFC 7009 revocation; 200 whether or not the token was valid",
+            Public,
+            Body::Form(schema::<oauth::TokenForm>),
+            (200, None),
+            &[400, 413, 415, 422],
+            || web::post().to(oauth::revoke),
+        ),
+        e(
+            Method::POST,
+            "/v1/oauth/introspect",
+            "introspect_token",
+            "RFC 7662 introspection, for admins and API keys with tokens:introspect",
+            BearerOrKey("tokens:introspect"),
+            Body::Form(schema::<oauth::TokenForm>),
+            (200, None),
+            &[400, 401, 403, 413, 415, 422],
+            || web::post().to(oauth::introspect),
+        ),
+        e(
+            Method::GET,
+            "/.well-known/jwks.json",
+            "jwks",
+            "The public signing keys (RFC 7517)",
+            Public,
+            Body::None,
+            (200, None),
+            &[],
+            || web::get().to(auth::jwks),
+        ),
+        e(
+            Method::GET,
+            "/openapi.json",
+            "openapi",
+            "This document",
+            Public,
+            Body::None,
+            (200, None),
+            &[],
+            || web::get().to(crate::openapi::serve),
+        ),
+        e(
+            Method::GET,
+            "/healthz",
+            "healthz",
+            "Liveness",
+            Public,
+            Body::None,
+            (200, None),
+            &[],
+            || web::get().to(healthz),
+        ),
+        e(
+            Method::GET,
+            "/readyz",
+            "readyz",
+            "Readiness: the signing keys are at hand",
+            Public,
+            Body::None,
+            (200, None),
+            &[],
+            || web::get().to(readyz),
+        ),
+    ]
+}
+
+/// Registers the proxied `prefixes` (every method) and every endpoint.
 pub fn configure(cfg: &mut web::ServiceConfig, prefixes: &[String]) {
     for prefix in prefixes {
         cfg.service(web::resource(format!("{prefix}{{tail:.*}}")).to(crate::proxy::forward));
     }
-    cfg.service(only("/v1/auth/register", web::post().to(auth::register)))
-        .service(only("/v1/auth/login", web::post().to(auth::login)))
-        .service(only("/v1/auth/login/mfa", web::post().to(mfa::login)))
-        .service(only(
-            "/v1/auth/mfa/totp/enroll",
-            web::post().to(mfa::enroll),
-        ))
-        .service(only(
-            "/v1/auth/mfa/totp/confirm",
-            web::post().to(mfa::confirm),
-        ))
-        .service(only(
-            "/v1/auth/mfa/totp/disable",
-            web::post().to(mfa::disable),
-        ))
-        .service(only("/v1/auth/refresh", web::post().to(auth::refresh)))
-        .service(only("/v1/auth/logout", web::post().to(auth::logout)))
-        .service(only("/v1/auth/me", web::get().to(auth::me)))
-        .service(only("/v1/admin/users", web::get().to(account::list_users)))
-        .service(only(
-            "/v1/admin/users/{id}/roles",
-            web::put().to(account::set_roles),
-        ))
-        .service(only(
-            "/v1/auth/verify-email",
-            web::post().to(account::verify_email),
-        ))
-        .service(only(
-            "/v1/auth/verify-email/resend",
-            web::post().to(account::resend_verification),
-        ))
-        .service(only(
-            "/v1/auth/password/forgot",
-            web::post().to(account::forgot_password),
-        ))
-        .service(only(
-            "/v1/auth/password/reset",
-            web::post().to(account::reset_password),
-        ))
-        .service(
-            web::resource("/v1/api-keys")
-                .route(web::post().to(api_keys::create))
-                .route(web::get().to(api_keys::list))
-                .default_service(web::to(method_not_allowed)),
-        )
-        .service(only(
-            "/v1/api-keys/{id}",
-            web::delete().to(api_keys::revoke),
-        ))
-        .service(only(
-            "/v1/admin/users/{id}/unlock",
-            web::post().to(account::unlock_user),
-        ))
-        .service(only(
-            "/v1/auth/password/change",
-            web::post().to(account::change_password),
-        ))
-        .service(only(
-            "/v1/admin/users/{id}/disable",
-            web::post().to(account::disable_user),
-        ))
-        .service(only(
-            "/v1/admin/users/{id}/enable",
-            web::post().to(account::enable_user),
-        ))
-        .service(only(
-            "/v1/auth/logout-all",
-            web::post().to(sessions::logout_all),
-        ))
-        .service(
-            web::resource("/v1/auth/sessions")
-                .route(web::get().to(sessions::list))
-                .route(web::delete().to(sessions::revoke_others))
-                .default_service(web::to(method_not_allowed)),
-        )
-        .service(only(
-            "/v1/auth/sessions/{id}",
-            web::delete().to(sessions::revoke_one),
-        ))
-        .service(only("/v1/oauth/revoke", web::post().to(oauth::revoke)))
-        .service(only(
-            "/v1/oauth/introspect",
-            web::post().to(oauth::introspect),
-        ))
-        .service(only("/.well-known/jwks.json", web::get().to(auth::jwks)))
-        .service(only("/healthz", web::get().to(healthz)))
-        .service(only("/readyz", web::get().to(readyz)))
-        .default_service(web::to(not_found));
+    let endpoints = endpoints();
+    let mut paths: Vec<&'static str> = Vec::new();
+    for endpoint in &endpoints {
+        if !paths.contains(&endpoint.path) {
+            paths.push(endpoint.path);
+        }
+    }
+    for path in paths {
+        let resource = endpoints
+            .iter()
+            .filter(|e| e.path == path)
+            .fold(web::resource(path), |resource, e| {
+                resource.route((e.route)())
+            });
+        cfg.service(resource.default_service(web::to(method_not_allowed)));
+    }
+    cfg.default_service(web::to(not_found));
 }

@@ -20,7 +20,7 @@ pub const INTROSPECTION_SCOPE: &str = "tokens:introspect";
 pub const INTROSPECTION_ROLE: &str = "admin";
 
 /// `token` and the optional `token_type_hint`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct TokenForm {
     token: String,
     #[serde(default)]

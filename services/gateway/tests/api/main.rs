@@ -14,6 +14,7 @@ mod lockout;
 mod mfa;
 mod mtls;
 mod oauth;
+mod openapi;
 mod proxy;
 mod rate_limit;
 mod revocation;
