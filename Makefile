@@ -6,7 +6,7 @@ DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/aia
 REDIS_URL ?= redis://127.0.0.1:6379
 export DATABASE_URL REDIS_URL
 
-.PHONY: help run build test lint fmt services clean-test-dbs
+.PHONY: help run build test lint fmt services clean-test-dbs bench-gateway
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -30,3 +30,6 @@ lint: ## rustfmt and clippy, warnings are errors
 
 fmt: ## Format the code
 	cargo fmt --all
+
+bench-gateway: ## The gateway against nginx on this machine (release build, wrk): throughput and p99 ratios
+	bash scripts/bench-gateway.sh

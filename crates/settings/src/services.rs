@@ -303,6 +303,18 @@ pub struct GatewaySettings {
     pub rate_limits: crate::RateLimitSettings,
     /// The reverse proxy (`UPSTREAM*`).
     pub upstreams: crate::UpstreamSettings,
+    /// `SESSION_SECRET` (the session service's): seals the refresh-token cookie of
+    /// browser sessions. Required in production; development generates one per start
+    /// (cookie sessions then end at a restart).
+    pub session_secret: Option<SecretString>,
+    /// `SESSION_IDLE_TTL_SECONDS` (the session service's): how long the session cookie
+    /// is kept (default 30 days).
+    pub session_cookie_max_age: Duration,
+    /// `AUDIT_GRPC_URL` (default `http://127.0.0.1:50053`).
+    pub audit_url: String,
+    /// `AUDIT_REJECTIONS_WINDOW_SECONDS`: rejections are sent to audit as one event per
+    /// reason and key per window (default 60).
+    pub rejections_window: Duration,
 }
 
 const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/aia";
@@ -625,6 +637,20 @@ impl GatewaySettings {
             )),
             rate_limits: crate::RateLimitSettings::read(&mut env, common.app_env.is_production()),
             upstreams: crate::UpstreamSettings::read(&mut env, common.app_env.is_production()),
+            session_secret: production::secret(&mut env, "SESSION_SECRET", 64, common.app_env),
+            audit_url: env.string("AUDIT_GRPC_URL", "http://127.0.0.1:50053"),
+            rejections_window: Duration::from_secs(env.parse_in(
+                "AUDIT_REJECTIONS_WINDOW_SECONDS",
+                60,
+                1,
+                3600,
+            )),
+            session_cookie_max_age: Duration::from_secs(env.parse_in(
+                "SESSION_IDLE_TTL_SECONDS",
+                30 * 86_400,
+                60,
+                365 * 86_400,
+            )),
             common,
         };
         if settings.common.app_env.is_production() && settings.allowed_hosts.is_empty() {

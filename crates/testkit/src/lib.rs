@@ -361,6 +361,7 @@ impl Stack {
                 &[
                     ("AUTH_GRPC_URL", auth.url()),
                     ("SESSION_GRPC_URL", session.url()),
+                    ("AUDIT_GRPC_URL", audit.url()),
                 ],
             )?)
             .await?;
@@ -389,6 +390,7 @@ impl Stack {
             .collect();
         all.push(("AUTH_GRPC_URL", self.auth.url()));
         all.push(("SESSION_GRPC_URL", self.session.url()));
+        all.push(("AUDIT_GRPC_URL", self.audit.url()));
         let env = env(&self.db, &self.redis_prefix, &all);
         self.running.gateway(env).await
     }

@@ -43,9 +43,15 @@ impl std::fmt::Debug for SealingKey {
 impl SealingKey {
     /// Derives the sealing key from a configured secret.
     pub fn derive(secret: &[u8]) -> Result<Self, SealError> {
+        Self::derive_for(secret, b"aia sealing key v1")
+    }
+
+    /// Derives a key for one `purpose` (HKDF info) from a configured secret, so that
+    /// one secret can key several uses without one use's values opening in another.
+    pub fn derive_for(secret: &[u8], purpose: &[u8]) -> Result<Self, SealError> {
         let prk = Salt::new(HKDF_SHA256, b"aia sealing salt v1").extract(secret);
         let mut bytes = [0u8; 32];
-        prk.expand(&[b"aia sealing key v1"], HKDF_SHA256)
+        prk.expand(&[purpose], HKDF_SHA256)
             .and_then(|okm| okm.fill(&mut bytes))
             .map_err(|_| SealError::Key)?;
         let id = hex::encode(&Sha256::digest(bytes)[..8]);

@@ -51,6 +51,27 @@ impl Origins {
     }
 }
 
+/// Records a request whose `Origin` is not allowed (actix-cors then refuses it, or
+/// the browser does); the request itself goes on unchanged.
+pub async fn observe(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<
+    actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody + 'static>,
+    actix_web::Error,
+> {
+    let refused = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+        .zip(req.app_data::<actix_web::web::Data<crate::state::State>>())
+        .is_some_and(|(origin, state)| !state.origins.allows(origin));
+    if refused {
+        crate::rejections::record_request(req.request(), "cors");
+    }
+    next.call(req).await
+}
+
 /// The actix-cors middleware for `origins`.
 pub fn middleware(origins: Origins) -> Cors {
     Cors::default()

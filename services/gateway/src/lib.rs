@@ -7,10 +7,12 @@
 //!   revocation check.
 //! - `keys`: the signing-key cache.
 //! - `revocations`: the in-memory blacklist, fed by `session.WatchRevocations`.
+//! - `cookies`: the refresh token in a sealed cookie for browsers, and CSRF checks.
 //! - `json`: JSON body limits and parse errors as problems.
 //! - `problem`: RFC 9457 bodies, and the mapping from gRPC statuses.
 //! - `client`: request id, client IP, user agent.
 //! - `middleware`: request id, security headers, metrics on every response.
+//! - `rejections`: rejections counted, and sent to audit aggregated per minute.
 //! - `rate_limit`: GCRA in Redis with an in-process fallback, per route class.
 //! - `openapi`: `GET /openapi.json`, from the route table.
 //! - `proxy`: the identity-injecting reverse proxy for `UPSTREAMS`.
@@ -19,6 +21,7 @@
 mod authn;
 mod client;
 mod client_ip;
+mod cookies;
 mod cors;
 mod json;
 mod keys;
@@ -27,6 +30,7 @@ mod openapi;
 mod problem;
 mod proxy;
 mod rate_limit;
+mod rejections;
 mod revocations;
 mod routes;
 mod state;
@@ -135,12 +139,39 @@ pub async fn build(
         &settings.common.redis_key_prefix,
     )?);
     tokio::spawn(rate_limit::sweep(limiter.clone(), shutdown.clone()));
+    let session_secret = match &settings.session_secret {
+        Some(secret) => secret.expose_secret().as_bytes().to_vec(),
+        None => {
+            tracing::warn!(
+                "DEVELOPMENT: no SESSION_SECRET; browser session cookies end at a restart"
+            );
+            let mut secret = vec![0u8; 64];
+            getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("OS random source: {e}"))?;
+            secret
+        }
+    };
+    let (audit, _relay) = aia_audit_client::AuditClient::spawn(
+        &settings.audit_url,
+        "gateway",
+        tls.as_ref(),
+        shutdown.clone(),
+    )?;
+    let rejections = Arc::new(rejections::Rejections::default());
+    tokio::spawn(rejections::report(
+        rejections.clone(),
+        audit,
+        settings.rejections_window,
+        shutdown.clone(),
+    ));
     let state = web::Data::new(state::State {
         keys: key_cache,
         auth,
         session,
         revocations,
         limiter,
+        cookies: cookies::CookieSealer::new(&session_secret, settings.session_cookie_max_age)?,
+        origins: cors::Origins::new(settings.cors_origins.clone()),
+        rejections,
     });
     let ready_state = state.clone();
     let readiness: aia_telemetry::admin::ReadinessCheck = Arc::new(move || {
@@ -194,6 +225,7 @@ pub async fn build(
             .wrap(actix_web::middleware::from_fn(validate::validate))
             .wrap(actix_web::middleware::from_fn(rate_limit::limit))
             .wrap(cors::middleware(origins.clone()))
+            .wrap(actix_web::middleware::from_fn(cors::observe))
             // An untrusted Host is refused before anything else runs...
             .wrap(actix_web::middleware::from_fn(trusted_host::check))
             // ...and yet its answer, like every other, gets the request id, the

@@ -364,12 +364,18 @@ fn fields(policy: &Policy, decision: &Decision) -> Vec<(HeaderName, HeaderValue)
     fields
 }
 
-/// The answer to a request the policy refuses, if it does.
-pub fn refusal(policy: &Policy, decision: &Decision) -> Option<Problem> {
+/// The answer to a request the policy refuses for `key`, if it does (the refusal is
+/// recorded in `rejections`).
+pub fn refusal(
+    policy: &Policy,
+    key: &str,
+    decision: &Decision,
+    rejections: &crate::rejections::Rejections,
+) -> Option<Problem> {
     let mut problem = match decision {
         Decision::Allowed { .. } => return None,
         Decision::Limited { retry_after } => {
-            metrics::counter!("gateway_rejections_total", "reason" => "rate_limit", "policy" => policy.name).increment(1);
+            rejections.record("rate_limit", &format!("{}:{key}", policy.name));
             let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
             Problem::too_many_requests(HeaderValue::from(seconds))
                 .detail("too many requests; retry after the time in Retry-After")
@@ -396,7 +402,7 @@ pub async fn limit(
         return Ok(next.call(req).await?.map_into_boxed_body());
     };
     let decision = limiter.check(policy, &key).await;
-    if let Some(problem) = refusal(policy, &decision) {
+    if let Some(problem) = refusal(policy, &key, &decision, &state.rejections) {
         return Ok(req.into_response(problem.error_response()));
     }
     let mut response = next.call(req).await?.map_into_boxed_body();

@@ -19,4 +19,10 @@ pub struct State {
     pub revocations: std::sync::Arc<RevocationCache>,
     /// Rate limits.
     pub limiter: std::sync::Arc<crate::rate_limit::Limiter>,
+    /// Seals the session cookies of browser clients.
+    pub cookies: crate::cookies::CookieSealer,
+    /// The CORS allowlist (also the origins a cookie session may come from).
+    pub origins: crate::cors::Origins,
+    /// Rejections, counted for audit.
+    pub rejections: std::sync::Arc<crate::rejections::Rejections>,
 }

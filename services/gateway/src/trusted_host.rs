@@ -62,7 +62,7 @@ pub async fn check(
             host.is_some_and(|h| hosts.allows(h))
         });
     if !allowed {
-        metrics::counter!("gateway_rejections_total", "reason" => "host").increment(1);
+        crate::rejections::record_request(req.request(), "host");
         let problem = Problem::bad_request().detail("this host is not served here");
         return Ok(req.into_response(problem.error_response()));
     }

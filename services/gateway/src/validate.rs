@@ -100,7 +100,7 @@ pub async fn validate(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     if let Some(problem) = check(req.request()) {
-        metrics::counter!("gateway_rejections_total", "reason" => "validation").increment(1);
+        crate::rejections::record_request(req.request(), "validation");
         return Ok(req.into_response(problem.error_response()));
     }
     Ok(next.call(req).await?.map_into_boxed_body())

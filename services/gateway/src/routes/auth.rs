@@ -24,31 +24,76 @@ pub struct Credentials {
     password: String,
 }
 
-/// Body of refresh.
+/// Where the refresh token goes: the body (API clients) or a sealed `HttpOnly`
+/// cookie (browsers; see `cookies`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionMode {
+    /// In the response body.
+    #[default]
+    Token,
+    /// In the `__Host-aia_session` cookie, with a CSRF token.
+    Cookie,
+}
+
+/// Body of login.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Login {
+    email: String,
+    password: String,
+    /// `token` (default) or `cookie`.
+    #[serde(default)]
+    session: SessionMode,
+}
+
+/// Body of refresh: the refresh token, or none to use the session cookie (which then
+/// needs `Origin` and `X-CSRF-Token`).
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefreshBody {
-    refresh_token: String,
+    #[serde(default)]
+    refresh_token: Option<String>,
 }
 
-/// The token response (RFC 6749 §5.1 field names).
+/// The token response (RFC 6749 §5.1 field names). In cookie mode the refresh token
+/// is in the cookie and `csrf_token` is here instead.
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct TokenResponse {
     access_token: String,
     token_type: String,
     expires_in: u32,
-    refresh_token: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refresh_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    csrf_token: Option<String>,
 }
 
-impl From<TokenPair> for TokenResponse {
-    fn from(p: TokenPair) -> Self {
-        Self {
-            access_token: p.access_token,
-            token_type: p.token_type,
-            expires_in: p.expires_in,
-            refresh_token: p.refresh_token,
+/// The answer carrying `pair`: in the body, or with the refresh token in cookies.
+pub(crate) fn tokens(
+    state: &State,
+    pair: TokenPair,
+    mode: SessionMode,
+) -> Result<HttpResponse, Problem> {
+    let mut body = TokenResponse {
+        access_token: pair.access_token,
+        token_type: pair.token_type,
+        expires_in: pair.expires_in,
+        refresh_token: None,
+        csrf_token: None,
+    };
+    let mut response = no_store(HttpResponse::Ok());
+    match mode {
+        SessionMode::Token => body.refresh_token = Some(pair.refresh_token),
+        SessionMode::Cookie => {
+            let (cookies, csrf) = state.cookies.issue(&pair.refresh_token)?;
+            for cookie in cookies {
+                response.cookie(cookie);
+            }
+            body.csrf_token = Some(csrf);
         }
     }
+    Ok(response.json(body))
 }
 
 /// Token responses must never be cached (RFC 6749 §5.1).
@@ -90,14 +135,23 @@ pub async fn register(
 pub async fn login(
     state: web::Data<State>,
     client: Client,
-    body: web::Json<Credentials>,
+    body: web::Json<Login>,
 ) -> Result<HttpResponse, Problem> {
-    let Credentials { email, password } = body.into_inner();
+    let Login {
+        email,
+        password,
+        session,
+    } = body.into_inner();
     let limiter = &state.limiter;
     if limiter.enabled() {
         let account = crate::rate_limit::account_key(&email);
         let decision = limiter.check(&limiter.login_account, &account).await;
-        if let Some(problem) = crate::rate_limit::refusal(&limiter.login_account, &decision) {
+        if let Some(problem) = crate::rate_limit::refusal(
+            &limiter.login_account,
+            &account,
+            &decision,
+            &state.rejections,
+        ) {
             return Err(problem);
         }
     }
@@ -112,9 +166,7 @@ pub async fn login(
         .await?
         .into_inner();
     match answer.result {
-        Some(login_response::Result::Tokens(pair)) => {
-            Ok(no_store(HttpResponse::Ok()).json(TokenResponse::from(pair)))
-        }
+        Some(login_response::Result::Tokens(pair)) => tokens(&state, pair, session),
         Some(login_response::Result::Mfa(mfa)) => {
             Ok(no_store(HttpResponse::Ok()).json(serde_json::json!({
                 "mfa_required": true,
@@ -128,21 +180,34 @@ pub async fn login(
 }
 
 /// `POST /v1/auth/refresh`: rotates the refresh token; the old one stops working.
+/// Without a `refresh_token` in the body, the session cookie is used (and renewed),
+/// behind the CSRF checks of `cookies`.
 pub async fn refresh(
+    req: actix_web::HttpRequest,
     state: web::Data<State>,
     client: Client,
     body: web::Json<RefreshBody>,
 ) -> Result<HttpResponse, Problem> {
+    let (refresh_token, mode) = match body.into_inner().refresh_token {
+        Some(token) => (token, SessionMode::Token),
+        None => {
+            let session = state.cookies.open(&req).ok_or_else(|| {
+                Problem::unauthorized().detail("no refresh token and no valid session cookie")
+            })?;
+            crate::cookies::check_csrf(&req, &session, &state.origins)?;
+            (session.refresh_token, SessionMode::Cookie)
+        }
+    };
     let pair = state
         .auth
         .clone()
         .refresh(RefreshRequest {
-            refresh_token: body.into_inner().refresh_token,
+            refresh_token,
             client: Some(client.to_proto()),
         })
         .await?
         .into_inner();
-    Ok(no_store(HttpResponse::Ok()).json(TokenResponse::from(pair)))
+    tokens(&state, pair, mode)
 }
 
 /// `POST /v1/auth/logout`: ends the session of the presented access token and
@@ -164,7 +229,11 @@ pub async fn logout(
             tonic::Code::Unauthenticated => Problem::invalid_token(),
             _ => Problem::from_status(&status),
         })?;
-    Ok(no_store(HttpResponse::NoContent())
+    let mut response = no_store(HttpResponse::NoContent());
+    for cookie in crate::cookies::removal() {
+        response.cookie(cookie);
+    }
+    Ok(response
         .insert_header(("Clear-Site-Data", "\"cookies\", \"storage\""))
         .finish())
 }

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use crate::authn::Authenticated;
 use crate::client::Client;
 use crate::problem::Problem;
-use crate::routes::auth::{TokenResponse, no_store};
+use crate::routes::auth::{SessionMode, no_store, tokens};
 use crate::state::State;
 
 /// Body of the second login step.
@@ -21,6 +21,9 @@ pub struct MfaLogin {
     challenge: String,
     /// A TOTP code or a recovery code.
     code: String,
+    /// `token` (default) or `cookie`, as at login.
+    #[serde(default)]
+    session: SessionMode,
 }
 
 /// `POST /v1/auth/login/mfa`: the challenge plus a code gives the token pair; one
@@ -30,7 +33,11 @@ pub async fn login(
     client: Client,
     body: web::Json<MfaLogin>,
 ) -> Result<HttpResponse, Problem> {
-    let MfaLogin { challenge, code } = body.into_inner();
+    let MfaLogin {
+        challenge,
+        code,
+        session,
+    } = body.into_inner();
     let pair = state
         .auth
         .clone()
@@ -41,7 +48,7 @@ pub async fn login(
         })
         .await?
         .into_inner();
-    Ok(no_store(HttpResponse::Ok()).json(TokenResponse::from(pair)))
+    tokens(&state, pair, session)
 }
 
 /// `POST /v1/auth/mfa/totp/enroll`: a new secret as an `otpauth://` URI (and in

@@ -145,7 +145,7 @@ pub fn endpoints() -> Vec<Endpoint> {
             "login",
             "Log in: a token pair, or an MFA challenge for users with a second factor",
             Public,
-            Body::Json(schema::<auth::Credentials>),
+            Body::Json(schema::<auth::Login>),
             (200, tokens),
             &[400, 401, 403, 413, 415, 422],
             || web::post().to(auth::login),
