@@ -486,7 +486,10 @@ pub fn endpoints() -> Vec<Endpoint> {
 /// Registers the proxied `prefixes` (every method) and every endpoint.
 pub fn configure(cfg: &mut web::ServiceConfig, prefixes: &[String]) {
     for prefix in prefixes {
-        cfg.service(web::resource(format!("{prefix}{{tail:.*}}")).to(crate::proxy::forward));
+        // A scope matches by plain prefix (no regex per request); the handler then
+        // finds the upstream by its configured prefix.
+        let scope = prefix.strip_suffix('/').unwrap_or(prefix);
+        cfg.service(web::scope(scope).default_service(web::to(crate::proxy::forward)));
     }
     let endpoints = endpoints();
     let mut paths: Vec<&'static str> = Vec::new();
