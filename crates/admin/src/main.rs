@@ -42,6 +42,16 @@ enum Command {
         #[arg(long)]
         email: String,
     },
+    /// Check the audit trail's hash chain (needs DATABASE_URL); exit 1 and name the
+    /// first broken event if any was altered, removed or inserted out of turn.
+    VerifyAuditChain {
+        /// First sequence number to check.
+        #[arg(long, default_value_t = 1)]
+        from: i64,
+        /// Last sequence number to check (default: the newest).
+        #[arg(long)]
+        to: Option<i64>,
+    },
     /// Print a new Ed25519 signing key (PKCS#8 PEM) for JWT_SIGNING_KEY_FILE.
     GenSigningKey,
     /// Add a new signing key to the key store (needs DATABASE_URL and ENCRYPTION_KEY).
@@ -81,6 +91,7 @@ async fn main() -> ExitCode {
             }
         }
         Command::RotateSigningKey { activate_in } => rotate_signing_key(activate_in).await,
+        Command::VerifyAuditChain { from, to } => verify_audit_chain(from, to).await,
         Command::GenSigningKey => aia_tokens::SigningKey::generate_pem()
             .map(|pem| {
                 print!("{pem}");
@@ -151,4 +162,24 @@ async fn create_admin(email: &str) -> anyhow::Result<ExitCode> {
     let id = aia_auth::create_admin(&settings, email, &password).await?;
     println!("created administrator {email} ({id})");
     Ok(ExitCode::SUCCESS)
+}
+
+async fn verify_audit_chain(from: i64, to: Option<i64>) -> anyhow::Result<ExitCode> {
+    let common = Common::from_env(Env::from_process())?;
+    let pool = aia_db::pool(common.database_url.expose_secret(), 1)?;
+    let report = aia_audit::verify_chain(&pool, from.max(1), to.unwrap_or(i64::MAX)).await?;
+    Ok(match report.broken_seq {
+        None => {
+            println!("audit chain intact: {} events checked", report.checked);
+            ExitCode::SUCCESS
+        }
+        Some(seq) => {
+            eprintln!(
+                "audit chain BROKEN at event seq {seq}: {} ({} events checked)",
+                report.reason.unwrap_or_default(),
+                report.checked
+            );
+            ExitCode::FAILURE
+        }
+    })
 }

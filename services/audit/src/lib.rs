@@ -3,9 +3,11 @@
 //! - [`build`]: binds the gRPC and admin ports; the [`Application`] it returns serves
 //!   them (`run_until_stopped`).
 //! - `service`: the `aia.audit.v1.AuditService` implementation.
+//! - `chain`: the hash chain's verification.
 //! - `event`: turning a wire event into a row, refusing what is malformed.
 //! - `schema`: the diesel description of the `audit` schema.
 
+mod chain;
 mod event;
 mod schema;
 mod service;
@@ -17,6 +19,7 @@ use aia_settings::AuditSettings;
 use aia_telemetry::grpc::GrpcApplication;
 use aia_telemetry::shutdown::CancellationToken;
 
+pub use chain::{ChainReport, verify as verify_chain};
 pub use service::Audit;
 
 /// The audit service, bound and ready to run.

@@ -15,5 +15,7 @@ diesel::table! {
         request_id -> Text,
         producer -> Text,
         details -> Jsonb,
+        prev_hash -> Nullable<Bytea>,
+        hash -> Nullable<Bytea>,
     }
 }

@@ -4,7 +4,7 @@ use aia_db::PgPool;
 use aia_proto::audit::v1::audit_service_server::AuditService;
 use aia_proto::audit::v1::{
     QueryRequest, QueryResponse, RecordBatchRequest, RecordBatchResponse, RecordRequest,
-    RecordResponse, StoredEvent,
+    RecordResponse, StoredEvent, VerifyChainRequest, VerifyChainResponse,
 };
 use aia_telemetry::grpc::{internal, unavailable};
 use aia_telemetry::tls::authorize;
@@ -131,6 +131,35 @@ impl AuditService for Audit {
         Ok(Response::new(QueryResponse {
             events: rows.into_iter().map(StoredEvent::from).collect(),
             next_cursor,
+        }))
+    }
+
+    #[tracing::instrument(level = "info", skip_all)]
+    async fn verify_chain(
+        &self,
+        request: Request<VerifyChainRequest>,
+    ) -> Result<Response<VerifyChainResponse>, Status> {
+        authorize(&request, &["gateway"])?;
+        let req = request.into_inner();
+        if req.from_seq < 0 || req.to_seq < 0 {
+            return Err(Status::invalid_argument(
+                "from_seq and to_seq must not be negative",
+            ));
+        }
+        let to = if req.to_seq == 0 {
+            i64::MAX
+        } else {
+            req.to_seq
+        };
+        let report = crate::chain::verify(&self.pool, req.from_seq.max(1), to)
+            .await
+            .map_err(unavailable)?;
+        metrics::counter!("audit_chain_verifications_total", "intact" => report.broken_seq.is_none().to_string()).increment(1);
+        Ok(Response::new(VerifyChainResponse {
+            checked: report.checked,
+            intact: report.broken_seq.is_none(),
+            broken_seq: report.broken_seq.unwrap_or(0),
+            reason: report.reason.unwrap_or_default(),
         }))
     }
 }

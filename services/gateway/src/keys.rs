@@ -221,7 +221,10 @@ mod tests {
         let jwks = Jwks {
             keys: vec![key.jwk().clone()],
         };
-        KeySet::new(Verifier::new(&jwks, "https://issuer.test", "aia"), String::new())
+        KeySet::new(
+            Verifier::new(&jwks, "https://issuer.test", "aia"),
+            String::new(),
+        )
     }
 
     #[test]
@@ -233,7 +236,9 @@ mod tests {
         assert_eq!(set.verify(&good).ok(), Some(first));
         // One character changed in the signature: not the memo's token, refused.
         let mut forged = good.clone();
-        let last = forged.pop().map_or('A', |c| if c == 'A' { 'B' } else { 'A' });
+        let last = forged
+            .pop()
+            .map_or('A', |c| if c == 'A' { 'B' } else { 'A' });
         forged.push(last);
         assert!(set.verify(&forged).is_err());
         // Another key set (keys changed) knows nothing of it, and another key's

@@ -309,3 +309,98 @@ async fn readiness_fails_while_the_database_is_unreachable_and_liveness_does_not
     running.stop().await;
     Ok(())
 }
+
+/// The rows' sequence numbers, oldest first.
+async fn seqs(db: &TestDb) -> anyhow::Result<Vec<i64>> {
+    #[derive(diesel::QueryableByName)]
+    struct S {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        seq: i64,
+    }
+    let mut conn = db.connect().await?;
+    Ok(
+        diesel::sql_query("SELECT seq FROM audit.events ORDER BY seq")
+            .load::<S>(&mut conn)
+            .await?
+            .into_iter()
+            .map(|s| s.seq)
+            .collect(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hash_chain_holds_under_concurrent_writes_and_names_a_tampered_row()
+-> anyhow::Result<()> {
+    let mut audit = spawn().await?;
+    // Writers racing each other, and a redelivery, still make one unforked chain.
+    let writes = (0..20).map(|n| {
+        let mut client = audit.client.clone();
+        async move {
+            client
+                .record_batch(RecordBatchRequest {
+                    events: vec![event(&format!("test.{n}")), event("test.batch")],
+                })
+                .await
+        }
+    });
+    for result in futures::future::join_all(writes).await {
+        result?;
+    }
+    let again = event("test.again");
+    for _ in 0..2 {
+        audit
+            .client
+            .record(RecordRequest {
+                event: Some(again.clone()),
+            })
+            .await?;
+    }
+    let verify = |from_seq, to_seq| {
+        let mut client = audit.client.clone();
+        async move {
+            anyhow::Ok(
+                client
+                    .verify_chain(aia_proto::audit::v1::VerifyChainRequest { from_seq, to_seq })
+                    .await?
+                    .into_inner(),
+            )
+        }
+    };
+    let intact = verify(0, 0).await?;
+    assert!(intact.intact, "{intact:?}");
+    assert_eq!(intact.checked, 41);
+
+    // Someone with database access disables the guard and edits one row.
+    let rows = seqs(&audit.db).await?;
+    let (victim, after) = (rows[17], rows[18]);
+    let mut conn = audit.db.connect().await?;
+    diesel::sql_query("ALTER TABLE audit.events DISABLE TRIGGER events_append_only")
+        .execute(&mut conn)
+        .await?;
+    diesel::sql_query(format!(
+        "UPDATE audit.events SET outcome = 'failure', details = '{{\"k\":\"forged\"}}' WHERE seq = {victim}"
+    ))
+    .execute(&mut conn)
+    .await?;
+    let broken = verify(0, 0).await?;
+    assert!(!broken.intact);
+    assert_eq!(broken.broken_seq, victim, "{broken:?}");
+    assert!(broken.reason.contains("altered"), "{broken:?}");
+    // A range before the victim still verifies; one that starts at it does not.
+    assert!(verify(0, victim - 1).await?.intact);
+    assert_eq!(verify(victim, 0).await?.broken_seq, victim);
+    // The same function serves `aia verify-audit-chain`.
+    let report = aia_audit::verify_chain(&aia_db::pool(&audit.db.url, 1)?, 1, i64::MAX).await?;
+    assert_eq!(report.broken_seq, Some(victim));
+
+    // Deleting the row instead (and putting the edit back is impossible: its hash is
+    // gone with it) breaks the link of the next one.
+    diesel::sql_query(format!("DELETE FROM audit.events WHERE seq = {victim}"))
+        .execute(&mut conn)
+        .await?;
+    let removed = verify(0, 0).await?;
+    assert_eq!(removed.broken_seq, after, "{removed:?}");
+    assert!(removed.reason.contains("link"), "{removed:?}");
+    audit.stop().await;
+    Ok(())
+}
