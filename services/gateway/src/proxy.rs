@@ -35,6 +35,7 @@ use futures::StreamExt;
 use crate::authn::Caller;
 use crate::client::{Client, RequestId};
 use crate::problem::Problem;
+use crate::rate_limit::now_ms;
 
 /// The API-key scope that opens proxied routes.
 pub const SCOPE: &str = "api:access";
@@ -59,13 +60,6 @@ pub struct Breaker {
     /// Open until this time (ms since the Unix epoch); 0 when closed.
     open_until_ms: AtomicU64,
     probing: AtomicBool,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 impl Breaker {

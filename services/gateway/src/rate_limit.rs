@@ -185,7 +185,8 @@ pub struct Limiter {
     skip_until_ms: AtomicU64,
 }
 
-fn now_ms() -> u64 {
+/// Milliseconds since the Unix epoch (for back-off deadlines shared across workers).
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

@@ -85,13 +85,7 @@ async fn outcome(url: &str) -> anyhow::Result<String> {
 
 /// Preflights the gateway has answered so far (from its metrics).
 async fn preflights(stack: &Stack) -> anyhow::Result<f64> {
-    let text = stack
-        .http()
-        .get(stack.gateway.admin_url("/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let text = crate::helpers::metrics(stack).await?;
     Ok(text
         .lines()
         .filter(|l| l.starts_with("gateway_requests_total{") && l.contains("method=\"OPTIONS\""))

@@ -27,8 +27,16 @@ pub async fn register(stack: &Stack, email: &str) -> anyhow::Result<()> {
 
 /// Logs in and returns the token response.
 pub async fn login(stack: &Stack, email: &str) -> anyhow::Result<Value> {
-    let response = stack
-        .http()
+    login_from(stack.http(), stack, email).await
+}
+
+/// Logs in with `client` (e.g. one from another address) and returns the answer.
+pub async fn login_from(
+    client: &reqwest::Client,
+    stack: &Stack,
+    email: &str,
+) -> anyhow::Result<Value> {
+    let response = client
         .post(stack.url("/v1/auth/login"))
         .json(&json!({"email": email, "password": PASSWORD}))
         .send()
@@ -135,4 +143,15 @@ pub async fn eventually_status(
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+}
+
+/// The gateway's Prometheus text.
+pub async fn metrics(stack: &Stack) -> anyhow::Result<String> {
+    Ok(stack
+        .http()
+        .get(stack.gateway.admin_url("/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?)
 }

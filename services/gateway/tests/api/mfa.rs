@@ -7,7 +7,9 @@ use diesel_async::RunQueryDsl;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{PASSWORD, assert_problem, email, field, from_ip, me_status, register};
+use crate::helpers::{
+    PASSWORD, assert_problem, email, field, from_ip, login_from, me_status, register,
+};
 
 /// The time now, in seconds.
 fn now() -> u64 {
@@ -36,19 +38,9 @@ async fn post(
     Ok(request.send().await?)
 }
 
-async fn login_with(client: &reqwest::Client, stack: &Stack, email: &str) -> anyhow::Result<Value> {
-    let response = client
-        .post(stack.url("/v1/auth/login"))
-        .json(&json!({"email": email, "password": PASSWORD}))
-        .send()
-        .await?;
-    assert_eq!(response.status(), StatusCode::OK);
-    Ok(response.json().await?)
-}
-
 /// The first step of an MFA login: the challenge.
 async fn challenge(client: &reqwest::Client, stack: &Stack, email: &str) -> anyhow::Result<String> {
-    let answer = login_with(client, stack, email).await?;
+    let answer = login_from(client, stack, email).await?;
     assert_eq!(answer["mfa_required"], true, "{answer}");
     assert!(answer.get("access_token").is_none(), "{answer}");
     assert_eq!(answer["methods"], json!(["totp", "recovery_code"]));
@@ -92,7 +84,7 @@ struct Enrolled {
 async fn enrolled(stack: &Stack) -> anyhow::Result<Enrolled> {
     let email = email();
     register(stack, &email).await?;
-    let tokens = login_with(stack.http(), stack, &email).await?;
+    let tokens = login_from(stack.http(), stack, &email).await?;
     let token = field(&tokens, "access_token");
     let enrolment: Value = post(stack, "/v1/auth/mfa/totp/enroll", Some(token), json!({}))
         .await?
@@ -132,9 +124,9 @@ async fn enrolment_shows_the_secret_once_seals_it_and_turns_login_into_two_steps
     let stack = Stack::start_with(&[("LOGIN_BACKOFF_AFTER", "100".into())]).await?;
     let email = email();
     register(&stack, &email).await?;
-    let tokens = login_with(stack.http(), &stack, &email).await?;
+    let tokens = login_from(stack.http(), &stack, &email).await?;
     let token = field(&tokens, "access_token").to_owned();
-    let other = login_with(stack.http(), &stack, &email).await?;
+    let other = login_from(stack.http(), &stack, &email).await?;
     assert_eq!(me(&stack, &token).await?["mfa_enabled"], false);
 
     let response = post(&stack, "/v1/auth/mfa/totp/enroll", Some(&token), json!({})).await?;
@@ -165,7 +157,7 @@ async fn enrolment_shows_the_secret_once_seals_it_and_turns_login_into_two_steps
     assert_eq!(rows[0].sealing_key_id.len(), 16);
 
     // Not on until confirmed: the password alone still logs in.
-    assert!(login_with(stack.http(), &stack, &email).await?["access_token"].is_string());
+    assert!(login_from(stack.http(), &stack, &email).await?["access_token"].is_string());
     // A wrong first code confirms nothing.
     let wrong = code_at(&uri, now() + 3600)?;
     let refused = post(
@@ -397,7 +389,7 @@ async fn credential_changes_need_a_session_that_used_the_second_factor() -> anyh
     .await?;
     assert_eq!(off.status(), StatusCode::NO_CONTENT);
     // Off: the password alone logs in again, and the old recovery codes are gone.
-    assert!(login_with(stack.http(), &stack, &user.email).await?["access_token"].is_string());
+    assert!(login_from(stack.http(), &stack, &user.email).await?["access_token"].is_string());
     let mut conn = stack.db.connect().await?;
     #[derive(diesel::QueryableByName)]
     struct Count {

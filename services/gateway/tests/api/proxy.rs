@@ -106,6 +106,8 @@ async fn identity_headers_replace_whatever_the_client_sent() -> anyhow::Result<(
         .header("X-Auth-Roles", "admin")
         .header("x-auth-session-id", "forged")
         .header("x-forwarded-for", "6.6.6.6")
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "evil.example")
         .header("x-request-id", "req-42")
         .header("traceparent", format!("00-{trace}-b7ad6b7169203331-01"))
         .header("connection", "keep-alive, x-secret")
@@ -125,6 +127,9 @@ async fn identity_headers_replace_whatever_the_client_sent() -> anyhow::Result<(
     assert_ne!(seen(&answer, "x-auth-session-id"), Some("forged"));
     assert_eq!(seen(&answer, "x-auth-session-id").map(str::len), Some(36));
     assert_eq!(answer["headers"]["x-forwarded-for"], json!(["127.0.0.1"]));
+    // A client that is no trusted proxy cannot claim https or another host.
+    assert_eq!(answer["headers"]["x-forwarded-proto"], json!(["http"]));
+    assert_ne!(seen(&answer, "x-forwarded-host"), Some("evil.example"));
     assert_eq!(seen(&answer, "x-request-id"), Some("req-42"));
     let traceparent = seen(&answer, "traceparent").unwrap_or_default();
     assert!(

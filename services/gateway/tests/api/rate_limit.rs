@@ -202,13 +202,7 @@ async fn without_redis_the_limit_holds_in_process_and_redis_takes_over_again() -
         .send()
         .await?;
     assert_problem(register, StatusCode::SERVICE_UNAVAILABLE).await?;
-    let metrics = stack
-        .http()
-        .get(stack.gateway.admin_url("/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = crate::helpers::metrics(&stack).await?;
     assert!(
         metrics.contains("gateway_rate_limit_fallback_total"),
         "{metrics}"
