@@ -1,1 +1,5 @@
-//! placeholder
+//! What the `aia` command line is made of, beside its `main`: the parts worth testing
+//! on their own.
+
+pub mod env_file;
+pub mod secrets;

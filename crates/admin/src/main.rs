@@ -6,7 +6,11 @@
 // A command-line tool: standard output is its interface.
 #![allow(clippy::print_stdout)]
 
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use aia_settings::{Common, Env};
 use clap::{Parser, Subcommand};
@@ -52,6 +56,45 @@ enum Command {
         #[arg(long)]
         to: Option<i64>,
     },
+    /// Check that the environment is ready for production, with the same rules every
+    /// service applies at start-up: print every problem with its variable and the fix.
+    /// Exit 0 only when all four services would start in production on it.
+    CheckConfig {
+        /// Also read variables from this file (`KEY=VALUE` lines, as Docker Compose's
+        /// `env_file`); they take precedence over the process environment.
+        #[arg(long)]
+        env_file: Option<PathBuf>,
+        /// `text` for people, `json` for pipelines.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Print a complete set of strong secrets (ENCRYPTION_KEY, API_KEY_SECRET,
+    /// SESSION_SECRET, and the Compose stack's database and Redis passwords) as a
+    /// `.env` file or a Kubernetes Secret manifest.
+    GenSecrets {
+        /// `env` (a `.env` file) or `k8s` (a Secret manifest).
+        #[arg(long, value_enum, default_value_t = SecretsFormat::Env)]
+        format: SecretsFormat,
+        /// Write to this file (created with mode 0600; an existing file is kept)
+        /// instead of standard output.
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Also generate JWT_SECRET_KEY, for JWT_ALGORITHM=HS256 deployments.
+        #[arg(long)]
+        hs256: bool,
+        /// The Secret's name (k8s format).
+        #[arg(long, default_value = "aia-secrets")]
+        name: String,
+        /// The Secret's namespace (k8s format; default: none, kustomize sets it).
+        #[arg(long)]
+        namespace: Option<String>,
+    },
+    /// Exit 0 if URL answers 2xx within two seconds (a container health check that
+    /// needs no shell or curl in the image).
+    Healthcheck {
+        /// e.g. `http://127.0.0.1:9100/readyz` (a service's admin port).
+        url: String,
+    },
     /// Print a new Ed25519 signing key (PKCS#8 PEM) for JWT_SIGNING_KEY_FILE.
     GenSigningKey,
     /// Add a new signing key to the key store (needs DATABASE_URL and ENCRYPTION_KEY).
@@ -63,6 +106,20 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         activate_in: u32,
     },
+}
+
+/// How `check-config` reports.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+/// What `gen-secrets` writes.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SecretsFormat {
+    Env,
+    K8s,
 }
 
 #[tokio::main]
@@ -92,6 +149,21 @@ async fn main() -> ExitCode {
         }
         Command::RotateSigningKey { activate_in } => rotate_signing_key(activate_in).await,
         Command::VerifyAuditChain { from, to } => verify_audit_chain(from, to).await,
+        Command::CheckConfig { env_file, format } => check_config(env_file.as_deref(), format),
+        Command::GenSecrets {
+            format,
+            output,
+            hs256,
+            name,
+            namespace,
+        } => gen_secrets(
+            format,
+            output.as_deref(),
+            hs256,
+            &name,
+            namespace.as_deref(),
+        ),
+        Command::Healthcheck { url } => healthcheck(&url).await,
         Command::GenSigningKey => aia_tokens::SigningKey::generate_pem()
             .map(|pem| {
                 print!("{pem}");
@@ -182,4 +254,88 @@ async fn verify_audit_chain(from: i64, to: Option<i64>) -> anyhow::Result<ExitCo
             ExitCode::FAILURE
         }
     })
+}
+
+fn check_config(env_file: Option<&Path>, format: Format) -> anyhow::Result<ExitCode> {
+    let mut vars: HashMap<String, String> = std::env::vars().collect();
+    if let Some(path) = env_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading {}: {}", path.display(), e.kind()))?;
+        let file = aia_admin::env_file::parse(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        vars.extend(file);
+    }
+    let problems = aia_settings::production_readiness(&vars);
+    match format {
+        Format::Json => {
+            let report = serde_json::json!({
+                "ready": problems.is_empty(),
+                "problems": problems
+                    .iter()
+                    .map(|p| serde_json::json!({"variable": p.variable, "message": p.message}))
+                    .collect::<Vec<_>>(),
+            });
+            println!("{report:#}");
+        }
+        Format::Text if problems.is_empty() => {
+            println!("ready for production: every service starts on this configuration");
+        }
+        Format::Text => {
+            for p in &problems {
+                println!("✗ {}: {}", p.variable, p.message);
+            }
+            println!(
+                "{} problem{}: not ready for production",
+                problems.len(),
+                if problems.len() == 1 { "" } else { "s" }
+            );
+        }
+    }
+    Ok(if problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn gen_secrets(
+    format: SecretsFormat,
+    output: Option<&Path>,
+    hs256: bool,
+    name: &str,
+    namespace: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let set = aia_admin::secrets::generate(hs256)?;
+    let text = match format {
+        SecretsFormat::Env => aia_admin::secrets::env_file(&set),
+        SecretsFormat::K8s => aia_admin::secrets::kubernetes_secret(&set, name, namespace),
+    };
+    match output {
+        None => print!("{text}"),
+        Some(path) => {
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut file = options
+                .open(path)
+                .map_err(|e| anyhow::anyhow!("creating {}: {}", path.display(), e.kind()))?;
+            file.write_all(text.as_bytes())?;
+            eprintln!("wrote {} secrets to {}", set.len(), path.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn healthcheck(url: &str) -> anyhow::Result<ExitCode> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    let status = client.get(url).send().await?.status();
+    if status.is_success() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("aia: {url} answered {status}");
+        Ok(ExitCode::FAILURE)
+    }
 }

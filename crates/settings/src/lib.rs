@@ -10,12 +10,14 @@
 //! and says so; `APP_ENV=production` refuses to start on anything weak (see
 //! [`production`]).
 
+mod check;
 mod env;
 pub mod production;
 mod rate_limit;
 mod services;
 mod upstreams;
 
+pub use check::production_readiness;
 pub use env::{Env, Problem, SettingsError};
 pub use rate_limit::{CLASSES as RATE_LIMIT_CLASSES, Rate, RateLimitSettings};
 pub use services::{

@@ -63,13 +63,13 @@ pub fn secret(env: &mut Env, name: &str, min_len: usize, app_env: AppEnv) -> Opt
     let value = env.get(name).map(str::to_owned);
     if app_env.is_production() {
         match &value {
-            None => env.problem(name, format!("must be set in production; generate one with `openssl rand -base64 {}`", min_len)),
+            None => env.problem(name, format!("must be set in production; generate one with `aia gen-secrets` (or `openssl rand -base64 {min_len}`)")),
             Some(v) if v.chars().count() < min_len => {
-                env.problem(name, format!("must be at least {min_len} characters; generate one with `openssl rand -base64 {min_len}`"))
+                env.problem(name, format!("must be at least {min_len} characters; generate one with `aia gen-secrets`"))
             }
             Some(v) if !looks_random(v) => env.problem(
                 name,
-                "looks guessable (repeated characters or a phrase); generate one with `openssl rand -base64 64`",
+                "looks guessable (repeated characters, a pattern or a placeholder word); generate one with `aia gen-secrets`",
             ),
             Some(_) => {}
         }
@@ -78,8 +78,13 @@ pub fn secret(env: &mut Env, name: &str, min_len: usize, app_env: AppEnv) -> Opt
 }
 
 /// Words that mark a placeholder or a made-up secret, not a generated one.
-const PLACEHOLDER_WORDS: [&str; 14] = [
+const PLACEHOLDER_WORDS: [&str; 19] = [
     "secret",
+    "token",
+    "insecure",
+    "dummy",
+    "12345",
+    "abcde",
     "password",
     "passwd",
     "change",
@@ -118,6 +123,33 @@ pub fn looks_random(value: &str) -> bool {
     let lower = value.to_lowercase();
     let placeholder = PLACEHOLDER_WORDS.iter().any(|w| lower.contains(w));
     counts.len() >= 16 && entropy >= 3.5 && !repeats && !placeholder
+}
+
+/// A PEM file named by `name` must be readable and hold a PEM block (of type `label`
+/// when given, e.g. `PRIVATE KEY`). Checked in every environment: a service would fail
+/// on it a moment later anyway, with a less helpful message.
+pub fn check_pem_file(env: &mut Env, name: &str, path: &std::path::Path, label: Option<&str>) {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) => {
+            env.problem(
+                name,
+                format!("cannot read {}: {}", path.display(), error.kind()),
+            );
+            return;
+        }
+    };
+    let expected = format!("-----BEGIN {}-----", label.unwrap_or(""));
+    let found = match label {
+        Some(_) => text.contains(&expected),
+        None => text.contains("-----BEGIN "),
+    };
+    if !found {
+        let what = label.map_or("a PEM block".to_owned(), |l| {
+            format!("a `{l}` PEM block (PKCS#8)")
+        });
+        env.problem(name, format!("{} does not hold {what}", path.display()));
+    }
 }
 
 /// Argon2id must not be cheaper than OWASP's minimum (19 MiB, 2 iterations).

@@ -373,12 +373,15 @@ impl Common {
             }
             "mesh" => InternalTls::Mesh,
             "mtls" => {
-                let mut file = |name: &str| {
-                    let path = env.get(name).map(PathBuf::from);
-                    if path.is_none() {
+                let mut file = |name: &str| match env.get(name).map(PathBuf::from) {
+                    None => {
                         env.problem(name, "is required when INTERNAL_TLS=mtls (a PEM file)");
+                        PathBuf::new()
                     }
-                    path.unwrap_or_default()
+                    Some(path) => {
+                        production::check_pem_file(env, name, &path, None);
+                        path
+                    }
                 };
                 InternalTls::Mtls {
                     ca_file: file("TLS_CA_FILE"),
@@ -475,7 +478,16 @@ impl AuthSettings {
                 );
                 SigningKeySource::Ephemeral
             }
-            (Some(path), None) => SigningKeySource::File(PathBuf::from(path)),
+            (Some(path), None) => {
+                let path = PathBuf::from(path);
+                production::check_pem_file(
+                    &mut env,
+                    "JWT_SIGNING_KEY_FILE",
+                    &path,
+                    Some("PRIVATE KEY"),
+                );
+                SigningKeySource::File(path)
+            }
             (None, Some(pem)) => SigningKeySource::Pem(pem.to_owned().into()),
             (None, None) => SigningKeySource::Ephemeral,
         };
@@ -663,11 +675,12 @@ impl GatewaySettings {
             && settings
                 .cors_origins
                 .iter()
-                .any(|o| o == "*" || !o.starts_with("https://"))
+                .any(|o| o.contains('*') || !o.starts_with("https://"))
         {
             env.problem(
                 "CORS_ORIGINS",
-                "must list https:// origins only, no `*`, in production",
+                "must list exact https:// origins in production (no `*`, no wildcard \
+                 subdomains, no http://): e.g. `https://app.example.com`",
             );
         }
         env.finish(settings)
@@ -711,15 +724,19 @@ mod tests {
 
     #[test]
     fn mtls_needs_its_three_files() {
-        let env: Env = [("INTERNAL_TLS", "mtls"), ("TLS_CA_FILE", "/ca.pem")]
-            .into_iter()
-            .collect();
+        let env: Env = [
+            ("INTERNAL_TLS", "mtls"),
+            ("TLS_CA_FILE", "/nonexistent/ca.pem"),
+        ]
+        .into_iter()
+        .collect();
         let problems = AuditSettings::from_env(env)
             .err()
             .map(|e| e.0)
             .unwrap_or_default();
         let vars: Vec<&str> = problems.iter().map(|p| p.variable.as_str()).collect();
-        assert_eq!(vars, vec!["TLS_CERT_FILE", "TLS_KEY_FILE"]);
+        // The CA file is named but cannot be read; the other two are missing.
+        assert_eq!(vars, vec!["TLS_CA_FILE", "TLS_CERT_FILE", "TLS_KEY_FILE"]);
     }
 
     #[test]
@@ -737,7 +754,6 @@ mod tests {
                 "postgres://aia@db.internal/aia?sslmode=verify-full",
             ),
             ("REDIS_URL", "rediss://:pw@cache.internal:6380"),
-            ("JWT_SIGNING_KEY_FILE", "/run/secrets/jwt.pem"),
             ("ENCRYPTION_KEY", &strong),
             ("API_KEY_SECRET", &strong64),
             ("INTERNAL_TLS", "mesh"),
