@@ -6,13 +6,16 @@ DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/aia
 REDIS_URL ?= redis://127.0.0.1:6379
 export DATABASE_URL REDIS_URL
 
-.PHONY: help run build test lint fmt services clean-test-dbs bench-gateway
+.PHONY: help run build release test lint fmt services clean-test-dbs bench-gateway check-deploy
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 build: ## Build every binary (debug)
 	cargo build --workspace --bins
+
+release: ## Build every binary optimised (the Dockerfile runs exactly this)
+	cargo build --release --locked --workspace --bins
 
 run: build ## Create and migrate the database, start all four services (Ctrl-C stops them)
 	bash scripts/run.sh

@@ -292,8 +292,8 @@ pub struct GatewaySettings {
     pub allowed_hosts: Vec<String>,
     /// `CORS_ORIGINS`: comma-separated origins allowed to call the API from a
     /// browser, exact (`https://app.example.com`) or with one wildcard label
-    /// (`https://*.example.com`). Empty: no cross-origin access. Production refuses
-    /// `*` and non-https origins.
+    /// (`https://*.example.com`, development and tests). Empty: no cross-origin
+    /// access. Production accepts only exact `https://` origins.
     pub cors_origins: Vec<String>,
     /// `REVOCATION_STALE_AFTER_MS`: how long the in-memory blacklist is trusted
     /// without news from the session service (default 2000); after that, each request
