@@ -1,65 +1,13 @@
-//! The deployment files, checked without a Docker engine: `docker-compose.yml`
-//! against the Compose specification (typed parsing by `compose_spec`, after the same
-//! interpolation Compose does) and against what exists here (services, files,
-//! binaries, variables); the `Dockerfile` against the Makefile; the production
-//! template against the variables the services read.
+//! `docker-compose.yml` against the Compose specification (typed parsing by
+//! `compose_spec`, after the same interpolation Compose does) and against what exists
+//! here (services, files, binaries, variables); the `Dockerfile` against the Makefile;
+//! the production template against the variables the services read.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
 
 use serde_yaml::Value;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn read(path: &str) -> anyhow::Result<String> {
-    std::fs::read_to_string(root().join(path)).map_err(|e| anyhow::anyhow!("{path}: {e}"))
-}
-
-/// Every variable the services read: the names the settings crate asks `Env` for.
-fn settings_variables() -> anyhow::Result<BTreeSet<String>> {
-    let mut names = BTreeSet::new();
-    for entry in std::fs::read_dir(root().join("crates/settings/src"))? {
-        let source = std::fs::read_to_string(entry?.path())?;
-        let code = source.split("#[cfg(test)]").next().unwrap_or("");
-        for literal in code.split('"').skip(1).step_by(2) {
-            let looks_like_a_variable = literal.len() > 3
-                && literal.contains('_')
-                && literal
-                    .chars()
-                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
-            if looks_like_a_variable || literal == "UPSTREAMS" {
-                names.insert(literal.to_owned());
-            }
-        }
-    }
-    anyhow::ensure!(names.len() > 50, "found only {names:?}");
-    Ok(names)
-}
-
-/// The binaries the workspace builds.
-fn workspace_binaries() -> anyhow::Result<BTreeSet<String>> {
-    let mut bins = BTreeSet::new();
-    for manifest in [
-        "crates/admin/Cargo.toml",
-        "services/auth/Cargo.toml",
-        "services/session/Cargo.toml",
-        "services/audit/Cargo.toml",
-        "services/gateway/Cargo.toml",
-    ] {
-        let text = read(manifest)?;
-        for section in text.split("[[bin]]").skip(1) {
-            if let Some(name) = section
-                .lines()
-                .find_map(|l| l.trim().strip_prefix("name = "))
-            {
-                bins.insert(name.trim_matches('"').to_owned());
-            }
-        }
-    }
-    Ok(bins)
-}
+use crate::{read, root, settings_variables, workspace_binaries};
 
 /// Compose's interpolation: `$$`, `$VAR`, `${VAR}`, `${VAR:-default}`, `${VAR-default}`,
 /// `${VAR:?message}`, `${VAR?message}`. A variable without a default must be in `vars`.

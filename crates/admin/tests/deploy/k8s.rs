@@ -1,0 +1,404 @@
+//! The Kubernetes manifests: each overlay is rendered by kustomize, validated against
+//! the Kubernetes OpenAPI schemas offline (`kubernetes-validate --strict`), and linted
+//! for the security settings every workload must carry. The lint is itself tested: it
+//! must notice each setting taken away.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_yaml::Value;
+
+use crate::{root, settings_variables};
+
+const OVERLAYS: [&str; 2] = ["dev", "prod"];
+
+fn render(overlay: &str) -> anyhow::Result<(PathBuf, Vec<Value>)> {
+    let dir = root().join("deploy/k8s/overlays").join(overlay);
+    let output = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(&dir)
+        .output()
+        .map_err(|e| anyhow::anyhow!("kubectl (run scripts/deploy-tools.sh): {e}"))?;
+    anyhow::ensure!(
+        output.status.success(),
+        "kubectl kustomize {overlay}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout)?;
+    let file = std::env::temp_dir().join(format!(
+        "aia-k8s-{overlay}-{}.yaml",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::write(&file, &text)?;
+    let mut docs = Vec::new();
+    for document in serde_yaml::Deserializer::from_str(&text) {
+        let value: Value = serde::Deserialize::deserialize(document)?;
+        if !value.is_null() {
+            docs.push(value);
+        }
+    }
+    Ok((file, docs))
+}
+
+fn kind<'a>(docs: &'a [Value], kind: &str) -> impl Iterator<Item = &'a Value> {
+    let kind = kind.to_owned();
+    docs.iter()
+        .filter(move |d| d["kind"].as_str() == Some(kind.as_str()))
+}
+
+fn name(doc: &Value) -> &str {
+    doc["metadata"]["name"].as_str().unwrap_or("?")
+}
+
+fn seq(value: &Value) -> &[Value] {
+    value.as_sequence().map_or(&[], Vec::as_slice)
+}
+
+/// Everything wrong with `docs` as a secure deployment of the platform.
+fn lint(docs: &[Value]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut problem = |p: String| problems.push(p);
+    let workloads: Vec<&Value> = kind(docs, "Deployment").chain(kind(docs, "Job")).collect();
+    for w in &workloads {
+        let (k, n) = (w["kind"].as_str().unwrap_or("?"), name(w));
+        let pod = &w["spec"]["template"]["spec"];
+        if pod["securityContext"]["runAsNonRoot"].as_bool() != Some(true) {
+            problem(format!(
+                "{k} {n}: pod securityContext.runAsNonRoot is not true"
+            ));
+        }
+        if pod["securityContext"]["seccompProfile"]["type"].as_str() != Some("RuntimeDefault") {
+            problem(format!("{k} {n}: pod seccompProfile is not RuntimeDefault"));
+        }
+        if pod["automountServiceAccountToken"].as_bool() != Some(false) {
+            problem(format!("{k} {n}: mounts a service account token"));
+        }
+        if pod["hostNetwork"].as_bool() == Some(true) || pod["hostPID"].as_bool() == Some(true) {
+            problem(format!("{k} {n}: shares a host namespace"));
+        }
+        let containers = seq(&pod["containers"]).iter().map(|c| (c, true));
+        let inits = seq(&pod["initContainers"]).iter().map(|c| (c, false));
+        for (c, main) in containers.chain(inits) {
+            let cn = c["name"].as_str().unwrap_or("?");
+            let sc = &c["securityContext"];
+            if sc["allowPrivilegeEscalation"].as_bool() != Some(false) {
+                problem(format!(
+                    "{k} {n}/{cn}: allowPrivilegeEscalation is not false"
+                ));
+            }
+            if sc["readOnlyRootFilesystem"].as_bool() != Some(true) {
+                problem(format!("{k} {n}/{cn}: root filesystem is writable"));
+            }
+            if !seq(&sc["capabilities"]["drop"])
+                .iter()
+                .any(|d| d.as_str() == Some("ALL"))
+            {
+                problem(format!("{k} {n}/{cn}: capabilities are not all dropped"));
+            }
+            if sc["privileged"].as_bool() == Some(true) || sc["runAsUser"].as_i64() == Some(0) {
+                problem(format!("{k} {n}/{cn}: privileged or root"));
+            }
+            for bound in ["requests", "limits"] {
+                for resource in ["cpu", "memory"] {
+                    if c["resources"][bound][resource].is_null() {
+                        problem(format!("{k} {n}/{cn}: no {bound}.{resource}"));
+                    }
+                }
+            }
+            if main && k == "Deployment" {
+                for probe in ["readinessProbe", "livenessProbe"] {
+                    if c[probe].is_null() {
+                        problem(format!("{k} {n}/{cn}: no {probe}"));
+                    }
+                }
+            }
+        }
+        if k != "Deployment" {
+            continue;
+        }
+        let spec = &w["spec"];
+        if spec["strategy"]["type"].as_str() != Some("RollingUpdate") {
+            problem(format!("Deployment {n}: not a rolling update"));
+        }
+        if seq(&pod["topologySpreadConstraints"]).is_empty() {
+            problem(format!("Deployment {n}: no topology spread"));
+        }
+        let waits = seq(&pod["initContainers"]).iter().any(|c| {
+            seq(&c["command"])
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                == ["aia", "migrate", "--check"]
+        });
+        if !waits {
+            problem(format!("Deployment {n}: does not wait for the migrations"));
+        }
+        if pod["containers"][0]["command"][0].as_str() != Some(n) {
+            problem(format!(
+                "Deployment {n}: does not run the binary of its name"
+            ));
+        }
+        let annotations = &w["spec"]["template"]["metadata"]["annotations"];
+        if annotations["prometheus.io/scrape"].as_str() != Some("true") {
+            problem(format!("Deployment {n}: not scraped by Prometheus"));
+        }
+        let label = &spec["selector"]["matchLabels"]["app.kubernetes.io/name"];
+        let guarded = kind(docs, "PodDisruptionBudget")
+            .any(|p| &p["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] == label);
+        if !guarded {
+            problem(format!("Deployment {n}: no PodDisruptionBudget"));
+        }
+        let grpc = n != "aia-gateway";
+        if grpc && pod["containers"][0]["readinessProbe"]["grpc"].is_null() {
+            problem(format!(
+                "Deployment {n}: readiness is not the gRPC health check"
+            ));
+        }
+    }
+    for needed in ["aia-audit", "aia-session", "aia-auth", "aia-gateway"] {
+        if !kind(docs, "Deployment").any(|d| name(d) == needed) {
+            problem(format!("no Deployment {needed}"));
+        }
+    }
+    if !kind(docs, "Job").any(|j| name(j) == "aia-migrate") {
+        problem("no migration Job".to_owned());
+    }
+    for scaled in ["aia-gateway", "aia-auth"] {
+        if !kind(docs, "HorizontalPodAutoscaler")
+            .any(|h| h["spec"]["scaleTargetRef"]["name"].as_str() == Some(scaled))
+        {
+            problem(format!("no HorizontalPodAutoscaler for {scaled}"));
+        }
+    }
+    // Default deny: a policy on every pod with both directions and no rule.
+    let default_deny = kind(docs, "NetworkPolicy").any(|p| {
+        let spec = &p["spec"];
+        spec["podSelector"]
+            .as_mapping()
+            .is_some_and(|m| m.is_empty())
+            && seq(&spec["policyTypes"]).len() == 2
+            && spec["ingress"].is_null()
+            && spec["egress"].is_null()
+    });
+    if !default_deny {
+        problem("no default-deny NetworkPolicy".to_owned());
+    }
+    // Who may call whom: each internal service admits exactly its callers.
+    let callers: [(&str, &[&str]); 3] = [
+        ("aia-auth", &["aia-gateway"]),
+        ("aia-session", &["aia-auth", "aia-gateway"]),
+        ("aia-audit", &["aia-auth", "aia-gateway", "aia-session"]),
+    ];
+    for (service, expected) in callers {
+        let admitted: BTreeSet<&str> = kind(docs, "NetworkPolicy")
+            .filter(|p| {
+                p["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"].as_str()
+                    == Some(service)
+            })
+            .flat_map(|p| seq(&p["spec"]["ingress"]))
+            .flat_map(|rule| seq(&rule["from"]))
+            .filter_map(|peer| {
+                peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"].as_str()
+            })
+            .collect();
+        let expected: BTreeSet<&str> = expected.iter().copied().collect();
+        if admitted != expected {
+            problem(format!("{service} admits {admitted:?}, not {expected:?}"));
+        }
+    }
+    // Only the gateway is exposed.
+    for ingress in kind(docs, "Ingress") {
+        for rule in seq(&ingress["spec"]["rules"]) {
+            for path in seq(&rule["http"]["paths"]) {
+                let backend = path["backend"]["service"]["name"].as_str().unwrap_or("?");
+                if backend != "gateway" {
+                    problem(format!("Ingress {} exposes {backend}", name(ingress)));
+                }
+            }
+        }
+    }
+    for service in kind(docs, "Service") {
+        let t = service["spec"]["type"].as_str().unwrap_or("ClusterIP");
+        if t != "ClusterIP" {
+            problem(format!("Service {} is {t}", name(service)));
+        }
+    }
+    // No secret value is committed.
+    for secret in kind(docs, "Secret") {
+        problem(format!("Secret {} is part of the manifests", name(secret)));
+    }
+    problems
+}
+
+fn kubernetes_validate() -> PathBuf {
+    std::env::var_os("KUBERNETES_VALIDATE").map_or_else(
+        || root().join("target/deploy-tools/venv/bin/kubernetes-validate"),
+        PathBuf::from,
+    )
+}
+
+#[test]
+fn every_overlay_renders_validates_and_passes_the_security_lint() -> anyhow::Result<()> {
+    for overlay in OVERLAYS {
+        let (file, docs) = render(overlay)?;
+        // The schemas of the oldest and the newest Kubernetes this supports.
+        for version in ["1.30.0", "1.37.0"] {
+            let output = Command::new(kubernetes_validate())
+                .args(["--strict", "--quiet", "-k", version])
+                .arg(&file)
+                .output()
+                .map_err(|e| {
+                    anyhow::anyhow!("kubernetes-validate (run scripts/deploy-tools.sh): {e}")
+                })?;
+            let report = String::from_utf8_lossy(&output.stdout);
+            assert!(
+                output.status.success() && !report.contains("ERROR"),
+                "{overlay} against {version}:\n{report}{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let problems = lint(&docs);
+        assert!(problems.is_empty(), "{overlay}:\n{}", problems.join("\n"));
+        std::fs::remove_file(&file)?;
+    }
+    Ok(())
+}
+
+/// Paths (in a Deployment) whose removal the lint must notice.
+const REQUIRED: &[&[&str]] = &[
+    &[
+        "spec",
+        "template",
+        "spec",
+        "securityContext",
+        "runAsNonRoot",
+    ],
+    &[
+        "spec",
+        "template",
+        "spec",
+        "securityContext",
+        "seccompProfile",
+    ],
+    &["spec", "template", "spec", "automountServiceAccountToken"],
+    &["spec", "template", "spec", "topologySpreadConstraints"],
+    &["spec", "template", "spec", "initContainers"],
+    &["spec", "template", "metadata", "annotations"],
+    &["spec", "strategy"],
+];
+const CONTAINER: &[&[&str]] = &[
+    &["securityContext", "readOnlyRootFilesystem"],
+    &["securityContext", "allowPrivilegeEscalation"],
+    &["securityContext", "capabilities"],
+    &["resources", "limits"],
+    &["resources", "requests"],
+    &["readinessProbe"],
+    &["livenessProbe"],
+];
+
+fn remove(value: &mut Value, path: &[&str]) -> bool {
+    let Some((last, parents)) = path.split_last() else {
+        return false;
+    };
+    let mut at = value;
+    for key in parents {
+        match at.get_mut(*key) {
+            Some(next) => at = next,
+            None => return false,
+        }
+    }
+    at.as_mapping_mut().and_then(|m| m.remove(*last)).is_some()
+}
+
+#[test]
+fn the_lint_notices_each_missing_setting() -> anyhow::Result<()> {
+    let (file, docs) = render("prod")?;
+    std::fs::remove_file(&file)?;
+    let target = docs
+        .iter()
+        .position(|d| d["kind"].as_str() == Some("Deployment"))
+        .ok_or_else(|| anyhow::anyhow!("no Deployment"))?;
+    let mut cases = 0;
+    for path in REQUIRED {
+        let mut broken = docs.clone();
+        assert!(
+            remove(&mut broken[target], path),
+            "{path:?} not in the manifest"
+        );
+        assert!(!lint(&broken).is_empty(), "the lint misses {path:?}");
+        cases += 1;
+    }
+    for path in CONTAINER {
+        let mut broken = docs.clone();
+        let container = broken[target]
+            .get_mut("spec")
+            .and_then(|s| s.get_mut("template"))
+            .and_then(|t| t.get_mut("spec"))
+            .and_then(|s| s.get_mut("containers"))
+            .and_then(|c| c.get_mut(0))
+            .ok_or_else(|| anyhow::anyhow!("no container"))?;
+        assert!(remove(container, path), "{path:?} not in the container");
+        assert!(
+            !lint(&broken).is_empty(),
+            "the lint misses container {path:?}"
+        );
+        cases += 1;
+    }
+    // Whole objects: a PodDisruptionBudget, an autoscaler, the default deny.
+    for kind_name in [
+        "PodDisruptionBudget",
+        "HorizontalPodAutoscaler",
+        "NetworkPolicy",
+        "Job",
+    ] {
+        let broken: Vec<Value> = docs
+            .iter()
+            .filter(|d| d["kind"].as_str() != Some(kind_name))
+            .cloned()
+            .collect();
+        assert!(
+            !lint(&broken).is_empty(),
+            "the lint misses a missing {kind_name}"
+        );
+        cases += 1;
+    }
+    assert_eq!(cases, REQUIRED.len() + CONTAINER.len() + 4);
+    Ok(())
+}
+
+/// The production overlay's ConfigMap, with secrets from `aia gen-secrets` and
+/// datastores as the template asks for them, is what `aia check-config` approves; and
+/// it sets only variables the services read.
+#[test]
+fn the_production_overlay_passes_check_config() -> anyhow::Result<()> {
+    let (file, docs) = render("prod")?;
+    std::fs::remove_file(&file)?;
+    let config = kind(&docs, "ConfigMap")
+        .find(|c| name(c) == "aia-config")
+        .ok_or_else(|| anyhow::anyhow!("no aia-config"))?;
+    let known = settings_variables()?;
+    let mut vars: HashMap<String, String> = HashMap::new();
+    for (key, value) in config["data"].as_mapping().into_iter().flatten() {
+        let key = key.as_str().unwrap_or_default().to_owned();
+        assert!(
+            known.contains(&key),
+            "aia-config sets {key}, which no service reads"
+        );
+        vars.insert(key, value.as_str().unwrap_or_default().to_owned());
+    }
+    for s in aia_admin::secrets::generate(false)? {
+        vars.insert(s.name.to_owned(), s.value);
+    }
+    vars.insert(
+        "DATABASE_URL".to_owned(),
+        "postgres://aia:pw@db.internal:5432/aia?sslmode=verify-full".to_owned(),
+    );
+    vars.insert(
+        "REDIS_URL".to_owned(),
+        "rediss://:pw@redis.internal:6380".to_owned(),
+    );
+    let problems = aia_settings::production_readiness(&vars);
+    assert!(problems.is_empty(), "{problems:?}");
+    Ok(())
+}
