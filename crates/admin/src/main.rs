@@ -56,6 +56,11 @@ enum Command {
         #[arg(long)]
         to: Option<i64>,
     },
+    /// Seal the secrets auth keeps at rest (private signing keys, TOTP secrets) again
+    /// under a new ENCRYPTION_KEY, in one transaction. Reads the current key from
+    /// ENCRYPTION_KEY and the new one from NEW_ENCRYPTION_KEY (never from the command
+    /// line). Stop the auth service first, and start it with the new key afterwards.
+    RotateEncryptionKey,
     /// Check that the environment is ready for production, with the same rules every
     /// service applies at start-up: print every problem with its variable and the fix.
     /// Exit 0 only when all four services would start in production on it.
@@ -149,6 +154,7 @@ async fn main() -> ExitCode {
         }
         Command::RotateSigningKey { activate_in } => rotate_signing_key(activate_in).await,
         Command::VerifyAuditChain { from, to } => verify_audit_chain(from, to).await,
+        Command::RotateEncryptionKey => rotate_encryption_key().await,
         Command::CheckConfig { env_file, format } => check_config(env_file.as_deref(), format),
         Command::GenSecrets {
             format,
@@ -338,4 +344,37 @@ async fn healthcheck(url: &str) -> anyhow::Result<ExitCode> {
         eprintln!("aia: {url} answered {status}");
         Ok(ExitCode::FAILURE)
     }
+}
+
+async fn rotate_encryption_key() -> anyhow::Result<ExitCode> {
+    let settings = aia_settings::AuthSettings::from_env(Env::from_process())?;
+    anyhow::ensure!(
+        settings.encryption_key.is_some(),
+        "ENCRYPTION_KEY must be set to the value the auth service uses now"
+    );
+    let current = aia_auth::sealing_key(&settings)?;
+    // The new key must pass the production rules whatever APP_ENV says.
+    let mut env = Env::from_process();
+    let new = aia_settings::production::secret(
+        &mut env,
+        "NEW_ENCRYPTION_KEY",
+        32,
+        aia_settings::AppEnv::Production,
+    );
+    let new = env
+        .finish(new)?
+        .ok_or_else(|| anyhow::anyhow!("NEW_ENCRYPTION_KEY is not set"))?;
+    let new = aia_tokens::seal::SealingKey::derive(new.expose_secret().as_bytes())
+        .map_err(|e| anyhow::anyhow!("NEW_ENCRYPTION_KEY: {e}"))?;
+    let pool = aia_db::pool(settings.common.database_url.expose_secret(), 1)?;
+    let report = aia_auth::reseal(&pool, &current, &new).await?;
+    println!(
+        "re-sealed {} signing key(s) and {} TOTP secret(s) under key {} ({} already were); \
+         start auth with ENCRYPTION_KEY set to the new value",
+        report.signing_keys,
+        report.totp_secrets,
+        new.id(),
+        report.already
+    );
+    Ok(ExitCode::SUCCESS)
 }

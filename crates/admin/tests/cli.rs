@@ -44,3 +44,161 @@ async fn verify_audit_chain_exits_1_and_names_the_altered_event() -> anyhow::Res
     db.drop_database().await?;
     Ok(())
 }
+
+#[derive(diesel::QueryableByName)]
+struct Sealed {
+    #[diesel(sql_type = diesel::sql_types::Bytea)]
+    sealed: Vec<u8>,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    key_id: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    aad: String,
+}
+
+async fn sealed_values(conn: &mut diesel_async::AsyncPgConnection) -> anyhow::Result<Vec<Sealed>> {
+    Ok(diesel::sql_query(
+        "SELECT private_key AS sealed, sealing_key_id AS key_id, kid AS aad FROM auth.signing_keys \
+         UNION ALL SELECT secret, sealing_key_id, user_id::text FROM auth.totp_credentials \
+         ORDER BY aad",
+    )
+    .load(conn)
+    .await?)
+}
+
+fn run(args: &[&str], vars: &[(&str, &str)]) -> anyhow::Result<(i32, String)> {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_aia"))
+        .args(args)
+        .env_clear()
+        .envs(vars.iter().copied())
+        .output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok((output.status.code().unwrap_or(-1), text))
+}
+
+/// `aia rotate-encryption-key`: every sealed value moves to the new key, opens with it
+/// to the same secret, no longer opens with the old one; a second run changes
+/// nothing; a wrong current key or a weak new one changes nothing either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_encryption_key_reseals_everything_or_nothing() -> anyhow::Result<()> {
+    use aia_tokens::seal::SealingKey;
+    use diesel::sql_types::{Bytea, Text, Uuid as SqlUuid};
+
+    let db = TestDb::create().await?;
+    let secret = |n: u8| -> String {
+        // 48 distinct-enough characters, different per n (test keys, not literals).
+        (0..48u32)
+            .filter_map(|i| char::from_u32(33 + (i * 7 + u32::from(n) * 13) % 90))
+            .collect()
+    };
+    let (old, new, other) = (secret(1), secret(2), secret(3));
+    let base = [
+        ("DATABASE_URL", db.url.as_str()),
+        ("APP_ENV", "development"),
+    ];
+    fn with<'a>(
+        base: &[(&'a str, &'a str)],
+        extra: &[(&'a str, &'a str)],
+    ) -> Vec<(&'a str, &'a str)> {
+        base.iter().chain(extra).copied().collect()
+    }
+    // A signing key sealed under the old key, by the CLI as an operator makes one.
+    let (code, text) = run(
+        &["rotate-signing-key"],
+        &with(&base, &[("ENCRYPTION_KEY", &old)]),
+    )?;
+    assert_eq!(code, 0, "{text}");
+    // A TOTP secret sealed under the old key, as the auth service stores it.
+    let mut conn = db.connect().await?;
+    let user = uuid::Uuid::new_v4();
+    diesel::sql_query(
+        "INSERT INTO auth.users (id, email, password_hash) VALUES ($1, 'a@example.com', 'x')",
+    )
+    .bind::<SqlUuid, _>(user)
+    .execute(&mut conn)
+    .await?;
+    let totp_secret = b"twenty byte secret!!".to_vec();
+    let old_key = SealingKey::derive(old.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let new_key = SealingKey::derive(new.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let sealed = old_key
+        .seal(&totp_secret, user.as_bytes())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    diesel::sql_query(
+        "INSERT INTO auth.totp_credentials (user_id, secret, sealing_key_id) VALUES ($1, $2, $3)",
+    )
+    .bind::<SqlUuid, _>(user)
+    .bind::<Bytea, _>(sealed)
+    .bind::<Text, _>(old_key.id())
+    .execute(&mut conn)
+    .await?;
+    let before = sealed_values(&mut conn).await?;
+    assert_eq!(before.len(), 2);
+    assert!(before.iter().all(|v| v.key_id == old_key.id()));
+
+    // A weak new key, or a current key that sealed nothing here: refused, unchanged.
+    for (current, candidate) in [(&old, "short-and-weak"), (&other, new.as_str())] {
+        let (code, text) = run(
+            &["rotate-encryption-key"],
+            &with(
+                &base,
+                &[
+                    ("ENCRYPTION_KEY", current),
+                    ("NEW_ENCRYPTION_KEY", candidate),
+                ],
+            ),
+        )?;
+        assert_eq!(code, 1, "{text}");
+        assert!(!text.contains(candidate) || candidate.len() < 20, "{text}");
+        let now = sealed_values(&mut conn).await?;
+        assert!(now.iter().all(|v| v.key_id == old_key.id()), "{text}");
+    }
+
+    let (code, text) = run(
+        &["rotate-encryption-key"],
+        &with(
+            &base,
+            &[("ENCRYPTION_KEY", &old), ("NEW_ENCRYPTION_KEY", &new)],
+        ),
+    )?;
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("re-sealed 1 signing key(s) and 1 TOTP secret(s)"),
+        "{text}"
+    );
+    let after = sealed_values(&mut conn).await?;
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!(a.key_id, new_key.id());
+        let aad_bytes = match uuid::Uuid::parse_str(&a.aad) {
+            Ok(id) => id.as_bytes().to_vec(),
+            Err(_) => a.aad.as_bytes().to_vec(),
+        };
+        let opened = new_key.open(&a.sealed, &aad_bytes);
+        let was = old_key.open(&b.sealed, &aad_bytes);
+        assert!(
+            opened.is_ok() && opened == was,
+            "{} does not open to the same value",
+            a.aad
+        );
+        assert!(old_key.open(&a.sealed, &aad_bytes).is_err());
+    }
+    // Idempotent.
+    let (code, text) = run(
+        &["rotate-encryption-key"],
+        &with(
+            &base,
+            &[("ENCRYPTION_KEY", &old), ("NEW_ENCRYPTION_KEY", &new)],
+        ),
+    )?;
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("re-sealed 0 signing key(s) and 0 TOTP secret(s)"),
+        "{text}"
+    );
+    assert!(text.contains("(2 already were)"), "{text}");
+    drop(conn);
+    db.drop_database().await?;
+    Ok(())
+}

@@ -13,6 +13,7 @@
 //! - `hashing`: argon2id on a bounded blocking pool; the dummy hash for unknown users.
 //! - `users`: the `auth.users` table.
 //! - `keys`: the Ed25519 signing keys: stored sealed, rotated, reloaded.
+//! - `reseal`: secrets at rest sealed again under a new `ENCRYPTION_KEY`.
 //! - `error`: one error enum, mapped to gRPC statuses in one place.
 
 mod account;
@@ -28,6 +29,7 @@ mod mailer;
 mod mfa;
 mod mfa_flows;
 mod policy;
+mod reseal;
 mod schema;
 mod service;
 mod users;
@@ -44,6 +46,7 @@ use anyhow::Context;
 use secrecy::ExposeSecret;
 
 pub use keys::{rotate as rotate_signing_key, sealing_key};
+pub use reseal::{Resealed, reseal};
 pub use service::Auth;
 
 /// The auth service, bound and ready to run.
