@@ -291,3 +291,26 @@ async fn services_start_in_production_on_what_check_config_approved() -> anyhow:
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
+
+#[test]
+fn every_command_has_help() -> anyhow::Result<()> {
+    let (code, text) = aia(&["--help"], &Vars::new())?;
+    assert_eq!(code, 0, "{text}");
+    let commands: Vec<String> = text
+        .split("Commands:")
+        .nth(1)
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .map_while(|l| l.strip_prefix("  "))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .filter(|c| c != "help")
+        .collect();
+    assert!(commands.len() >= 10, "{commands:?}");
+    for command in &commands {
+        let (code, help) = aia(&[command, "--help"], &Vars::new())?;
+        assert_eq!(code, 0, "{command}: {help}");
+        assert!(help.contains(&format!("Usage: aia {command}")), "{command}: {help}");
+    }
+    Ok(())
+}
