@@ -202,3 +202,68 @@ async fn rotate_encryption_key_reseals_everything_or_nothing() -> anyhow::Result
     db.drop_database().await?;
     Ok(())
 }
+
+#[derive(diesel::QueryableByName)]
+struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
+/// `aia create-admin` writes its audit event into auth's outbox in the same
+/// transaction as the user (a refused duplicate writes neither), and the auth service's
+/// relay delivers it once auth runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_admin_is_audited_through_auths_outbox() -> anyhow::Result<()> {
+    let db = TestDb::create().await?;
+    let admin = |email: &str| {
+        run(
+            &["create-admin", "--email", email],
+            &[
+                ("DATABASE_URL", db.url.as_str()),
+                ("APP_ENV", "development"),
+                ("AIA_ADMIN_PASSWORD", "a long enough admin passphrase"),
+            ],
+        )
+    };
+    let (code, text) = admin("root@example.com")?;
+    assert_eq!(code, 0, "{text}");
+    let (code, text) = admin("root@example.com")?;
+    assert_eq!(code, 1, "{text}");
+    let mut conn = db.connect().await?;
+    let waiting = diesel::sql_query("SELECT count(*) AS n FROM auth.audit_outbox")
+        .get_result::<Count>(&mut conn)
+        .await?
+        .n;
+    assert_eq!(waiting, 1, "one event for the one admin created");
+
+    let prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
+    let mut running = aia_testkit::services();
+    let audit = running.audit(aia_testkit::env(&db, &prefix, &[])).await?;
+    let _auth = running
+        .auth(aia_testkit::env(
+            &db,
+            &prefix,
+            &[("AUDIT_GRPC_URL", audit.url())],
+        ))
+        .await?;
+    let delivered = aia_testkit::eventually(std::time::Duration::from_secs(10), || {
+        let db = &db;
+        async move {
+            let mut conn = db.connect().await?;
+            let n = diesel::sql_query(
+                "SELECT count(*) AS n FROM audit.events e JOIN auth.users u ON u.id::text = e.subject \
+                 WHERE e.event_type = 'admin.created' AND u.email = 'root@example.com'",
+            )
+            .get_result::<Count>(&mut conn)
+            .await?
+            .n;
+            Ok((n == 1).then_some(n))
+        }
+    })
+    .await?;
+    assert_eq!(delivered, 1);
+    running.stop().await;
+    drop(conn);
+    db.drop_database().await?;
+    Ok(())
+}

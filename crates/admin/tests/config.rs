@@ -310,7 +310,10 @@ fn every_command_has_help() -> anyhow::Result<()> {
     for command in &commands {
         let (code, help) = aia(&[command, "--help"], &Vars::new())?;
         assert_eq!(code, 0, "{command}: {help}");
-        assert!(help.contains(&format!("Usage: aia {command}")), "{command}: {help}");
+        assert!(
+            help.contains(&format!("Usage: aia {command}")),
+            "{command}: {help}"
+        );
     }
     Ok(())
 }

@@ -1,54 +1,147 @@
 //! How services emit security events to the audit service.
 //!
-//! [`AuditClient::emit`] never blocks the request that emits: events go into a bounded
-//! queue, and a background relay sends them in batches with `audit.RecordBatch`,
-//! retrying with backoff while the audit service is unreachable. Event ids are made
-//! here, so a retried batch is deduplicated by the audit service.
+//! Two ways, one event builder ([`AuditClient::event`]):
 //!
-//! Limits, until the transactional outbox lands: events still queued when the
-//! process dies are lost, and when the queue is full (audit down for a long time
-//! under load) new events are dropped, logged and counted
-//! (`audit_events_dropped_total`).
+//! - **Outbox** ([`AuditClient::spawn_outbox`], auth and session): an event is a row
+//!   of the service's own outbox table, written in the transaction of the change it
+//!   describes ([`EventBuilder::write_in`]) or, for an event that describes no change
+//!   (a failed login), on its own before the request is answered
+//!   ([`EventBuilder::emit`]). A relay delivers the rows in order with
+//!   `audit.RecordBatch`, at least once, with backoff while audit is unreachable, and
+//!   deletes them only once audit has acknowledged them. Nothing is lost when the
+//!   process dies or audit is down for hours: the rows wait in Postgres. Depth and age
+//!   are metrics (`audit_outbox_depth`, `audit_outbox_oldest_seconds`).
+//! - **Queue** ([`AuditClient::spawn`], the gateway, whose own events are aggregated
+//!   and may be lost with the process): a bounded in-memory queue and the same
+//!   batching relay; when the queue is full, new events are dropped, logged and
+//!   counted (`audit_events_dropped_total`).
+//!
+//! Event ids are made here, so a retried batch is deduplicated by the audit service.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use aia_db::PgPool;
 use aia_proto::audit::v1::audit_service_client::AuditServiceClient;
 use aia_proto::audit::v1::{Event, Outcome, RecordBatchRequest};
 use aia_proto::common::v1::ClientInfo;
-use tokio::sync::mpsc;
+use diesel::sql_types::{Array, BigInt, Bytea, Double};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use prost::Message;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-/// Events waiting to be sent, at most.
+/// Events waiting to be sent, at most (queue mode).
 const QUEUE: usize = 10_000;
 /// Events per RecordBatch call, at most.
 const BATCH: usize = 256;
 /// Longest wait between retries.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// How long the relay keeps trying to flush once shutdown starts.
+/// How long the relay keeps trying to flush once shutdown starts (queue mode).
 const FLUSH_ON_SHUTDOWN: Duration = Duration::from_secs(3);
+/// How often an idle outbox relay looks for rows committed by other transactions
+/// (it is woken at once for events this process emits).
+const OUTBOX_POLL: Duration = Duration::from_millis(500);
 
 /// A handle that emits events; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct AuditClient {
-    tx: mpsc::Sender<Event>,
+    sink: Sink,
     producer: &'static str,
 }
 
+#[derive(Debug, Clone)]
+enum Sink {
+    Queue(mpsc::Sender<Event>),
+    Outbox(Arc<Outbox>),
+}
+
+/// A service's outbox table.
+struct Outbox {
+    pool: PgPool,
+    /// Schema-qualified table name, fixed by the service (never input).
+    table: &'static str,
+    wake: Notify,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("table", &self.table)
+            .finish_non_exhaustive()
+    }
+}
+
+fn channel(
+    url: &str,
+    tls: Option<&aia_telemetry::tls::TlsMaterial>,
+) -> anyhow::Result<AuditServiceClient<Channel>> {
+    let channel = aia_telemetry::tls::endpoint(url, tls, "audit")?
+        .timeout(Duration::from_secs(5))
+        .connect_lazy();
+    Ok(AuditServiceClient::new(channel))
+}
+
 impl AuditClient {
-    /// Starts the relay towards the audit service at `url` (connected lazily).
+    /// Queue mode: starts the relay towards the audit service at `url` (connected
+    /// lazily).
     pub fn spawn(
         url: &str,
         producer: &'static str,
         tls: Option<&aia_telemetry::tls::TlsMaterial>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<(Self, tokio::task::JoinHandle<()>)> {
-        let channel = aia_telemetry::tls::endpoint(url, tls, "audit")?
-            .timeout(Duration::from_secs(5))
-            .connect_lazy();
+        let client = channel(url, tls)?;
         let (tx, rx) = mpsc::channel(QUEUE);
-        let relay = tokio::spawn(relay(AuditServiceClient::new(channel), rx, shutdown));
-        Ok((Self { tx, producer }, relay))
+        let relay = tokio::spawn(relay(client, rx, shutdown));
+        Ok((
+            Self {
+                sink: Sink::Queue(tx),
+                producer,
+            },
+            relay,
+        ))
+    }
+
+    /// Outbox mode: events go to `table` (e.g. `auth.audit_outbox`) in `pool`'s
+    /// database, and a relay delivers them to the audit service at `url`.
+    pub fn spawn_outbox(
+        url: &str,
+        producer: &'static str,
+        tls: Option<&aia_telemetry::tls::TlsMaterial>,
+        pool: PgPool,
+        table: &'static str,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<(Self, tokio::task::JoinHandle<()>)> {
+        let client = channel(url, tls)?;
+        let outbox = Arc::new(Outbox {
+            pool,
+            table,
+            wake: Notify::new(),
+        });
+        let relay = tokio::spawn(outbox_relay(client, outbox.clone(), producer, shutdown));
+        Ok((
+            Self {
+                sink: Sink::Outbox(outbox),
+                producer,
+            },
+            relay,
+        ))
+    }
+
+    /// Outbox mode without a relay, for tools (`aia create-admin`) that change a
+    /// service's data: their events go into that service's outbox, in the same
+    /// transaction as the change, and the service's own relay delivers them.
+    pub fn outbox_only(producer: &'static str, pool: PgPool, table: &'static str) -> Self {
+        Self {
+            sink: Sink::Outbox(Arc::new(Outbox {
+                pool,
+                table,
+                wake: Notify::new(),
+            })),
+            producer,
+        }
     }
 
     /// Starts building an event of this producer.
@@ -66,12 +159,23 @@ impl AuditClient {
         }
     }
 
-    fn enqueue(&self, event: Event) {
-        if let Err(error) = self.tx.try_send(event) {
+    fn enqueue(tx: &mpsc::Sender<Event>, event: Event) {
+        if let Err(error) = tx.try_send(event) {
             metrics::counter!("audit_events_dropped_total").increment(1);
             tracing::error!(%error, "audit event dropped: relay queue full or stopped");
         }
     }
+}
+
+async fn insert(
+    conn: &mut AsyncPgConnection,
+    table: &str,
+    event: &Event,
+) -> diesel::QueryResult<usize> {
+    diesel::sql_query(format!("INSERT INTO {table} (event) VALUES ($1)"))
+        .bind::<Bytea, _>(event.encode_to_vec())
+        .execute(conn)
+        .await
 }
 
 /// An event under construction; [`EventBuilder::emit`] queues it.
@@ -110,9 +214,176 @@ impl EventBuilder<'_> {
         self
     }
 
-    /// Queues the event for delivery.
-    pub fn emit(self) {
-        self.client.enqueue(self.event);
+    /// Records the event on its own: in outbox mode, a row committed before this
+    /// returns (if the database refuses it, the event is logged and counted as
+    /// dropped: the change it describes could not have been stored either); in queue
+    /// mode, queued.
+    pub async fn emit(self) {
+        match &self.client.sink {
+            Sink::Queue(tx) => AuditClient::enqueue(tx, self.event),
+            Sink::Outbox(outbox) => {
+                let stored = match aia_db::conn(&outbox.pool).await {
+                    Ok(mut conn) => insert(&mut conn, outbox.table, &self.event)
+                        .await
+                        .map_err(anyhow::Error::from),
+                    Err(error) => Err(error),
+                };
+                match stored {
+                    Ok(_) => outbox.wake.notify_one(),
+                    Err(error) => {
+                        metrics::counter!("audit_events_dropped_total").increment(1);
+                        tracing::error!(
+                            error = format!("{error:#}"),
+                            event_type = self.event.event_type,
+                            "audit event dropped: the outbox is unreachable"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes the event into the outbox through `conn`, inside the caller's
+    /// transaction: it is stored if and only if the change it describes is. In queue
+    /// mode the event is queued (and `conn` unused).
+    pub async fn write_in(self, conn: &mut AsyncPgConnection) -> diesel::QueryResult<()> {
+        match &self.client.sink {
+            Sink::Queue(tx) => AuditClient::enqueue(tx, self.event),
+            Sink::Outbox(outbox) => {
+                insert(conn, outbox.table, &self.event).await?;
+                // The relay may look before the caller commits; its poll finds the row.
+                outbox.wake.notify_one();
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(diesel::QueryableByName)]
+struct OutboxRow {
+    #[diesel(sql_type = BigInt)]
+    seq: i64,
+    #[diesel(sql_type = Bytea)]
+    event: Vec<u8>,
+}
+
+#[derive(diesel::QueryableByName)]
+struct Depth {
+    #[diesel(sql_type = BigInt)]
+    rows: i64,
+    #[diesel(sql_type = Double)]
+    oldest: f64,
+}
+
+/// Delivers the outbox until shutdown: batches in seq order, each in a transaction
+/// that locks its rows (so replicas take turns), sends them, and deletes exactly the
+/// rows sent once audit has acknowledged them. A failed send rolls back: the rows
+/// stay for the next try.
+async fn outbox_relay(
+    mut client: AuditServiceClient<Channel>,
+    outbox: Arc<Outbox>,
+    producer: &'static str,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(100);
+    while !shutdown.is_cancelled() {
+        let wait = match deliver(&mut client, &outbox).await {
+            Ok(0) => {
+                backoff = Duration::from_millis(100);
+                report_depth(&outbox, producer).await;
+                tokio::select! {
+                    () = outbox.wake.notified() => {}
+                    () = tokio::time::sleep(OUTBOX_POLL) => {}
+                    () = shutdown.cancelled() => {}
+                }
+                continue;
+            }
+            Ok(_) => {
+                backoff = Duration::from_millis(100);
+                report_depth(&outbox, producer).await;
+                continue;
+            }
+            Err(error) => {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    retry_in = ?backoff,
+                    "audit outbox not delivered; the rows wait"
+                );
+                report_depth(&outbox, producer).await;
+                backoff
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = shutdown.cancelled() => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// One batch; the number of rows it took off the outbox.
+async fn deliver(
+    client: &mut AuditServiceClient<Channel>,
+    outbox: &Outbox,
+) -> anyhow::Result<usize> {
+    let table = outbox.table;
+    let mut conn = aia_db::conn(&outbox.pool).await?;
+    conn.transaction::<_, anyhow::Error, _>(async |conn| {
+        let rows: Vec<OutboxRow> = diesel::sql_query(format!(
+            "SELECT seq, event FROM {table} ORDER BY seq LIMIT {BATCH} FOR UPDATE"
+        ))
+        .load(conn)
+        .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            match Event::decode(row.event.as_slice()) {
+                Ok(event) => events.push(event),
+                Err(_) => {
+                    metrics::counter!("audit_events_dropped_total").increment(1);
+                    tracing::error!(seq = row.seq, table, "undecodable outbox row dropped");
+                }
+            }
+        }
+        let count = events.len() as u64;
+        if !events.is_empty() {
+            match client.record_batch(RecordBatchRequest { events }).await {
+                Ok(_) => metrics::counter!("audit_events_sent_total").increment(count),
+                Err(status) if status.code() == tonic::Code::InvalidArgument => {
+                    // Retrying cannot help; a producer bug, not an outage.
+                    metrics::counter!("audit_events_dropped_total").increment(count);
+                    tracing::error!(message = status.message(), "audit refused a batch");
+                }
+                Err(status) => anyhow::bail!("audit unreachable: {:?}", status.code()),
+            }
+        }
+        let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+        diesel::sql_query(format!("DELETE FROM {table} WHERE seq = ANY($1)"))
+            .bind::<Array<BigInt>, _>(seqs)
+            .execute(conn)
+            .await?;
+        Ok(rows.len())
+    })
+    .await
+}
+
+async fn report_depth(outbox: &Outbox, producer: &'static str) {
+    let table = outbox.table;
+    let depth = async {
+        let mut conn = aia_db::conn(&outbox.pool).await?;
+        let depth: Depth = diesel::sql_query(format!(
+            "SELECT count(*)::bigint AS rows, \
+             COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8 AS oldest FROM {table}"
+        ))
+        .get_result(&mut conn)
+        .await?;
+        Ok::<_, anyhow::Error>(depth)
+    };
+    if let Ok(depth) = depth.await {
+        metrics::gauge!("audit_outbox_depth", "producer" => producer).set(depth.rows as f64);
+        metrics::gauge!("audit_outbox_oldest_seconds", "producer" => producer).set(depth.oldest);
     }
 }
 

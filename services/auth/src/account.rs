@@ -42,7 +42,8 @@ impl Auth {
                 .subject(user_id.to_string())
                 .client(req.client.as_ref())
                 .details(serde_json::json!({"reason": "wrong_current_password"}))
-                .emit();
+                .emit()
+                .await;
             return Err(AuthError::WrongCurrentPassword);
         }
         let new = self.policy.check(&req.new_password, &email)?;
@@ -82,7 +83,8 @@ impl Auth {
             .subject(user_id.to_string())
             .client(req.client.as_ref())
             .details(serde_json::json!({"other_sessions_ended": ended}))
-            .emit();
+            .emit()
+            .await;
         Ok(ChangePasswordResponse {
             sessions_ended: ended,
         })
@@ -121,7 +123,8 @@ impl Auth {
             .subject(key.id.to_string())
             .client(req.client.as_ref())
             .details(serde_json::json!({"scopes": scopes, "expires_at": expires_at}))
-            .emit();
+            .emit()
+            .await;
         Ok(CreateApiKeyResponse {
             key: Some(api_key_info(key)),
             api_key,
@@ -200,7 +203,8 @@ impl Auth {
             .actor(user_id.to_string())
             .subject(user_id.to_string())
             .client(req.client.as_ref())
-            .emit();
+            .emit()
+            .await;
         Ok(VerifyEmailResponse {})
     }
 
@@ -235,7 +239,8 @@ impl Auth {
                 .event("auth.password_reset_requested", Outcome::Failure)
                 .client(req.client.as_ref())
                 .details(serde_json::json!({"reason": "unknown_email"}))
-                .emit();
+                .emit()
+                .await;
             return Ok(EmailResponse {});
         };
         let expires = chrono::Utc::now() + Self::ttl(self.mail.reset_ttl);
@@ -258,7 +263,8 @@ impl Auth {
             .event("auth.password_reset_requested", Outcome::Success)
             .subject(user.id.to_string())
             .client(req.client.as_ref())
-            .emit();
+            .emit()
+            .await;
         Ok(EmailResponse {})
     }
 
@@ -315,7 +321,8 @@ impl Auth {
             .subject(user_id.to_string())
             .client(req.client.as_ref())
             .details(serde_json::json!({"sessions_ended": ended}))
-            .emit();
+            .emit()
+            .await;
         Ok(ResetPasswordResponse {
             sessions_ended: ended,
         })

@@ -117,7 +117,8 @@ impl Auth {
             .subject(user_id.to_string())
             .client(req.client.as_ref())
             .details(serde_json::json!({"roles": roles, "sessions_ended": ended}))
-            .emit();
+            .emit()
+            .await;
         Ok(SetUserRolesResponse {})
     }
 
@@ -144,7 +145,8 @@ impl Auth {
             .subject(user_id.to_string())
             .client(req.client.as_ref())
             .details(serde_json::json!({"was_locked": was_locked}))
-            .emit();
+            .emit()
+            .await;
         Ok(UnlockUserResponse { was_locked })
     }
 
@@ -179,7 +181,8 @@ impl Auth {
             .subject(user_id.to_string())
             .client(req.client.as_ref())
             .details(serde_json::json!({"sessions_ended": ended}))
-            .emit();
+            .emit()
+            .await;
         Ok(SetUserDisabledResponse {})
     }
 }

@@ -49,6 +49,9 @@ pub use keys::{rotate as rotate_signing_key, sealing_key};
 pub use reseal::{Resealed, reseal};
 pub use service::Auth;
 
+/// Where auth's audit events wait for delivery (migration 000011).
+const AUDIT_OUTBOX: &str = "auth.audit_outbox";
+
 /// The auth service, bound and ready to run.
 pub type Application = GrpcApplication;
 
@@ -66,10 +69,12 @@ pub async fn build(
         .context("SESSION_GRPC_URL")?
         .timeout(Duration::from_secs(5))
         .connect_lazy();
-    let (audit, relay) = aia_audit_client::AuditClient::spawn(
+    let (audit, relay) = aia_audit_client::AuditClient::spawn_outbox(
         &settings.audit_url,
         "auth",
         tls.as_ref(),
+        pg.clone(),
+        AUDIT_OUTBOX,
         shutdown.clone(),
     )?;
     let redis = aia_db::redis::pool(settings.common.redis_url.expose_secret())?;
@@ -141,8 +146,16 @@ pub async fn create_admin(
         .hash(password)
         .await?;
     let pool = aia_db::pool(settings.common.database_url.expose_secret(), 1)?;
+    // The running auth service's relay delivers the event from its outbox.
+    let audit = aia_audit_client::AuditClient::outbox_only("auth", pool.clone(), AUDIT_OUTBOX);
     users::UserStore::new(pool)
-        .insert_with_roles(&email, &hash, &["user", "admin"])
+        .insert_with_roles(&email, &hash, &["user", "admin"], |id| {
+            audit
+                .event("admin.created", aia_proto::audit::v1::Outcome::Success)
+                .actor("aia create-admin")
+                .subject(id.to_string())
+                .details(serde_json::json!({"roles": ["user", "admin"]}))
+        })
         .await?
         .context("a user with this email exists already")
 }

@@ -47,7 +47,8 @@ impl Auth {
             .actor(user.id.to_string())
             .subject(user.id.to_string())
             .client(client)
-            .emit();
+            .emit()
+            .await;
         Ok(LoginResponse {
             result: Some(login_response::Result::Mfa(MfaChallenge {
                 challenge,
@@ -94,7 +95,8 @@ impl Auth {
                 .subject(user.id.to_string())
                 .client(client)
                 .details(serde_json::json!({"reason": "wrong_code"}))
-                .emit();
+                .emit()
+                .await;
             self.count_failure(&pending.email, ip, client, Some(user.id))
                 .await?;
             return Err(AuthError::InvalidMfaLogin);
@@ -124,7 +126,8 @@ impl Auth {
                 .subject(user.id.to_string())
                 .client(client)
                 .details(serde_json::json!({"risk": "medium", "codes_left": left}))
-                .emit();
+                .emit()
+                .await;
         }
         self.start_session(&user, req.client, vec!["pwd".into(), "otp".into()])
             .await
@@ -180,7 +183,8 @@ impl Auth {
             .subject(user.id.to_string())
             .client(req.client.as_ref())
             .details(serde_json::json!({"method": "totp", "step": "started"}))
-            .emit();
+            .emit()
+            .await;
         Ok(EnrollTotpResponse {
             otpauth_uri: enrolment.uri,
             secret: enrolment.secret,
@@ -204,7 +208,8 @@ impl Auth {
                 .subject(user.id.to_string())
                 .client(req.client.as_ref())
                 .details(serde_json::json!({"method": "totp", "reason": "wrong_code"}))
-                .emit();
+                .emit()
+                .await;
             return Err(AuthError::WrongCode);
         };
         let ended = self
@@ -221,7 +226,8 @@ impl Auth {
             .subject(user.id.to_string())
             .client(req.client.as_ref())
             .details(serde_json::json!({"method": "totp", "sessions_ended": ended}))
-            .emit();
+            .emit()
+            .await;
         Ok(ConfirmTotpResponse { recovery_codes })
     }
 
@@ -262,7 +268,8 @@ impl Auth {
                 .subject(user.id.to_string())
                 .client(req.client.as_ref())
                 .details(serde_json::json!({"reason": "wrong_proof"}))
-                .emit();
+                .emit()
+                .await;
             return Err(if req.code.is_empty() {
                 AuthError::WrongCurrentPassword
             } else {
@@ -279,7 +286,8 @@ impl Auth {
             .subject(user.id.to_string())
             .client(req.client.as_ref())
             .details(serde_json::json!({"risk": "medium", "method": "totp"}))
-            .emit();
+            .emit()
+            .await;
         Ok(DisableTotpResponse {})
     }
 }

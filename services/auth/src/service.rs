@@ -132,21 +132,21 @@ impl Auth {
         let password = self.policy.check(&req.password, &email)?;
         // Hash first, whatever happens next: a taken email costs the same time.
         let hash = self.hasher.hash(password).await?;
+        let client = req.client.as_ref();
         let created = self
             .users
-            .insert(&email, &hash)
-            .await
-            .map_err(AuthError::Unavailable)?;
-        let client = req.client.as_ref();
-        match created {
-            Some(id) => {
-                metrics::counter!("auth_register_total", "outcome" => "created").increment(1);
+            .insert(&email, &hash, |id| {
                 self.audit
                     .event("auth.register", Outcome::Success)
                     .actor(id.to_string())
                     .subject(id.to_string())
                     .client(client)
-                    .emit();
+            })
+            .await
+            .map_err(AuthError::Unavailable)?;
+        match created {
+            Some(id) => {
+                metrics::counter!("auth_register_total", "outcome" => "created").increment(1);
                 self.send_verification(id, &email).await?;
             }
             None => {
@@ -155,7 +155,8 @@ impl Auth {
                     .event("auth.register", Outcome::Failure)
                     .client(client)
                     .details(serde_json::json!({"reason": "email_taken"}))
-                    .emit();
+                    .emit()
+                    .await;
             }
         }
         Ok(RegisterResponse {})
@@ -202,7 +203,7 @@ impl Auth {
                 if let Some(u) = &other {
                     event = event.subject(u.id.to_string());
                 }
-                event.emit();
+                event.emit().await;
                 self.count_failure(email.as_str(), &ip, client, other.map(|u| u.id))
                     .await?;
                 return Err(AuthError::InvalidCredentials);
@@ -256,7 +257,7 @@ impl Auth {
                     .event("auth.login", Outcome::Failure)
                     .client(client)
                     .details(serde_json::json!({"reason": "throttled", "retry_after_seconds": wait.as_secs()}))
-                    .emit();
+                    .emit().await;
                 Err(AuthError::Throttled(wait))
             }
         }
@@ -286,7 +287,7 @@ impl Auth {
             if let Some(id) = subject {
                 event = event.subject(id.to_string());
             }
-            event.emit();
+            event.emit().await;
         }
         Ok(())
     }
@@ -326,7 +327,8 @@ impl Auth {
             .subject(user.id.to_string())
             .client(client.as_ref())
             .details(serde_json::json!({"session_id": created.session_id, "amr": amr}))
-            .emit();
+            .emit()
+            .await;
         Ok(pair)
     }
 
@@ -722,7 +724,8 @@ impl AuthService for Auth {
             .actor(user_id.to_string())
             .subject(key_id.to_string())
             .client(req.client.as_ref())
-            .emit();
+            .emit()
+            .await;
         Ok(Response::new(RevokeApiKeyResponse {}))
     }
 

@@ -1,5 +1,6 @@
 //! Users in Postgres.
 
+use aia_audit_client::EventBuilder;
 use aia_db::PgPool;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -41,14 +42,16 @@ impl UserStore {
         Self { pool }
     }
 
-    /// Inserts a user unless the email is taken. Returns the new id, or `None` when the
-    /// email already belongs to someone.
-    pub async fn insert(
+    /// Inserts a user unless the email is taken, with the audit event `event` makes
+    /// for the new id in the same transaction. Returns the new id, or `None` when the
+    /// email already belongs to someone (and no event is written).
+    pub async fn insert<'a>(
         &self,
         email: &EmailAddress,
         password_hash: &str,
+        event: impl FnOnce(uuid::Uuid) -> EventBuilder<'a>,
     ) -> anyhow::Result<Option<uuid::Uuid>> {
-        self.insert_with_roles(email, password_hash, &["user"])
+        self.insert_with_roles(email, password_hash, &["user"], event)
             .await
     }
 
@@ -199,29 +202,40 @@ impl UserStore {
         Ok(changed == 1)
     }
 
-    /// Inserts a user with `roles` unless the email is taken.
-    pub async fn insert_with_roles(
+    /// Inserts a user with `roles` unless the email is taken, and its audit event in
+    /// the same transaction (see [`UserStore::insert`]).
+    pub async fn insert_with_roles<'a>(
         &self,
         email: &EmailAddress,
         password_hash: &str,
         roles: &[&str],
+        event: impl FnOnce(uuid::Uuid) -> EventBuilder<'a>,
     ) -> anyhow::Result<Option<uuid::Uuid>> {
         let id = uuid::Uuid::new_v4();
+        let event = event(id);
         let roles: Vec<String> = roles.iter().map(|r| (*r).to_owned()).collect();
         let mut conn = aia_db::conn(&self.pool).await?;
-        let inserted = diesel::insert_into(users::table)
-            .values((
-                users::id.eq(id),
-                users::email.eq(email.as_str()),
-                users::password_hash.eq(password_hash),
-                users::roles.eq(roles),
-            ))
-            .on_conflict(users::email)
-            .do_nothing()
-            .execute(&mut conn)
+        let inserted = conn
+            .transaction::<_, diesel::result::Error, _>(async |conn| {
+                let inserted = diesel::insert_into(users::table)
+                    .values((
+                        users::id.eq(id),
+                        users::email.eq(email.as_str()),
+                        users::password_hash.eq(password_hash),
+                        users::roles.eq(roles),
+                    ))
+                    .on_conflict(users::email)
+                    .do_nothing()
+                    .execute(conn)
+                    .await?;
+                if inserted == 1 {
+                    event.write_in(conn).await?;
+                }
+                Ok(inserted == 1)
+            })
             .await
             .context("inserting a user")?;
-        Ok((inserted == 1).then_some(id))
+        Ok(inserted.then_some(id))
     }
 
     /// The user with this id.

@@ -84,7 +84,8 @@ pub async fn report(
                     "window_seconds": window.as_secs(),
                     "aggregated": true,
                 }))
-                .emit();
+                .emit()
+                .await;
         }
         if stopping {
             return;

@@ -42,10 +42,12 @@ pub async fn build(
         settings.common.database_pool_size,
     )?;
     let redis = aia_db::redis::pool(settings.common.redis_url.expose_secret())?;
-    let (audit, relay) = aia_audit_client::AuditClient::spawn(
+    let (audit, relay) = aia_audit_client::AuditClient::spawn_outbox(
         &settings.audit_url,
         "session",
         tls.as_ref(),
+        pg.clone(),
+        "session.audit_outbox",
         shutdown.clone(),
     )?;
     let readiness: aia_telemetry::admin::ReadinessCheck = {

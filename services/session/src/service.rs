@@ -246,7 +246,8 @@ impl SessionService for Sessions {
                     .subject(session_id.to_string())
                     .client(req.client.as_ref())
                     .details(serde_json::json!({"risk": "high", "action": "session_revoked"}))
-                    .emit();
+                    .emit()
+                    .await;
                 return Err(Status::unauthenticated(INVALID_REFRESH));
             }
             Rotation::Refused => {
@@ -255,7 +256,8 @@ impl SessionService for Sessions {
                     .event("session.refresh", Outcome::Failure)
                     .client(req.client.as_ref())
                     .details(serde_json::json!({"reason": "invalid_refresh_token"}))
-                    .emit();
+                    .emit()
+                    .await;
                 return Err(Status::unauthenticated(INVALID_REFRESH));
             }
         };
@@ -267,7 +269,8 @@ impl SessionService for Sessions {
             .subject(rotated.session_id.to_string())
             .client(req.client.as_ref())
             .details(serde_json::json!({"replayed_within_grace": replayed}))
-            .emit();
+            .emit()
+            .await;
         Ok(Response::new(RotateResponse {
             session_id: rotated.session_id.to_string(),
             user_id: rotated.user_id.to_string(),
@@ -313,7 +316,8 @@ impl SessionService for Sessions {
             .subject(session_id.to_string())
             .client(req.client.as_ref())
             .details(serde_json::json!({"already_revoked": !revoked}))
-            .emit();
+            .emit()
+            .await;
         Ok(Response::new(RevokeResponse { revoked }))
     }
 
@@ -342,7 +346,8 @@ impl SessionService for Sessions {
             .subject(jti.to_string())
             .client(req.client.as_ref())
             .details(serde_json::json!({"token_type": "access_token"}))
-            .emit();
+            .emit()
+            .await;
         Ok(Response::new(RevokeAccessTokenResponse {}))
     }
 
@@ -371,7 +376,8 @@ impl SessionService for Sessions {
             .subject(session_id.to_string())
             .client(req.client.as_ref())
             .details(serde_json::json!({"token_type": "refresh_token", "session_ended": revoked}))
-            .emit();
+            .emit()
+            .await;
         Ok(Response::new(RevokeRefreshTokenResponse { revoked }))
     }
 
@@ -440,7 +446,7 @@ impl SessionService for Sessions {
             .subject(user_id.to_string())
             .client(req.client.as_ref())
             .details(serde_json::json!({"reason": reason, "revoked": revoked, "kept_current": keep.is_some()}))
-            .emit();
+            .emit().await;
         Ok(Response::new(RevokeUserSessionsResponse { revoked }))
     }
 

@@ -16,6 +16,7 @@ mod mfa;
 mod mtls;
 mod oauth;
 mod openapi;
+mod outbox;
 mod proxy;
 mod rate_limit;
 mod rejections;

@@ -1,0 +1,163 @@
+//! Audit events of auth and session go through their transactional outboxes: with the
+//! audit service unreachable they wait in Postgres, survive a restart of the service
+//! that wrote them, and arrive exactly once when audit is back.
+
+use std::time::Duration;
+
+use aia_testkit::proxy::TcpProxy;
+use aia_testkit::{TestDb, eventually};
+use diesel::QueryableByName;
+use diesel::sql_types::{BigInt, Text};
+use diesel_async::RunQueryDsl;
+use serde_json::{Value, json};
+
+use crate::helpers::{PASSWORD, email};
+
+#[derive(QueryableByName, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct TypeCount {
+    #[diesel(sql_type = Text)]
+    event_type: String,
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+async fn count(conn: &mut diesel_async::AsyncPgConnection, sql: &str) -> anyhow::Result<i64> {
+    Ok(diesel::sql_query(sql).get_result::<Count>(conn).await?.n)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_wait_out_an_audit_outage_and_a_restart_then_arrive_once() -> anyhow::Result<()> {
+    let db = TestDb::create().await?;
+    let prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
+    let env = |extra: &[(&str, String)]| aia_testkit::env(&db, &prefix, extra);
+    let mut running = aia_testkit::services();
+    let audit = running.audit(env(&[])).await?;
+    // Every producer reaches audit through a proxy that can refuse connections.
+    let proxy = TcpProxy::start(audit.main).await?;
+    let audit_url = format!("http://{}", proxy.addr);
+    proxy.refuse();
+    let session = running
+        .session(env(&[("AUDIT_GRPC_URL", audit_url.clone())]))
+        .await?;
+    let auth_env = [
+        ("AUDIT_GRPC_URL", audit_url.clone()),
+        ("SESSION_GRPC_URL", session.url()),
+    ];
+    let auth = running.auth(env(&auth_env)).await?;
+    let gateway = running
+        .gateway(env(&[
+            ("AUDIT_GRPC_URL", audit_url.clone()),
+            ("AUTH_GRPC_URL", auth.url()),
+            ("SESSION_GRPC_URL", session.url()),
+        ]))
+        .await?;
+
+    // A whole flow while audit is unreachable.
+    let http = reqwest::Client::new();
+    let url = |path: &str| format!("{}{path}", gateway.url());
+    let who = email();
+    let credentials = json!({"email": who, "password": PASSWORD});
+    let status = http
+        .post(url("/v1/auth/register"))
+        .json(&credentials)
+        .send()
+        .await?
+        .status();
+    assert_eq!(status, 202);
+    let tokens: Value = http
+        .post(url("/v1/auth/login"))
+        .json(&credentials)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let refreshed: Value = http
+        .post(url("/v1/auth/refresh"))
+        .json(&json!({"refresh_token": tokens["refresh_token"]}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let access = refreshed["access_token"].as_str().unwrap_or_default();
+    let status = http
+        .post(url("/v1/auth/logout"))
+        .bearer_auth(access)
+        .json(&json!({"refresh_token": refreshed["refresh_token"]}))
+        .send()
+        .await?
+        .status();
+    assert!(status.is_success(), "logout: {status}");
+
+    // Nothing reached audit; the events wait in the producers' outboxes.
+    let mut conn = db.connect().await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        count(&mut conn, "SELECT count(*) AS n FROM audit.events").await?,
+        0
+    );
+    let waiting_auth = count(&mut conn, "SELECT count(*) AS n FROM auth.audit_outbox").await?;
+    let waiting_session =
+        count(&mut conn, "SELECT count(*) AS n FROM session.audit_outbox").await?;
+    assert!(waiting_auth >= 2, "auth outbox: {waiting_auth}");
+    assert!(waiting_session >= 2, "session outbox: {waiting_session}");
+    let depth = reqwest::get(auth.admin_url("/metrics"))
+        .await?
+        .text()
+        .await?;
+    assert!(
+        depth
+            .lines()
+            .any(|l| l.starts_with("audit_outbox_depth{producer=\"auth\"}") && !l.ends_with(" 0")),
+        "{depth}"
+    );
+
+    // Auth stops (its relay with it) before delivering, and a new auth takes over.
+    running.stop_service("auth").await;
+    let _auth = running.auth(env(&auth_env)).await?;
+    proxy.resume();
+
+    // Everything arrives, once; the outboxes empty.
+    let total = waiting_auth + waiting_session;
+    let stored = eventually(Duration::from_secs(20), || {
+        let db = &db;
+        async move {
+            let mut conn = db.connect().await?;
+            let stored = count(&mut conn, "SELECT count(*) AS n FROM audit.events").await?;
+            let left = count(
+                &mut conn,
+                "SELECT (SELECT count(*) FROM auth.audit_outbox) + \
+                 (SELECT count(*) FROM session.audit_outbox) AS n",
+            )
+            .await?;
+            Ok((stored >= total && left == 0).then_some(stored))
+        }
+    })
+    .await?;
+    assert_eq!(stored, total, "every waiting event stored exactly once");
+    let mut types: Vec<TypeCount> =
+        diesel::sql_query("SELECT event_type, count(*) AS n FROM audit.events GROUP BY event_type")
+            .load(&mut conn)
+            .await?;
+    types.sort();
+    for once in [
+        "auth.register",
+        "auth.login",
+        "session.refresh",
+        "session.logout",
+    ] {
+        assert!(
+            types.iter().any(|t| t.event_type == once && t.n == 1),
+            "{once}: {types:?}"
+        );
+    }
+    drop(conn);
+    running.stop().await;
+    db.drop_database().await?;
+    Ok(())
+}
