@@ -3,8 +3,9 @@
 use aia_db::PgPool;
 use aia_proto::audit::v1::audit_service_server::AuditService;
 use aia_proto::audit::v1::{
-    QueryRequest, QueryResponse, RecordBatchRequest, RecordBatchResponse, RecordRequest,
-    RecordResponse, StoredEvent, VerifyChainRequest, VerifyChainResponse,
+    KeyCount, Outcome, QueryRequest, QueryResponse, RecordBatchRequest, RecordBatchResponse,
+    RecordRequest, RecordResponse, StoredEvent, SummaryRequest, SummaryResponse, TypeOutcomeCount,
+    VerifyChainRequest, VerifyChainResponse,
 };
 use aia_telemetry::grpc::{internal, unavailable};
 use aia_telemetry::tls::authorize;
@@ -110,6 +111,61 @@ impl AuditService for Audit {
         if !q.subject.is_empty() {
             query = query.filter(events::subject.eq(q.subject));
         }
+        match Outcome::try_from(q.outcome) {
+            Ok(Outcome::Unspecified) => {}
+            Ok(Outcome::Success) => query = query.filter(events::outcome.eq("success")),
+            Ok(Outcome::Failure) => query = query.filter(events::outcome.eq("failure")),
+            Err(_) => return Err(Status::invalid_argument("outcome is not a known value")),
+        }
+        if !q.actor.is_empty() {
+            query = query.filter(events::actor.eq(q.actor));
+        }
+        if !q.source_ip.is_empty() {
+            query = query.filter(events::source_ip.eq(q.source_ip));
+        }
+        if !q.involving.is_empty() {
+            query = query.filter(
+                events::actor
+                    .eq(q.involving.clone())
+                    .or(events::subject.eq(q.involving)),
+            );
+        }
+        if let Some(since) = &q.since {
+            query = query.filter(events::occurred_at.ge(time(since)?));
+        }
+        if let Some(until) = &q.until {
+            query = query.filter(events::occurred_at.lt(time(until)?));
+        }
+        if q.type_prefixes.len() > 20
+            || q.type_prefixes
+                .iter()
+                .any(|p| p.is_empty() || p.len() > 128)
+        {
+            return Err(Status::invalid_argument(
+                "type_prefixes: at most 20, each 1..=128 bytes",
+            ));
+        }
+        if !q.type_prefixes.is_empty() {
+            let mut any: Box<
+                dyn BoxableExpression<
+                        events::table,
+                        diesel::pg::Pg,
+                        SqlType = diesel::sql_types::Bool,
+                    >,
+            > = Box::new(diesel::dsl::sql::<diesel::sql_types::Bool>("false"));
+            for prefix in &q.type_prefixes {
+                // LIKE with the prefix's own wildcards escaped.
+                let pattern = format!(
+                    "{}%",
+                    prefix
+                        .replace('\\', "\\\\")
+                        .replace('%', "\\%")
+                        .replace('_', "\\_")
+                );
+                any = Box::new(any.or(events::event_type.like(pattern)));
+            }
+            query = query.filter(any);
+        }
         if !q.cursor.is_empty() {
             let before: i64 = q
                 .cursor
@@ -135,6 +191,91 @@ impl AuditService for Audit {
     }
 
     #[tracing::instrument(level = "info", skip_all)]
+    async fn summary(
+        &self,
+        request: Request<SummaryRequest>,
+    ) -> Result<Response<SummaryResponse>, Status> {
+        authorize(&request, &["gateway"])?;
+        let q = request.into_inner();
+        let window = match q.window_seconds {
+            0 => 3600,
+            n @ 60..=2_592_000 => i64::from(n),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "window_seconds must be between 60 and 2592000",
+                ));
+            }
+        };
+        let top = match q.top {
+            0 => 10,
+            n @ 1..=100 => i64::from(n),
+            _ => return Err(Status::invalid_argument("top must be at most 100")),
+        };
+        let since = chrono::Utc::now() - chrono::Duration::seconds(window);
+        let mut conn = aia_db::conn(&self.pool).await.map_err(unavailable)?;
+        let failed = || {
+            events::table
+                .filter(events::occurred_at.ge(since))
+                .filter(events::outcome.eq("failure"))
+        };
+        let counts: Vec<(String, String, i64)> = events::table
+            .filter(events::occurred_at.ge(since))
+            .group_by((events::event_type, events::outcome))
+            .select((
+                events::event_type,
+                events::outcome,
+                diesel::dsl::count_star(),
+            ))
+            .order(diesel::dsl::count_star().desc())
+            .load(&mut conn)
+            .await
+            .map_err(|e| internal(anyhow::Error::new(e).context("counting events")))?;
+        let ips: Vec<(String, i64)> = failed()
+            .filter(events::source_ip.ne(""))
+            .group_by(events::source_ip)
+            .select((events::source_ip, diesel::dsl::count_star()))
+            .order((diesel::dsl::count_star().desc(), events::source_ip))
+            .limit(top)
+            .load(&mut conn)
+            .await
+            .map_err(|e| internal(anyhow::Error::new(e).context("counting failing IPs")))?;
+        let subjects: Vec<(String, i64)> = failed()
+            .filter(events::subject.ne(""))
+            .group_by(events::subject)
+            .select((events::subject, diesel::dsl::count_star()))
+            .order((diesel::dsl::count_star().desc(), events::subject))
+            .limit(top)
+            .load(&mut conn)
+            .await
+            .map_err(|e| internal(anyhow::Error::new(e).context("counting failing subjects")))?;
+        let keyed = |rows: Vec<(String, i64)>| {
+            rows.into_iter()
+                .map(|(key, count)| KeyCount { key, count })
+                .collect()
+        };
+        Ok(Response::new(SummaryResponse {
+            since: Some(prost_types::Timestamp {
+                seconds: since.timestamp(),
+                nanos: 0,
+            }),
+            counts: counts
+                .into_iter()
+                .map(|(event_type, outcome, count)| TypeOutcomeCount {
+                    event_type,
+                    outcome: if outcome == "success" {
+                        Outcome::Success
+                    } else {
+                        Outcome::Failure
+                    }
+                    .into(),
+                    count,
+                })
+                .collect(),
+            top_failing_ips: keyed(ips),
+            top_failing_subjects: keyed(subjects),
+        }))
+    }
+
     async fn verify_chain(
         &self,
         request: Request<VerifyChainRequest>,
@@ -162,4 +303,10 @@ impl AuditService for Audit {
             reason: report.reason.unwrap_or_default(),
         }))
     }
+}
+
+/// A protobuf timestamp as a time the database compares.
+fn time(t: &prost_types::Timestamp) -> Result<chrono::DateTime<chrono::Utc>, Status> {
+    chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
+        .ok_or_else(|| Status::invalid_argument("timestamp out of range"))
 }

@@ -42,6 +42,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{App, HttpServer, web};
+use aia_proto::audit::v1::audit_service_client::AuditServiceClient;
 use aia_proto::auth::v1::auth_service_client::AuthServiceClient;
 use aia_proto::session::v1::session_service_client::SessionServiceClient;
 use aia_settings::{GatewaySettings, JwtAlgorithm};
@@ -156,6 +157,12 @@ pub async fn build(
         tls.as_ref(),
         shutdown.clone(),
     )?;
+    let audit_queries = AuditServiceClient::new(
+        aia_telemetry::tls::endpoint(&settings.audit_url, tls.as_ref(), "audit")
+            .context("AUDIT_GRPC_URL")?
+            .timeout(Duration::from_secs(10))
+            .connect_lazy(),
+    );
     let rejections = Arc::new(rejections::Rejections::default());
     tokio::spawn(rejections::report(
         rejections.clone(),
@@ -172,6 +179,7 @@ pub async fn build(
         cookies: cookies::CookieSealer::new(&session_secret, settings.session_cookie_max_age)?,
         origins: cors::Origins::new(settings.cors_origins.clone()),
         rejections,
+        audit: audit_queries,
     });
     let ready_state = state.clone();
     let readiness: aia_telemetry::admin::ReadinessCheck = Arc::new(move || {

@@ -25,4 +25,6 @@ pub struct State {
     pub origins: crate::cors::Origins,
     /// Rejections, counted for audit.
     pub rejections: std::sync::Arc<crate::rejections::Rejections>,
+    /// The audit service, for the security-event views.
+    pub audit: aia_proto::audit::v1::audit_service_client::AuditServiceClient<Channel>,
 }

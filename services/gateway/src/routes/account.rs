@@ -108,7 +108,7 @@ pub async fn unlock_user(
     Ok(HttpResponse::Ok().json(serde_json::json!({"was_locked": was_locked})))
 }
 
-fn require_admin(auth: &Authenticated) -> Result<(), Problem> {
+pub(crate) fn require_admin(auth: &Authenticated) -> Result<(), Problem> {
     if auth.claims.roles.iter().any(|r| r == ADMIN) {
         Ok(())
     } else {

@@ -8,6 +8,7 @@ pub mod api_keys;
 pub mod auth;
 pub mod mfa;
 pub mod oauth;
+pub mod security_events;
 pub mod sessions;
 
 use actix_web::http::Method;
@@ -369,6 +370,39 @@ pub fn endpoints() -> Vec<Endpoint> {
             (200, None),
             &[401, 403, 422],
             || web::get().to(account::list_users),
+        ),
+        e(
+            Method::GET,
+            "/v1/admin/security-events",
+            "search_security_events",
+            "The audit trail, newest first: type, type_prefix, outcome, actor, subject, ip, since, until (RFC 3339), limit, cursor",
+            Admin,
+            Body::None,
+            (200, None),
+            &[401, 403, 422],
+            || web::get().to(security_events::search),
+        ),
+        e(
+            Method::GET,
+            "/v1/admin/security-events/summary",
+            "security_summary",
+            "Events per type and outcome over a window (window seconds, top), and the IPs and subjects with the most failures",
+            Admin,
+            Body::None,
+            (200, None),
+            &[401, 403, 422],
+            || web::get().to(security_events::summary),
+        ),
+        e(
+            Method::GET,
+            "/v1/auth/me/security-events",
+            "my_security_events",
+            "The caller's own recent security activity: logins, sessions, credential, MFA and admin changes (limit, cursor)",
+            Bearer,
+            Body::None,
+            (200, None),
+            &[401, 422],
+            || web::get().to(security_events::mine),
         ),
         e(
             Method::PUT,

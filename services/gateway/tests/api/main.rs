@@ -21,5 +21,6 @@ mod proxy;
 mod rate_limit;
 mod rejections;
 mod revocation;
+mod security_events;
 mod sessions;
 mod tokens;

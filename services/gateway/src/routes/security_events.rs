@@ -1,0 +1,229 @@
+//! The audit trail through the gateway: admins search it and see the monitoring
+//! summary; each user sees the recent security activity of their own account.
+
+use actix_web::{HttpResponse, web};
+use aia_proto::audit::v1::{Outcome, QueryRequest, StoredEvent, SummaryRequest};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::authn::Authenticated;
+use crate::problem::Problem;
+use crate::routes::account::require_admin;
+use crate::state::State;
+
+/// Filters of `GET /v1/admin/security-events`; every one optional.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventFilters {
+    /// An exact event type (`auth.login`).
+    #[serde(default, rename = "type")]
+    event_type: String,
+    /// Event types starting with this (`auth.`, `session.`).
+    #[serde(default)]
+    type_prefix: String,
+    /// `success` or `failure`.
+    #[serde(default)]
+    outcome: String,
+    #[serde(default)]
+    actor: String,
+    #[serde(default)]
+    subject: String,
+    /// The client IP.
+    #[serde(default)]
+    ip: String,
+    /// RFC 3339 times: events at or after `since`, before `until`.
+    #[serde(default)]
+    since: String,
+    #[serde(default)]
+    until: String,
+    /// Page size, 1..=500 (default 100).
+    #[serde(default)]
+    limit: u32,
+    /// `next_cursor` of the previous page.
+    #[serde(default)]
+    cursor: String,
+}
+
+fn timestamp(name: &str, value: &str) -> Result<Option<prost_types::Timestamp>, Problem> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    let t = chrono::DateTime::parse_from_rfc3339(value)
+        .map_err(|_| Problem::validation(format!("{name} must be an RFC 3339 time")))?;
+    Ok(Some(prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+    }))
+}
+
+fn outcome(value: &str) -> Result<Outcome, Problem> {
+    match value {
+        "" => Ok(Outcome::Unspecified),
+        "success" => Ok(Outcome::Success),
+        "failure" => Ok(Outcome::Failure),
+        _ => Err(Problem::validation(
+            "outcome must be `success` or `failure`",
+        )),
+    }
+}
+
+/// One stored event as JSON.
+fn event_json(stored: StoredEvent) -> Value {
+    let Some(e) = stored.event else {
+        return json!({"seq": stored.seq});
+    };
+    let occurred_at = e
+        .occurred_at
+        .and_then(|t| {
+            chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
+        })
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+    let outcome = match Outcome::try_from(e.outcome) {
+        Ok(Outcome::Success) => "success",
+        _ => "failure",
+    };
+    let details: Value = serde_json::from_str(&e.details_json).unwrap_or_else(|_| json!({}));
+    let text = |s: String| (!s.is_empty()).then_some(s);
+    json!({
+        "seq": stored.seq,
+        "id": e.id,
+        "occurred_at": occurred_at,
+        "type": e.event_type,
+        "outcome": outcome,
+        "actor": text(e.actor),
+        "subject": text(e.subject),
+        "source_ip": text(e.source_ip),
+        "user_agent": text(e.user_agent),
+        "request_id": text(e.request_id),
+        "producer": e.producer,
+        "details": details,
+    })
+}
+
+async fn page(state: &State, query: QueryRequest) -> Result<HttpResponse, Problem> {
+    let page = state.audit.clone().query(query).await?.into_inner();
+    let events: Vec<Value> = page.events.into_iter().map(event_json).collect();
+    let next = (!page.next_cursor.is_empty()).then_some(page.next_cursor);
+    Ok(HttpResponse::Ok().json(json!({"events": events, "next_cursor": next})))
+}
+
+/// `GET /v1/admin/security-events`: the audit trail, newest first, filtered,
+/// keyset-paginated.
+pub async fn search(
+    state: web::Data<State>,
+    auth: Authenticated,
+    filters: web::Query<EventFilters>,
+) -> Result<HttpResponse, Problem> {
+    require_admin(&auth)?;
+    let f = filters.into_inner();
+    let query = QueryRequest {
+        outcome: outcome(&f.outcome)?.into(),
+        since: timestamp("since", &f.since)?,
+        until: timestamp("until", &f.until)?,
+        event_type: f.event_type,
+        type_prefixes: if f.type_prefix.is_empty() {
+            Vec::new()
+        } else {
+            vec![f.type_prefix]
+        },
+        actor: f.actor,
+        subject: f.subject,
+        source_ip: f.ip,
+        limit: f.limit,
+        cursor: f.cursor,
+        involving: String::new(),
+    };
+    page(&state, query).await
+}
+
+/// Query of the summary view.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SummaryQuery {
+    /// Seconds, 60..=2592000 (default 3600).
+    #[serde(default)]
+    window: u32,
+    /// How many top IPs and subjects, 1..=100 (default 10).
+    #[serde(default)]
+    top: u32,
+}
+
+/// `GET /v1/admin/security-events/summary`: counts per type and outcome over the
+/// window, and the IPs and subjects with the most failures.
+pub async fn summary(
+    state: web::Data<State>,
+    auth: Authenticated,
+    query: web::Query<SummaryQuery>,
+) -> Result<HttpResponse, Problem> {
+    require_admin(&auth)?;
+    let q = query.into_inner();
+    let s = state
+        .audit
+        .clone()
+        .summary(SummaryRequest {
+            window_seconds: q.window,
+            top: q.top,
+        })
+        .await?
+        .into_inner();
+    let since = s
+        .since
+        .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, 0))
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    let counts: Vec<Value> = s
+        .counts
+        .into_iter()
+        .map(|c| {
+            let outcome = if c.outcome == i32::from(Outcome::Success) {
+                "success"
+            } else {
+                "failure"
+            };
+            json!({"type": c.event_type, "outcome": outcome, "count": c.count})
+        })
+        .collect();
+    let keyed = |name: &str, rows: Vec<aia_proto::audit::v1::KeyCount>| -> Vec<Value> {
+        rows.into_iter()
+            .map(|k| json!({name: k.key, "failures": k.count}))
+            .collect()
+    };
+    Ok(HttpResponse::Ok().json(json!({
+        "since": since,
+        "counts": counts,
+        "top_failing_ips": keyed("ip", s.top_failing_ips),
+        "top_failing_subjects": keyed("subject", s.top_failing_subjects),
+    })))
+}
+
+/// Query of the user's own view.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    #[serde(default)]
+    limit: u32,
+    #[serde(default)]
+    cursor: String,
+}
+
+/// The event families a user sees about their own account: logins (failed ones
+/// included: someone tried their password), sessions, credential and MFA changes,
+/// and what admins did to the account.
+const OWN_FAMILIES: [&str; 3] = ["auth.", "session.", "admin."];
+
+/// `GET /v1/auth/me/security-events`: the caller's own security activity, newest
+/// first.
+pub async fn mine(
+    state: web::Data<State>,
+    auth: Authenticated,
+    query: web::Query<PageQuery>,
+) -> Result<HttpResponse, Problem> {
+    let q = query.into_inner();
+    let query = QueryRequest {
+        involving: auth.claims.sub.clone(),
+        type_prefixes: OWN_FAMILIES.iter().map(|f| (*f).to_owned()).collect(),
+        limit: q.limit,
+        cursor: q.cursor,
+        ..QueryRequest::default()
+    };
+    page(&state, query).await
+}

@@ -1,0 +1,243 @@
+//! The audit trail through the gateway: the admins' search and summary, and each
+//! user's own security activity (and nobody else's).
+
+use std::time::Duration;
+
+use aia_testkit::{Stack, eventually};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{
+    PASSWORD, admin, assert_problem, email, field, from_ip, login, register, user_id,
+};
+
+async fn get(stack: &Stack, token: &str, path: &str) -> anyhow::Result<reqwest::Response> {
+    Ok(stack
+        .http()
+        .get(stack.url(path))
+        .bearer_auth(token)
+        .send()
+        .await?)
+}
+
+fn events(page: &Value) -> Vec<&Value> {
+    page["events"]
+        .as_array()
+        .map(|a| a.iter().collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_search_and_summarise_the_trail_users_see_only_their_own() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let admin = admin(&stack).await?;
+    let admin_token = field(&admin, "access_token").to_owned();
+    // Ada logs in, and someone at 127.0.0.7 tries her password; Bob just logs in.
+    let ada = email();
+    register(&stack, &ada).await?;
+    let ada_tokens = login(&stack, &ada).await?;
+    let ada_token = field(&ada_tokens, "access_token").to_owned();
+    let ada_id = user_id(&stack, &ada_token).await?;
+    let attacker = from_ip(7)?;
+    for _ in 0..2 {
+        let status = attacker
+            .post(stack.url("/v1/auth/login"))
+            .json(&json!({"email": ada, "password": format!("{PASSWORD} nope")}))
+            .send()
+            .await?
+            .status();
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let bob = email();
+    register(&stack, &bob).await?;
+    let bob_token = field(&login(&stack, &bob).await?, "access_token").to_owned();
+    let bob_id = user_id(&stack, &bob_token).await?;
+
+    // The failures on Ada's account, by type, outcome and IP (the outbox delivers
+    // them shortly).
+    let query = format!(
+        "/v1/admin/security-events?type=auth.login&outcome=failure&ip=127.0.0.7&subject={ada_id}"
+    );
+    let failures = eventually(Duration::from_secs(10), || {
+        let (stack, token, query) = (&stack, &admin_token, &query);
+        async move {
+            let page: Value = get(stack, token, query).await?.json().await?;
+            Ok((events(&page).len() == 2).then_some(page))
+        }
+    })
+    .await?;
+    for e in events(&failures) {
+        assert_eq!(e["type"], "auth.login");
+        assert_eq!(e["outcome"], "failure");
+        assert_eq!(e["source_ip"], "127.0.0.7");
+        assert_eq!(e["details"]["reason"], "wrong_password");
+    }
+    // Keyset pages: one at a time, newest first, no overlap.
+    let first: Value = get(&stack, &admin_token, &format!("{query}&limit=1"))
+        .await?
+        .json()
+        .await?;
+    let cursor = first["next_cursor"].as_str().unwrap_or_default().to_owned();
+    assert!(!cursor.is_empty());
+    let second: Value = get(
+        &stack,
+        &admin_token,
+        &format!("{query}&limit=1&cursor={cursor}"),
+    )
+    .await?
+    .json()
+    .await?;
+    let seq = |page: &Value| {
+        events(page)
+            .first()
+            .and_then(|e| e["seq"].as_i64())
+            .unwrap_or(0)
+    };
+    assert!(seq(&second) < seq(&first) && seq(&second) > 0);
+    assert!(second["next_cursor"].is_null());
+    // Time windows and type prefixes; LIKE wildcards in a prefix are literal.
+    let future: Value = get(
+        &stack,
+        &admin_token,
+        "/v1/admin/security-events?since=2999-01-01T00:00:00Z",
+    )
+    .await?
+    .json()
+    .await?;
+    assert!(events(&future).is_empty());
+    let prefixed: Value = get(
+        &stack,
+        &admin_token,
+        "/v1/admin/security-events?type_prefix=auth.",
+    )
+    .await?
+    .json()
+    .await?;
+    assert!(!events(&prefixed).is_empty());
+    assert!(
+        events(&prefixed)
+            .iter()
+            .all(|e| e["type"].as_str().is_some_and(|t| t.starts_with("auth.")))
+    );
+    for wildcard in ["%25", "auth_login", "_"] {
+        let page: Value = get(
+            &stack,
+            &admin_token,
+            &format!("/v1/admin/security-events?type_prefix={wildcard}"),
+        )
+        .await?
+        .json()
+        .await?;
+        assert!(events(&page).is_empty(), "{wildcard} matched {page}");
+    }
+
+    // The summary names Ada's account and the attacker's IP.
+    let summary: Value = get(
+        &stack,
+        &admin_token,
+        "/v1/admin/security-events/summary?window=3600&top=5",
+    )
+    .await?
+    .json()
+    .await?;
+    let has = |list: &str, key: &str, value: &str| {
+        summary[list].as_array().is_some_and(|a| {
+            a.iter()
+                .any(|k| k[key] == value && k["failures"].as_i64().unwrap_or(0) >= 2)
+        })
+    };
+    assert!(has("top_failing_ips", "ip", "127.0.0.7"), "{summary}");
+    assert!(has("top_failing_subjects", "subject", &ada_id), "{summary}");
+    assert!(
+        summary["counts"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|c| c["type"] == "auth.login"
+                && c["outcome"] == "failure"
+                && c["count"].as_i64() >= Some(2))),
+        "{summary}"
+    );
+
+    // Bad filters are 4xx problems, never a 500.
+    for (path, status) in [
+        (
+            "/v1/admin/security-events?outcome=maybe",
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "/v1/admin/security-events?since=yesterday",
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "/v1/admin/security-events?limit=501",
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "/v1/admin/security-events?cursor=abc",
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "/v1/admin/security-events?limit=-1",
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "/v1/admin/security-events?colour=red",
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "/v1/admin/security-events/summary?window=10",
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "/v1/admin/security-events/summary?top=1000",
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+    ] {
+        assert_problem(get(&stack, &admin_token, path).await?, status).await?;
+    }
+    // Only admins search; nobody anonymously.
+    for path in [
+        "/v1/admin/security-events",
+        "/v1/admin/security-events/summary",
+    ] {
+        assert_problem(get(&stack, &ada_token, path).await?, StatusCode::FORBIDDEN).await?;
+        let anonymous = stack.http().get(stack.url(path)).send().await?;
+        assert_problem(anonymous, StatusCode::UNAUTHORIZED).await?;
+    }
+
+    // Ada sees her login and the failed attempts on her account, and nothing of Bob's.
+    let mine: Value = eventually(Duration::from_secs(10), || {
+        let (stack, token) = (&stack, &ada_token);
+        async move {
+            let page: Value = get(stack, token, "/v1/auth/me/security-events")
+                .await?
+                .json()
+                .await?;
+            let failures = events(&page)
+                .iter()
+                .filter(|e| e["type"] == "auth.login" && e["outcome"] == "failure")
+                .count();
+            Ok((failures == 2).then_some(page))
+        }
+    })
+    .await?;
+    assert!(
+        events(&mine)
+            .iter()
+            .any(|e| e["type"] == "auth.login" && e["outcome"] == "success")
+    );
+    for e in events(&mine) {
+        assert!(
+            e["actor"] == ada_id.as_str() || e["subject"] == ada_id.as_str(),
+            "not Ada's: {e}"
+        );
+        assert!(e["actor"] != bob_id.as_str() && e["subject"] != bob_id.as_str());
+    }
+    let anonymous = stack
+        .http()
+        .get(stack.url("/v1/auth/me/security-events"))
+        .send()
+        .await?;
+    assert_problem(anonymous, StatusCode::UNAUTHORIZED).await?;
+    stack.stop().await;
+    Ok(())
+}
