@@ -21,17 +21,20 @@ pub struct InvalidEvent(pub &'static str);
 #[derive(Debug, Insertable)]
 #[diesel(table_name = events)]
 pub struct NewEvent {
-    id: uuid::Uuid,
-    occurred_at: DateTime<Utc>,
-    event_type: String,
-    outcome: String,
-    actor: String,
-    subject: String,
-    source_ip: String,
-    user_agent: String,
-    request_id: String,
-    producer: String,
-    details: serde_json::Value,
+    pub(crate) id: uuid::Uuid,
+    pub(crate) occurred_at: DateTime<Utc>,
+    pub(crate) event_type: String,
+    pub(crate) outcome: String,
+    pub(crate) actor: String,
+    pub(crate) subject: String,
+    pub(crate) source_ip: String,
+    pub(crate) user_agent: String,
+    pub(crate) request_id: String,
+    pub(crate) producer: String,
+    pub(crate) details: serde_json::Value,
+    /// Set by `risk::annotate` before the row is stored.
+    pub(crate) risk_score: i16,
+    pub(crate) risk_reasons: Vec<String>,
 }
 
 impl TryFrom<Event> for NewEvent {
@@ -96,6 +99,8 @@ impl TryFrom<Event> for NewEvent {
             request_id: e.request_id,
             producer: e.producer,
             details,
+            risk_score: 0,
+            risk_reasons: Vec::new(),
         })
     }
 }
@@ -116,6 +121,8 @@ pub struct EventRow {
     request_id: String,
     producer: String,
     details: serde_json::Value,
+    risk_score: i16,
+    risk_reasons: Vec<String>,
 }
 
 impl EventRow {
@@ -150,6 +157,8 @@ impl From<EventRow> for StoredEvent {
                 producer: r.producer,
                 details_json: r.details.to_string(),
             }),
+            risk_score: i32::from(r.risk_score),
+            risk_reasons: r.risk_reasons,
         }
     }
 }

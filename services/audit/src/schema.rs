@@ -17,5 +17,7 @@ diesel::table! {
         details -> Jsonb,
         prev_hash -> Nullable<Bytea>,
         hash -> Nullable<Bytea>,
+        risk_score -> Int2,
+        risk_reasons -> Array<Text>,
     }
 }

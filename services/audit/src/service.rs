@@ -10,7 +10,7 @@ use aia_proto::audit::v1::{
 use aia_telemetry::grpc::{internal, unavailable};
 use aia_telemetry::tls::authorize;
 use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use tonic::{Request, Response, Status};
 
 use crate::event::{EventRow, NewEvent};
@@ -31,14 +31,26 @@ impl Audit {
         Self { pool }
     }
 
-    /// Inserts validated events, skipping ids already stored; returns how many were new.
+    /// Inserts validated events in order, in one transaction, skipping ids already
+    /// stored: each is scored first (`risk`), and each new one runs the detectors,
+    /// whose alerts are stored right after it. Returns how many were new.
     async fn store(&self, rows: Vec<NewEvent>) -> Result<usize, Status> {
         let mut conn = aia_db::conn(&self.pool).await.map_err(unavailable)?;
-        let stored = diesel::insert_into(events::table)
-            .values(&rows)
-            .on_conflict(events::id)
-            .do_nothing()
-            .execute(&mut conn)
+        let stored = conn
+            .transaction::<_, diesel::result::Error, _>(async |conn| {
+                let mut stored = 0;
+                for mut row in rows {
+                    crate::risk::annotate(conn, &mut row).await?;
+                    let new = insert(conn, &row).await?;
+                    if new {
+                        stored += 1;
+                        for alert in crate::risk::detect(conn, &row).await? {
+                            insert(conn, &alert).await?;
+                        }
+                    }
+                }
+                Ok(stored)
+            })
             .await
             .map_err(|e| internal(anyhow::Error::new(e).context("inserting events")))?;
         metrics::counter!("audit_events_stored_total").increment(stored as u64);
@@ -165,6 +177,12 @@ impl AuditService for Audit {
                 any = Box::new(any.or(events::event_type.like(pattern)));
             }
             query = query.filter(any);
+        }
+        if q.min_risk > 100 {
+            return Err(Status::invalid_argument("min_risk must be at most 100"));
+        }
+        if q.min_risk > 0 {
+            query = query.filter(events::risk_score.ge(i16::try_from(q.min_risk).unwrap_or(100)));
         }
         if !q.cursor.is_empty() {
             let before: i64 = q
@@ -309,4 +327,15 @@ impl AuditService for Audit {
 fn time(t: &prost_types::Timestamp) -> Result<chrono::DateTime<chrono::Utc>, Status> {
     chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
         .ok_or_else(|| Status::invalid_argument("timestamp out of range"))
+}
+
+/// Inserts one event unless its id is stored already; true if it was new.
+async fn insert(conn: &mut AsyncPgConnection, row: &NewEvent) -> diesel::QueryResult<bool> {
+    let n = diesel::insert_into(events::table)
+        .values(row)
+        .on_conflict(events::id)
+        .do_nothing()
+        .execute(conn)
+        .await?;
+    Ok(n == 1)
 }

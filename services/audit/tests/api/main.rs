@@ -1,5 +1,7 @@
 //! The audit service over real gRPC, against a real Postgres.
 
+mod risk;
+
 use std::time::Duration;
 
 use aia_proto::audit::v1::audit_service_client::AuditServiceClient;

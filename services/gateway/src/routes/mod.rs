@@ -375,7 +375,7 @@ pub fn endpoints() -> Vec<Endpoint> {
             Method::GET,
             "/v1/admin/security-events",
             "search_security_events",
-            "The audit trail, newest first: type, type_prefix, outcome, actor, subject, ip, since, until (RFC 3339), limit, cursor",
+            "The audit trail, newest first: type, type_prefix, outcome, actor, subject, ip, since, until (RFC 3339), min_risk, limit, cursor",
             Admin,
             Body::None,
             (200, None),

@@ -36,6 +36,9 @@ pub struct EventFilters {
     since: String,
     #[serde(default)]
     until: String,
+    /// Only events scored at least this risk, 0..=100.
+    #[serde(default)]
+    min_risk: u32,
     /// Page size, 1..=500 (default 100).
     #[serde(default)]
     limit: u32,
@@ -69,6 +72,7 @@ fn outcome(value: &str) -> Result<Outcome, Problem> {
 
 /// One stored event as JSON.
 fn event_json(stored: StoredEvent) -> Value {
+    let (risk, reasons) = (stored.risk_score, stored.risk_reasons);
     let Some(e) = stored.event else {
         return json!({"seq": stored.seq});
     };
@@ -97,6 +101,7 @@ fn event_json(stored: StoredEvent) -> Value {
         "request_id": text(e.request_id),
         "producer": e.producer,
         "details": details,
+        "risk": {"score": risk, "reasons": reasons},
     })
 }
 
@@ -129,6 +134,7 @@ pub async fn search(
         actor: f.actor,
         subject: f.subject,
         source_ip: f.ip,
+        min_risk: f.min_risk,
         limit: f.limit,
         cursor: f.cursor,
         involving: String::new(),

@@ -1,0 +1,480 @@
+//! Risk scores and detectors, applied by the audit service to each event it stores.
+//!
+//! **Scores** (0..=100) are sums of named rules, capped at 100, stored with the names
+//! (`risk_reasons`) so that every score explains itself:
+//!
+//! | event | rule | points |
+//! |---|---|---|
+//! | `auth.login` failure | `login_failed` | 20 |
+//! | | `repeated_failures`: the account failed 5+ times in the last 15 min | +30 |
+//! | | `ip_fails_across_accounts`: the IP failed on 3+ accounts in 15 min | +30 |
+//! | `auth.login` success | `new_ip`: the account never logged in from this IP | 30 |
+//! | | `new_user_agent`: nor with this user agent | +15 |
+//! | | `success_after_failures`: 5+ failures in the 15 min before | +30 |
+//! | | `dormant_account`: no login for 90 days | +10 |
+//! | `auth.mfa` failure | `mfa_failed` | 30 |
+//! | `auth.lockout` | `lockout` | 60 |
+//! | `session.refresh_reuse` | `refresh_token_reuse` | 90 |
+//! | `admin.*` | `admin_action` | 40 |
+//! | `gateway.rejected` | `rejected_requests` | 10 |
+//! | `alert.*` | the detector's name | 100 |
+//!
+//! (`new_ip`, `new_user_agent` and `dormant_account` need a previous successful
+//! login of the account: the first one is not suspicious by itself.)
+//!
+//! **Detectors** run over sliding windows ending at the stored event and raise alerts,
+//! which are events themselves (`alert.*`, producer `audit`, risk 100), stored in the
+//! same transaction and chained like any other; each raises at most one alert per key
+//! per window:
+//!
+//! | alert | when |
+//! |---|---|
+//! | `alert.brute_force` | 10 failed logins on one account within 5 min |
+//! | `alert.credential_stuffing` | failed logins from one IP on 5 accounts, or 10 for unknown emails, within 10 min |
+//! | `alert.refresh_token_reuse` | a rotated refresh token was presented again (each time) |
+//! | `alert.many_ips` | successful logins of one account from 4 IPs within 10 min |
+//! | `alert.rate_limit_surge` | 1000 rate-limited requests (gateway aggregates) within 5 min |
+
+use chrono::{DateTime, Utc};
+use diesel::QueryableByName;
+use diesel::sql_types::{BigInt, Bool, Integer, Nullable, Text, Timestamptz};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+use crate::event::NewEvent;
+
+const FAILURES_FOR_REPEATED: i64 = 5;
+const ACCOUNTS_FOR_IP_RULE: i64 = 3;
+const DORMANT_DAYS: i64 = 90;
+
+/// What the scoring rules of a login need to know about the past.
+#[derive(Debug, Default, Clone, QueryableByName)]
+pub(crate) struct Facts {
+    /// Failed logins of the account in the 15 min before.
+    #[diesel(sql_type = BigInt)]
+    pub(crate) account_failures: i64,
+    /// Accounts the IP failed to log in to in the 15 min before.
+    #[diesel(sql_type = BigInt)]
+    pub(crate) ip_failed_accounts: i64,
+    /// The account's last successful login before this event.
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub(crate) last_success: Option<DateTime<Utc>>,
+    /// Some successful login of the account came from this IP.
+    #[diesel(sql_type = Bool)]
+    pub(crate) known_ip: bool,
+    /// Some successful login of the account came with this user agent.
+    #[diesel(sql_type = Bool)]
+    pub(crate) known_agent: bool,
+}
+
+/// The score of `e` given `facts`, and the rules that gave it.
+pub(crate) fn score(e: &NewEvent, facts: &Facts) -> (i16, Vec<String>) {
+    let mut rules: Vec<(&str, i16)> = Vec::new();
+    let failed = e.outcome == "failure";
+    match e.event_type.as_str() {
+        "auth.login" if failed => {
+            rules.push(("login_failed", 20));
+            if facts.account_failures >= FAILURES_FOR_REPEATED {
+                rules.push(("repeated_failures", 30));
+            }
+            if facts.ip_failed_accounts >= ACCOUNTS_FOR_IP_RULE {
+                rules.push(("ip_fails_across_accounts", 30));
+            }
+        }
+        "auth.login" => {
+            if let Some(last) = facts.last_success {
+                if !facts.known_ip && !e.source_ip.is_empty() {
+                    rules.push(("new_ip", 30));
+                }
+                if !facts.known_agent && !e.user_agent.is_empty() {
+                    rules.push(("new_user_agent", 15));
+                }
+                if e.occurred_at - last > chrono::Duration::days(DORMANT_DAYS) {
+                    rules.push(("dormant_account", 10));
+                }
+            }
+            if facts.account_failures >= FAILURES_FOR_REPEATED {
+                rules.push(("success_after_failures", 30));
+            }
+        }
+        "auth.mfa" if failed => rules.push(("mfa_failed", 30)),
+        "auth.lockout" => rules.push(("lockout", 60)),
+        "session.refresh_reuse" => rules.push(("refresh_token_reuse", 90)),
+        "gateway.rejected" => rules.push(("rejected_requests", 10)),
+        t if t.starts_with("admin.") => rules.push(("admin_action", 40)),
+        t if t.starts_with("alert.") => rules.push((t.trim_start_matches("alert."), 100)),
+        _ => {}
+    }
+    let total = rules.iter().map(|(_, p)| *p).sum::<i16>().min(100);
+    (
+        total,
+        rules.into_iter().map(|(r, _)| r.to_owned()).collect(),
+    )
+}
+
+/// The account a login event is about.
+fn account(e: &NewEvent) -> &str {
+    if e.subject.is_empty() {
+        &e.actor
+    } else {
+        &e.subject
+    }
+}
+
+/// Looks up the facts `e` is scored on (only logins need any) and scores it.
+pub(crate) async fn annotate(
+    conn: &mut AsyncPgConnection,
+    e: &mut NewEvent,
+) -> diesel::QueryResult<()> {
+    let facts = if e.event_type == "auth.login" {
+        diesel::sql_query(
+            "SELECT \
+               (SELECT count(*) FROM audit.events WHERE $1 <> '' AND subject = $1 \
+                  AND event_type = 'auth.login' AND outcome = 'failure' \
+                  AND occurred_at > $3 - interval '15 minutes' AND occurred_at <= $3) AS account_failures, \
+               (SELECT count(DISTINCT subject) FROM audit.events WHERE $2 <> '' AND source_ip = $2 \
+                  AND subject <> '' AND event_type = 'auth.login' AND outcome = 'failure' \
+                  AND occurred_at > $3 - interval '15 minutes' AND occurred_at <= $3) AS ip_failed_accounts, \
+               (SELECT max(occurred_at) FROM audit.events WHERE $1 <> '' AND subject = $1 \
+                  AND event_type = 'auth.login' AND outcome = 'success' AND occurred_at <= $3) AS last_success, \
+               EXISTS (SELECT 1 FROM audit.events WHERE $1 <> '' AND subject = $1 \
+                  AND event_type = 'auth.login' AND outcome = 'success' AND source_ip = $2) AS known_ip, \
+               EXISTS (SELECT 1 FROM audit.events WHERE $1 <> '' AND subject = $1 \
+                  AND event_type = 'auth.login' AND outcome = 'success' AND user_agent = $4) AS known_agent",
+        )
+        .bind::<Text, _>(account(e))
+        .bind::<Text, _>(&e.source_ip)
+        .bind::<Timestamptz, _>(e.occurred_at)
+        .bind::<Text, _>(&e.user_agent)
+        .get_result::<Facts>(conn)
+        .await?
+    } else {
+        Facts::default()
+    };
+    let (score, reasons) = score(e, &facts);
+    e.risk_score = score;
+    e.risk_reasons = reasons;
+    Ok(())
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// One detector: a name, the key it watches, a window and a threshold.
+struct Rule {
+    alert: &'static str,
+    window_secs: i32,
+    threshold: i64,
+}
+
+const BRUTE_FORCE: Rule = Rule {
+    alert: "alert.brute_force",
+    window_secs: 300,
+    threshold: 10,
+};
+const STUFFING: Rule = Rule {
+    alert: "alert.credential_stuffing",
+    window_secs: 600,
+    threshold: 5,
+};
+const STUFFING_UNKNOWN: i64 = 10;
+const MANY_IPS: Rule = Rule {
+    alert: "alert.many_ips",
+    window_secs: 600,
+    threshold: 4,
+};
+const RATE_LIMIT_SURGE: Rule = Rule {
+    alert: "alert.rate_limit_surge",
+    window_secs: 300,
+    threshold: 1000,
+};
+
+async fn count(
+    conn: &mut AsyncPgConnection,
+    sql: &str,
+    key: &str,
+    at: DateTime<Utc>,
+    window_secs: i32,
+) -> diesel::QueryResult<i64> {
+    Ok(diesel::sql_query(sql)
+        .bind::<Text, _>(key)
+        .bind::<Timestamptz, _>(at)
+        .bind::<Integer, _>(window_secs)
+        .get_result::<Count>(conn)
+        .await?
+        .n)
+}
+
+/// True if `rule` already raised an alert for `key` (a subject, or an IP when
+/// `by_ip`) within its window before `at`.
+async fn raised(
+    conn: &mut AsyncPgConnection,
+    rule: &Rule,
+    key: &str,
+    by_ip: bool,
+    at: DateTime<Utc>,
+) -> diesel::QueryResult<bool> {
+    let column = if by_ip { "source_ip" } else { "subject" };
+    let n = diesel::sql_query(format!(
+        "SELECT count(*) AS n FROM audit.events WHERE event_type = $4 AND {column} = $1 \
+         AND occurred_at > $2 - make_interval(secs => $3) AND occurred_at <= $2"
+    ))
+    .bind::<Text, _>(key)
+    .bind::<Timestamptz, _>(at)
+    .bind::<Integer, _>(rule.window_secs)
+    .bind::<Text, _>(rule.alert)
+    .get_result::<Count>(conn)
+    .await?
+    .n;
+    Ok(n > 0)
+}
+
+fn alert(
+    rule: &Rule,
+    trigger: &NewEvent,
+    subject: &str,
+    source_ip: &str,
+    details: serde_json::Value,
+) -> NewEvent {
+    let mut details = details;
+    if let Some(map) = details.as_object_mut() {
+        map.insert("trigger_event".into(), trigger.id.to_string().into());
+        map.insert("window_seconds".into(), rule.window_secs.into());
+        map.insert("threshold".into(), rule.threshold.into());
+    }
+    let mut e = NewEvent {
+        id: uuid::Uuid::new_v4(),
+        occurred_at: trigger.occurred_at,
+        event_type: rule.alert.to_owned(),
+        outcome: "failure".to_owned(),
+        actor: "audit".to_owned(),
+        subject: subject.to_owned(),
+        source_ip: source_ip.to_owned(),
+        user_agent: String::new(),
+        request_id: trigger.request_id.clone(),
+        producer: "audit".to_owned(),
+        details,
+        risk_score: 0,
+        risk_reasons: Vec::new(),
+    };
+    let (score, reasons) = score(&e, &Facts::default());
+    e.risk_score = score;
+    e.risk_reasons = reasons;
+    e
+}
+
+/// The alerts `e` (just stored) raises. Runs under the chain's lock (taken by the
+/// insert), so concurrent writers cannot raise the same alert twice.
+pub(crate) async fn detect(
+    conn: &mut AsyncPgConnection,
+    e: &NewEvent,
+) -> diesel::QueryResult<Vec<NewEvent>> {
+    let mut alerts = Vec::new();
+    let at = e.occurred_at;
+    let failed = e.outcome == "failure";
+    match e.event_type.as_str() {
+        "auth.login" if failed => {
+            let who = account(e);
+            if !who.is_empty() {
+                let n = count(
+                    conn,
+                    "SELECT count(*) AS n FROM audit.events WHERE subject = $1 \
+                     AND event_type = 'auth.login' AND outcome = 'failure' \
+                     AND occurred_at > $2 - make_interval(secs => $3) AND occurred_at <= $2",
+                    who,
+                    at,
+                    BRUTE_FORCE.window_secs,
+                )
+                .await?;
+                if n >= BRUTE_FORCE.threshold && !raised(conn, &BRUTE_FORCE, who, false, at).await?
+                {
+                    alerts.push(alert(
+                        &BRUTE_FORCE,
+                        e,
+                        who,
+                        "",
+                        serde_json::json!({"failures": n}),
+                    ));
+                }
+            }
+            if !e.source_ip.is_empty() {
+                let accounts = count(
+                    conn,
+                    "SELECT count(DISTINCT subject) AS n FROM audit.events WHERE source_ip = $1 \
+                     AND subject <> '' AND event_type = 'auth.login' AND outcome = 'failure' \
+                     AND occurred_at > $2 - make_interval(secs => $3) AND occurred_at <= $2",
+                    &e.source_ip,
+                    at,
+                    STUFFING.window_secs,
+                )
+                .await?;
+                let unknown = count(
+                    conn,
+                    "SELECT count(*) AS n FROM audit.events WHERE source_ip = $1 \
+                     AND event_type = 'auth.login' AND outcome = 'failure' \
+                     AND details->>'reason' = 'unknown_email' \
+                     AND occurred_at > $2 - make_interval(secs => $3) AND occurred_at <= $2",
+                    &e.source_ip,
+                    at,
+                    STUFFING.window_secs,
+                )
+                .await?;
+                if (accounts >= STUFFING.threshold || unknown >= STUFFING_UNKNOWN)
+                    && !raised(conn, &STUFFING, &e.source_ip, true, at).await?
+                {
+                    alerts.push(alert(
+                        &STUFFING,
+                        e,
+                        "",
+                        &e.source_ip,
+                        serde_json::json!({"accounts": accounts, "unknown_emails": unknown}),
+                    ));
+                }
+            }
+        }
+        "auth.login" => {
+            let who = account(e);
+            if !who.is_empty() {
+                let ips = count(
+                    conn,
+                    "SELECT count(DISTINCT source_ip) AS n FROM audit.events WHERE subject = $1 \
+                     AND source_ip <> '' AND event_type = 'auth.login' AND outcome = 'success' \
+                     AND occurred_at > $2 - make_interval(secs => $3) AND occurred_at <= $2",
+                    who,
+                    at,
+                    MANY_IPS.window_secs,
+                )
+                .await?;
+                if ips >= MANY_IPS.threshold && !raised(conn, &MANY_IPS, who, false, at).await? {
+                    alerts.push(alert(
+                        &MANY_IPS,
+                        e,
+                        who,
+                        "",
+                        serde_json::json!({"ips": ips}),
+                    ));
+                }
+            }
+        }
+        "session.refresh_reuse" => {
+            let reuse = Rule {
+                alert: "alert.refresh_token_reuse",
+                window_secs: 0,
+                threshold: 1,
+            };
+            alerts.push(alert(
+                &reuse,
+                e,
+                &e.subject,
+                &e.source_ip,
+                serde_json::json!({"user": e.actor, "session": e.subject, "action": "session_revoked"}),
+            ));
+        }
+        "gateway.rejected" if e.details["reason"] == "rate_limit" => {
+            let hits = count(
+                conn,
+                "SELECT COALESCE(sum((details->>'count')::bigint), 0)::bigint AS n FROM audit.events \
+                 WHERE event_type = 'gateway.rejected' AND details->>'reason' = $1 \
+                 AND occurred_at > $2 - make_interval(secs => $3) AND occurred_at <= $2",
+                "rate_limit",
+                at,
+                RATE_LIMIT_SURGE.window_secs,
+            )
+            .await?;
+            if hits >= RATE_LIMIT_SURGE.threshold
+                && !raised(conn, &RATE_LIMIT_SURGE, "", false, at).await?
+            {
+                alerts.push(alert(
+                    &RATE_LIMIT_SURGE,
+                    e,
+                    "",
+                    "",
+                    serde_json::json!({"rate_limited": hits}),
+                ));
+            }
+        }
+        _ => {}
+    }
+    for a in &alerts {
+        metrics::counter!("audit_alerts_total", "alert" => a.event_type.clone()).increment(1);
+    }
+    Ok(alerts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(event_type: &str, outcome: &str) -> NewEvent {
+        NewEvent {
+            id: uuid::Uuid::new_v4(),
+            occurred_at: Utc::now(),
+            event_type: event_type.to_owned(),
+            outcome: outcome.to_owned(),
+            actor: String::new(),
+            subject: "u1".to_owned(),
+            source_ip: "203.0.113.9".to_owned(),
+            user_agent: "curl/8".to_owned(),
+            request_id: String::new(),
+            producer: "auth".to_owned(),
+            details: serde_json::json!({}),
+            risk_score: 0,
+            risk_reasons: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn scores_name_their_rules_and_stop_at_100() {
+        let failure = event("auth.login", "failure");
+        assert_eq!(
+            score(&failure, &Facts::default()),
+            (20, vec!["login_failed".into()])
+        );
+        let hot = Facts {
+            account_failures: 5,
+            ip_failed_accounts: 3,
+            ..Facts::default()
+        };
+        assert_eq!(score(&failure, &hot).0, 80);
+        // A first login is not suspicious; a later one from a new IP and agent is.
+        let success = event("auth.login", "success");
+        assert_eq!(score(&success, &Facts::default()), (0, vec![]));
+        let seen_before = Facts {
+            last_success: Some(Utc::now() - chrono::Duration::days(100)),
+            ..hot
+        };
+        let (points, reasons) = score(&success, &seen_before);
+        assert_eq!(points, 85);
+        assert_eq!(
+            reasons,
+            vec![
+                "new_ip",
+                "new_user_agent",
+                "dormant_account",
+                "success_after_failures"
+            ]
+        );
+        assert_eq!(
+            score(
+                &event("session.refresh_reuse", "failure"),
+                &Facts::default()
+            )
+            .0,
+            90
+        );
+        assert_eq!(
+            score(&event("admin.user_disabled", "success"), &Facts::default()).0,
+            40
+        );
+        assert_eq!(
+            score(&event("alert.brute_force", "failure"), &Facts::default()).0,
+            100
+        );
+        assert_eq!(
+            score(&event("auth.register", "success"), &Facts::default()).0,
+            0
+        );
+    }
+}

@@ -1,0 +1,217 @@
+//! Risk scores and detectors, driven by the events producers would send.
+
+use aia_proto::audit::v1::{
+    Event, Outcome, QueryRequest, RecordBatchRequest, StoredEvent, VerifyChainRequest,
+};
+
+use crate::{event, spawn};
+
+fn login(outcome: Outcome, subject: &str, ip: &str, agent: &str) -> Event {
+    Event {
+        outcome: outcome.into(),
+        actor: String::new(),
+        subject: subject.to_owned(),
+        source_ip: ip.to_owned(),
+        user_agent: agent.to_owned(),
+        producer: "auth".into(),
+        details_json: if outcome == Outcome::Failure {
+            r#"{"reason":"wrong_password"}"#.into()
+        } else {
+            "{}".into()
+        },
+        ..event("auth.login")
+    }
+}
+
+async fn record(audit: &mut crate::Audit, events: Vec<Event>) -> anyhow::Result<()> {
+    audit
+        .client
+        .record_batch(RecordBatchRequest { events })
+        .await?;
+    Ok(())
+}
+
+async fn query(audit: &mut crate::Audit, q: QueryRequest) -> anyhow::Result<Vec<StoredEvent>> {
+    Ok(audit.client.query(q).await?.into_inner().events)
+}
+
+async fn alerts(audit: &mut crate::Audit, alert: &str) -> anyhow::Result<Vec<StoredEvent>> {
+    query(
+        audit,
+        QueryRequest {
+            event_type: alert.to_owned(),
+            ..QueryRequest::default()
+        },
+    )
+    .await
+}
+
+fn risk_of(events: &[StoredEvent], id: &str) -> (i32, Vec<String>) {
+    events
+        .iter()
+        .find(|e| e.event.as_ref().is_some_and(|e| e.id == id))
+        .map(|e| (e.risk_score, e.risk_reasons.clone()))
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_are_scored_by_their_history() -> anyhow::Result<()> {
+    let mut audit = spawn().await?;
+    let first = login(Outcome::Success, "ada", "198.51.100.1", "firefox");
+    let same = login(Outcome::Success, "ada", "198.51.100.1", "firefox");
+    let elsewhere = login(Outcome::Success, "ada", "203.0.113.66", "curl");
+    let ids = [first.id.clone(), same.id.clone(), elsewhere.id.clone()];
+    record(&mut audit, vec![first, same, elsewhere]).await?;
+    let all = query(&mut audit, QueryRequest::default()).await?;
+    assert_eq!(risk_of(&all, &ids[0]), (0, vec![]), "a first login");
+    assert_eq!(risk_of(&all, &ids[1]), (0, vec![]), "a known IP and agent");
+    assert_eq!(
+        risk_of(&all, &ids[2]),
+        (45, vec!["new_ip".to_owned(), "new_user_agent".to_owned()])
+    );
+    // Only the risky one passes a risk filter.
+    let risky = query(
+        &mut audit,
+        QueryRequest {
+            min_risk: 40,
+            ..QueryRequest::default()
+        },
+    )
+    .await?;
+    assert_eq!(risky.len(), 1);
+    assert!(
+        audit
+            .client
+            .query(QueryRequest {
+                min_risk: 101,
+                ..QueryRequest::default()
+            })
+            .await
+            .is_err_and(|s| s.code() == tonic::Code::InvalidArgument)
+    );
+    audit.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brute_force_on_one_account_raises_one_alert_per_window() -> anyhow::Result<()> {
+    let mut audit = spawn().await?;
+    let failures: Vec<Event> = (0..9)
+        .map(|i| login(Outcome::Failure, "bob", &format!("198.51.100.{i}"), "x"))
+        .collect();
+    record(&mut audit, failures).await?;
+    assert!(
+        alerts(&mut audit, "alert.brute_force").await?.is_empty(),
+        "9 is below the threshold"
+    );
+    let tenth = login(Outcome::Failure, "bob", "198.51.100.10", "x");
+    let tenth_id = tenth.id.clone();
+    record(&mut audit, vec![tenth]).await?;
+    let raised = alerts(&mut audit, "alert.brute_force").await?;
+    assert_eq!(raised.len(), 1);
+    let alert = raised[0].event.clone().unwrap_or_default();
+    assert_eq!(alert.subject, "bob");
+    assert_eq!(alert.producer, "audit");
+    assert_eq!(raised[0].risk_score, 100);
+    let details: serde_json::Value = serde_json::from_str(&alert.details_json)?;
+    assert_eq!(details["failures"], 10);
+    assert_eq!(details["trigger_event"], tenth_id.as_str());
+    // The tenth failure itself scored high: the account was failing repeatedly.
+    let all = query(&mut audit, QueryRequest::default()).await?;
+    let (score, reasons) = risk_of(&all, &tenth_id);
+    assert!(
+        score >= 50 && reasons.contains(&"repeated_failures".to_owned()),
+        "{score} {reasons:?}"
+    );
+    // More failures within the window: no second alert.
+    record(
+        &mut audit,
+        vec![login(Outcome::Failure, "bob", "198.51.100.11", "x")],
+    )
+    .await?;
+    assert_eq!(alerts(&mut audit, "alert.brute_force").await?.len(), 1);
+    // Alerts are chained like every event.
+    let chain = audit
+        .client
+        .verify_chain(VerifyChainRequest::default())
+        .await?
+        .into_inner();
+    assert!(chain.intact, "{chain:?}");
+    audit.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_ip_failing_across_accounts_is_credential_stuffing() -> anyhow::Result<()> {
+    let mut audit = spawn().await?;
+    let ip = "203.0.113.200";
+    let spray: Vec<Event> = (0..5)
+        .map(|i| login(Outcome::Failure, &format!("victim-{i}"), ip, "bot"))
+        .collect();
+    record(&mut audit, spray).await?;
+    let raised = alerts(&mut audit, "alert.credential_stuffing").await?;
+    assert_eq!(raised.len(), 1);
+    let alert = raised[0].event.clone().unwrap_or_default();
+    assert_eq!(alert.source_ip, ip);
+    // Unknown emails count too (they have no subject).
+    let unknown: Vec<Event> = (0..10)
+        .map(|_| Event {
+            subject: String::new(),
+            details_json: r#"{"reason":"unknown_email"}"#.into(),
+            ..login(Outcome::Failure, "", "203.0.113.201", "bot")
+        })
+        .collect();
+    record(&mut audit, unknown).await?;
+    assert_eq!(
+        alerts(&mut audit, "alert.credential_stuffing").await?.len(),
+        2
+    );
+    audit.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reuse_many_ips_and_rate_limit_surges_raise_alerts() -> anyhow::Result<()> {
+    let mut audit = spawn().await?;
+    let reuse = Event {
+        outcome: Outcome::Failure.into(),
+        actor: "user-7".into(),
+        subject: "session-7".into(),
+        producer: "session".into(),
+        ..event("session.refresh_reuse")
+    };
+    record(&mut audit, vec![reuse]).await?;
+    let raised = alerts(&mut audit, "alert.refresh_token_reuse").await?;
+    assert_eq!(raised.len(), 1);
+    assert_eq!(
+        raised[0].event.clone().unwrap_or_default().subject,
+        "session-7"
+    );
+
+    let logins: Vec<Event> = (0..4)
+        .map(|i| login(Outcome::Success, "carol", &format!("192.0.2.{i}"), "app"))
+        .collect();
+    record(&mut audit, logins).await?;
+    assert_eq!(alerts(&mut audit, "alert.many_ips").await?.len(), 1);
+
+    let rejected = |count: u32| Event {
+        outcome: Outcome::Failure.into(),
+        actor: String::new(),
+        subject: String::new(),
+        producer: "gateway".into(),
+        details_json: format!(
+            r#"{{"reason":"rate_limit","key":"ip:x","count":{count},"aggregated":true}}"#
+        ),
+        ..event("gateway.rejected")
+    };
+    record(&mut audit, vec![rejected(600)]).await?;
+    assert!(
+        alerts(&mut audit, "alert.rate_limit_surge")
+            .await?
+            .is_empty()
+    );
+    record(&mut audit, vec![rejected(400)]).await?;
+    assert_eq!(alerts(&mut audit, "alert.rate_limit_surge").await?.len(), 1);
+    audit.stop().await;
+    Ok(())
+}
