@@ -6,6 +6,7 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
+use tracing::Instrument;
 
 use crate::client::{REQUEST_ID, RequestId};
 
@@ -56,18 +57,23 @@ pub async fn decorate(
 ) -> Result<ServiceResponse<impl MessageBody + 'static>, actix_web::Error> {
     let request_id = RequestId::from_header(req.headers().get(REQUEST_ID));
     let id_value = HeaderValue::from_str(&request_id.0).ok();
-    req.extensions_mut().insert(request_id);
     let method = req.method().to_string();
+    // Everything logged while serving the request carries its id.
+    let span = tracing::info_span!("request", request_id = %request_id.0, method = %method);
+    req.extensions_mut().insert(request_id);
     let hsts = req
         .app_data::<actix_web::web::Data<SendHsts>>()
         .is_some_and(|h| h.0);
     let started = std::time::Instant::now();
-    let mut response = next.call(req).await?;
+    let mut response = next.call(req).instrument(span.clone()).await?;
     let route = response
         .request()
         .match_pattern()
         .unwrap_or_else(|| "unmatched".to_owned());
     let status = response.status().as_u16().to_string();
+    span.in_scope(|| {
+        tracing::debug!(route = %route, status = %status, elapsed_us = started.elapsed().as_micros() as u64, "served");
+    });
     metrics::counter!("gateway_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status)
         .increment(1);
     metrics::histogram!("gateway_request_duration_seconds", "route" => route, "method" => method)

@@ -12,6 +12,7 @@ mod email;
 mod flow;
 mod helpers;
 mod lockout;
+mod log_secrets;
 mod mfa;
 mod mtls;
 mod oauth;

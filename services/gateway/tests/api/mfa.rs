@@ -12,7 +12,7 @@ use crate::helpers::{
 };
 
 /// The time now, in seconds.
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -20,7 +20,7 @@ fn now() -> u64 {
 }
 
 /// What an authenticator app does with the enrolment URI: the code at `time`.
-fn code_at(uri: &str, time: u64) -> anyhow::Result<String> {
+pub(crate) fn code_at(uri: &str, time: u64) -> anyhow::Result<String> {
     let totp = totp_rs::Totp::from_url(uri).map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(totp.generate(time).to_string())
 }

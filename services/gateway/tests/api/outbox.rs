@@ -161,3 +161,97 @@ async fn events_wait_out_an_audit_outage_and_a_restart_then_arrive_once() -> any
     db.drop_database().await?;
     Ok(())
 }
+
+/// The issue's scenario: the audit service itself stopped while 200 logins happen,
+/// then started again on its address; every login event is stored exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_logins_while_audit_is_stopped_are_stored_once_after_it_restarts()
+-> anyhow::Result<()> {
+    let db = TestDb::create().await?;
+    let prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
+    // Cheap hashing: this test is about delivery, not argon2.
+    let fast = [
+        ("ARGON2_MEMORY_KIB", "1024".to_owned()),
+        ("ARGON2_ITERATIONS", "1".to_owned()),
+    ];
+    let env = |extra: &[(&str, String)]| {
+        let mut all = fast.to_vec();
+        all.extend_from_slice(extra);
+        aia_testkit::env(&db, &prefix, &all)
+    };
+    let mut running = aia_testkit::services();
+    let audit = running.audit(env(&[])).await?;
+    let session = running
+        .session(env(&[("AUDIT_GRPC_URL", audit.url())]))
+        .await?;
+    let auth = running
+        .auth(env(&[
+            ("AUDIT_GRPC_URL", audit.url()),
+            ("SESSION_GRPC_URL", session.url()),
+        ]))
+        .await?;
+    let gateway = running
+        .gateway(env(&[
+            ("AUDIT_GRPC_URL", audit.url()),
+            ("AUTH_GRPC_URL", auth.url()),
+            ("SESSION_GRPC_URL", session.url()),
+        ]))
+        .await?;
+    let http = reqwest::Client::new();
+    let who = email();
+    let credentials = json!({"email": who, "password": PASSWORD});
+    let status = http
+        .post(format!("{}/v1/auth/register", gateway.url()))
+        .json(&credentials)
+        .send()
+        .await?
+        .status();
+    assert_eq!(status, 202);
+
+    running.stop_service("audit").await;
+    let logins = futures::future::join_all((0..200).map(|_| {
+        let (http, credentials) = (&http, &credentials);
+        let url = format!("{}/v1/auth/login", gateway.url());
+        async move {
+            http.post(url)
+                .json(credentials)
+                .send()
+                .await
+                .map(|r| r.status())
+        }
+    }))
+    .await;
+    for status in logins {
+        assert_eq!(status?, 200);
+    }
+    let (stored, waiting) = logins_stored(&db).await?;
+    assert_eq!(stored, 0);
+    assert!(waiting >= 200, "{waiting} waiting");
+
+    // Audit comes back on the same address.
+    running
+        .audit(env(&[("AUDIT_GRPC_ADDR", audit.main.to_string())]))
+        .await?;
+    let stored = eventually(Duration::from_secs(30), || async {
+        let (stored, left) = logins_stored(&db).await?;
+        Ok((left == 0).then_some(stored))
+    })
+    .await?;
+    assert_eq!(stored, 200, "every login stored exactly once");
+    running.stop().await;
+    db.drop_database().await?;
+    Ok(())
+}
+
+/// Login successes stored by audit, and rows still waiting in auth's outbox.
+async fn logins_stored(db: &TestDb) -> anyhow::Result<(i64, i64)> {
+    let mut conn = db.connect().await?;
+    let n = count(
+        &mut conn,
+        "SELECT count(*) AS n FROM audit.events \
+         WHERE event_type = 'auth.login' AND outcome = 'success'",
+    )
+    .await?;
+    let left = count(&mut conn, "SELECT count(*) AS n FROM auth.audit_outbox").await?;
+    Ok((n, left))
+}
