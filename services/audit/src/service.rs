@@ -4,8 +4,8 @@ use aia_db::PgPool;
 use aia_proto::audit::v1::audit_service_server::AuditService;
 use aia_proto::audit::v1::{
     KeyCount, Outcome, QueryRequest, QueryResponse, RecordBatchRequest, RecordBatchResponse,
-    RecordRequest, RecordResponse, StoredEvent, SummaryRequest, SummaryResponse, TypeOutcomeCount,
-    VerifyChainRequest, VerifyChainResponse,
+    RecordRequest, RecordResponse, StoredEvent, StreamRequest, SummaryRequest, SummaryResponse,
+    TypeOutcomeCount, VerifyChainRequest, VerifyChainResponse,
 };
 use aia_telemetry::grpc::{internal, unavailable};
 use aia_telemetry::tls::authorize;
@@ -18,6 +18,13 @@ use crate::schema::events;
 
 /// Most events in one RecordBatch.
 const MAX_BATCH: usize = 1000;
+/// How often a Stream looks for new events. Polling by sequence number works the same
+/// whichever audit replica stored them.
+const STREAM_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+/// Events per poll, at most.
+const STREAM_BATCH: i64 = 500;
+/// Events a slow Stream client may have in flight before the poller waits for it.
+const STREAM_BUFFER: usize = 256;
 
 /// The audit service's state.
 #[derive(Clone)]
@@ -112,78 +119,7 @@ impl AuditService for Audit {
             n @ 1..=500 => i64::from(n),
             _ => return Err(Status::invalid_argument("limit must be at most 500")),
         };
-        let mut query = events::table
-            .select(EventRow::as_select())
-            .order(events::seq.desc())
-            .limit(limit + 1)
-            .into_boxed();
-        if !q.event_type.is_empty() {
-            query = query.filter(events::event_type.eq(q.event_type));
-        }
-        if !q.subject.is_empty() {
-            query = query.filter(events::subject.eq(q.subject));
-        }
-        match Outcome::try_from(q.outcome) {
-            Ok(Outcome::Unspecified) => {}
-            Ok(Outcome::Success) => query = query.filter(events::outcome.eq("success")),
-            Ok(Outcome::Failure) => query = query.filter(events::outcome.eq("failure")),
-            Err(_) => return Err(Status::invalid_argument("outcome is not a known value")),
-        }
-        if !q.actor.is_empty() {
-            query = query.filter(events::actor.eq(q.actor));
-        }
-        if !q.source_ip.is_empty() {
-            query = query.filter(events::source_ip.eq(q.source_ip));
-        }
-        if !q.involving.is_empty() {
-            query = query.filter(
-                events::actor
-                    .eq(q.involving.clone())
-                    .or(events::subject.eq(q.involving)),
-            );
-        }
-        if let Some(since) = &q.since {
-            query = query.filter(events::occurred_at.ge(time(since)?));
-        }
-        if let Some(until) = &q.until {
-            query = query.filter(events::occurred_at.lt(time(until)?));
-        }
-        if q.type_prefixes.len() > 20
-            || q.type_prefixes
-                .iter()
-                .any(|p| p.is_empty() || p.len() > 128)
-        {
-            return Err(Status::invalid_argument(
-                "type_prefixes: at most 20, each 1..=128 bytes",
-            ));
-        }
-        if !q.type_prefixes.is_empty() {
-            let mut any: Box<
-                dyn BoxableExpression<
-                        events::table,
-                        diesel::pg::Pg,
-                        SqlType = diesel::sql_types::Bool,
-                    >,
-            > = Box::new(diesel::dsl::sql::<diesel::sql_types::Bool>("false"));
-            for prefix in &q.type_prefixes {
-                // LIKE with the prefix's own wildcards escaped.
-                let pattern = format!(
-                    "{}%",
-                    prefix
-                        .replace('\\', "\\\\")
-                        .replace('%', "\\%")
-                        .replace('_', "\\_")
-                );
-                any = Box::new(any.or(events::event_type.like(pattern)));
-            }
-            query = query.filter(any);
-        }
-        if q.min_risk > 100 {
-            return Err(Status::invalid_argument("min_risk must be at most 100"));
-        }
-        if q.min_risk > 0 {
-            query = query.filter(events::risk_score.ge(i16::try_from(q.min_risk).unwrap_or(100)));
-        }
+        let mut query = filtered(&q)?.order(events::seq.desc()).limit(limit + 1);
         if !q.cursor.is_empty() {
             let before: i64 = q
                 .cursor
@@ -206,6 +142,70 @@ impl AuditService for Audit {
             events: rows.into_iter().map(StoredEvent::from).collect(),
             next_cursor,
         }))
+    }
+
+    type StreamStream = tokio_stream::wrappers::ReceiverStream<Result<StoredEvent, Status>>;
+
+    #[tracing::instrument(level = "info", skip_all)]
+    async fn stream(
+        &self,
+        request: Request<StreamRequest>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        authorize(&request, &["gateway"])?;
+        let r = request.into_inner();
+        let filter = r.filter.unwrap_or_default();
+        // Check the filter once, before anything is streamed.
+        filtered(&filter)?;
+        let pool = self.pool.clone();
+        let mut last = if r.after_seq > 0 {
+            r.after_seq
+        } else {
+            let mut conn = aia_db::conn(&pool).await.map_err(unavailable)?;
+            events::table
+                .select(diesel::dsl::max(events::seq))
+                .first::<Option<i64>>(&mut conn)
+                .await
+                .map_err(|e| internal(anyhow::Error::new(e).context("reading the last seq")))?
+                .unwrap_or(0)
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(STREAM_POLL);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = tx.closed() => return,
+                }
+                let rows = async {
+                    let mut conn = aia_db::conn(&pool).await?;
+                    let rows: Vec<EventRow> = filtered(&filter)
+                        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                        .filter(events::seq.gt(last))
+                        .order(events::seq.asc())
+                        .limit(STREAM_BATCH)
+                        .load(&mut conn)
+                        .await?;
+                    Ok::<_, anyhow::Error>(rows)
+                };
+                match rows.await {
+                    Ok(rows) => {
+                        for row in rows {
+                            last = row.seq();
+                            if tx.send(Ok(StoredEvent::from(row))).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    // The database is away: keep the stream open and try again.
+                    Err(error) => {
+                        tracing::warn!(error = format!("{error:#}"), "stream poll failed")
+                    }
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
     }
 
     #[tracing::instrument(level = "info", skip_all)]
@@ -338,4 +338,80 @@ async fn insert(conn: &mut AsyncPgConnection, row: &NewEvent) -> diesel::QueryRe
         .execute(conn)
         .await?;
     Ok(n == 1)
+}
+
+/// The rows of the events table that `q`'s filters select (limit, order and cursor
+/// are the caller's).
+type Filtered = events::BoxedQuery<
+    'static,
+    diesel::pg::Pg,
+    diesel::dsl::SqlTypeOf<diesel::dsl::AsSelect<EventRow, diesel::pg::Pg>>,
+>;
+
+fn filtered(q: &QueryRequest) -> Result<Filtered, Status> {
+    let mut query = events::table.select(EventRow::as_select()).into_boxed();
+    if !q.event_type.is_empty() {
+        query = query.filter(events::event_type.eq(q.event_type.clone()));
+    }
+    if !q.subject.is_empty() {
+        query = query.filter(events::subject.eq(q.subject.clone()));
+    }
+    match Outcome::try_from(q.outcome) {
+        Ok(Outcome::Unspecified) => {}
+        Ok(Outcome::Success) => query = query.filter(events::outcome.eq("success")),
+        Ok(Outcome::Failure) => query = query.filter(events::outcome.eq("failure")),
+        Err(_) => return Err(Status::invalid_argument("outcome is not a known value")),
+    }
+    if !q.actor.is_empty() {
+        query = query.filter(events::actor.eq(q.actor.clone()));
+    }
+    if !q.source_ip.is_empty() {
+        query = query.filter(events::source_ip.eq(q.source_ip.clone()));
+    }
+    if !q.involving.is_empty() {
+        query = query.filter(
+            events::actor
+                .eq(q.involving.clone())
+                .or(events::subject.eq(q.involving.clone())),
+        );
+    }
+    if let Some(since) = &q.since {
+        query = query.filter(events::occurred_at.ge(time(since)?));
+    }
+    if let Some(until) = &q.until {
+        query = query.filter(events::occurred_at.lt(time(until)?));
+    }
+    if q.type_prefixes.len() > 20
+        || q.type_prefixes
+            .iter()
+            .any(|p| p.is_empty() || p.len() > 128)
+    {
+        return Err(Status::invalid_argument(
+            "type_prefixes: at most 20, each 1..=128 bytes",
+        ));
+    }
+    if !q.type_prefixes.is_empty() {
+        let mut any: Box<
+            dyn BoxableExpression<events::table, diesel::pg::Pg, SqlType = diesel::sql_types::Bool>,
+        > = Box::new(diesel::dsl::sql::<diesel::sql_types::Bool>("false"));
+        for prefix in &q.type_prefixes {
+            // LIKE with the prefix's own wildcards escaped.
+            let pattern = format!(
+                "{}%",
+                prefix
+                    .replace('\\', "\\\\")
+                    .replace('%', "\\%")
+                    .replace('_', "\\_")
+            );
+            any = Box::new(any.or(events::event_type.like(pattern)));
+        }
+        query = query.filter(any);
+    }
+    if q.min_risk > 100 {
+        return Err(Status::invalid_argument("min_risk must be at most 100"));
+    }
+    if q.min_risk > 0 {
+        query = query.filter(events::risk_score.ge(i16::try_from(q.min_risk).unwrap_or(100)));
+    }
+    Ok(query)
 }

@@ -180,6 +180,7 @@ pub async fn build(
         origins: cors::Origins::new(settings.cors_origins.clone()),
         rejections,
         audit: audit_queries,
+        shutdown: shutdown.clone(),
     });
     let ready_state = state.clone();
     let readiness: aia_telemetry::admin::ReadinessCheck = Arc::new(move || {

@@ -27,4 +27,6 @@ pub struct State {
     pub rejections: std::sync::Arc<crate::rejections::Rejections>,
     /// The audit service, for the security-event views.
     pub audit: aia_proto::audit::v1::audit_service_client::AuditServiceClient<Channel>,
+    /// Cancelled when the gateway stops: long-lived responses (event streams) end.
+    pub shutdown: aia_telemetry::shutdown::CancellationToken,
 }

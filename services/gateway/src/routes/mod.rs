@@ -395,6 +395,17 @@ pub fn endpoints() -> Vec<Endpoint> {
         ),
         e(
             Method::GET,
+            "/v1/admin/security-events/stream",
+            "stream_security_events",
+            "New events and alerts as Server-Sent Events, filtered like the search; reconnect with Last-Event-ID (or after=seq)",
+            Admin,
+            Body::None,
+            (200, None),
+            &[401, 403, 422],
+            || web::get().to(security_events::stream),
+        ),
+        e(
+            Method::GET,
             "/v1/auth/me/security-events",
             "my_security_events",
             "The caller's own recent security activity: logins, sessions, credential, MFA and admin changes (limit, cursor)",

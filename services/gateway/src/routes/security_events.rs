@@ -45,6 +45,32 @@ pub struct EventFilters {
     /// `next_cursor` of the previous page.
     #[serde(default)]
     cursor: String,
+    /// The stream only: start after this `seq` (as `Last-Event-ID` does).
+    #[serde(default)]
+    after: i64,
+}
+
+impl EventFilters {
+    fn into_query(self) -> Result<QueryRequest, Problem> {
+        Ok(QueryRequest {
+            outcome: outcome(&self.outcome)?.into(),
+            since: timestamp("since", &self.since)?,
+            until: timestamp("until", &self.until)?,
+            event_type: self.event_type,
+            type_prefixes: if self.type_prefix.is_empty() {
+                Vec::new()
+            } else {
+                vec![self.type_prefix]
+            },
+            actor: self.actor,
+            subject: self.subject,
+            source_ip: self.ip,
+            min_risk: self.min_risk,
+            limit: self.limit,
+            cursor: self.cursor,
+            involving: String::new(),
+        })
+    }
 }
 
 fn timestamp(name: &str, value: &str) -> Result<Option<prost_types::Timestamp>, Problem> {
@@ -121,24 +147,12 @@ pub async fn search(
 ) -> Result<HttpResponse, Problem> {
     require_admin(&auth)?;
     let f = filters.into_inner();
-    let query = QueryRequest {
-        outcome: outcome(&f.outcome)?.into(),
-        since: timestamp("since", &f.since)?,
-        until: timestamp("until", &f.until)?,
-        event_type: f.event_type,
-        type_prefixes: if f.type_prefix.is_empty() {
-            Vec::new()
-        } else {
-            vec![f.type_prefix]
-        },
-        actor: f.actor,
-        subject: f.subject,
-        source_ip: f.ip,
-        min_risk: f.min_risk,
-        limit: f.limit,
-        cursor: f.cursor,
-        involving: String::new(),
-    };
+    if f.after != 0 {
+        return Err(Problem::validation(
+            "`after` is for the stream; pages use `cursor`",
+        ));
+    }
+    let query = f.into_query()?;
     page(&state, query).await
 }
 
@@ -232,4 +246,83 @@ pub async fn mine(
         ..QueryRequest::default()
     };
     page(&state, query).await
+}
+
+/// Seconds between keep-alive comments on an idle stream (proxies close silent ones).
+const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// `GET /v1/admin/security-events/stream`: new events and alerts as Server-Sent
+/// Events (`id`: seq, `event`: type, `data`: the event as in the search), filtered
+/// like the search. A client that reconnects with `Last-Event-ID` (or `after`) misses
+/// nothing.
+pub async fn stream(
+    state: web::Data<State>,
+    auth: Authenticated,
+    request: actix_web::HttpRequest,
+    filters: web::Query<EventFilters>,
+) -> Result<HttpResponse, Problem> {
+    use futures::StreamExt;
+
+    require_admin(&auth)?;
+    let f = filters.into_inner();
+    let after = match request
+        .headers()
+        .get("last-event-id")
+        .map(|v| v.to_str().ok().and_then(|v| v.trim().parse::<i64>().ok()))
+    {
+        None => f.after,
+        Some(Some(seq)) => seq,
+        Some(None) => {
+            return Err(Problem::validation(
+                "Last-Event-ID must be a sequence number",
+            ));
+        }
+    };
+    let filter = f.into_query()?;
+    let events = state
+        .audit
+        .clone()
+        .stream(aia_proto::audit::v1::StreamRequest {
+            filter: Some(filter),
+            after_seq: after.max(0),
+        })
+        .await?
+        .into_inner();
+    let events = events.map(|item| match item {
+        Ok(stored) => {
+            let (seq, kind) = (
+                stored.seq,
+                stored
+                    .event
+                    .as_ref()
+                    .map(|e| e.event_type.clone())
+                    .unwrap_or_default(),
+            );
+            let data = event_json(stored).to_string();
+            Ok::<_, actix_web::Error>(web::Bytes::from(format!(
+                "id: {seq}\nevent: {kind}\ndata: {data}\n\n"
+            )))
+        }
+        Err(status) => {
+            tracing::warn!(code = ?status.code(), "security-event stream ended");
+            Err(actix_web::error::ErrorServiceUnavailable("stream ended"))
+        }
+    });
+    let keep_alive = tokio_stream::wrappers::IntervalStream::new(tokio::time::interval_at(
+        tokio::time::Instant::now() + KEEP_ALIVE,
+        KEEP_ALIVE,
+    ))
+    .map(|_| Ok(web::Bytes::from_static(b": keep-alive\n\n")));
+    // Ends when the event stream ends (its `None` marker); the keep-alives alone never
+    // end it.
+    let end = futures::stream::once(futures::future::ready(None));
+    let body = futures::stream::select(events.map(Some).chain(end), keep_alive.map(Some))
+        .take_while(|item| futures::future::ready(item.is_some()))
+        .filter_map(futures::future::ready)
+        // A stopping gateway ends its streams instead of waiting out its grace period.
+        .take_until(state.shutdown.clone().cancelled_owned());
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"))
+        .streaming(body))
 }

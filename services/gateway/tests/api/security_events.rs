@@ -241,3 +241,92 @@ async fn admins_search_and_summarise_the_trail_users_see_only_their_own() -> any
     stack.stop().await;
     Ok(())
 }
+
+/// Reads the stream until an event of `kind` arrives; its `id` (seq).
+async fn next_event(
+    body: &mut (impl futures::Stream<Item = reqwest::Result<actix_web::web::Bytes>> + Unpin),
+    seen: &mut String,
+    kind: &str,
+) -> anyhow::Result<i64> {
+    use futures::StreamExt;
+    let marker = format!("event: {kind}\n");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(at) = seen.find(&marker) {
+            let block_start = seen[..at].rfind("id: ").unwrap_or(0);
+            let id: i64 = seen[block_start + 4..at].trim().parse()?;
+            let data_end = seen[at..].find("\n\n").map_or(seen.len(), |e| at + e + 2);
+            seen.drain(..data_end);
+            return Ok(id);
+        }
+        let chunk = tokio::time::timeout_at(deadline, body.next())
+            .await
+            .map_err(|_| anyhow::anyhow!("no {kind} event within 10 s; got {seen:?}"))?;
+        match chunk {
+            Some(bytes) => seen.push_str(&String::from_utf8_lossy(&bytes?)),
+            None => anyhow::bail!("the stream ended"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_watch_new_events_live_and_resume_where_they_left() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let admin = admin(&stack).await?;
+    let token = field(&admin, "access_token").to_owned();
+    let open = |last: Option<i64>| {
+        let mut request = stack
+            .http()
+            .get(stack.url("/v1/admin/security-events/stream?type=auth.login"))
+            .bearer_auth(&token);
+        if let Some(seq) = last {
+            request = request.header("last-event-id", seq.to_string());
+        }
+        request.send()
+    };
+    let response = open(None).await?;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream")),
+        "{:?}",
+        response.headers()
+    );
+    let mut body = response.bytes_stream();
+    let mut seen = String::new();
+    // Only events from now on: a login now shows up.
+    let ada = email();
+    register(&stack, &ada).await?;
+    login(&stack, &ada).await?;
+    let first = next_event(&mut body, &mut seen, "auth.login").await?;
+    assert!(!seen.contains("auth.register"), "filtered out: {seen}");
+    drop(body);
+
+    // Two more logins while nobody watches; a client resuming from `first` gets both.
+    login(&stack, &ada).await?;
+    login(&stack, &ada).await?;
+    let mut body = open(Some(first)).await?.bytes_stream();
+    let mut seen = String::new();
+    let second = next_event(&mut body, &mut seen, "auth.login").await?;
+    let third = next_event(&mut body, &mut seen, "auth.login").await?;
+    assert!(first < second && second < third, "{first} {second} {third}");
+    drop(body);
+
+    // Users cannot watch; bad resumption points are refused.
+    let user = field(&login(&stack, &ada).await?, "access_token").to_owned();
+    let refused = get(&stack, &user, "/v1/admin/security-events/stream").await?;
+    assert_problem(refused, StatusCode::FORBIDDEN).await?;
+    let bad = stack
+        .http()
+        .get(stack.url("/v1/admin/security-events/stream"))
+        .bearer_auth(&token)
+        .header("last-event-id", "yesterday")
+        .send()
+        .await?;
+    assert_problem(bad, StatusCode::UNPROCESSABLE_ENTITY).await?;
+    stack.stop().await;
+    Ok(())
+}
