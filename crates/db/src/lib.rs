@@ -7,6 +7,7 @@
 //!   machine;
 //! - [`redis`]: the Redis pool and key naming.
 
+pub mod cleanup;
 pub mod redis;
 pub mod tls;
 

@@ -64,6 +64,13 @@ pub struct Common {
     pub log_json: bool,
     /// `INTERNAL_TLS`: `off` (default in development), `mtls` or `mesh`.
     pub internal_tls: InternalTls,
+    /// `CLEANUP_INTERVAL_SECONDS`: how often auth and session remove rows that no
+    /// longer matter (expired tokens, ended sessions, old blacklist entries; default
+    /// 3600; 0 turns the schedule off).
+    pub cleanup_interval: Option<Duration>,
+    /// `CLEANUP_KEEP_DAYS`: how long ended rows are kept for investigation first
+    /// (default 30).
+    pub cleanup_keep: Duration,
 }
 
 /// How access tokens are signed: one algorithm per deployment.
@@ -394,9 +401,13 @@ impl Common {
                 InternalTls::Off
             }
         };
+        let cleanup_every: u64 = env.parse_in("CLEANUP_INTERVAL_SECONDS", 3600, 0, 7 * 86_400);
+        let cleanup_keep_days: u64 = env.parse_in("CLEANUP_KEEP_DAYS", 30, 0, 3650);
         Self {
             app_env,
             internal_tls,
+            cleanup_interval: (cleanup_every > 0).then(|| Duration::from_secs(cleanup_every)),
+            cleanup_keep: Duration::from_secs(cleanup_keep_days * 86_400),
             database_pool_size: env.parse_in("DATABASE_POOL_SIZE", 10, 1, 1000),
             database_url: database_url.into(),
             redis_url: redis_url.into(),

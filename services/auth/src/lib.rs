@@ -69,6 +69,15 @@ pub async fn build(
         .context("SESSION_GRPC_URL")?
         .timeout(Duration::from_secs(5))
         .connect_lazy();
+    if let Some(every) = settings.common.cleanup_interval {
+        aia_db::cleanup::spawn(
+            pg.clone(),
+            "auth",
+            every,
+            settings.common.cleanup_keep,
+            shutdown.clone(),
+        );
+    }
     let (audit, relay) = aia_audit_client::AuditClient::spawn_outbox(
         &settings.audit_url,
         "auth",

@@ -42,6 +42,15 @@ pub async fn build(
         settings.common.database_pool_size,
     )?;
     let redis = aia_db::redis::pool(settings.common.redis_url.expose_secret())?;
+    if let Some(every) = settings.common.cleanup_interval {
+        aia_db::cleanup::spawn(
+            pg.clone(),
+            "session",
+            every,
+            settings.common.cleanup_keep,
+            shutdown.clone(),
+        );
+    }
     let (audit, relay) = aia_audit_client::AuditClient::spawn_outbox(
         &settings.audit_url,
         "session",

@@ -1,6 +1,8 @@
 //! Postgres over TLS against the local server, which (as Debian sets it up) serves
 //! a self-signed certificate for `localhost`.
 
+mod cleanup;
+
 use diesel::QueryableByName;
 use diesel_async::RunQueryDsl;
 

@@ -1,0 +1,2 @@
+DROP FUNCTION IF EXISTS auth.cleanup(interval);
+DROP FUNCTION IF EXISTS session.cleanup(interval);
