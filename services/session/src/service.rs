@@ -146,19 +146,26 @@ async fn feed(
 impl Sessions {
     /// Revokes a session and blacklists every access token of it, for as long as one
     /// could still be valid. `None` if `user_id` has no such session.
+    /// Revokes the session (and blacklists its access tokens). `event` is written in
+    /// the revocation's transaction if this call revokes it; if not (already revoked,
+    /// or no such session), it is recorded on its own.
     async fn end_session(
         &self,
         session_id: uuid::Uuid,
         user_id: uuid::Uuid,
         reason: &str,
+        event: Option<aia_audit_client::EventBuilder<'_>>,
     ) -> Result<Option<bool>, Status> {
         let now = Utc::now();
-        let Some(revoked) = self
+        let (revoked, unwritten) = self
             .store
-            .revoke(session_id, user_id, reason, now)
+            .revoke(session_id, user_id, reason, now, event)
             .await
-            .map_err(unavailable)?
-        else {
+            .map_err(unavailable)?;
+        if let Some(event) = unwritten {
+            event.emit().await;
+        }
+        let Some(revoked) = revoked else {
             return Ok(None);
         };
         self.blacklist
@@ -223,7 +230,14 @@ impl SessionService for Sessions {
         let rotation = match RefreshToken::parse(&req.refresh_token) {
             Some(token) => self
                 .store
-                .rotate(&token, Utc::now())
+                .rotate(&token, Utc::now(), |session_id, user_id| {
+                    self.audit
+                        .event("session.refresh", Outcome::Success)
+                        .actor(user_id.to_string())
+                        .subject(session_id.to_string())
+                        .client(req.client.as_ref())
+                        .details(serde_json::json!({"replayed_within_grace": false}))
+                })
                 .await
                 .map_err(unavailable)?,
             None => Rotation::Refused,
@@ -238,16 +252,15 @@ impl SessionService for Sessions {
                 // Two holders of one token: end the family, access tokens included.
                 metrics::counter!("session_refresh_total", "outcome" => "reuse").increment(1);
                 tracing::warn!(%session_id, "refresh token reuse: revoking the session");
-                self.end_session(session_id, user_id, "refresh_token_reuse")
-                    .await?;
-                self.audit
+                let event = self
+                    .audit
                     .event("session.refresh_reuse", Outcome::Failure)
                     .actor(user_id.to_string())
                     .subject(session_id.to_string())
                     .client(req.client.as_ref())
-                    .details(serde_json::json!({"risk": "high", "action": "session_revoked"}))
-                    .emit()
-                    .await;
+                    .details(serde_json::json!({"risk": "high", "action": "session_revoked"}));
+                self.end_session(session_id, user_id, "refresh_token_reuse", Some(event))
+                    .await?;
                 return Err(Status::unauthenticated(INVALID_REFRESH));
             }
             Rotation::Refused => {
@@ -263,14 +276,17 @@ impl SessionService for Sessions {
         };
         let outcome = if replayed { "replayed" } else { "rotated" };
         metrics::counter!("session_refresh_total", "outcome" => outcome).increment(1);
-        self.audit
-            .event("session.refresh", Outcome::Success)
-            .actor(rotated.user_id.to_string())
-            .subject(rotated.session_id.to_string())
-            .client(req.client.as_ref())
-            .details(serde_json::json!({"replayed_within_grace": replayed}))
-            .emit()
-            .await;
+        if replayed {
+            // No change to record with: the rotation's own event was written with it.
+            self.audit
+                .event("session.refresh", Outcome::Success)
+                .actor(rotated.user_id.to_string())
+                .subject(rotated.session_id.to_string())
+                .client(req.client.as_ref())
+                .details(serde_json::json!({"replayed_within_grace": true}))
+                .emit()
+                .await;
+        }
         Ok(Response::new(RotateResponse {
             session_id: rotated.session_id.to_string(),
             user_id: rotated.user_id.to_string(),
@@ -296,10 +312,27 @@ impl SessionService for Sessions {
             jti => Some(uuid_arg(jti, "access_jti")?),
         };
         let now = Utc::now();
+        let logout = |already_revoked: bool| {
+            self.audit
+                .event("session.logout", Outcome::Success)
+                .actor(user_id.to_string())
+                .subject(session_id.to_string())
+                .client(req.client.as_ref())
+                .details(serde_json::json!({"already_revoked": already_revoked}))
+        };
+        // Written with the revocation; a logout of a session already ended has no
+        // change to go with and is recorded below.
         let revoked = self
-            .end_session(session_id, user_id, "logout")
-            .await?
+            .store
+            .revoke(session_id, user_id, "logout", now, Some(logout(false)))
+            .await
+            .map_err(unavailable)?
+            .0
             .ok_or_else(|| Status::not_found("no such session for this user"))?;
+        self.blacklist
+            .revoke(Kind::Sid, session_id, now + self.access_ttl)
+            .await
+            .map_err(unavailable)?;
         if let Some(jti) = jti {
             let until = req
                 .access_expires_at
@@ -310,14 +343,9 @@ impl SessionService for Sessions {
                 .await
                 .map_err(unavailable)?;
         }
-        self.audit
-            .event("session.logout", Outcome::Success)
-            .actor(user_id.to_string())
-            .subject(session_id.to_string())
-            .client(req.client.as_ref())
-            .details(serde_json::json!({"already_revoked": !revoked}))
-            .emit()
-            .await;
+        if !revoked {
+            logout(true).emit().await;
+        }
         Ok(Response::new(RevokeResponse { revoked }))
     }
 
@@ -367,7 +395,7 @@ impl SessionService for Sessions {
             return Ok(Response::new(RevokeRefreshTokenResponse { revoked: false }));
         };
         let revoked = self
-            .end_session(session_id, user_id, "token_revoked")
+            .end_session(session_id, user_id, "token_revoked", None)
             .await?
             .unwrap_or(false);
         self.audit
@@ -436,7 +464,7 @@ impl SessionService for Sessions {
             .map_err(unavailable)?;
         let mut revoked = 0u32;
         for session in sessions.iter().filter(|s| Some(s.id) != keep) {
-            if self.end_session(session.id, user_id, reason).await? == Some(true) {
+            if self.end_session(session.id, user_id, reason, None).await? == Some(true) {
                 revoked += 1;
             }
         }

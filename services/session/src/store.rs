@@ -1,5 +1,6 @@
 //! Sessions and their refresh-token chains in Postgres.
 
+use aia_audit_client::EventBuilder;
 use aia_db::PgPool;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -258,10 +259,15 @@ impl SessionStore {
     /// (`rotated_at IS NULL`), so of concurrent calls exactly one rotates; the others
     /// wait on the row lock, find the row rotated, and are answered as retries within
     /// the grace window: with the same successor.
-    pub async fn rotate(
+    ///
+    /// `event` makes the audit event of a rotation (from the session and user ids); it
+    /// is written in the rotation's own transaction, so it is stored if and only if
+    /// the rotation is.
+    pub async fn rotate<'a>(
         &self,
         presented: &RefreshToken,
         now: DateTime<Utc>,
+        event: impl FnOnce(uuid::Uuid, uuid::Uuid) -> EventBuilder<'a> + Send,
     ) -> anyhow::Result<Rotation> {
         let successor = presented.successor(&self.successor_key)?;
         let old_hash = presented.hash();
@@ -308,6 +314,7 @@ impl SessionStore {
                     ))
                     .execute(conn)
                     .await?;
+                event(session_id, user_id).write_in(conn).await?;
                 Ok(Outcome::Rotated(Live {
                     session_id,
                     user_id,
@@ -378,13 +385,17 @@ impl SessionStore {
 
     /// Marks a session of `user_id` revoked. `Some(true)` if it was live until now,
     /// `Some(false)` if it was already revoked, `None` if `user_id` has no such session.
-    pub async fn revoke(
+    ///
+    /// `event`, if given, is written in the revoking transaction when this call is the
+    /// one that revokes; otherwise it is handed back, unwritten.
+    pub async fn revoke<'a>(
         &self,
         session_id: uuid::Uuid,
         user_id: uuid::Uuid,
         reason: &str,
         now: DateTime<Utc>,
-    ) -> anyhow::Result<Option<bool>> {
+        event: Option<EventBuilder<'a>>,
+    ) -> anyhow::Result<(Option<bool>, Option<EventBuilder<'a>>)> {
         let mut conn = aia_db::conn(&self.pool).await?;
         let exists: Option<Option<DateTime<Utc>>> = sessions::table
             .find(session_id)
@@ -395,22 +406,33 @@ impl SessionStore {
             .optional()
             .context("looking up a session")?;
         let Some(previous) = exists else {
-            return Ok(None);
+            return Ok((None, event));
         };
         if previous.is_some() {
-            return Ok(Some(false));
+            return Ok((Some(false), event));
         }
         // Conditional on still being live: of two concurrent logouts one revokes.
-        let changed = diesel::update(sessions::table.find(session_id))
-            .filter(sessions::revoked_at.is_null())
-            .set((
-                sessions::revoked_at.eq(now),
-                sessions::revoke_reason.eq(reason),
-            ))
-            .execute(&mut conn)
+        let (changed, event) = conn
+            .transaction::<_, diesel::result::Error, _>(async |conn| {
+                let changed = diesel::update(sessions::table.find(session_id))
+                    .filter(sessions::revoked_at.is_null())
+                    .set((
+                        sessions::revoked_at.eq(now),
+                        sessions::revoke_reason.eq(reason),
+                    ))
+                    .execute(conn)
+                    .await?;
+                match event {
+                    Some(event) if changed == 1 => {
+                        event.write_in(conn).await?;
+                        Ok((true, None))
+                    }
+                    event => Ok((changed == 1, event)),
+                }
+            })
             .await
             .context("revoking a session")?;
-        Ok(Some(changed == 1))
+        Ok((Some(changed), event))
     }
 }
 
@@ -444,7 +466,13 @@ mod tests {
         token: &RefreshToken,
         now: DateTime<Utc>,
     ) -> anyhow::Result<Option<Rotated>> {
-        Ok(match store.rotate(token, now).await? {
+        let audit = aia_audit_client::AuditClient::outbox_only(
+            "session",
+            store.pool.clone(),
+            "session.audit_outbox",
+        );
+        let event = |_, _| audit.event("session.refresh", aia_proto::audit::v1::Outcome::Success);
+        Ok(match store.rotate(token, now, event).await? {
             Rotation::Rotated(r) => Some(r),
             _ => None,
         })
@@ -467,6 +495,68 @@ mod tests {
                 .await?
                 .is_none()
         );
+        db.drop_database().await?;
+        Ok(())
+    }
+
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+
+    async fn outbox_rows(store: &SessionStore) -> anyhow::Result<i64> {
+        let mut conn = aia_db::conn(&store.pool).await?;
+        Ok(
+            diesel::sql_query("SELECT count(*) AS n FROM session.audit_outbox")
+                .get_result::<Count>(&mut conn)
+                .await?
+                .n,
+        )
+    }
+
+    /// The audit event of a change is stored with the change, and only then.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn events_are_written_in_the_changes_own_transaction() -> anyhow::Result<()> {
+        let (store, db) = store().await?;
+        let now = Utc::now();
+        let user = uuid::Uuid::new_v4();
+        let created = store
+            .create(user, &Client::default(), &["pwd".to_owned()], now)
+            .await?;
+        // A rotation that happens writes its event.
+        let rotated = rotate(&store, &created.token, now).await?;
+        assert!(rotated.is_some());
+        assert_eq!(outbox_rows(&store).await?, 1);
+        // A refused rotation (the session was revoked meanwhile) rolls back: no event.
+        let audit = aia_audit_client::AuditClient::outbox_only(
+            "session",
+            store.pool.clone(),
+            "session.audit_outbox",
+        );
+        let logout = || Some(audit.event("session.logout", aia_proto::audit::v1::Outcome::Success));
+        let (revoked, unwritten) = store
+            .revoke(created.session_id, user, "logout", now, logout())
+            .await?;
+        assert_eq!(revoked, Some(true));
+        assert!(unwritten.is_none());
+        assert_eq!(outbox_rows(&store).await?, 2);
+        let successor = rotated.map(|r| r.token);
+        if let Some(successor) = successor {
+            assert!(rotate(&store, &successor, now).await?.is_none());
+        }
+        assert_eq!(
+            outbox_rows(&store).await?,
+            2,
+            "a refused rotation wrote an event"
+        );
+        // Revoking again changes nothing: the event comes back unwritten.
+        let (revoked, unwritten) = store
+            .revoke(created.session_id, user, "logout", now, logout())
+            .await?;
+        assert_eq!(revoked, Some(false));
+        assert!(unwritten.is_some());
+        assert_eq!(outbox_rows(&store).await?, 2);
         db.drop_database().await?;
         Ok(())
     }
