@@ -100,6 +100,14 @@ enum Command {
         /// e.g. `http://127.0.0.1:9100/readyz` (a service's admin port).
         url: String,
     },
+    /// Remove audit events older than N days (needs DATABASE_URL), keeping an anchor
+    /// so that `verify-audit-chain` still checks what remains; the newest event
+    /// always stays. The audit service does this itself with AUDIT_RETENTION_DAYS.
+    PruneAudit {
+        /// Remove events recorded more than this many days ago.
+        #[arg(long)]
+        older_than_days: u32,
+    },
     /// Print a new Ed25519 signing key (PKCS#8 PEM) for JWT_SIGNING_KEY_FILE.
     GenSigningKey,
     /// Add a new signing key to the key store (needs DATABASE_URL and ENCRYPTION_KEY).
@@ -155,6 +163,7 @@ async fn main() -> ExitCode {
         Command::RotateSigningKey { activate_in } => rotate_signing_key(activate_in).await,
         Command::VerifyAuditChain { from, to } => verify_audit_chain(from, to).await,
         Command::RotateEncryptionKey => rotate_encryption_key().await,
+        Command::PruneAudit { older_than_days } => prune_audit(older_than_days).await,
         Command::CheckConfig { env_file, format } => check_config(env_file.as_deref(), format),
         Command::GenSecrets {
             format,
@@ -376,5 +385,21 @@ async fn rotate_encryption_key() -> anyhow::Result<ExitCode> {
         new.id(),
         report.already
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn prune_audit(older_than_days: u32) -> anyhow::Result<ExitCode> {
+    let common = Common::from_env(Env::from_process())?;
+    let pool = aia_db::pool(common.database_url.expose_secret(), 1)?;
+    let before = chrono::Utc::now() - chrono::Duration::days(i64::from(older_than_days));
+    let pruned = aia_audit::prune(&pool, before).await?;
+    match pruned.anchor_seq {
+        Some(seq) => println!(
+            "pruned {} audit events recorded before {}; the chain now starts after anchor seq {seq}",
+            pruned.pruned,
+            before.to_rfc3339()
+        ),
+        None => println!("no audit event is older than {older_than_days} days"),
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -267,3 +267,86 @@ async fn create_admin_is_audited_through_auths_outbox() -> anyhow::Result<()> {
     db.drop_database().await?;
     Ok(())
 }
+
+/// Retention: old events go, an anchor keeps the rest verifiable, the pruning is
+/// itself on the chain, and removing a prefix without an anchor is still caught.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_audit_keeps_the_rest_of_the_chain_verifiable() -> anyhow::Result<()> {
+    let db = TestDb::create().await?;
+    let mut conn = db.connect().await?;
+    let insert = |n: i32| {
+        diesel::sql_query(format!(
+            "INSERT INTO audit.events (id, occurred_at, event_type, outcome, producer) \
+             SELECT gen_random_uuid(), now(), 'auth.login', 'success', 'test' FROM generate_series(1, {n})"
+        ))
+    };
+    insert(6).execute(&mut conn).await?;
+    // Backdate them (as if recorded 40 days ago), with the chain re-made over it.
+    diesel::sql_query("ALTER TABLE audit.events DISABLE TRIGGER events_append_only")
+        .execute(&mut conn)
+        .await?;
+    diesel::sql_query(
+        "DO $$ DECLARE r audit.events; prev bytea := '\\x0000000000000000000000000000000000000000000000000000000000000000'::bytea; BEGIN \
+         FOR r IN SELECT * FROM audit.events ORDER BY seq LOOP \
+           r.recorded_at := r.recorded_at - interval '40 days'; \
+           UPDATE audit.events SET recorded_at = r.recorded_at, prev_hash = prev, hash = audit.event_digest(prev, r) \
+             WHERE seq = r.seq RETURNING hash INTO prev; \
+         END LOOP; END $$",
+    )
+    .execute(&mut conn)
+    .await?;
+    diesel::sql_query("ALTER TABLE audit.events ENABLE TRIGGER events_append_only")
+        .execute(&mut conn)
+        .await?;
+    insert(3).execute(&mut conn).await?;
+    let (code, text) = verify(&db)?;
+    assert_eq!(code, 0, "{text}");
+
+    let env = [
+        ("DATABASE_URL", db.url.as_str()),
+        ("APP_ENV", "development"),
+    ];
+    let (code, text) = run(&["prune-audit", "--older-than-days", "30"], &env)?;
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("pruned 6 audit events"), "{text}");
+    assert!(text.contains("anchor seq 6"), "{text}");
+    let (code, text) = verify(&db)?;
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("intact: 4 events checked"),
+        "3 kept and the retention event: {text}"
+    );
+    let left = diesel::sql_query(
+        "SELECT count(*) AS n FROM audit.events WHERE event_type = 'audit.retention'",
+    )
+    .get_result::<Count>(&mut conn)
+    .await?
+    .n;
+    assert_eq!(left, 1);
+    // Nothing older left: a second run changes nothing.
+    let (code, text) = run(&["prune-audit", "--older-than-days", "30"], &env)?;
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("no audit event is older"), "{text}");
+    // Anchors cannot be changed; events cannot be deleted outside a pruning.
+    let refused = diesel::sql_query("DELETE FROM audit.anchors")
+        .execute(&mut conn)
+        .await;
+    assert!(refused.is_err());
+    let refused = diesel::sql_query("DELETE FROM audit.events WHERE seq = 7")
+        .execute(&mut conn)
+        .await;
+    assert!(refused.is_err());
+    // Someone removes the oldest kept event behind the trigger's back: caught.
+    diesel::sql_query("ALTER TABLE audit.events DISABLE TRIGGER events_append_only")
+        .execute(&mut conn)
+        .await?;
+    diesel::sql_query("DELETE FROM audit.events WHERE seq = 7")
+        .execute(&mut conn)
+        .await?;
+    let (code, text) = verify(&db)?;
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("BROKEN at event seq 8"), "{text}");
+    drop(conn);
+    db.drop_database().await?;
+    Ok(())
+}

@@ -268,6 +268,9 @@ pub struct AuditSettings {
     pub grpc_addr: SocketAddr,
     /// `AUDIT_ADMIN_ADDR` (default `127.0.0.1:9103`).
     pub admin_addr: SocketAddr,
+    /// `AUDIT_RETENTION_DAYS`: events older than this are pruned hourly, keeping an
+    /// anchor so the chain still verifies (default 0: kept forever).
+    pub retention: Option<Duration>,
 }
 
 /// The gateway.
@@ -625,6 +628,10 @@ impl AuditSettings {
         let settings = Self {
             grpc_addr: addr(&mut env, "AUDIT_GRPC_ADDR", "127.0.0.1:50053"),
             admin_addr: addr(&mut env, "AUDIT_ADMIN_ADDR", "127.0.0.1:9103"),
+            retention: match env.parse_in::<u64>("AUDIT_RETENTION_DAYS", 0, 0, 36_500) {
+                0 => None,
+                days => Some(Duration::from_secs(days * 86_400)),
+            },
             common,
         };
         env.finish(settings)

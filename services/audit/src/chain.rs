@@ -5,7 +5,7 @@
 
 use aia_db::PgPool;
 use anyhow::Context;
-use diesel::sql_types::{BigInt, Nullable, Text};
+use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz};
 use diesel_async::RunQueryDsl;
 
 /// What a verification found.
@@ -31,4 +31,62 @@ pub async fn verify(pool: &PgPool, from_seq: i64, to_seq: i64) -> anyhow::Result
         .get_result(&mut conn)
         .await
         .context("verifying the audit chain")
+}
+
+/// What a pruning did.
+#[derive(Debug, Clone, PartialEq, Eq, diesel::QueryableByName)]
+pub struct Pruned {
+    /// Events removed.
+    #[diesel(sql_type = BigInt)]
+    pub pruned: i64,
+    /// The anchor kept (the last removed event's seq), if any were removed.
+    #[diesel(sql_type = Nullable<BigInt>)]
+    pub anchor_seq: Option<i64>,
+}
+
+/// Removes the events recorded before `before` and keeps an anchor, so the rest of
+/// the chain still verifies (`audit.prune`; the newest event always stays).
+pub async fn prune(pool: &PgPool, before: chrono::DateTime<chrono::Utc>) -> anyhow::Result<Pruned> {
+    let mut conn = aia_db::conn(pool).await?;
+    diesel::sql_query("SELECT pruned, anchor_seq FROM audit.prune($1)")
+        .bind::<Timestamptz, _>(before)
+        .get_result(&mut conn)
+        .await
+        .context("pruning the audit trail")
+}
+
+/// Prunes events older than `keep`, every hour, until `shutdown`.
+pub fn spawn_retention(
+    pool: PgPool,
+    keep: std::time::Duration,
+    shutdown: aia_telemetry::shutdown::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = shutdown.cancelled() => return,
+            }
+            let keep = chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
+            let before = chrono::Utc::now()
+                .checked_sub_signed(keep)
+                .unwrap_or_default();
+            match prune(&pool, before).await {
+                Ok(p) if p.pruned > 0 => {
+                    metrics::counter!("audit_events_pruned_total")
+                        .increment(p.pruned.unsigned_abs());
+                    tracing::info!(
+                        pruned = p.pruned,
+                        anchor_seq = p.anchor_seq,
+                        "audit retention"
+                    );
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(error = format!("{error:#}"), "audit retention failed")
+                }
+            }
+        }
+    })
 }

@@ -20,7 +20,7 @@ use aia_settings::AuditSettings;
 use aia_telemetry::grpc::GrpcApplication;
 use aia_telemetry::shutdown::CancellationToken;
 
-pub use chain::{ChainReport, verify as verify_chain};
+pub use chain::{ChainReport, Pruned, prune, verify as verify_chain};
 pub use service::Audit;
 
 /// The audit service, bound and ready to run.
@@ -36,6 +36,9 @@ pub async fn build(
         secrecy::ExposeSecret::expose_secret(&settings.common.database_url),
         settings.common.database_pool_size,
     )?;
+    if let Some(keep) = settings.retention {
+        chain::spawn_retention(pool.clone(), keep, shutdown.clone());
+    }
     let ready_pool = pool.clone();
     let readiness: aia_telemetry::admin::ReadinessCheck = Arc::new(move || {
         let pool = ready_pool.clone();

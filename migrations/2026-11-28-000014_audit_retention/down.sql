@@ -1,0 +1,2 @@
+DROP FUNCTION IF EXISTS audit.prune(timestamptz);
+DROP TABLE IF EXISTS audit.anchors;
