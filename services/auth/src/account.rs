@@ -65,8 +65,22 @@ impl Auth {
             }
         }
         let hash = self.hasher.hash(new).await?;
+        // The event goes with the change; the sessions it ends are recorded by the
+        // session service (`session.revoke_all`, with the count).
+        let event = self
+            .audit
+            .event("auth.password_change", Outcome::Success)
+            .actor(user_id.to_string())
+            .subject(user_id.to_string())
+            .client(req.client.as_ref());
         self.users
-            .set_password(user_id, &user.password_hash, &hash, self.policy.history())
+            .set_password(
+                user_id,
+                &user.password_hash,
+                &hash,
+                self.policy.history(),
+                event,
+            )
             .await
             .map_err(AuthError::Unavailable)?;
         let ended = self
@@ -77,14 +91,6 @@ impl Auth {
                 req.client.clone(),
             )
             .await?;
-        self.audit
-            .event("auth.password_change", Outcome::Success)
-            .actor(user_id.to_string())
-            .subject(user_id.to_string())
-            .client(req.client.as_ref())
-            .details(serde_json::json!({"other_sessions_ended": ended}))
-            .emit()
-            .await;
         Ok(ChangePasswordResponse {
             sessions_ended: ended,
         })
@@ -114,17 +120,16 @@ impl Auth {
         scopes.dedup();
         let (key, api_key) = self
             .api_keys
-            .create(user_id, name, &scopes, expires_at)
+            .create(user_id, name, &scopes, expires_at, |id| {
+                self.audit
+                    .event("auth.api_key_created", Outcome::Success)
+                    .actor(user_id.to_string())
+                    .subject(id.to_string())
+                    .client(req.client.as_ref())
+                    .details(serde_json::json!({"scopes": scopes, "expires_at": expires_at}))
+            })
             .await
             .map_err(AuthError::Unavailable)?;
-        self.audit
-            .event("auth.api_key_created", Outcome::Success)
-            .actor(user_id.to_string())
-            .subject(key.id.to_string())
-            .client(req.client.as_ref())
-            .details(serde_json::json!({"scopes": scopes, "expires_at": expires_at}))
-            .emit()
-            .await;
         Ok(CreateApiKeyResponse {
             key: Some(api_key_info(key)),
             api_key,
@@ -299,8 +304,20 @@ impl Auth {
         {
             return Err(AuthError::InvalidEmailToken);
         }
+        let event = self
+            .audit
+            .event("auth.password_reset", Outcome::Success)
+            .actor(user_id.to_string())
+            .subject(user_id.to_string())
+            .client(req.client.as_ref());
         self.users
-            .set_password(user_id, &user.password_hash, &hash, self.policy.history())
+            .set_password(
+                user_id,
+                &user.password_hash,
+                &hash,
+                self.policy.history(),
+                event,
+            )
             .await
             .map_err(AuthError::Unavailable)?;
         // A reset proves control of the mailbox: the address counts as verified.
@@ -315,14 +332,6 @@ impl Auth {
             .unlock(email.as_str())
             .await
             .map_err(AuthError::Unavailable)?;
-        self.audit
-            .event("auth.password_reset", Outcome::Success)
-            .actor(user_id.to_string())
-            .subject(user_id.to_string())
-            .client(req.client.as_ref())
-            .details(serde_json::json!({"sessions_ended": ended}))
-            .emit()
-            .await;
         Ok(ResetPasswordResponse {
             sessions_ended: ended,
         })

@@ -9,7 +9,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
+use diesel_async::{AsyncConnection, RunQueryDsl};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -75,30 +75,41 @@ impl ApiKeys {
     }
 
     /// Creates a key; returns it with the full `aia_<id>_<secret>` (shown once).
-    pub async fn create(
+    ///
+    /// The audit event `event` makes for the key's id is written in the same
+    /// transaction.
+    pub async fn create<'a>(
         &self,
         user_id: uuid::Uuid,
         name: &str,
         scopes: &[String],
         expires_at: Option<DateTime<Utc>>,
+        event: impl FnOnce(uuid::Uuid) -> aia_audit_client::EventBuilder<'a>,
     ) -> anyhow::Result<(ApiKey, String)> {
         let id = uuid::Uuid::new_v4();
+        let event = event(id);
         let mut bytes = [0u8; 32];
         getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("OS random source: {e}"))?;
         let secret = URL_SAFE_NO_PAD.encode(bytes);
         let digest = self.mac(&secret)?.finalize().into_bytes().to_vec();
         let mut conn = aia_db::conn(&self.pool).await?;
-        let key = diesel::insert_into(api_keys::table)
-            .values((
-                api_keys::id.eq(id),
-                api_keys::user_id.eq(user_id),
-                api_keys::name.eq(name),
-                api_keys::scopes.eq(scopes),
-                api_keys::secret_hmac.eq(digest),
-                api_keys::expires_at.eq(expires_at),
-            ))
-            .returning(ApiKey::as_returning())
-            .get_result(&mut conn)
+        let key = conn
+            .transaction::<_, diesel::result::Error, _>(async |conn| {
+                let key = diesel::insert_into(api_keys::table)
+                    .values((
+                        api_keys::id.eq(id),
+                        api_keys::user_id.eq(user_id),
+                        api_keys::name.eq(name),
+                        api_keys::scopes.eq(scopes),
+                        api_keys::secret_hmac.eq(digest),
+                        api_keys::expires_at.eq(expires_at),
+                    ))
+                    .returning(ApiKey::as_returning())
+                    .get_result(conn)
+                    .await?;
+                event.write_in(conn).await?;
+                Ok(key)
+            })
             .await
             .context("creating an API key")?;
         Ok((key, format!("aia_{}_{secret}", id.simple())))

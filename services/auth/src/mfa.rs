@@ -316,10 +316,14 @@ impl Mfa {
 
     /// Confirms a pending enrolment with its first code; returns the recovery codes,
     /// or `None` if the code is wrong or nothing is pending.
+    ///
+    /// `event` is written in the confirming transaction (not at all if the code is
+    /// wrong).
     pub async fn confirm(
         &self,
         user_id: uuid::Uuid,
         code: &str,
+        event: aia_audit_client::EventBuilder<'_>,
     ) -> anyhow::Result<Option<Vec<String>>> {
         let codes = (0..RECOVERY_CODES)
             .map(|_| new_recovery_code())
@@ -350,6 +354,7 @@ impl Mfa {
                     .values(rows)
                     .execute(conn)
                     .await?;
+                event.write_in(conn).await?;
                 Ok(true)
             })
             .await
@@ -393,8 +398,13 @@ impl Mfa {
             .context("counting recovery codes")
     }
 
-    /// Removes the user's TOTP and recovery codes. True if TOTP was on.
-    pub async fn disable(&self, user_id: uuid::Uuid) -> anyhow::Result<bool> {
+    /// Removes the user's TOTP and recovery codes. True if TOTP was on; `event` is
+    /// written in the same transaction, if it was.
+    pub async fn disable(
+        &self,
+        user_id: uuid::Uuid,
+        event: aia_audit_client::EventBuilder<'_>,
+    ) -> anyhow::Result<bool> {
         let mut conn = aia_db::conn(&self.pool).await?;
         conn.transaction::<_, diesel::result::Error, _>(async |conn| {
             diesel::delete(recovery_codes::table.filter(recovery_codes::user_id.eq(user_id)))
@@ -407,6 +417,9 @@ impl Mfa {
             )
             .execute(conn)
             .await?;
+            if removed == 1 {
+                event.write_in(conn).await?;
+            }
             Ok(removed == 1)
         })
         .await

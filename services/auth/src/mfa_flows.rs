@@ -196,9 +196,17 @@ impl Auth {
         req: ConfirmTotpRequest,
     ) -> Result<ConfirmTotpResponse, AuthError> {
         let user = self.token_user(&req.user_id).await?;
+        // Sessions it ends are recorded by the session service (`session.revoke_all`).
+        let enabled = self
+            .audit
+            .event("auth.mfa_enabled", Outcome::Success)
+            .actor(user.id.to_string())
+            .subject(user.id.to_string())
+            .client(req.client.as_ref())
+            .details(serde_json::json!({"method": "totp"}));
         let Some(recovery_codes) = self
             .mfa
-            .confirm(user.id, &req.code)
+            .confirm(user.id, &req.code, enabled)
             .await
             .map_err(AuthError::Unavailable)?
         else {
@@ -212,22 +220,13 @@ impl Auth {
                 .await;
             return Err(AuthError::WrongCode);
         };
-        let ended = self
-            .end_sessions(
-                user.id,
-                Some(&req.session_id),
-                "mfa_enabled",
-                req.client.clone(),
-            )
-            .await?;
-        self.audit
-            .event("auth.mfa_enabled", Outcome::Success)
-            .actor(user.id.to_string())
-            .subject(user.id.to_string())
-            .client(req.client.as_ref())
-            .details(serde_json::json!({"method": "totp", "sessions_ended": ended}))
-            .emit()
-            .await;
+        self.end_sessions(
+            user.id,
+            Some(&req.session_id),
+            "mfa_enabled",
+            req.client.clone(),
+        )
+        .await?;
         Ok(ConfirmTotpResponse { recovery_codes })
     }
 
@@ -276,18 +275,17 @@ impl Auth {
                 AuthError::WrongCode
             });
         }
-        self.mfa
-            .disable(user.id)
-            .await
-            .map_err(AuthError::Unavailable)?;
-        self.audit
+        let disabled = self
+            .audit
             .event("auth.mfa_disabled", Outcome::Success)
             .actor(user.id.to_string())
             .subject(user.id.to_string())
             .client(req.client.as_ref())
-            .details(serde_json::json!({"risk": "medium", "method": "totp"}))
-            .emit()
-            .await;
+            .details(serde_json::json!({"risk": "medium", "method": "totp"}));
+        self.mfa
+            .disable(user.id, disabled)
+            .await
+            .map_err(AuthError::Unavailable)?;
         Ok(DisableTotpResponse {})
     }
 }

@@ -69,12 +69,15 @@ impl UserStore {
 
     /// Replaces the password hash of `user_id`, keeping the old one in the history
     /// (trimmed to `keep` entries).
+    /// `event` is written in the same transaction: stored if and only if the password
+    /// changed.
     pub async fn set_password(
         &self,
         user_id: uuid::Uuid,
         old_hash: &str,
         new_hash: &str,
         keep: usize,
+        event: EventBuilder<'_>,
     ) -> anyhow::Result<()> {
         let keep = i64::try_from(keep).unwrap_or(i64::MAX);
         let mut conn = aia_db::conn(&self.pool).await?;
@@ -97,7 +100,7 @@ impl UserStore {
             .bind::<diesel::sql_types::BigInt, _>(keep)
             .execute(conn)
             .await?;
-            Ok(())
+            event.write_in(conn).await
         })
         .await
         .context("changing a password")
