@@ -259,6 +259,21 @@ impl EventBuilder<'_> {
     }
 }
 
+impl EventBuilder<'_> {
+    /// After an UPDATE inside the caller's transaction: writes the event (as
+    /// [`EventBuilder::write_in`]) if exactly one row changed; whether one did.
+    pub async fn write_in_if_changed(
+        self,
+        changed: usize,
+        conn: &mut AsyncPgConnection,
+    ) -> diesel::QueryResult<bool> {
+        if changed == 1 {
+            self.write_in(conn).await?;
+        }
+        Ok(changed == 1)
+    }
+}
+
 #[derive(diesel::QueryableByName)]
 struct OutboxRow {
     #[diesel(sql_type = BigInt)]

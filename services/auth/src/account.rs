@@ -199,17 +199,16 @@ impl Auth {
             .await
             .map_err(AuthError::Unavailable)?
             .ok_or(AuthError::InvalidEmailToken)?;
-        self.users
-            .set_verified(user_id)
-            .await
-            .map_err(AuthError::Unavailable)?;
-        self.audit
+        let event = self
+            .audit
             .event("auth.email_verified", Outcome::Success)
             .actor(user_id.to_string())
             .subject(user_id.to_string())
-            .client(req.client.as_ref())
-            .emit()
-            .await;
+            .client(req.client.as_ref());
+        self.users
+            .set_verified(user_id, event)
+            .await
+            .map_err(AuthError::Unavailable)?;
         Ok(VerifyEmailResponse {})
     }
 
@@ -321,8 +320,15 @@ impl Auth {
             .await
             .map_err(AuthError::Unavailable)?;
         // A reset proves control of the mailbox: the address counts as verified.
+        let verified = self
+            .audit
+            .event("auth.email_verified", Outcome::Success)
+            .actor(user_id.to_string())
+            .subject(user_id.to_string())
+            .client(req.client.as_ref())
+            .details(serde_json::json!({"via": "password_reset"}));
         self.users
-            .set_verified(user_id)
+            .set_verified(user_id, verified)
             .await
             .map_err(AuthError::Unavailable)?;
         let ended = self

@@ -100,25 +100,24 @@ impl Auth {
         if user_id == actor_id && !roles.iter().any(|r| r == "admin") {
             return Err(AuthError::Invalid(Invalid::SelfDemotion));
         }
+        // The sessions it ends are recorded by the session service (with the count).
+        let event = self
+            .audit
+            .event("admin.user_roles_changed", Outcome::Success)
+            .actor(actor_id.to_string())
+            .subject(user_id.to_string())
+            .client(req.client.as_ref())
+            .details(serde_json::json!({"roles": roles}));
         if !self
             .users
-            .set_roles(user_id, &roles)
+            .set_roles(user_id, &roles, event)
             .await
             .map_err(AuthError::Unavailable)?
         {
             return Err(AuthError::NotFound);
         }
-        let ended = self
-            .end_sessions(user_id, None, "roles_changed", req.client.clone())
+        self.end_sessions(user_id, None, "roles_changed", req.client.clone())
             .await?;
-        self.audit
-            .event("admin.user_roles_changed", Outcome::Success)
-            .actor(actor_id.to_string())
-            .subject(user_id.to_string())
-            .client(req.client.as_ref())
-            .details(serde_json::json!({"roles": roles, "sessions_ended": ended}))
-            .emit()
-            .await;
         Ok(SetUserRolesResponse {})
     }
 
@@ -156,33 +155,29 @@ impl Auth {
     ) -> Result<SetUserDisabledResponse, AuthError> {
         let actor_id = self.require_admin(&req.actor_id).await?;
         let user_id = uuid::Uuid::parse_str(&req.user_id).map_err(|_| AuthError::NotFound)?;
+        let event_type = if req.disabled {
+            "admin.user_disabled"
+        } else {
+            "admin.user_enabled"
+        };
+        let event = self
+            .audit
+            .event(event_type, Outcome::Success)
+            .actor(actor_id.to_string())
+            .subject(user_id.to_string())
+            .client(req.client.as_ref());
         if !self
             .users
-            .set_disabled(user_id, req.disabled)
+            .set_disabled(user_id, req.disabled, event)
             .await
             .map_err(AuthError::Unavailable)?
         {
             return Err(AuthError::NotFound);
         }
-        let ended = if req.disabled {
+        if req.disabled {
             self.end_sessions(user_id, None, "user_disabled", req.client.clone())
-                .await?
-        } else {
-            0
-        };
-        let event = if req.disabled {
-            "admin.user_disabled"
-        } else {
-            "admin.user_enabled"
-        };
-        self.audit
-            .event(event, Outcome::Success)
-            .actor(actor_id.to_string())
-            .subject(user_id.to_string())
-            .client(req.client.as_ref())
-            .details(serde_json::json!({"sessions_ended": ended}))
-            .emit()
-            .await;
+                .await?;
+        }
         Ok(SetUserDisabledResponse {})
     }
 }

@@ -129,16 +129,24 @@ impl ApiKeys {
     }
 
     /// Revokes one of the owner's keys. False if they have no such live key.
-    pub async fn revoke(&self, user_id: uuid::Uuid, id: uuid::Uuid) -> anyhow::Result<bool> {
+    pub async fn revoke(
+        &self,
+        user_id: uuid::Uuid,
+        id: uuid::Uuid,
+        event: aia_audit_client::EventBuilder<'_>,
+    ) -> anyhow::Result<bool> {
         let mut conn = aia_db::conn(&self.pool).await?;
-        let changed = diesel::update(api_keys::table.find(id))
-            .filter(api_keys::user_id.eq(user_id))
-            .filter(api_keys::revoked_at.is_null())
-            .set(api_keys::revoked_at.eq(Utc::now()))
-            .execute(&mut conn)
-            .await
-            .context("revoking an API key")?;
-        Ok(changed == 1)
+        conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+            let changed = diesel::update(api_keys::table.find(id))
+                .filter(api_keys::user_id.eq(user_id))
+                .filter(api_keys::revoked_at.is_null())
+                .set(api_keys::revoked_at.eq(Utc::now()))
+                .execute(conn)
+                .await?;
+            event.write_in_if_changed(changed, conn).await
+        })
+        .await
+        .context("revoking an API key")
     }
 
     /// The live key `presented` is, if its secret matches (constant time), it is not

@@ -711,21 +711,20 @@ impl AuthService for Auth {
             uuid::Uuid::parse_str(&req.user_id).map_err(|_| Status::invalid_argument("user_id"))?;
         let key_id =
             uuid::Uuid::parse_str(&req.key_id).map_err(|_| Status::not_found("no such API key"))?;
+        let event = self
+            .audit
+            .event("auth.api_key_revoked", Outcome::Success)
+            .actor(user_id.to_string())
+            .subject(key_id.to_string())
+            .client(req.client.as_ref());
         if !self
             .api_keys
-            .revoke(user_id, key_id)
+            .revoke(user_id, key_id, event)
             .await
             .map_err(aia_telemetry::grpc::unavailable)?
         {
             return Err(Status::not_found("no such API key"));
         }
-        self.audit
-            .event("auth.api_key_revoked", Outcome::Success)
-            .actor(user_id.to_string())
-            .subject(key_id.to_string())
-            .client(req.client.as_ref())
-            .emit()
-            .await;
         Ok(Response::new(RevokeApiKeyResponse {}))
     }
 

@@ -163,46 +163,71 @@ impl UserStore {
     }
 
     /// Replaces a user's roles. False if there is no such user.
-    pub async fn set_roles(&self, user_id: uuid::Uuid, roles: &[String]) -> anyhow::Result<bool> {
+    pub async fn set_roles(
+        &self,
+        user_id: uuid::Uuid,
+        roles: &[String],
+        event: EventBuilder<'_>,
+    ) -> anyhow::Result<bool> {
         let mut conn = aia_db::conn(&self.pool).await?;
-        let changed = diesel::update(users::table.find(user_id))
-            .set((
-                users::roles.eq(roles),
-                users::updated_at.eq(diesel::dsl::now),
-            ))
-            .execute(&mut conn)
-            .await
-            .context("setting roles")?;
-        Ok(changed == 1)
+        conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+            let changed = diesel::update(users::table.find(user_id))
+                .set((
+                    users::roles.eq(roles),
+                    users::updated_at.eq(diesel::dsl::now),
+                ))
+                .execute(conn)
+                .await?;
+            event.write_in_if_changed(changed, conn).await
+        })
+        .await
+        .context("setting roles")
     }
 
-    /// Marks the user's email verified.
-    pub async fn set_verified(&self, user_id: uuid::Uuid) -> anyhow::Result<()> {
+    /// Marks the user's email verified, with its audit event.
+    pub async fn set_verified(
+        &self,
+        user_id: uuid::Uuid,
+        event: EventBuilder<'_>,
+    ) -> anyhow::Result<()> {
         let mut conn = aia_db::conn(&self.pool).await?;
-        diesel::update(users::table.find(user_id))
-            .set((
-                users::email_verified.eq(true),
-                users::updated_at.eq(diesel::dsl::now),
-            ))
-            .execute(&mut conn)
-            .await
-            .context("verifying an email")?;
+        conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+            let changed = diesel::update(users::table.find(user_id))
+                .set((
+                    users::email_verified.eq(true),
+                    users::updated_at.eq(diesel::dsl::now),
+                ))
+                .execute(conn)
+                .await?;
+            event.write_in_if_changed(changed, conn).await
+        })
+        .await
+        .context("verifying an email")?;
         Ok(())
     }
 
-    /// Disables or enables a user. False if there is no such user.
-    pub async fn set_disabled(&self, user_id: uuid::Uuid, disabled: bool) -> anyhow::Result<bool> {
+    /// Disables (or enables again) a user, with its audit event. False if there is
+    /// no such user.
+    pub async fn set_disabled(
+        &self,
+        user_id: uuid::Uuid,
+        disabled: bool,
+        event: EventBuilder<'_>,
+    ) -> anyhow::Result<bool> {
         let mut conn = aia_db::conn(&self.pool).await?;
         let when = disabled.then(chrono::Utc::now);
-        let changed = diesel::update(users::table.find(user_id))
-            .set((
-                users::disabled_at.eq(when),
-                users::updated_at.eq(diesel::dsl::now),
-            ))
-            .execute(&mut conn)
-            .await
-            .context("disabling a user")?;
-        Ok(changed == 1)
+        conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+            let changed = diesel::update(users::table.find(user_id))
+                .set((
+                    users::disabled_at.eq(when),
+                    users::updated_at.eq(diesel::dsl::now),
+                ))
+                .execute(conn)
+                .await?;
+            event.write_in_if_changed(changed, conn).await
+        })
+        .await
+        .context("disabling a user")
     }
 
     /// Inserts a user with `roles` unless the email is taken, and its audit event in
