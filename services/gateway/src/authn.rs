@@ -19,7 +19,7 @@ use crate::problem::Problem;
 use crate::state::State;
 
 /// A request whose bearer token verified and is not revoked.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Authenticated {
     /// The verified claims.
     pub claims: AccessClaims,
@@ -135,7 +135,7 @@ pub fn api_key(headers: &header::HeaderMap) -> Option<String> {
 }
 
 /// Who is calling a route that accepts API keys as well as bearer tokens.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Caller {
     /// A user with a verified, unrevoked access token.
     User(Authenticated),
@@ -179,30 +179,46 @@ impl FromRequest for Caller {
         let key = api_key(req.headers());
         let token = bearer(req.headers());
         let verified = req.extensions().get::<Verified>().cloned();
+        let checked = req.extensions().get::<CheckedKey>().cloned();
         Box::pin(async move {
             let state = state.ok_or_else(Problem::internal)?;
             let Some(key) = key else {
                 return authenticate(state, token, verified).await.map(Caller::User);
             };
-            let answer = state
-                .auth
-                .clone()
-                .authenticate_api_key(aia_proto::auth::v1::AuthenticateApiKeyRequest {
-                    api_key: key,
-                })
-                .await
-                .map_err(|status| match status.code() {
-                    tonic::Code::Unauthenticated => Problem::unauthorized()
-                        .detail("invalid API key")
-                        .header(header::WWW_AUTHENTICATE, "ApiKey"),
-                    _ => Problem::from_status(&status),
-                })?
-                .into_inner();
-            Ok(Caller::ApiKey {
-                user_id: answer.user_id,
-                key_id: answer.key_id,
-                scopes: answer.scopes,
-            })
+            // The rate limiter usually checked the key already.
+            let answer = match checked {
+                Some(checked) => checked.0,
+                None => check_api_key(&state, key).await,
+            };
+            answer.map_err(|problem| *problem)
         })
     }
+}
+
+/// The outcome of checking an API key, kept in the request's extensions so that the
+/// rate limiter and the handler ask auth once.
+#[derive(Clone)]
+pub struct CheckedKey(pub Result<Caller, Box<Problem>>);
+
+/// Asks auth whether `key` is a live API key.
+pub async fn check_api_key(state: &State, key: String) -> Result<Caller, Box<Problem>> {
+    let answer = state
+        .auth
+        .clone()
+        .authenticate_api_key(aia_proto::auth::v1::AuthenticateApiKeyRequest { api_key: key })
+        .await
+        .map_err(|status| {
+            Box::new(match status.code() {
+                tonic::Code::Unauthenticated => Problem::unauthorized()
+                    .detail("invalid API key")
+                    .header(header::WWW_AUTHENTICATE, "ApiKey"),
+                _ => Problem::from_status(&status),
+            })
+        })?
+        .into_inner();
+    Ok(Caller::ApiKey {
+        user_id: answer.user_id,
+        key_id: answer.key_id,
+        scopes: answer.scopes,
+    })
 }

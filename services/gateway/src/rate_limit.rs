@@ -327,8 +327,10 @@ async fn classify<'a>(
     })
 }
 
-/// `user:<id>` for a bearer token that verifies (kept for the handler, so it is
-/// not verified twice), `key:<id>` for a well-formed API key.
+/// `user:<id>` for a bearer token that verifies, `key:<id>` for an API key auth
+/// accepts (each kept for the handler, so it is not checked twice). Anything else is
+/// limited by client IP: an invented key id gets no bucket of its own, so guessing
+/// keys is limited like any anonymous traffic.
 async fn caller_key(state: &State, req: &ServiceRequest) -> Option<String> {
     if let Some(token) = authn::bearer(req.headers()) {
         let claims = authn::verify(state, &token).await.ok()?;
@@ -338,8 +340,13 @@ async fn caller_key(state: &State, req: &ServiceRequest) -> Option<String> {
         return Some(key);
     }
     let api_key = authn::api_key(req.headers())?;
-    let id = api_key.strip_prefix("aia_")?.split('_').next()?;
-    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| format!("key:{id}"))
+    let checked = authn::check_api_key(state, api_key).await;
+    let key = match &checked {
+        Ok(authn::Caller::ApiKey { key_id, .. }) => Some(format!("key:{key_id}")),
+        _ => None,
+    };
+    req.extensions_mut().insert(authn::CheckedKey(checked));
+    key
 }
 
 /// The key of an account for the per-account policy: a hash of the normalised

@@ -220,3 +220,51 @@ async fn without_redis_the_limit_holds_in_process_and_redis_takes_over_again() -
     stack.stop().await;
     Ok(())
 }
+
+/// Invented API keys get no bucket of their own: guessing keys from one address is
+/// limited like any anonymous traffic, while a real key keeps its own bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guessed_api_keys_share_their_addresss_bucket() -> anyhow::Result<()> {
+    let stack = Stack::start_with(&[("RATE_LIMIT_API", "4/60".into())]).await?;
+    let guesser = crate::helpers::from_ip(23)?;
+    let mut statuses = Vec::new();
+    for _ in 0..7 {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let secret: String = uuid::Uuid::new_v4()
+            .simple()
+            .to_string()
+            .chars()
+            .chain("abcdefghijk".chars())
+            .collect();
+        let status = guesser
+            .get(stack.url("/v1/auth/me"))
+            .header("x-api-key", format!("aia_{id}_{secret}"))
+            .send()
+            .await?
+            .status();
+        statuses.push(status.as_u16());
+    }
+    assert_eq!(statuses, vec![401, 401, 401, 401, 429, 429, 429]);
+
+    // A real key, used from that same address, has its own bucket.
+    let user = crate::helpers::signed_in(&stack).await?;
+    let created: serde_json::Value = stack
+        .http()
+        .post(stack.url("/v1/api-keys"))
+        .bearer_auth(crate::helpers::field(&user, "access_token"))
+        .json(&serde_json::json!({"name": "real", "scopes": ["profile:read"]}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let key = crate::helpers::field(&created, "api_key").to_owned();
+    let status = guesser
+        .get(stack.url("/v1/auth/me"))
+        .header("x-api-key", &key)
+        .send()
+        .await?
+        .status();
+    assert_eq!(status, 200);
+    stack.stop().await;
+    Ok(())
+}
