@@ -56,6 +56,7 @@ fn deployment() -> Vars {
         ("INTERNAL_TLS", "mesh"),
         ("ALLOWED_HOSTS", "api.example.com"),
         ("CORS_ORIGINS", "https://app.example.com"),
+        ("SMTP_URL", "smtps://aia:pw@mail.example.com"),
     ])
 }
 
@@ -183,6 +184,8 @@ async fn services_start_in_production_on_what_check_config_approved() -> anyhow:
         db.url.replace("@127.0.0.1:", "@localhost:")
     );
     let prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
+    // A mail relay on this host (plain SMTP is accepted on loopback only).
+    let smtp = aia_testkit::smtp::SmtpSink::start().await?;
     let base = |service: &str, more: &[(&str, String)]| -> anyhow::Result<Vars> {
         let mut v: Vars = secrets.clone();
         v.extend(vars(&[
@@ -195,6 +198,7 @@ async fn services_start_in_production_on_what_check_config_approved() -> anyhow:
             ("CORS_ORIGINS", "https://app.example.com"),
             ("GATEWAY_WORKERS", "2"),
             ("RATE_LIMIT_REDIS_BUDGET_MS", "200"),
+            ("SMTP_URL", &smtp.url),
         ]));
         for suffix in ["GRPC_ADDR", "ADMIN_ADDR"] {
             for s in ["AUTH", "SESSION", "AUDIT"] {
@@ -277,6 +281,13 @@ async fn services_start_in_production_on_what_check_config_approved() -> anyhow:
             .get("strict-transport-security")
             .is_some(),
         "production sends HSTS"
+    );
+    // Production requires verification; the link went to the relay.
+    let mail = smtp.wait_for("operator@example.com").await?;
+    assert!(
+        mail.data.contains("Confirm your email address"),
+        "{}",
+        mail.data
     );
     let jwks: serde_json::Value = http
         .get(format!("{}/.well-known/jwks.json", gateway.url()))

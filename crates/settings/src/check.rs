@@ -75,6 +75,7 @@ mod tests {
             ("INTERNAL_TLS", "mesh".to_owned()),
             ("ALLOWED_HOSTS", "api.example.com".to_owned()),
             ("CORS_ORIGINS", "https://app.example.com".to_owned()),
+            ("SMTP_URL", "smtps://aia:pw@mail.example.com".to_owned()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -145,6 +146,8 @@ mod tests {
                 "RATE_LIMIT_REDIS_URL",
             ),
             (&[("PASSWORD_MIN_LENGTH", "8")], "PASSWORD_MIN_LENGTH"),
+            (&[("SMTP_URL", "")], "SMTP_URL"),
+            (&[("SMTP_URL", "smtp://mail.example.com:25")], "SMTP_URL"),
             (&[("ARGON2_MEMORY_KIB", "4096")], "ARGON2_MEMORY_KIB"),
             (&[("ARGON2_ITERATIONS", "1")], "ARGON2_ITERATIONS"),
             (&[("INTERNAL_TLS", "off")], "INTERNAL_TLS"),

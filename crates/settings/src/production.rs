@@ -22,23 +22,30 @@ pub fn check_database_url(env: &mut Env, url: &str) {
     }
 }
 
-/// A Redis URL (in variable `name`) that leaves this host must use TLS (`rediss://`)
-/// and a password.
-pub fn check_redis_url(env: &mut Env, name: &str, url: &str) {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        env.problem(name, "must be a URL like `rediss://:password@host:6380`");
-        return;
-    };
-    let (userinfo, hostport) = match rest.split('/').next().unwrap_or("").rsplit_once('@') {
-        Some((u, h)) => (u, h),
-        None => ("", rest.split('/').next().unwrap_or("")),
-    };
+/// The scheme, user info and host of a URL (`None` when it has no `scheme://`).
+fn url_parts(url: &str) -> Option<(&str, &str, &str)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let (userinfo, hostport) = authority.rsplit_once('@').unwrap_or(("", authority));
     let host = hostport
         .rsplit_once(':')
         .map_or(hostport, |(h, _)| h)
         .trim_matches(['[', ']']);
-    let local = matches!(host, "127.0.0.1" | "localhost" | "::1");
-    if local {
+    Some((scheme, userinfo, host))
+}
+
+fn is_loopback(host: &str) -> bool {
+    matches!(host, "127.0.0.1" | "localhost" | "::1")
+}
+
+/// A Redis URL (in variable `name`) that leaves this host must use TLS (`rediss://`)
+/// and a password.
+pub fn check_redis_url(env: &mut Env, name: &str, url: &str) {
+    let Some((scheme, userinfo, host)) = url_parts(url) else {
+        env.problem(name, "must be a URL like `rediss://:password@host:6380`");
+        return;
+    };
+    if is_loopback(host) {
         return;
     }
     if scheme != "rediss" {
@@ -52,6 +59,36 @@ pub fn check_redis_url(env: &mut Env, name: &str, url: &str) {
         env.problem(
             name,
             "a remote Redis must require a password: `rediss://:PASSWORD@host`",
+        );
+    }
+}
+
+/// Production sends verification and password-reset links by mail: `SMTP_URL` must
+/// be set (without it, messages, reset links included, would be written to disk),
+/// and mail that leaves this host must be encrypted (`smtps://`, or `smtp://` with
+/// `?tls=required`).
+pub fn check_smtp_url(env: &mut Env, url: Option<&str>) {
+    let Some(url) = url else {
+        env.problem(
+            "SMTP_URL",
+            "production sends verification and password-reset mail: set the relay, e.g. \
+             `smtps://user:PASSWORD@mail.example.com`",
+        );
+        return;
+    };
+    let Some((scheme, _, host)) = url_parts(url) else {
+        env.problem(
+            "SMTP_URL",
+            "must be a URL like `smtps://user:PASSWORD@host`",
+        );
+        return;
+    };
+    let encrypted = scheme == "smtps" || (scheme == "smtp" && url.contains("tls=required"));
+    if !encrypted && !is_loopback(host) {
+        env.problem(
+            "SMTP_URL",
+            "mail with reset links must not travel in clear: use `smtps://` or add \
+             `?tls=required`",
         );
     }
 }
@@ -220,6 +257,20 @@ mod tests {
         let mut env = Env::default();
         assert!(secret(&mut env, "S", 64, AppEnv::Development).is_none());
         assert!(env.finish(()).is_ok());
+    }
+
+    #[test]
+    fn production_mail_needs_an_encrypted_relay() {
+        assert_eq!(problems(|e| check_smtp_url(e, None)), 1);
+        assert_eq!(problems(|e| check_smtp_url(e, Some("smtp://mail:25"))), 1);
+        assert_eq!(problems(|e| check_smtp_url(e, Some("mail.example.com"))), 1);
+        for good in [
+            "smtps://u:pw@mail.example.com",
+            "smtp://mail.example.com:587?tls=required",
+            "smtp://127.0.0.1:25",
+        ] {
+            assert_eq!(problems(|e| check_smtp_url(e, Some(good))), 0, "{good}");
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::env::{Env, SettingsError};
 use crate::production;
@@ -587,6 +587,14 @@ impl AuthSettings {
         if settings.common.app_env.is_production() {
             production::check_password_hashing(&mut env, &settings.hashing);
             production::check_password_min_length(&mut env, settings.password_policy.min_length);
+            production::check_smtp_url(
+                &mut env,
+                settings
+                    .mail
+                    .smtp_url
+                    .as_ref()
+                    .map(ExposeSecret::expose_secret),
+            );
         }
         env.finish(settings)
     }
@@ -775,6 +783,7 @@ mod tests {
             ("ENCRYPTION_KEY", &strong),
             ("API_KEY_SECRET", &strong64),
             ("INTERNAL_TLS", "mesh"),
+            ("SMTP_URL", "smtps://aia:pw@mail.example.com"),
         ]
         .into_iter()
         .collect();

@@ -176,24 +176,38 @@ impl AuditService for Audit {
                     _ = tick.tick() => {}
                     () = tx.closed() => return,
                 }
+                // Up to the newest stored event (seqs are committed in order, under
+                // the chain lock): when fewer than a batch match, everything up to it
+                // has been seen, so the next poll starts there instead of scanning
+                // again every row the filter skipped.
                 let rows = async {
                     let mut conn = aia_db::conn(&pool).await?;
+                    let upto = events::table
+                        .select(diesel::dsl::max(events::seq))
+                        .first::<Option<i64>>(&mut conn)
+                        .await?
+                        .unwrap_or(last);
                     let rows: Vec<EventRow> = filtered(&filter)
                         .map_err(|s| anyhow::anyhow!("{}", s.message()))?
                         .filter(events::seq.gt(last))
+                        .filter(events::seq.le(upto))
                         .order(events::seq.asc())
                         .limit(STREAM_BATCH)
                         .load(&mut conn)
                         .await?;
-                    Ok::<_, anyhow::Error>(rows)
+                    Ok::<_, anyhow::Error>((rows, upto))
                 };
                 match rows.await {
-                    Ok(rows) => {
+                    Ok((rows, upto)) => {
+                        let whole = rows.len() < usize::try_from(STREAM_BATCH).unwrap_or(0);
                         for row in rows {
                             last = row.seq();
                             if tx.send(Ok(StoredEvent::from(row))).await.is_err() {
                                 return;
                             }
+                        }
+                        if whole {
+                            last = last.max(upto);
                         }
                     }
                     // The database is away: keep the stream open and try again.

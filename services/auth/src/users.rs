@@ -171,14 +171,17 @@ impl UserStore {
     ) -> anyhow::Result<bool> {
         let mut conn = aia_db::conn(&self.pool).await?;
         conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+            // Only a real change is recorded (setting the same roles again is not).
             let changed = diesel::update(users::table.find(user_id))
+                .filter(users::roles.ne(roles))
                 .set((
                     users::roles.eq(roles),
                     users::updated_at.eq(diesel::dsl::now),
                 ))
                 .execute(conn)
                 .await?;
-            event.write_in_if_changed(changed, conn).await
+            event.write_in_if_changed(changed, conn).await?;
+            exists(conn, user_id, changed).await
         })
         .await
         .context("setting roles")
@@ -193,6 +196,7 @@ impl UserStore {
         let mut conn = aia_db::conn(&self.pool).await?;
         conn.transaction::<_, diesel::result::Error, _>(async |conn| {
             let changed = diesel::update(users::table.find(user_id))
+                .filter(users::email_verified.eq(false))
                 .set((
                     users::email_verified.eq(true),
                     users::updated_at.eq(diesel::dsl::now),
@@ -217,14 +221,17 @@ impl UserStore {
         let mut conn = aia_db::conn(&self.pool).await?;
         let when = disabled.then(chrono::Utc::now);
         conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+            // Only a real change is recorded (disabling a disabled user is not).
             let changed = diesel::update(users::table.find(user_id))
+                .filter(users::disabled_at.is_null().eq(disabled))
                 .set((
                     users::disabled_at.eq(when),
                     users::updated_at.eq(diesel::dsl::now),
                 ))
                 .execute(conn)
                 .await?;
-            event.write_in_if_changed(changed, conn).await
+            event.write_in_if_changed(changed, conn).await?;
+            exists(conn, user_id, changed).await
         })
         .await
         .context("disabling a user")
@@ -277,4 +284,22 @@ impl UserStore {
             .optional()
             .context("looking up a user by id")
     }
+}
+
+/// Whether the user exists, given that an update of them changed `changed` rows.
+async fn exists(
+    conn: &mut diesel_async::AsyncPgConnection,
+    user_id: uuid::Uuid,
+    changed: usize,
+) -> Result<bool, diesel::result::Error> {
+    if changed > 0 {
+        return Ok(true);
+    }
+    let found: Option<uuid::Uuid> = users::table
+        .find(user_id)
+        .select(users::id)
+        .first(conn)
+        .await
+        .optional()?;
+    Ok(found.is_some())
 }

@@ -60,16 +60,10 @@ pub async fn verify(state: &State, token: &str) -> Result<AccessClaims, Problem>
     })
 }
 
-async fn authenticate(
-    state: web::Data<State>,
-    token: Option<String>,
-    verified: Option<Verified>,
-) -> Result<Authenticated, Problem> {
-    let token = token.ok_or_else(Problem::invalid_token)?;
-    let claims = match verified {
-        Some(v) if v.token == token => v.claims,
-        _ => verify(&state, &token).await?,
-    };
+/// Whether the access token of `claims` has been revoked (itself or its session):
+/// from the in-memory copy of the blacklist when it knows, else from the session
+/// service. Unreachable session service: an error (refuse, never assume).
+pub async fn revoked(state: &State, claims: &AccessClaims) -> Result<bool, Problem> {
     let (Ok(jti), Ok(sid)) = (
         uuid::Uuid::parse_str(&claims.jti),
         uuid::Uuid::parse_str(&claims.sid),
@@ -102,6 +96,21 @@ async fn authenticate(
     };
     if revoked {
         metrics::counter!("gateway_token_refused_total", "reason" => "revoked").increment(1);
+    }
+    Ok(revoked)
+}
+
+async fn authenticate(
+    state: web::Data<State>,
+    token: Option<String>,
+    verified: Option<Verified>,
+) -> Result<Authenticated, Problem> {
+    let token = token.ok_or_else(Problem::invalid_token)?;
+    let claims = match verified {
+        Some(v) if v.token == token => v.claims,
+        _ => verify(&state, &token).await?,
+    };
+    if revoked(&state, &claims).await? {
         return Err(Problem::invalid_token());
     }
     Ok(Authenticated { claims, token })
@@ -202,6 +211,7 @@ pub struct CheckedKey(pub Result<Caller, Box<Problem>>);
 
 /// Asks auth whether `key` is a live API key.
 pub async fn check_api_key(state: &State, key: String) -> Result<Caller, Box<Problem>> {
+    metrics::counter!("gateway_api_key_checks_total").increment(1);
     let answer = state
         .auth
         .clone()

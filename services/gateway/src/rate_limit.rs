@@ -20,6 +20,10 @@
 //!   (`gateway_rate_limit_fallback_total`). Redis is then left alone for one second
 //!   and tried again, so the limiter recovers by itself. Classes listed in
 //!   `RATE_LIMIT_FAIL_CLOSED` answer 503 instead of falling back.
+//! - **API keys**: a key gets its own bucket once auth has accepted it. A key this
+//!   gateway has not seen accepted (in the last [`KNOWN_KEY_TTL`]) first spends from
+//!   its address's bucket, before auth is asked: a flood of invented keys costs auth
+//!   nothing once the address is limited.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -183,6 +187,54 @@ pub struct Limiter {
     budget: Duration,
     /// Redis is not asked before this time (ms since the Unix epoch).
     skip_until_ms: AtomicU64,
+    /// API keys auth accepted lately.
+    known_keys: KnownKeys,
+}
+
+/// How long an accepted API key is remembered as known.
+pub const KNOWN_KEY_TTL: Duration = Duration::from_secs(600);
+/// At most this many known keys are remembered (then the memory starts over).
+const KNOWN_KEYS_MAX: usize = 100_000;
+
+/// SHA-256 digests of the API keys auth accepted lately, with when. Only digests:
+/// the gateway keeps no usable key in memory longer than a request.
+#[derive(Default)]
+struct KnownKeys(std::sync::Mutex<std::collections::HashMap<[u8; 32], std::time::Instant>>);
+
+impl KnownKeys {
+    fn digest(key: &str) -> [u8; 32] {
+        use sha2::Digest;
+        sha2::Sha256::digest(key.as_bytes()).into()
+    }
+
+    fn map(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<[u8; 32], std::time::Instant>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn contains(&self, key: &str) -> bool {
+        self.map()
+            .get(&Self::digest(key))
+            .is_some_and(|at| at.elapsed() < KNOWN_KEY_TTL)
+    }
+
+    fn set(&self, key: &str, accepted: bool) {
+        let mut map = self.map();
+        if !accepted {
+            map.remove(&Self::digest(key));
+            return;
+        }
+        if map.len() >= KNOWN_KEYS_MAX {
+            map.retain(|_, at| at.elapsed() < KNOWN_KEY_TTL);
+            if map.len() >= KNOWN_KEYS_MAX {
+                map.clear();
+            }
+        }
+        map.insert(Self::digest(key), std::time::Instant::now());
+    }
 }
 
 /// Milliseconds since the Unix epoch (for back-off deadlines shared across workers).
@@ -209,6 +261,7 @@ impl Limiter {
             prefix: prefix.to_owned(),
             budget: settings.redis_budget,
             skip_until_ms: AtomicU64::new(0),
+            known_keys: KnownKeys::default(),
         })
     }
 
@@ -300,12 +353,13 @@ impl Limiter {
     }
 }
 
-/// The policy and key of a request; `None` for routes that are not limited.
+/// The policy and key of a request, and the decision when it was already taken;
+/// `None` for routes that are not limited.
 async fn classify<'a>(
     limiter: &'a Limiter,
     state: &State,
     req: &ServiceRequest,
-) -> Option<(&'a Policy, String)> {
+) -> Option<(&'a Policy, String, Option<Decision>)> {
     let path = req.path();
     if req.method() == Method::OPTIONS
         || matches!(path, "/healthz" | "/readyz" | "/.well-known/jwks.json")
@@ -315,38 +369,69 @@ async fn classify<'a>(
     let by_ip = || format!("ip:{}", client::ip_of(req.request()));
     let post = req.method() == Method::POST;
     Some(match path {
-        "/v1/auth/login" | "/v1/auth/login/mfa" if post => (&limiter.login, by_ip()),
-        "/v1/auth/register" if post => (&limiter.register, by_ip()),
+        "/v1/auth/login" | "/v1/auth/login/mfa" if post => (&limiter.login, by_ip(), None),
+        "/v1/auth/register" if post => (&limiter.register, by_ip(), None),
         "/v1/auth/password/forgot" | "/v1/auth/verify-email/resend" if post => {
-            (&limiter.recovery, by_ip())
+            (&limiter.recovery, by_ip(), None)
         }
-        _ => (
-            &limiter.api,
-            caller_key(state, req).await.unwrap_or_else(by_ip),
-        ),
+        _ => {
+            let (key, decided) = caller_key(limiter, state, req, by_ip).await;
+            (&limiter.api, key, decided)
+        }
     })
 }
 
 /// `user:<id>` for a bearer token that verifies, `key:<id>` for an API key auth
 /// accepts (each kept for the handler, so it is not checked twice). Anything else is
 /// limited by client IP: an invented key id gets no bucket of its own, so guessing
-/// keys is limited like any anonymous traffic.
-async fn caller_key(state: &State, req: &ServiceRequest) -> Option<String> {
+/// keys is limited like any anonymous traffic; and a key not known to be good pays
+/// from the address's bucket before auth is asked (the decision is returned then).
+async fn caller_key(
+    limiter: &Limiter,
+    state: &State,
+    req: &ServiceRequest,
+    by_ip: impl Fn() -> String,
+) -> (String, Option<Decision>) {
     if let Some(token) = authn::bearer(req.headers()) {
-        let claims = authn::verify(state, &token).await.ok()?;
+        let Ok(claims) = authn::verify(state, &token).await else {
+            return (by_ip(), None);
+        };
         let key = format!("user:{}", claims.sub);
         req.extensions_mut()
             .insert(authn::Verified { token, claims });
-        return Some(key);
+        return (key, None);
     }
-    let api_key = authn::api_key(req.headers())?;
-    let checked = authn::check_api_key(state, api_key).await;
-    let key = match &checked {
+    let Some(api_key) = authn::api_key(req.headers()) else {
+        return (by_ip(), None);
+    };
+    let mut paid = None;
+    if !limiter.known_keys.contains(&api_key) {
+        let ip = by_ip();
+        let decision = limiter.check(&limiter.api, &ip).await;
+        if !matches!(decision, Decision::Allowed { .. }) {
+            return (ip, Some(decision));
+        }
+        paid = Some((ip, decision));
+    }
+    let checked = authn::check_api_key(state, api_key.clone()).await;
+    let accepted = match &checked {
         Ok(authn::Caller::ApiKey { key_id, .. }) => Some(format!("key:{key_id}")),
         _ => None,
     };
+    // Only auth's verdict moves a key in or out of the known set (not an outage).
+    match &checked {
+        Ok(_) => limiter.known_keys.set(&api_key, true),
+        Err(problem) if problem.status == 401 => {
+            limiter.known_keys.set(&api_key, false);
+        }
+        Err(_) => {}
+    }
     req.extensions_mut().insert(authn::CheckedKey(checked));
-    key
+    match (accepted, paid) {
+        (Some(key), _) => (key, None),
+        (None, Some((ip, decision))) => (ip, Some(decision)),
+        (None, None) => (by_ip(), None),
+    }
 }
 
 /// The key of an account for the per-account policy: a hash of the normalised
@@ -406,10 +491,13 @@ pub async fn limit(
     if !limiter.enabled() {
         return Ok(next.call(req).await?.map_into_boxed_body());
     }
-    let Some((policy, key)) = classify(&limiter, &state, &req).await else {
+    let Some((policy, key, decided)) = classify(&limiter, &state, &req).await else {
         return Ok(next.call(req).await?.map_into_boxed_body());
     };
-    let decision = limiter.check(policy, &key).await;
+    let decision = match decided {
+        Some(decision) => decision,
+        None => limiter.check(policy, &key).await,
+    };
     if let Some(problem) = refusal(policy, &key, &decision, &state.rejections) {
         return Ok(req.into_response(problem.error_response()));
     }

@@ -207,6 +207,47 @@ fn lint(docs: &[Value]) -> Vec<String> {
             problem(format!("{service} admits {admitted:?}, not {expected:?}"));
         }
     }
+    // Meshed pods: the proxies talk to each other on 4143, and the init container
+    // reaches Postgres before the proxy runs.
+    for d in kind(docs, "Deployment") {
+        let annotations = &d["spec"]["template"]["metadata"]["annotations"];
+        if annotations["linkerd.io/inject"].as_str() != Some("enabled") {
+            continue;
+        }
+        let n = name(d);
+        let skipped = annotations["config.linkerd.io/skip-outbound-ports"]
+            .as_str()
+            .unwrap_or("");
+        if !skipped.split(',').any(|p| p.trim() == "5432") {
+            problem(format!(
+                "Deployment {n}: meshed, but its init container's Postgres port is not skipped"
+            ));
+        }
+        let labels = &d["spec"]["template"]["metadata"]["labels"];
+        for (direction, peers) in [("ingress", "from"), ("egress", "to")] {
+            let open = kind(docs, "NetworkPolicy").any(|p| {
+                let selects = p["spec"]["podSelector"]["matchLabels"]
+                    .as_mapping()
+                    .is_some_and(|m| m.iter().all(|(k, v)| &labels[k] == v));
+                selects
+                    && seq(&p["spec"][direction]).iter().any(|rule| {
+                        seq(&rule["ports"])
+                            .iter()
+                            .any(|port| port["port"].as_u64() == Some(4143))
+                            && seq(&rule[peers]).iter().any(|peer| {
+                                peer["podSelector"]["matchLabels"]["app.kubernetes.io/part-of"]
+                                    .as_str()
+                                    == Some("aia")
+                            })
+                    })
+            });
+            if !open {
+                problem(format!(
+                    "Deployment {n}: meshed, but no NetworkPolicy admits the proxy port 4143 ({direction})"
+                ));
+            }
+        }
+    }
     // Only the gateway is exposed.
     for ingress in kind(docs, "Ingress") {
         for rule in seq(&ingress["spec"]["rules"]) {
@@ -363,7 +404,37 @@ fn the_lint_notices_each_missing_setting() -> anyhow::Result<()> {
         );
         cases += 1;
     }
-    assert_eq!(cases, REQUIRED.len() + CONTAINER.len() + 4);
+    // The mesh: the proxies' port closed, or the init container sent through a
+    // proxy that is not running yet.
+    let without_proxy_port: Vec<Value> = docs
+        .iter()
+        .filter(|d| name(d) != "allow-mesh-proxy")
+        .cloned()
+        .collect();
+    assert!(
+        !lint(&without_proxy_port).is_empty(),
+        "the lint misses the closed proxy port"
+    );
+    let mut unskipped = docs.clone();
+    assert!(
+        remove(
+            &mut unskipped[target],
+            &[
+                "spec",
+                "template",
+                "metadata",
+                "annotations",
+                "config.linkerd.io/skip-outbound-ports"
+            ]
+        ),
+        "no skip-outbound-ports annotation"
+    );
+    assert!(
+        !lint(&unskipped).is_empty(),
+        "the lint misses the unskipped Postgres port"
+    );
+    cases += 2;
+    assert_eq!(cases, REQUIRED.len() + CONTAINER.len() + 6);
     Ok(())
 }
 
@@ -397,6 +468,10 @@ fn the_production_overlay_passes_check_config() -> anyhow::Result<()> {
     vars.insert(
         "REDIS_URL".to_owned(),
         "rediss://:pw@redis.internal:6380".to_owned(),
+    );
+    vars.insert(
+        "SMTP_URL".to_owned(),
+        "smtps://aia:pw@mail.example.com".to_owned(),
     );
     let problems = aia_settings::production_readiness(&vars);
     assert!(problems.is_empty(), "{problems:?}");

@@ -39,16 +39,16 @@ async fn cleanup_removes_what_no_longer_matters_and_nothing_else() -> anyhow::Re
     let db = aia_testkit::TestDb::create().await?;
     let mut conn = db.connect().await?;
     // Sessions: one ended 40 days ago, one revoked 40 days ago, one revoked yesterday,
-    // one live (with a token that idled out 40 days ago and a current one).
+    // one live (with a token rotated 40 days ago and a current one).
     exec(&mut conn, "INSERT INTO session.sessions (id, user_id, created_at, last_used_at, expires_at, revoked_at, user_agent) VALUES \
         ('00000000-0000-0000-0000-000000000001', gen_random_uuid(), now() - interval '100 days', now() - interval '50 days', now() - interval '40 days', NULL, 'expired'), \
         ('00000000-0000-0000-0000-000000000002', gen_random_uuid(), now() - interval '60 days', now() - interval '50 days', now() + interval '30 days', now() - interval '40 days', 'revoked-long-ago'), \
         ('00000000-0000-0000-0000-000000000003', gen_random_uuid(), now() - interval '60 days', now() - interval '2 days', now() + interval '30 days', now() - interval '1 day', 'revoked-recently'), \
         ('00000000-0000-0000-0000-000000000004', gen_random_uuid(), now() - interval '80 days', now(), now() + interval '10 days', NULL, 'live')").await?;
-    exec(&mut conn, "INSERT INTO session.refresh_tokens (token_hash, session_id, created_at, expires_at) VALUES \
-        (sha256('idle'::bytea), '00000000-0000-0000-0000-000000000004', now() - interval '80 days', now() - interval '40 days'), \
-        (sha256('current'::bytea), '00000000-0000-0000-0000-000000000004', now(), now() + interval '10 days'), \
-        (sha256('of-expired'::bytea), '00000000-0000-0000-0000-000000000001', now() - interval '60 days', now() - interval '40 days')").await?;
+    exec(&mut conn, "INSERT INTO session.refresh_tokens (token_hash, session_id, created_at, expires_at, rotated_at) VALUES \
+        (sha256('rotated'::bytea), '00000000-0000-0000-0000-000000000004', now() - interval '80 days', now() - interval '40 days', now() - interval '79 days'), \
+        (sha256('current'::bytea), '00000000-0000-0000-0000-000000000004', now(), now() + interval '10 days', NULL), \
+        (sha256('of-expired'::bytea), '00000000-0000-0000-0000-000000000001', now() - interval '60 days', now() - interval '40 days', NULL)").await?;
     exec(
         &mut conn,
         "INSERT INTO session.revocations (kind, id, expires_at) VALUES \
@@ -96,24 +96,23 @@ async fn cleanup_removes_what_no_longer_matters_and_nothing_else() -> anyhow::Re
     let removed = aia_db::cleanup::run_once(&pool, "session", 30 * DAY).await?;
     assert_eq!(
         removed,
-        vec![
-            ("revocations".to_owned(), 1),
-            ("sessions".to_owned(), 2),
-            ("refresh_tokens".to_owned(), 1),
-        ]
+        vec![("revocations".to_owned(), 1), ("sessions".to_owned(), 2),]
     );
     assert_eq!(
         left(&mut conn, "SELECT user_agent AS what FROM session.sessions").await?,
         vec!["live", "revoked-recently"]
     );
+    // The live session keeps its rotated token (a replay of it must still be
+    // recognised as reuse); the ended session's token went with it.
     assert_eq!(
         left(
             &mut conn,
             "SELECT CASE WHEN token_hash = sha256('current'::bytea) THEN 'current' \
+                         WHEN token_hash = sha256('rotated'::bytea) THEN 'rotated' \
                          ELSE 'other' END AS what FROM session.refresh_tokens"
         )
         .await?,
-        vec!["current"]
+        vec!["current", "rotated"]
     );
     assert_eq!(
         left(

@@ -131,9 +131,17 @@ fn event_json(stored: StoredEvent) -> Value {
     })
 }
 
-async fn page(state: &State, query: QueryRequest) -> Result<HttpResponse, Problem> {
+async fn page(
+    state: &State,
+    query: QueryRequest,
+    shape: impl Fn(Value) -> Value,
+) -> Result<HttpResponse, Problem> {
     let page = state.audit.clone().query(query).await?.into_inner();
-    let events: Vec<Value> = page.events.into_iter().map(event_json).collect();
+    let events: Vec<Value> = page
+        .events
+        .into_iter()
+        .map(|e| shape(event_json(e)))
+        .collect();
     let next = (!page.next_cursor.is_empty()).then_some(page.next_cursor);
     Ok(HttpResponse::Ok().json(json!({"events": events, "next_cursor": next})))
 }
@@ -153,7 +161,7 @@ pub async fn search(
         ));
     }
     let query = f.into_query()?;
-    page(&state, query).await
+    page(&state, query, |e| e).await
 }
 
 /// Query of the summary view.
@@ -245,16 +253,35 @@ pub async fn mine(
         cursor: q.cursor,
         ..QueryRequest::default()
     };
-    page(&state, query).await
+    let me = auth.claims.sub;
+    page(&state, query, |e| about_me(e, &me)).await
 }
 
-/// Seconds between keep-alive comments on an idle stream (proxies close silent ones).
-const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+/// An event as the account's owner sees it: when someone else acted on the account
+/// (an administrator), who they are and where they were stay with the admins' view.
+/// Events the owner did, or that were done against them (failed logins from an
+/// address), keep their address: that is what the owner needs to see.
+fn about_me(mut event: Value, me: &str) -> Value {
+    let by_other = event["actor"].as_str().is_some_and(|actor| actor != me);
+    if by_other {
+        for hidden in ["actor", "source_ip", "user_agent", "request_id"] {
+            event[hidden] = Value::Null;
+        }
+        event["by_administrator"] = Value::Bool(true);
+    }
+    event
+}
+
+/// How often an open stream re-checks that its token is still unrevoked, and sends a
+/// keep-alive comment (proxies close silent streams).
+const RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// `GET /v1/admin/security-events/stream`: new events and alerts as Server-Sent
 /// Events (`id`: seq, `event`: type, `data`: the event as in the search), filtered
 /// like the search. A client that reconnects with `Last-Event-ID` (or `after`) misses
-/// nothing.
+/// nothing. The stream lasts no longer than its access token: it ends when the
+/// token expires, and within [`RECHECK`] of the token or its session being revoked
+/// (logout, admin disable, refresh-token reuse).
 pub async fn stream(
     state: web::Data<State>,
     auth: Authenticated,
@@ -264,6 +291,7 @@ pub async fn stream(
     use futures::StreamExt;
 
     require_admin(&auth)?;
+    let auth_exp = auth.claims.exp;
     let f = filters.into_inner();
     let after = match request
         .headers()
@@ -308,21 +336,41 @@ pub async fn stream(
             Err(actix_web::error::ErrorServiceUnavailable("stream ended"))
         }
     });
-    let keep_alive = tokio_stream::wrappers::IntervalStream::new(tokio::time::interval_at(
-        tokio::time::Instant::now() + KEEP_ALIVE,
-        KEEP_ALIVE,
+    let (claims, checker) = (auth.claims, state.clone());
+    let rechecks = tokio_stream::wrappers::IntervalStream::new(tokio::time::interval_at(
+        tokio::time::Instant::now() + RECHECK,
+        RECHECK,
     ))
-    .map(|_| Ok(web::Bytes::from_static(b": keep-alive\n\n")));
-    // Ends when the event stream ends (its `None` marker); the keep-alives alone never
-    // end it.
+    .then(move |_| {
+        let (state, claims) = (checker.clone(), claims.clone());
+        async move {
+            match crate::authn::revoked(&state, &claims).await {
+                Ok(false) => Some(Ok(web::Bytes::from_static(b": keep-alive\n\n"))),
+                // Revoked, or revocation unknowable: the stream ends.
+                Ok(true) | Err(_) => None,
+            }
+        }
+    });
+    let expires_in = u64::try_from(auth_exp - chrono::Utc::now().timestamp()).unwrap_or(0);
+    let shutdown = state.shutdown.clone();
+    let over = async move {
+        tokio::select! {
+            () = shutdown.cancelled_owned() => {}
+            () = tokio::time::sleep(std::time::Duration::from_secs(expires_in)) => {}
+        }
+    };
+    // Ends when the event stream ends (its `None` marker) or a re-check fails.
     let end = futures::stream::once(futures::future::ready(None));
-    let body = futures::stream::select(events.map(Some).chain(end), keep_alive.map(Some))
+    let body = futures::stream::select(events.map(Some).chain(end), rechecks)
         .take_while(|item| futures::future::ready(item.is_some()))
         .filter_map(futures::future::ready)
-        // A stopping gateway ends its streams instead of waiting out its grace period.
-        .take_until(state.shutdown.clone().cancelled_owned());
+        // At the token's expiry, or when the gateway stops (instead of waiting out its
+        // grace period).
+        .take_until(over);
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"))
+        // nginx (and ingress-nginx) would otherwise buffer the stream.
+        .insert_header(("x-accel-buffering", "no"))
         .streaming(body))
 }

@@ -226,27 +226,7 @@ async fn without_redis_the_limit_holds_in_process_and_redis_takes_over_again() -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guessed_api_keys_share_their_addresss_bucket() -> anyhow::Result<()> {
     let stack = Stack::start_with(&[("RATE_LIMIT_API", "4/60".into())]).await?;
-    let guesser = crate::helpers::from_ip(23)?;
-    let mut statuses = Vec::new();
-    for _ in 0..7 {
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        let secret: String = uuid::Uuid::new_v4()
-            .simple()
-            .to_string()
-            .chars()
-            .chain("abcdefghijk".chars())
-            .collect();
-        let status = guesser
-            .get(stack.url("/v1/auth/me"))
-            .header("x-api-key", format!("aia_{id}_{secret}"))
-            .send()
-            .await?
-            .status();
-        statuses.push(status.as_u16());
-    }
-    assert_eq!(statuses, vec![401, 401, 401, 401, 429, 429, 429]);
-
-    // A real key, used from that same address, has its own bucket.
+    // A real key, already used from elsewhere.
     let user = crate::helpers::signed_in(&stack).await?;
     let created: serde_json::Value = stack
         .http()
@@ -258,13 +238,43 @@ async fn guessed_api_keys_share_their_addresss_bucket() -> anyhow::Result<()> {
         .json()
         .await?;
     let key = crate::helpers::field(&created, "api_key").to_owned();
-    let status = guesser
-        .get(stack.url("/v1/auth/me"))
-        .header("x-api-key", &key)
-        .send()
-        .await?
-        .status();
-    assert_eq!(status, 200);
+    let me = |client: &reqwest::Client, key: &str| {
+        client
+            .get(stack.url("/v1/auth/me"))
+            .header("x-api-key", key)
+            .send()
+    };
+    assert_eq!(me(&crate::helpers::from_ip(24)?, &key).await?.status(), 200);
+
+    let checks = || async {
+        let text = crate::helpers::metrics(&stack).await?;
+        anyhow::Ok(
+            text.lines()
+                .find_map(|l| l.strip_prefix("gateway_api_key_checks_total "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(0.0),
+        )
+    };
+    let before = checks().await?;
+    let guesser = crate::helpers::from_ip(23)?;
+    let mut statuses = Vec::new();
+    for _ in 0..7 {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let secret: String = uuid::Uuid::new_v4()
+            .simple()
+            .to_string()
+            .chars()
+            .chain("abcdefghijk".chars())
+            .collect();
+        let status = me(&guesser, &format!("aia_{id}_{secret}")).await?.status();
+        statuses.push(status.as_u16());
+    }
+    assert_eq!(statuses, vec![401, 401, 401, 401, 429, 429, 429]);
+    // Auth was asked about the four the address could afford, not the refused three.
+    assert_eq!(checks().await? - before, 4.0);
+
+    // The real key, used from that same address, has its own bucket.
+    assert_eq!(me(&guesser, &key).await?.status(), 200);
     stack.stop().await;
     Ok(())
 }

@@ -204,7 +204,17 @@ async fn admins_search_and_summarise_the_trail_users_see_only_their_own() -> any
         assert_problem(anonymous, StatusCode::UNAUTHORIZED).await?;
     }
 
-    // Ada sees her login and the failed attempts on her account, and nothing of Bob's.
+    // An admin, from 127.0.0.9, lifts any lockout on Ada's account.
+    let unlocked = from_ip(9)?
+        .post(stack.url(&format!("/v1/admin/users/{ada_id}/unlock")))
+        .bearer_auth(&admin_token)
+        .send()
+        .await?;
+    assert_eq!(unlocked.status(), StatusCode::OK);
+
+    // Ada sees her login, the failed attempts on her account (with the address they
+    // came from) and that an administrator acted on it (without who or where from),
+    // and nothing of Bob's.
     let mine: Value = eventually(Duration::from_secs(10), || {
         let (stack, token) = (&stack, &ada_token);
         async move {
@@ -216,10 +226,27 @@ async fn admins_search_and_summarise_the_trail_users_see_only_their_own() -> any
                 .iter()
                 .filter(|e| e["type"] == "auth.login" && e["outcome"] == "failure")
                 .count();
-            Ok((failures == 2).then_some(page))
+            let unlocked = events(&page)
+                .iter()
+                .any(|e| e["type"] == "admin.user_unlocked");
+            Ok((failures == 2 && unlocked).then_some(page))
         }
     })
     .await?;
+    for e in events(&mine) {
+        if e["type"] == "auth.login" && e["outcome"] == "failure" {
+            assert_eq!(e["source_ip"], "127.0.0.7", "{e}");
+        }
+        if e["type"] == "admin.user_unlocked" {
+            assert_eq!(e["by_administrator"], true, "{e}");
+            for hidden in ["actor", "source_ip", "user_agent", "request_id"] {
+                assert!(e[hidden].is_null(), "{hidden} shown to the user: {e}");
+            }
+        }
+    }
+    let admin_id = user_id(&stack, &admin_token).await?;
+    assert!(!mine.to_string().contains(&admin_id), "{mine}");
+    assert!(!mine.to_string().contains("127.0.0.9"), "{mine}");
     assert!(
         events(&mine)
             .iter()
@@ -327,6 +354,60 @@ async fn admins_watch_new_events_live_and_resume_where_they_left() -> anyhow::Re
         .send()
         .await?;
     assert_problem(bad, StatusCode::UNPROCESSABLE_ENTITY).await?;
+    stack.stop().await;
+    Ok(())
+}
+
+/// A stream lives no longer than its token: logging out (which revokes the session)
+/// ends an admin's open stream, and nginx is told not to buffer it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_ends_when_its_session_is_revoked() -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let stack = Stack::start().await?;
+    let admin = admin(&stack).await?;
+    let token = field(&admin, "access_token").to_owned();
+    let response = get(&stack, &token, "/v1/admin/security-events/stream").await?;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response
+            .headers()
+            .get("x-accel-buffering")
+            .and_then(|v| v.to_str().ok()),
+        Some("no")
+    );
+    let mut body = response.bytes_stream();
+    // Still open after a re-check: a keep-alive arrives (after any events the
+    // admin's own login produced).
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match body.next().await {
+                Some(Ok(bytes)) if String::from_utf8_lossy(&bytes).contains(": keep-alive") => {
+                    return Ok(());
+                }
+                Some(Ok(_)) => {}
+                other => anyhow::bail!("the stream ended early: {other:?}"),
+            }
+        }
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("no keep-alive within 10 s"))??;
+    let logout = stack
+        .http()
+        .post(stack.url("/v1/auth/logout-all"))
+        .bearer_auth(&token)
+        .send()
+        .await?;
+    assert!(logout.status().is_success(), "{}", logout.status());
+    // Ends within a re-check; whatever it still sends before, it sends no event
+    // after the end.
+    tokio::time::timeout(Duration::from_secs(12), async {
+        while let Some(chunk) = body.next().await {
+            chunk?;
+        }
+        anyhow::Ok(())
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("the stream outlived its session"))??;
     stack.stop().await;
     Ok(())
 }
