@@ -25,12 +25,12 @@ use aia_db::PgPool;
 use aia_proto::audit::v1::audit_service_client::AuditServiceClient;
 use aia_proto::audit::v1::{Event, Outcome, RecordBatchRequest};
 use aia_proto::common::v1::ClientInfo;
+use aia_telemetry::otel::TracedChannel;
 use diesel::sql_types::{Array, BigInt, Bytea, Double};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use prost::Message;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 /// Events waiting to be sent, at most (queue mode).
 const QUEUE: usize = 10_000;
@@ -76,11 +76,13 @@ impl std::fmt::Debug for Outbox {
 fn channel(
     url: &str,
     tls: Option<&aia_telemetry::tls::TlsMaterial>,
-) -> anyhow::Result<AuditServiceClient<Channel>> {
+) -> anyhow::Result<AuditServiceClient<TracedChannel>> {
     let channel = aia_telemetry::tls::endpoint(url, tls, "audit")?
         .timeout(Duration::from_secs(5))
         .connect_lazy();
-    Ok(AuditServiceClient::new(channel))
+    Ok(AuditServiceClient::new(aia_telemetry::otel::traced(
+        channel,
+    )))
 }
 
 impl AuditClient {
@@ -154,6 +156,7 @@ impl AuditClient {
                 event_type: event_type.to_owned(),
                 outcome: outcome.into(),
                 producer: self.producer.to_owned(),
+                traceparent: aia_telemetry::otel::current_traceparent().unwrap_or_default(),
                 ..Event::default()
             },
         }
@@ -295,7 +298,7 @@ struct Depth {
 /// rows sent once audit has acknowledged them. A failed send rolls back: the rows
 /// stay for the next try.
 async fn outbox_relay(
-    mut client: AuditServiceClient<Channel>,
+    mut client: AuditServiceClient<TracedChannel>,
     outbox: Arc<Outbox>,
     producer: &'static str,
     shutdown: CancellationToken,
@@ -338,7 +341,7 @@ async fn outbox_relay(
 
 /// One batch; the number of rows it took off the outbox.
 async fn deliver(
-    client: &mut AuditServiceClient<Channel>,
+    client: &mut AuditServiceClient<TracedChannel>,
     outbox: &Outbox,
 ) -> anyhow::Result<usize> {
     let table = outbox.table;
@@ -411,7 +414,7 @@ fn now() -> prost_types::Timestamp {
 }
 
 async fn relay(
-    mut client: AuditServiceClient<Channel>,
+    mut client: AuditServiceClient<TracedChannel>,
     mut rx: mpsc::Receiver<Event>,
     shutdown: CancellationToken,
 ) {
@@ -449,7 +452,7 @@ async fn relay(
 
 /// Sends one batch, retrying with backoff. False if shutdown started first.
 async fn send_with_retry(
-    client: &mut AuditServiceClient<Channel>,
+    client: &mut AuditServiceClient<TracedChannel>,
     batch: &[Event],
     shutdown: &CancellationToken,
 ) -> bool {
@@ -481,7 +484,7 @@ async fn send_with_retry(
     }
 }
 
-async fn flush(client: &mut AuditServiceClient<Channel>, events: Vec<Event>) {
+async fn flush(client: &mut AuditServiceClient<TracedChannel>, events: Vec<Event>) {
     if events.is_empty() {
         return;
     }

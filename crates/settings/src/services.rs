@@ -71,6 +71,9 @@ pub struct Common {
     /// `CLEANUP_KEEP_DAYS`: how long ended rows are kept for investigation first
     /// (default 30).
     pub cleanup_keep: Duration,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`: the OTLP/gRPC collector traces are sent to (e.g.
+    /// `http://otel-collector:4317`); none by default (no export).
+    pub otlp_endpoint: Option<String>,
 }
 
 /// How access tokens are signed: one algorithm per deployment.
@@ -416,6 +419,7 @@ impl Common {
             redis_url: redis_url.into(),
             redis_key_prefix: env.string("REDIS_KEY_PREFIX", ""),
             log_json,
+            otlp_endpoint: env.get("OTEL_EXPORTER_OTLP_ENDPOINT").map(str::to_owned),
         }
     }
 }

@@ -43,7 +43,9 @@ impl GrpcApplication {
     ) -> anyhow::Result<Self> {
         let reporter = HealthReporter::new();
         let health = HealthServer::new(HealthService::from_health_reporter(reporter.clone()));
-        let mut server = tonic::transport::Server::builder();
+        // One span per call, continuing the caller's trace.
+        let mut server =
+            tonic::transport::Server::builder().trace_fn(crate::otel::server_span(name));
         if let Some(tls) = tls {
             server = server
                 .tls_config(tls.server())

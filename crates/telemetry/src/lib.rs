@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod metrics;
+pub mod otel;
 pub mod shutdown;
 pub mod tls;
 
@@ -16,11 +17,17 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-/// Installs the global tracing subscriber. Safe to call more than once (later calls
-/// do nothing), so tests that start several services in one process may all call it.
-pub fn init_tracing(service: &'static str, json: bool) {
+/// Installs the global tracing subscriber: logs (JSON or text) and, with an OTLP
+/// endpoint, span export ([`otel`]). Safe to call more than once (later calls do
+/// nothing), so tests that start several services in one process may all call it.
+pub fn init_tracing(service: &'static str, json: bool, otlp_endpoint: Option<&str>) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(filter);
+    let (otel, otel_error) = match otlp_endpoint.map(|e| otel::layer(service, e)) {
+        Some(Ok(layer)) => (Some(layer), None),
+        Some(Err(error)) => (None, Some(error)),
+        None => (None, None),
+    };
+    let registry = tracing_subscriber::registry().with(filter).with(otel);
     let result = if json {
         registry
             .with(
@@ -37,7 +44,14 @@ pub fn init_tracing(service: &'static str, json: bool) {
             .try_init()
     };
     if result.is_ok() {
-        tracing::info!(service, "tracing initialised");
+        tracing::info!(
+            service,
+            otlp = otlp_endpoint.is_some(),
+            "tracing initialised"
+        );
+        if let Some(error) = otel_error {
+            tracing::error!(error = format!("{error:#}"), "traces will not be exported");
+        }
     }
 }
 
@@ -58,7 +72,7 @@ pub mod grpc;
 pub async fn service_main<S, E, Fut>(
     service: &'static str,
     settings: Result<S, E>,
-    log_json: impl FnOnce(&S) -> bool,
+    common: impl FnOnce(&S) -> &aia_settings::Common,
     start: impl FnOnce(S, shutdown::CancellationToken) -> Fut,
 ) -> std::process::ExitCode
 where
@@ -72,8 +86,11 @@ where
             return std::process::ExitCode::from(64);
         }
     };
-    init_tracing(service, log_json(&settings));
-    match start(settings, shutdown::on_signal()).await {
+    let c = common(&settings);
+    init_tracing(service, c.log_json, c.otlp_endpoint.as_deref());
+    let result = start(settings, shutdown::on_signal()).await;
+    otel::shutdown();
+    match result {
         Ok(()) => {
             tracing::info!(service, "stopped");
             std::process::ExitCode::SUCCESS

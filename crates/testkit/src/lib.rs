@@ -14,6 +14,7 @@
 //! [`Stack::stop`], and creating one also drops those left over for an hour by tests
 //! that crashed.
 
+pub mod otlp;
 pub mod pki;
 pub mod proxy;
 pub mod smtp;

@@ -35,6 +35,9 @@ pub struct NewEvent {
     /// Set by `risk::annotate` before the row is stored.
     pub(crate) risk_score: i16,
     pub(crate) risk_reasons: Vec<String>,
+    /// W3C traceparent of the producing span; empty if none (or not well-formed:
+    /// trace metadata never costs an event its place in the trail).
+    pub(crate) traceparent: String,
 }
 
 impl TryFrom<Event> for NewEvent {
@@ -101,8 +104,19 @@ impl TryFrom<Event> for NewEvent {
             details,
             risk_score: 0,
             risk_reasons: Vec::new(),
+            traceparent: well_formed(e.traceparent),
         })
     }
+}
+
+/// `traceparent` if it is a lower-case W3C `version-traceid-parentid-flags`, else
+/// empty.
+fn well_formed(traceparent: String) -> String {
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    let ok = matches!(parts.as_slice(), [v, t, p, f]
+        if v.len() == 2 && t.len() == 32 && p.len() == 16 && f.len() == 2
+            && parts.iter().all(|s| s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))));
+    if ok { traceparent } else { String::new() }
 }
 
 /// A stored event, as read back.
@@ -123,6 +137,7 @@ pub struct EventRow {
     details: serde_json::Value,
     risk_score: i16,
     risk_reasons: Vec<String>,
+    traceparent: String,
 }
 
 impl EventRow {
@@ -156,6 +171,7 @@ impl From<EventRow> for StoredEvent {
                 request_id: r.request_id,
                 producer: r.producer,
                 details_json: r.details.to_string(),
+                traceparent: r.traceparent,
             }),
             risk_score: i32::from(r.risk_score),
             risk_reasons: r.risk_reasons,

@@ -258,6 +258,8 @@ fn alert(
         details,
         risk_score: 0,
         risk_reasons: Vec::new(),
+        // The alert belongs to the trace of the event that tripped it.
+        traceparent: trigger.traceparent.clone(),
     };
     let (score, reasons) = score(&e, &Facts::default());
     e.risk_score = score;
@@ -422,6 +424,7 @@ mod tests {
             details: serde_json::json!({}),
             risk_score: 0,
             risk_reasons: Vec::new(),
+            traceparent: String::new(),
         }
     }
 

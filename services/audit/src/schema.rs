@@ -19,5 +19,6 @@ diesel::table! {
         hash -> Nullable<Bytea>,
         risk_score -> Int2,
         risk_reasons -> Array<Text>,
+        traceparent -> Text,
     }
 }

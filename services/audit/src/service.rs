@@ -12,6 +12,7 @@ use aia_telemetry::tls::authorize;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::event::{EventRow, NewEvent};
 use crate::schema::events;
@@ -47,14 +48,26 @@ impl Audit {
             .transaction::<_, diesel::result::Error, _>(async |conn| {
                 let mut stored = 0;
                 for mut row in rows {
-                    crate::risk::annotate(conn, &mut row).await?;
-                    let new = insert(conn, &row).await?;
-                    if new {
-                        stored += 1;
-                        for alert in crate::risk::detect(conn, &row).await? {
-                            insert(conn, &alert).await?;
+                    // Each event is stored in a span of the trace that produced it.
+                    let span = tracing::info_span!(
+                        "audit.store",
+                        event.id = %row.id,
+                        event_type = %row.event_type,
+                    );
+                    aia_telemetry::otel::continue_traceparent(&span, &row.traceparent);
+                    let new = async {
+                        crate::risk::annotate(conn, &mut row).await?;
+                        let new = insert(conn, &row).await?;
+                        if new {
+                            for alert in crate::risk::detect(conn, &row).await? {
+                                insert(conn, &alert).await?;
+                            }
                         }
+                        Ok::<_, diesel::result::Error>(new)
                     }
+                    .instrument(span)
+                    .await?;
+                    stored += usize::from(new);
                 }
                 Ok(stored)
             })

@@ -124,7 +124,7 @@ pub async fn build(
         mailer: mailer::Mailer::new(&settings.mail)?,
         mail: settings.mail.clone(),
         mfa,
-        session: SessionServiceClient::new(session),
+        session: SessionServiceClient::new(aia_telemetry::otel::traced(session)),
         audit,
     };
     let app = GrpcApplication::bind(

@@ -30,8 +30,8 @@ use crate::keys::KeyStore;
 use crate::lockout::{Lockout, Precheck, Refusal};
 use crate::mailer::Mailer;
 use crate::policy::PasswordPolicy;
+use aia_telemetry::otel::TracedChannel;
 use aia_telemetry::tls::authorize;
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::domain::{EmailAddress, Password};
@@ -53,7 +53,7 @@ pub struct Auth {
     pub(crate) mailer: Mailer,
     pub(crate) mail: aia_settings::MailSettings,
     pub(crate) mfa: crate::mfa::Mfa,
-    pub(crate) session: SessionServiceClient<Channel>,
+    pub(crate) session: SessionServiceClient<TracedChannel>,
     pub(crate) audit: AuditClient,
 }
 

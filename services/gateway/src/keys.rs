@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use aia_proto::auth::v1::GetJwksRequest;
 use aia_proto::auth::v1::auth_service_client::AuthServiceClient;
+use aia_telemetry::otel::TracedChannel;
 use aia_tokens::{AccessClaims, Jwks, TokenError, Verifier};
 use tokio::sync::{Mutex, RwLock};
-use tonic::transport::Channel;
 
 /// Least time between two fetches of the key set.
 const REFRESH_INTERVAL: Duration = Duration::from_secs(10);
@@ -76,7 +76,7 @@ impl KeySet {
 
 /// The cache.
 pub struct KeyCache {
-    auth: AuthServiceClient<Channel>,
+    auth: AuthServiceClient<TracedChannel>,
     issuer: String,
     audience: String,
     current: RwLock<Option<Arc<KeySet>>>,
@@ -92,7 +92,7 @@ pub struct KeysUnavailable;
 
 impl KeyCache {
     /// An empty cache; nothing is fetched until needed.
-    pub fn new(auth: AuthServiceClient<Channel>, issuer: String, audience: String) -> Self {
+    pub fn new(auth: AuthServiceClient<TracedChannel>, issuer: String, audience: String) -> Self {
         Self {
             auth,
             issuer,
@@ -104,7 +104,7 @@ impl KeyCache {
     }
 
     /// A cache that always holds `verifier` (HS256 mode) and publishes no key.
-    pub fn fixed(auth: AuthServiceClient<Channel>, verifier: Verifier) -> Self {
+    pub fn fixed(auth: AuthServiceClient<TracedChannel>, verifier: Verifier) -> Self {
         let set = KeySet::new(verifier, r#"{"keys":[]}"#.to_owned());
         Self {
             auth,

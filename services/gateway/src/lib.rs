@@ -47,11 +47,11 @@ use aia_proto::auth::v1::auth_service_client::AuthServiceClient;
 use aia_proto::session::v1::session_service_client::SessionServiceClient;
 use aia_settings::{GatewaySettings, JwtAlgorithm};
 use aia_telemetry::admin::AdminServer;
+use aia_telemetry::otel::TracedChannel;
 use aia_telemetry::shutdown::{CancellationToken, GRACE_PERIOD};
 use aia_telemetry::tls::TlsMaterial;
 use anyhow::Context;
 use secrecy::ExposeSecret;
-use tonic::transport::Channel;
 
 /// A bound gateway.
 pub struct Application {
@@ -66,11 +66,13 @@ fn channel(
     tls: Option<&TlsMaterial>,
     peer: &str,
     what: &str,
-) -> anyhow::Result<Channel> {
-    Ok(aia_telemetry::tls::endpoint(url, tls, peer)
-        .context(what.to_owned())?
-        .timeout(Duration::from_secs(5))
-        .connect_lazy())
+) -> anyhow::Result<TracedChannel> {
+    Ok(aia_telemetry::otel::traced(
+        aia_telemetry::tls::endpoint(url, tls, peer)
+            .context(what.to_owned())?
+            .timeout(Duration::from_secs(5))
+            .connect_lazy(),
+    ))
 }
 
 /// Connects (lazily) to the services, starts following the revocation stream, and
@@ -104,7 +106,7 @@ pub async fn build(
     ));
     tokio::spawn(revocations::watch(
         revocations.clone(),
-        SessionServiceClient::new(watch_channel),
+        SessionServiceClient::new(aia_telemetry::otel::traced(watch_channel)),
         shutdown.clone(),
     ));
     let key_cache = Arc::new(
@@ -157,12 +159,12 @@ pub async fn build(
         tls.as_ref(),
         shutdown.clone(),
     )?;
-    let audit_queries = AuditServiceClient::new(
+    let audit_queries = AuditServiceClient::new(aia_telemetry::otel::traced(
         aia_telemetry::tls::endpoint(&settings.audit_url, tls.as_ref(), "audit")
             .context("AUDIT_GRPC_URL")?
             .timeout(Duration::from_secs(10))
             .connect_lazy(),
-    );
+    ));
     let rejections = Arc::new(rejections::Rejections::default());
     tokio::spawn(rejections::report(
         rejections.clone(),

@@ -58,8 +58,24 @@ pub async fn decorate(
     let request_id = RequestId::from_header(req.headers().get(REQUEST_ID));
     let id_value = HeaderValue::from_str(&request_id.0).ok();
     let method = req.method().to_string();
-    // Everything logged while serving the request carries its id.
-    let span = tracing::info_span!("request", request_id = %request_id.0, method = %method);
+    // Everything logged while serving the request carries its id; the span continues
+    // the caller's trace (W3C `traceparent`), or starts one.
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format!("HTTP {method}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        url.path = %req.path(),
+        request_id = %request_id.0,
+        method = %method,
+    );
+    if let Some(incoming) = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+    {
+        aia_telemetry::otel::continue_traceparent(&span, incoming);
+    }
     req.extensions_mut().insert(request_id);
     let hsts = req
         .app_data::<actix_web::web::Data<SendHsts>>()

@@ -241,7 +241,11 @@ fn upstream_headers(req: &HttpRequest, caller: Option<&Caller>, client: &Client)
     {
         add("x-forwarded-host", host);
     }
-    if let Some(value) = traceparent(req.headers().get("traceparent")) {
+    // This request's own span context when traces are on; else the caller's trace id
+    // with a new parent id.
+    let ours =
+        aia_telemetry::otel::current_traceparent().and_then(|t| HeaderValue::from_str(&t).ok());
+    if let Some(value) = ours.or_else(|| traceparent(req.headers().get("traceparent"))) {
         headers.insert(HeaderName::from_static("traceparent"), value);
     }
     headers

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use aia_proto::session::v1::session_service_client::SessionServiceClient;
 use aia_proto::session::v1::{Revocation, RevocationKind, WatchRevocationsRequest};
+use aia_telemetry::otel::TracedChannel;
 use aia_telemetry::shutdown::CancellationToken;
-use tonic::transport::Channel;
 
 /// Revoked ids with the expiry (seconds since the epoch) of the last token they cover.
 #[derive(Debug, Default)]
@@ -125,7 +125,7 @@ impl RevocationCache {
 /// the stream ends, fails or stalls.
 pub async fn watch(
     cache: std::sync::Arc<RevocationCache>,
-    session: SessionServiceClient<Channel>,
+    session: SessionServiceClient<TracedChannel>,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(50);
@@ -154,7 +154,7 @@ pub async fn watch(
 /// Follows one stream until it ends. Ok(()) if it had delivered its snapshot.
 async fn follow(
     cache: &RevocationCache,
-    mut session: SessionServiceClient<Channel>,
+    mut session: SessionServiceClient<TracedChannel>,
 ) -> anyhow::Result<()> {
     let mut stream = session
         .watch_revocations(WatchRevocationsRequest {})

@@ -2,7 +2,7 @@
 
 use aia_proto::auth::v1::auth_service_client::AuthServiceClient;
 use aia_proto::session::v1::session_service_client::SessionServiceClient;
-use tonic::transport::Channel;
+use aia_telemetry::otel::TracedChannel;
 
 use crate::keys::KeyCache;
 use crate::revocations::RevocationCache;
@@ -10,9 +10,9 @@ use crate::revocations::RevocationCache;
 /// Shared state: gRPC clients (cheap to clone) and the key cache.
 pub struct State {
     /// The auth service.
-    pub auth: AuthServiceClient<Channel>,
+    pub auth: AuthServiceClient<TracedChannel>,
     /// The session service.
-    pub session: SessionServiceClient<Channel>,
+    pub session: SessionServiceClient<TracedChannel>,
     /// The public signing keys.
     pub keys: std::sync::Arc<KeyCache>,
     /// The in-memory blacklist.
@@ -26,7 +26,7 @@ pub struct State {
     /// Rejections, counted for audit.
     pub rejections: std::sync::Arc<crate::rejections::Rejections>,
     /// The audit service, for the security-event views.
-    pub audit: aia_proto::audit::v1::audit_service_client::AuditServiceClient<Channel>,
+    pub audit: aia_proto::audit::v1::audit_service_client::AuditServiceClient<TracedChannel>,
     /// Cancelled when the gateway stops: long-lived responses (event streams) end.
     pub shutdown: aia_telemetry::shutdown::CancellationToken,
 }

@@ -125,6 +125,7 @@ fn event_json(stored: StoredEvent) -> Value {
         "source_ip": text(e.source_ip),
         "user_agent": text(e.user_agent),
         "request_id": text(e.request_id),
+        "trace_id": aia_telemetry::otel::trace_id_of(&e.traceparent),
         "producer": e.producer,
         "details": details,
         "risk": {"score": risk, "reasons": reasons},
@@ -264,7 +265,7 @@ pub async fn mine(
 fn about_me(mut event: Value, me: &str) -> Value {
     let by_other = event["actor"].as_str().is_some_and(|actor| actor != me);
     if by_other {
-        for hidden in ["actor", "source_ip", "user_agent", "request_id"] {
+        for hidden in ["actor", "source_ip", "user_agent", "request_id", "trace_id"] {
             event[hidden] = Value::Null;
         }
         event["by_administrator"] = Value::Bool(true);

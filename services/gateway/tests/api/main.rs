@@ -25,3 +25,4 @@ mod revocation;
 mod security_events;
 mod sessions;
 mod tokens;
+mod traces;
