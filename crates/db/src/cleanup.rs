@@ -45,6 +45,8 @@ pub async fn run_once(
             if !locked {
                 return Ok(Vec::new());
             }
+            // Expired rows of every user.
+            crate::scope::set(conn, crate::scope::Scope::Service).await?;
             diesel::sql_query(format!(
                 "SELECT what, removed FROM {schema}.cleanup(make_interval(secs => $1))"
             ))

@@ -5,10 +5,13 @@
 //! - [`migrate`]: the embedded migrations of `migrations/` (one Postgres schema per
 //!   owning service), and [`ensure_database`] to create the database on a fresh
 //!   machine;
-//! - [`redis`]: the Redis pool and key naming.
+//! - [`redis`]: the Redis pool and key naming;
+//! - [`pool_as`] and [`scope`]: each service acts as its own database role, and says
+//!   in each transaction whose rows it may see (row-level security, migration 000017).
 
 pub mod cleanup;
 pub mod redis;
+pub mod scope;
 pub mod tls;
 
 use std::time::Duration;
@@ -36,6 +39,14 @@ const POOL_TIMEOUT: Duration = Duration::from_secs(5);
 pub fn pool(url: &str, size: usize) -> anyhow::Result<PgPool> {
     let mut config = diesel_async::pooled_connection::ManagerConfig::default();
     config.custom_setup = Box::new(tls::establish);
+    build(url, size, config)
+}
+
+fn build(
+    url: &str,
+    size: usize,
+    config: diesel_async::pooled_connection::ManagerConfig<AsyncPgConnection>,
+) -> anyhow::Result<PgPool> {
     let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, config);
     Pool::builder(manager)
         .max_size(size)
@@ -45,6 +56,26 @@ pub fn pool(url: &str, size: usize) -> anyhow::Result<PgPool> {
         .runtime(deadpool::Runtime::Tokio1)
         .build()
         .context("building the Postgres pool")
+}
+
+/// Builds a pool whose connections act as `role` (`SET ROLE` as each is opened): a
+/// service's own role (`aia_auth`, `aia_session`, `aia_audit`), which reaches only its
+/// schema and is subject to row-level security. The login user of `url` must be a
+/// member of it (`GRANT aia_auth TO <user>`); if not, no connection is made.
+pub fn pool_as(url: &str, size: usize, role: &'static str) -> anyhow::Result<PgPool> {
+    let mut config = diesel_async::pooled_connection::ManagerConfig::default();
+    config.custom_setup = Box::new(move |url| {
+        Box::pin(async move {
+            let mut conn = tls::establish(url).await?;
+            // `role` is one of the platform's constant names, never input.
+            sql_query(format!("SET ROLE {role}"))
+                .execute(&mut conn)
+                .await
+                .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+            Ok(conn)
+        })
+    });
+    build(url, size, config)
 }
 
 /// Checks a connection out of the pool.

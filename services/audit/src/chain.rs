@@ -6,7 +6,7 @@
 use aia_db::PgPool;
 use anyhow::Context;
 use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz};
-use diesel_async::RunQueryDsl;
+use diesel_async::{AsyncConnection, RunQueryDsl};
 
 /// What a verification found.
 #[derive(Debug, Clone, PartialEq, Eq, diesel::QueryableByName)]
@@ -25,12 +25,17 @@ pub struct ChainReport {
 /// Verifies the events with `from_seq <= seq <= to_seq`.
 pub async fn verify(pool: &PgPool, from_seq: i64, to_seq: i64) -> anyhow::Result<ChainReport> {
     let mut conn = aia_db::conn(pool).await?;
-    diesel::sql_query("SELECT checked, broken_seq, reason FROM audit.verify_chain($1, $2)")
-        .bind::<BigInt, _>(from_seq)
-        .bind::<BigInt, _>(to_seq)
-        .get_result(&mut conn)
-        .await
-        .context("verifying the audit chain")
+    conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+        // The whole chain, every account's events.
+        aia_db::scope::set(conn, aia_db::scope::Scope::Service).await?;
+        diesel::sql_query("SELECT checked, broken_seq, reason FROM audit.verify_chain($1, $2)")
+            .bind::<BigInt, _>(from_seq)
+            .bind::<BigInt, _>(to_seq)
+            .get_result(conn)
+            .await
+    })
+    .await
+    .context("verifying the audit chain")
 }
 
 /// What a pruning did.

@@ -32,9 +32,10 @@ pub async fn build(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Application> {
     let tls = aia_telemetry::tls::TlsMaterial::load(&settings.common.internal_tls)?;
-    let pool = aia_db::pool(
+    let pool = aia_db::pool_as(
         secrecy::ExposeSecret::expose_secret(&settings.common.database_url),
         settings.common.database_pool_size,
+        "aia_audit",
     )?;
     if let Some(keep) = settings.retention {
         chain::spawn_retention(pool.clone(), keep, shutdown.clone());

@@ -1,6 +1,7 @@
 //! `aia.audit.v1.AuditService`.
 
 use aia_db::PgPool;
+use aia_db::scope::{self, Scope};
 use aia_proto::audit::v1::audit_service_server::AuditService;
 use aia_proto::audit::v1::{
     KeyCount, Outcome, QueryRequest, QueryResponse, RecordBatchRequest, RecordBatchResponse,
@@ -46,6 +47,8 @@ impl Audit {
         let mut conn = aia_db::conn(&self.pool).await.map_err(unavailable)?;
         let stored = conn
             .transaction::<_, diesel::result::Error, _>(async |conn| {
+                // Appending (and the detectors' look-backs) concern every account.
+                scope::set(conn, Scope::Service).await?;
                 let mut stored = 0;
                 for mut row in rows {
                     // Each event is stored in a span of the trace that produced it.
@@ -141,8 +144,18 @@ impl AuditService for Audit {
             query = query.filter(events::seq.lt(before));
         }
         let mut conn = aia_db::conn(&self.pool).await.map_err(unavailable)?;
-        let mut rows: Vec<EventRow> = query
-            .load(&mut conn)
+        // A user's own view (`involving`) sees only their rows, whatever the filters.
+        let involving = q.involving.clone();
+        let mut rows: Vec<EventRow> = conn
+            .transaction::<_, diesel::result::Error, _>(async |conn| {
+                let who = if involving.is_empty() {
+                    Scope::Service
+                } else {
+                    Scope::User(&involving)
+                };
+                scope::set(conn, who).await?;
+                query.load(conn).await
+            })
             .await
             .map_err(|e| internal(anyhow::Error::new(e).context("querying events")))?;
         let next_cursor = if rows.len() as i64 > limit {
@@ -174,12 +187,16 @@ impl AuditService for Audit {
             r.after_seq
         } else {
             let mut conn = aia_db::conn(&pool).await.map_err(unavailable)?;
-            events::table
-                .select(diesel::dsl::max(events::seq))
-                .first::<Option<i64>>(&mut conn)
-                .await
-                .map_err(|e| internal(anyhow::Error::new(e).context("reading the last seq")))?
-                .unwrap_or(0)
+            conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+                scope::set(conn, Scope::Service).await?;
+                events::table
+                    .select(diesel::dsl::max(events::seq))
+                    .first::<Option<i64>>(conn)
+                    .await
+            })
+            .await
+            .map_err(|e| internal(anyhow::Error::new(e).context("reading the last seq")))?
+            .unwrap_or(0)
         };
         let (tx, rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
         tokio::spawn(async move {
@@ -195,20 +212,27 @@ impl AuditService for Audit {
                 // again every row the filter skipped.
                 let rows = async {
                     let mut conn = aia_db::conn(&pool).await?;
-                    let upto = events::table
-                        .select(diesel::dsl::max(events::seq))
-                        .first::<Option<i64>>(&mut conn)
-                        .await?
-                        .unwrap_or(last);
-                    let rows: Vec<EventRow> = filtered(&filter)
-                        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
-                        .filter(events::seq.gt(last))
-                        .filter(events::seq.le(upto))
-                        .order(events::seq.asc())
-                        .limit(STREAM_BATCH)
-                        .load(&mut conn)
+                    let query =
+                        filtered(&filter).map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+                    let found = conn
+                        .transaction::<_, diesel::result::Error, _>(async |conn| {
+                            scope::set(conn, Scope::Service).await?;
+                            let upto = events::table
+                                .select(diesel::dsl::max(events::seq))
+                                .first::<Option<i64>>(conn)
+                                .await?
+                                .unwrap_or(last);
+                            let rows: Vec<EventRow> = query
+                                .filter(events::seq.gt(last))
+                                .filter(events::seq.le(upto))
+                                .order(events::seq.asc())
+                                .limit(STREAM_BATCH)
+                                .load(conn)
+                                .await?;
+                            Ok((rows, upto))
+                        })
                         .await?;
-                    Ok::<_, anyhow::Error>((rows, upto))
+                    Ok::<_, anyhow::Error>(found)
                 };
                 match rows.await {
                     Ok((rows, upto)) => {
@@ -263,36 +287,40 @@ impl AuditService for Audit {
                 .filter(events::occurred_at.ge(since))
                 .filter(events::outcome.eq("failure"))
         };
-        let counts: Vec<(String, String, i64)> = events::table
-            .filter(events::occurred_at.ge(since))
-            .group_by((events::event_type, events::outcome))
-            .select((
-                events::event_type,
-                events::outcome,
-                diesel::dsl::count_star(),
-            ))
-            .order(diesel::dsl::count_star().desc())
-            .load(&mut conn)
+        let (counts, ips, subjects) = conn
+            .transaction::<_, diesel::result::Error, _>(async |conn| {
+                scope::set(conn, Scope::Service).await?;
+                let counts: Vec<(String, String, i64)> = events::table
+                    .filter(events::occurred_at.ge(since))
+                    .group_by((events::event_type, events::outcome))
+                    .select((
+                        events::event_type,
+                        events::outcome,
+                        diesel::dsl::count_star(),
+                    ))
+                    .order(diesel::dsl::count_star().desc())
+                    .load(conn)
+                    .await?;
+                let ips: Vec<(String, i64)> = failed()
+                    .filter(events::source_ip.ne(""))
+                    .group_by(events::source_ip)
+                    .select((events::source_ip, diesel::dsl::count_star()))
+                    .order((diesel::dsl::count_star().desc(), events::source_ip))
+                    .limit(top)
+                    .load(conn)
+                    .await?;
+                let subjects: Vec<(String, i64)> = failed()
+                    .filter(events::subject.ne(""))
+                    .group_by(events::subject)
+                    .select((events::subject, diesel::dsl::count_star()))
+                    .order((diesel::dsl::count_star().desc(), events::subject))
+                    .limit(top)
+                    .load(conn)
+                    .await?;
+                Ok((counts, ips, subjects))
+            })
             .await
-            .map_err(|e| internal(anyhow::Error::new(e).context("counting events")))?;
-        let ips: Vec<(String, i64)> = failed()
-            .filter(events::source_ip.ne(""))
-            .group_by(events::source_ip)
-            .select((events::source_ip, diesel::dsl::count_star()))
-            .order((diesel::dsl::count_star().desc(), events::source_ip))
-            .limit(top)
-            .load(&mut conn)
-            .await
-            .map_err(|e| internal(anyhow::Error::new(e).context("counting failing IPs")))?;
-        let subjects: Vec<(String, i64)> = failed()
-            .filter(events::subject.ne(""))
-            .group_by(events::subject)
-            .select((events::subject, diesel::dsl::count_star()))
-            .order((diesel::dsl::count_star().desc(), events::subject))
-            .limit(top)
-            .load(&mut conn)
-            .await
-            .map_err(|e| internal(anyhow::Error::new(e).context("counting failing subjects")))?;
+            .map_err(|e| internal(anyhow::Error::new(e).context("summarising events")))?;
         let keyed = |rows: Vec<(String, i64)>| {
             rows.into_iter()
                 .map(|(key, count)| KeyCount { key, count })

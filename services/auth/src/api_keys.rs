@@ -4,6 +4,7 @@
 //! are listed and revoked by their owner.
 
 use aia_db::PgPool;
+use aia_db::scope::{self, Scope};
 use anyhow::Context;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -92,9 +93,11 @@ impl ApiKeys {
         getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("OS random source: {e}"))?;
         let secret = URL_SAFE_NO_PAD.encode(bytes);
         let digest = self.mac(&secret)?.finalize().into_bytes().to_vec();
+        let owner = user_id.to_string();
         let mut conn = aia_db::conn(&self.pool).await?;
         let key = conn
             .transaction::<_, diesel::result::Error, _>(async |conn| {
+                scope::set(conn, Scope::User(&owner)).await?;
                 let key = diesel::insert_into(api_keys::table)
                     .values((
                         api_keys::id.eq(id),
@@ -117,15 +120,20 @@ impl ApiKeys {
 
     /// The owner's live keys, newest first.
     pub async fn list(&self, user_id: uuid::Uuid) -> anyhow::Result<Vec<ApiKey>> {
+        let owner = user_id.to_string();
         let mut conn = aia_db::conn(&self.pool).await?;
-        api_keys::table
-            .filter(api_keys::user_id.eq(user_id))
-            .filter(api_keys::revoked_at.is_null())
-            .order(api_keys::created_at.desc())
-            .select(ApiKey::as_select())
-            .load(&mut conn)
-            .await
-            .context("listing API keys")
+        conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+            scope::set(conn, Scope::User(&owner)).await?;
+            api_keys::table
+                .filter(api_keys::user_id.eq(user_id))
+                .filter(api_keys::revoked_at.is_null())
+                .order(api_keys::created_at.desc())
+                .select(ApiKey::as_select())
+                .load(conn)
+                .await
+        })
+        .await
+        .context("listing API keys")
     }
 
     /// Revokes one of the owner's keys. False if they have no such live key.
@@ -135,8 +143,10 @@ impl ApiKeys {
         id: uuid::Uuid,
         event: aia_audit_client::EventBuilder<'_>,
     ) -> anyhow::Result<bool> {
+        let owner = user_id.to_string();
         let mut conn = aia_db::conn(&self.pool).await?;
         conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+            scope::set(conn, Scope::User(&owner)).await?;
             let changed = diesel::update(api_keys::table.find(id))
                 .filter(api_keys::user_id.eq(user_id))
                 .filter(api_keys::revoked_at.is_null())
@@ -160,16 +170,22 @@ impl ApiKeys {
             return Ok(None);
         };
         let mut conn = aia_db::conn(&self.pool).await?;
-        let row: Option<(ApiKey, Vec<u8>, Option<DateTime<Utc>>)> = api_keys::table
-            .find(id)
-            .select((
-                ApiKey::as_select(),
-                api_keys::secret_hmac,
-                api_keys::revoked_at,
-            ))
-            .first(&mut conn)
+        // Found by its id: the owner is what the lookup finds.
+        let row: Option<(ApiKey, Vec<u8>, Option<DateTime<Utc>>)> = conn
+            .transaction::<_, diesel::result::Error, _>(async |conn| {
+                scope::set(conn, Scope::Service).await?;
+                api_keys::table
+                    .find(id)
+                    .select((
+                        ApiKey::as_select(),
+                        api_keys::secret_hmac,
+                        api_keys::revoked_at,
+                    ))
+                    .first(conn)
+                    .await
+                    .optional()
+            })
             .await
-            .optional()
             .context("looking up an API key")?;
         // Compute the MAC even for unknown ids, so timing does not tell them apart.
         let mac = self.mac(secret)?;
@@ -187,11 +203,16 @@ impl ApiKeys {
             .last_used_at
             .is_none_or(|t| now - t >= LAST_USED_GRANULARITY)
         {
-            diesel::update(api_keys::table.find(id))
-                .set(api_keys::last_used_at.eq(now))
-                .execute(&mut conn)
-                .await
-                .context("noting an API key's use")?;
+            let owner = key.user_id.to_string();
+            conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+                scope::set(conn, Scope::User(&owner)).await?;
+                diesel::update(api_keys::table.find(id))
+                    .set(api_keys::last_used_at.eq(now))
+                    .execute(conn)
+                    .await
+            })
+            .await
+            .context("noting an API key's use")?;
         }
         Ok(Some(key))
     }

@@ -61,9 +61,10 @@ pub async fn build(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Application> {
     let tls = aia_telemetry::tls::TlsMaterial::load(&settings.common.internal_tls)?;
-    let pg = aia_db::pool(
+    let pg = aia_db::pool_as(
         settings.common.database_url.expose_secret(),
         settings.common.database_pool_size,
+        "aia_auth",
     )?;
     let session = aia_telemetry::tls::endpoint(&settings.session_url, tls.as_ref(), "session")
         .context("SESSION_GRPC_URL")?

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aia_db::PgPool;
+use aia_db::scope::{self, Scope};
 use aia_tokens::seal::SealingKey;
 use anyhow::Context;
 use base64::Engine;
@@ -162,13 +163,19 @@ impl Mfa {
 
     /// Whether `user_id` has a confirmed TOTP factor.
     pub async fn is_enabled(&self, user_id: uuid::Uuid) -> anyhow::Result<bool> {
+        let owner = user_id.to_string();
         let mut conn = aia_db::conn(&self.pool).await?;
-        let confirmed: Option<Option<chrono::DateTime<Utc>>> = totp_credentials::table
-            .find(user_id)
-            .select(totp_credentials::confirmed_at)
-            .first(&mut conn)
+        let confirmed: Option<Option<chrono::DateTime<Utc>>> = conn
+            .transaction::<_, diesel::result::Error, _>(async |conn| {
+                scope::set(conn, Scope::User(&owner)).await?;
+                totp_credentials::table
+                    .find(user_id)
+                    .select(totp_credentials::confirmed_at)
+                    .first(conn)
+                    .await
+                    .optional()
+            })
             .await
-            .optional()
             .context("reading a TOTP credential")?;
         Ok(matches!(confirmed, Some(Some(_))))
     }
@@ -191,9 +198,11 @@ impl Mfa {
             .seal(&secret, user_id.as_bytes())
             .map_err(|e| anyhow::anyhow!("sealing a TOTP secret: {e}"))?;
         let key_id = self.sealing.id();
+        let owner = user_id.to_string();
         let mut conn = aia_db::conn(&self.pool).await?;
         let stored = conn
             .transaction::<_, diesel::result::Error, _>(async |conn| {
+                scope::set(conn, Scope::User(&owner)).await?;
                 let existing: Option<Option<chrono::DateTime<Utc>>> = totp_credentials::table
                     .find(user_id)
                     .select(totp_credentials::confirmed_at)
@@ -332,9 +341,11 @@ impl Mfa {
             .iter()
             .map(|c| recovery_hash(user_id, &c.replace('-', "")))
             .collect();
+        let owner = user_id.to_string();
         let mut conn = aia_db::conn(&self.pool).await?;
         let confirmed = conn
             .transaction::<_, anyhow::Error, _>(async |conn| {
+                scope::set(conn, Scope::User(&owner)).await?;
                 if !self.spend_totp(conn, user_id, code, false).await? {
                     return Ok(false);
                 }
@@ -364,9 +375,15 @@ impl Mfa {
 
     /// Spends `code` (a TOTP code or a recovery code) of a user with TOTP on.
     pub async fn verify(&self, user_id: uuid::Uuid, code: &str) -> anyhow::Result<Option<Factor>> {
+        let owner = user_id.to_string();
         let mut conn = aia_db::conn(&self.pool).await?;
         if totp_code(code).is_some() {
-            let spent = self.spend_totp(&mut conn, user_id, code, true).await?;
+            let spent = conn
+                .transaction::<_, anyhow::Error, _>(async |conn| {
+                    scope::set(conn, Scope::User(&owner)).await?;
+                    self.spend_totp(conn, user_id, code, true).await
+                })
+                .await?;
             return Ok(spent.then_some(Factor::Totp));
         }
         let Some(code) = recovery_code(code) else {
@@ -375,12 +392,18 @@ impl Mfa {
         if !self.is_enabled(user_id).await? {
             return Ok(None);
         }
-        let spent = diesel::update(recovery_codes::table)
-            .filter(recovery_codes::code_hash.eq(recovery_hash(user_id, &code)))
-            .filter(recovery_codes::user_id.eq(user_id))
-            .filter(recovery_codes::used_at.is_null())
-            .set(recovery_codes::used_at.eq(Some(Utc::now())))
-            .execute(&mut conn)
+        let hash = recovery_hash(user_id, &code);
+        let spent = conn
+            .transaction::<_, diesel::result::Error, _>(async |conn| {
+                scope::set(conn, Scope::User(&owner)).await?;
+                diesel::update(recovery_codes::table)
+                    .filter(recovery_codes::code_hash.eq(hash))
+                    .filter(recovery_codes::user_id.eq(user_id))
+                    .filter(recovery_codes::used_at.is_null())
+                    .set(recovery_codes::used_at.eq(Some(Utc::now())))
+                    .execute(conn)
+                    .await
+            })
             .await
             .context("spending a recovery code")?;
         Ok((spent == 1).then_some(Factor::RecoveryCode))
@@ -388,14 +411,19 @@ impl Mfa {
 
     /// Recovery codes left unused.
     pub async fn recovery_codes_left(&self, user_id: uuid::Uuid) -> anyhow::Result<i64> {
+        let owner = user_id.to_string();
         let mut conn = aia_db::conn(&self.pool).await?;
-        recovery_codes::table
-            .filter(recovery_codes::user_id.eq(user_id))
-            .filter(recovery_codes::used_at.is_null())
-            .count()
-            .get_result(&mut conn)
-            .await
-            .context("counting recovery codes")
+        conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+            scope::set(conn, Scope::User(&owner)).await?;
+            recovery_codes::table
+                .filter(recovery_codes::user_id.eq(user_id))
+                .filter(recovery_codes::used_at.is_null())
+                .count()
+                .get_result(conn)
+                .await
+        })
+        .await
+        .context("counting recovery codes")
     }
 
     /// Removes the user's TOTP and recovery codes. True if TOTP was on; `event` is
@@ -405,8 +433,10 @@ impl Mfa {
         user_id: uuid::Uuid,
         event: aia_audit_client::EventBuilder<'_>,
     ) -> anyhow::Result<bool> {
+        let owner = user_id.to_string();
         let mut conn = aia_db::conn(&self.pool).await?;
         conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+            scope::set(conn, Scope::User(&owner)).await?;
             diesel::delete(recovery_codes::table.filter(recovery_codes::user_id.eq(user_id)))
                 .execute(conn)
                 .await?;

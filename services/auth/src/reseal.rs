@@ -64,6 +64,8 @@ pub async fn reseal(
     );
     let mut conn = aia_db::conn(pool).await?;
     conn.transaction::<_, anyhow::Error, _>(async |conn| {
+        // Every user's second factor.
+        aia_db::scope::set(conn, aia_db::scope::Scope::Service).await?;
         let mut report = Resealed::default();
         let keys: Vec<(String, Vec<u8>, String)> = signing_keys::table
             .select((

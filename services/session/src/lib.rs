@@ -37,9 +37,10 @@ pub async fn build(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Application> {
     let tls = aia_telemetry::tls::TlsMaterial::load(&settings.common.internal_tls)?;
-    let pg = aia_db::pool(
+    let pg = aia_db::pool_as(
         settings.common.database_url.expose_secret(),
         settings.common.database_pool_size,
+        "aia_session",
     )?;
     let redis = aia_db::redis::pool(settings.common.redis_url.expose_secret())?;
     if let Some(every) = settings.common.cleanup_interval {

@@ -2,6 +2,7 @@
 
 use aia_audit_client::EventBuilder;
 use aia_db::PgPool;
+use aia_db::scope::{self, Scope};
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -218,8 +219,10 @@ impl SessionStore {
         let session_end = now + self.lifetimes.absolute;
         let expires_at = (now + self.lifetimes.idle).min(session_end);
         let hash = token.hash();
+        let owner = user_id.to_string();
         let mut conn = aia_db::conn(&self.pool).await?;
         conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+            scope::set(conn, Scope::User(&owner)).await?;
             diesel::insert_into(sessions::table)
                 .values((
                     sessions::id.eq(session_id),
@@ -276,6 +279,8 @@ impl SessionStore {
         let mut conn = aia_db::conn(&self.pool).await?;
         let outcome = conn
             .transaction::<_, diesel::result::Error, _>(async |conn| {
+                // Found by the token's hash: the user is what the lookup finds.
+                scope::set(conn, Scope::Service).await?;
                 let claimed: Option<uuid::Uuid> = diesel::update(refresh_tokens::table)
                     .filter(refresh_tokens::token_hash.eq(&old_hash))
                     .filter(refresh_tokens::rotated_at.is_null())
@@ -355,16 +360,21 @@ impl SessionStore {
         user_id: uuid::Uuid,
         now: DateTime<Utc>,
     ) -> anyhow::Result<Vec<SessionRow>> {
+        let owner = user_id.to_string();
         let mut conn = aia_db::conn(&self.pool).await?;
-        sessions::table
-            .filter(sessions::user_id.eq(user_id))
-            .filter(sessions::revoked_at.is_null())
-            .filter(sessions::expires_at.gt(now))
-            .order(sessions::created_at.desc())
-            .select(SessionRow::as_select())
-            .load(&mut conn)
-            .await
-            .context("listing sessions")
+        conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+            scope::set(conn, Scope::User(&owner)).await?;
+            sessions::table
+                .filter(sessions::user_id.eq(user_id))
+                .filter(sessions::revoked_at.is_null())
+                .filter(sessions::expires_at.gt(now))
+                .order(sessions::created_at.desc())
+                .select(SessionRow::as_select())
+                .load(conn)
+                .await
+        })
+        .await
+        .context("listing sessions")
     }
 
     /// The session (and its user) that `token` belongs to, rotated or not.
@@ -372,15 +382,20 @@ impl SessionStore {
         &self,
         token: &RefreshToken,
     ) -> anyhow::Result<Option<(uuid::Uuid, uuid::Uuid)>> {
+        let hash = token.hash();
         let mut conn = aia_db::conn(&self.pool).await?;
-        refresh_tokens::table
-            .inner_join(sessions::table)
-            .filter(refresh_tokens::token_hash.eq(token.hash()))
-            .select((sessions::id, sessions::user_id))
-            .first(&mut conn)
-            .await
-            .optional()
-            .context("looking up a refresh token's session")
+        conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+            scope::set(conn, Scope::Service).await?;
+            refresh_tokens::table
+                .inner_join(sessions::table)
+                .filter(refresh_tokens::token_hash.eq(hash))
+                .select((sessions::id, sessions::user_id))
+                .first(conn)
+                .await
+                .optional()
+        })
+        .await
+        .context("looking up a refresh token's session")
     }
 
     /// Marks a session of `user_id` revoked. `Some(true)` if it was live until now,
@@ -396,43 +411,42 @@ impl SessionStore {
         now: DateTime<Utc>,
         event: Option<EventBuilder<'a>>,
     ) -> anyhow::Result<(Option<bool>, Option<EventBuilder<'a>>)> {
+        let owner = user_id.to_string();
         let mut conn = aia_db::conn(&self.pool).await?;
-        let exists: Option<Option<DateTime<Utc>>> = sessions::table
-            .find(session_id)
-            .filter(sessions::user_id.eq(user_id))
-            .select(sessions::revoked_at)
-            .first(&mut conn)
-            .await
-            .optional()
-            .context("looking up a session")?;
-        let Some(previous) = exists else {
-            return Ok((None, event));
-        };
-        if previous.is_some() {
-            return Ok((Some(false), event));
-        }
         // Conditional on still being live: of two concurrent logouts one revokes.
-        let (changed, event) = conn
-            .transaction::<_, diesel::result::Error, _>(async |conn| {
-                let changed = diesel::update(sessions::table.find(session_id))
-                    .filter(sessions::revoked_at.is_null())
-                    .set((
-                        sessions::revoked_at.eq(now),
-                        sessions::revoke_reason.eq(reason),
-                    ))
-                    .execute(conn)
-                    .await?;
-                match event {
-                    Some(event) if changed == 1 => {
-                        event.write_in(conn).await?;
-                        Ok((true, None))
-                    }
-                    event => Ok((changed == 1, event)),
+        conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+            scope::set(conn, Scope::User(&owner)).await?;
+            let exists: Option<Option<DateTime<Utc>>> = sessions::table
+                .find(session_id)
+                .filter(sessions::user_id.eq(user_id))
+                .select(sessions::revoked_at)
+                .first(conn)
+                .await
+                .optional()?;
+            let Some(previous) = exists else {
+                return Ok((None, event));
+            };
+            if previous.is_some() {
+                return Ok((Some(false), event));
+            }
+            let changed = diesel::update(sessions::table.find(session_id))
+                .filter(sessions::revoked_at.is_null())
+                .set((
+                    sessions::revoked_at.eq(now),
+                    sessions::revoke_reason.eq(reason),
+                ))
+                .execute(conn)
+                .await?;
+            match event {
+                Some(event) if changed == 1 => {
+                    event.write_in(conn).await?;
+                    Ok((Some(true), None))
                 }
-            })
-            .await
-            .context("revoking a session")?;
-        Ok((Some(changed), event))
+                event => Ok((Some(changed == 1), event)),
+            }
+        })
+        .await
+        .context("revoking a session")
     }
 }
 

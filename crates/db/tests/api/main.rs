@@ -2,6 +2,7 @@
 //! a self-signed certificate for `localhost`.
 
 mod cleanup;
+mod rls;
 
 use diesel::QueryableByName;
 use diesel_async::RunQueryDsl;

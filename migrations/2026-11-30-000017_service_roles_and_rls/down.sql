@@ -1,0 +1,30 @@
+-- The roles stay (they are cluster-wide and other databases may use them); this
+-- database's grants, policies and the helper go.
+DROP POLICY IF EXISTS read ON audit.events;
+DROP POLICY IF EXISTS append ON audit.events;
+ALTER TABLE audit.events DISABLE ROW LEVEL SECURITY;
+DROP POLICY IF EXISTS owner ON auth.recovery_codes;
+ALTER TABLE auth.recovery_codes DISABLE ROW LEVEL SECURITY;
+DROP POLICY IF EXISTS owner ON auth.totp_credentials;
+ALTER TABLE auth.totp_credentials DISABLE ROW LEVEL SECURITY;
+DROP POLICY IF EXISTS owner ON auth.api_keys;
+ALTER TABLE auth.api_keys DISABLE ROW LEVEL SECURITY;
+DROP POLICY IF EXISTS owner ON session.refresh_tokens;
+ALTER TABLE session.refresh_tokens DISABLE ROW LEVEL SECURITY;
+DROP POLICY IF EXISTS owner ON session.sessions;
+ALTER TABLE session.sessions DISABLE ROW LEVEL SECURITY;
+DROP FUNCTION IF EXISTS public.aia_visible(text);
+ALTER FUNCTION audit.prune(timestamptz) SECURITY INVOKER RESET search_path;
+ALTER DEFAULT PRIVILEGES IN SCHEMA auth REVOKE ALL ON TABLES FROM aia_auth;
+ALTER DEFAULT PRIVILEGES IN SCHEMA auth REVOKE ALL ON SEQUENCES FROM aia_auth;
+ALTER DEFAULT PRIVILEGES IN SCHEMA session REVOKE ALL ON TABLES FROM aia_session;
+ALTER DEFAULT PRIVILEGES IN SCHEMA session REVOKE ALL ON SEQUENCES FROM aia_session;
+REVOKE ALL ON ALL TABLES IN SCHEMA auth FROM aia_auth;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA auth FROM aia_auth;
+REVOKE ALL ON SCHEMA auth FROM aia_auth;
+REVOKE ALL ON ALL TABLES IN SCHEMA session FROM aia_session;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA session FROM aia_session;
+REVOKE ALL ON SCHEMA session FROM aia_session;
+REVOKE ALL ON audit.events, audit.anchors FROM aia_audit;
+REVOKE ALL ON SEQUENCE audit.events_seq FROM aia_audit;
+REVOKE ALL ON SCHEMA audit FROM aia_audit;
