@@ -328,6 +328,9 @@ pub struct GatewaySettings {
     /// `AUDIT_REJECTIONS_WINDOW_SECONDS`: rejections are sent to audit as one event per
     /// reason and key per window (default 60).
     pub rejections_window: Duration,
+    /// `USAGE_FLUSH_SECONDS`: how often the gateway sends its usage counts (requests
+    /// per caller and route class per hour) to audit (default 30).
+    pub usage_flush: Duration,
 }
 
 const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/aia";
@@ -687,6 +690,7 @@ impl GatewaySettings {
                 1,
                 3600,
             )),
+            usage_flush: Duration::from_secs(env.parse_in("USAGE_FLUSH_SECONDS", 30, 1, 3600)),
             session_cookie_max_age: Duration::from_secs(env.parse_in(
                 "SESSION_IDLE_TTL_SECONDS",
                 30 * 86_400,

@@ -92,6 +92,10 @@ pub fn spawn_retention(
                     tracing::warn!(error = format!("{error:#}"), "audit retention failed")
                 }
             }
+            // Usage counts follow the same retention.
+            if let Err(error) = crate::usage::prune(&pool, before).await {
+                tracing::warn!(error = format!("{error:#}"), "usage retention failed");
+            }
         }
     })
 }

@@ -12,6 +12,7 @@ mod event;
 mod risk;
 mod schema;
 mod service;
+mod usage;
 
 use std::sync::Arc;
 

@@ -22,3 +22,13 @@ diesel::table! {
         traceparent -> Text,
     }
 }
+
+diesel::table! {
+    audit.usage (caller, hour, route_class) {
+        hour -> Timestamptz,
+        caller -> Text,
+        route_class -> Text,
+        requests -> Int8,
+        errors -> Int8,
+    }
+}

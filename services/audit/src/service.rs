@@ -4,8 +4,9 @@ use aia_db::PgPool;
 use aia_db::scope::{self, Scope};
 use aia_proto::audit::v1::audit_service_server::AuditService;
 use aia_proto::audit::v1::{
-    KeyCount, Outcome, QueryRequest, QueryResponse, RecordBatchRequest, RecordBatchResponse,
-    RecordRequest, RecordResponse, StoredEvent, StreamRequest, SummaryRequest, SummaryResponse,
+    KeyCount, Outcome, QueryRequest, QueryResponse, QueryUsageRequest, QueryUsageResponse,
+    RecordBatchRequest, RecordBatchResponse, RecordRequest, RecordResponse, RecordUsageRequest,
+    RecordUsageResponse, StoredEvent, StreamRequest, SummaryRequest, SummaryResponse,
     TypeOutcomeCount, VerifyChainRequest, VerifyChainResponse,
 };
 use aia_telemetry::grpc::{internal, unavailable};
@@ -347,6 +348,24 @@ impl AuditService for Audit {
             top_failing_ips: keyed(ips),
             top_failing_subjects: keyed(subjects),
         }))
+    }
+
+    async fn record_usage(
+        &self,
+        request: Request<RecordUsageRequest>,
+    ) -> Result<Response<RecordUsageResponse>, Status> {
+        authorize(&request, &["gateway"])?;
+        crate::usage::record(&self.pool, request.into_inner().counts).await?;
+        Ok(Response::new(RecordUsageResponse {}))
+    }
+
+    async fn query_usage(
+        &self,
+        request: Request<QueryUsageRequest>,
+    ) -> Result<Response<QueryUsageResponse>, Status> {
+        authorize(&request, &["gateway"])?;
+        let counts = crate::usage::query(&self.pool, request.into_inner()).await?;
+        Ok(Response::new(QueryUsageResponse { counts }))
     }
 
     async fn verify_chain(

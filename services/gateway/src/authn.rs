@@ -124,9 +124,12 @@ impl FromRequest for Authenticated {
         let state = req.app_data::<web::Data<State>>().cloned();
         let token = bearer(req.headers());
         let verified = req.extensions().get::<Verified>().cloned();
+        let req = req.clone();
         Box::pin(async move {
             let state = state.ok_or_else(Problem::internal)?;
-            authenticate(state, token, verified).await
+            let auth = authenticate(state, token, verified).await?;
+            identify(&req, format!("user:{}", auth.claims.sub));
+            Ok(auth)
         })
     }
 }
@@ -189,19 +192,32 @@ impl FromRequest for Caller {
         let token = bearer(req.headers());
         let verified = req.extensions().get::<Verified>().cloned();
         let checked = req.extensions().get::<CheckedKey>().cloned();
+        let req = req.clone();
         Box::pin(async move {
             let state = state.ok_or_else(Problem::internal)?;
             let Some(key) = key else {
-                return authenticate(state, token, verified).await.map(Caller::User);
+                let auth = authenticate(state, token, verified).await?;
+                identify(&req, format!("user:{}", auth.claims.sub));
+                return Ok(Caller::User(auth));
             };
             // The rate limiter usually checked the key already.
             let answer = match checked {
                 Some(checked) => checked.0,
                 None => check_api_key(&state, key).await,
             };
-            answer.map_err(|problem| *problem)
+            let caller = answer.map_err(|problem| *problem)?;
+            if let Caller::ApiKey { key_id, .. } = &caller {
+                identify(&req, format!("key:{key_id}"));
+            }
+            Ok(caller)
         })
     }
+}
+
+/// Notes who the caller of `req` is, for usage tracking ([`crate::usage`]).
+pub fn identify(req: &HttpRequest, caller: String) {
+    req.extensions_mut()
+        .insert(crate::usage::Identified(caller));
 }
 
 /// The outcome of checking an API key, kept in the request's extensions so that the

@@ -35,6 +35,7 @@ mod revocations;
 mod routes;
 mod state;
 mod trusted_host;
+mod usage;
 mod validate;
 
 use std::net::SocketAddr;
@@ -172,6 +173,13 @@ pub async fn build(
         settings.rejections_window,
         shutdown.clone(),
     ));
+    let usage = Arc::new(usage::Usage::default());
+    tokio::spawn(usage::report(
+        usage.clone(),
+        audit_queries.clone(),
+        settings.usage_flush,
+        shutdown.clone(),
+    ));
     let state = web::Data::new(state::State {
         keys: key_cache,
         auth,
@@ -181,6 +189,7 @@ pub async fn build(
         cookies: cookies::CookieSealer::new(&session_secret, settings.session_cookie_max_age)?,
         origins: cors::Origins::new(settings.cors_origins.clone()),
         rejections,
+        usage,
         audit: audit_queries,
         shutdown: shutdown.clone(),
     });

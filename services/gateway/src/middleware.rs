@@ -86,6 +86,24 @@ pub async fn decorate(
         .request()
         .match_pattern()
         .unwrap_or_else(|| "unmatched".to_owned());
+    // Usage of an identified caller (a user or an API key), for the admins' view.
+    let caller = response
+        .request()
+        .extensions()
+        .get::<crate::usage::Identified>()
+        .map(|i| i.0.clone());
+    if let (Some(caller), Some(state)) = (
+        caller,
+        response
+            .request()
+            .app_data::<actix_web::web::Data<crate::state::State>>(),
+    ) {
+        state.usage.record(
+            &caller,
+            response.request().path(),
+            response.status().as_u16(),
+        );
+    }
     let status = response.status().as_u16().to_string();
     span.in_scope(|| {
         tracing::debug!(route = %route, status = %status, elapsed_us = started.elapsed().as_micros() as u64, "served");

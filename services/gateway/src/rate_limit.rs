@@ -399,6 +399,7 @@ async fn caller_key(
         let key = format!("user:{}", claims.sub);
         req.extensions_mut()
             .insert(authn::Verified { token, claims });
+        authn::identify(req.request(), key.clone());
         return (key, None);
     }
     let Some(api_key) = authn::api_key(req.headers()) else {
@@ -428,7 +429,10 @@ async fn caller_key(
     }
     req.extensions_mut().insert(authn::CheckedKey(checked));
     match (accepted, paid) {
-        (Some(key), _) => (key, None),
+        (Some(key), _) => {
+            authn::identify(req.request(), key.clone());
+            (key, None)
+        }
         (None, Some((ip, decision))) => (ip, Some(decision)),
         (None, None) => (by_ip(), None),
     }

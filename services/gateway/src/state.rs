@@ -25,6 +25,8 @@ pub struct State {
     pub origins: crate::cors::Origins,
     /// Rejections, counted for audit.
     pub rejections: std::sync::Arc<crate::rejections::Rejections>,
+    /// Usage counts not yet sent to audit.
+    pub usage: std::sync::Arc<crate::usage::Usage>,
     /// The audit service, for the security-event views.
     pub audit: aia_proto::audit::v1::audit_service_client::AuditServiceClient<TracedChannel>,
     /// Cancelled when the gateway stops: long-lived responses (event streams) end.

@@ -406,6 +406,17 @@ pub fn endpoints() -> Vec<Endpoint> {
         ),
         e(
             Method::GET,
+            "/v1/admin/usage",
+            "usage",
+            "Requests per caller (user:<id> or key:<id>), route class and hour, newest first (caller, since RFC 3339, limit)",
+            Admin,
+            Body::None,
+            (200, None),
+            &[401, 403, 422],
+            || web::get().to(security_events::usage),
+        ),
+        e(
+            Method::GET,
             "/v1/auth/me/security-events",
             "my_security_events",
             "The caller's own recent security activity: logins, sessions, credential, MFA and admin changes (limit, cursor)",

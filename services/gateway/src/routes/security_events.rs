@@ -375,3 +375,57 @@ pub async fn stream(
         .insert_header(("x-accel-buffering", "no"))
         .streaming(body))
 }
+
+/// Query of the usage view.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageQuery {
+    /// `user:<id>` or `key:<id>`; none: every caller.
+    #[serde(default)]
+    caller: String,
+    /// RFC 3339; default 24 hours ago.
+    #[serde(default)]
+    since: String,
+    /// 1..=1000 (default 100).
+    #[serde(default)]
+    limit: u32,
+}
+
+/// `GET /v1/admin/usage`: requests per caller (user or API key), route class and
+/// hour, newest hour first, as the gateways counted them.
+pub async fn usage(
+    state: web::Data<State>,
+    auth: Authenticated,
+    query: web::Query<UsageQuery>,
+) -> Result<HttpResponse, Problem> {
+    require_admin(&auth)?;
+    let q = query.into_inner();
+    let answer = state
+        .audit
+        .clone()
+        .query_usage(aia_proto::audit::v1::QueryUsageRequest {
+            caller: q.caller,
+            since: timestamp("since", &q.since)?,
+            limit: q.limit,
+        })
+        .await?
+        .into_inner();
+    let rows: Vec<Value> = answer
+        .counts
+        .into_iter()
+        .map(|c| {
+            let hour = c
+                .hour
+                .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, 0))
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+            json!({
+                "hour": hour,
+                "caller": c.caller,
+                "route_class": c.route_class,
+                "requests": c.requests,
+                "errors": c.errors,
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "usage": rows })))
+}

@@ -26,3 +26,4 @@ mod security_events;
 mod sessions;
 mod tokens;
 mod traces;
+mod usage;
