@@ -102,7 +102,7 @@ impl RateLimitSettings {
     }
 }
 
-fn rate(env: &mut Env, name: &str, limit: u32, seconds: u64) -> Rate {
+pub(crate) fn rate(env: &mut Env, name: &str, limit: u32, seconds: u64) -> Rate {
     let default = Rate {
         limit,
         period: Duration::from_secs(seconds),

@@ -274,6 +274,50 @@ pub struct AuditSettings {
     /// `AUDIT_RETENTION_DAYS`: events older than this are pruned hourly, keeping an
     /// anchor so the chain still verifies (default 0: kept forever).
     pub retention: Option<Duration>,
+    /// The detectors' thresholds and windows.
+    pub detectors: DetectorSettings,
+}
+
+/// When the audit service's detectors raise their alerts: COUNT/SECONDS, COUNT
+/// events within a sliding window of SECONDS.
+#[derive(Debug, Clone, Copy)]
+pub struct DetectorSettings {
+    /// `DETECT_BRUTE_FORCE`: failed logins on one account (default `10/300`).
+    pub brute_force: crate::Rate,
+    /// `DETECT_CREDENTIAL_STUFFING`: accounts one IP failed to log in to (default
+    /// `5/600`).
+    pub credential_stuffing: crate::Rate,
+    /// `DETECT_STUFFING_UNKNOWN_EMAILS`: failed logins for unknown emails from one IP
+    /// within the same window (default 10).
+    pub stuffing_unknown_emails: u32,
+    /// `DETECT_MANY_IPS`: IPs one account logged in from (default `4/600`).
+    pub many_ips: crate::Rate,
+    /// `DETECT_RATE_LIMIT_SURGE`: rate-limited requests, all keys (default `1000/300`).
+    pub rate_limit_surge: crate::Rate,
+}
+
+impl DetectorSettings {
+    fn read(env: &mut Env) -> Self {
+        use crate::rate_limit::rate;
+        Self {
+            brute_force: rate(env, "DETECT_BRUTE_FORCE", 10, 300),
+            credential_stuffing: rate(env, "DETECT_CREDENTIAL_STUFFING", 5, 600),
+            stuffing_unknown_emails: env.parse_in(
+                "DETECT_STUFFING_UNKNOWN_EMAILS",
+                10,
+                1,
+                1_000_000,
+            ),
+            many_ips: rate(env, "DETECT_MANY_IPS", 4, 600),
+            rate_limit_surge: rate(env, "DETECT_RATE_LIMIT_SURGE", 1000, 300),
+        }
+    }
+}
+
+impl Default for DetectorSettings {
+    fn default() -> Self {
+        Self::read(&mut Env::default())
+    }
 }
 
 /// The gateway.
@@ -647,6 +691,7 @@ impl AuditSettings {
                 0 => None,
                 days => Some(Duration::from_secs(days * 86_400)),
             },
+            detectors: DetectorSettings::read(&mut env),
             common,
         };
         env.finish(settings)

@@ -51,7 +51,12 @@ pub async fn build(
         settings.admin_addr,
         readiness,
         "aia.audit.v1.AuditService",
-        |router| router.add_service(AuditServiceServer::new(Audit::new(pool))),
+        |router| {
+            router.add_service(AuditServiceServer::new(Audit::new(
+                pool,
+                risk::Detectors::new(&settings.detectors),
+            )))
+        },
         tls.as_ref(),
         shutdown,
     )

@@ -27,7 +27,7 @@
 //! same transaction and chained like any other; each raises at most one alert per key
 //! per window:
 //!
-//! | alert | when |
+//! | alert | when (defaults; `DETECT_*` settings change them) |
 //! |---|---|
 //! | `alert.brute_force` | 10 failed logins on one account within 5 min |
 //! | `alert.credential_stuffing` | failed logins from one IP on 5 accounts, or 10 for unknown emails, within 10 min |
@@ -163,33 +163,52 @@ struct Count {
 }
 
 /// One detector: a name, the key it watches, a window and a threshold.
+#[derive(Debug, Clone, Copy)]
 struct Rule {
     alert: &'static str,
     window_secs: i32,
     threshold: i64,
 }
 
-const BRUTE_FORCE: Rule = Rule {
-    alert: "alert.brute_force",
-    window_secs: 300,
-    threshold: 10,
-};
-const STUFFING: Rule = Rule {
-    alert: "alert.credential_stuffing",
-    window_secs: 600,
-    threshold: 5,
-};
-const STUFFING_UNKNOWN: i64 = 10;
-const MANY_IPS: Rule = Rule {
-    alert: "alert.many_ips",
-    window_secs: 600,
-    threshold: 4,
-};
-const RATE_LIMIT_SURGE: Rule = Rule {
-    alert: "alert.rate_limit_surge",
-    window_secs: 300,
-    threshold: 1000,
-};
+impl Rule {
+    fn new(alert: &'static str, rate: aia_settings::Rate) -> Self {
+        Self {
+            alert,
+            window_secs: i32::try_from(rate.period.as_secs()).unwrap_or(i32::MAX),
+            threshold: i64::from(rate.limit),
+        }
+    }
+}
+
+/// The detectors, with their thresholds and windows from the settings
+/// (`DETECT_*`; the table above gives the defaults).
+#[derive(Debug, Clone, Copy)]
+pub struct Detectors {
+    brute_force: Rule,
+    stuffing: Rule,
+    stuffing_unknown: i64,
+    many_ips: Rule,
+    rate_limit_surge: Rule,
+}
+
+impl Detectors {
+    /// The detectors `settings` describe.
+    pub fn new(settings: &aia_settings::DetectorSettings) -> Self {
+        Self {
+            brute_force: Rule::new("alert.brute_force", settings.brute_force),
+            stuffing: Rule::new("alert.credential_stuffing", settings.credential_stuffing),
+            stuffing_unknown: i64::from(settings.stuffing_unknown_emails),
+            many_ips: Rule::new("alert.many_ips", settings.many_ips),
+            rate_limit_surge: Rule::new("alert.rate_limit_surge", settings.rate_limit_surge),
+        }
+    }
+}
+
+impl Default for Detectors {
+    fn default() -> Self {
+        Self::new(&aia_settings::DetectorSettings::default())
+    }
+}
 
 async fn count(
     conn: &mut AsyncPgConnection,
@@ -272,7 +291,14 @@ fn alert(
 pub(crate) async fn detect(
     conn: &mut AsyncPgConnection,
     e: &NewEvent,
+    d: &Detectors,
 ) -> diesel::QueryResult<Vec<NewEvent>> {
+    let (brute_force, stuffing, many_ips, surge) = (
+        &d.brute_force,
+        &d.stuffing,
+        &d.many_ips,
+        &d.rate_limit_surge,
+    );
     let mut alerts = Vec::new();
     let at = e.occurred_at;
     let failed = e.outcome == "failure";
@@ -287,13 +313,12 @@ pub(crate) async fn detect(
                      AND occurred_at > $2 - make_interval(secs => $3) AND occurred_at <= $2",
                     who,
                     at,
-                    BRUTE_FORCE.window_secs,
+                    brute_force.window_secs,
                 )
                 .await?;
-                if n >= BRUTE_FORCE.threshold && !raised(conn, &BRUTE_FORCE, who, false, at).await?
-                {
+                if n >= brute_force.threshold && !raised(conn, brute_force, who, false, at).await? {
                     alerts.push(alert(
-                        &BRUTE_FORCE,
+                        brute_force,
                         e,
                         who,
                         "",
@@ -309,7 +334,7 @@ pub(crate) async fn detect(
                      AND occurred_at > $2 - make_interval(secs => $3) AND occurred_at <= $2",
                     &e.source_ip,
                     at,
-                    STUFFING.window_secs,
+                    stuffing.window_secs,
                 )
                 .await?;
                 let unknown = count(
@@ -320,14 +345,14 @@ pub(crate) async fn detect(
                      AND occurred_at > $2 - make_interval(secs => $3) AND occurred_at <= $2",
                     &e.source_ip,
                     at,
-                    STUFFING.window_secs,
+                    stuffing.window_secs,
                 )
                 .await?;
-                if (accounts >= STUFFING.threshold || unknown >= STUFFING_UNKNOWN)
-                    && !raised(conn, &STUFFING, &e.source_ip, true, at).await?
+                if (accounts >= stuffing.threshold || unknown >= d.stuffing_unknown)
+                    && !raised(conn, stuffing, &e.source_ip, true, at).await?
                 {
                     alerts.push(alert(
-                        &STUFFING,
+                        stuffing,
                         e,
                         "",
                         &e.source_ip,
@@ -346,17 +371,11 @@ pub(crate) async fn detect(
                      AND occurred_at > $2 - make_interval(secs => $3) AND occurred_at <= $2",
                     who,
                     at,
-                    MANY_IPS.window_secs,
+                    many_ips.window_secs,
                 )
                 .await?;
-                if ips >= MANY_IPS.threshold && !raised(conn, &MANY_IPS, who, false, at).await? {
-                    alerts.push(alert(
-                        &MANY_IPS,
-                        e,
-                        who,
-                        "",
-                        serde_json::json!({"ips": ips}),
-                    ));
+                if ips >= many_ips.threshold && !raised(conn, many_ips, who, false, at).await? {
+                    alerts.push(alert(many_ips, e, who, "", serde_json::json!({"ips": ips})));
                 }
             }
         }
@@ -382,14 +401,12 @@ pub(crate) async fn detect(
                  AND occurred_at > $2 - make_interval(secs => $3) AND occurred_at <= $2",
                 "rate_limit",
                 at,
-                RATE_LIMIT_SURGE.window_secs,
+                surge.window_secs,
             )
             .await?;
-            if hits >= RATE_LIMIT_SURGE.threshold
-                && !raised(conn, &RATE_LIMIT_SURGE, "", false, at).await?
-            {
+            if hits >= surge.threshold && !raised(conn, surge, "", false, at).await? {
                 alerts.push(alert(
-                    &RATE_LIMIT_SURGE,
+                    surge,
                     e,
                     "",
                     "",

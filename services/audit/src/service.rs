@@ -33,12 +33,13 @@ const STREAM_BUFFER: usize = 256;
 #[derive(Clone)]
 pub struct Audit {
     pool: PgPool,
+    detectors: crate::risk::Detectors,
 }
 
 impl Audit {
-    /// A service over `pool`.
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    /// A service over `pool`, raising alerts as `detectors` say.
+    pub fn new(pool: PgPool, detectors: crate::risk::Detectors) -> Self {
+        Self { pool, detectors }
     }
 
     /// Inserts validated events in order, in one transaction, skipping ids already
@@ -63,7 +64,7 @@ impl Audit {
                         crate::risk::annotate(conn, &mut row).await?;
                         let new = insert(conn, &row).await?;
                         if new {
-                            for alert in crate::risk::detect(conn, &row).await? {
+                            for alert in crate::risk::detect(conn, &row, &self.detectors).await? {
                                 insert(conn, &alert).await?;
                             }
                         }

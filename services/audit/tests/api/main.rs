@@ -18,9 +18,13 @@ struct Audit {
 }
 
 async fn spawn() -> anyhow::Result<Audit> {
+    spawn_with(&[]).await
+}
+
+async fn spawn_with(extra: &[(&str, String)]) -> anyhow::Result<Audit> {
     let db = TestDb::create().await?;
     let mut running = aia_testkit::services();
-    let addrs = running.audit(aia_testkit::env(&db, "", &[])).await?;
+    let addrs = running.audit(aia_testkit::env(&db, "", extra)).await?;
     let client = AuditServiceClient::connect(addrs.url()).await?;
     Ok(Audit {
         db,

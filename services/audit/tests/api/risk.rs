@@ -141,6 +141,34 @@ async fn brute_force_on_one_account_raises_one_alert_per_window() -> anyhow::Res
     Ok(())
 }
 
+/// Thresholds and windows come from the settings: with `DETECT_BRUTE_FORCE=3/60`,
+/// three failures raise the alert that takes ten by default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detector_thresholds_are_configurable() -> anyhow::Result<()> {
+    let mut audit = crate::spawn_with(&[("DETECT_BRUTE_FORCE", "3/60".into())]).await?;
+    let failures = |n: usize| -> Vec<Event> {
+        (0..n)
+            .map(|i| login(Outcome::Failure, "carol", &format!("198.51.100.{i}"), "x"))
+            .collect()
+    };
+    record(&mut audit, failures(2)).await?;
+    assert!(alerts(&mut audit, "alert.brute_force").await?.is_empty());
+    record(&mut audit, failures(1)).await?;
+    let raised = alerts(&mut audit, "alert.brute_force").await?;
+    assert_eq!(raised.len(), 1);
+    let details: serde_json::Value =
+        serde_json::from_str(&raised[0].event.clone().unwrap_or_default().details_json)?;
+    assert_eq!(details["threshold"], 3);
+    assert_eq!(details["window_seconds"], 60);
+    audit.stop().await;
+    // Nonsense is refused at start-up, naming the variable.
+    let settings =
+        aia_settings::AuditSettings::from_env([("DETECT_MANY_IPS", "many")].into_iter().collect());
+    let problems = settings.err().map(|e| e.0).unwrap_or_default();
+    assert!(problems.iter().any(|p| p.variable == "DETECT_MANY_IPS"));
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_ip_failing_across_accounts_is_credential_stuffing() -> anyhow::Result<()> {
     let mut audit = spawn().await?;
