@@ -7,7 +7,12 @@ use std::net::SocketAddr;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::{Router, TcpIncoming};
+use tonic::transport::server::TcpIncoming;
+
+/// The router every gRPC service builds on: tonic's, with the metrics layer.
+pub type Router = tonic::transport::server::Router<
+    tower::layer::util::Stack<crate::grpc_metrics::GrpcMetricsLayer, tower::layer::util::Identity>,
+>;
 
 use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::{HealthReporter, HealthService};
@@ -59,7 +64,11 @@ impl GrpcApplication {
                 .await
                 .with_context(|| format!("binding the admin port {admin_addr}"))?,
             name,
-            router: add_services(server.add_service(health)),
+            router: add_services(
+                server
+                    .layer(crate::grpc_metrics::GrpcMetricsLayer)
+                    .add_service(health),
+            ),
             reporter,
             shutdown,
             background: Vec::new(),

@@ -65,6 +65,7 @@ where
     tokio::task::spawn_blocking(move || span.in_scope(f))
 }
 pub mod grpc;
+pub mod grpc_metrics;
 
 /// The body of every service's `main`: report bad settings and exit 64, start
 /// tracing, then run `start` with a shutdown token tied to SIGTERM/SIGINT and turn its

@@ -319,6 +319,18 @@ impl Limiter {
 
     /// The decision of `policy` for `key` (an IP, a user id, an email...).
     pub async fn check(&self, policy: &Policy, key: &str) -> Decision {
+        let decision = self.decide(policy, key).await;
+        let label = match decision {
+            Decision::Allowed { .. } => "allowed",
+            Decision::Limited { .. } => "limited",
+            Decision::Unavailable => "unavailable",
+        };
+        metrics::counter!("gateway_rate_limit_decisions_total", "policy" => policy.name, "decision" => label)
+            .increment(1);
+        decision
+    }
+
+    async fn decide(&self, policy: &Policy, key: &str) -> Decision {
         if now_ms() >= self.skip_until_ms.load(Ordering::Relaxed) {
             match tokio::time::timeout(self.budget, self.decide_in_redis(policy, key)).await {
                 Ok(Ok(decision)) => return decision,

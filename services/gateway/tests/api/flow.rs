@@ -261,14 +261,27 @@ async fn health_readiness_and_metrics_answer_on_every_admin_port() -> anyhow::Re
         http.get(stack.url("/readyz")).send().await?.status(),
         StatusCode::OK
     );
-    // After a request, the gateway's counters show up.
+    // After a login, the counters and latency histograms show up: HTTP at the
+    // gateway, gRPC at each service, login, session and rate-limit decisions.
+    crate::helpers::signed_in(&stack).await?;
     let text = http
-        .get(stack.gateway.admin_url("/metrics"))
+        .get(stack.auth.admin_url("/metrics"))
         .send()
         .await?
         .text()
         .await?;
-    assert!(text.contains("gateway_requests_total"), "{text}");
+    for needle in [
+        "gateway_requests_total",
+        "gateway_request_duration_seconds",
+        "gateway_rate_limit_decisions_total{policy=\"login\",decision=\"allowed\"}",
+        "grpc_server_duration_seconds_bucket{method=\"/aia.auth.v1.AuthService/Login\",le=",
+        "gateway_request_duration_seconds_bucket{",
+        "grpc_server_requests_total{method=\"/aia.session.v1.SessionService/CreateSession\",code=\"0\"}",
+        "auth_login_total",
+        "session_created_total",
+    ] {
+        assert!(text.contains(needle), "no {needle} in:\n{text}");
+    }
     stack.stop().await;
     Ok(())
 }

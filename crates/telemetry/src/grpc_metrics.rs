@@ -1,0 +1,62 @@
+//! gRPC server metrics: every call's latency in `grpc_server_duration_seconds` and its
+//! count in `grpc_server_requests_total`, labelled by method (the request path, e.g.
+//! `/aia.auth.v1.AuthService/Login`) and by the `grpc-status` the response headers
+//! carry (`0` for a unary answer whose status travels in the trailers).
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+/// The layer [`crate::grpc::GrpcApplication`] puts around every service.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GrpcMetricsLayer;
+
+impl<S> tower::Layer<S> for GrpcMetricsLayer {
+    type Service = GrpcMetrics<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcMetrics { inner }
+    }
+}
+
+/// See [`GrpcMetricsLayer`].
+#[derive(Clone, Debug)]
+pub struct GrpcMetrics<S> {
+    inner: S,
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for GrpcMetrics<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let method = request.uri().path().to_owned();
+        let started = std::time::Instant::now();
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let result = answer.await;
+            let code = match &result {
+                Ok(response) => response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("0")
+                    .to_owned(),
+                Err(_) => "transport".to_owned(),
+            };
+            metrics::histogram!("grpc_server_duration_seconds", "method" => method.clone())
+                .record(started.elapsed().as_secs_f64());
+            metrics::counter!("grpc_server_requests_total", "method" => method, "code" => code)
+                .increment(1);
+            result
+        })
+    }
+}
