@@ -1,3 +1,12 @@
+-- Refused while any event carries a traceparent: dropping the column would make every
+-- such event fail verification (its digest covers the traceparent).
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM audit.events WHERE traceparent <> '') THEN
+        RAISE EXCEPTION 'events carry traceparents: reverting would break the audit chain';
+    END IF;
+END
+$$;
 -- Back to the 000010 digest, without the column.
 CREATE OR REPLACE FUNCTION audit.event_digest(prev bytea, e audit.events) RETURNS bytea
 LANGUAGE sql IMMUTABLE AS $$

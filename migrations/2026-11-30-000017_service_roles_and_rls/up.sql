@@ -29,6 +29,11 @@ BEGIN
     END LOOP;
 END
 $$;
+-- Each service's init container checks that migrations are applied (`aia migrate
+-- --check`, which only reads diesel's table) with the service's own login, before
+-- any SET ROLE: the applied versions are readable by every login (they are no secret).
+GRANT SELECT ON public.__diesel_schema_migrations TO PUBLIC;
+
 GRANT USAGE ON SCHEMA auth TO aia_auth;
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA auth TO aia_auth;
 GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA auth TO aia_auth;
@@ -45,11 +50,30 @@ GRANT USAGE ON SCHEMA audit TO aia_audit;
 GRANT SELECT, INSERT ON audit.events TO aia_audit;
 GRANT SELECT ON audit.anchors TO aia_audit;
 GRANT USAGE, SELECT ON SEQUENCE audit.events_seq TO aia_audit;
--- Retention deletes as the owner; the role has no DELETE of its own.
-ALTER FUNCTION audit.prune(timestamptz) SECURITY DEFINER SET search_path = pg_catalog, audit;
+-- Retention deletes as the owner; the role has no DELETE of its own. What the role may
+-- call is audit.prune_retained, which refuses to remove anything younger than 30 days
+-- (so a compromised audit service cannot empty the trail); audit.prune itself, with
+-- no floor, is the owner's alone.
+REVOKE EXECUTE ON FUNCTION audit.prune(timestamptz) FROM PUBLIC;
+CREATE FUNCTION audit.prune_retained(before timestamptz)
+RETURNS TABLE (pruned bigint, anchor_seq bigint)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, audit, pg_temp AS $$
+BEGIN
+    IF before > now() - interval '30 days' THEN
+        RAISE EXCEPTION 'audit retention shorter than 30 days is refused'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN QUERY SELECT p.pruned, p.anchor_seq FROM audit.prune(before) p;
+END;
+$$;
+REVOKE EXECUTE ON FUNCTION audit.prune_retained(timestamptz) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION audit.prune_retained(timestamptz) TO aia_audit;
 
--- Whether a row owned by `owner` is visible in this transaction.
-CREATE FUNCTION public.aia_visible(owner text) RETURNS boolean
+-- Whether a row owned by `owner` is visible in this transaction. In a schema of its
+-- own (the migrating user may not create objects in `public` on Postgres 15+).
+CREATE SCHEMA aia_rls;
+GRANT USAGE ON SCHEMA aia_rls TO aia_auth, aia_session, aia_audit;
+CREATE FUNCTION aia_rls.visible(owner text) RETURNS boolean
 LANGUAGE sql STABLE AS $$
     SELECT coalesce(current_setting('aia.scope', true), '') = 'service'
         OR (owner <> '' AND owner = coalesce(current_setting('aia.user_id', true), ''))
@@ -57,7 +81,7 @@ $$;
 
 ALTER TABLE session.sessions ENABLE ROW LEVEL SECURITY;
 CREATE POLICY owner ON session.sessions
-    USING (public.aia_visible(user_id::text)) WITH CHECK (public.aia_visible(user_id::text));
+    USING (aia_rls.visible(user_id::text)) WITH CHECK (aia_rls.visible(user_id::text));
 -- A refresh token is visible with its session.
 ALTER TABLE session.refresh_tokens ENABLE ROW LEVEL SECURITY;
 CREATE POLICY owner ON session.refresh_tokens
@@ -66,18 +90,18 @@ CREATE POLICY owner ON session.refresh_tokens
 
 ALTER TABLE auth.api_keys ENABLE ROW LEVEL SECURITY;
 CREATE POLICY owner ON auth.api_keys
-    USING (public.aia_visible(user_id::text)) WITH CHECK (public.aia_visible(user_id::text));
+    USING (aia_rls.visible(user_id::text)) WITH CHECK (aia_rls.visible(user_id::text));
 ALTER TABLE auth.totp_credentials ENABLE ROW LEVEL SECURITY;
 CREATE POLICY owner ON auth.totp_credentials
-    USING (public.aia_visible(user_id::text)) WITH CHECK (public.aia_visible(user_id::text));
+    USING (aia_rls.visible(user_id::text)) WITH CHECK (aia_rls.visible(user_id::text));
 ALTER TABLE auth.recovery_codes ENABLE ROW LEVEL SECURITY;
 CREATE POLICY owner ON auth.recovery_codes
-    USING (public.aia_visible(user_id::text)) WITH CHECK (public.aia_visible(user_id::text));
+    USING (aia_rls.visible(user_id::text)) WITH CHECK (aia_rls.visible(user_id::text));
 
 -- Security events: a user sees those that are about them or by them; only the
 -- service scope appends.
 ALTER TABLE audit.events ENABLE ROW LEVEL SECURITY;
 CREATE POLICY read ON audit.events FOR SELECT
-    USING (public.aia_visible(subject) OR public.aia_visible(actor));
+    USING (aia_rls.visible(subject) OR aia_rls.visible(actor));
 CREATE POLICY append ON audit.events FOR INSERT
     WITH CHECK (coalesce(current_setting('aia.scope', true), '') = 'service');

@@ -1,1 +1,2 @@
+DROP TABLE audit.usage_batches;
 DROP TABLE audit.usage;

@@ -10,5 +10,12 @@ CREATE TABLE audit.usage (
     PRIMARY KEY (caller, hour, route_class)
 );
 CREATE INDEX usage_hour ON audit.usage (hour DESC);
+-- Batches already added (a day's worth), so a batch sent again is not counted twice.
+CREATE TABLE audit.usage_batches (
+    id          uuid PRIMARY KEY,
+    recorded_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX usage_batches_recorded_at ON audit.usage_batches (recorded_at);
+GRANT SELECT, INSERT, DELETE ON audit.usage_batches TO aia_audit;
 -- DELETE for retention (AUDIT_RETENTION_DAYS applies to usage too).
 GRANT SELECT, INSERT, UPDATE, DELETE ON audit.usage TO aia_audit;

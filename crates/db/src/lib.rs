@@ -107,17 +107,53 @@ pub async fn migrate(url: &str) -> anyhow::Result<Vec<String>> {
     .context("migration task")?
 }
 
-/// Migrations compiled in but not applied to the database at `url`.
+/// Migrations compiled in but not applied to the database at `url`. Only reads
+/// diesel's table of applied versions, so a service's own login (no CREATE anywhere,
+/// see migration 000017) may ask: an absent table means nothing was applied.
 pub async fn pending_migrations(url: &str) -> anyhow::Result<Vec<String>> {
-    let mut conn = wrapped(url).await?;
-    tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
-        let pending = conn
-            .pending_migrations(MIGRATIONS)
-            .map_err(|e| anyhow::anyhow!("listing migrations: {e}"))?;
-        Ok(pending.iter().map(|m| m.name().to_string()).collect())
-    })
+    use diesel::migration::MigrationSource;
+
+    #[derive(diesel::QueryableByName)]
+    struct Applied {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        version: String,
+    }
+
+    let mut conn = tls::establish(url)
+        .await
+        .context("connecting to Postgres")?;
+    let exists = sql_query(
+        "SELECT to_regclass('public.__diesel_schema_migrations') IS NOT NULL AS version_table",
+    )
+    .get_result::<VersionTable>(&mut conn)
     .await
-    .context("migration task")?
+    .context("looking for the migrations table")?
+    .version_table;
+    let applied: std::collections::HashSet<String> = if exists {
+        sql_query("SELECT version FROM public.__diesel_schema_migrations")
+            .load::<Applied>(&mut conn)
+            .await
+            .context("reading the applied migrations")?
+            .into_iter()
+            .map(|a| a.version)
+            .collect()
+    } else {
+        Default::default()
+    };
+    let all = MigrationSource::<diesel::pg::Pg>::migrations(&MIGRATIONS)
+        .map_err(|e| anyhow::anyhow!("listing migrations: {e}"))?;
+    Ok(all
+        .iter()
+        .map(|m| m.name())
+        .filter(|name| !applied.contains(&name.version().to_string()))
+        .map(ToString::to_string)
+        .collect())
+}
+
+#[derive(diesel::QueryableByName)]
+struct VersionTable {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    version_table: bool,
 }
 
 type Wrapped = diesel_async::async_connection_wrapper::AsyncConnectionWrapper<AsyncPgConnection>;

@@ -83,7 +83,13 @@ pub fn check_smtp_url(env: &mut Env, url: Option<&str>) {
         );
         return;
     };
-    let encrypted = scheme == "smtps" || (scheme == "smtp" && url.contains("tls=required"));
+    // lettre reads the last `tls=` of the query: exactly one, `required`.
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    let tls: Vec<&str> = query
+        .split('&')
+        .filter_map(|kv| kv.strip_prefix("tls="))
+        .collect();
+    let encrypted = scheme == "smtps" || (scheme == "smtp" && tls == ["required"]);
     if !encrypted && !is_loopback(host) {
         env.problem(
             "SMTP_URL",
@@ -264,6 +270,13 @@ mod tests {
         assert_eq!(problems(|e| check_smtp_url(e, None)), 1);
         assert_eq!(problems(|e| check_smtp_url(e, Some("smtp://mail:25"))), 1);
         assert_eq!(problems(|e| check_smtp_url(e, Some("mail.example.com"))), 1);
+        for sneaky in [
+            "smtp://u:tls=required@mail.example.com:25",
+            "smtp://mail.example.com:25?x=tls=required",
+            "smtp://mail.example.com:587?tls=required&tls=opportunistic",
+        ] {
+            assert_eq!(problems(|e| check_smtp_url(e, Some(sneaky))), 1, "{sneaky}");
+        }
         for good in [
             "smtps://u:pw@mail.example.com",
             "smtp://mail.example.com:587?tls=required",

@@ -392,6 +392,12 @@ impl Common {
     }
 
     fn read(env: &mut Env) -> Self {
+        Self::read_for(env, true)
+    }
+
+    /// The shared settings of a service that `uses_database` or not (the gateway
+    /// keeps no state in Postgres: it needs no `DATABASE_URL`).
+    fn read_for(env: &mut Env, uses_database: bool) -> Self {
         let app_env = match env.string("APP_ENV", "development").as_str() {
             "development" | "dev" => AppEnv::Development,
             "production" | "prod" => AppEnv::Production,
@@ -412,12 +418,15 @@ impl Common {
         let database_url = env.string("DATABASE_URL", DEFAULT_DATABASE_URL);
         let redis_url = env.string("REDIS_URL", DEFAULT_REDIS_URL);
         if app_env.is_production() {
-            for var in ["DATABASE_URL", "REDIS_URL"] {
-                if env.get(var).is_none() {
-                    env.problem(var, "must be set in production");
+            if uses_database {
+                if env.get("DATABASE_URL").is_none() {
+                    env.problem("DATABASE_URL", "must be set in production");
                 }
+                production::check_database_url(env, &database_url);
             }
-            production::check_database_url(env, &database_url);
+            if env.get("REDIS_URL").is_none() {
+                env.problem("REDIS_URL", "must be set in production");
+            }
             production::check_redis_url(env, "REDIS_URL", &redis_url);
         }
         let internal_tls = match env.get("INTERNAL_TLS").unwrap_or("off") {
@@ -689,6 +698,13 @@ impl AuditSettings {
             admin_addr: addr(&mut env, "AUDIT_ADMIN_ADDR", "127.0.0.1:9103"),
             retention: match env.parse_in::<u64>("AUDIT_RETENTION_DAYS", 0, 0, 36_500) {
                 0 => None,
+                1..30 => {
+                    env.problem(
+                        "AUDIT_RETENTION_DAYS",
+                        "must be 0 (keep everything) or at least 30: audit.prune refuses less",
+                    );
+                    None
+                }
                 days => Some(Duration::from_secs(days * 86_400)),
             },
             detectors: DetectorSettings::read(&mut env),
@@ -701,7 +717,7 @@ impl AuditSettings {
 impl GatewaySettings {
     /// Reads the gateway's settings.
     pub fn from_env(mut env: Env) -> Result<Self, SettingsError> {
-        let common = Common::read(&mut env);
+        let common = Common::read_for(&mut env, false);
         let settings = Self {
             http_addr: addr(&mut env, "GATEWAY_HTTP_ADDR", "127.0.0.1:8080"),
             admin_addr: addr(&mut env, "GATEWAY_ADMIN_ADDR", "127.0.0.1:9100"),

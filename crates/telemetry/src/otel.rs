@@ -40,7 +40,8 @@ where
         .with_tonic()
         .with_endpoint(endpoint)
         .build()
-        .map_err(|e| anyhow::anyhow!("OTLP exporter for {endpoint}: {e}"))?;
+        // The endpoint is not repeated: it may carry credentials.
+        .map_err(|e| anyhow::anyhow!("OTLP exporter: {e}"))?;
     let provider = SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
         .with_resource(
@@ -144,6 +145,33 @@ pub fn continue_traceparent(span: &tracing::Span, traceparent: &str) {
     let cx = propagator().extract(&StringExtractor(traceparent));
     if cx.span().span_context().is_valid() {
         let _ = span.set_parent(cx);
+    }
+}
+
+/// The public edge's request span and a `traceparent` that came with the request.
+/// Whatever its sampled flag says, the request is traced (a client cannot switch
+/// tracing off for its own requests). The trace is continued only when the header
+/// came from a `trusted` peer (a proxy of the deployment); a client's context is kept
+/// as a link instead, so a client can neither pick the trace id its requests (and
+/// their audit events) are filed under nor graft them onto someone else's trace.
+pub fn at_the_edge(span: &tracing::Span, traceparent: &str, trusted: bool) {
+    use opentelemetry::trace::{SpanContext, TraceFlags};
+    let cx = propagator().extract(&StringExtractor(traceparent));
+    let remote = cx.span().span_context().clone();
+    if !remote.is_valid() {
+        return;
+    }
+    if trusted {
+        let sampled = SpanContext::new(
+            remote.trace_id(),
+            remote.span_id(),
+            TraceFlags::SAMPLED,
+            true,
+            remote.trace_state().clone(),
+        );
+        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(sampled));
+    } else {
+        span.add_link(remote);
     }
 }
 

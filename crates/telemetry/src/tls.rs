@@ -29,6 +29,9 @@ impl std::fmt::Debug for TlsMaterial {
 impl TlsMaterial {
     /// Reads the PEM files named in settings; `None` unless `INTERNAL_TLS=mtls`.
     pub fn load(settings: &InternalTls) -> anyhow::Result<Option<Self>> {
+        if matches!(settings, InternalTls::Mesh) {
+            MESH.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let InternalTls::Mtls {
             ca_file,
             cert_file,
@@ -86,13 +89,67 @@ pub fn endpoint(url: &str, tls: Option<&TlsMaterial>, peer: &str) -> anyhow::Res
     }
 }
 
+/// Set when this process runs with `INTERNAL_TLS=mesh` (see [`authorize`]).
+static MESH: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The header a Linkerd inbound proxy adds with the meshed caller's verified identity
+/// (and removes from whatever the caller sent).
+const MESH_IDENTITY: &str = "l5d-client-id";
+
 /// Lets the call through if its caller is one of `allowed` (any service of the
-/// platform CA when `allowed` is empty). Without TLS on the connection there is no
-/// identity to check: that is development (`INTERNAL_TLS=off`, which production
-/// refuses) or a mesh that authenticated the caller already.
+/// platform when `allowed` is empty):
+///
+/// - `INTERNAL_TLS=mtls`: the client certificate must name the caller;
+/// - `INTERNAL_TLS=mesh`: the Linkerd proxy's `l5d-client-id` must be the caller's
+///   service account, `aia-<service>.<namespace>.serviceaccount.identity.…`; a call
+///   without it did not come through the mesh and is refused;
+/// - `INTERNAL_TLS=off` (development; production refuses it): no identity to check.
 pub fn authorize<T>(request: &tonic::Request<T>, allowed: &[&str]) -> Result<(), tonic::Status> {
+    authorize_in(
+        request,
+        allowed,
+        MESH.load(std::sync::atomic::Ordering::Relaxed),
+    )
+}
+
+const SERVICES: [&str; 4] = ["gateway", "auth", "session", "audit"];
+
+fn refused() -> tonic::Status {
+    metrics::counter!("grpc_calls_refused_total", "reason" => "caller_not_allowed").increment(1);
+    tonic::Status::permission_denied("this service may not call this method")
+}
+
+fn authorize_in<T>(
+    request: &tonic::Request<T>,
+    allowed: &[&str],
+    mesh: bool,
+) -> Result<(), tonic::Status> {
     let Some(certs) = request.peer_certs() else {
-        return Ok(());
+        if !mesh {
+            return Ok(());
+        }
+        let identity = request
+            .metadata()
+            .get(MESH_IDENTITY)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                metrics::counter!("grpc_calls_refused_total", "reason" => "not_meshed")
+                    .increment(1);
+                tonic::Status::unauthenticated("no mesh identity")
+            })?;
+        let account = identity
+            .split_once(".serviceaccount.identity.")
+            .and_then(|(head, _)| head.split_once('.'))
+            .map(|(account, _namespace)| account);
+        let service = account.and_then(|a| a.strip_prefix("aia-"));
+        let permitted = service.is_some_and(|s| {
+            if allowed.is_empty() {
+                SERVICES.contains(&s)
+            } else {
+                allowed.contains(&s)
+            }
+        });
+        return if permitted { Ok(()) } else { Err(refused()) };
     };
     let Some(leaf) = certs.first() else {
         return Err(tonic::Status::unauthenticated("no client certificate"));
@@ -106,13 +163,54 @@ pub fn authorize<T>(request: &tonic::Request<T>, allowed: &[&str]) -> Result<(),
         rustls_pki_types::ServerName::try_from(*name)
             .is_ok_and(|server_name| cert.verify_is_valid_for_subject_name(&server_name).is_ok())
     });
-    if permitted {
-        Ok(())
-    } else {
-        metrics::counter!("grpc_calls_refused_total", "reason" => "caller_not_allowed")
-            .increment(1);
-        Err(tonic::Status::permission_denied(
-            "this service may not call this method",
-        ))
+    if permitted { Ok(()) } else { Err(refused()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from(identity: Option<&str>) -> tonic::Request<()> {
+        let mut request = tonic::Request::new(());
+        if let Some(id) = identity
+            && let Ok(value) = id.parse()
+        {
+            request.metadata_mut().insert(MESH_IDENTITY, value);
+        }
+        request
+    }
+
+    #[test]
+    fn in_the_mesh_the_proxys_identity_decides() {
+        let gateway = "aia-gateway.aia.serviceaccount.identity.linkerd.cluster.local";
+        let auth = "aia-auth.aia.serviceaccount.identity.linkerd.cluster.local";
+        // The gateway may call a gateway-only method; auth may not.
+        assert!(authorize_in(&from(Some(gateway)), &["gateway"], true).is_ok());
+        let denied = authorize_in(&from(Some(auth)), &["gateway"], true);
+        assert_eq!(
+            denied.err().map(|s| s.code()),
+            Some(tonic::Code::PermissionDenied)
+        );
+        // Any platform service where any is allowed; nobody else.
+        assert!(authorize_in(&from(Some(auth)), &[], true).is_ok());
+        for stranger in [
+            "default.aia.serviceaccount.identity.linkerd.cluster.local",
+            "aia-gateway-evil.aia.serviceaccount.identity.linkerd.cluster.local",
+            "aia-gateway",
+            "",
+        ] {
+            assert!(
+                authorize_in(&from(Some(stranger)), &[], true).is_err(),
+                "{stranger}"
+            );
+        }
+        // Not through the mesh at all: refused in mesh mode, let through only in
+        // development.
+        let bare = authorize_in(&from(None), &["gateway"], true);
+        assert_eq!(
+            bare.err().map(|s| s.code()),
+            Some(tonic::Code::Unauthenticated)
+        );
+        assert!(authorize_in(&from(None), &["gateway"], false).is_ok());
     }
 }

@@ -27,6 +27,8 @@ pub struct ReceivedSpan {
     pub name: String,
     /// Its string, integer and boolean attributes, as text.
     pub attributes: HashMap<String, String>,
+    /// The trace ids of its links.
+    pub links: Vec<String>,
 }
 
 /// The receiver and what it received.
@@ -71,6 +73,11 @@ impl TraceService for Receiver {
                     span_id: hex::encode(&span.span_id),
                     parent_span_id: hex::encode(&span.parent_span_id),
                     name: span.name,
+                    links: span
+                        .links
+                        .iter()
+                        .map(|l| hex::encode(&l.trace_id))
+                        .collect(),
                     attributes: span
                         .attributes
                         .iter()

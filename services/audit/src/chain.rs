@@ -53,7 +53,8 @@ pub struct Pruned {
 /// the chain still verifies (`audit.prune`; the newest event always stays).
 pub async fn prune(pool: &PgPool, before: chrono::DateTime<chrono::Utc>) -> anyhow::Result<Pruned> {
     let mut conn = aia_db::conn(pool).await?;
-    diesel::sql_query("SELECT pruned, anchor_seq FROM audit.prune($1)")
+    // The floor-keeping wrapper (30 days), the only retention the service's role may run.
+    diesel::sql_query("SELECT pruned, anchor_seq FROM audit.prune_retained($1)")
         .bind::<Timestamptz, _>(before)
         .get_result(&mut conn)
         .await

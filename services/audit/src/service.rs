@@ -356,7 +356,8 @@ impl AuditService for Audit {
         request: Request<RecordUsageRequest>,
     ) -> Result<Response<RecordUsageResponse>, Status> {
         authorize(&request, &["gateway"])?;
-        crate::usage::record(&self.pool, request.into_inner().counts).await?;
+        let r = request.into_inner();
+        crate::usage::record(&self.pool, &r.batch_id, r.counts).await?;
         Ok(Response::new(RecordUsageResponse {}))
     }
 

@@ -55,16 +55,33 @@ fn row(c: UsageCount) -> Result<Row, Status> {
     Ok((hour, c.caller, c.route_class, c.requests, c.errors))
 }
 
-/// Adds `counts` up, in one transaction (all or nothing).
-pub async fn record(pool: &PgPool, counts: Vec<UsageCount>) -> Result<(), Status> {
+/// Adds `counts` up, in one transaction (all or nothing), unless batch `batch_id`
+/// was added already.
+pub async fn record(pool: &PgPool, batch_id: &str, counts: Vec<UsageCount>) -> Result<(), Status> {
     if counts.len() > MAX_COUNTS {
         return Err(Status::invalid_argument("at most 10000 counts per call"));
     }
+    let batch = uuid::Uuid::parse_str(batch_id)
+        .map_err(|_| Status::invalid_argument("batch_id must be a UUID"))?;
     let mut rows = counts.into_iter().map(row).collect::<Result<Vec<_>, _>>()?;
     // One order for every writer, so concurrent gateways never deadlock.
     rows.sort_by(|a, b| (&a.1, a.0, &a.2).cmp(&(&b.1, b.0, &b.2)));
     let mut conn = aia_db::conn(pool).await.map_err(unavailable)?;
     conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+        diesel::sql_query(
+            "DELETE FROM audit.usage_batches WHERE recorded_at < now() - interval '1 day'",
+        )
+        .execute(conn)
+        .await?;
+        let first_time = diesel::sql_query(
+            "INSERT INTO audit.usage_batches (id) VALUES ($1) ON CONFLICT DO NOTHING",
+        )
+        .bind::<diesel::sql_types::Uuid, _>(batch)
+        .execute(conn)
+        .await?;
+        if first_time == 0 {
+            return Ok(());
+        }
         for chunk in rows.chunks(1000) {
             let values: Vec<_> = chunk
                 .iter()

@@ -36,6 +36,11 @@ impl TrustedProxies {
         self.0.iter().any(|net| net.contains(&ip))
     }
 
+    /// Whether the TCP peer of `req` is one of the trusted proxies.
+    pub fn trusts_peer(&self, req: &HttpRequest) -> bool {
+        req.peer_addr().is_some_and(|p| self.trusts(p.ip()))
+    }
+
     /// The client's address for `req`.
     pub fn client_ip(&self, req: &HttpRequest) -> Option<IpAddr> {
         let peer = req.peer_addr()?.ip();

@@ -74,7 +74,11 @@ pub async fn decorate(
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
     {
-        aia_telemetry::otel::continue_traceparent(&span, incoming);
+        // Only a trusted proxy's context is continued; a client's is linked.
+        let trusted = req
+            .app_data::<actix_web::web::Data<crate::client_ip::TrustedProxies>>()
+            .is_some_and(|proxies| proxies.trusts_peer(req.request()));
+        aia_telemetry::otel::at_the_edge(&span, incoming, trusted);
     }
     req.extensions_mut().insert(request_id);
     let hsts = req

@@ -5,9 +5,10 @@
 //! Who the caller is comes from whatever identified them during the request (the
 //! rate limiter, or the handler's own authentication): an [`Identified`] extension.
 //! Anonymous requests are not counted here (metrics count them). At most [`MAX_KEYS`]
-//! counts are held; a count that cannot be sent is kept for the next flush within
-//! that bound, and what does not fit is dropped and counted
-//! (`gateway_usage_dropped_total`), so an audit outage costs counts, never memory.
+//! counts are held, plus one batch in flight: a batch that cannot be sent is sent
+//! again, with the same id, at the next flush (audit adds each batch once); what does
+//! not fit meanwhile is dropped and counted (`gateway_usage_dropped_total`), so an
+//! audit outage costs counts, never memory.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -80,7 +81,36 @@ impl Usage {
     }
 }
 
-/// Sends the counts to audit every `every` until `shutdown` (and once more then).
+/// A batch on its way to audit: sent again as it is (same id) until audit has it.
+struct Batch {
+    id: String,
+    counts: Vec<UsageCount>,
+}
+
+impl Batch {
+    fn of(drained: Vec<(Key, (i64, i64))>) -> Self {
+        Self {
+            id: uuid::Uuid::new_v4().to_string(),
+            counts: drained
+                .into_iter()
+                .map(|((hour, caller, class), (requests, errors))| UsageCount {
+                    hour: Some(prost_types::Timestamp {
+                        seconds: hour,
+                        nanos: 0,
+                    }),
+                    caller,
+                    route_class: class.to_owned(),
+                    requests,
+                    errors,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Sends the counts to audit every `every` until `shutdown` (and once more then). A
+/// batch that fails is sent again with the same id (audit adds each id once) before
+/// any newer counts; one audit refuses as invalid is dropped and logged.
 pub async fn report(
     usage: Arc<Usage>,
     mut audit: aia_proto::audit::v1::audit_service_client::AuditServiceClient<
@@ -91,30 +121,33 @@ pub async fn report(
 ) {
     let mut tick = tokio::time::interval(every);
     tick.tick().await;
+    let mut pending: Option<Batch> = None;
     loop {
         let stopping = tokio::select! {
             () = shutdown.cancelled() => true,
             _ = tick.tick() => false,
         };
-        let drained = usage.drain();
-        if !drained.is_empty() {
-            let counts = drained
-                .iter()
-                .map(|((hour, caller, class), (requests, errors))| UsageCount {
-                    hour: Some(prost_types::Timestamp {
-                        seconds: *hour,
-                        nanos: 0,
-                    }),
-                    caller: caller.clone(),
-                    route_class: (*class).to_owned(),
-                    requests: *requests,
-                    errors: *errors,
-                })
-                .collect();
-            if let Err(status) = audit.record_usage(RecordUsageRequest { counts }).await {
-                tracing::warn!(code = ?status.code(), "usage not sent; kept for the next flush");
-                for ((hour, caller, class), (requests, errors)) in drained {
-                    usage.add((hour, caller, class), requests, errors);
+        if pending.is_none() {
+            let drained = usage.drain();
+            if !drained.is_empty() {
+                pending = Some(Batch::of(drained));
+            }
+        }
+        if let Some(batch) = pending.take() {
+            let request = RecordUsageRequest {
+                counts: batch.counts.clone(),
+                batch_id: batch.id.clone(),
+            };
+            match audit.record_usage(request).await {
+                Ok(_) => {}
+                Err(status) if status.code() == tonic::Code::InvalidArgument => {
+                    metrics::counter!("gateway_usage_dropped_total")
+                        .increment(batch.counts.len() as u64);
+                    tracing::error!(reason = status.message(), "usage batch refused; dropped");
+                }
+                Err(status) => {
+                    tracing::warn!(code = ?status.code(), "usage not sent; sent again at the next flush");
+                    pending = Some(batch);
                 }
             }
         }

@@ -131,7 +131,8 @@ fn lint(docs: &[Value]) -> Vec<String> {
                 .collect::<Vec<_>>()
                 == ["aia", "migrate", "--check"]
         });
-        if !waits {
+        // The gateway has no database login, so nothing to wait for.
+        if !waits && n != "aia-gateway" {
             problem(format!("Deployment {n}: does not wait for the migrations"));
         }
         if pod["containers"][0]["command"][0].as_str() != Some(n) {
@@ -205,6 +206,32 @@ fn lint(docs: &[Value]) -> Vec<String> {
         let expected: BTreeSet<&str> = expected.iter().copied().collect();
         if admitted != expected {
             problem(format!("{service} admits {admitted:?}, not {expected:?}"));
+        }
+    }
+    // Database logins: each service's containers read only its own (a member of its
+    // role only), the gateway none, the migration Job the owner's.
+    for w in kind(docs, "Deployment").chain(kind(docs, "Job")) {
+        let n = name(w);
+        let pod = &w["spec"]["template"]["spec"];
+        let containers = seq(&pod["containers"])
+            .iter()
+            .chain(seq(&pod["initContainers"]));
+        for c in containers {
+            let databases: Vec<&str> = seq(&c["envFrom"])
+                .iter()
+                .filter_map(|e| e["secretRef"]["name"].as_str())
+                .filter(|s| s.ends_with("-database"))
+                .collect();
+            let expected: Vec<String> = match n {
+                "aia-gateway" => Vec::new(),
+                other => vec![format!("{other}-database")],
+            };
+            if databases != expected {
+                problem(format!(
+                    "{n}/{}: database secrets {databases:?}, expected {expected:?}",
+                    c["name"].as_str().unwrap_or("?")
+                ));
+            }
         }
     }
     // Meshed pods: the proxies talk to each other on 4143, and the init container
@@ -434,7 +461,16 @@ fn the_lint_notices_each_missing_setting() -> anyhow::Result<()> {
         "the lint misses the unskipped Postgres port"
     );
     cases += 2;
-    assert_eq!(cases, REQUIRED.len() + CONTAINER.len() + 6);
+    // A service given the owner's database login.
+    let text =
+        serde_yaml::to_string(&docs)?.replacen("aia-auth-database", "aia-migrate-database", 1);
+    let owner_login: Vec<Value> = serde_yaml::from_str(&text)?;
+    assert!(
+        !lint(&owner_login).is_empty(),
+        "the lint misses a service with the owner's login"
+    );
+    cases += 1;
+    assert_eq!(cases, REQUIRED.len() + CONTAINER.len() + 7);
     Ok(())
 }
 

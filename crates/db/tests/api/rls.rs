@@ -217,10 +217,24 @@ async fn each_service_sees_only_what_its_transaction_names() -> anyhow::Result<(
         1
     );
     assert_eq!(count_in(&mut conn, Some(Scope::Service), events).await?, 2);
+    // Pruning what is old enough is allowed (nothing is that old here).
+    assert!(
+        !refused(
+            &mut conn,
+            Some(Scope::Service),
+            "SELECT * FROM audit.prune_retained(now() - interval '31 days')"
+        )
+        .await
+    );
+    assert_eq!(count_in(&mut conn, Some(Scope::Service), events).await?, 2);
     for change in [
         "UPDATE audit.events SET subject = 'someone else'",
         "DELETE FROM audit.events",
         "DELETE FROM audit.anchors",
+        // Retention is the role's only way to remove events, and it keeps 30 days.
+        "SELECT * FROM audit.prune_retained('infinity')",
+        "SELECT * FROM audit.prune_retained(now() - interval '29 days')",
+        "SELECT * FROM audit.prune(now() - interval '400 days')",
     ] {
         assert!(
             refused(&mut conn, Some(Scope::Service), change).await,
@@ -243,4 +257,57 @@ async fn each_service_sees_only_what_its_transaction_names() -> anyhow::Result<(
     drop((conn, owner));
     db.drop_database().await?;
     Ok(())
+}
+
+/// A deployment's own logins: a non-superuser login that is a member of one
+/// service's role (NOINHERIT) gets that role's connection, checks the migrations, and
+/// has no privilege of its own once the role is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_services_own_login_acts_only_through_its_role() -> anyhow::Result<()> {
+    use aia_db::scope::Scope;
+    let db = aia_testkit::TestDb::create().await?;
+    let mut owner = db.connect().await?;
+    let login = format!("aia_test_{}", uuid::Uuid::new_v4().simple());
+    exec(&mut owner, &format!("CREATE ROLE {login} LOGIN NOINHERIT")).await?;
+    exec(&mut owner, &format!("GRANT aia_auth TO {login}")).await?;
+    let name = db.url.rsplit('/').next().unwrap_or_default();
+    let url = format!("postgres://{login}@127.0.0.1:5432/{name}");
+
+    let outcome = async {
+        // `aia migrate --check`, as the init container runs it.
+        assert!(aia_db::pending_migrations(&url).await?.is_empty());
+        let pool = aia_db::pool_as(&url, 1, "aia_auth")?;
+        let mut conn = aia_db::conn(&pool).await?;
+        assert_eq!(
+            count_in(
+                &mut conn,
+                Some(Scope::Service),
+                "SELECT count(*) AS n FROM auth.api_keys"
+            )
+            .await?,
+            0
+        );
+        // Back to the login itself: nothing.
+        exec(&mut conn, "RESET ROLE").await?;
+        assert!(
+            refused(
+                &mut conn,
+                Some(Scope::Service),
+                "SELECT 1 FROM auth.api_keys"
+            )
+            .await
+        );
+        // Nor may it become another service.
+        assert!(refused(&mut conn, None, "SET ROLE aia_audit").await);
+        drop(conn);
+        // A role it is not a member of: no connection at all.
+        let other = aia_db::pool_as(&url, 1, "aia_session")?;
+        assert!(aia_db::conn(&other).await.is_err());
+        anyhow::Ok(())
+    }
+    .await;
+    exec(&mut owner, &format!("DROP ROLE IF EXISTS {login}")).await?;
+    drop(owner);
+    db.drop_database().await?;
+    outcome
 }

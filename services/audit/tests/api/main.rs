@@ -1,6 +1,7 @@
 //! The audit service over real gRPC, against a real Postgres.
 
 mod risk;
+mod usage;
 
 use std::time::Duration;
 

@@ -19,16 +19,18 @@ fn attribute<'a>(span: &'a ReceivedSpan, key: &str) -> &'a str {
 async fn one_login_is_one_trace_across_the_four_services() -> anyhow::Result<()> {
     let sink = aia_testkit::otlp::OtlpSink::start().await?;
     aia_telemetry::init_tracing("tests", false, Some(&sink.endpoint));
-    let stack = Stack::start().await?;
+    // 127.0.0.1 (this test's client) is the deployment's proxy; 127.0.0.9 is not.
+    let stack = Stack::start_with(&[("TRUSTED_PROXIES", "127.0.0.1/32".into())]).await?;
     let ada = email();
     register(&stack, &ada).await?;
 
     let trace = uuid::Uuid::new_v4().simple().to_string();
     let caller_span = "00f067aa0ba902b7";
+    // The proxy's context says "not sampled": the gateway traces the login anyway.
     let response = stack
         .http()
         .post(stack.url("/v1/auth/login"))
-        .header("traceparent", format!("00-{trace}-{caller_span}-01"))
+        .header("traceparent", format!("00-{trace}-{caller_span}-00"))
         .json(&json!({"email": ada, "password": PASSWORD}))
         .send()
         .await?;
@@ -91,6 +93,30 @@ async fn one_login_is_one_trace_across_the_four_services() -> anyhow::Result<()>
         .find(|s| is_rpc(s, "/aia.auth.v1.AuthService/Login"))
         .map(|s| s.parent_span_id.clone());
     assert_eq!(login, gateway);
+
+    // A client's own traceparent (not from a trusted proxy) is not continued: the
+    // login gets a trace of its own, with the client's context as a link.
+    let chosen = uuid::Uuid::new_v4().simple().to_string();
+    let response = crate::helpers::from_ip(9)?
+        .post(stack.url("/v1/auth/login"))
+        .header("traceparent", format!("00-{chosen}-{caller_span}-01"))
+        .json(&json!({"email": ada, "password": PASSWORD}))
+        .send()
+        .await?;
+    assert_eq!(response.status(), StatusCode::OK);
+    let linked = eventually(Duration::from_secs(20), || {
+        let (sink, chosen) = (&sink, &chosen);
+        async move {
+            tokio::task::spawn_blocking(aia_telemetry::otel::flush).await?;
+            Ok(sink
+                .spans()
+                .into_iter()
+                .find(|s| is_gateway(s) && s.links.contains(chosen)))
+        }
+    })
+    .await?;
+    assert_ne!(linked.trace_id, chosen);
+    assert!(sink.trace(&chosen).is_empty(), "{:?}", sink.trace(&chosen));
 
     // The stored event names its trace, for an admin to follow.
     let admin = admin(&stack).await?;
