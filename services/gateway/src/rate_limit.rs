@@ -61,7 +61,7 @@ local allow_at = new_tat - period
 if now < allow_at then
   return {0, 0, allow_at - now, tat - now}
 end
-redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil((new_tat - now) / 1000))
+redis.call('SET', KEYS[1], new_tat, 'PX', math.max(1, math.ceil((new_tat - now) / 1000)))
 return {1, math.floor((period - (new_tat - now)) / interval), 0, new_tat - now}
 ";
 
@@ -109,9 +109,11 @@ impl Policy {
         )
     }
 
+    /// The emission interval, at least 1 µs (a quota of more than a million a second
+    /// is a million a second: Redis counts in microseconds).
     fn interval_micros(&self) -> u64 {
         let period = self.period_micros();
-        period / u64::from(self.rate.limit.max(1))
+        (period / u64::from(self.rate.limit.max(1))).max(1)
     }
 
     fn period_micros(&self) -> u64 {

@@ -278,3 +278,27 @@ async fn guessed_api_keys_share_their_addresss_bucket() -> anyhow::Result<()> {
     stack.stop().await;
     Ok(())
 }
+
+/// A very large quota (the benchmark's) is still decided in Redis: the emission
+/// interval and the key's expiry never round down to zero, which Redis would refuse
+/// (and the limiter would silently fall back to in-process decisions).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_quotas_are_decided_in_redis() -> anyhow::Result<()> {
+    let stack = Stack::start_with(&[("RATE_LIMIT_API", "1000000000/60".into())]).await?;
+    let user = signed_in(&stack).await?;
+    let token = field(&user, "access_token").to_owned();
+    for _ in 0..5 {
+        assert_eq!(me(&stack, &token).await?.status(), StatusCode::OK);
+    }
+    let text = crate::helpers::metrics(&stack).await?;
+    assert!(
+        !text.contains("gateway_rate_limit_fallback_total"),
+        "fell back: {text}"
+    );
+    assert!(
+        text.contains("gateway_rate_limit_decisions_total{policy=\"api\",decision=\"allowed\"}"),
+        "{text}"
+    );
+    stack.stop().await;
+    Ok(())
+}
