@@ -148,8 +148,10 @@ pub fn http_client(settings: &UpstreamSettings) -> awc::Client {
 
 /// A W3C `traceparent` continuing the caller's trace, or starting one.
 fn traceparent(incoming: Option<&HeaderValue>) -> Option<HeaderValue> {
-    let mut parent = [0u8; 8];
-    getrandom::fill(&mut parent).ok()?;
+    // One draw for both ids (one system call per request, not two).
+    let mut random = [0u8; 24];
+    getrandom::fill(&mut random).ok()?;
+    let (parent, fresh_trace) = random.split_at(8);
     let trace_id = incoming
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
@@ -167,11 +169,7 @@ fn traceparent(incoming: Option<&HeaderValue>) -> Option<HeaderValue> {
                 _ => None,
             }
         })
-        .or_else(|| {
-            let mut trace = [0u8; 16];
-            getrandom::fill(&mut trace).ok()?;
-            Some(hex::encode(trace))
-        })?;
+        .unwrap_or_else(|| hex::encode(fresh_trace));
     HeaderValue::from_str(&format!("00-{trace_id}-{}-01", hex::encode(parent))).ok()
 }
 
