@@ -6,7 +6,7 @@ DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/aia
 REDIS_URL ?= redis://127.0.0.1:6379
 export DATABASE_URL REDIS_URL
 
-.PHONY: help run build release test lint fmt services clean-test-dbs bench-gateway check-deploy deploy-tools
+.PHONY: help run build release test lint fmt services clean-test-dbs bench-gateway check-deploy deploy-tools attack-tools
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -23,12 +23,15 @@ run: build ## Create and migrate the database, start all four services (Ctrl-C s
 services: ## Make sure Postgres and Redis answer (start them if installed and stopped)
 	bash scripts/services.sh
 
-test: services deploy-tools ## Run the whole test suite against real Postgres and Redis
+test: services deploy-tools attack-tools ## Run the whole test suite against real Postgres and Redis
 	cargo test --workspace --doc --quiet
 	cargo nextest run --workspace --no-fail-fast
 
 deploy-tools: ## Install what the deployment checks need (kubectl, kubernetes-validate in target/)
 	bash scripts/deploy-tools.sh
+
+attack-tools: ## Install the outside attack tools the hostile-input tests run (PyJWT, schemathesis in target/)
+	bash scripts/attack-tools.sh
 
 check-deploy: deploy-tools ## Only the deployment checks: Compose, Dockerfile, Kubernetes manifests
 	cargo nextest run -p aia-admin --test deploy

@@ -11,6 +11,7 @@ mod edge;
 mod email;
 mod flow;
 mod helpers;
+mod hostile;
 mod lockout;
 mod log_secrets;
 mod mfa;
