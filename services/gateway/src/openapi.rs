@@ -40,6 +40,17 @@ fn reason(status: u16) -> &'static str {
         .unwrap_or("Answer")
 }
 
+/// The media type of a success answer without a named schema; `None` when it has no
+/// body (204, and RFC 7009's empty 200 of token revocation).
+fn ok_media(path: &str, status: u16) -> Option<&'static str> {
+    match (path, status) {
+        (_, 204) | ("/v1/oauth/revoke", _) => None,
+        ("/.well-known/jwks.json", _) => Some("application/jwk-set+json"),
+        ("/healthz" | "/readyz", _) => Some("text/plain"),
+        _ => Some("application/json"),
+    }
+}
+
 fn problem_response(status: u16) -> utoipa::openapi::Response {
     ResponseBuilder::new()
         .description(format!("{}: a problem (RFC 9457)", reason(status)))
@@ -95,7 +106,7 @@ fn operation(
         Body::Json(schema) => (Some("application/json"), Some(schema())),
         Body::Form(schema) => (Some("application/x-www-form-urlencoded"), Some(schema())),
     };
-    if let (Some(content_type), Some((name, schema))) = (content_type, body) {
+    if let (Some(content_type), Some((name, schema, nested))) = (content_type, body) {
         op = op.request_body(Some(
             RequestBodyBuilder::new()
                 .required(Some(Required::True))
@@ -107,25 +118,32 @@ fn operation(
                 )
                 .build(),
         ));
-        *schemas = std::mem::take(schemas).schema(name, schema);
+        *schemas = std::mem::take(schemas)
+            .schema(name, schema)
+            .schemas_from_iter(nested);
     }
     let (status, body) = endpoint.ok;
     let mut ok = ResponseBuilder::new().description(reason(status));
     if let Some(schema) = body {
-        let (name, schema) = schema();
+        let (name, schema, nested) = schema();
         ok = ok.content(
             "application/json",
             ContentBuilder::new()
                 .schema(Some(Ref::from_schema_name(name.clone())))
                 .build(),
         );
-        *schemas = std::mem::take(schemas).schema(name, schema);
-    } else if status != 204 {
-        ok = ok.content("application/json", ContentBuilder::new().build());
+        *schemas = std::mem::take(schemas)
+            .schema(name, schema)
+            .schemas_from_iter(nested);
+    } else if let Some(media) = ok_media(endpoint.path, status) {
+        ok = ok.content(media, ContentBuilder::new().build());
     }
     op = op.response(status.to_string(), ok.build());
     let limited = endpoint.path.starts_with("/v1/");
-    let mut errors: Vec<u16> = endpoint.errors.to_vec();
+    // 400 from request validation (a control character in the path, a bad header)
+    // can answer any operation.
+    let mut errors: Vec<u16> = vec![400];
+    errors.extend(endpoint.errors.iter().filter(|s| **s != 400));
     if limited {
         errors.extend([429, 503]);
     }

@@ -137,6 +137,7 @@ pub struct TokenBody {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmailBody {
+    #[schema(format = Email, max_length = 254)]
     email: String,
 }
 

@@ -20,7 +20,10 @@ use crate::state::State;
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Credentials {
+    #[schema(format = Email, max_length = 254)]
     email: String,
+    /// At least `PASSWORD_MIN_LENGTH` characters (12 by default), at most 1024.
+    #[schema(max_length = 1024)]
     password: String,
 }
 
@@ -40,7 +43,9 @@ pub enum SessionMode {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Login {
+    #[schema(format = Email, max_length = 254)]
     email: String,
+    #[schema(max_length = 1024)]
     password: String,
     /// `token` (default) or `cookie`.
     #[serde(default)]

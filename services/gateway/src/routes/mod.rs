@@ -16,10 +16,6 @@ use actix_web::{HttpResponse, web};
 
 use crate::problem::Problem;
 
-async fn method_not_allowed() -> Result<HttpResponse, Problem> {
-    Err(Problem::method_not_allowed())
-}
-
 async fn not_found() -> Result<HttpResponse, Problem> {
     Err(Problem::not_found())
 }
@@ -66,14 +62,20 @@ pub enum Body {
     Form(fn() -> Schema),
 }
 
-/// A named schema (from `utoipa::ToSchema`).
+/// A named schema (from `utoipa::ToSchema`) and the named schemas it refers to.
 pub type Schema = (
     String,
     utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+    Vec<(
+        String,
+        utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+    )>,
 );
 
 fn schema<T: utoipa::ToSchema>() -> Schema {
-    (T::name().into_owned(), T::schema())
+    let mut nested = Vec::new();
+    T::schemas(&mut nested);
+    (T::name().into_owned(), T::schema(), nested)
 }
 
 /// One public operation.
@@ -561,7 +563,26 @@ pub fn configure(cfg: &mut web::ServiceConfig, prefixes: &[String]) {
             .fold(web::resource(path), |resource, e| {
                 resource.route((e.route)())
             });
-        cfg.service(resource.default_service(web::to(method_not_allowed)));
+        // 405 names the methods the path has (RFC 9110 §15.5.6), preflights included.
+        let mut methods: Vec<String> = endpoints
+            .iter()
+            .filter(|e| e.path == path)
+            .map(|e| e.method.to_string())
+            .collect();
+        methods.push("OPTIONS".to_owned());
+        let allow = actix_web::http::header::HeaderValue::from_str(&methods.join(", ")).ok();
+        cfg.service(resource.default_service(web::to(move || {
+            let allow = allow.clone();
+            async move {
+                let mut problem = Problem::method_not_allowed();
+                if let Some(allow) = allow {
+                    problem
+                        .headers
+                        .push((actix_web::http::header::ALLOW, allow));
+                }
+                Err::<HttpResponse, Problem>(problem)
+            }
+        })));
     }
     cfg.default_service(web::to(not_found));
 }

@@ -24,7 +24,27 @@ pub const INTROSPECTION_ROLE: &str = "admin";
 pub struct TokenForm {
     token: String,
     #[serde(default)]
-    token_type_hint: String,
+    #[schema(nullable = false)]
+    token_type_hint: Option<TokenTypeHint>,
+}
+
+/// The kinds of token a hint may name (RFC 7009 §2.1); any other value is refused
+/// (`unsupported_token_type`, §2.2.1).
+#[derive(Deserialize, utoipa::ToSchema, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenTypeHint {
+    /// An access token.
+    AccessToken,
+    /// A refresh token.
+    RefreshToken,
+}
+
+fn hint(value: Option<TokenTypeHint>) -> String {
+    match value {
+        None => String::new(),
+        Some(TokenTypeHint::AccessToken) => "access_token".to_owned(),
+        Some(TokenTypeHint::RefreshToken) => "refresh_token".to_owned(),
+    }
 }
 
 /// `POST /v1/oauth/revoke` (RFC 7009): 200 whether or not the token was valid, so the
@@ -39,15 +59,7 @@ pub async fn revoke(
         token,
         token_type_hint,
     } = form.into_inner();
-    if !matches!(
-        token_type_hint.as_str(),
-        "" | "access_token" | "refresh_token"
-    ) {
-        // RFC 7009 §2.2.1: unsupported_token_type.
-        return Err(Problem::validation(
-            "token_type_hint must be access_token or refresh_token",
-        ));
-    }
+    let token_type_hint = hint(token_type_hint);
     state
         .auth
         .clone()

@@ -62,11 +62,55 @@ async fn outside_jwt_attacks_are_all_refused() -> anyhow::Result<()> {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    println!("{report}");
     assert!(output.status.success(), "{report}");
     let refused = report.lines().filter(|l| l.starts_with("refused")).count();
     assert!(refused >= 40, "only {refused} attacks ran:\n{report}");
     eddsa.stop().await;
     hs256.stop().await;
+    Ok(())
+}
+
+/// Schemathesis (PyPI) against `/openapi.json` of a running gateway, every check on,
+/// a small example budget (a longer run is `make fuzz`): no 5xx, no answer that breaks
+/// the document, no malformed input accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_nothing_against_the_documented_api() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let admin = crate::helpers::admin(&stack).await?;
+    let token = field(&admin, "access_token").to_owned();
+    let base = stack.url("");
+    let base = base.trim_end_matches('/').to_owned();
+    let examples = std::env::var("SCHEMATHESIS_EXAMPLES").unwrap_or_else(|_| "10".to_owned());
+    let st = root().join("target/attack-tools/venv/bin/st");
+    let report_dir = std::env::temp_dir().join(format!(
+        "aia-schemathesis-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(st)
+            .arg("--config-file")
+            .arg(root().join("tests/attack/schemathesis.toml"))
+            .arg("run")
+            .arg(format!("{base}/openapi.json"))
+            .args(["--url", &base])
+            .args(["--checks", "all"])
+            .args(["--max-examples", &examples])
+            .args(["--seed", "20261130"])
+            .args(["--request-timeout", "10"])
+            .args(["--header", &format!("Authorization: Bearer {token}")])
+            .arg("--report-dir")
+            .arg(&report_dir)
+            .env("NO_COLOR", "1")
+            .output()
+    })
+    .await?
+    .map_err(|e| anyhow::anyhow!("schemathesis (run scripts/attack-tools.sh): {e}"))?;
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{report}");
+    stack.stop().await;
     Ok(())
 }
