@@ -378,4 +378,64 @@ mod tests {
         }
         Ok(())
     }
+
+    mod properties {
+        //! Properties over arbitrary input (issue #8): nothing but a token this key
+        //! signed, unaltered, ever verifies, and no input panics.
+        use super::*;
+        use proptest::prelude::*;
+        use std::sync::LazyLock;
+
+        static SETUP: LazyLock<Option<(SigningKey, Verifier, String)>> = LazyLock::new(|| {
+            let (key, verifier) = setup().ok()?;
+            let token = key.sign(&claims()).ok()?;
+            Some((key, verifier, token))
+        });
+
+        fn fixture() -> Result<&'static (SigningKey, Verifier, String), TestCaseError> {
+            SETUP
+                .as_ref()
+                .ok_or_else(|| TestCaseError::fail("no signing key"))
+        }
+
+        const B64URL: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn arbitrary_text_never_verifies(text in "\\PC{0,400}") {
+                let (_, verifier, _) = fixture()?;
+                prop_assert!(verifier.verify(&text).is_err());
+                let _ = Verifier::kid_of(&text);
+            }
+
+            #[test]
+            fn arbitrary_three_part_tokens_never_verify(
+                header in "[A-Za-z0-9_-]{0,120}",
+                payload in "[A-Za-z0-9_-]{0,400}",
+                signature in "[A-Za-z0-9_-]{0,120}",
+            ) {
+                let (_, verifier, _) = fixture()?;
+                let token = format!("{header}.{payload}.{signature}");
+                prop_assert!(verifier.verify(&token).is_err());
+            }
+
+            #[test]
+            fn any_one_character_changed_breaks_the_token(
+                at in any::<prop::sample::Index>(),
+                with in any::<prop::sample::Index>(),
+            ) {
+                let (_, verifier, token) = fixture()?;
+                let mut bytes = token.clone().into_bytes();
+                let i = at.index(bytes.len());
+                let replacement = B64URL.as_bytes()[with.index(B64URL.len())];
+                prop_assume!(bytes[i] != b'.' && bytes[i] != replacement);
+                bytes[i] = replacement;
+                let altered = String::from_utf8(bytes)
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert!(verifier.verify(&altered).is_err(), "{altered}");
+            }
+        }
+    }
 }

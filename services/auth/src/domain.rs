@@ -175,4 +175,40 @@ mod tests {
             Some("fi".to_owned())
         );
     }
+
+    mod properties {
+        //! Arbitrary input at the account edge (issue #8): never a panic; an accepted
+        //! email is trimmed, lower-case and at most 254 bytes; a password shorter than
+        //! the minimum (counted after NFKC) is always refused, and one in range never.
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1024))]
+
+            #[test]
+            fn emails_are_normalised_or_refused(raw in prop_oneof![
+                "\\PC{0,300}",
+                " {0,2}[A-Za-z0-9._%+-]{1,30}@[A-Za-z0-9-]{1,30}\\.[A-Za-z]{2,8} {0,2}",
+            ]) {
+                if let Ok(email) = EmailAddress::parse(&raw) {
+                    let normal = email.as_str();
+                    prop_assert!(normal.len() <= 254);
+                    prop_assert_eq!(normal, raw.trim().to_lowercase());
+                    prop_assert!(!normal.chars().any(char::is_whitespace));
+                }
+            }
+
+            #[test]
+            fn passwords_are_judged_by_their_normalised_length(raw in "\\PC{0,40}") {
+                let chars = raw.nfkc().count();
+                let judged = Password::new(&raw, 12);
+                if !(12..=MAX_PASSWORD_CHARS).contains(&chars) {
+                    prop_assert!(judged.is_err());
+                } else {
+                    prop_assert!(judged.is_ok());
+                }
+            }
+        }
+    }
 }

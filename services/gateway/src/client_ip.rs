@@ -174,4 +174,58 @@ mod tests {
         assert!(TrustedProxies::parse(&["everyone".to_owned()]).is_err());
         assert!(TrustedProxies::parse(&["10.1.2.3".to_owned()]).is_ok());
     }
+
+    mod properties {
+        //! Whatever the forwarding headers say (issue #8): an untrusted peer is the
+        //! client, and behind a trusted proxy the answer is the peer or an address the
+        //! headers named; nothing panics.
+        use super::*;
+        use proptest::prelude::*;
+
+        fn header_value() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "[ -~]{0,200}",
+                proptest::collection::vec(
+                    prop_oneof![
+                        any::<std::net::Ipv4Addr>().prop_map(|a| a.to_string()),
+                        any::<std::net::Ipv6Addr>().prop_map(|a| format!("\"[{a}]:443\"")),
+                        "[ -~]{0,20}",
+                    ],
+                    0..8
+                )
+                .prop_map(|parts| parts.join(", ")),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn forwarding_headers_never_move_the_client_past_what_they_name(
+                xff in header_value(),
+                forwarded in header_value(),
+                trusted in any::<bool>(),
+            ) {
+                let list = proxies(&["10.0.0.0/8"]);
+                let peer = if trusted { "10.1.2.3:5000" } else { "203.0.113.9:5000" };
+                let req = from(peer, &[
+                    ("x-forwarded-for", xff.as_str()),
+                    ("forwarded", &format!("for={forwarded}")),
+                ]);
+                let client = list.client_ip(&req);
+                let peer_ip = ip(peer.split(':').next().unwrap_or_default());
+                if trusted {
+                    let named = format!("{xff} {forwarded}");
+                    prop_assert!(
+                        client == peer_ip
+                            || client.is_some_and(|c| named.contains(&c.to_string())
+                                || named.contains(&format!("{c:?}"))),
+                        "{client:?} from {xff:?} / {forwarded:?}"
+                    );
+                } else {
+                    prop_assert_eq!(client, peer_ip);
+                }
+            }
+        }
+    }
 }

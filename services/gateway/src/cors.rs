@@ -125,4 +125,43 @@ mod tests {
         }
         assert!(!Origins::new(vec!["*".into()]).allows("https://anything.example"));
     }
+
+    mod properties {
+        //! Lookalike origins (issue #8): nothing added before, after or inside an
+        //! allowed origin is allowed, and a wildcard stands for exactly one label.
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1024))]
+
+            #[test]
+            fn only_the_listed_origin_or_one_label_under_the_wildcard_passes(
+                prefix in "[ -~]{0,12}",
+                suffix in "[ -~]{0,12}",
+                label in "[a-z0-9-]{1,12}",
+                extra in "[a-z0-9-]{1,12}",
+            ) {
+                let origins = Origins::new(vec![
+                    "https://app.example.com".into(),
+                    "https://*.example.org".into(),
+                ]);
+                let exact = "https://app.example.com";
+                let candidate = format!("{prefix}{exact}{suffix}");
+                prop_assert_eq!(
+                    origins.allows(&candidate),
+                    prefix.is_empty() && suffix.is_empty(),
+                    "{}", candidate
+                );
+                let one_label = format!("https://{label}.example.org");
+                prop_assert!(origins.allows(&one_label));
+                let two_labels = format!("https://{extra}.{label}.example.org");
+                prop_assert!(!origins.allows(&two_labels));
+                let lookalike = format!("https://{label}.example.org.{extra}");
+                prop_assert!(!origins.allows(&lookalike));
+                let other_scheme = format!("http://{label}.example.org");
+                prop_assert!(!origins.allows(&other_scheme));
+            }
+        }
+    }
 }
