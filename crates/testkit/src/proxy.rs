@@ -25,6 +25,7 @@ pub struct TcpProxy {
     /// Where clients connect.
     pub addr: SocketAddr,
     mode: Arc<watch::Sender<Mode>>,
+    target: Arc<watch::Sender<SocketAddr>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -76,13 +77,17 @@ impl TcpProxy {
         let (mode, _) = watch::channel(Mode::Forward);
         let mode = Arc::new(mode);
         let modes = mode.clone();
+        let (target, _) = watch::channel(target);
+        let target = Arc::new(target);
+        let targets = target.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 if *modes.borrow() == Mode::Refuse {
                     drop(client);
                     continue;
                 }
-                let Ok(server) = TcpStream::connect(target).await else {
+                let to = *targets.borrow();
+                let Ok(server) = TcpStream::connect(to).await else {
                     continue;
                 };
                 let (client_read, client_write) = client.into_split();
@@ -91,7 +96,18 @@ impl TcpProxy {
                 tokio::spawn(pump(server_read, client_write, modes.subscribe()));
             }
         });
-        Ok(Self { addr, mode, task })
+        Ok(Self {
+            addr,
+            mode,
+            target,
+            task,
+        })
+    }
+
+    /// Sends new connections to `target` from now on (a dependency that came back
+    /// elsewhere: tests never rebind a port another test may have taken meanwhile).
+    pub fn retarget(&self, target: SocketAddr) {
+        self.target.send_replace(target);
     }
 
     /// Switches the mode.

@@ -160,7 +160,8 @@ async fn no_secret_reaches_the_logs() -> anyhow::Result<()> {
     // The key's secret half alone, too.
     secrets.push((
         "API key secret",
-        api_key.rsplit('_').next().unwrap_or_default().to_owned(),
+        // `aia_<32-hex id>_<43 base64url>`: the secret may itself contain `_`.
+        api_key.get(37..).unwrap_or_default().to_owned(),
     ));
 
     let enrolment: Value = post("/v1/auth/mfa/totp/enroll", Some(&access), json!({}))

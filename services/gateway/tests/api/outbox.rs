@@ -181,18 +181,23 @@ async fn two_hundred_logins_while_audit_is_stopped_are_stored_once_after_it_rest
     };
     let mut running = aia_testkit::services();
     let audit = running.audit(env(&[])).await?;
+    // The producers reach audit through a proxy the test owns: when audit comes back
+    // on another port, the proxy follows, and no other test's service can ever take
+    // the stopped one's port and receive these events.
+    let proxy = aia_testkit::proxy::TcpProxy::start(audit.main).await?;
+    let audit_url = format!("http://{}", proxy.addr);
     let session = running
-        .session(env(&[("AUDIT_GRPC_URL", audit.url())]))
+        .session(env(&[("AUDIT_GRPC_URL", audit_url.clone())]))
         .await?;
     let auth = running
         .auth(env(&[
-            ("AUDIT_GRPC_URL", audit.url()),
+            ("AUDIT_GRPC_URL", audit_url.clone()),
             ("SESSION_GRPC_URL", session.url()),
         ]))
         .await?;
     let gateway = running
         .gateway(env(&[
-            ("AUDIT_GRPC_URL", audit.url()),
+            ("AUDIT_GRPC_URL", audit_url.clone()),
             ("AUTH_GRPC_URL", auth.url()),
             ("SESSION_GRPC_URL", session.url()),
         ]))
@@ -209,6 +214,7 @@ async fn two_hundred_logins_while_audit_is_stopped_are_stored_once_after_it_rest
     assert_eq!(status, 202);
 
     running.stop_service("audit").await;
+    proxy.refuse();
     let logins = futures::future::join_all((0..200).map(|_| {
         let (http, credentials) = (&http, &credentials);
         let url = format!("{}/v1/auth/login", gateway.url());
@@ -228,10 +234,10 @@ async fn two_hundred_logins_while_audit_is_stopped_are_stored_once_after_it_rest
     assert_eq!(stored, 0);
     assert!(waiting >= 200, "{waiting} waiting");
 
-    // Audit comes back on the same address.
-    running
-        .audit(env(&[("AUDIT_GRPC_ADDR", audit.main.to_string())]))
-        .await?;
+    // Audit comes back (on a new port; the proxy follows it).
+    let back = running.audit(env(&[])).await?;
+    proxy.retarget(back.main);
+    proxy.resume();
     let stored = eventually(Duration::from_secs(30), || async {
         let (stored, left) = logins_stored(&db).await?;
         Ok((left == 0).then_some(stored))
