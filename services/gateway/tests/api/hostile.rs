@@ -17,6 +17,20 @@ fn python() -> PathBuf {
     root().join("target/attack-tools/venv/bin/python")
 }
 
+/// Runs an attack tool to its end (off the async threads); whether it succeeded, and
+/// everything it printed.
+async fn run(mut command: Command) -> anyhow::Result<(bool, String)> {
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await?
+        .map_err(|e| anyhow::anyhow!("the attack tools (run scripts/attack-tools.sh): {e}"))?;
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok((output.status.success(), report))
+}
+
 /// `tests/attack/jwt_attacks.py` (PyJWT and cryptography): alg none in four
 /// spellings, HS256 keyed with the public key in four forms, stripped and reused
 /// signatures, tampered claims, an attacker's Ed25519/RSA/EC keys, unknown and
@@ -43,26 +57,18 @@ async fn outside_jwt_attacks_are_all_refused() -> anyhow::Result<()> {
     let hs256_token = field(&signed_in(&hs256).await?, "access_token").to_owned();
     let (eddsa_url, hs256_url) = (eddsa.url(""), hs256.url(""));
     let script = root().join("tests/attack/jwt_attacks.py");
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(python())
-            .arg(script)
-            .args(["--eddsa", eddsa_url.trim_end_matches('/'), &eddsa_token])
-            .args([
-                "--hs256",
-                hs256_url.trim_end_matches('/'),
-                &hs256_token,
-                &secret,
-            ])
-            .output()
-    })
-    .await?
-    .map_err(|e| anyhow::anyhow!("the attack tools (run scripts/attack-tools.sh): {e}"))?;
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "{report}");
+    let mut command = Command::new(python());
+    command
+        .arg(script)
+        .args(["--eddsa", eddsa_url.trim_end_matches('/'), &eddsa_token])
+        .args([
+            "--hs256",
+            hs256_url.trim_end_matches('/'),
+            &hs256_token,
+            &secret,
+        ]);
+    let (success, report) = run(command).await?;
+    assert!(success, "{report}");
     let refused = report.lines().filter(|l| l.starts_with("refused")).count();
     assert!(refused >= 40, "only {refused} attacks ran:\n{report}");
     eddsa.stop().await;
@@ -86,31 +92,23 @@ async fn schemathesis_finds_nothing_against_the_documented_api() -> anyhow::Resu
         "aia-schemathesis-{}",
         uuid::Uuid::new_v4().simple()
     ));
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(st)
-            .arg("--config-file")
-            .arg(root().join("tests/attack/schemathesis.toml"))
-            .arg("run")
-            .arg(format!("{base}/openapi.json"))
-            .args(["--url", &base])
-            .args(["--checks", "all"])
-            .args(["--max-examples", &examples])
-            .args(["--seed", "20261130"])
-            .args(["--request-timeout", "10"])
-            .args(["--header", &format!("Authorization: Bearer {token}")])
-            .arg("--report-dir")
-            .arg(&report_dir)
-            .env("NO_COLOR", "1")
-            .output()
-    })
-    .await?
-    .map_err(|e| anyhow::anyhow!("schemathesis (run scripts/attack-tools.sh): {e}"))?;
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "{report}");
+    let mut command = Command::new(st);
+    command
+        .arg("--config-file")
+        .arg(root().join("tests/attack/schemathesis.toml"))
+        .arg("run")
+        .arg(format!("{base}/openapi.json"))
+        .args(["--url", &base])
+        .args(["--checks", "all"])
+        .args(["--max-examples", &examples])
+        .args(["--seed", "20261130"])
+        .args(["--request-timeout", "10"])
+        .args(["--header", &format!("Authorization: Bearer {token}")])
+        .arg("--report-dir")
+        .arg(&report_dir)
+        .env("NO_COLOR", "1");
+    let (success, report) = run(command).await?;
+    assert!(success, "{report}");
     stack.stop().await;
     Ok(())
 }
