@@ -6,7 +6,7 @@ DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/aia
 REDIS_URL ?= redis://127.0.0.1:6379
 export DATABASE_URL REDIS_URL
 
-.PHONY: help run build release test lint fmt services clean-test-dbs bench-gateway check-deploy deploy-tools attack-tools fuzz
+.PHONY: help run build release test lint fmt services clean-test-dbs bench bench-gateway check-deploy deploy-tools attack-tools fuzz
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ fmt: ## Format the code
 
 fuzz: attack-tools ## Schemathesis with a larger budget (SCHEMATHESIS_EXAMPLES, default 200) and the JWT attacks
 	SCHEMATHESIS_EXAMPLES=$${SCHEMATHESIS_EXAMPLES:-200} cargo nextest run -p aia-gateway --no-capture -E 'test(schemathesis) | test(outside_jwt)'
+
+bench: ## Benchmarks beside same-run references (gateway vs nginx, logins vs raw argon2, p99 under a login flood, RSS); writes docs/BENCHMARKS.md
+	bash scripts/bench.sh
 
 bench-gateway: ## The gateway against nginx on this machine (release build, wrk): throughput and p99 ratios
 	bash scripts/bench-gateway.sh

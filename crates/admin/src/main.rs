@@ -110,6 +110,17 @@ enum Command {
     },
     /// Print a new Ed25519 signing key (PKCS#8 PEM) for JWT_SIGNING_KEY_FILE.
     GenSigningKey,
+    /// Measure raw argon2id hashes per second with the auth service's parameters
+    /// (ARGON2_MEMORY_KIB, ARGON2_ITERATIONS, ARGON2_PARALLELISM): the reference
+    /// `make bench` compares the login rate with.
+    BenchHash {
+        /// How long to hash.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Threads (default: the cores, as PASSWORD_HASHING_CONCURRENCY).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
     /// Add a new signing key to the key store (needs DATABASE_URL and ENCRYPTION_KEY).
     /// It is published at once and signs after --activate-in seconds; the old key
     /// stays published until the tokens it signed have expired.
@@ -164,6 +175,7 @@ async fn main() -> ExitCode {
         Command::VerifyAuditChain { from, to } => verify_audit_chain(from, to).await,
         Command::RotateEncryptionKey => rotate_encryption_key().await,
         Command::PruneAudit { older_than_days } => prune_audit(older_than_days).await,
+        Command::BenchHash { seconds, threads } => bench_hash(seconds, threads),
         Command::CheckConfig { env_file, format } => check_config(env_file.as_deref(), format),
         Command::GenSecrets {
             format,
@@ -401,5 +413,17 @@ async fn prune_audit(older_than_days: u32) -> anyhow::Result<ExitCode> {
         ),
         None => println!("no audit event is older than {older_than_days} days"),
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench_hash(seconds: u64, threads: Option<usize>) -> anyhow::Result<ExitCode> {
+    let settings = aia_settings::AuthSettings::from_env(Env::from_process())?;
+    let h = &settings.hashing;
+    let threads = threads.unwrap_or(h.concurrency);
+    let rate = aia_auth::raw_hash_rate(h, threads, std::time::Duration::from_secs(seconds.max(1)))?;
+    println!(
+        "argon2id m={} t={} p={}: {rate:.1} hashes/s on {threads} threads",
+        h.memory_kib, h.iterations, h.parallelism
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -32,6 +32,50 @@ pub enum HashError {
     Unexpected(#[from] anyhow::Error),
 }
 
+fn params(settings: &PasswordHashing) -> anyhow::Result<Params> {
+    Params::new(
+        settings.memory_kib,
+        settings.iterations,
+        settings.parallelism,
+        None,
+    )
+    .map_err(|e| anyhow::anyhow!("argon2 parameters: {e}"))
+}
+
+/// Raw argon2id hashes per second with the parameters of `settings`, on `threads`
+/// OS threads for `duration`: the reference `make bench` compares logins with (a
+/// login costs one such hash).
+pub fn raw_rate(
+    settings: &PasswordHashing,
+    threads: usize,
+    duration: Duration,
+) -> anyhow::Result<f64> {
+    let params = params(settings)?;
+    let deadline = std::time::Instant::now() + duration;
+    let workers: Vec<_> = (0..threads.max(1))
+        .map(|_| {
+            let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
+            std::thread::spawn(move || -> anyhow::Result<u64> {
+                let (salt, mut out, mut done) = ([7u8; 16], [0u8; 32], 0u64);
+                while std::time::Instant::now() < deadline {
+                    argon2
+                        .hash_password_into(b"a benchmark passphrase", &salt, &mut out)
+                        .map_err(|e| anyhow::anyhow!("argon2: {e}"))?;
+                    done += 1;
+                }
+                Ok(done)
+            })
+        })
+        .collect();
+    let mut total = 0u64;
+    for worker in workers {
+        total += worker
+            .join()
+            .map_err(|_| anyhow::anyhow!("a hashing thread panicked"))??;
+    }
+    Ok(total as f64 / duration.as_secs_f64())
+}
+
 /// The password hasher.
 #[derive(Clone)]
 pub struct Hasher {
@@ -43,13 +87,7 @@ pub struct Hasher {
 impl Hasher {
     /// A hasher with these parameters; computes the dummy hash (one hash's time).
     pub async fn new(settings: &PasswordHashing) -> anyhow::Result<Self> {
-        let params = Params::new(
-            settings.memory_kib,
-            settings.iterations,
-            settings.parallelism,
-            None,
-        )
-        .map_err(|e| anyhow::anyhow!("argon2 parameters: {e}"))?;
+        let params = params(settings)?;
         let mut hasher = Self {
             params,
             slots: Arc::new(Semaphore::new(settings.concurrency)),

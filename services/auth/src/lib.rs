@@ -23,6 +23,7 @@ mod domain;
 mod email_tokens;
 mod error;
 mod hashing;
+pub use hashing::raw_rate as raw_hash_rate;
 mod keys;
 mod lockout;
 mod mailer;

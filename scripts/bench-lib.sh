@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Shared by `make bench-gateway` and `make bench` (sourced, not run): installs wrk and
+# nginx if missing, builds release binaries, starts nginx (the upstream on 18081 and
+# the reference proxy on 18082) and the four services (gateway on 18080) against a
+# `aia_bench` database, registers a user and logs in ($email, $password, $token), and
+# defines `run NAME URL [wrk args]` (prints "req/s p99 non-2xx") and `to_ms`.
+# Everything it started is stopped when the sourcing script exits.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+DURATION=${DURATION:-15s}
+CONNECTIONS=${CONNECTIONS:-64}
+THREADS=${THREADS:-2}
+work=$(mktemp -d /tmp/aia-bench.XXXXXX)
+pids=()
+cleanup() {
+  kill "${pids[@]}" 2>/dev/null || true
+  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+need() { command -v "$1" >/dev/null || { echo "installing $2"; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null; }; }
+need wrk wrk
+need nginx nginx-light
+need jq jq
+bash scripts/services.sh >/dev/null
+
+echo "building release binaries..."
+cargo build --release --quiet -p aia-admin -p aia-audit -p aia-session -p aia-auth -p aia-gateway
+bin=target/release
+
+# nginx: the upstream (18081) and the reference proxy (18082).
+cat > "$work/nginx.conf" <<NGINX
+worker_processes auto;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  gzip off;
+  keepalive_requests 1000000;
+  upstream app { server 127.0.0.1:18081; keepalive 128; }
+  server {
+    listen 127.0.0.1:18081;
+    location / { default_type application/json; return 200 '{"ok":true}'; }
+  }
+  server {
+    listen 127.0.0.1:18082;
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+NGINX
+nginx -c "$work/nginx.conf" -p "$work"
+
+export APP_ENV=development LOG_FORMAT=text RUST_LOG=warn
+export DATABASE_URL=postgres://postgres@127.0.0.1:5432/aia_bench
+export REDIS_KEY_PREFIX="bench:$$:"
+export AUDIT_GRPC_ADDR=127.0.0.1:15053 AUDIT_ADMIN_ADDR=127.0.0.1:19103
+export SESSION_GRPC_ADDR=127.0.0.1:15052 SESSION_ADMIN_ADDR=127.0.0.1:19102
+export AUTH_GRPC_ADDR=127.0.0.1:15051 AUTH_ADMIN_ADDR=127.0.0.1:19101
+export GATEWAY_HTTP_ADDR=127.0.0.1:18080 GATEWAY_ADMIN_ADDR=127.0.0.1:19100
+export AUDIT_GRPC_URL=http://127.0.0.1:15053 SESSION_GRPC_URL=http://127.0.0.1:15052 AUTH_GRPC_URL=http://127.0.0.1:15051
+export UPSTREAMS=/api/=http://127.0.0.1:18081
+# Limits stay on (every request is decided in Redis), with a quota the load cannot
+# exhaust.
+export RATE_LIMIT_API=1000000000/60 RATE_LIMIT_LOGIN=1000000000/60 RATE_LIMIT_LOGIN_ACCOUNT=1000000000/60 RATE_LIMIT_REGISTER=1000/60
+export MAIL_DIR="$work/mail"
+"$bin/aia" migrate >/dev/null
+
+wait_port() {
+  for _ in $(seq 1 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "nothing listens on port $1" >&2
+  exit 1
+}
+for service in audit session auth gateway; do
+  "$bin/aia-$service" >"$work/$service.log" 2>&1 &
+  pids+=($!)
+done
+wait_port 18080
+for _ in $(seq 1 50); do curl -sf http://127.0.0.1:18080/readyz >/dev/null && break; sleep 0.2; done
+
+email="bench-$$@example.com"
+password="correct horse battery staple"
+curl -sf -X POST http://127.0.0.1:18080/v1/auth/register -H 'content-type: application/json' \
+  -d "{\"email\":\"$email\",\"password\":\"$password\"}" >/dev/null
+token=$(curl -sf -X POST http://127.0.0.1:18080/v1/auth/login -H 'content-type: application/json' \
+  -d "{\"email\":\"$email\",\"password\":\"$password\"}" | jq -r .access_token)
+status=$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:18080/api/bench -H "authorization: Bearer $token")
+[ "$status" = 200 ] || { echo "the gateway does not proxy (status $status)"; exit 1; }
+curl -s -D - -o /dev/null http://127.0.0.1:18080/api/bench -H "authorization: Bearer $token" \
+  | grep -qi '^ratelimit:' || { echo "no rate-limit decision on the proxied route"; exit 1; }
+
+run() { # name url [header]
+  local name=$1 url=$2; shift 2
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d3s "$@" "$url" >/dev/null # warm-up
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$@" "$url" >"$work/$name.txt"
+  local rps p99 errors
+  rps=$(awk '/^Requests\/sec:/ {print $2}' "$work/$name.txt")
+  p99=$(awk '$1 == "99%" {print $2}' "$work/$name.txt")
+  errors=$(awk '/Non-2xx or 3xx responses:/ {print $5}' "$work/$name.txt")
+  echo "$rps $p99 ${errors:-0}"
+}
+to_ms() { # wrk latency (e.g. 812.00us, 2.31ms, 1.02s) in ms
+  awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'
+}
+
