@@ -139,7 +139,8 @@ pub(crate) async fn annotate(
                EXISTS (SELECT 1 FROM audit.events WHERE $1 <> '' AND subject = $1 \
                   AND event_type = 'auth.login' AND outcome = 'success' AND source_ip = $2) AS known_ip, \
                EXISTS (SELECT 1 FROM audit.events WHERE $1 <> '' AND subject = $1 \
-                  AND event_type = 'auth.login' AND outcome = 'success' AND user_agent = $4) AS known_agent",
+                  AND event_type = 'auth.login' AND outcome = 'success' \
+                  AND md5(user_agent) = md5($4) AND user_agent = $4) AS known_agent",
         )
         .bind::<Text, _>(account(e))
         .bind::<Text, _>(&e.source_ip)

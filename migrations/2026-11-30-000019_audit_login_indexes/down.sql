@@ -1,0 +1,2 @@
+DROP INDEX IF EXISTS audit.events_login_agent;
+DROP INDEX IF EXISTS audit.events_login_ip;
