@@ -35,6 +35,9 @@ pub fn init_tracing(service: &'static str, json: bool, otlp_endpoint: Option<&st
                     .json()
                     .flatten_event(true)
                     .with_current_span(true)
+                    // The enclosing spans too: a line deep in a call still shows the
+                    // request id and trace id of the request it serves.
+                    .with_span_list(true)
                     .with_target(true),
             )
             .try_init()

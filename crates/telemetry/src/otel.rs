@@ -175,6 +175,17 @@ pub fn at_the_edge(span: &tracing::Span, traceparent: &str, trusted: bool) {
     }
 }
 
+/// Writes the trace id of `span` into its `trace_id` field (declared empty when the
+/// span was made), so every log line within it names its trace; nothing without a
+/// trace (no exporter).
+pub fn record_trace_id(span: &tracing::Span) {
+    let cx = span.context();
+    let span_context = cx.span().span_context().clone();
+    if span_context.is_valid() {
+        span.record("trace_id", span_context.trace_id().to_string());
+    }
+}
+
 /// The `traceparent` of the current span, when it belongs to a trace (exported or
 /// continued from a caller).
 pub fn current_traceparent() -> Option<String> {
@@ -206,8 +217,10 @@ pub fn server_span(service: &'static str) -> impl Fn(&http::Request<()>) -> trac
             rpc.system = "grpc",
             rpc.method = method,
             aia.service = service,
+            trace_id = tracing::field::Empty,
         );
         continue_from(&span, request.headers());
+        record_trace_id(&span);
         span
     }
 }
@@ -237,4 +250,69 @@ pub type TracedChannel =
 /// Wraps a channel so that its calls carry the trace context.
 pub fn traced(channel: tonic::transport::Channel) -> TracedChannel {
     tonic::service::interceptor::InterceptedService::new(channel, InjectContext)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use tracing_subscriber::layer::SubscriberExt;
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .extend_from_slice(data);
+            Ok(data.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A log line written while serving a call names the trace the caller sent.
+    #[test]
+    fn log_lines_within_a_call_carry_its_trace_id() {
+        use opentelemetry::trace::TracerProvider as _;
+        let provider = SdkTracerProvider::builder().build();
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_span_list(true)
+                    .with_writer(move || writer.clone()),
+            );
+        let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+        tracing::subscriber::with_default(subscriber, || {
+            let request = http::Request::builder()
+                .uri("/aia.auth.v1.AuthService/Login")
+                .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+                .body(())
+                .unwrap_or_default();
+            let span = server_span("auth")(&request);
+            span.in_scope(|| {
+                let inner = tracing::info_span!("auth.login");
+                inner.in_scope(|| tracing::info!("checked"));
+            });
+        });
+        let text = String::from_utf8_lossy(
+            &buffer
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+        .into_owned();
+        assert!(
+            text.contains(&format!("\"trace_id\":\"{trace}\"")),
+            "{text}"
+        );
+    }
 }

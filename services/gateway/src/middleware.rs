@@ -68,6 +68,7 @@ pub async fn decorate(
         url.path = %req.path(),
         request_id = %request_id.0,
         method = %method,
+        trace_id = tracing::field::Empty,
     );
     if let Some(incoming) = req
         .headers()
@@ -80,6 +81,7 @@ pub async fn decorate(
             .is_some_and(|proxies| proxies.trusts_peer(req.request()));
         aia_telemetry::otel::at_the_edge(&span, incoming, trusted);
     }
+    aia_telemetry::otel::record_trace_id(&span);
     req.extensions_mut().insert(request_id);
     let hsts = req
         .app_data::<actix_web::web::Data<SendHsts>>()
