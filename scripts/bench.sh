@@ -7,8 +7,9 @@
 #     same cores (`aia bench-hash`), and the p99 of /healthz and of a proxied request
 #     while logins flood the gateway;
 #   - resident memory of each service idle, and of the gateway after its load.
-# Not yet measured here (issue #8): ValidateToken vs a bare tonic rpc, revocation
-# propagation, scaling curves.
+#   - revocation propagation: a logout at the first gateway until a second gateway
+#     refuses the token, p50/p99/max over 50 logouts (polled with curl: an upper bound).
+# Not yet measured here (issue #8): ValidateToken vs a bare tonic rpc, scaling curves.
 #
 # Environment: DURATION (default 15s), CONNECTIONS (64), THREADS (2).
 set -euo pipefail
@@ -50,9 +51,32 @@ healthz_p99=$(to_ms "$(field healthz 99%)")
 proxied_p99=$(to_ms "$(field proxied 99%)")
 nginx_ms=$(to_ms "$nginx_p99"); gw_ms=$(to_ms "$gw_p99")
 
+echo "revocation propagation: logout at one gateway, polled at a second one every 2 ms, 50 times"
+GATEWAY_HTTP_ADDR=127.0.0.1:18083 GATEWAY_ADMIN_ADDR=127.0.0.1:19104 "$bin/aia-gateway" >"$work/gateway2.log" 2>&1 &
+pids+=($!)
+wait_port 18083
+for _ in $(seq 1 50); do curl -sf http://127.0.0.1:18083/readyz >/dev/null && break; sleep 0.2; done
+: >"$work/propagation.txt"
+for _ in $(seq 1 50); do
+  t=$(curl -sf -X POST http://127.0.0.1:18080/v1/auth/login -H 'content-type: application/json' \
+    -d "{\"email\":\"$email\",\"password\":\"$password\"}" | jq -r .access_token)
+  [ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:18083/v1/auth/me -H "authorization: Bearer $t")" = 200 ] || continue
+  start=$(date +%s%N)
+  curl -s -o /dev/null -X POST http://127.0.0.1:18080/v1/auth/logout -H "authorization: Bearer $t"
+  while [ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:18083/v1/auth/me -H "authorization: Bearer $t")" != 401 ]; do
+    sleep 0.002
+    [ $(( ($(date +%s%N) - start) / 1000000 )) -gt 5000 ] && break
+  done
+  echo $(( ($(date +%s%N) - start) / 1000 )) >>"$work/propagation.txt"
+done
+read -r prop_n prop_p50 prop_p99 prop_max < <(sort -n "$work/propagation.txt" | awk '{v[NR] = $1} END {
+  i50 = int(NR * 0.5); if (i50 < 1) i50 = 1; i99 = int(NR * 0.99 + 0.999); if (i99 > NR) i99 = NR
+  printf "%d %.1f %.1f %.1f\n", NR, v[i50] / 1000, v[i99] / 1000, v[NR] / 1000 }')
+
 table=$(awk -v nr="$nginx_rps" -v np="$nginx_ms" -v gr="$gw_rps" -v gp="$gw_ms" \
   -v lr="$login_rps" -v hr="$hash_rate" -v hz="$healthz_p99" -v px="$proxied_p99" \
-  -v ia="${idle[audit]}" -v is="${idle[session]}" -v iu="${idle[auth]}" -v ig="${idle[gateway]}" -v gl="$gw_loaded" 'BEGIN {
+  -v ia="${idle[audit]}" -v is="${idle[session]}" -v iu="${idle[auth]}" -v ig="${idle[gateway]}" -v gl="$gw_loaded" \
+  -v pn="$prop_n" -v p50="$prop_p50" -v p99="$prop_p99" -v pm="$prop_max" 'BEGIN {
   print "| measure | platform | reference (same run) | ratio | target |"
   print "|---|---|---|---|---|"
   printf "| proxied requests/s (authenticated, rate-limited) | %.0f | nginx %.0f | %.2f | >= 1.00 |\n", gr, nr, gr / nr
@@ -62,6 +86,7 @@ table=$(awk -v nr="$nginx_rps" -v np="$nginx_ms" -v gr="$gw_rps" -v gp="$gw_ms" 
   printf "| proxied p99 during the login flood | %.2f ms | | | < 10 ms |\n", px
   printf "| RSS idle: audit, session, auth, gateway | %s, %s, %s, %s MiB | | | < 30 MiB each |\n", ia, is, iu, ig
   printf "| RSS of the gateway after its load | %s MiB | | | |\n", gl
+  printf "| revocation: logout to refusal at a second gateway (%d logouts) | p50 %s ms, p99 %s ms, max %s ms | | | p99 < 1000 ms |\n", pn, p50, p99, pm
 }')
 echo
 echo "$table"
@@ -83,7 +108,7 @@ mkdir -p docs
   echo
   echo "Non-2xx answers: proxied ${gw_errors:-0}, logins ${login_errors:-0}."
   echo
-  echo "Not yet measured (issue #8): ValidateToken against a bare tonic rpc, revocation"
-  echo "propagation to a second gateway, scaling curves over connections and rate-limit keys."
+  echo "Not yet measured (issue #8): ValidateToken against a bare tonic rpc, scaling"
+  echo "curves over connections and rate-limit keys."
 } > docs/BENCHMARKS.md
 echo "written to docs/BENCHMARKS.md"
