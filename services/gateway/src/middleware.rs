@@ -93,22 +93,13 @@ pub async fn decorate(
         .match_pattern()
         .unwrap_or_else(|| "unmatched".to_owned());
     // Usage of an identified caller (a user or an API key), for the admins' view.
-    let caller = response
-        .request()
-        .extensions()
-        .get::<crate::usage::Identified>()
-        .map(|i| i.0.clone());
-    if let (Some(caller), Some(state)) = (
-        caller,
-        response
-            .request()
-            .app_data::<actix_web::web::Data<crate::state::State>>(),
-    ) {
-        state.usage.record(
-            &caller,
-            response.request().path(),
-            response.status().as_u16(),
-        );
+    let served = response.request();
+    if let Some(state) = served.app_data::<actix_web::web::Data<crate::state::State>>()
+        && let Some(caller) = served.extensions().get::<crate::usage::Identified>()
+    {
+        state
+            .usage
+            .record(&caller.0, served.path(), response.status().as_u16());
     }
     let status = response.status().as_u16().to_string();
     span.in_scope(|| {

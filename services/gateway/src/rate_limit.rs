@@ -204,6 +204,7 @@ const KNOWN_KEYS_MAX: usize = 100_000;
 struct KnownKeys(std::sync::Mutex<std::collections::HashMap<[u8; 32], std::time::Instant>>);
 
 impl KnownKeys {
+    /// What the set holds of `key` (computed once per request).
     fn digest(key: &str) -> [u8; 32] {
         use sha2::Digest;
         sha2::Sha256::digest(key.as_bytes()).into()
@@ -217,16 +218,16 @@ impl KnownKeys {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn contains(&self, key: &str) -> bool {
+    fn contains(&self, digest: &[u8; 32]) -> bool {
         self.map()
-            .get(&Self::digest(key))
+            .get(digest)
             .is_some_and(|at| at.elapsed() < KNOWN_KEY_TTL)
     }
 
-    fn set(&self, key: &str, accepted: bool) {
+    fn set(&self, digest: [u8; 32], accepted: bool) {
         let mut map = self.map();
         if !accepted {
-            map.remove(&Self::digest(key));
+            map.remove(&digest);
             return;
         }
         if map.len() >= KNOWN_KEYS_MAX {
@@ -235,7 +236,7 @@ impl KnownKeys {
                 map.clear();
             }
         }
-        map.insert(Self::digest(key), std::time::Instant::now());
+        map.insert(digest, std::time::Instant::now());
     }
 }
 
@@ -419,8 +420,9 @@ async fn caller_key(
     let Some(api_key) = authn::api_key(req.headers()) else {
         return (by_ip(), None);
     };
+    let digest = KnownKeys::digest(&api_key);
     let mut paid = None;
-    if !limiter.known_keys.contains(&api_key) {
+    if !limiter.known_keys.contains(&digest) {
         let ip = by_ip();
         let decision = limiter.check(&limiter.api, &ip).await;
         if !matches!(decision, Decision::Allowed { .. }) {
@@ -428,16 +430,16 @@ async fn caller_key(
         }
         paid = Some((ip, decision));
     }
-    let checked = authn::check_api_key(state, api_key.clone()).await;
+    let checked = authn::check_api_key(state, api_key).await;
     let accepted = match &checked {
         Ok(authn::Caller::ApiKey { key_id, .. }) => Some(format!("key:{key_id}")),
         _ => None,
     };
     // Only auth's verdict moves a key in or out of the known set (not an outage).
     match &checked {
-        Ok(_) => limiter.known_keys.set(&api_key, true),
+        Ok(_) => limiter.known_keys.set(digest, true),
         Err(problem) if problem.status == 401 => {
-            limiter.known_keys.set(&api_key, false);
+            limiter.known_keys.set(digest, false);
         }
         Err(_) => {}
     }

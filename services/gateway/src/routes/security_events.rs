@@ -96,6 +96,12 @@ fn outcome(value: &str) -> Result<Outcome, Problem> {
     }
 }
 
+/// A protobuf time as RFC 3339 in whole seconds (the summary's and usage's times).
+fn whole_seconds(t: Option<prost_types::Timestamp>) -> Option<String> {
+    t.and_then(|t| chrono::DateTime::from_timestamp(t.seconds, 0))
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+}
+
 /// One stored event as JSON.
 fn event_json(stored: StoredEvent) -> Value {
     let (risk, reasons) = (stored.risk_score, stored.risk_reasons);
@@ -195,10 +201,7 @@ pub async fn summary(
         })
         .await?
         .into_inner();
-    let since = s
-        .since
-        .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, 0))
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    let since = whole_seconds(s.since);
     let counts: Vec<Value> = s
         .counts
         .into_iter()
@@ -414,12 +417,8 @@ pub async fn usage(
         .counts
         .into_iter()
         .map(|c| {
-            let hour = c
-                .hour
-                .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, 0))
-                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
             json!({
-                "hour": hour,
+                "hour": whole_seconds(c.hour),
                 "caller": c.caller,
                 "route_class": c.route_class,
                 "requests": c.requests,

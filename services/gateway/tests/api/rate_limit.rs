@@ -275,6 +275,22 @@ async fn guessed_api_keys_share_their_addresss_bucket() -> anyhow::Result<()> {
 
     // The real key, used from that same address, has its own bucket.
     assert_eq!(me(&guesser, &key).await?.status(), 200);
+
+    // Revoked, it loses it: it falls back into the address's (spent) bucket, however
+    // recently it was known to be good.
+    let revoked = stack
+        .http()
+        .delete(stack.url(&format!(
+            "/v1/api-keys/{}",
+            crate::helpers::field(&created, "id")
+        )))
+        .bearer_auth(crate::helpers::field(&user, "access_token"))
+        .send()
+        .await?;
+    assert!(revoked.status().is_success(), "{}", revoked.status());
+    for _ in 0..2 {
+        assert_eq!(me(&guesser, &key).await?.status(), 429);
+    }
     stack.stop().await;
     Ok(())
 }
