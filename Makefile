@@ -6,7 +6,7 @@ DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/aia
 REDIS_URL ?= redis://127.0.0.1:6379
 export DATABASE_URL REDIS_URL
 
-.PHONY: help run build release test lint fmt services clean-test-dbs bench bench-gateway check-deploy deploy-tools attack-tools fuzz
+.PHONY: help run build release test lint fmt services clean-test-dbs bench bench-gateway check-deploy deploy-tools attack-tools fuzz chaos
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ fuzz: attack-tools ## Schemathesis with a larger budget (SCHEMATHESIS_EXAMPLES, 
 
 bench: ## Benchmarks beside same-run references (gateway vs nginx, logins vs raw argon2, p99 under a login flood, RSS); writes docs/BENCHMARKS.md
 	bash scripts/bench.sh
+
+chaos: ## Faults under a steady load (kill -9 each service, Redis emptied, Postgres crashed, audit down a minute): lost records must be 0
+	bash scripts/chaos.sh
 
 bench-gateway: ## The gateway against nginx on this machine (release build, wrk): throughput and p99 ratios
 	bash scripts/bench-gateway.sh

@@ -184,7 +184,6 @@ mod tests {
         use proptest::prelude::*;
 
         proptest! {
-            #![proptest_config(ProptestConfig::with_cases(1024))]
 
             #[test]
             fn emails_are_normalised_or_refused(raw in prop_oneof![

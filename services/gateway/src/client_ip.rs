@@ -198,7 +198,6 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(ProptestConfig::with_cases(512))]
 
             #[test]
             fn forwarding_headers_never_move_the_client_past_what_they_name(

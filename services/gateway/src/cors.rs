@@ -133,7 +133,6 @@ mod tests {
         use proptest::prelude::*;
 
         proptest! {
-            #![proptest_config(ProptestConfig::with_cases(1024))]
 
             #[test]
             fn only_the_listed_origin_or_one_label_under_the_wildcard_passes(

@@ -211,6 +211,14 @@ impl Problem {
                 tracing::warn!(code = ?status.code(), "upstream unavailable");
                 Self::unavailable()
             }
+            // A call that broke in transport (the service died mid-call: an HTTP/2 or
+            // I/O error) comes back as Unknown with that error as its source. For the
+            // client it is a dependency gone, not a bug: 503, like a refused connect.
+            // An Unknown a service sent has no source and stays a 500.
+            Code::Unknown if std::error::Error::source(status).is_some() => {
+                tracing::warn!(message = status.message(), "upstream connection broke mid-call");
+                Self::unavailable()
+            }
             _ => {
                 tracing::error!(code = ?status.code(), message = status.message(), "upstream failed");
                 Self::internal()
@@ -238,5 +246,53 @@ impl ResponseError for Problem {
 impl From<tonic::Status> for Problem {
     fn from(status: tonic::Status) -> Self {
         Self::from_status(&status)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Problem;
+
+    /// What a gRPC client gets when the service's connection breaks in the middle of a
+    /// call: the server here reads the request, then drops the connection.
+    async fn call_to_a_dying_server() -> anyhow::Result<tonic::Status> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move {
+            if let Ok((mut socket, _)) = listener.accept().await {
+                use tokio::io::AsyncReadExt;
+                let mut buf = [0u8; 4096];
+                // Whatever of the preface and the request has come, then gone.
+                let _ = socket.read(&mut buf).await;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        });
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_lazy();
+        let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+        let call = client.check(tonic_health::pb::HealthCheckRequest::default());
+        match tokio::time::timeout(std::time::Duration::from_secs(10), call).await? {
+            Ok(_) => anyhow::bail!("a server that answers nothing answered"),
+            Err(status) => Ok(status),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_service_dying_mid_call_is_a_503_not_a_500() -> anyhow::Result<()> {
+        let status = call_to_a_dying_server().await?;
+        // tonic reports it as Unknown (with the transport error as source), the code
+        // a service could also send on purpose.
+        assert_eq!(status.code(), tonic::Code::Unknown, "{status:?}");
+        assert_eq!(Problem::from_status(&status).status, 503, "{status:?}");
+        // The transport's own error, as tonic wraps it: Unknown with a source.
+        let broken = tonic::Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::BrokenPipe,
+            "stream closed because of a broken pipe",
+        )));
+        assert_eq!(broken.code(), tonic::Code::Unknown);
+        assert_eq!(Problem::from_status(&broken).status, 503);
+        // An Unknown a service sent is still a bug somewhere: 500.
+        assert_eq!(Problem::from_status(&tonic::Status::unknown("boom")).status, 500);
+        Ok(())
     }
 }
