@@ -43,7 +43,9 @@ lint: ## rustfmt and clippy, warnings are errors
 fmt: ## Format the code
 	cargo fmt --all
 
-fuzz: attack-tools ## Schemathesis with a larger budget (SCHEMATHESIS_EXAMPLES, default 200) and the JWT attacks
+fuzz: attack-tools ## Bounded fuzzing: every property test at FUZZ_CASES (default 20000) cases, schemathesis at SCHEMATHESIS_EXAMPLES (200), the JWT attacks
+	PROPTEST_CASES=$${FUZZ_CASES:-20000} cargo nextest run -p aia-tokens -p aia-gateway -p aia-auth --no-fail-fast \
+	  -E 'test(/properties::|every_refused_body/)'
 	SCHEMATHESIS_EXAMPLES=$${SCHEMATHESIS_EXAMPLES:-200} cargo nextest run -p aia-gateway --no-capture -E 'test(schemathesis) | test(outside_jwt)'
 
 bench: ## Benchmarks beside same-run references (gateway vs nginx, logins vs raw argon2, p99 under a login flood, RSS); writes docs/BENCHMARKS.md

@@ -65,7 +65,10 @@ export SESSION_GRPC_ADDR=127.0.0.1:15052 SESSION_ADMIN_ADDR=127.0.0.1:19102
 export AUTH_GRPC_ADDR=127.0.0.1:15051 AUTH_ADMIN_ADDR=127.0.0.1:19101
 export GATEWAY_HTTP_ADDR=127.0.0.1:18080 GATEWAY_ADMIN_ADDR=127.0.0.1:19100
 export AUDIT_GRPC_URL=http://127.0.0.1:15053 SESSION_GRPC_URL=http://127.0.0.1:15052 AUTH_GRPC_URL=http://127.0.0.1:15051
-export UPSTREAMS=/api/=http://127.0.0.1:18081
+# /api/ needs a token or API key; /pub/ is public (limited per client IP, which the
+# scaling curve varies through X-Forwarded-For from the trusted loopback).
+export UPSTREAMS=/api/=http://127.0.0.1:18081,/pub/=http://127.0.0.1:18081 UPSTREAM_PUBLIC_PREFIXES=/pub/
+export TRUSTED_PROXIES=127.0.0.1/32
 # Limits stay on (every request is decided in Redis), with a quota the load cannot
 # exhaust.
 export RATE_LIMIT_API=1000000000/60 RATE_LIMIT_LOGIN=1000000000/60 RATE_LIMIT_LOGIN_ACCOUNT=1000000000/60 RATE_LIMIT_REGISTER=1000/60
@@ -98,15 +101,21 @@ status=$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:18080/api/bench
 curl -s -D - -o /dev/null http://127.0.0.1:18080/api/bench -H "authorization: Bearer $token" \
   | grep -qi '^ratelimit:' || { echo "no rate-limit decision on the proxied route"; exit 1; }
 
-run() { # name url [header]
+run() { # name url [wrk args]; CONNECTIONS, DURATION and WARMUP (3s) from the environment
   local name=$1 url=$2; shift 2
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d3s "$@" "$url" >/dev/null # warm-up
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$@" "$url" >"$work/$name.txt"
+  local threads=$THREADS
+  [ "$CONNECTIONS" -lt "$threads" ] && threads=$CONNECTIONS
+  wrk -t"$threads" -c"$CONNECTIONS" -d"${WARMUP:-3s}" "$@" "$url" >/dev/null
+  wrk -t"$threads" -c"$CONNECTIONS" -d"$DURATION" --latency "$@" "$url" >"$work/$name.txt"
   local rps p99 errors
   rps=$(awk '/^Requests\/sec:/ {print $2}' "$work/$name.txt")
   p99=$(awk '$1 == "99%" {print $2}' "$work/$name.txt")
   errors=$(awk '/Non-2xx or 3xx responses:/ {print $5}' "$work/$name.txt")
   echo "$rps $p99 ${errors:-0}"
+}
+metric() { # admin port, series name, [label filter]: the sum of the matching series
+  curl -sf "http://127.0.0.1:$1/metrics" | awk -v n="$2" -v f="${3:-}" \
+    'index($0, n) == 1 && substr($0, length(n) + 1, 1) ~ /[{ ]/ && index($0, f) { s += $NF } END { printf "%.0f\n", s }'
 }
 to_ms() { # wrk latency (e.g. 812.00us, 2.31ms, 1.02s) in ms
   awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'

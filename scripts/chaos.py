@@ -492,29 +492,46 @@ def unexpected(counts):
 
 
 def report(rows, lost, left_in_outbox):
-    print()
-    print("| phase | requests | as expected | other answers (operation status x count) |")
-    print("|---|---:|---:|---|")
+    """Prints the tables and writes them to docs/CHAOS.md."""
+    lines = ["| phase | requests | as expected | other answers (operation status x count) |",
+             "|---|---:|---:|---|"]
     for phase, counts in ledger.statuses.items():
         other = unexpected(counts)
         shown = ", ".join(f"{op} {status} x{n}" for (op, status), n in sorted(other.items(), key=str))
         total = sum(counts.values())
-        print(f"| {phase} | {total} | {total - sum(other.values())} | {shown} |")
-    print()
-    print(f"| fault | recovery (target < {RECOVERY_TARGET:g} s) | measured as |")
-    print("|---|---:|---|")
+        lines.append(f"| {phase} | {total} | {total - sum(other.values())} | {shown} |")
+    lines += ["", f"| fault | recovery (target < {RECOVERY_TARGET:g} s) | measured as |", "|---|---:|---|"]
     for fault, recovered, note in rows:
         shown = "not within %g s" % RECOVERY_LIMIT if recovered is None else f"{recovered:.2f} s"
-        print(f"| {fault} | {shown} | {note} |")
+        lines.append(f"| {fault} | {shown} | {note} |")
+    lines += ["", f"Acknowledged: {len(ledger.logins)} logins, {len(ledger.refreshes)} refreshes, "
+              f"{len(ledger.logouts)} logouts. Left in the outboxes at the end: {left_in_outbox}. "
+              f"Logged-out tokens accepted right after their logout: {len(ledger.accepted_after_logout)}.",
+              "", "| lost record | count (must be 0) |", "|---|---:|"]
+    lines += [f"| {label} | {len(missing)} |" for label, missing in lost.items()]
+    table = "\n".join(lines)
     print()
-    print(f"Acknowledged: {len(ledger.logins)} logins, {len(ledger.refreshes)} refreshes, "
-          f"{len(ledger.logouts)} logouts. Left in the outboxes at the end: {left_in_outbox}. "
-          f"Logged-out tokens accepted right after their logout: {len(ledger.accepted_after_logout)}.")
-    print()
-    print("| lost record | count (must be 0) |")
-    print("|---|---:|")
-    for label, missing in lost.items():
-        print(f"| {label} | {len(missing)} |")
+    print(table)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    os.makedirs(os.path.join(ROOT, "docs"), exist_ok=True)
+    with open(os.path.join(ROOT, "docs", "CHAOS.md"), "w") as out:
+        out.write(f"""# Faults under load
+
+Written by `make chaos` ({time.strftime('%Y-%m-%dT%H:%MZ', time.gmtime())}, commit {commit or 'unknown'}),
+on {os.cpu_count()} cores ({cpu}). See `scripts/chaos.py` for what it does.
+
+Load: {WORKERS} workers, each repeating register, login, proxied request, refresh,
+proxied request, logout, and a request with the logged-out token (which must be
+refused). A request is counted in the phase it started in, so the phase after a
+fault also shows the requests cut by the next fault. Services and Redis are killed
+with SIGKILL; Postgres is stopped in immediate mode (its clients see a crash).
+Logins answer 503 while Redis is down: the login throttle fails closed
+(`LOCKOUT_FAIL_OPEN=false`, the default); the gateway's rate limiter falls back to
+its in-process limiter meanwhile.
+
+{table}
+""")
 
 
 if __name__ == "__main__":

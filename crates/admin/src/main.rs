@@ -121,6 +121,26 @@ enum Command {
         #[arg(long)]
         threads: Option<usize>,
     },
+    /// `auth.ValidateToken` against a bare tonic rpc (`grpc.health.v1.Health/Check` on
+    /// a server with nothing else, started with --serve-bare), same client, same run.
+    /// The access token to validate is read from AIA_BENCH_TOKEN.
+    BenchGrpc {
+        /// Serve the bare rpc on this address instead, until stopped.
+        #[arg(long)]
+        serve_bare: Option<std::net::SocketAddr>,
+        /// The bare server's URL.
+        #[arg(long, default_value = "http://127.0.0.1:15060")]
+        bare_url: String,
+        /// The auth service's gRPC URL.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        auth_url: String,
+        /// Concurrent calls in flight (over one HTTP/2 connection per target).
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Seconds of load per target.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// Add a new signing key to the key store (needs DATABASE_URL and ENCRYPTION_KEY).
     /// It is published at once and signs after --activate-in seconds; the old key
     /// stays published until the tokens it signed have expired.
@@ -176,6 +196,19 @@ async fn main() -> ExitCode {
         Command::RotateEncryptionKey => rotate_encryption_key().await,
         Command::PruneAudit { older_than_days } => prune_audit(older_than_days).await,
         Command::BenchHash { seconds, threads } => bench_hash(seconds, threads),
+        Command::BenchGrpc {
+            serve_bare: Some(addr),
+            ..
+        } => aia_admin::bench_grpc::serve_bare(addr)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::BenchGrpc {
+            serve_bare: None,
+            bare_url,
+            auth_url,
+            concurrency,
+            seconds,
+        } => bench_grpc(&bare_url, &auth_url, concurrency, seconds).await,
         Command::CheckConfig { env_file, format } => check_config(env_file.as_deref(), format),
         Command::GenSecrets {
             format,
@@ -413,6 +446,37 @@ async fn prune_audit(older_than_days: u32) -> anyhow::Result<ExitCode> {
         ),
         None => println!("no audit event is older than {older_than_days} days"),
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn bench_grpc(
+    bare_url: &str,
+    auth_url: &str,
+    concurrency: usize,
+    seconds: u64,
+) -> anyhow::Result<ExitCode> {
+    let token = std::env::var("AIA_BENCH_TOKEN")
+        .map_err(|_| anyhow::anyhow!("AIA_BENCH_TOKEN must hold a valid access token"))?;
+    let duration = Duration::from_secs(seconds.max(1));
+    let (bare, validate) =
+        aia_admin::bench_grpc::compare(bare_url, auth_url, token, concurrency.max(1), duration)
+            .await?;
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    // One line per target, then the ratios: easy to read and to parse.
+    for (name, f) in [("bare", &bare), ("validate", &validate)] {
+        println!(
+            "{name}: {:.0} calls/s p50 {:.3} ms p99 {:.3} ms errors {}",
+            f.rate,
+            ms(f.p50),
+            ms(f.p99),
+            f.errors
+        );
+    }
+    println!(
+        "ratio: {:.2} throughput, {:.2} p99",
+        validate.rate / bare.rate.max(f64::MIN_POSITIVE),
+        ms(validate.p99) / ms(bare.p99).max(f64::MIN_POSITIVE)
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -207,4 +207,63 @@ mod tests {
         );
         Ok(())
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+        use unicode_normalization::UnicodeNormalization;
+
+        /// Loaded once: decompressing it for every case would dominate the test.
+        fn blocklist() -> Option<Arc<HashSet<String>>> {
+            static LIST: std::sync::OnceLock<Option<Arc<HashSet<String>>>> =
+                std::sync::OnceLock::new();
+            LIST.get_or_init(|| PasswordPolicy::load(settings()).ok().map(|p| p.blocklist))
+                .clone()
+        }
+
+        proptest! {
+            /// Whatever the input and the composition rules, a password the policy
+            /// accepts meets each of them, measured on what is stored (the NFKC form):
+            /// long enough, not too long, not on the blocklist, not the email's
+            /// name, and of every required kind of character.
+            #[test]
+            fn an_accepted_password_meets_every_rule(
+                raw in prop_oneof![
+                    "\\PC{0,40}",
+                    "[a-zA-Z0-9 !?]{8,24}",
+                    "[a-z]{0,6}[Aa][Dd][Aa]\\.[Ll]ovelace[0-9]{0,6}",
+                    prop::sample::select(vec!["nissanskyline!1", "Parliament12345", "ｐａｒｌｉａｍｅｎｔ１２３４５"]).prop_map(str::to_owned),
+                    "\\PC{1020,1030}",
+                ],
+                upper: bool, lower: bool, digits: bool, symbols: bool,
+            ) {
+                let blocklist = blocklist().ok_or_else(|| TestCaseError::fail("the blocklist does not load"))?;
+                let policy = PasswordPolicy {
+                    settings: PasswordPolicySettings {
+                        require_uppercase: upper,
+                        require_lowercase: lower,
+                        require_numbers: digits,
+                        require_symbols: symbols,
+                        ..settings()
+                    },
+                    blocklist,
+                };
+                let email = email().map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+                if let Ok(password) = policy.check(&raw, &email) {
+                    let stored = password.expose();
+                    let normalised: String = raw.nfkc().collect();
+                    prop_assert_eq!(stored, normalised.as_str());
+                    let chars = stored.chars().count();
+                    prop_assert!((12..=1024).contains(&chars), "{} chars", chars);
+                    let lower_case = stored.to_lowercase();
+                    prop_assert!(!policy.blocklist.contains(&lower_case));
+                    prop_assert!(!lower_case.contains("ada.lovelace"));
+                    prop_assert!(!upper || stored.chars().any(char::is_uppercase));
+                    prop_assert!(!lower || stored.chars().any(char::is_lowercase));
+                    prop_assert!(!digits || stored.chars().any(char::is_numeric));
+                    prop_assert!(!symbols || stored.chars().any(|c| !c.is_alphanumeric() && !c.is_whitespace()));
+                }
+            }
+        }
+    }
 }

@@ -91,11 +91,14 @@ mod tests {
     /// that takes the login body, configured as the gateway configures it.
     fn post(content_type: &str, body: Vec<u8>) -> (u16, String, Vec<u8>) {
         actix_web::rt::System::new().block_on(async move {
-            let app = actix_test::init_service(App::new().app_data(super::config(LIMIT)).route(
-                "/t",
-                web::post().to(|_: web::Json<Credentials>| async { HttpResponse::NoContent() }),
-            ))
-            .await;
+            let app =
+                actix_test::init_service(App::new().app_data(super::config(LIMIT)).route(
+                    "/t",
+                    web::post().to(|_: web::Json<Credentials>| async {
+                        HttpResponse::NoContent().finish()
+                    }),
+                ))
+                .await;
             let request = actix_test::TestRequest::post()
                 .uri("/t")
                 .insert_header(("content-type", content_type))
@@ -109,7 +112,11 @@ mod tests {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default()
                 .to_owned();
-            (status, content_type, actix_test::read_body(response).await.to_vec())
+            (
+                status,
+                content_type,
+                actix_test::read_body(response).await.to_vec(),
+            )
         })
     }
 
@@ -131,10 +138,7 @@ mod tests {
             "[a-z]{1,8}".prop_map(|s| s),
         ];
         let object = prop::collection::vec((field, value), 0..4).prop_map(|fields| {
-            let inner: Vec<String> = fields
-                .iter()
-                .map(|(k, v)| format!("\"{k}\":{v}"))
-                .collect();
+            let inner: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
             format!("{{{}}}", inner.join(","))
         });
         prop_oneof![
@@ -144,7 +148,9 @@ mod tests {
                 let at = cut.index(bytes.len().max(1));
                 bytes.get(..at).map(<[u8]>::to_vec).unwrap_or_default()
             }),
-            (1usize..200).prop_map(|depth| format!("{}{}", "[".repeat(depth), "]".repeat(depth)).into_bytes()),
+            (1usize..200).prop_map(
+                |depth| format!("{}{}", "[".repeat(depth), "]".repeat(depth)).into_bytes()
+            ),
             prop::collection::vec(any::<u8>(), 0..(LIMIT * 2)),
         ]
     }

@@ -216,7 +216,10 @@ impl Problem {
             // client it is a dependency gone, not a bug: 503, like a refused connect.
             // An Unknown a service sent has no source and stays a 500.
             Code::Unknown if std::error::Error::source(status).is_some() => {
-                tracing::warn!(message = status.message(), "upstream connection broke mid-call");
+                tracing::warn!(
+                    message = status.message(),
+                    "upstream connection broke mid-call"
+                );
                 Self::unavailable()
             }
             _ => {
@@ -267,8 +270,8 @@ mod tests {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
         });
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-            .connect_lazy();
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect_lazy();
         let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
         let call = client.check(tonic_health::pb::HealthCheckRequest::default());
         match tokio::time::timeout(std::time::Duration::from_secs(10), call).await? {
@@ -292,7 +295,10 @@ mod tests {
         assert_eq!(broken.code(), tonic::Code::Unknown);
         assert_eq!(Problem::from_status(&broken).status, 503);
         // An Unknown a service sent is still a bug somewhere: 500.
-        assert_eq!(Problem::from_status(&tonic::Status::unknown("boom")).status, 500);
+        assert_eq!(
+            Problem::from_status(&tonic::Status::unknown("boom")).status,
+            500
+        );
         Ok(())
     }
 }

@@ -17,8 +17,9 @@
 //! - **Fallback**: if Redis does not answer within `RATE_LIMIT_REDIS_BUDGET_MS` (5 ms)
 //!   or fails, the decision is taken by an in-process GCRA limiter (`governor`) with
 //!   the same quota, per gateway instance; this is logged and counted
-//!   (`gateway_rate_limit_fallback_total`). Redis is then left alone for one second
-//!   and tried again, so the limiter recovers by itself. Classes listed in
+//!   (`gateway_rate_limit_fallback_total`). After an error, or three late answers in a
+//!   row, Redis is left alone for one second and tried again, so the limiter recovers
+//!   by itself; a single late answer costs only its own request a local decision. Classes listed in
 //!   `RATE_LIMIT_FAIL_CLOSED` answer 503 instead of falling back.
 //! - **API keys**: a key gets its own bucket once auth has accepted it. A key this
 //!   gateway has not seen accepted (in the last [`KNOWN_KEY_TTL`]) first spends from
@@ -34,7 +35,6 @@ use aia_settings::{Rate, RateLimitSettings};
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::{Quota, RateLimiter};
-use tokio::sync::Mutex;
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -67,6 +67,10 @@ return {1, math.floor((period - (new_tat - now)) / interval), 0, new_tat - now}
 
 /// How long Redis is left alone after it failed to decide.
 const REDIS_BACKOFF: Duration = Duration::from_secs(1);
+/// Decisions over the time budget in a row before Redis is left alone. One late
+/// answer under load (the gateway's own queueing counts against the budget) costs
+/// that request a local decision, not the next second's worth of requests.
+const SLOW_IN_A_ROW: u32 = 3;
 
 type Local = RateLimiter<
     String,
@@ -183,12 +187,15 @@ pub struct Limiter {
     pub api: Policy,
     enabled: bool,
     client: redis::Client,
-    connection: Mutex<Option<redis::aio::MultiplexedConnection>>,
+    /// Shared by every request (it multiplexes); a plain mutex held only to clone it.
+    connection: std::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
     script: redis::Script,
     prefix: String,
     budget: Duration,
     /// Redis is not asked before this time (ms since the Unix epoch).
     skip_until_ms: AtomicU64,
+    /// Decisions over the budget since the last one in time.
+    slow_in_a_row: std::sync::atomic::AtomicU32,
     /// API keys auth accepted lately.
     known_keys: KnownKeys,
 }
@@ -259,11 +266,12 @@ impl Limiter {
             api: Policy::new("api", settings.api, settings),
             enabled: settings.enabled,
             client: redis::Client::open(url)?,
-            connection: Mutex::new(None),
+            connection: std::sync::Mutex::new(None),
             script: redis::Script::new(GCRA),
             prefix: prefix.to_owned(),
             budget: settings.redis_budget,
             skip_until_ms: AtomicU64::new(0),
+            slow_in_a_row: std::sync::atomic::AtomicU32::new(0),
             known_keys: KnownKeys::default(),
         })
     }
@@ -287,14 +295,23 @@ impl Limiter {
         }
     }
 
+    /// The shared connection, made on first use and after a failure dropped it.
     async fn connection(&self) -> anyhow::Result<redis::aio::MultiplexedConnection> {
-        let mut slot = self.connection.lock().await;
-        if let Some(conn) = slot.as_ref() {
-            return Ok(conn.clone());
+        if let Some(conn) = self.connection.lock().ok().and_then(|slot| slot.clone()) {
+            return Ok(conn);
         }
+        // Requests racing here may each connect once; the last one made is kept.
         let conn = self.client.get_multiplexed_async_connection().await?;
-        *slot = Some(conn.clone());
+        if let Ok(mut slot) = self.connection.lock() {
+            *slot = Some(conn.clone());
+        }
         Ok(conn)
+    }
+
+    fn forget_connection(&self) {
+        if let Ok(mut slot) = self.connection.lock() {
+            *slot = None;
+        }
     }
 
     async fn decide_in_redis(&self, policy: &Policy, key: &str) -> anyhow::Result<Decision> {
@@ -335,29 +352,40 @@ impl Limiter {
 
     async fn decide(&self, policy: &Policy, key: &str) -> Decision {
         if now_ms() >= self.skip_until_ms.load(Ordering::Relaxed) {
-            match tokio::time::timeout(self.budget, self.decide_in_redis(policy, key)).await {
-                Ok(Ok(decision)) => return decision,
-                Ok(Err(error)) => {
-                    tracing::warn!(
-                        error = format!("{error:#}"),
-                        policy = policy.name,
-                        "rate limit: Redis failed; deciding in-process"
-                    );
-                    // A broken connection is replaced at the next try.
-                    *self.connection.lock().await = None;
-                }
-                Err(_) => {
-                    tracing::warn!(
-                        policy = policy.name,
-                        budget_ms = self.budget.as_millis(),
-                        "rate limit: Redis too slow; deciding in-process"
-                    );
-                }
+            let back_off =
+                match tokio::time::timeout(self.budget, self.decide_in_redis(policy, key)).await {
+                    Ok(Ok(decision)) => {
+                        self.slow_in_a_row.store(0, Ordering::Relaxed);
+                        return decision;
+                    }
+                    Ok(Err(error)) => {
+                        tracing::warn!(
+                            error = format!("{error:#}"),
+                            policy = policy.name,
+                            "rate limit: Redis failed; deciding in-process"
+                        );
+                        // A broken connection is replaced at the next try.
+                        self.forget_connection();
+                        true
+                    }
+                    Err(_) => {
+                        let slow = self.slow_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+                        tracing::warn!(
+                            policy = policy.name,
+                            budget_ms = self.budget.as_millis(),
+                            in_a_row = slow,
+                            "rate limit: Redis too slow; deciding in-process"
+                        );
+                        slow >= SLOW_IN_A_ROW
+                    }
+                };
+            if back_off {
+                self.slow_in_a_row.store(0, Ordering::Relaxed);
+                self.skip_until_ms.store(
+                    now_ms() + u64::try_from(REDIS_BACKOFF.as_millis()).unwrap_or(1000),
+                    Ordering::Relaxed,
+                );
             }
-            self.skip_until_ms.store(
-                now_ms() + u64::try_from(REDIS_BACKOFF.as_millis()).unwrap_or(1000),
-                Ordering::Relaxed,
-            );
         }
         metrics::counter!("gateway_rate_limit_fallback_total", "policy" => policy.name, "mode" => if policy.fail_closed { "closed" } else { "local" }).increment(1);
         if policy.fail_closed {

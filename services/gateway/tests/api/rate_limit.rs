@@ -221,6 +221,39 @@ async fn without_redis_the_limit_holds_in_process_and_redis_takes_over_again() -
     Ok(())
 }
 
+/// One decision over the time budget is taken in-process, but Redis decides the next
+/// request again: under load the gateway's own queueing counts against the budget, and
+/// one late answer must not switch Redis off for a second (it backs off only after
+/// several late answers in a row, or an error).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_late_answer_from_redis_does_not_switch_redis_off() -> anyhow::Result<()> {
+    let redis: std::net::SocketAddr = "127.0.0.1:6379".parse()?;
+    let proxy = TcpProxy::start(redis).await?;
+    let stack = Stack::start_with(&[
+        ("RATE_LIMIT_API", "3/60".into()),
+        ("RATE_LIMIT_REDIS_BUDGET_MS", "50".into()),
+        ("RATE_LIMIT_REDIS_URL", format!("redis://{}", proxy.addr)),
+    ])
+    .await?;
+    let user = signed_in(&stack).await?;
+    let token = field(&user, "access_token").to_owned();
+    assert_eq!(me(&stack, &token).await?.status(), StatusCode::OK); // Redis: 1 of 3
+    proxy.pause();
+    // Late: decided in-process (1 of 3 there); the command waits in the proxy.
+    assert_eq!(me(&stack, &token).await?.status(), StatusCode::OK);
+    proxy.resume();
+    // The late command reached Redis after all (2 of 3 there). Redis decides at once:
+    // one more, then 429. Had the gateway backed off, the in-process limiter would
+    // have let two more through.
+    assert_eq!(me(&stack, &token).await?.status(), StatusCode::OK);
+    assert_eq!(
+        me(&stack, &token).await?.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    stack.stop().await;
+    Ok(())
+}
+
 /// Invented API keys get no bucket of their own: guessing keys from one address is
 /// limited like any anonymous traffic, while a real key keeps its own bucket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
