@@ -83,6 +83,8 @@ impl AuthError {
         let error = anyhow::anyhow!("{what}: {:?} {}", status.code(), status.message());
         match status.code() {
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => Self::Unavailable(error),
+            // Session died mid-call (found by `make chaos`: it was a 500).
+            _ if aia_telemetry::grpc::broke_in_transport(&status) => Self::Unavailable(error),
             _ => Self::Unexpected(error),
         }
     }
@@ -116,5 +118,25 @@ impl From<AuthError> for Status {
             AuthError::Unavailable(error) => aia_telemetry::grpc::unavailable(error),
             AuthError::Unexpected(error) => aia_telemetry::grpc::internal(error),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AuthError;
+
+    #[test]
+    fn a_dependency_that_broke_mid_call_is_unavailable_not_unexpected() {
+        // What tonic gives when session's connection breaks during CreateSession.
+        let broken = tonic::Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::BrokenPipe,
+            "stream closed because of a broken pipe",
+        )));
+        let mapped = AuthError::from_upstream(broken, "session.CreateSession");
+        assert!(matches!(mapped, AuthError::Unavailable(_)), "{mapped:?}");
+        assert_eq!(tonic::Status::from(mapped).code(), tonic::Code::Unavailable);
+        // An Unknown session sent is unexpected.
+        let sent = AuthError::from_upstream(tonic::Status::unknown("x"), "session.CreateSession");
+        assert!(matches!(sent, AuthError::Unexpected(_)), "{sent:?}");
     }
 }

@@ -211,11 +211,9 @@ impl Problem {
                 tracing::warn!(code = ?status.code(), "upstream unavailable");
                 Self::unavailable()
             }
-            // A call that broke in transport (the service died mid-call: an HTTP/2 or
-            // I/O error) comes back as Unknown with that error as its source. For the
-            // client it is a dependency gone, not a bug: 503, like a refused connect.
-            // An Unknown a service sent has no source and stays a 500.
-            Code::Unknown if std::error::Error::source(status).is_some() => {
+            // The service died mid-call: a dependency gone, like a refused connect.
+            // An Unknown a service sent stays a 500.
+            _ if aia_telemetry::grpc::broke_in_transport(status) => {
                 tracing::warn!(
                     message = status.message(),
                     "upstream connection broke mid-call"
