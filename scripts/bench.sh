@@ -181,8 +181,8 @@ mkdir -p docs
   echo "nginx measured just before at the same concurrency. Keys: the public route /pub/,"
   echo "limited per client IP, with X-Forwarded-For drawn from 10, 1,000 or 100,000 addresses"
   echo "(the gateway trusts loopback as a proxy here), wrk -c$CONNECTIONS for 8 s after 1 s of warm-up, against a second"
-  echo "gateway with RATE_LIMIT_API=20000/86400, so that every bucket stays in Redis for the run (a"
-  echo "key used once lives about 4 s) and no key is limited."
+  echo "gateway with RATE_LIMIT_API=20000/86400: a bucket stays in Redis about 4 s after its last use"
+  echo "(the table says how many were held after each run) and no key is limited."
   echo
   echo "| load | gateway req/s | gateway p99 | reference | ratio |"
   echo "|---|---:|---:|---:|---:|"

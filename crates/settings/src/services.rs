@@ -196,6 +196,9 @@ pub struct AuthSettings {
     pub admin_addr: SocketAddr,
     /// `SESSION_GRPC_URL` (default `http://127.0.0.1:50052`).
     pub session_url: String,
+    /// `REVOCATION_STALE_AFTER_MS`, as the gateway's: `ValidateToken` checks
+    /// revocation against an in-memory copy of the blacklist while it is this fresh.
+    pub revocation_stale_after: Duration,
     /// `AUDIT_GRPC_URL` (default `http://127.0.0.1:50053`).
     pub audit_url: String,
     /// Access-token settings.
@@ -585,6 +588,7 @@ impl AuthSettings {
             grpc_addr: addr(&mut env, "AUTH_GRPC_ADDR", "127.0.0.1:50051"),
             admin_addr: addr(&mut env, "AUTH_ADMIN_ADDR", "127.0.0.1:9101"),
             session_url: env.string("SESSION_GRPC_URL", "http://127.0.0.1:50052"),
+            revocation_stale_after: revocation_stale_after(&mut env),
             audit_url: env.string("AUDIT_GRPC_URL", "http://127.0.0.1:50053"),
             tokens: TokenSettings::read(&mut env, common.app_env),
             signing_key,
@@ -735,12 +739,7 @@ impl GatewaySettings {
                 .into_iter()
                 .map(|h| h.to_lowercase())
                 .collect(),
-            revocation_stale_after: Duration::from_millis(env.parse_in(
-                "REVOCATION_STALE_AFTER_MS",
-                2000,
-                600,
-                60_000,
-            )),
+            revocation_stale_after: revocation_stale_after(&mut env),
             rate_limits: crate::RateLimitSettings::read(&mut env, common.app_env.is_production()),
             upstreams: crate::UpstreamSettings::read(&mut env, common.app_env.is_production()),
             session_secret: production::secret(&mut env, "SESSION_SECRET", 64, common.app_env),
@@ -780,6 +779,12 @@ impl GatewaySettings {
         }
         env.finish(settings)
     }
+}
+
+/// `REVOCATION_STALE_AFTER_MS` (default 2000, 600 to 60,000): how long an in-memory
+/// copy of the blacklist is trusted without news from the session service.
+fn revocation_stale_after(env: &mut Env) -> Duration {
+    Duration::from_millis(env.parse_in("REVOCATION_STALE_AFTER_MS", 2000, 600, 60_000))
 }
 
 #[cfg(test)]

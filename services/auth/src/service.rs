@@ -54,6 +54,9 @@ pub struct Auth {
     pub(crate) mail: aia_settings::MailSettings,
     pub(crate) mfa: crate::mfa::Mfa,
     pub(crate) session: SessionServiceClient<TracedChannel>,
+    /// The blacklist's in-memory copy (`session.WatchRevocations`), so that
+    /// `ValidateToken` asks `session.IsRevoked` only while the copy is not fresh.
+    pub(crate) revocations: Arc<aia_revocations::RevocationCache>,
     pub(crate) audit: AuditClient,
 }
 
@@ -384,20 +387,29 @@ impl Auth {
 
     async fn logout(&self, req: LogoutRequest) -> Result<LogoutResponse, AuthError> {
         let claims = self.verify(&req.access_token)?;
+        let expires_at = Some(prost_types::Timestamp {
+            seconds: claims.exp,
+            nanos: 0,
+        });
+        let session_id = claims.sid.clone();
         self.session
             .clone()
             .revoke(session::RevokeRequest {
                 session_id: claims.sid,
                 access_jti: claims.jti,
-                access_expires_at: Some(prost_types::Timestamp {
-                    seconds: claims.exp,
-                    nanos: 0,
-                }),
+                access_expires_at: expires_at,
                 client: req.client.clone(),
                 user_id: claims.sub,
             })
             .await
             .map_err(|s| AuthError::from_upstream(s, "session.Revoke"))?;
+        // This replica's ValidateToken refuses the session from now on, before the
+        // stream brings the entry (with the expiry of the session's last token).
+        self.revocations.insert(&session::Revocation {
+            kind: session::RevocationKind::Sid.into(),
+            id: session_id,
+            expires_at,
+        });
         Ok(LogoutResponse {})
     }
 
@@ -495,20 +507,30 @@ impl Auth {
         req: ValidateTokenRequest,
     ) -> Result<ValidateTokenResponse, AuthError> {
         let claims = self.verify(&req.access_token)?;
-        let revoked = self
-            .session
-            .clone()
-            .is_revoked(session::IsRevokedRequest {
-                jti: claims.jti.clone(),
-                session_id: claims.sid.clone(),
-            })
-            .await
-            .map_err(|s| match s.code() {
-                tonic::Code::InvalidArgument => AuthError::InvalidAccessToken,
-                _ => AuthError::from_upstream(s, "session.IsRevoked"),
-            })?
-            .into_inner()
-            .revoked;
+        let ids = uuid::Uuid::parse_str(&claims.jti)
+            .ok()
+            .zip(uuid::Uuid::parse_str(&claims.sid).ok());
+        let known = ids.and_then(|(jti, sid)| self.revocations.check(jti, sid));
+        metrics::counter!("auth_revocation_checks_total", "source" => if known.is_some() { "memory" } else { "session" })
+            .increment(1);
+        let revoked = match known {
+            Some(revoked) => revoked,
+            None => {
+                self.session
+                    .clone()
+                    .is_revoked(session::IsRevokedRequest {
+                        jti: claims.jti.clone(),
+                        session_id: claims.sid.clone(),
+                    })
+                    .await
+                    .map_err(|s| match s.code() {
+                        tonic::Code::InvalidArgument => AuthError::InvalidAccessToken,
+                        _ => AuthError::from_upstream(s, "session.IsRevoked"),
+                    })?
+                    .into_inner()
+                    .revoked
+            }
+        };
         Ok(ValidateTokenResponse {
             claims: Some(Claims {
                 sub: claims.sub,

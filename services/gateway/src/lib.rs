@@ -6,7 +6,6 @@
 //! - `authn`: bearer-token verification (local, against cached keys) and the
 //!   revocation check.
 //! - `keys`: the signing-key cache.
-//! - `revocations`: the in-memory blacklist, fed by `session.WatchRevocations`.
 //! - `cookies`: the refresh token in a sealed cookie for browsers, and CSRF checks.
 //! - `json`: JSON body limits and parse errors as problems.
 //! - `problem`: RFC 9457 bodies, and the mapping from gRPC statuses.
@@ -31,7 +30,6 @@ mod problem;
 mod proxy;
 mod rate_limit;
 mod rejections;
-mod revocations;
 mod routes;
 mod state;
 mod trusted_host;
@@ -102,10 +100,10 @@ pub async fn build(
             .http2_keep_alive_interval(Duration::from_secs(1))
             .keep_alive_timeout(Duration::from_secs(2))
             .connect_lazy();
-    let revocations = Arc::new(revocations::RevocationCache::new(
+    let revocations = Arc::new(aia_revocations::RevocationCache::new(
         settings.revocation_stale_after,
     ));
-    tokio::spawn(revocations::watch(
+    tokio::spawn(aia_revocations::watch(
         revocations.clone(),
         SessionServiceClient::new(aia_telemetry::otel::traced(watch_channel)),
         shutdown.clone(),

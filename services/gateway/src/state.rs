@@ -5,7 +5,7 @@ use aia_proto::session::v1::session_service_client::SessionServiceClient;
 use aia_telemetry::otel::TracedChannel;
 
 use crate::keys::KeyCache;
-use crate::revocations::RevocationCache;
+use aia_revocations::RevocationCache;
 
 /// Shared state: gRPC clients (cheap to clone) and the key cache.
 pub struct State {

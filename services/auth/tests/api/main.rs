@@ -102,6 +102,110 @@ async fn validate_token_returns_the_claims_and_sees_a_logout() -> anyhow::Result
     Ok(())
 }
 
+/// The sum of the Prometheus series of `name` whose line contains `filter`.
+async fn metric(stack: &Stack, url: &str, name: &str, filter: &str) -> anyhow::Result<f64> {
+    let text = stack.http().get(url).send().await?.text().await?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with(name) && l.contains(filter))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// ValidateToken answers revocation from auth's copy of the blacklist: no
+/// session.IsRevoked call per token once the copy is synced, and a revocation made
+/// elsewhere (here: at the session service directly) reaches it within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_token_checks_revocation_in_memory_and_follows_the_session_service()
+-> anyhow::Result<()> {
+    use aia_proto::session::v1::RevokeRequest;
+    use aia_proto::session::v1::session_service_client::SessionServiceClient;
+
+    let stack = Stack::start().await?;
+    let mut auth = client(&stack).await?;
+    let pair = register_and_login(&mut auth, &email()).await?;
+    let (auth_metrics, session_metrics) = (
+        stack.auth.admin_url("/metrics"),
+        stack.session.admin_url("/metrics"),
+    );
+    let validate = |auth: &mut AuthServiceClient<Channel>, token: String| {
+        let mut auth = auth.clone();
+        async move {
+            anyhow::Ok(
+                auth.validate_token(ValidateTokenRequest {
+                    access_token: token,
+                })
+                .await?
+                .into_inner(),
+            )
+        }
+    };
+    // Once the copy is synced, checks are answered from memory.
+    aia_testkit::eventually(Duration::from_secs(5), || {
+        let (mut auth, token) = (auth.clone(), pair.access_token.clone());
+        let (stack, url) = (&stack, auth_metrics.clone());
+        async move {
+            let before = metric(stack, &url, "auth_revocation_checks_total", "memory").await?;
+            validate(&mut auth, token).await?;
+            let after = metric(stack, &url, "auth_revocation_checks_total", "memory").await?;
+            Ok((after > before).then_some(()))
+        }
+    })
+    .await?;
+    let asked = metric(
+        &stack,
+        &session_metrics,
+        "grpc_server_requests_total",
+        "IsRevoked",
+    )
+    .await?;
+    for _ in 0..20 {
+        let answer = validate(&mut auth, pair.access_token.clone()).await?;
+        assert!(!answer.revoked);
+    }
+    assert_eq!(
+        metric(
+            &stack,
+            &session_metrics,
+            "grpc_server_requests_total",
+            "IsRevoked"
+        )
+        .await?,
+        asked,
+        "ValidateToken asked session.IsRevoked"
+    );
+
+    // Revoked behind auth's back: at the session service itself.
+    let claims = validate(&mut auth, pair.access_token.clone())
+        .await?
+        .claims
+        .ok_or_else(|| anyhow::anyhow!("no claims"))?;
+    SessionServiceClient::connect(stack.session.url())
+        .await?
+        .revoke(RevokeRequest {
+            session_id: claims.sid,
+            access_jti: claims.jti,
+            access_expires_at: Some(prost_types::Timestamp {
+                seconds: claims.exp,
+                nanos: 0,
+            }),
+            client: None,
+            user_id: claims.sub,
+        })
+        .await?;
+    let seen = aia_testkit::eventually(Duration::from_secs(1), || {
+        let (mut auth, token) = (auth.clone(), pair.access_token.clone());
+        async move { Ok(validate(&mut auth, token).await?.revoked.then_some(())) }
+    })
+    .await;
+    assert!(
+        seen.is_ok(),
+        "auth's copy did not learn of the revocation within a second"
+    );
+    stack.stop().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_email_and_wrong_password_are_indistinguishable() -> anyhow::Result<()> {
     let stack = Stack::start().await?;

@@ -1,6 +1,6 @@
-//! The gateway's in-memory copy of the blacklist, kept current by
-//! `session.WatchRevocations`, so the revocation check of a request costs no network
-//! round trip.
+//! An in-memory copy of the session service's blacklist, kept current by
+//! `session.WatchRevocations`, so that a revocation check costs no network round
+//! trip. The gateway checks every request with it, and auth every `ValidateToken`.
 //!
 //! The copy is trusted only while it is fresh: a message (a revocation or a
 //! heartbeat, sent every 500 ms) arrived within `stale_after` (default 2 s) and the
@@ -94,6 +94,15 @@ impl RevocationCache {
         Some(set.jti.contains_key(&jti) || set.sid.contains_key(&sid))
     }
 
+    /// Records a revocation this process has just made, so that its own next check
+    /// sees it without waiting for the stream (read-your-writes). The stream brings
+    /// the same entry anyway; an entry keeps the later of the two expiries.
+    pub fn insert(&self, revocation: &Revocation) {
+        if let Ok(mut set) = self.set.write() {
+            set.insert(revocation);
+        }
+    }
+
     fn replace(&self, set: Set) {
         if let Ok(mut current) = self.set.write() {
             *current = set;
@@ -142,7 +151,7 @@ pub async fn watch(
                 "revocation stream down; reconnecting"
             ),
         }
-        metrics::counter!("gateway_revocation_stream_reconnects_total").increment(1);
+        metrics::counter!("revocation_stream_reconnects_total").increment(1);
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}
             () = shutdown.cancelled() => return,
