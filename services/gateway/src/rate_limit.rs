@@ -19,8 +19,8 @@
 //!   the same quota, per gateway instance; this is logged and counted
 //!   (`gateway_rate_limit_fallback_total`). After an error, or three late answers in a
 //!   row, Redis is left alone for one second and tried again, so the limiter recovers
-//!   by itself; a single late answer costs only its own request a local decision. Classes listed in
-//!   `RATE_LIMIT_FAIL_CLOSED` answer 503 instead of falling back.
+//!   by itself; a single late answer costs only its own request a local decision.
+//!   Classes listed in `RATE_LIMIT_FAIL_CLOSED` answer 503 instead of falling back.
 //! - **API keys**: a key gets its own bucket once auth has accepted it. A key this
 //!   gateway has not seen accepted (in the last [`KNOWN_KEY_TTL`]) first spends from
 //!   its address's bucket, before auth is asked: a flood of invented keys costs auth
