@@ -9,8 +9,8 @@
 //! Entries are dropped once the tokens they cover have expired.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use aia_proto::session::v1::session_service_client::SessionServiceClient;
@@ -130,9 +130,33 @@ impl RevocationCache {
     }
 }
 
+/// A cache kept current from the session service at `session_url` until `shutdown`
+/// (a task of its own, on a channel of its own: the stream lives long, so HTTP/2
+/// keep-alive instead of a per-call timeout).
+pub fn spawn_following(
+    session_url: &str,
+    tls: Option<&aia_telemetry::tls::TlsMaterial>,
+    stale_after: Duration,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Arc<RevocationCache>> {
+    use anyhow::Context;
+    let channel = aia_telemetry::tls::endpoint(session_url, tls, "session")
+        .context("SESSION_GRPC_URL")?
+        .http2_keep_alive_interval(Duration::from_secs(1))
+        .keep_alive_timeout(Duration::from_secs(2))
+        .connect_lazy();
+    let cache = Arc::new(RevocationCache::new(stale_after));
+    tokio::spawn(watch(
+        cache.clone(),
+        SessionServiceClient::new(aia_telemetry::otel::traced(channel)),
+        shutdown,
+    ));
+    Ok(cache)
+}
+
 /// Keeps `cache` current until `shutdown`: watches, and reconnects with backoff when
 /// the stream ends, fails or stalls.
-pub async fn watch(
+async fn watch(
     cache: std::sync::Arc<RevocationCache>,
     session: SessionServiceClient<TracedChannel>,
     shutdown: CancellationToken,

@@ -71,21 +71,12 @@ pub async fn build(
         .context("SESSION_GRPC_URL")?
         .timeout(Duration::from_secs(5))
         .connect_lazy();
-    // The watch stream lives long: no per-call timeout, HTTP/2 keep-alive instead.
-    let watch_channel =
-        aia_telemetry::tls::endpoint(&settings.session_url, tls.as_ref(), "session")
-            .context("SESSION_GRPC_URL")?
-            .http2_keep_alive_interval(Duration::from_secs(1))
-            .keep_alive_timeout(Duration::from_secs(2))
-            .connect_lazy();
-    let revocations = Arc::new(aia_revocations::RevocationCache::new(
+    let revocations = aia_revocations::spawn_following(
+        &settings.session_url,
+        tls.as_ref(),
         settings.revocation_stale_after,
-    ));
-    tokio::spawn(aia_revocations::watch(
-        revocations.clone(),
-        SessionServiceClient::new(aia_telemetry::otel::traced(watch_channel)),
         shutdown.clone(),
-    ));
+    )?;
     if let Some(every) = settings.common.cleanup_interval {
         aia_db::cleanup::spawn(
             pg.clone(),
