@@ -8,10 +8,12 @@
 //! - [`Verifier`]: accepts only what the platform issues: `alg` EdDSA, `typ` at+jwt, a
 //!   known `kid`, no `jku`/`x5u`/embedded `jwk`, and `exp`, `nbf`, `iss`, `aud`, `sub`
 //!   all present and right.
+//! - [`MemoVerifier`]: a verifier that answers tokens it accepted before from memory.
 
 mod claims;
 mod hmac;
 mod jwks;
+mod memo;
 pub mod seal;
 mod signing;
 mod verify;
@@ -19,5 +21,6 @@ mod verify;
 pub use claims::{ACCESS_TOKEN_TYPE, AccessClaims};
 pub use hmac::{HmacKey, Signer};
 pub use jwks::{Jwk, Jwks};
+pub use memo::MemoVerifier;
 pub use signing::{KeyError, SigningKey};
 pub use verify::{TokenError, Verifier};

@@ -18,7 +18,7 @@ use aia_db::PgPool;
 use aia_settings::{AuthSettings, JwtAlgorithm, SigningKeySource};
 use aia_telemetry::shutdown::CancellationToken;
 use aia_tokens::seal::SealingKey;
-use aia_tokens::{HmacKey, Jwk, Jwks, Signer, SigningKey, Verifier};
+use aia_tokens::{HmacKey, Jwk, Jwks, MemoVerifier, Signer, SigningKey, Verifier};
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -34,8 +34,9 @@ const ROTATION_LOCK: i64 = 0x6169_615f_6b65_7973;
 pub struct KeyRing {
     /// Signs new access tokens.
     pub active: Signer,
-    /// Verifies access tokens against every published key.
-    pub verifier: Verifier,
+    /// Verifies access tokens against every published key, and remembers the ones it
+    /// accepted (a new ring, new keys: a new memo).
+    pub verifier: MemoVerifier,
     /// The published keys, as served by `GetJwks`.
     pub jwks_json: String,
 }
@@ -136,7 +137,11 @@ impl KeyStore {
                 "HS256 mode: signing with JWT_SECRET_KEY; the JWKS stays empty"
             );
             let ring = KeyRing {
-                verifier: Verifier::hs256(&key, &settings.tokens.issuer, &settings.tokens.audience),
+                verifier: MemoVerifier::new(Verifier::hs256(
+                    &key,
+                    &settings.tokens.issuer,
+                    &settings.tokens.audience,
+                )),
                 jwks_json: serde_json::to_string(&Jwks::default())?,
                 active: Signer::Hs256(key),
             };
@@ -242,7 +247,12 @@ impl KeyStore {
             &self.issuer,
             &self.audience,
         ) {
-            let previous = self.ring().active.kid().to_owned();
+            let current = self.ring();
+            // The same keys: keep the ring, and what its verifier remembers.
+            if current.jwks_json == ring.jwks_json && current.active.kid() == ring.active.kid() {
+                return Ok(());
+            }
+            let previous = current.active.kid().to_owned();
             if previous != ring.active.kid() {
                 tracing::info!(from = %previous, to = ring.active.kid(), "signing key rotated");
             }
@@ -362,7 +372,7 @@ fn build_ring(
     }
     let jwks = Jwks { keys };
     Some(KeyRing {
-        verifier: Verifier::new(&jwks, issuer, audience),
+        verifier: MemoVerifier::new(Verifier::new(&jwks, issuer, audience)),
         jwks_json: serde_json::to_string(&jwks).ok()?,
         active: Signer::Ed25519(active),
     })
