@@ -26,6 +26,7 @@
 //!   its address's bucket, before auth is asked: a flood of invented keys costs auth
 //!   nothing once the address is limited.
 
+use std::cell::RefCell;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -187,8 +188,11 @@ pub struct Limiter {
     pub api: Policy,
     enabled: bool,
     client: redis::Client,
-    /// Shared by every request (it multiplexes); a plain mutex held only to clone it.
-    connection: std::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
+    /// One multiplexed connection per worker thread, driven by that thread's own
+    /// runtime: a decision never wakes another thread, and the decisions a worker
+    /// has in flight go out together in one write. (One shared connection made
+    /// every request on the second worker a round trip through the first.)
+    connection: thread_local::ThreadLocal<RefCell<Option<redis::aio::MultiplexedConnection>>>,
     script: redis::Script,
     prefix: String,
     budget: Duration,
@@ -266,7 +270,7 @@ impl Limiter {
             api: Policy::new("api", settings.api, settings),
             enabled: settings.enabled,
             client: redis::Client::open(url)?,
-            connection: std::sync::Mutex::new(None),
+            connection: thread_local::ThreadLocal::new(),
             script: redis::Script::new(GCRA),
             prefix: prefix.to_owned(),
             budget: settings.redis_budget,
@@ -295,22 +299,21 @@ impl Limiter {
         }
     }
 
-    /// The shared connection, made on first use and after a failure dropped it.
+    /// This thread's connection, made on first use and after a failure dropped it.
     async fn connection(&self) -> anyhow::Result<redis::aio::MultiplexedConnection> {
-        if let Some(conn) = self.connection.lock().ok().and_then(|slot| slot.clone()) {
+        if let Some(conn) = self.connection.get_or_default().borrow().clone() {
             return Ok(conn);
         }
         // Requests racing here may each connect once; the last one made is kept.
+        // (The slot is looked up again: no reference to it is held across an await.)
         let conn = self.client.get_multiplexed_async_connection().await?;
-        if let Ok(mut slot) = self.connection.lock() {
-            *slot = Some(conn.clone());
-        }
+        *self.connection.get_or_default().borrow_mut() = Some(conn.clone());
         Ok(conn)
     }
 
     fn forget_connection(&self) {
-        if let Ok(mut slot) = self.connection.lock() {
-            *slot = None;
+        if let Some(slot) = self.connection.get() {
+            *slot.borrow_mut() = None;
         }
     }
 
