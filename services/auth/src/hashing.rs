@@ -2,7 +2,8 @@
 //!
 //! Hashing is deliberately expensive (19 MiB and two passes by default), so it runs
 //! off the async threads, and a semaphore bounds how many run at once: a login flood
-//! queues here instead of starving every other request of CPU and memory.
+//! queues here instead of starving every other request of CPU and memory, and the
+//! threads that hash run at a lower priority ([`HASHING_NICENESS`]).
 //!
 //! Unknown users: [`Hasher::verify`] with no stored hash verifies against a dummy hash
 //! made at start with the same parameters, so an unknown email costs what a wrong
@@ -76,6 +77,30 @@ pub fn raw_rate(
     Ok(total as f64 / duration.as_secs_f64())
 }
 
+/// The niceness a thread hashes at. A login flood then takes the CPU the rest of the
+/// platform leaves over instead of competing with it: requests that need no hash
+/// (health checks, proxied calls, token refreshes) keep their latency while logins queue.
+/// With nothing else to run, hashing still gets every core, so the login rate of an
+/// otherwise idle machine is unchanged.
+pub const HASHING_NICENESS: i32 = 10;
+
+/// Lowers the calling thread's priority to [`HASHING_NICENESS`] (Linux: per thread).
+/// An unprivileged thread cannot raise it again, so a blocking-pool thread that hashed
+/// once keeps it until tokio retires the thread (after 10 s without work); the only other
+/// blocking work in auth is name resolution when a gRPC channel reconnects. A process
+/// already run at a lower priority is left as it is.
+fn step_aside() {
+    let thread = Some(rustix::thread::gettid());
+    match rustix::process::getpriority_process(thread) {
+        Ok(current) if current >= HASHING_NICENESS => {}
+        _ => {
+            if let Err(error) = rustix::process::setpriority_process(thread, HASHING_NICENESS) {
+                tracing::debug!(%error, "could not lower the hashing thread's priority");
+            }
+        }
+    }
+}
+
 /// The password hasher.
 #[derive(Clone)]
 pub struct Hasher {
@@ -114,6 +139,7 @@ impl Hasher {
             .context("hashing semaphore closed")?;
         let result = aia_telemetry::spawn_blocking_with_tracing(move || {
             let _permit = permit;
+            step_aside();
             work()
         })
         .await
@@ -210,6 +236,48 @@ mod tests {
             parallelism: 1,
             concurrency: 2,
         }
+    }
+
+    /// The niceness of each thread of this process (field 19 of /proc/self/task/*/stat).
+    fn niceness_of_threads() -> anyhow::Result<Vec<i32>> {
+        let mut values = Vec::new();
+        for task in std::fs::read_dir("/proc/self/task")? {
+            let stat = std::fs::read_to_string(task?.path().join("stat"))?;
+            // After the ")" closing the command name: state is field 3, nice is 19.
+            let after = stat
+                .rsplit_once(')')
+                .map(|(_, rest)| rest)
+                .unwrap_or_default();
+            let nice = after
+                .split_whitespace()
+                .nth(16)
+                .and_then(|v| v.parse().ok())
+                .context("stat without nice")?;
+            values.push(nice);
+        }
+        Ok(values)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hashing_runs_at_a_lower_priority_than_the_async_threads() -> anyhow::Result<()> {
+        // Whatever the test itself runs at (CI may run it under `nice`).
+        let base = rustix::process::getpriority_process(Some(rustix::thread::gettid()))?;
+        let hasher = Hasher::new(&cheap()).await?;
+        let seen = hasher
+            .on_pool(|| {
+                let thread = Some(rustix::thread::gettid());
+                Ok(rustix::process::getpriority_process(thread)?)
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        assert_eq!(seen, base.max(HASHING_NICENESS));
+        // Only the hashing threads: this one (an async worker or the test's) is not.
+        let here = rustix::process::getpriority_process(Some(rustix::thread::gettid()))?;
+        assert_eq!(here, base);
+        let threads = niceness_of_threads()?;
+        assert!(threads.contains(&seen), "{threads:?}");
+        assert!(threads.contains(&base), "{threads:?}");
+        Ok(())
     }
 
     #[tokio::test]
