@@ -79,14 +79,7 @@ export RATE_LIMIT_API=1000000000/60 RATE_LIMIT_LOGIN=1000000000/60 RATE_LIMIT_LO
 export MAIL_DIR="$work/mail"
 "$bin/aia" migrate >/dev/null
 
-wait_port() {
-  for _ in $(seq 1 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "nothing listens on port $1" >&2
-  exit 1
-}
+source scripts/lib.sh
 for service in audit session auth gateway; do
   "$bin/aia-$service" >"$work/$service.log" 2>&1 &
   pids+=($!)

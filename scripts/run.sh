@@ -26,14 +26,8 @@ start() {
   "$bin/aia-$name" > >(tee ".run/$name.log" | sed -u "s/^/[$name] /") 2>&1 &
   pids+=($!)
 }
-wait_port() {
-  for _ in $(seq 1 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "nothing listens on port $1; see .run/*.log" >&2
-  exit 1
-}
+source scripts/lib.sh
+WAIT_PORT_HINT="see .run/*.log"
 
 port() { echo "${1##*:}"; }
 gateway_addr=${GATEWAY_HTTP_ADDR:-127.0.0.1:8080}

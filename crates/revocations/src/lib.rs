@@ -103,6 +103,20 @@ impl RevocationCache {
         }
     }
 
+    /// Records that this process has just ended session `sid`, whose presented token
+    /// expires at `exp` (seconds since the epoch): [`RevocationCache::insert`] of
+    /// the session's revocation, for the logout paths of auth and the gateway.
+    pub fn session_ended(&self, sid: &str, exp: i64) {
+        self.insert(&Revocation {
+            kind: RevocationKind::Sid.into(),
+            id: sid.to_owned(),
+            expires_at: Some(prost_types::Timestamp {
+                seconds: exp,
+                nanos: 0,
+            }),
+        });
+    }
+
     fn replace(&self, set: Set) {
         if let Ok(mut current) = self.set.write() {
             *current = set;

@@ -384,6 +384,12 @@ impl Stack {
 
     /// Starts one more gateway in front of the same services.
     pub async fn add_gateway(&mut self) -> anyhow::Result<Addrs> {
+        self.add_gateway_with(&[]).await
+    }
+
+    /// Starts one more gateway in front of the same services, with `extra` variables
+    /// over the stack's (a proxy's address for one of the services, say).
+    pub async fn add_gateway_with(&mut self, extra: &[(&str, String)]) -> anyhow::Result<Addrs> {
         let mut all: Vec<(&str, String)> = self
             .extra
             .iter()
@@ -392,6 +398,7 @@ impl Stack {
         all.push(("AUTH_GRPC_URL", self.auth.url()));
         all.push(("SESSION_GRPC_URL", self.session.url()));
         all.push(("AUDIT_GRPC_URL", self.audit.url()));
+        all.extend(extra.iter().cloned());
         let env = env(&self.db, &self.redis_prefix, &all);
         self.running.gateway(env).await
     }

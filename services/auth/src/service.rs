@@ -391,7 +391,7 @@ impl Auth {
             seconds: claims.exp,
             nanos: 0,
         });
-        let session_id = claims.sid.clone();
+        let (session_id, exp) = (claims.sid.clone(), claims.exp);
         self.session
             .clone()
             .revoke(session::RevokeRequest {
@@ -405,11 +405,7 @@ impl Auth {
             .map_err(|s| AuthError::from_upstream(s, "session.Revoke"))?;
         // This replica's ValidateToken refuses the session from now on, before the
         // stream brings the entry (with the expiry of the session's last token).
-        self.revocations.insert(&session::Revocation {
-            kind: session::RevocationKind::Sid.into(),
-            id: session_id,
-            expires_at,
-        });
+        self.revocations.session_ended(&session_id, exp);
         Ok(LogoutResponse {})
     }
 

@@ -234,6 +234,12 @@ pub async fn logout(
             tonic::Code::Unauthenticated => Problem::invalid_token(),
             _ => Problem::from_status(&status),
         })?;
+    // This gateway refuses the session from its next request on, before the
+    // revocation stream brings the entry (read-your-writes for the client that logged
+    // out; other gateways learn it from the stream, within tens of milliseconds).
+    state
+        .revocations
+        .session_ended(&auth.claims.sid, auth.claims.exp);
     let mut response = no_store(HttpResponse::NoContent());
     for cookie in crate::cookies::removal() {
         response.cookie(cookie);

@@ -66,6 +66,12 @@ pub async fn revoke_one(
             user_id: auth.claims.sub,
         })
         .await?;
+    // The caller's own session: refused here from the next request on (see logout).
+    if id.to_string() == auth.claims.sid {
+        state
+            .revocations
+            .session_ended(&auth.claims.sid, auth.claims.exp);
+    }
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -115,6 +121,10 @@ pub async fn logout_all(
     auth: Authenticated,
 ) -> Result<HttpResponse, Problem> {
     revoke_all(&state, &client, &auth, false).await?;
+    // The caller's own session: refused here from the next request on (see logout).
+    state
+        .revocations
+        .session_ended(&auth.claims.sid, auth.claims.exp);
     Ok(HttpResponse::NoContent()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .insert_header(("Clear-Site-Data", "\"cookies\", \"storage\""))

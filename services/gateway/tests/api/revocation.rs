@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use aia_testkit::proxy::TcpProxy;
 use aia_testkit::{Stack, eventually};
 use reqwest::StatusCode;
 
@@ -131,6 +132,55 @@ async fn protected_routes_answer_503_once_the_session_service_is_gone() -> anyho
             .status(),
         StatusCode::OK
     );
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_that_logged_a_session_out_refuses_it_before_the_stream_says_so()
+-> anyhow::Result<()> {
+    let mut stack = Stack::start().await?;
+    // A gateway that hears from session through a proxy the test can pause, and that
+    // trusts a silent stream for 30 s: while paused, its copy stays "fresh" and gets
+    // no news, so only what the gateway itself records can refuse the session.
+    let proxy = TcpProxy::start(stack.session.main).await?;
+    let gateway = stack
+        .add_gateway_with(&[
+            ("SESSION_GRPC_URL", format!("http://{}", proxy.addr)),
+            ("REVOCATION_STALE_AFTER_MS", "30000".to_owned()),
+        ])
+        .await?;
+    let metrics = gateway.admin_url("/metrics");
+    let tokens = signed_in(&stack).await?;
+    let access = field(&tokens, "access_token").to_owned();
+    eventually(Duration::from_secs(5), || async {
+        let before = counter(&stack, &metrics, MEMORY).await?;
+        let status = me_on(&stack, &gateway, &access).await?;
+        let after = counter(&stack, &metrics, MEMORY).await?;
+        Ok((status == StatusCode::OK && after > before).then_some(()))
+    })
+    .await?;
+
+    proxy.pause();
+    let asked_session = counter(&stack, &metrics, SESSION).await?;
+    let response = stack
+        .http()
+        .post(format!("{}/v1/auth/logout", gateway.url()))
+        .bearer_auth(&access)
+        .send()
+        .await?;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    // At once, with the stream still held: refused, from memory.
+    assert_eq!(
+        me_on(&stack, &gateway, &access).await?,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        counter(&stack, &metrics, SESSION).await?,
+        asked_session,
+        "the refusal came from memory"
+    );
+    proxy.resume();
     stack.stop().await;
     Ok(())
 }
