@@ -2,7 +2,8 @@
 # `make bench`: the platform's figures beside a reference measured in the same run on
 # this machine, printed as a table and written to docs/BENCHMARKS.md:
 #   - the gateway (authenticated, rate-limited, proxied) vs nginx proxying the same
-#     upstream (`make bench-gateway` alone runs just this);
+#     upstream, and vs that upstream answering wrk directly (`make bench-gateway`
+#     alone runs just the first comparison);
 #   - logins per second vs the raw argon2id hash rate of the same parameters on the
 #     same cores (`aia bench-hash`), and the p99 of /healthz and of a proxied request
 #     while logins flood the gateway;
@@ -29,6 +30,7 @@ for s in audit session auth gateway; do idle[$s]=$(rss_mib "$(pid_of "$s")"); do
 
 echo "gateway vs nginx: wrk -t$THREADS -c$CONNECTIONS -d$DURATION"
 read -r nginx_rps nginx_p99 _ < <(run nginx http://127.0.0.1:18082/api/bench)
+read -r upstream_rps upstream_p99 _ < <(run upstream http://127.0.0.1:18081/api/bench)
 calls() { # the counters that say what one proxied request costs, space-separated
   echo "$(metric 19100 gateway_requests_total) $(metric 19100 gateway_revocation_checks_total 'source="memory"')" \
     "$(metric 19100 gateway_revocation_checks_total 'source="session"') $(metric 19100 gateway_rate_limit_decisions_total)" \
@@ -111,7 +113,7 @@ login_rps=$(awk '/^Requests\/sec:/ {print $2}' "$work/login.txt")
 login_errors=$(awk '/Non-2xx or 3xx responses:/ {print $5}' "$work/login.txt")
 healthz_p99=$(to_ms "$(field healthz 99%)")
 proxied_p99=$(to_ms "$(field proxied 99%)")
-nginx_ms=$(to_ms "$nginx_p99"); gw_ms=$(to_ms "$gw_p99")
+nginx_ms=$(to_ms "$nginx_p99"); gw_ms=$(to_ms "$gw_p99"); upstream_ms=$(to_ms "$upstream_p99")
 
 echo "revocation propagation: logout at one gateway, polled at a second one every 2 ms, 50 times"
 GATEWAY_HTTP_ADDR=127.0.0.1:18083 GATEWAY_ADMIN_ADDR=127.0.0.1:19104 "$bin/aia-gateway" >"$work/gateway2.log" 2>&1 &
@@ -135,7 +137,7 @@ read -r prop_n prop_p50 prop_p99 prop_max < <(sort -n "$work/propagation.txt" | 
   i50 = int(NR * 0.5); if (i50 < 1) i50 = 1; i99 = int(NR * 0.99 + 0.999); if (i99 > NR) i99 = NR
   printf "%d %.1f %.1f %.1f\n", NR, v[i50] / 1000, v[i99] / 1000, v[NR] / 1000 }')
 
-table=$(awk -v nr="$nginx_rps" -v np="$nginx_ms" -v gr="$gw_rps" -v gp="$gw_ms" \
+table=$(awk -v nr="$nginx_rps" -v np="$nginx_ms" -v gr="$gw_rps" -v gp="$gw_ms" -v ur="$upstream_rps" -v up="$upstream_ms" \
   -v lr="$login_rps" -v hr="$hash_rate" -v hz="$healthz_p99" -v px="$proxied_p99" \
   -v ia="${idle[audit]}" -v is="${idle[session]}" -v iu="${idle[auth]}" -v ig="${idle[gateway]}" -v gl="$gw_loaded" -v al="$auth_loaded" \
   -v pn="$prop_n" -v p50="$prop_p50" -v p99="$prop_p99" -v pm="$prop_max" \
@@ -144,6 +146,7 @@ table=$(awk -v nr="$nginx_rps" -v np="$nginx_ms" -v gr="$gw_rps" -v gp="$gw_ms" 
   print "|---|---|---|---|---|"
   printf "| proxied requests/s (authenticated, rate-limited) | %.0f | nginx %.0f | %.2f | >= 1.00 |\n", gr, nr, gr / nr
   printf "| proxied p99 | %.2f ms | nginx %.2f ms | %.2f | <= 1.00 |\n", gp, np, gp / np
+  printf "| proxied requests/s, against the upstream answering directly | %.0f | upstream %.0f (p99 %.2f ms) | %.2f | |\n", gr, ur, up, gr / ur
   printf "| auth.ValidateToken calls/s (gRPC, 32 in flight) | %.0f | bare tonic rpc %.0f | %.2f | >= 0.80 |\n", vr, br, vr / br
   printf "| auth.ValidateToken p99 | %.2f ms | bare tonic rpc %.2f ms | %.2f | |\n", vp, bp, vp / bp
   printf "| logins/s | %.1f | raw argon2id %.1f hashes/s | %.2f | >= 0.90 |\n", lr, hr, lr / hr
