@@ -67,7 +67,7 @@ pub async fn revoke_one(
         })
         .await?;
     // The caller's own session: refused here from the next request on (see logout).
-    if id.to_string() == auth.claims.sid {
+    if uuid::Uuid::parse_str(&auth.claims.sid).ok() == Some(id) {
         state
             .revocations
             .session_ended(&auth.claims.sid, auth.claims.exp);
