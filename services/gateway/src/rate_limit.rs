@@ -27,6 +27,8 @@
 //!   nothing once the address is limited.
 
 use std::cell::RefCell;
+
+use futures::FutureExt;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -192,7 +194,7 @@ pub struct Limiter {
     /// runtime: a decision never wakes another thread, and the decisions a worker
     /// has in flight go out together in one write. (One shared connection made
     /// every request on the second worker a round trip through the first.)
-    connection: thread_local::ThreadLocal<RefCell<Option<redis::aio::MultiplexedConnection>>>,
+    connection: thread_local::ThreadLocal<RefCell<Connection>>,
     script: redis::Script,
     prefix: String,
     budget: Duration,
@@ -202,6 +204,17 @@ pub struct Limiter {
     slow_in_a_row: std::sync::atomic::AtomicU32,
     /// API keys auth accepted lately.
     known_keys: KnownKeys,
+}
+
+/// A worker thread's Redis connection: made, or being made.
+#[derive(Default)]
+struct Connection {
+    ready: Option<redis::aio::MultiplexedConnection>,
+    connecting: Option<
+        futures::future::Shared<
+            futures::future::BoxFuture<'static, Result<redis::aio::MultiplexedConnection, String>>,
+        >,
+    >,
 }
 
 /// How long an accepted API key is remembered as known.
@@ -300,20 +313,44 @@ impl Limiter {
     }
 
     /// This thread's connection, made on first use and after a failure dropped it.
+    ///
+    /// Making it is not cut short by the decision's time budget: the attempt is kept in
+    /// the slot, and the decisions that follow carry it on until it succeeds or fails
+    /// (redis-rs bounds it with its own connection timeout). Otherwise a set-up slower
+    /// than the budget (TLS to a remote Redis against 5 ms) would start over at every
+    /// decision and never finish.
     async fn connection(&self) -> anyhow::Result<redis::aio::MultiplexedConnection> {
-        if let Some(conn) = self.connection.get_or_default().borrow().clone() {
-            return Ok(conn);
-        }
-        // Requests racing here may each connect once; the last one made is kept.
-        // (The slot is looked up again: no reference to it is held across an await.)
-        let conn = self.client.get_multiplexed_async_connection().await?;
-        *self.connection.get_or_default().borrow_mut() = Some(conn.clone());
+        let attempt = {
+            let mut slot = self.connection.get_or_default().borrow_mut();
+            if let Some(conn) = &slot.ready {
+                return Ok(conn.clone());
+            }
+            slot.connecting
+                .get_or_insert_with(|| {
+                    let client = self.client.clone();
+                    async move {
+                        client
+                            .get_multiplexed_async_connection()
+                            .await
+                            .map_err(|e| e.to_string())
+                    }
+                    .boxed()
+                    .shared()
+                })
+                .clone()
+        };
+        // No reference to the slot is held across this await.
+        let made = attempt.await;
+        let mut slot = self.connection.get_or_default().borrow_mut();
+        slot.connecting = None;
+        let conn = made.map_err(|e| anyhow::anyhow!("connecting to Redis: {e}"))?;
+        slot.ready = Some(conn.clone());
         Ok(conn)
     }
 
     fn forget_connection(&self) {
         if let Some(slot) = self.connection.get() {
-            *slot.borrow_mut() = None;
+            slot.borrow_mut().ready = None;
         }
     }
 

@@ -259,6 +259,63 @@ async fn one_late_answer_from_redis_does_not_switch_redis_off() -> anyhow::Resul
     Ok(())
 }
 
+/// The sum of the gateway's fallback counters.
+async fn fallbacks(stack: &Stack) -> anyhow::Result<f64> {
+    Ok(crate::helpers::metrics(stack)
+        .await?
+        .lines()
+        .filter(|l| l.starts_with("gateway_rate_limit_fallback_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// A Redis whose connection takes longer to set up than a decision's budget is still
+/// reached: the attempt outlives the decision that started it, and the decisions
+/// that follow carry it on (had each started over, every one would fall back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_slower_than_the_budget_is_still_made() -> anyhow::Result<()> {
+    // Every connection through here waits 150 ms before it reaches Redis.
+    let slow = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = slow.local_addr()?;
+    let redis = aia_testkit::redis_url()
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .to_owned();
+    let forwarder = tokio::spawn(async move {
+        while let Ok((mut client, _)) = slow.accept().await {
+            let redis = redis.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+                if let Ok(mut upstream) = tokio::net::TcpStream::connect(&redis).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                }
+            });
+        }
+    });
+    let stack = Stack::start_with(&[
+        ("RATE_LIMIT_REDIS_BUDGET_MS", "50".into()),
+        ("RATE_LIMIT_REDIS_URL", format!("redis://{addr}")),
+        ("GATEWAY_WORKERS", "1".into()),
+    ])
+    .await?;
+    let user = signed_in(&stack).await?;
+    let token = field(&user, "access_token").to_owned();
+    let decided_in_redis = aia_testkit::eventually(std::time::Duration::from_secs(10), || async {
+        let before = fallbacks(&stack).await?;
+        let status = me(&stack, &token).await?.status();
+        let after = fallbacks(&stack).await?;
+        Ok((status == StatusCode::OK && after == before).then_some(()))
+    })
+    .await;
+    assert!(
+        decided_in_redis.is_ok(),
+        "every decision fell back: the connection was never made"
+    );
+    forwarder.abort();
+    stack.stop().await;
+    Ok(())
+}
+
 /// Invented API keys get no bucket of their own: guessing keys from one address is
 /// limited like any anonymous traffic, while a real key keeps its own bucket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
