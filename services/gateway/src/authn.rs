@@ -53,7 +53,7 @@ pub async fn verify(state: &State, token: &str) -> Result<AccessClaims, Problem>
         .for_kid(kid.as_deref())
         .await
         .map_err(|_| Problem::unavailable())?;
-    keys.verify(token).map_err(|reason| {
+    keys.verifier.verify(token).map_err(|reason| {
         metrics::counter!("gateway_token_refused_total", "reason" => reason.to_string())
             .increment(1);
         Problem::invalid_token()

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use aia_proto::auth::v1::GetJwksRequest;
 use aia_proto::auth::v1::auth_service_client::AuthServiceClient;
 use aia_telemetry::otel::TracedChannel;
-use aia_tokens::{AccessClaims, Jwks, MemoVerifier, TokenError, Verifier};
+use aia_tokens::{Jwks, MemoVerifier, Verifier};
 use tokio::sync::{Mutex, RwLock};
 
 /// Least time between two fetches of the key set.
@@ -36,11 +36,6 @@ impl KeySet {
             verifier: MemoVerifier::new(verifier),
             json,
         }
-    }
-
-    /// Verifies `token` (signature, `typ`, `kid`, `iss`, `aud`, `exp`, `nbf`).
-    pub fn verify(&self, token: &str) -> Result<AccessClaims, TokenError> {
-        self.verifier.verify(token)
     }
 }
 
