@@ -7,7 +7,8 @@
 # (GCRA, one round trip), validation, EdDSA verification of the bearer token, the
 # revocation check, identity headers, security headers. Compression is off on both.
 # Release builds; wrk (Debian) drives the load. Prints requests/s and p99 of each
-# and their ratios.
+# and their ratios, then the CPU time one request cost each process (the machine's two
+# cores are the limit: wrk, the proxy, Redis and the upstream share them).
 #
 # Environment: DURATION (default 15s), CONNECTIONS (64), THREADS (2).
 set -euo pipefail
@@ -24,3 +25,5 @@ awk -v g="$gw_rps" -v n="$nginx_rps" -v gp="$gw_ms" -v np="$nginx_ms" 'BEGIN {
   printf "throughput ratio gateway/nginx: %.2f (target >= 1.00)\n", g / n
   printf "p99 ratio gateway/nginx:        %.2f (target <= 1.00)\n", gp / np
 }'
+echo
+cpu_table nginx gateway

@@ -15,7 +15,9 @@ work=$(mktemp -d /tmp/aia-bench.XXXXXX)
 pids=()
 cleanup() {
   kill "${pids[@]}" 2>/dev/null || true
-  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
+  for instance in upstream proxy; do
+    [ -f "$work/$instance/nginx.pid" ] && kill "$(cat "$work/$instance/nginx.pid")" 2>/dev/null || true
+  done
   wait 2>/dev/null || true
 }
 trap cleanup EXIT
@@ -30,32 +32,38 @@ echo "building release binaries..."
 cargo build --release --quiet -p aia-admin -p aia-audit -p aia-session -p aia-auth -p aia-gateway
 bin=target/release
 
-# nginx: the upstream (18081) and the reference proxy (18082).
-cat > "$work/nginx.conf" <<NGINX
+# nginx: the upstream (18081) and the reference proxy (18082), each its own instance
+# (master and workers), so that the reference, like the gateway, hands every request
+# to another process, and the CPU each one spends per request can be read apart.
+start_nginx() { # directory, server blocks
+  mkdir -p "$1"
+  cat > "$1/nginx.conf" <<NGINX
 worker_processes auto;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log warn;
+pid $1/nginx.pid;
+error_log $1/nginx-error.log warn;
 events { worker_connections 4096; }
 http {
   access_log off;
   gzip off;
   keepalive_requests 1000000;
-  upstream app { server 127.0.0.1:18081; keepalive 128; }
-  server {
+  $2
+}
+NGINX
+  nginx -c "$1/nginx.conf" -p "$1"
+}
+start_nginx "$work/upstream" "server {
     listen 127.0.0.1:18081;
-    location / { default_type application/json; return 200 '{"ok":true}'; }
-  }
+    location / { default_type application/json; return 200 '{\"ok\":true}'; }
+  }"
+start_nginx "$work/proxy" "upstream app { server 127.0.0.1:18081; keepalive 128; }
   server {
     listen 127.0.0.1:18082;
     location / {
       proxy_pass http://app;
       proxy_http_version 1.1;
-      proxy_set_header Connection "";
+      proxy_set_header Connection \"\";
     }
-  }
-}
-NGINX
-nginx -c "$work/nginx.conf" -p "$work"
+  }"
 
 export APP_ENV=development LOG_FORMAT=text RUST_LOG=warn
 export DATABASE_URL=postgres://postgres@127.0.0.1:5432/aia_bench
@@ -84,6 +92,7 @@ for service in audit session auth gateway; do
   "$bin/aia-$service" >"$work/$service.log" 2>&1 &
   pids+=($!)
 done
+gateway_pid=$!
 wait_port 18080
 for _ in $(seq 1 50); do curl -sf http://127.0.0.1:18080/readyz >/dev/null && break; sleep 0.2; done
 
@@ -98,17 +107,56 @@ status=$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:18080/api/bench
 curl -s -D - -o /dev/null http://127.0.0.1:18080/api/bench -H "authorization: Bearer $token" \
   | grep -qi '^ratelimit:' || { echo "no rate-limit decision on the proxied route"; exit 1; }
 
+# The processes whose CPU time `run` reads, by role.
+role_pids() {
+  case $1 in
+    gateway) echo "$gateway_pid" ;;
+    redis) pgrep -x redis-server || true ;;
+    upstream | proxy) pgrep -P "$(cat "$work/$1/nginx.pid")" || true ;;
+  esac
+}
+ticks() { # pids...: their CPU time (user + system, all threads) in clock ticks
+  local sum=0 pid
+  for pid in "$@"; do sum=$((sum + $(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0))); done
+  echo "$sum"
+}
+busy_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
+
 run() { # name url [wrk args]; CONNECTIONS, DURATION and WARMUP (3s) from the environment
+  # Also writes $work/NAME.cpu: the CPU time per request (µs) of each role and of the
+  # whole machine during the measured run.
   local name=$1 url=$2; shift 2
   local threads=$THREADS
   [ "$CONNECTIONS" -lt "$threads" ] && threads=$CONNECTIONS
   wrk -t"$threads" -c"$CONNECTIONS" -d"${WARMUP:-3s}" "$@" "$url" >/dev/null
+  local role before=() machine_before
+  for role in gateway redis upstream proxy; do before+=("$(ticks $(role_pids $role))"); done
+  machine_before=$(busy_ticks)
   wrk -t"$threads" -c"$CONNECTIONS" -d"$DURATION" --latency "$@" "$url" >"$work/$name.txt"
+  local machine=$(($(busy_ticks) - machine_before)) requests i=0
+  requests=$(awk '/requests in/ {print $1}' "$work/$name.txt")
+  : >"$work/$name.cpu"
+  for role in gateway redis upstream proxy machine; do
+    local spent
+    if [ "$role" = machine ]; then spent=$machine; else spent=$(($(ticks $(role_pids $role)) - before[i])); fi
+    i=$((i + 1))
+    awk -v r="$role" -v t="$spent" -v n="${requests:-0}" -v hz="$(getconf CLK_TCK)" \
+      'BEGIN { printf "%s %.1f\n", r, (n > 0 ? t * 1e6 / hz / n : 0) }' >>"$work/$name.cpu"
+  done
   local rps p99 errors
   rps=$(awk '/^Requests\/sec:/ {print $2}' "$work/$name.txt")
   p99=$(awk '$1 == "99%" {print $2}' "$work/$name.txt")
   errors=$(awk '/Non-2xx or 3xx responses:/ {print $5}' "$work/$name.txt")
   echo "$rps $p99 ${errors:-0}"
+}
+cpu() { # name role: µs of CPU per request of that role in run NAME
+  awk -v r="$2" '$1 == r {print $2}' "$work/$1.cpu"
+}
+cpu_table() { # nginx-run gateway-run: where the CPU time of one proxied request went
+  echo "| CPU per proxied request (µs, user + system) | the proxy | Redis | upstream | whole machine, wrk included |"
+  echo "|---|---:|---:|---:|---:|"
+  echo "| nginx | $(cpu "$1" proxy) | $(cpu "$1" redis) | $(cpu "$1" upstream) | $(cpu "$1" machine) |"
+  echo "| gateway | $(cpu "$2" gateway) | $(cpu "$2" redis) | $(cpu "$2" upstream) | $(cpu "$2" machine) |"
 }
 metric() { # admin port, series name, [label filter]: the sum of the matching series
   curl -sf "http://127.0.0.1:$1/metrics" | awk -v n="$2" -v f="${3:-}" \

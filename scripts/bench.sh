@@ -162,6 +162,8 @@ echo "$table"
 echo
 echo "$per_request"
 echo
+cpu_table nginx gateway
+echo
 printf "%b" "$scaling_rows"
 echo "non-2xx: proxied ${gw_errors:-0}, logins ${login_errors:-0}"
 
@@ -186,6 +188,12 @@ mkdir -p docs
   echo
   echo "What one proxied request cost (gateway, auth and session counters around the run):"
   echo "$per_request."
+  echo
+  echo "Where the CPU time went (each process's user + system time over the measured run, all"
+  echo "threads, divided by the requests served; the machine's row adds wrk and the kernel's"
+  echo "work outside these processes):"
+  echo
+  cpu_table nginx gateway
   echo
   echo "## Scaling"
   echo

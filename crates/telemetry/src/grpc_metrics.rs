@@ -9,6 +9,13 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use crate::metrics::Family;
+
+static DURATIONS: std::sync::LazyLock<Family<metrics::Histogram>> =
+    std::sync::LazyLock::new(|| Family::histogram("grpc_server_duration_seconds", &["method"]));
+static REQUESTS: std::sync::LazyLock<Family<metrics::Counter>> =
+    std::sync::LazyLock::new(|| Family::counter("grpc_server_requests_total", &["method", "code"]));
+
 /// The layer [`crate::grpc::GrpcApplication`] puts around every service.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct GrpcMetricsLayer;
@@ -51,20 +58,15 @@ where
                     .headers()
                     .get("grpc-status")
                     .and_then(|v| v.to_str().ok())
-                    .unwrap_or("0")
-                    .to_owned(),
-                Err(_) => "transport".to_owned(),
+                    .unwrap_or("0"),
+                Err(_) => "transport",
             };
             // 12: UNIMPLEMENTED, the answer to a path that is no method.
-            let method = if code == "12" {
-                "unknown".to_owned()
-            } else {
-                method
-            };
-            metrics::histogram!("grpc_server_duration_seconds", "method" => method.clone())
+            let method = if code == "12" { "unknown" } else { &method };
+            DURATIONS
+                .get(&[method])
                 .record(started.elapsed().as_secs_f64());
-            metrics::counter!("grpc_server_requests_total", "method" => method, "code" => code)
-                .increment(1);
+            REQUESTS.get(&[method, code]).increment(1);
             result
         })
     }

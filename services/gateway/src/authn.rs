@@ -18,6 +18,11 @@ use aia_tokens::{AccessClaims, Verifier};
 use crate::problem::Problem;
 use crate::state::State;
 
+static REVOCATION_CHECKS: std::sync::LazyLock<aia_telemetry::metrics::Family<metrics::Counter>> =
+    std::sync::LazyLock::new(|| {
+        aia_telemetry::metrics::Family::counter("gateway_revocation_checks_total", &["source"])
+    });
+
 /// A request whose bearer token verified and is not revoked.
 #[derive(Debug, Clone)]
 pub struct Authenticated {
@@ -72,12 +77,11 @@ pub async fn revoked(state: &State, claims: &AccessClaims) -> Result<bool, Probl
     };
     let revoked = match state.revocations.check(jti, sid) {
         Some(revoked) => {
-            metrics::counter!("gateway_revocation_checks_total", "source" => "memory").increment(1);
+            REVOCATION_CHECKS.get(&["memory"]).increment(1);
             revoked
         }
         None => {
-            metrics::counter!("gateway_revocation_checks_total", "source" => "session")
-                .increment(1);
+            REVOCATION_CHECKS.get(&["session"]).increment(1);
             state
                 .session
                 .clone()

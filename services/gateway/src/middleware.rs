@@ -8,6 +8,8 @@ use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use tracing::Instrument;
 
+use aia_telemetry::metrics::Family;
+
 use crate::client::{REQUEST_ID, RequestId};
 
 /// Headers every response carries. API responses are never framed, sniffed, cached by
@@ -40,6 +42,32 @@ pub const HSTS: &str = "max-age=31536000; includeSubDomains";
 #[derive(Debug, Clone, Copy)]
 pub struct SendHsts(pub bool);
 
+static REQUESTS: std::sync::LazyLock<Family<metrics::Counter>> = std::sync::LazyLock::new(|| {
+    Family::counter("gateway_requests_total", &["route", "method", "status"])
+});
+static DURATIONS: std::sync::LazyLock<Family<metrics::Histogram>> =
+    std::sync::LazyLock::new(|| {
+        Family::histogram("gateway_request_duration_seconds", &["route", "method"])
+    });
+
+/// The method as a metric label and log field: the methods of RFC 9110 and PATCH by
+/// name, any other token as `other` (a client can send any token as a method, and
+/// each would otherwise be a series of its own).
+fn method_label(method: &actix_web::http::Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "CONNECT" => "CONNECT",
+        "OPTIONS" => "OPTIONS",
+        "TRACE" => "TRACE",
+        "PATCH" => "PATCH",
+        _ => "other",
+    }
+}
+
 /// A JSON or text content type without a charset parameter.
 fn needs_charset(content_type: &str) -> bool {
     let lower = content_type.to_ascii_lowercase();
@@ -57,7 +85,7 @@ pub async fn decorate(
 ) -> Result<ServiceResponse<impl MessageBody + 'static>, actix_web::Error> {
     let request_id = RequestId::from_header(req.headers().get(REQUEST_ID));
     let id_value = HeaderValue::from_str(&request_id.0).ok();
-    let method = req.method().to_string();
+    let method = method_label(req.method());
     // Everything logged while serving the request carries its id; the span continues
     // the caller's trace (W3C `traceparent`), or starts one.
     let span = tracing::info_span!(
@@ -101,13 +129,15 @@ pub async fn decorate(
             .usage
             .record(&caller.0, served.path(), response.status().as_u16());
     }
-    let status = response.status().as_u16().to_string();
+    let status = response.status();
     span.in_scope(|| {
-        tracing::debug!(route = %route, status = %status, elapsed_us = started.elapsed().as_micros() as u64, "served");
+        tracing::debug!(route = %route, status = status.as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "served");
     });
-    metrics::counter!("gateway_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status)
+    REQUESTS
+        .get(&[&route, method, status.as_str()])
         .increment(1);
-    metrics::histogram!("gateway_request_duration_seconds", "route" => route, "method" => method)
+    DURATIONS
+        .get(&[&route, method])
         .record(started.elapsed().as_secs_f64());
     let headers = response.headers_mut();
     if let Some(id) = id_value {

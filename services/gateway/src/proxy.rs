@@ -30,12 +30,22 @@ use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::{StatusCode, Uri};
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use aia_settings::{Upstream, UpstreamSettings};
+use aia_telemetry::metrics::Family;
 use futures::StreamExt;
 
 use crate::authn::Caller;
 use crate::client::{Client, RequestId};
 use crate::problem::Problem;
 use crate::rate_limit::now_ms;
+
+static UPSTREAM_REQUESTS: std::sync::LazyLock<Family<metrics::Counter>> =
+    std::sync::LazyLock::new(|| {
+        Family::counter("gateway_upstream_requests_total", &["upstream", "outcome"])
+    });
+static UPSTREAM_DURATIONS: std::sync::LazyLock<Family<metrics::Histogram>> =
+    std::sync::LazyLock::new(|| {
+        Family::histogram("gateway_upstream_duration_seconds", &["upstream"])
+    });
 
 /// The API-key scope that opens proxied routes.
 pub const SCOPE: &str = "api:access";
@@ -148,9 +158,10 @@ pub fn http_client(settings: &UpstreamSettings) -> awc::Client {
 
 /// A W3C `traceparent` continuing the caller's trace, or starting one.
 fn traceparent(incoming: Option<&HeaderValue>) -> Option<HeaderValue> {
-    // One draw for both ids (one system call per request, not two).
+    // The thread's CSPRNG (seeded from the OS), not a system call per request: these
+    // ids must not collide or be guessed, but they guard nothing.
     let mut random = [0u8; 24];
-    getrandom::fill(&mut random).ok()?;
+    rand::Rng::fill_bytes(&mut rand::rng(), &mut random);
     let (parent, fresh_trace) = random.split_at(8);
     let trace_id = incoming
         .and_then(|v| v.to_str().ok())
@@ -283,7 +294,9 @@ pub async fn forward(
         return Err(Problem::payload_too_large(settings.body_limit));
     }
     if let Err(wait) = breaker.admit() {
-        metrics::counter!("gateway_upstream_requests_total", "upstream" => upstream.prefix.clone(), "outcome" => "circuit_open").increment(1);
+        UPSTREAM_REQUESTS
+            .get(&[&upstream.prefix, "circuit_open"])
+            .increment(1);
         let seconds = wait.as_secs().max(1);
         let mut problem = Problem::unavailable().detail("the upstream is failing; retry later");
         problem
@@ -324,7 +337,9 @@ pub async fn forward(
                 }
                 _ => (StatusCode::BAD_GATEWAY, "error"),
             };
-            metrics::counter!("gateway_upstream_requests_total", "upstream" => upstream.prefix.clone(), "outcome" => outcome).increment(1);
+            UPSTREAM_REQUESTS
+                .get(&[&upstream.prefix, outcome])
+                .increment(1);
             tracing::warn!(upstream = %upstream.url, %error, "upstream request failed");
             return Err(Problem::upstream(status));
         }
@@ -334,9 +349,10 @@ pub async fn forward(
     } else {
         breaker.success();
     }
-    metrics::counter!("gateway_upstream_requests_total", "upstream" => upstream.prefix.clone(), "outcome" => response.status().as_u16().to_string()).increment(1);
-    metrics::histogram!("gateway_upstream_duration_seconds", "upstream" => upstream.prefix.clone())
-        .record(elapsed);
+    UPSTREAM_REQUESTS
+        .get(&[&upstream.prefix, response.status().as_str()])
+        .increment(1);
+    UPSTREAM_DURATIONS.get(&[&upstream.prefix]).record(elapsed);
     let mut answer = HttpResponse::build(response.status());
     for (name, value) in response.headers() {
         if !HOP_BY_HOP.contains(&name.as_str()) && name != header::CONTENT_LENGTH {

@@ -285,3 +285,36 @@ async fn health_readiness_and_metrics_answer_on_every_admin_port() -> anyhow::Re
     stack.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_methods_share_one_metric_series() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let http = stack.http();
+    // Any token is a method to HTTP; were each its own label value, a client could
+    // grow the gateway's metrics without bound.
+    for method in ["BREWCOFFEE", "BREWTEA", "GET"] {
+        let method = reqwest::Method::from_bytes(method.as_bytes())?;
+        let answer = http.request(method.clone(), stack.url("/healthz")).send().await?;
+        let expected = if method == reqwest::Method::GET {
+            StatusCode::OK
+        } else {
+            StatusCode::METHOD_NOT_ALLOWED
+        };
+        assert_eq!(answer.status(), expected, "{method}");
+    }
+    let text = http
+        .get(stack.gateway.admin_url("/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(!text.contains("BREW"), "{text}");
+    for needle in [
+        "gateway_requests_total{route=\"/healthz\",method=\"other\",status=\"405\"}",
+        "gateway_requests_total{route=\"/healthz\",method=\"GET\",status=\"200\"}",
+    ] {
+        assert!(text.contains(needle), "no {needle} in:\n{text}");
+    }
+    stack.stop().await;
+    Ok(())
+}
