@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -18,6 +19,9 @@ pub enum Mode {
     Pause,
     /// Close every connection and refuse new ones.
     Refuse,
+    /// Hold the connections accepted before the n-th (counting from 0), as `Pause`
+    /// does; forward the others (a long-lived stream held while new calls pass).
+    HoldOlderThan(u64),
 }
 
 /// A running proxy; stops when dropped.
@@ -26,6 +30,7 @@ pub struct TcpProxy {
     pub addr: SocketAddr,
     mode: Arc<watch::Sender<Mode>>,
     target: Arc<watch::Sender<SocketAddr>>,
+    accepted: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -35,23 +40,30 @@ impl Drop for TcpProxy {
     }
 }
 
-/// Copies `from` to `to` while the mode allows; ends on `Refuse` or EOF.
+/// Copies `from` to `to` (connection number `index`) while the mode allows; ends on
+/// `Refuse` or EOF.
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut mode: watch::Receiver<Mode>,
+    index: u64,
 ) {
     let mut buffer = vec![0u8; 16 * 1024];
     loop {
         let current = *mode.borrow_and_update();
-        match current {
+        let held = match current {
             Mode::Refuse => return,
-            Mode::Pause => {
+            Mode::Pause => true,
+            Mode::HoldOlderThan(n) => index < n,
+            Mode::Forward => false,
+        };
+        match held {
+            true => {
                 if mode.changed().await.is_err() {
                     return;
                 }
             }
-            Mode::Forward => {
+            false => {
                 tokio::select! {
                     read = from.read(&mut buffer) => match read {
                         Ok(0) | Err(_) => return,
@@ -80,26 +92,30 @@ impl TcpProxy {
         let (target, _) = watch::channel(target);
         let target = Arc::new(target);
         let targets = target.clone();
+        let accepted = Arc::new(AtomicU64::new(0));
+        let counted = accepted.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 if *modes.borrow() == Mode::Refuse {
                     drop(client);
                     continue;
                 }
+                let index = counted.fetch_add(1, Ordering::AcqRel);
                 let to = *targets.borrow();
                 let Ok(server) = TcpStream::connect(to).await else {
                     continue;
                 };
                 let (client_read, client_write) = client.into_split();
                 let (server_read, server_write) = server.into_split();
-                tokio::spawn(pump(client_read, server_write, modes.subscribe()));
-                tokio::spawn(pump(server_read, client_write, modes.subscribe()));
+                tokio::spawn(pump(client_read, server_write, modes.subscribe(), index));
+                tokio::spawn(pump(server_read, client_write, modes.subscribe(), index));
             }
         });
         Ok(Self {
             addr,
             mode,
             target,
+            accepted,
             task,
         })
     }
@@ -113,6 +129,16 @@ impl TcpProxy {
     /// Switches the mode.
     pub fn set(&self, mode: Mode) {
         self.mode.send_replace(mode);
+    }
+
+    /// How many connections the proxy has accepted (and not refused).
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Acquire)
+    }
+
+    /// Holds the first `n` connections accepted; forwards the rest, new ones included.
+    pub fn hold_first(&self, n: u64) {
+        self.set(Mode::HoldOlderThan(n));
     }
 
     /// Holds all traffic.

@@ -174,6 +174,7 @@ pub async fn build(
         auth,
         session,
         revocations,
+        access_ttl: settings.tokens.access_ttl,
         limiter,
         cookies: cookies::CookieSealer::new(&session_secret, settings.session_cookie_max_age)?,
         origins: cors::Origins::new(settings.cors_origins.clone()),

@@ -17,6 +17,9 @@ pub struct State {
     pub keys: std::sync::Arc<KeyCache>,
     /// The in-memory blacklist.
     pub revocations: std::sync::Arc<RevocationCache>,
+    /// `ACCESS_TOKEN_TTL_SECONDS`: no access token of a session ended now outlives
+    /// now plus this.
+    pub access_ttl: std::time::Duration,
     /// Rate limits.
     pub limiter: std::sync::Arc<crate::rate_limit::Limiter>,
     /// Seals the session cookies of browser clients.

@@ -66,12 +66,14 @@ pub async fn revoke_one(
             user_id: auth.claims.sub,
         })
         .await?;
-    // The caller's own session: refused here from the next request on (see logout).
-    if uuid::Uuid::parse_str(&auth.claims.sid).ok() == Some(id) {
-        state
-            .revocations
-            .session_ended(&auth.claims.sid, auth.claims.exp);
-    }
+    // Session answered (it refuses a session that is not the caller's): refused here
+    // from the next request on, the caller's own or another (see logout). Its tokens
+    // all expire within the access-token lifetime from now.
+    let ttl = i64::try_from(state.access_ttl.as_secs()).unwrap_or(i64::MAX);
+    state.revocations.session_ended(
+        &id.to_string(),
+        chrono::Utc::now().timestamp().saturating_add(ttl),
+    );
     Ok(HttpResponse::NoContent().finish())
 }
 

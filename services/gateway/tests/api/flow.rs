@@ -294,7 +294,10 @@ async fn made_up_methods_share_one_metric_series() -> anyhow::Result<()> {
     // grow the gateway's metrics without bound.
     for method in ["BREWCOFFEE", "BREWTEA", "GET"] {
         let method = reqwest::Method::from_bytes(method.as_bytes())?;
-        let answer = http.request(method.clone(), stack.url("/healthz")).send().await?;
+        let answer = http
+            .request(method.clone(), stack.url("/healthz"))
+            .send()
+            .await?;
         let expected = if method == reqwest::Method::GET {
             StatusCode::OK
         } else {

@@ -7,7 +7,7 @@ use aia_testkit::proxy::TcpProxy;
 use aia_testkit::{Stack, eventually};
 use reqwest::StatusCode;
 
-use crate::helpers::{field, me_status, signed_in};
+use crate::helpers::{email, field, login, me_status, register, signed_in};
 
 /// The value of a counter in Prometheus text, 0 if absent.
 async fn counter(stack: &Stack, metrics_url: &str, series: &str) -> anyhow::Result<f64> {
@@ -179,6 +179,96 @@ async fn the_gateway_that_logged_a_session_out_refuses_it_before_the_stream_says
         counter(&stack, &metrics, SESSION).await?,
         asked_session,
         "the refusal came from memory"
+    );
+    proxy.resume();
+    stack.stop().await;
+    Ok(())
+}
+
+/// The id of the session `token` belongs to, as `GET /v1/auth/sessions` names it.
+async fn current_session(stack: &Stack, token: &str) -> anyhow::Result<String> {
+    let listed: Vec<serde_json::Value> = stack
+        .http()
+        .get(stack.url("/v1/auth/sessions"))
+        .bearer_auth(token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    listed
+        .iter()
+        .find(|s| s["current"] == true)
+        .and_then(|s| s["id"].as_str())
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("no current session in {listed:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_ended_at_a_gateway_are_refused_there_before_the_stream_says_so()
+-> anyhow::Result<()> {
+    let mut stack = Stack::start().await?;
+    // A gateway that hears from session through a proxy; the stream (its first
+    // connection, made at start) is then held while the calls the test makes pass.
+    let proxy = TcpProxy::start(stack.session.main).await?;
+    let gateway = stack
+        .add_gateway_with(&[
+            ("SESSION_GRPC_URL", format!("http://{}", proxy.addr)),
+            ("REVOCATION_STALE_AFTER_MS", "30000".to_owned()),
+        ])
+        .await?;
+    eventually(Duration::from_secs(5), || async {
+        Ok((proxy.accepted() >= 1).then_some(()))
+    })
+    .await?;
+    let stream_connections = proxy.accepted();
+    let metrics = gateway.admin_url("/metrics");
+    let email = email();
+    register(&stack, &email).await?;
+    let [laptop, phone, tablet] = [
+        login(&stack, &email).await?,
+        login(&stack, &email).await?,
+        login(&stack, &email).await?,
+    ]
+    .map(|tokens| field(&tokens, "access_token").to_owned());
+    eventually(Duration::from_secs(5), || async {
+        let before = counter(&stack, &metrics, MEMORY).await?;
+        let status = me_on(&stack, &gateway, &phone).await?;
+        let after = counter(&stack, &metrics, MEMORY).await?;
+        Ok((status == StatusCode::OK && after > before).then_some(()))
+    })
+    .await?;
+    let phone_sid = current_session(&stack, &phone).await?;
+    proxy.hold_first(stream_connections);
+
+    // Another of the caller's sessions, ended at this gateway: refused here at once.
+    let ended = stack
+        .http()
+        .delete(format!("{}/v1/auth/sessions/{phone_sid}", gateway.url()))
+        .bearer_auth(&laptop)
+        .send()
+        .await?;
+    assert_eq!(ended.status(), StatusCode::NO_CONTENT);
+    let asked_session = counter(&stack, &metrics, SESSION).await?;
+    assert_eq!(
+        me_on(&stack, &gateway, &phone).await?,
+        StatusCode::UNAUTHORIZED
+    );
+    // Logout-all at this gateway: the caller's own session is refused here at once.
+    let all = stack
+        .http()
+        .post(format!("{}/v1/auth/logout-all", gateway.url()))
+        .bearer_auth(&tablet)
+        .send()
+        .await?;
+    assert_eq!(all.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        me_on(&stack, &gateway, &tablet).await?,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        counter(&stack, &metrics, SESSION).await?,
+        asked_session,
+        "the refusals came from memory"
     );
     proxy.resume();
     stack.stop().await;
