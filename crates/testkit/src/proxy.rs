@@ -57,25 +57,22 @@ async fn pump(
             Mode::HoldOlderThan(n) => index < n,
             Mode::Forward => false,
         };
-        match held {
-            true => {
-                if mode.changed().await.is_err() {
-                    return;
-                }
+        if held {
+            if mode.changed().await.is_err() {
+                return;
             }
-            false => {
-                tokio::select! {
-                    read = from.read(&mut buffer) => match read {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => {
-                            let Some(chunk) = buffer.get(..n) else { return };
-                            if to.write_all(chunk).await.is_err() {
-                                return;
-                            }
+        } else {
+            tokio::select! {
+                read = from.read(&mut buffer) => match read {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        let Some(chunk) = buffer.get(..n) else { return };
+                        if to.write_all(chunk).await.is_err() {
+                            return;
                         }
-                    },
-                    changed = mode.changed() => if changed.is_err() { return },
-                }
+                    }
+                },
+                changed = mode.changed() => if changed.is_err() { return },
             }
         }
     }
