@@ -7,7 +7,13 @@
 //! - a control character (other than horizontal tab) in a header value → 400;
 //! - NUL or another control character in the path, raw or percent-encoded (`%00`,
 //!   `%0a`) → 400: such paths are the stuff of log injection and of path confusion
-//!   between the gateway and an upstream.
+//!   between the gateway and an upstream;
+//! - a dot-segment in the path (`.` or `..`, raw, percent-encoded once or twice, or
+//!   joined by an encoded slash or a backslash) → 400: an upstream that normalizes
+//!   would serve a route other than the one the gateway matched and authorized
+//!   (Envoy's CVE-2019-9901). Refused rather than normalized: no client of an API
+//!   needs them, and a path the gateway rewrote could still be read differently by
+//!   the upstream. Dots inside a segment (`.well-known`, `a..b`) are ordinary.
 //!
 //! Body limits, content types and JSON depth are the extractors' (see `json`);
 //! methods a route does not serve get 405 from the route table.
@@ -31,27 +37,66 @@ fn is_control(b: u8) -> bool {
     (b < 0x20 && b != b'\t') || b == 0x7f
 }
 
-/// The bytes of `path` with `%XX` escapes decoded (malformed escapes kept as is).
-fn decoded(path: &str) -> impl Iterator<Item = u8> + '_ {
-    let bytes = path.as_bytes();
+/// `bytes` with `%XX` escapes decoded (malformed escapes kept as is).
+fn decoded(bytes: &[u8]) -> impl Iterator<Item = u8> + '_ {
+    let hex = |b: u8| match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    };
     let mut i = 0;
     std::iter::from_fn(move || {
         let b = *bytes.get(i)?;
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (b, hex) {
-            (b'%', Some(v)) => {
+        let escaped = match (b, bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&high), Some(&low)) => hex(high).zip(hex(low)),
+            _ => None,
+        };
+        match escaped {
+            Some((high, low)) => {
                 i += 3;
-                Some(v)
+                Some(high << 4 | low)
             }
-            _ => {
+            None => {
                 i += 1;
                 Some(b)
             }
         }
     })
+}
+
+/// Whether a segment of `path` is `.` or `..`, with `\` counted as a separator too.
+fn has_dot_segment(path: impl IntoIterator<Item = u8>) -> bool {
+    let (mut dots, mut other) = (0, false);
+    for b in path.into_iter().chain([b'/']) {
+        match b {
+            b'/' | b'\\' => {
+                if !other && (dots == 1 || dots == 2) {
+                    return true;
+                }
+                (dots, other) = (0, false);
+            }
+            b'.' => dots += 1,
+            _ => other = true,
+        }
+    }
+    false
+}
+
+/// Whether `path` walks: a segment that is `.` or `..` once percent-decoded
+/// (`%2e%2e`), or once decoded twice (`%252e%252e`), with `\` and encoded slashes
+/// (`..%2f`, `..%5c`) counted as separators. An upstream that decodes and normalizes
+/// the path would serve another route than the one the gateway matched:
+/// `/public/../api/orders` is checked as public and served as `/api/orders`.
+fn walks(path: &str) -> bool {
+    if has_dot_segment(decoded(path.as_bytes())) {
+        return true;
+    }
+    // Escaped escapes (`%25`) are rare: only then is the path decoded twice.
+    path.contains("%25") && {
+        let once: Vec<u8> = decoded(path.as_bytes()).collect();
+        has_dot_segment(decoded(&once))
+    }
 }
 
 /// What is wrong with the request line and headers, if anything.
@@ -78,8 +123,14 @@ pub fn check(req: &actix_web::HttpRequest) -> Option<Problem> {
             "the header fields are over {MAX_HEADERS_TOTAL} bytes"
         )));
     }
-    if decoded(req.uri().path()).any(is_control) {
+    let path = req.uri().path();
+    if decoded(path.as_bytes()).any(is_control) {
         return Some(Problem::bad_request().detail("the path has a control character"));
+    }
+    if walks(path) {
+        return Some(Problem::bad_request().detail(
+            "the path has a dot-segment (`.` or `..`, possibly percent-encoded or with an encoded slash)",
+        ));
     }
     None
 }
@@ -111,10 +162,49 @@ mod tests {
 
     #[test]
     fn percent_escapes_are_decoded_and_bad_ones_kept() {
-        assert_eq!(decoded("/a%00b").collect::<Vec<u8>>(), b"/a\0b");
-        assert_eq!(decoded("/a%0Ab%2f").collect::<Vec<u8>>(), b"/a\nb/");
-        assert_eq!(decoded("/a%zzb%").collect::<Vec<u8>>(), b"/a%zzb%");
-        assert_eq!(decoded("/%e2%82%ac").collect::<Vec<u8>>(), "/€".as_bytes());
+        let decode = |path: &str| decoded(path.as_bytes()).collect::<Vec<u8>>();
+        assert_eq!(decode("/a%00b"), b"/a\0b");
+        assert_eq!(decode("/a%0Ab%2f"), b"/a\nb/");
+        assert_eq!(decode("/a%zzb%"), b"/a%zzb%");
+        assert_eq!(decode("/a%+1b%-f"), b"/a%+1b%-f");
+        assert_eq!(decode("/%e2%82%ac"), "/€".as_bytes());
+    }
+
+    #[test]
+    fn dot_segments_are_found_however_they_are_written() {
+        for path in [
+            "/..",
+            "/.",
+            "/a/../b",
+            "/a/./b",
+            "/a/..",
+            "/%2e%2e/b",
+            "/%2E%2e/b",
+            "/.%2e/b",
+            "/a/..%2fb",
+            "/a/..%2Fb",
+            "/a/..%5cb",
+            "/a/..\\b",
+            "/a/%252e%252e/b",
+            "/a/..%252fb",
+            "/a/%25%32%65%25%32%65/b",
+        ] {
+            assert!(walks(path), "{path}");
+        }
+        for path in [
+            "/",
+            "/a/b",
+            "/.well-known/x",
+            "/a..b",
+            "/a/.../b",
+            "/a/..b",
+            "/a/b.",
+            "/a%2fb",
+            "/a/%2e%2ex",
+            "/a/%25%25/b",
+        ] {
+            assert!(!walks(path), "{path}");
+        }
     }
 
     #[test]

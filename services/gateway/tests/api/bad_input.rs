@@ -4,7 +4,7 @@ use aia_testkit::Stack;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{PASSWORD, assert_problem};
+use crate::helpers::{PASSWORD, assert_problem, raw};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_kind_of_bad_input_gets_its_status_and_a_problem_body() -> anyhow::Result<()> {
@@ -202,27 +202,6 @@ async fn responses_carry_a_request_id_and_security_headers() -> anyhow::Result<(
     assert_eq!(id.len(), 36);
     stack.stop().await;
     Ok(())
-}
-
-/// Sends `request` as raw bytes (what reqwest would refuse to send) and returns the
-/// status and the response head and body.
-async fn raw(stack: &Stack, request: &[u8]) -> anyhow::Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut socket = tokio::net::TcpStream::connect(stack.gateway.main).await?;
-    socket.write_all(request).await?;
-    let mut response = Vec::new();
-    let _ = tokio::time::timeout(
-        std::time::Duration::from_secs(5),
-        socket.read_to_end(&mut response),
-    )
-    .await;
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    Ok((status, text))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -155,3 +155,24 @@ pub async fn metrics(stack: &Stack) -> anyhow::Result<String> {
         .text()
         .await?)
 }
+
+/// Sends `request` as raw bytes (what reqwest would refuse to send) and returns the
+/// status and the response head and body.
+pub async fn raw(stack: &Stack, request: &[u8]) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(stack.gateway.main).await?;
+    socket.write_all(request).await?;
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        socket.read_to_end(&mut response),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok((status, text))
+}

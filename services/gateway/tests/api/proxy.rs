@@ -13,7 +13,7 @@ use axum::response::IntoResponse;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{assert_problem, field, signed_in, user_id};
+use crate::helpers::{assert_problem, field, raw, signed_in, user_id};
 
 /// An upstream that answers what it received, and counts calls.
 struct Echo {
@@ -325,6 +325,59 @@ async fn bodies_stream_within_the_limit_and_failures_open_the_circuit() -> anyho
         .send()
         .await?;
     assert_eq!(after.status(), StatusCode::OK);
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dot_segments_cannot_walk_from_a_public_prefix_to_a_protected_one() -> anyhow::Result<()> {
+    let echo = start_echo().await?;
+    let stack = stack_with(&echo, &[]).await?;
+    let request = |path: &str| {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            stack.gateway.main
+        )
+    };
+    // Matched as /public/ (no token needed), resolved by an upstream that normalizes
+    // the path as /api/orders: the bypass behind Envoy's CVE-2019-9901 and its kin.
+    for path in [
+        "/public/../api/orders",
+        "/public/%2e%2e/api/orders",
+        "/public/%2E./api/orders",
+        "/public/.%2e/api/orders",
+        "/public/..%2fapi/orders",
+        "/public/..%5capi/orders",
+        "/public/..%5Capi/orders",
+        "/public/%252e%252e/api/orders",
+        "/public/..%252fapi/orders",
+        "/public/./orders",
+        "/public/orders/..",
+        "/api/./orders",
+    ] {
+        let (status, text) = raw(&stack, request(path).as_bytes()).await?;
+        assert_eq!(status, 400, "{path}: {text}");
+        assert!(text.contains("application/problem+json"), "{path}: {text}");
+    }
+    assert_eq!(
+        echo.calls.load(Ordering::SeqCst),
+        0,
+        "nothing reached the upstream"
+    );
+    // Dots inside a segment, and in the query, are ordinary characters.
+    for path in [
+        "/public/.well-known/thing",
+        "/public/a..b/c.d",
+        "/public/...",
+        "/public/orders?next=../x",
+    ] {
+        let (status, text) = raw(&stack, request(path).as_bytes()).await?;
+        assert_eq!(status, 200, "{path}: {text}");
+        assert!(
+            text.contains(&format!("\"uri\":\"{path}\"")),
+            "{path}: {text}"
+        );
+    }
     stack.stop().await;
     Ok(())
 }
