@@ -8,8 +8,8 @@
 //! - NUL or another control character in the path, raw or percent-encoded (`%00`,
 //!   `%0a`) → 400: such paths are the stuff of log injection and of path confusion
 //!   between the gateway and an upstream;
-//! - a dot-segment in the path (`.` or `..`, raw, percent-encoded once or twice, or
-//!   joined by an encoded slash or a backslash) → 400: an upstream that normalizes
+//! - a dot-segment in the path (`.` or `..`, raw, percent-encoded once or twice,
+//!   joined by an encoded slash or a backslash, or followed by `;` parameters) → 400: an upstream that normalizes
 //!   would serve a route other than the one the gateway matched and authorized
 //!   (Envoy's CVE-2019-9901). Refused rather than normalized: no client of an API
 //!   needs them, and a path the gateway rewrote could still be read differently by
@@ -65,17 +65,21 @@ fn decoded(bytes: &[u8]) -> impl Iterator<Item = u8> + '_ {
     })
 }
 
-/// Whether a segment of `path` is `.` or `..`, with `\` counted as a separator too.
+/// Whether a segment of `path` is `.` or `..`, with `\` counted as a separator too
+/// and a segment's parameters (`;` onwards) left out: Tomcat and servers like it read
+/// `..;x` as `..`.
 fn has_dot_segment(path: impl IntoIterator<Item = u8>) -> bool {
-    let (mut dots, mut other) = (0, false);
+    let (mut dots, mut other, mut params) = (0, false, false);
     for b in path.into_iter().chain([b'/']) {
         match b {
             b'/' | b'\\' => {
                 if !other && (dots == 1 || dots == 2) {
                     return true;
                 }
-                (dots, other) = (0, false);
+                (dots, other, params) = (0, false, false);
             }
+            _ if params => {}
+            b';' => params = true,
             b'.' => dots += 1,
             _ => other = true,
         }

@@ -351,6 +351,7 @@ async fn dot_segments_cannot_walk_from_a_public_prefix_to_a_protected_one() -> a
         "/public/..%5Capi/orders",
         "/public/%252e%252e/api/orders",
         "/public/..%252fapi/orders",
+        "/public/..;/api/orders",
         "/public/./orders",
         "/public/orders/..",
         "/api/./orders",
