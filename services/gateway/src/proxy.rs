@@ -275,7 +275,9 @@ pub async fn forward(
     http: web::Data<awc::Client>,
     client: Client,
 ) -> Result<HttpResponse, Problem> {
-    let Some((upstream, breaker)) = upstreams.find(req.path()) else {
+    // Matched on the path the router matched (`/%61pi/x` is `/api/x` to it, and to
+    // an upstream that decodes it); forwarded as sent.
+    let Some((upstream, breaker)) = upstreams.find(req.match_info().as_str()) else {
         return Err(Problem::not_found());
     };
     let caller = if upstream.public {

@@ -450,7 +450,10 @@ async fn classify<'a>(
     state: &State,
     req: &ServiceRequest,
 ) -> Option<(&'a Policy, String, Option<Decision>)> {
-    let path = req.path();
+    // The path as the router matches it (escapes of ordinary characters decoded), not
+    // as sent: `/v1/auth/%6cogin` is served by the login route, so it is limited as
+    // a login.
+    let path = req.match_info().as_str();
     if req.method() == Method::OPTIONS
         || matches!(path, "/healthz" | "/readyz" | "/.well-known/jwks.json")
     {

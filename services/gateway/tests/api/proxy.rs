@@ -382,3 +382,26 @@ async fn dot_segments_cannot_walk_from_a_public_prefix_to_a_protected_one() -> a
     stack.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_escaped_prefix_is_the_prefix_it_spells() -> anyhow::Result<()> {
+    let echo = start_echo().await?;
+    let stack = stack_with(&echo, &[]).await?;
+    // The router reads /%61pi/ as /api/: protected like it, and forwarded as sent.
+    let anonymous = stack.http().get(stack.url("/%61pi/orders")).send().await?;
+    assert_problem(anonymous, StatusCode::UNAUTHORIZED).await?;
+    assert_eq!(echo.calls.load(Ordering::SeqCst), 0);
+    let user = signed_in(&stack).await?;
+    let response = stack
+        .http()
+        .get(stack.url("/%61pi/orders"))
+        .bearer_auth(field(&user, "access_token"))
+        .send()
+        .await?;
+    assert_eq!(response.status(), StatusCode::OK);
+    let answer: Value = response.json().await?;
+    assert_eq!(answer["uri"], "/%61pi/orders");
+    assert!(seen(&answer, "x-auth-user-id").is_some());
+    stack.stop().await;
+    Ok(())
+}

@@ -82,6 +82,38 @@ async fn logins_are_limited_per_address_with_the_draft_fields() -> anyhow::Resul
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_path_spelled_otherwise_is_limited_as_a_login() -> anyhow::Result<()> {
+    let stack = Stack::start_with(&[("RATE_LIMIT_LOGIN", "2/60".into())]).await?;
+    let client = from_ip(3)?;
+    // Spellings the router takes for the login route (it decodes escapes of
+    // unreserved characters before matching): each must spend the same budget.
+    let spellings = ["/v1/auth/%6cogin", "/v1/auth/logi%6E", "/v1/%61uth/login"];
+    for path in &spellings[..2] {
+        let response = client
+            .post(stack.url(path))
+            .json(&json!({"email": email(), "password": "not the password at all"}))
+            .send()
+            .await?;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{path}");
+        assert_eq!(
+            header(&response, "ratelimit-policy"),
+            "\"login\";q=2;w=60",
+            "{path}"
+        );
+    }
+    for path in ["/v1/auth/login", spellings[2]] {
+        let response = client
+            .post(stack.url(path))
+            .json(&json!({"email": email(), "password": "not the password at all"}))
+            .send()
+            .await?;
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS, "{path}");
+    }
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_account_is_limited_whatever_the_address() -> anyhow::Result<()> {
     let stack = Stack::start_with(&[("RATE_LIMIT_LOGIN_ACCOUNT", "2/60".into())]).await?;
     let victim = email();
