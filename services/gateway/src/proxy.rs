@@ -9,8 +9,11 @@
 //!   empty for an API key, which never carries its owner's roles),
 //!   `x-auth-session-id` (bearer tokens) or `x-auth-api-key-id` (API keys), and
 //!   `x-request-id`, `traceparent` (W3C: the caller's trace id kept, a new parent id),
-//!   `x-forwarded-for` (the client IP as `client_ip` decided it, replacing whatever the
-//!   client sent), `x-forwarded-proto` and `x-forwarded-host`.
+//!   `x-forwarded-for` and `x-real-ip` (the client IP as `client_ip` decided it,
+//!   replacing whatever the client sent), `x-forwarded-proto` and `x-forwarded-host`.
+//! - **No overrides**: fields that frameworks take as the path, the method or the
+//!   client's address (`X-Original-URL`, `X-HTTP-Method-Override`, `True-Client-IP`
+//!   and their kin, see `OVERRIDES`) are not forwarded.
 //! - **Credentials for the gateway stay here**: `X-API-Key` and `Authorization: ApiKey`
 //!   are not forwarded; a bearer token is (an upstream may verify it with the JWKS).
 //!   Hop-by-hop headers (RFC 9110 §7.6.1) are dropped both ways.
@@ -61,6 +64,28 @@ const HOP_BY_HOP: [&str; 9] = [
     "trailer",
     "transfer-encoding",
     "upgrade",
+];
+
+/// Request fields that frameworks behind a proxy take as the path, the method or the
+/// client's address (Symfony and IIS read `X-Original-URL` for the path, many read
+/// `X-HTTP-Method-Override` for the method, `X-Real-IP` or `True-Client-IP` for the
+/// client). From a client they would undo what the gateway matched, authorized and
+/// rate-limited, so they are never forwarded; `X-Real-IP` is then set to the address
+/// the gateway decided on, as `X-Forwarded-For` is.
+const OVERRIDES: [&str; 13] = [
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "x-cluster-client-ip",
+    "fastly-client-ip",
+    "x-originating-ip",
+    "client-ip",
 ];
 
 /// A circuit breaker: closed, open until a time, or half-open with one probe out.
@@ -211,6 +236,7 @@ fn upstream_headers(req: &HttpRequest, caller: Option<&Caller>, client: &Client)
             || lower == "traceparent"
             || lower == "host"
             || HOP_BY_HOP.contains(&lower)
+            || OVERRIDES.contains(&lower)
             || gateway_credential
         {
             continue;
@@ -239,6 +265,7 @@ fn upstream_headers(req: &HttpRequest, caller: Option<&Caller>, client: &Client)
     }
     add("x-request-id", &client.request_id);
     add("x-forwarded-for", &client.ip);
+    add("x-real-ip", &client.ip);
     let scheme = req
         .app_data::<web::Data<crate::client_ip::TrustedProxies>>()
         .map_or("http", |proxies| proxies.scheme(req));

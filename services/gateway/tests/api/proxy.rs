@@ -405,3 +405,47 @@ async fn an_escaped_prefix_is_the_prefix_it_spells() -> anyhow::Result<()> {
     stack.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_that_rewrite_the_path_method_or_client_address_stay_here() -> anyhow::Result<()> {
+    let echo = start_echo().await?;
+    let stack = stack_with(&echo, &[]).await?;
+    // Frameworks behind a proxy honour these (Symfony and IIS take X-Original-URL for
+    // the path, many take X-HTTP-Method-Override for the method, X-Real-IP or
+    // True-Client-IP for the client): sent through, they would undo what the gateway
+    // matched, authorized and rate-limited.
+    let claims = [
+        ("x-original-url", "/api/admin"),
+        ("x-rewrite-url", "/api/admin"),
+        ("x-http-method-override", "DELETE"),
+        ("x-http-method", "DELETE"),
+        ("x-method-override", "DELETE"),
+        ("x-real-ip", "6.6.6.6"),
+        ("x-client-ip", "6.6.6.6"),
+        ("true-client-ip", "6.6.6.6"),
+        ("cf-connecting-ip", "6.6.6.6"),
+        ("x-cluster-client-ip", "6.6.6.6"),
+        ("fastly-client-ip", "6.6.6.6"),
+        ("x-originating-ip", "6.6.6.6"),
+        ("client-ip", "6.6.6.6"),
+    ];
+    let mut request = stack.http().get(stack.url("/public/page"));
+    for (name, value) in claims {
+        request = request.header(name, value);
+    }
+    let response = request.send().await?;
+    assert_eq!(response.status(), StatusCode::OK);
+    let answer: Value = response.json().await?;
+    for (name, _) in claims {
+        if name == "x-real-ip" {
+            continue;
+        }
+        assert!(answer["headers"].get(name).is_none(), "{name}: {answer}");
+    }
+    // The address the gateway decided on, as nginx deployments name it too.
+    assert_eq!(answer["headers"]["x-real-ip"], json!(["127.0.0.1"]));
+    assert_eq!(answer["uri"], "/public/page");
+    assert_eq!(answer["method"], "GET");
+    stack.stop().await;
+    Ok(())
+}
