@@ -1,5 +1,7 @@
 //! Trusted hosts: a request whose `Host` is not in `ALLOWED_HOSTS` gets 400 before
-//! anything else runs (host-header poisoning of links, cache keys and redirects).
+//! anything else runs (host-header poisoning of links, cache keys and redirects). So
+//! does one with two `Host` fields, or with a request-target in absolute form whose
+//! authority is not its `Host`.
 //! Entries are exact names or `*.example.com`, which matches exactly one more label
 //! (`api.example.com`, not `example.com` nor `a.b.example.com`). An empty list allows
 //! any host (development only; production refuses it).
@@ -47,6 +49,27 @@ impl AllowedHosts {
     }
 }
 
+/// The one host the request names: its `Host` field, or the authority of a
+/// request-target in absolute form (which a server must use instead, RFC 9112
+/// §3.2.2). `None`, and so refused, when there is none, when there are two `Host`
+/// fields, or when the target's authority and `Host` disagree.
+fn named_host(req: &actix_web::HttpRequest) -> Option<&str> {
+    let mut fields = req.headers().get_all(actix_web::http::header::HOST);
+    let field = match (fields.next(), fields.next()) {
+        (field, None) => field.map(|h| h.to_str().ok()),
+        (_, Some(_)) => return None,
+    };
+    match (req.uri().authority(), field) {
+        (Some(authority), None) => Some(authority.as_str()),
+        (Some(authority), Some(Some(host))) => authority
+            .as_str()
+            .eq_ignore_ascii_case(host)
+            .then_some(host),
+        (None, Some(host)) => host,
+        (Some(_), Some(None)) | (None, None) => None,
+    }
+}
+
 /// The middleware.
 pub async fn check(
     req: ServiceRequest,
@@ -54,13 +77,7 @@ pub async fn check(
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let allowed = req
         .app_data::<web::Data<AllowedHosts>>()
-        .is_none_or(|hosts| {
-            let host = req
-                .headers()
-                .get(actix_web::http::header::HOST)
-                .and_then(|h| h.to_str().ok());
-            host.is_some_and(|h| hosts.allows(h))
-        });
+        .is_none_or(|hosts| named_host(req.request()).is_some_and(|h| hosts.allows(h)));
     if !allowed {
         crate::rejections::record_request(req.request(), "host");
         let problem = Problem::bad_request().detail("this host is not served here");

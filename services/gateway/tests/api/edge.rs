@@ -80,6 +80,33 @@ async fn only_allowed_hosts_are_served() -> anyhow::Result<()> {
         .send()
         .await?;
     assert_problem(login, StatusCode::BAD_REQUEST).await?;
+    // HTTP/1.1's other ways to name the host: a request-target in absolute form
+    // (whose authority a server must use instead of Host, RFC 9112 §3.2.2) and a
+    // second Host field. Each is checked, and a disagreement is refused.
+    let port = stack.gateway.main.port();
+    for (target, hosts, expected) in [
+        (
+            "http://api.example.com/healthz",
+            vec!["api.example.com"],
+            200,
+        ),
+        ("http://evil.example/healthz", vec!["api.example.com"], 400),
+        (
+            "http://eu.example.org/healthz",
+            vec!["api.example.com"],
+            400,
+        ),
+        ("/healthz", vec!["api.example.com", "evil.example"], 400),
+        ("/healthz", vec!["api.example.com", "api.example.com"], 400),
+    ] {
+        let hosts: String = hosts.iter().map(|h| format!("Host: {h}\r\n")).collect();
+        let request = format!("GET {target} HTTP/1.1\r\n{hosts}Connection: close\r\n\r\n");
+        let (status, text) = crate::helpers::raw(&stack, request.as_bytes()).await?;
+        assert_eq!(
+            status, expected,
+            "{target} {hosts:?} on port {port}: {text}"
+        );
+    }
     stack.stop().await;
     Ok(())
 }
