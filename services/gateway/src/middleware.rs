@@ -155,7 +155,9 @@ pub async fn decorate(
             HeaderValue::from_static(HSTS),
         );
     }
+    // No software names, whoever set them (an upstream's `X-Powered-By: Express`).
     headers.remove(header::SERVER);
+    headers.remove(HeaderName::from_static("x-powered-by"));
     // Every text body names its charset (JSON is UTF-8; say so for every client).
     if let Some(with_charset) = headers
         .get(header::CONTENT_TYPE)

@@ -16,7 +16,8 @@
 //!   and their kin, see `OVERRIDES`) are not forwarded.
 //! - **Credentials for the gateway stay here**: `X-API-Key` and `Authorization: ApiKey`
 //!   are not forwarded; a bearer token is (an upstream may verify it with the JWKS).
-//!   Hop-by-hop headers (RFC 9110 §7.6.1) are dropped both ways.
+//!   Hop-by-hop headers (RFC 9110 §7.6.1) are dropped both ways, and so are an
+//!   upstream's `Access-Control-*` fields (CORS is decided here alone).
 //! - **Streaming**: request and response bodies are streamed, not buffered; a request
 //!   body over `UPSTREAM_BODY_LIMIT_BYTES` gets 413 (by its length, or cut off when a
 //!   chunked one passes the limit). Redirects are passed to the client, not followed.
@@ -384,7 +385,12 @@ pub async fn forward(
     UPSTREAM_DURATIONS.get(&[&upstream.prefix]).record(elapsed);
     let mut answer = HttpResponse::build(response.status());
     for (name, value) in response.headers() {
-        if !HOP_BY_HOP.contains(&name.as_str()) && name != header::CONTENT_LENGTH {
+        // CORS is the gateway's alone: an upstream's `Access-Control-*` fields (say
+        // `Allow-Origin: *`) would widen the allowlist for its routes.
+        if !HOP_BY_HOP.contains(&name.as_str())
+            && name != header::CONTENT_LENGTH
+            && !name.as_str().starts_with("access-control-")
+        {
             answer.append_header((name.clone(), value.clone()));
         }
     }

@@ -35,6 +35,19 @@ async fn echo(
             return "late".into_response();
         }
         "/api/fail" => return (AxumStatus::INTERNAL_SERVER_ERROR, "boom").into_response(),
+        "/public/leaky" => {
+            return (
+                [
+                    ("access-control-allow-origin", "*"),
+                    ("access-control-allow-credentials", "true"),
+                    ("access-control-expose-headers", "x-secret"),
+                    ("x-powered-by", "Express"),
+                    ("server", "Apache/2.4.1"),
+                ],
+                "{}",
+            )
+                .into_response();
+        }
         "/api/redirect" => {
             return (
                 AxumStatus::FOUND,
@@ -446,6 +459,50 @@ async fn headers_that_rewrite_the_path_method_or_client_address_stay_here() -> a
     assert_eq!(answer["headers"]["x-real-ip"], json!(["127.0.0.1"]));
     assert_eq!(answer["uri"], "/public/page");
     assert_eq!(answer["method"], "GET");
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_cannot_widen_cors_or_name_its_software() -> anyhow::Result<()> {
+    let echo = start_echo().await?;
+    let stack = stack_with(
+        &echo,
+        &[("CORS_ORIGINS", "https://app.example.com".to_owned())],
+    )
+    .await?;
+    // The gateway alone decides CORS: an upstream that allows every origin (or
+    // reflects one) would otherwise undo the allowlist for its routes.
+    for origin in [
+        None,
+        Some("https://evil.example"),
+        Some("https://app.example.com"),
+    ] {
+        let mut request = stack.http().get(stack.url("/public/leaky"));
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        let response = request.send().await?;
+        let headers = response.headers();
+        let allowed = headers
+            .get("access-control-allow-origin")
+            .and_then(|v| v.to_str().ok());
+        assert_eq!(
+            allowed,
+            origin.filter(|o| *o == "https://app.example.com"),
+            "{origin:?}"
+        );
+        assert!(
+            headers
+                .get("access-control-expose-headers")
+                .and_then(|v| v.to_str().ok())
+                .is_none_or(|v| !v.contains("x-secret")),
+            "{origin:?}: {headers:?}"
+        );
+        for name in ["x-powered-by", "server"] {
+            assert!(headers.get(name).is_none(), "{name}: {headers:?}");
+        }
+    }
     stack.stop().await;
     Ok(())
 }
