@@ -281,3 +281,36 @@ async fn every_body_names_its_charset() -> anyhow::Result<()> {
     stack.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_body_framing_is_refused() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let host = format!("Host: {}\r\nConnection: close\r\n", stack.gateway.main);
+    // The framings request smuggling lives on: whichever reading a front proxy took,
+    // the gateway must not take another. Each is refused outright.
+    for (framing, body) in [
+        (
+            "Content-Length: 4\r\nTransfer-Encoding: chunked\r\n",
+            "0\r\n\r\n",
+        ),
+        (
+            "Transfer-Encoding: chunked\r\nContent-Length: 4\r\n",
+            "0\r\n\r\n",
+        ),
+        ("Content-Length: 4\r\nContent-Length: 5\r\n", "{}{}}"),
+        ("Content-Length: 4, 5\r\n", "{}{}}"),
+        ("Transfer-Encoding: xchunked\r\n", "0\r\n\r\n"),
+        ("Transfer-Encoding: chunked, identity\r\n", "0\r\n\r\n"),
+        ("Transfer-Encoding : chunked\r\n", "0\r\n\r\n"),
+        ("Content-Length: +4\r\n", "{}{}"),
+        ("X-Folded: a\r\n b\r\nContent-Length: 2\r\n", "{}"),
+    ] {
+        let request = format!(
+            "POST /v1/auth/login HTTP/1.1\r\n{host}Content-Type: application/json\r\n{framing}\r\n{body}"
+        );
+        let (status, text) = crate::helpers::raw(&stack, request.as_bytes()).await?;
+        assert_eq!(status, 400, "{framing:?}: {text}");
+    }
+    stack.stop().await;
+    Ok(())
+}
