@@ -43,12 +43,15 @@ pub struct Client {
 }
 
 /// The client's IP: from the forwarding headers of a trusted proxy, else the TCP peer.
-pub fn ip_of(req: &HttpRequest) -> String {
+pub fn addr_of(req: &HttpRequest) -> Option<std::net::IpAddr> {
     req.app_data::<actix_web::web::Data<crate::client_ip::TrustedProxies>>()
         .and_then(|proxies| proxies.client_ip(req))
         .or_else(|| req.peer_addr().map(|a| a.ip()))
-        .map(|ip| ip.to_string())
-        .unwrap_or_default()
+}
+
+/// [`addr_of`] as text (empty when unknown).
+pub fn ip_of(req: &HttpRequest) -> String {
+    addr_of(req).map(|ip| ip.to_string()).unwrap_or_default()
 }
 
 impl Client {

@@ -114,6 +114,39 @@ async fn a_login_path_spelled_otherwise_is_limited_as_a_login() -> anyhow::Resul
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_clients_are_limited_by_their_64() -> anyhow::Result<()> {
+    // Loopback is a trusted proxy here, so X-Forwarded-For names the client.
+    let stack = Stack::start_with(&[
+        ("RATE_LIMIT_LOGIN", "2/60".into()),
+        ("TRUSTED_PROXIES", "127.0.0.1/32".into()),
+    ])
+    .await?;
+    let login_from = |ip: &'static str| {
+        stack
+            .http()
+            .post(stack.url("/v1/auth/login"))
+            .header("x-forwarded-for", ip)
+            .json(&json!({"email": email(), "password": "not the password at all"}))
+            .send()
+    };
+    // Three addresses of one /64 share its budget of two.
+    for ip in ["2001:db8:1:2::1", "2001:db8:1:2::2"] {
+        assert_eq!(
+            login_from(ip).await?.status(),
+            StatusCode::UNAUTHORIZED,
+            "{ip}"
+        );
+    }
+    let third = login_from("2001:db8:1:2:ffff::3").await?;
+    assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+    // The next /64 has its own.
+    let neighbour = login_from("2001:db8:1:3::1").await?;
+    assert_eq!(neighbour.status(), StatusCode::UNAUTHORIZED);
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_account_is_limited_whatever_the_address() -> anyhow::Result<()> {
     let stack = Stack::start_with(&[("RATE_LIMIT_LOGIN_ACCOUNT", "2/60".into())]).await?;
     let victim = email();
