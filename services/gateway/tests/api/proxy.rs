@@ -506,3 +506,42 @@ async fn an_upstream_cannot_widen_cors_or_name_its_software() -> anyhow::Result<
     stack.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_cors_preflights_skip_the_rate_limit() -> anyhow::Result<()> {
+    let echo = start_echo().await?;
+    let stack = stack_with(
+        &echo,
+        &[
+            ("RATE_LIMIT_API", "2/60".to_owned()),
+            ("CORS_ORIGINS", "https://app.example.com".to_owned()),
+        ],
+    )
+    .await?;
+    // A preflight is answered by the gateway itself and costs nothing...
+    for _ in 0..4 {
+        let preflight = stack
+            .http()
+            .request(reqwest::Method::OPTIONS, stack.url("/public/page"))
+            .header("origin", "https://app.example.com")
+            .header("access-control-request-method", "GET")
+            .send()
+            .await?;
+        assert!(preflight.status().is_success(), "{}", preflight.status());
+    }
+    assert_eq!(echo.calls.load(Ordering::SeqCst), 0, "preflights stay here");
+    // ...any other OPTIONS goes upstream, so it spends the budget like a GET.
+    let options = || {
+        stack
+            .http()
+            .request(reqwest::Method::OPTIONS, stack.url("/public/page"))
+            .send()
+    };
+    for _ in 0..2 {
+        assert_eq!(options().await?.status(), StatusCode::OK);
+    }
+    assert_problem(options().await?, StatusCode::TOO_MANY_REQUESTS).await?;
+    assert_eq!(echo.calls.load(Ordering::SeqCst), 2);
+    stack.stop().await;
+    Ok(())
+}
