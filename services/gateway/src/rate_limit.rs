@@ -601,6 +601,34 @@ pub fn refusal(
     Some(problem)
 }
 
+/// Spends one of an account's guesses at a secret (its password or a one-time code)
+/// from the per-account policy (`RATE_LIMIT_LOGIN_ACCOUNT`): the 429 (or 503) problem
+/// once they are spent. Logins spend them by the email's [`account_key`]; the routes
+/// that check a signed-in user's password or code (password change, TOTP off) by the
+/// user id, so that a stolen access token is no faster a password oracle than the
+/// login form.
+pub async fn spend_guess(state: &State, account: &str) -> Result<(), Problem> {
+    let limiter = &state.limiter;
+    if !limiter.enabled() {
+        return Ok(());
+    }
+    let decision = limiter.check(&limiter.login_account, account).await;
+    match refusal(
+        &limiter.login_account,
+        account,
+        &decision,
+        &state.rejections,
+    ) {
+        Some(problem) => Err(problem),
+        None => Ok(()),
+    }
+}
+
+/// The key under which a signed-in user's guesses are counted.
+pub fn user_account_key(user_id: &str) -> String {
+    format!("user:{user_id}")
+}
+
 /// The middleware: one decision per request, before validation and handlers.
 pub async fn limit(
     req: ServiceRequest,

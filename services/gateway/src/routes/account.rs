@@ -33,6 +33,8 @@ pub async fn change_password(
         current_password,
         new_password,
     } = body.into_inner();
+    let account = crate::rate_limit::user_account_key(&auth.claims.sub);
+    crate::rate_limit::spend_guess(&state, &account).await?;
     let ended = state
         .auth
         .clone()

@@ -147,19 +147,7 @@ pub async fn login(
         password,
         session,
     } = body.into_inner();
-    let limiter = &state.limiter;
-    if limiter.enabled() {
-        let account = crate::rate_limit::account_key(&email);
-        let decision = limiter.check(&limiter.login_account, &account).await;
-        if let Some(problem) = crate::rate_limit::refusal(
-            &limiter.login_account,
-            &account,
-            &decision,
-            &state.rejections,
-        ) {
-            return Err(problem);
-        }
-    }
+    crate::rate_limit::spend_guess(&state, &crate::rate_limit::account_key(&email)).await?;
     let answer = state
         .auth
         .clone()

@@ -125,6 +125,8 @@ pub async fn disable(
     body: web::Json<Disable>,
 ) -> Result<HttpResponse, Problem> {
     let Disable { code, password } = body.into_inner();
+    let account = crate::rate_limit::user_account_key(&auth.claims.sub);
+    crate::rate_limit::spend_guess(&state, &account).await?;
     state
         .auth
         .clone()

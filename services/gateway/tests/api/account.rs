@@ -157,6 +157,44 @@ async fn a_password_change_needs_the_current_one_and_ends_the_other_sessions() -
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stolen_token_guesses_the_password_no_faster_than_the_login_form() -> anyhow::Result<()> {
+    let stack = Stack::start_with(&[("RATE_LIMIT_LOGIN_ACCOUNT", "2/60".into())]).await?;
+    let user = signed_in(&stack).await?;
+    let token = field(&user, "access_token");
+    // Wrong guesses of the current password spend the account's budget...
+    for guess in ["guess number one", "guess number two"] {
+        let response = change(&stack, token, guess, "a brand new passphrase").await?;
+        assert!(response.status().is_client_error(), "{}", response.status());
+        assert_ne!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    }
+    // ...then even the right one waits, as it would at the login form.
+    let limited = change(&stack, token, PASSWORD, "a brand new passphrase").await?;
+    assert!(limited.headers().contains_key("retry-after"));
+    assert_problem(limited, StatusCode::TOO_MANY_REQUESTS).await?;
+    // Turning TOTP off checks a code or the password: the same budget.
+    let off = stack
+        .http()
+        .post(stack.url("/v1/auth/mfa/totp/disable"))
+        .bearer_auth(token)
+        .json(&json!({"password": "guess number three"}))
+        .send()
+        .await?;
+    assert_problem(off, StatusCode::TOO_MANY_REQUESTS).await?;
+    // Another account is not held back.
+    let other = signed_in(&stack).await?;
+    let response = change(
+        &stack,
+        field(&other, "access_token"),
+        "a wrong guess here",
+        "a brand new passphrase",
+    )
+    .await?;
+    assert_ne!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disabling_a_user_ends_their_sessions_at_once_and_only_admins_may() -> anyhow::Result<()> {
     let stack = Stack::start().await?;
     let admin = admin(&stack).await?;
