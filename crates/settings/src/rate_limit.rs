@@ -43,7 +43,9 @@ pub struct RateLimitSettings {
     pub enabled: bool,
     /// `RATE_LIMIT_LOGIN` (per client IP, login and its MFA step; default `20/60`).
     pub login: Rate,
-    /// `RATE_LIMIT_LOGIN_ACCOUNT` (per email; default `10/60`).
+    /// `RATE_LIMIT_LOGIN_ACCOUNT` (per account, guesses at its password or a code:
+    /// logins by email, a signed-in user's password change and TOTP disable by user
+    /// id; default `10/60`).
     pub login_account: Rate,
     /// `RATE_LIMIT_REGISTER` (per client IP; default `10/3600`).
     pub register: Rate,
