@@ -14,8 +14,10 @@
 //! - **No overrides**: fields that frameworks take as the path, the method or the
 //!   client's address (`X-Original-URL`, `X-HTTP-Method-Override`, `True-Client-IP`
 //!   and their kin, see `OVERRIDES`) are not forwarded.
-//! - **Credentials for the gateway stay here**: `X-API-Key` and `Authorization: ApiKey`
-//!   are not forwarded; a bearer token is (an upstream may verify it with the JWKS).
+//! - **Credentials for the gateway stay here**: `X-API-Key`, `Authorization: ApiKey`
+//!   and the gateway's own cookies (`__Host-aia_session`, `__Host-aia_csrf`) are not
+//!   forwarded, and an upstream's `Set-Cookie` for those names is dropped; a bearer
+//!   token is forwarded (an upstream may verify it with the JWKS).
 //!   Hop-by-hop headers (RFC 9110 §7.6.1) are dropped both ways, and so are an
 //!   upstream's `Access-Control-*` fields (CORS is decided here alone).
 //! - **Streaming**: request and response bodies are streamed, not buffered; a request
@@ -88,6 +90,35 @@ const OVERRIDES: [&str; 13] = [
     "x-originating-ip",
     "client-ip",
 ];
+
+/// Whether the cookie a `Cookie` pair or a `Set-Cookie` value names is one of the
+/// gateway's own (the sealed refresh token and its CSRF twin). Compared without
+/// regard to case, as browsers compare the `__Host-` prefix; bytes, not text, so a
+/// field with other octets is read too.
+fn gateways_cookie(pair: &[u8]) -> bool {
+    let name = pair
+        .split(|b| *b == b'=' || *b == b';')
+        .next()
+        .unwrap_or(pair)
+        .trim_ascii();
+    [crate::cookies::SESSION, crate::cookies::CSRF]
+        .iter()
+        .any(|ours| ours.as_bytes().eq_ignore_ascii_case(name))
+}
+
+/// A `Cookie` field without the gateway's own cookies; `None` when nothing is left.
+fn without_gateway_cookies(value: &HeaderValue) -> Option<HeaderValue> {
+    let kept: Vec<&[u8]> = value
+        .as_bytes()
+        .split(|b| *b == b';')
+        .map(<[u8]>::trim_ascii)
+        .filter(|pair| !pair.is_empty() && !gateways_cookie(pair))
+        .collect();
+    if kept.is_empty() {
+        return None;
+    }
+    HeaderValue::from_bytes(&kept.join(&b"; "[..])).ok()
+}
 
 /// A circuit breaker: closed, open until a time, or half-open with one probe out.
 #[derive(Debug, Default)]
@@ -242,6 +273,14 @@ fn upstream_headers(req: &HttpRequest, caller: Option<&Caller>, client: &Client)
         {
             continue;
         }
+        if name == header::COOKIE {
+            // The gateway's session and CSRF cookies stay here (a replay of both at
+            // /v1/auth/refresh is a session), like `X-API-Key`.
+            if let Some(value) = without_gateway_cookies(value) {
+                headers.append(name.clone(), value);
+            }
+            continue;
+        }
         headers.append(name.clone(), value.clone());
     }
     let mut add = |name: &'static str, value: &str| {
@@ -387,9 +426,12 @@ pub async fn forward(
     for (name, value) in response.headers() {
         // CORS is the gateway's alone: an upstream's `Access-Control-*` fields (say
         // `Allow-Origin: *`) would widen the allowlist for its routes.
+        // Nor may an upstream set or clear the gateway's own cookies.
+        let sets_ours = name == header::SET_COOKIE && gateways_cookie(value.as_bytes());
         if !HOP_BY_HOP.contains(&name.as_str())
             && name != header::CONTENT_LENGTH
             && !name.as_str().starts_with("access-control-")
+            && !sets_ours
         {
             answer.append_header((name.clone(), value.clone()));
         }

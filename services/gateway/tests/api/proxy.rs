@@ -35,6 +35,20 @@ async fn echo(
             return "late".into_response();
         }
         "/api/fail" => return (AxumStatus::INTERNAL_SERVER_ERROR, "boom").into_response(),
+        "/public/cookies" => {
+            return (
+                axum::response::AppendHeaders([
+                    (
+                        "set-cookie",
+                        "__Host-aia_session=; Max-Age=0; Path=/; Secure",
+                    ),
+                    ("set-cookie", "__host-AIA_csrf=chosen; Path=/; Secure"),
+                    ("set-cookie", "theme=dark; Path=/"),
+                ]),
+                "{}",
+            )
+                .into_response();
+        }
         "/public/leaky" => {
             return (
                 [
@@ -542,6 +556,49 @@ async fn only_cors_preflights_skip_the_rate_limit() -> anyhow::Result<()> {
     }
     assert_problem(options().await?, StatusCode::TOO_MANY_REQUESTS).await?;
     assert_eq!(echo.calls.load(Ordering::SeqCst), 2);
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateways_own_cookies_stay_between_it_and_the_browser() -> anyhow::Result<()> {
+    let echo = start_echo().await?;
+    let stack = stack_with(&echo, &[]).await?;
+    // The session cookie seals a refresh token, and with the CSRF cookie it is all a
+    // replay at /v1/auth/refresh needs: an upstream never sees them...
+    let response = stack
+        .http()
+        .get(stack.url("/public/page"))
+        .header(
+            "cookie",
+            "a=1; __Host-aia_session=sealed; b=2; __Host-aia_csrf=token",
+        )
+        .send()
+        .await?;
+    let answer: Value = response.json().await?;
+    assert_eq!(answer["headers"]["cookie"], json!(["a=1; b=2"]), "{answer}");
+    let only_ours = stack
+        .http()
+        .get(stack.url("/public/page"))
+        .header("cookie", "__Host-aia_session=sealed")
+        .send()
+        .await?;
+    let answer: Value = only_ours.json().await?;
+    assert!(answer["headers"].get("cookie").is_none(), "{answer}");
+    // ...and cannot set or clear them (names compared case-insensitively, as
+    // browsers compare the __Host- prefix); its own cookies pass.
+    let response = stack
+        .http()
+        .get(stack.url("/public/cookies"))
+        .send()
+        .await?;
+    let set: Vec<&str> = response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    assert_eq!(set, ["theme=dark; Path=/"]);
     stack.stop().await;
     Ok(())
 }
