@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use actix_web::http::{StatusCode, Uri};
+use actix_web::http::{Method, StatusCode, Uri};
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use aia_settings::{Upstream, UpstreamSettings};
 use aia_telemetry::metrics::Family;
@@ -344,6 +344,15 @@ pub async fn forward(
 ) -> Result<HttpResponse, Problem> {
     // Matched on the path the router matched (`/%61pi/x` is `/api/x` to it, and to
     // an upstream that decodes it); forwarded as sent.
+    // TRACE would have an upstream echo the request, the gateway's identity headers
+    // and the bearer token included; CONNECT asks for a tunnel. Neither is proxied
+    // (nginx refuses TRACE too).
+    if matches!(*req.method(), Method::TRACE | Method::CONNECT) {
+        return Err(Problem::method_not_allowed().header(
+            header::ALLOW,
+            "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS",
+        ));
+    }
     let Some((upstream, breaker)) = upstreams.find(req.match_info().as_str()) else {
         return Err(Problem::not_found());
     };

@@ -602,3 +602,32 @@ async fn the_gateways_own_cookies_stay_between_it_and_the_browser() -> anyhow::R
     stack.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_is_not_proxied() -> anyhow::Result<()> {
+    let echo = start_echo().await?;
+    let stack = stack_with(&echo, &[]).await?;
+    let user = signed_in(&stack).await?;
+    // An upstream answering TRACE would echo the request: the bearer token and the
+    // identity headers the gateway added.
+    for path in ["/public/page", "/api/orders"] {
+        let response = stack
+            .http()
+            .request(reqwest::Method::TRACE, stack.url(path))
+            .bearer_auth(field(&user, "access_token"))
+            .send()
+            .await?;
+        assert!(
+            response
+                .headers()
+                .get("allow")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.contains("GET") && !v.contains("TRACE")),
+            "{path}"
+        );
+        assert_problem(response, StatusCode::METHOD_NOT_ALLOWED).await?;
+    }
+    assert_eq!(echo.calls.load(Ordering::SeqCst), 0);
+    stack.stop().await;
+    Ok(())
+}
