@@ -98,6 +98,7 @@ async fn only_allowed_hosts_are_served() -> anyhow::Result<()> {
         ),
         ("/healthz", vec!["api.example.com", "evil.example"], 400),
         ("/healthz", vec!["api.example.com", "api.example.com"], 400),
+        ("http://evil.example/healthz", vec![], 400),
     ] {
         let hosts: String = hosts.iter().map(|h| format!("Host: {h}\r\n")).collect();
         let request = format!("GET {target} HTTP/1.1\r\n{hosts}Connection: close\r\n\r\n");

@@ -136,13 +136,13 @@ async fn protected_routes_answer_503_once_the_session_service_is_gone() -> anyho
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_gateway_that_logged_a_session_out_refuses_it_before_the_stream_says_so()
--> anyhow::Result<()> {
-    let mut stack = Stack::start().await?;
-    // A gateway that hears from session through a proxy the test can pause, and that
-    // trusts a silent stream for 30 s: while paused, its copy stays "fresh" and gets
-    // no news, so only what the gateway itself records can refuse the session.
+/// A second gateway that hears from session through a proxy the test can hold, and
+/// that trusts a silent stream for 30 s: while its stream is held, its copy stays
+/// "fresh" and gets no news, so only what the gateway itself records can refuse a
+/// session.
+async fn gateway_behind_a_proxy(
+    stack: &mut Stack,
+) -> anyhow::Result<(TcpProxy, aia_testkit::Addrs)> {
     let proxy = TcpProxy::start(stack.session.main).await?;
     let gateway = stack
         .add_gateway_with(&[
@@ -150,16 +150,35 @@ async fn the_gateway_that_logged_a_session_out_refuses_it_before_the_stream_says
             ("REVOCATION_STALE_AFTER_MS", "30000".to_owned()),
         ])
         .await?;
+    Ok((proxy, gateway))
+}
+
+/// Waits until `gateway` accepts `token` from its in-memory copy (it has the
+/// snapshot).
+async fn answered_from_memory(
+    stack: &Stack,
+    gateway: &aia_testkit::Addrs,
+    token: &str,
+) -> anyhow::Result<()> {
+    let metrics = gateway.admin_url("/metrics");
+    eventually(Duration::from_secs(5), || async {
+        let before = counter(stack, &metrics, MEMORY).await?;
+        let status = me_on(stack, gateway, token).await?;
+        let after = counter(stack, &metrics, MEMORY).await?;
+        Ok((status == StatusCode::OK && after > before).then_some(()))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_that_logged_a_session_out_refuses_it_before_the_stream_says_so()
+-> anyhow::Result<()> {
+    let mut stack = Stack::start().await?;
+    let (proxy, gateway) = gateway_behind_a_proxy(&mut stack).await?;
     let metrics = gateway.admin_url("/metrics");
     let tokens = signed_in(&stack).await?;
     let access = field(&tokens, "access_token").to_owned();
-    eventually(Duration::from_secs(5), || async {
-        let before = counter(&stack, &metrics, MEMORY).await?;
-        let status = me_on(&stack, &gateway, &access).await?;
-        let after = counter(&stack, &metrics, MEMORY).await?;
-        Ok((status == StatusCode::OK && after > before).then_some(()))
-    })
-    .await?;
+    answered_from_memory(&stack, &gateway, &access).await?;
 
     proxy.pause();
     let asked_session = counter(&stack, &metrics, SESSION).await?;
@@ -207,15 +226,9 @@ async fn current_session(stack: &Stack, token: &str) -> anyhow::Result<String> {
 async fn sessions_ended_at_a_gateway_are_refused_there_before_the_stream_says_so()
 -> anyhow::Result<()> {
     let mut stack = Stack::start().await?;
-    // A gateway that hears from session through a proxy; the stream (its first
-    // connection, made at start) is then held while the calls the test makes pass.
-    let proxy = TcpProxy::start(stack.session.main).await?;
-    let gateway = stack
-        .add_gateway_with(&[
-            ("SESSION_GRPC_URL", format!("http://{}", proxy.addr)),
-            ("REVOCATION_STALE_AFTER_MS", "30000".to_owned()),
-        ])
-        .await?;
+    // The stream (the gateway's first connection, made at start) is held below while
+    // the calls the test makes pass.
+    let (proxy, gateway) = gateway_behind_a_proxy(&mut stack).await?;
     eventually(Duration::from_secs(5), || async {
         Ok((proxy.accepted() >= 1).then_some(()))
     })
@@ -230,13 +243,7 @@ async fn sessions_ended_at_a_gateway_are_refused_there_before_the_stream_says_so
         login(&stack, &email).await?,
     ]
     .map(|tokens| field(&tokens, "access_token").to_owned());
-    eventually(Duration::from_secs(5), || async {
-        let before = counter(&stack, &metrics, MEMORY).await?;
-        let status = me_on(&stack, &gateway, &phone).await?;
-        let after = counter(&stack, &metrics, MEMORY).await?;
-        Ok((status == StatusCode::OK && after > before).then_some(()))
-    })
-    .await?;
+    answered_from_memory(&stack, &gateway, &phone).await?;
     let phone_sid = current_session(&stack, &phone).await?;
     proxy.hold_first(stream_connections);
 
