@@ -20,9 +20,13 @@
 //!   token is forwarded (an upstream may verify it with the JWKS).
 //!   Hop-by-hop headers (RFC 9110 §7.6.1) are dropped both ways, and so are an
 //!   upstream's `Access-Control-*` fields (CORS is decided here alone).
-//! - **Streaming**: request and response bodies are streamed, not buffered; a request
-//!   body over `UPSTREAM_BODY_LIMIT_BYTES` gets 413 (by its length, or cut off when a
-//!   chunked one passes the limit). Redirects are passed to the client, not followed.
+//! - **Streaming**: request and response bodies are streamed, not buffered, and framed
+//!   as the client framed them (no body, a declared length, or chunked); no
+//!   `Accept-Encoding` is added for the client. A request body over
+//!   `UPSTREAM_BODY_LIMIT_BYTES` gets 413 (by its length, or cut off when a chunked
+//!   one passes the limit); a body the client fails to send is its failure, not the
+//!   upstream's, and does not count towards the circuit breaker. Redirects are passed
+//!   to the client, not followed.
 //! - **Failure**: a connection error or timeout (`UPSTREAM_TIMEOUT_SECONDS`) is a 502
 //!   or 504 problem. Consecutive failures and 5xx answers open the upstream's circuit
 //!   (`UPSTREAM_BREAKER_FAILURES`, 5): for `UPSTREAM_BREAKER_OPEN_SECONDS` (10) it
@@ -334,6 +338,12 @@ fn declared_length(req: &HttpRequest) -> Option<usize> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Whether the body comes chunked (the HTTP parser has refused any other
+/// `Transfer-Encoding`, and a request that has both framings).
+fn chunked(req: &HttpRequest) -> bool {
+    req.headers().contains_key(header::TRANSFER_ENCODING)
+}
+
 /// The handler of every proxied path.
 pub async fn forward(
     req: HttpRequest,
@@ -389,30 +399,53 @@ pub async fn forward(
     let Ok(uri) = format!("{}{path_and_query}", upstream.url).parse::<Uri>() else {
         return Err(Problem::bad_request().detail("this path cannot be forwarded"));
     };
-    let mut outgoing = http.request(req.method().clone(), uri);
+    // The upstream gets the client's request as it was framed: no body, a body of the
+    // declared length, or a chunked one (cut off past the limit). awc would otherwise
+    // add `content-length: 0` to a GET, send a sized body chunked, and ask for
+    // `accept-encoding: identity` on the client's behalf.
+    let mut outgoing = http.request(req.method().clone(), uri).no_decompress();
     *outgoing.headers_mut() = upstream_headers(&req, caller.as_ref(), &client);
     let limit = settings.body_limit;
-    let mut seen = 0usize;
-    let body = payload.map(move |chunk| {
-        let chunk = chunk?;
-        seen += chunk.len();
-        if seen > limit {
-            return Err(actix_web::error::PayloadError::Overflow);
-        }
-        Ok(chunk)
-    });
     let started = std::time::Instant::now();
-    let sent = outgoing.send_stream(body).await;
+    let sent = match (declared_length(&req), chunked(&req)) {
+        (None, false) => outgoing.send_body(actix_web::body::None::new()).await,
+        (Some(length), false) => {
+            outgoing
+                .send_body(actix_web::body::SizedStream::new(length as u64, payload))
+                .await
+        }
+        (_, true) => {
+            let mut seen = 0usize;
+            let body = payload.map(move |chunk| {
+                let chunk = chunk?;
+                seen += chunk.len();
+                if seen > limit {
+                    return Err(actix_web::error::PayloadError::Overflow);
+                }
+                Ok(chunk)
+            });
+            outgoing.send_stream(body).await
+        }
+    };
     let elapsed = started.elapsed().as_secs_f64();
     let response = match sent {
         Ok(response) => response,
+        Err(awc::error::SendRequestError::Body(error)) => {
+            // The client's body, not the upstream, failed: over the limit, or cut
+            // short by the client.
+            let overflow = error
+                .downcast_ref::<actix_web::error::PayloadError>()
+                .is_some_and(|e| matches!(e, actix_web::error::PayloadError::Overflow));
+            return Err(if overflow {
+                Problem::payload_too_large(limit)
+            } else {
+                Problem::bad_request().detail("the request body could not be read")
+            });
+        }
         Err(error) => {
             breaker.failure(settings.breaker_failures, settings.breaker_open_for);
             let (status, outcome) = match error {
                 awc::error::SendRequestError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
-                awc::error::SendRequestError::Body(_) => {
-                    return Err(Problem::payload_too_large(limit));
-                }
                 _ => (StatusCode::BAD_GATEWAY, "error"),
             };
             UPSTREAM_REQUESTS

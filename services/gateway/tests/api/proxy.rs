@@ -356,6 +356,88 @@ async fn bodies_stream_within_the_limit_and_failures_open_the_circuit() -> anyho
     Ok(())
 }
 
+/// A request body the client sends in `chunks`, so it goes chunked.
+fn chunked_body(chunks: usize, size: usize) -> reqwest::Body {
+    let chunks = (0..chunks).map(move |_| Ok::<_, std::io::Error>(vec![b'x'; size]));
+    reqwest::Body::wrap_stream(futures::stream::iter(chunks))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_gets_the_body_framed_as_the_client_sent_it() -> anyhow::Result<()> {
+    let echo = start_echo().await?;
+    let stack = stack_with(
+        &echo,
+        &[
+            ("UPSTREAM_BODY_LIMIT_BYTES", "1000".into()),
+            ("UPSTREAM_BREAKER_FAILURES", "2".into()),
+        ],
+    )
+    .await?;
+    let framing = |answer: &Value| {
+        ["content-length", "transfer-encoding", "accept-encoding"]
+            .map(|name| seen(answer, name).map(str::to_owned))
+    };
+    // No body: no framing fields at all (not `content-length: 0` on a GET), and no
+    // `accept-encoding` the client did not send.
+    let answer: Value = stack
+        .http()
+        .get(stack.url("/public/plain"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(framing(&answer), [None, None, None], "{answer}");
+    // A body of a declared length keeps it, and is not re-sent chunked.
+    let answer: Value = stack
+        .http()
+        .post(stack.url("/public/sized"))
+        .header("accept-encoding", "gzip")
+        .body(vec![b'x'; 600])
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(
+        framing(&answer),
+        [Some("600".to_owned()), None, Some("gzip".to_owned())],
+        "{answer}"
+    );
+    assert_eq!(answer["body_length"], 600);
+    // A chunked body goes on chunked.
+    let answer: Value = stack
+        .http()
+        .post(stack.url("/public/chunked"))
+        .body(chunked_body(3, 300))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(
+        framing(&answer),
+        [None, Some("chunked".to_owned()), None],
+        "{answer}"
+    );
+    assert_eq!(answer["body_length"], 900);
+    // A chunked body that passes the limit is cut off: 413, and the upstream never
+    // serves it. It is the client's fault, not the upstream's: however often it
+    // happens, the upstream's circuit stays closed for everyone else.
+    let calls = echo.calls.load(Ordering::SeqCst);
+    for _ in 0..3 {
+        let too_big = stack
+            .http()
+            .post(stack.url("/public/chunked"))
+            .body(chunked_body(4, 300))
+            .send()
+            .await?;
+        assert_problem(too_big, StatusCode::PAYLOAD_TOO_LARGE).await?;
+    }
+    assert_eq!(echo.calls.load(Ordering::SeqCst), calls);
+    let after = stack.http().get(stack.url("/public/plain")).send().await?;
+    assert_eq!(after.status(), StatusCode::OK);
+    stack.stop().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dot_segments_cannot_walk_from_a_public_prefix_to_a_protected_one() -> anyhow::Result<()> {
     let echo = start_echo().await?;
