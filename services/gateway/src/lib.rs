@@ -244,6 +244,10 @@ pub async fn build(
             .configure(|cfg| routes::configure(cfg, &prefixes))
     })
     .workers(settings.workers)
+    // Answers go out as written, as nginx sends them (`tcp_nodelay on`): a streamed
+    // answer's head and body are two writes, and Nagle's algorithm would hold the
+    // second until the client acknowledged the first.
+    .tcp_nodelay(true)
     .disable_signals()
     .shutdown_timeout(GRACE_PERIOD.as_secs())
     .listen(listener)?

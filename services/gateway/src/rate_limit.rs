@@ -290,7 +290,7 @@ impl Limiter {
             recovery: Policy::new("recovery", settings.recovery, settings),
             api: Policy::new("api", settings.api, settings),
             enabled: settings.enabled,
-            client: redis::Client::open(url)?,
+            client: aia_db::redis::client(url)?,
             connection: thread_local::ThreadLocal::new(),
             script: redis::Script::new(GCRA),
             prefix: prefix.to_owned(),

@@ -315,7 +315,7 @@ impl Blacklist {
 
     async fn follow_channel(&self, redis_url: &str) -> anyhow::Result<()> {
         use futures::StreamExt;
-        let client = redis::Client::open(redis_url).context("REDIS_URL")?;
+        let client = aia_db::redis::client(redis_url)?;
         let mut pubsub = client
             .get_async_pubsub()
             .await
