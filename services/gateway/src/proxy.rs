@@ -205,9 +205,22 @@ impl Upstreams {
 
 /// An HTTP client per worker thread (awc is single-threaded, like actix's workers).
 pub fn http_client(settings: &UpstreamSettings) -> awc::Client {
+    // awc's own TCP connector, with TCP_NODELAY on each connection (as nginx sets it
+    // on upstream connections): a streamed request body would otherwise wait behind
+    // its head for the upstream's acknowledgement.
+    let tcp = actix_service::ServiceExt::map(
+        actix_tls::connect::Connector::new(actix_tls::connect::Resolver::default()).service(),
+        |connection: actix_tls::connect::Connection<Uri, tokio::net::TcpStream>| {
+            if let Err(error) = connection.io_ref().set_nodelay(true) {
+                tracing::debug!(%error, "TCP_NODELAY on an upstream connection");
+            }
+            connection
+        },
+    );
     awc::Client::builder()
         .connector(
             awc::Connector::new()
+                .connector(tcp)
                 .timeout(settings.connect_timeout)
                 .limit(0),
         )
