@@ -22,6 +22,11 @@
 //! (`new_ip`, `new_user_agent` and `dormant_account` need a previous successful
 //! login of the account: the first one is not suspicious by itself.)
 //!
+//! "IP" means network everywhere here, as in the gateway's rate limiter: an IPv4
+//! address, or an IPv6 address's /64 (SQL `audit.ip_network`). Per IPv6 address, a
+//! /64's holder could rotate past every per-IP rule, and privacy addresses would make
+//! each login of a user at home a `new_ip`.
+//!
 //! **Detectors** run over sliding windows ending at the stored event and raise alerts,
 //! which are events themselves (`alert.*`, producer `audit`, risk 100), stored in the
 //! same transaction and chained like any other; each raises at most one alert per key
@@ -131,13 +136,15 @@ pub(crate) async fn annotate(
                (SELECT count(*) FROM audit.events WHERE $1 <> '' AND subject = $1 \
                   AND event_type = 'auth.login' AND outcome = 'failure' \
                   AND occurred_at > $3 - interval '15 minutes' AND occurred_at <= $3) AS account_failures, \
-               (SELECT count(DISTINCT subject) FROM audit.events WHERE $2 <> '' AND source_ip = $2 \
+               (SELECT count(DISTINCT subject) FROM audit.events WHERE $2 <> '' \
+                  AND source_ip <> '' AND audit.ip_network(source_ip) = audit.ip_network($2) \
                   AND subject <> '' AND event_type = 'auth.login' AND outcome = 'failure' \
                   AND occurred_at > $3 - interval '15 minutes' AND occurred_at <= $3) AS ip_failed_accounts, \
                (SELECT max(occurred_at) FROM audit.events WHERE $1 <> '' AND subject = $1 \
                   AND event_type = 'auth.login' AND outcome = 'success' AND occurred_at <= $3) AS last_success, \
                EXISTS (SELECT 1 FROM audit.events WHERE $1 <> '' AND subject = $1 \
-                  AND event_type = 'auth.login' AND outcome = 'success' AND source_ip = $2) AS known_ip, \
+                  AND event_type = 'auth.login' AND outcome = 'success' \
+                  AND audit.ip_network(source_ip) = audit.ip_network($2)) AS known_ip, \
                EXISTS (SELECT 1 FROM audit.events WHERE $1 <> '' AND subject = $1 \
                   AND event_type = 'auth.login' AND outcome = 'success' \
                   AND md5(user_agent) = md5($4) AND user_agent = $4) AS known_agent",
@@ -236,9 +243,13 @@ async fn raised(
     by_ip: bool,
     at: DateTime<Utc>,
 ) -> diesel::QueryResult<bool> {
-    let column = if by_ip { "source_ip" } else { "subject" };
+    let keyed = if by_ip {
+        "source_ip <> '' AND audit.ip_network(source_ip) = audit.ip_network($1)"
+    } else {
+        "subject = $1"
+    };
     let n = diesel::sql_query(format!(
-        "SELECT count(*) AS n FROM audit.events WHERE event_type = $4 AND {column} = $1 \
+        "SELECT count(*) AS n FROM audit.events WHERE event_type = $4 AND {keyed} \
          AND occurred_at > $2 - make_interval(secs => $3) AND occurred_at <= $2"
     ))
     .bind::<Text, _>(key)
@@ -330,7 +341,8 @@ pub(crate) async fn detect(
             if !e.source_ip.is_empty() {
                 let accounts = count(
                     conn,
-                    "SELECT count(DISTINCT subject) AS n FROM audit.events WHERE source_ip = $1 \
+                    "SELECT count(DISTINCT subject) AS n FROM audit.events \
+                     WHERE source_ip <> '' AND audit.ip_network(source_ip) = audit.ip_network($1) \
                      AND subject <> '' AND event_type = 'auth.login' AND outcome = 'failure' \
                      AND occurred_at > $2 - make_interval(secs => $3) AND occurred_at <= $2",
                     &e.source_ip,
@@ -340,7 +352,8 @@ pub(crate) async fn detect(
                 .await?;
                 let unknown = count(
                     conn,
-                    "SELECT count(*) AS n FROM audit.events WHERE source_ip = $1 \
+                    "SELECT count(*) AS n FROM audit.events \
+                     WHERE source_ip <> '' AND audit.ip_network(source_ip) = audit.ip_network($1) \
                      AND event_type = 'auth.login' AND outcome = 'failure' \
                      AND details->>'reason' = 'unknown_email' \
                      AND occurred_at > $2 - make_interval(secs => $3) AND occurred_at <= $2",
@@ -367,7 +380,8 @@ pub(crate) async fn detect(
             if !who.is_empty() {
                 let ips = count(
                     conn,
-                    "SELECT count(DISTINCT source_ip) AS n FROM audit.events WHERE subject = $1 \
+                    "SELECT count(DISTINCT audit.ip_network(source_ip)) AS n FROM audit.events \
+                     WHERE subject = $1 \
                      AND source_ip <> '' AND event_type = 'auth.login' AND outcome = 'success' \
                      AND occurred_at > $2 - make_interval(secs => $3) AND occurred_at <= $2",
                     who,

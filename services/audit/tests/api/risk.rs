@@ -243,3 +243,78 @@ async fn reuse_many_ips_and_rate_limit_surges_raise_alerts() -> anyhow::Result<(
     audit.stop().await;
     Ok(())
 }
+
+/// An IPv6 address counts as its /64 (and an IPv4-mapped one as the IPv4 address):
+/// rotating addresses within one subscriber's network changes nothing, for the
+/// attacker or for a user whose device uses privacy addresses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv6_subscriber_is_one_ip_however_many_addresses_it_rotates() -> anyhow::Result<()> {
+    let mut audit = spawn().await?;
+    // Five accounts sprayed from five addresses of one /64: credential stuffing.
+    let spray: Vec<Event> = (1..=5)
+        .map(|i| {
+            login(
+                Outcome::Failure,
+                &format!("target-{i}"),
+                &format!("2001:db8:77:1:{i:x}::{i}"),
+                "bot",
+            )
+        })
+        .collect();
+    record(&mut audit, spray).await?;
+    let raised = alerts(&mut audit, "alert.credential_stuffing").await?;
+    assert_eq!(raised.len(), 1);
+    // Four more from four other networks: each network failed once, no alert.
+    let spread: Vec<Event> = (2..=5)
+        .map(|i| {
+            login(
+                Outcome::Failure,
+                &format!("other-{i}"),
+                &format!("2001:db8:77:{i}::1"),
+                "bot",
+            )
+        })
+        .collect();
+    record(&mut audit, spread).await?;
+    assert_eq!(
+        alerts(&mut audit, "alert.credential_stuffing").await?.len(),
+        1
+    );
+
+    // A user's privacy addresses are not new IPs; another network is.
+    let home = login(Outcome::Success, "dora", "2001:db8:88:1::10", "phone");
+    let rotated = login(
+        Outcome::Success,
+        "dora",
+        "2001:db8:88:1:a1b2:c3d4:e5f6:1",
+        "phone",
+    );
+    let away = login(Outcome::Success, "dora", "2001:db8:88:2::10", "phone");
+    let ids = [rotated.id.clone(), away.id.clone()];
+    record(&mut audit, vec![home, rotated, away]).await?;
+    // An IPv4 address is the same address written IPv4-mapped.
+    let v4 = login(Outcome::Success, "finn", "203.0.113.5", "laptop");
+    let mapped = login(Outcome::Success, "finn", "::ffff:203.0.113.5", "laptop");
+    let mapped_id = mapped.id.clone();
+    record(&mut audit, vec![v4, mapped]).await?;
+    let all = query(&mut audit, QueryRequest::default()).await?;
+    assert_eq!(risk_of(&all, &ids[0]), (0, vec![]), "the same /64");
+    assert_eq!(risk_of(&all, &ids[1]), (30, vec!["new_ip".to_owned()]));
+    assert_eq!(risk_of(&all, &mapped_id), (0, vec![]), "IPv4-mapped");
+
+    // Four logins of one account from four addresses of one /64 are one IP.
+    let logins: Vec<Event> = (1..=4)
+        .map(|i| {
+            login(
+                Outcome::Success,
+                "erin",
+                &format!("2001:db8:99:1::{i}"),
+                "app",
+            )
+        })
+        .collect();
+    record(&mut audit, logins).await?;
+    assert!(alerts(&mut audit, "alert.many_ips").await?.is_empty());
+    audit.stop().await;
+    Ok(())
+}
