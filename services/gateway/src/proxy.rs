@@ -24,9 +24,11 @@
 //!   as the client framed them (no body, a declared length, or chunked); no
 //!   `Accept-Encoding` is added for the client. A request body over
 //!   `UPSTREAM_BODY_LIMIT_BYTES` gets 413 (by its length, or cut off when a chunked
-//!   one passes the limit); a body the client fails to send is its failure, not the
-//!   upstream's, and does not count towards the circuit breaker. Redirects are passed
-//!   to the client, not followed.
+//!   one passes the limit); a body over the limit or cut short by the client is its
+//!   failure, not the upstream's, and does not count towards the circuit breaker (an
+//!   upload slower than `UPSTREAM_TIMEOUT_SECONDS` is a 504 that does count: awc's
+//!   timeout covers sending the body and waiting for the answer alike). `Expect` is
+//!   answered here, not forwarded. Redirects are passed to the client, not followed.
 //! - **Failure**: a connection error or timeout (`UPSTREAM_TIMEOUT_SECONDS`) is a 502
 //!   or 504 problem. Consecutive failures and 5xx answers open the upstream's circuit
 //!   (`UPSTREAM_BREAKER_FAILURES`, 5): for `UPSTREAM_BREAKER_OPEN_SECONDS` (10) it
@@ -133,12 +135,43 @@ pub struct Breaker {
     probing: AtomicBool,
 }
 
+/// A request the breaker let through. Settled by [`Admitted::success`] or
+/// [`Admitted::failure`]; dropped unsettled (the client's body failed, the client went
+/// away, the request never left), it leaves the breaker as it was, except that a
+/// half-open probe is handed back so that the next request can probe.
+struct Admitted<'a> {
+    breaker: &'a Breaker,
+    probe: bool,
+}
+
+impl Admitted<'_> {
+    fn success(self) {
+        self.breaker.success();
+    }
+
+    fn failure(self, threshold: u32, open_for: Duration) {
+        self.breaker.failure(threshold, open_for);
+    }
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        if self.probe {
+            // After success or failure this is already false.
+            self.breaker.probing.store(false, Ordering::Release);
+        }
+    }
+}
+
 impl Breaker {
     /// Whether a request may go now; `Err` carries the time to wait.
-    fn admit(&self) -> Result<(), Duration> {
+    fn admit(&self) -> Result<Admitted<'_>, Duration> {
         let until = self.open_until_ms.load(Ordering::Acquire);
         if until == 0 {
-            return Ok(());
+            return Ok(Admitted {
+                breaker: self,
+                probe: false,
+            });
         }
         let now = now_ms();
         if now < until {
@@ -150,7 +183,10 @@ impl Breaker {
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
-            Ok(())
+            Ok(Admitted {
+                breaker: self,
+                probe: true,
+            })
         } else {
             Err(Duration::from_secs(1))
         }
@@ -284,6 +320,10 @@ fn upstream_headers(req: &HttpRequest, caller: Option<&Caller>, client: &Client)
             || lower == "forwarded"
             || lower == "traceparent"
             || lower == "host"
+            // The framing is awc's to write for the body it sends, and `Expect` was
+            // answered here (awc refuses to send one with no body).
+            || name == header::CONTENT_LENGTH
+            || name == header::EXPECT
             || HOP_BY_HOP.contains(&lower)
             || OVERRIDES.contains(&lower)
             || gateway_credential
@@ -351,10 +391,17 @@ fn declared_length(req: &HttpRequest) -> Option<usize> {
         .and_then(|v| v.parse().ok())
 }
 
-/// Whether the body comes chunked (the HTTP parser has refused any other
-/// `Transfer-Encoding`, and a request that has both framings).
+/// Whether the body comes chunked: HTTP/1.1 with `chunked` as the last transfer
+/// coding, as the HTTP parser read it (it refuses a request with `Content-Length`
+/// too, and ignores `Transfer-Encoding` in HTTP/1.0).
 fn chunked(req: &HttpRequest) -> bool {
-    req.headers().contains_key(header::TRANSFER_ENCODING)
+    req.version() >= actix_web::http::Version::HTTP_11
+        && req
+            .headers()
+            .get(header::TRANSFER_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"))
 }
 
 /// The handler of every proxied path.
@@ -394,17 +441,20 @@ pub async fn forward(
     if declared_length(&req).is_some_and(|n| n > settings.body_limit) {
         return Err(Problem::payload_too_large(settings.body_limit));
     }
-    if let Err(wait) = breaker.admit() {
-        UPSTREAM_REQUESTS
-            .get(&[&upstream.prefix, "circuit_open"])
-            .increment(1);
-        let seconds = wait.as_secs().max(1);
-        let mut problem = Problem::unavailable().detail("the upstream is failing; retry later");
-        problem
-            .headers
-            .push((header::RETRY_AFTER, HeaderValue::from(seconds)));
-        return Err(problem);
-    }
+    let admitted = match breaker.admit() {
+        Ok(admitted) => admitted,
+        Err(wait) => {
+            UPSTREAM_REQUESTS
+                .get(&[&upstream.prefix, "circuit_open"])
+                .increment(1);
+            let seconds = wait.as_secs().max(1);
+            let mut problem = Problem::unavailable().detail("the upstream is failing; retry later");
+            problem
+                .headers
+                .push((header::RETRY_AFTER, HeaderValue::from(seconds)));
+            return Err(problem);
+        }
+    };
     let path_and_query = req
         .uri()
         .path_and_query()
@@ -456,7 +506,7 @@ pub async fn forward(
             });
         }
         Err(error) => {
-            breaker.failure(settings.breaker_failures, settings.breaker_open_for);
+            admitted.failure(settings.breaker_failures, settings.breaker_open_for);
             let (status, outcome) = match error {
                 awc::error::SendRequestError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
                 _ => (StatusCode::BAD_GATEWAY, "error"),
@@ -469,9 +519,9 @@ pub async fn forward(
         }
     };
     if response.status().is_server_error() {
-        breaker.failure(settings.breaker_failures, settings.breaker_open_for);
+        admitted.failure(settings.breaker_failures, settings.breaker_open_for);
     } else {
-        breaker.success();
+        admitted.success();
     }
     UPSTREAM_REQUESTS
         .get(&[&upstream.prefix, response.status().as_str()])

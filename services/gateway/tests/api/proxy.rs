@@ -34,7 +34,9 @@ async fn echo(
             tokio::time::sleep(Duration::from_secs(3)).await;
             return "late".into_response();
         }
-        "/api/fail" => return (AxumStatus::INTERNAL_SERVER_ERROR, "boom").into_response(),
+        "/api/fail" | "/public/fail" => {
+            return (AxumStatus::INTERNAL_SERVER_ERROR, "boom").into_response();
+        }
         "/public/cookies" => {
             return (
                 axum::response::AppendHeaders([
@@ -370,6 +372,7 @@ async fn the_upstream_gets_the_body_framed_as_the_client_sent_it() -> anyhow::Re
         &[
             ("UPSTREAM_BODY_LIMIT_BYTES", "1000".into()),
             ("UPSTREAM_BREAKER_FAILURES", "2".into()),
+            ("UPSTREAM_BREAKER_OPEN_SECONDS", "1".into()),
         ],
     )
     .await?;
@@ -434,6 +437,36 @@ async fn the_upstream_gets_the_body_framed_as_the_client_sent_it() -> anyhow::Re
     assert_eq!(echo.calls.load(Ordering::SeqCst), calls);
     let after = stack.http().get(stack.url("/public/plain")).send().await?;
     assert_eq!(after.status(), StatusCode::OK);
+    // `Expect: 100-continue` on a request without a body is answered here and not
+    // passed on (awc refuses to send it, which made each such request a 502 and an
+    // upstream failure).
+    for _ in 0..3 {
+        let expecting = stack
+            .http()
+            .get(stack.url("/public/plain"))
+            .header("expect", "100-continue")
+            .send()
+            .await?;
+        assert_eq!(expecting.status(), StatusCode::OK);
+    }
+    // A client's broken body while the circuit is half-open leaves the probe to the
+    // next request (it had kept the circuit shut until a restart).
+    for _ in 0..2 {
+        let failed = stack.http().get(stack.url("/public/fail")).send().await?;
+        assert_eq!(failed.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    let open = stack.http().get(stack.url("/public/plain")).send().await?;
+    assert_eq!(open.status(), StatusCode::SERVICE_UNAVAILABLE);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let probe = stack
+        .http()
+        .post(stack.url("/public/chunked"))
+        .body(chunked_body(4, 300))
+        .send()
+        .await?;
+    assert_problem(probe, StatusCode::PAYLOAD_TOO_LARGE).await?;
+    let next = stack.http().get(stack.url("/public/plain")).send().await?;
+    assert_eq!(next.status(), StatusCode::OK);
     stack.stop().await;
     Ok(())
 }
