@@ -7,8 +7,12 @@
 --
 -- source_ip is text as producers sent it; anything that is not an address (or is
 -- empty) is its own network, so no stored event can make the lookups fail.
+--
+-- Not PARALLEL SAFE: the cast is tried in a block with an exception handler (a
+-- subtransaction, which Postgres before 17 refuses in parallel mode);
+-- pg_input_is_valid would avoid it but needs Postgres 16.
 CREATE FUNCTION audit.ip_network(ip text) RETURNS text
-LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE STRICT AS $$
+LANGUAGE plpgsql IMMUTABLE STRICT AS $$
 DECLARE
     address inet;
 BEGIN

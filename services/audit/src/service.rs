@@ -303,11 +303,15 @@ impl AuditService for Audit {
                     .order(diesel::dsl::count_star().desc())
                     .load(conn)
                     .await?;
+                // By network, as the risk rules count them (an IPv6 address by its
+                // /64): a subscriber rotating addresses is one line, not many.
+                let network =
+                    || diesel::dsl::sql::<diesel::sql_types::Text>("audit.ip_network(source_ip)");
                 let ips: Vec<(String, i64)> = failed()
                     .filter(events::source_ip.ne(""))
-                    .group_by(events::source_ip)
-                    .select((events::source_ip, diesel::dsl::count_star()))
-                    .order((diesel::dsl::count_star().desc(), events::source_ip))
+                    .group_by(network())
+                    .select((network(), diesel::dsl::count_star()))
+                    .order((diesel::dsl::count_star().desc(), network()))
                     .limit(top)
                     .load(conn)
                     .await?;

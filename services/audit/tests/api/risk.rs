@@ -280,6 +280,15 @@ async fn an_ipv6_subscriber_is_one_ip_however_many_addresses_it_rotates() -> any
         alerts(&mut audit, "alert.credential_stuffing").await?.len(),
         1
     );
+    // The monitoring summary counts the sprayed /64 as one source (its five failures
+    // and the alert they raised).
+    let summary = audit
+        .client
+        .summary(aia_proto::audit::v1::SummaryRequest::default())
+        .await?
+        .into_inner();
+    let top = summary.top_failing_ips.first().cloned().unwrap_or_default();
+    assert_eq!((top.key.as_str(), top.count), ("2001:db8:77:1::/64", 6));
 
     // A user's privacy addresses are not new IPs; another network is.
     let home = login(Outcome::Success, "dora", "2001:db8:88:1::10", "phone");
