@@ -23,20 +23,40 @@ impl AllowedHosts {
         Self(hosts)
     }
 
-    /// Whether `host` (from the `Host` header, port included or not) is allowed.
+    /// Whether `host` (from the `Host` header, port included or not) is allowed. It
+    /// must be a name (letters, digits, `-`, `.`) or a bracketed IPv6 literal, then at
+    /// most a numeric port: `api.example.com:@evil.com` or `api.example.com:evil.com`
+    /// would pass a look at the name alone, and reach an upstream as
+    /// `X-Forwarded-Host`, where links are built from it.
     pub fn allows(&self, host: &str) -> bool {
         if self.0.is_empty() {
             return true;
         }
         let host = host.to_ascii_lowercase();
-        let name = if host.starts_with('[') {
-            host.split(']')
-                .next()
-                .map(|h| format!("{h}]"))
-                .unwrap_or_default()
-        } else {
-            host.split(':').next().unwrap_or("").to_owned()
+        let (name, port) = match host.find(']') {
+            Some(end) if host.starts_with('[') => host.split_at(end + 1),
+            _ => host.split_at(host.find(':').unwrap_or(host.len())),
         };
+        let literal = name
+            .strip_prefix('[')
+            .and_then(|n| n.strip_suffix(']'))
+            .is_some_and(|inside| {
+                !inside.is_empty()
+                    && inside
+                        .bytes()
+                        .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+            });
+        let dns = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        let port_ok = port.is_empty()
+            || port.strip_prefix(':').is_some_and(|digits| {
+                (1..=5).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())
+            });
+        if !(port_ok && (literal || dns)) {
+            return false;
+        }
         self.0
             .iter()
             .any(|allowed| match allowed.strip_prefix("*.") {
@@ -114,6 +134,16 @@ mod tests {
             "xapi.example.com",
             "",
             ".example.org",
+            // Only a numeric port may follow the name.
+            "api.example.com:@evil.com",
+            "api.example.com:evil.com",
+            "api.example.com:",
+            "api.example.com:443:443",
+            "api.example.com:123456",
+            "evil@a.example.org",
+            "a.example.org\\evil",
+            "[::1]evil",
+            "[::1]:@evil.com",
         ] {
             assert!(!hosts.allows(bad), "{bad}");
         }
