@@ -128,14 +128,35 @@ impl FromRequest for Authenticated {
         let state = req.app_data::<web::Data<State>>().cloned();
         let token = bearer(req.headers());
         let verified = req.extensions().get::<Verified>().cloned();
+        let ambiguous = ambiguous(req.headers());
         let req = req.clone();
         Box::pin(async move {
+            if ambiguous {
+                return Err(ambiguous_problem());
+            }
             let state = state.ok_or_else(Problem::internal)?;
             let auth = authenticate(state, token, verified).await?;
             identify(&req, format!("user:{}", auth.claims.sub));
             Ok(auth)
         })
     }
+}
+
+/// Whether the request's credentials are ambiguous: an API key and a bearer token
+/// together, or more than one `Authorization` or `X-API-Key` field. Each reader
+/// would pick its own (the rate limiter the token, authentication the key, an
+/// upstream the field it reads first), so such a request is refused before any of
+/// them: the credential checked must be the one forwarded.
+pub fn ambiguous(headers: &header::HeaderMap) -> bool {
+    headers.get_all(header::AUTHORIZATION).count() > 1
+        || headers.get_all("x-api-key").count() > 1
+        || (api_key(headers).is_some() && bearer(headers).is_some())
+}
+
+/// The refusal of [`ambiguous`] credentials.
+fn ambiguous_problem() -> Problem {
+    Problem::bad_request()
+        .detail("send one credential: one bearer token or one API key, in one header field")
 }
 
 /// The API key of `Authorization: ApiKey <key>` or `X-API-Key: <key>`.
@@ -196,8 +217,12 @@ impl FromRequest for Caller {
         let token = bearer(req.headers());
         let verified = req.extensions().get::<Verified>().cloned();
         let checked = req.extensions().get::<CheckedKey>().cloned();
+        let ambiguous = ambiguous(req.headers());
         let req = req.clone();
         Box::pin(async move {
+            if ambiguous {
+                return Err(ambiguous_problem());
+            }
             let state = state.ok_or_else(Problem::internal)?;
             let Some(key) = key else {
                 let auth = authenticate(state, token, verified).await?;

@@ -506,6 +506,11 @@ async fn caller_key(
     req: &ServiceRequest,
     by_ip: impl Fn() -> String,
 ) -> (String, Option<Decision>) {
+    // Refused further in; meanwhile it is nobody's but the address's to pay for (a
+    // victim's token beside the sender's key must not spend the victim's quota).
+    if authn::ambiguous(req.headers()) {
+        return (by_ip(), None);
+    }
     if let Some(token) = authn::bearer(req.headers()) {
         let Ok(claims) = authn::verify(state, &token).await else {
             return (by_ip(), None);

@@ -472,6 +472,42 @@ async fn the_upstream_gets_the_body_framed_as_the_client_sent_it() -> anyhow::Re
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_credential_per_request_so_the_one_checked_is_the_one_forwarded() -> anyhow::Result<()>
+{
+    let echo = start_echo().await?;
+    let stack = stack_with(&echo, &[]).await?;
+    let user = signed_in(&stack).await?;
+    let bearer = format!("Bearer {}", field(&user, "access_token"));
+    let get = || stack.http().get(stack.url("/api/orders"));
+    // The user's own token alone goes through.
+    let alone = get().header("authorization", &bearer).send().await?;
+    assert_eq!(alone.status(), StatusCode::OK);
+    // Beside it: someone's API key (authentication would have taken the key, the rate
+    // limiter the token, the upstream the token it reads), a second Authorization
+    // field (the upstream may read the other), two keys.
+    for extra in [
+        vec![("x-api-key", "aia_k_whoever_sent_it")],
+        vec![("authorization", "Bearer not-the-one-checked")],
+        vec![("authorization", "ApiKey aia_k_whoever_sent_it")],
+    ] {
+        let mut request = get().header("authorization", &bearer);
+        for (name, value) in extra.iter().copied() {
+            request = request.header(name, value);
+        }
+        assert_problem(request.send().await?, StatusCode::BAD_REQUEST).await?;
+    }
+    let two_keys = get()
+        .header("x-api-key", "aia_k_one")
+        .header("x-api-key", "aia_k_two")
+        .send()
+        .await?;
+    assert_problem(two_keys, StatusCode::BAD_REQUEST).await?;
+    assert_eq!(echo.calls.load(Ordering::SeqCst), 1);
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dot_segments_cannot_walk_from_a_public_prefix_to_a_protected_one() -> anyhow::Result<()> {
     let echo = start_echo().await?;
     let stack = stack_with(&echo, &[]).await?;
