@@ -423,6 +423,17 @@ pub async fn forward(
             "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS",
         ));
     }
+    // A WebSocket upgrade is not proxied (`Upgrade` is hop-by-hop). Its body would be
+    // read to the end of the connection (that is how the HTTP parser frames such a
+    // request), not by its declared length, so it is refused before any of it is.
+    let websocket = req
+        .headers()
+        .get_all(header::UPGRADE)
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.trim().eq_ignore_ascii_case("websocket"));
+    if websocket {
+        return Err(Problem::bad_request().detail("WebSocket upgrades are not proxied"));
+    }
     let Some((upstream, breaker)) = upstreams.find(req.match_info().as_str()) else {
         return Err(Problem::not_found());
     };

@@ -472,6 +472,27 @@ async fn the_upstream_gets_the_body_framed_as_the_client_sent_it() -> anyhow::Re
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_upgrade_is_refused_before_its_body_is_read() -> anyhow::Result<()> {
+    let echo = start_echo().await?;
+    let stack = stack_with(&echo, &[]).await?;
+    // The parser reads such a body to the end of the connection, not by its length:
+    // forwarded, the request would hang until the upstream timeout and count against
+    // the upstream. It is answered at once.
+    let request = format!(
+        "POST /public/chat HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nContent-Length: 2\r\n\r\n{{}}",
+        stack.gateway.main
+    );
+    // (`raw` gives up after 5 s: a request left hanging reads as status 0.)
+    let (status, text) = raw(&stack, request.as_bytes()).await?;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("WebSocket"), "{text}");
+    assert_eq!(echo.calls.load(Ordering::SeqCst), 0);
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_credential_per_request_so_the_one_checked_is_the_one_forwarded() -> anyhow::Result<()>
 {
     let echo = start_echo().await?;
