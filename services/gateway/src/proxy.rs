@@ -30,7 +30,8 @@
 //!   timeout covers sending the body and waiting for the answer alike). `Expect` is
 //!   answered here, not forwarded. Redirects are passed to the client, not followed.
 //! - **Failure**: a connection error or timeout (`UPSTREAM_TIMEOUT_SECONDS`) is a 502
-//!   or 504 problem. Consecutive failures and 5xx answers open the upstream's circuit
+//!   or 504 problem. Consecutive failures and 502, 503 and 504 answers (not other
+//!   5xx, which a client can provoke) open the upstream's circuit
 //!   (`UPSTREAM_BREAKER_FAILURES`, 5): for `UPSTREAM_BREAKER_OPEN_SECONDS` (10) it
 //!   answers 503 at once, then lets one request through to probe.
 
@@ -529,7 +530,14 @@ pub async fn forward(
             return Err(Problem::upstream(status));
         }
     };
-    if response.status().is_server_error() {
+    // Only answers that say the upstream cannot serve count (as Envoy's
+    // consecutive_gateway_failure): a 500 or a 501 can be one client's doing (input
+    // that crashes a handler, a made-up method), and would let any client shut the
+    // upstream for everyone.
+    if matches!(
+        response.status(),
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+    ) {
         admitted.failure(settings.breaker_failures, settings.breaker_open_for);
     } else {
         admitted.success();

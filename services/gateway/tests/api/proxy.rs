@@ -35,8 +35,9 @@ async fn echo(
             return "late".into_response();
         }
         "/api/fail" | "/public/fail" => {
-            return (AxumStatus::INTERNAL_SERVER_ERROR, "boom").into_response();
+            return (AxumStatus::SERVICE_UNAVAILABLE, "overloaded").into_response();
         }
+        "/api/crash" => return (AxumStatus::INTERNAL_SERVER_ERROR, "boom").into_response(),
         "/public/cookies" => {
             return (
                 axum::response::AppendHeaders([
@@ -309,6 +310,18 @@ async fn bodies_stream_within_the_limit_and_failures_open_the_circuit() -> anyho
     assert_eq!(redirect.status(), StatusCode::FOUND);
     assert_eq!(redirect.headers()["location"], "https://elsewhere.example/");
 
+    // An upstream's 500 passes through and does not count towards the breaker (one
+    // client's input can make a handler crash): more of them than the threshold
+    // leave the circuit closed.
+    for _ in 0..4 {
+        let crashed = stack
+            .http()
+            .get(stack.url("/api/crash"))
+            .bearer_auth(&token)
+            .send()
+            .await?;
+        assert_eq!(crashed.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
     // Too slow: 504.
     let slow = stack
         .http()
@@ -317,8 +330,8 @@ async fn bodies_stream_within_the_limit_and_failures_open_the_circuit() -> anyho
         .send()
         .await?;
     assert_problem(slow, StatusCode::GATEWAY_TIMEOUT).await?;
-    // Failing: the 5xx passes through until the circuit opens (3 failures, the
-    // timeout included), then 503 at once without calling the upstream.
+    // Failing: the upstream's 503 passes through until the circuit opens (3
+    // failures, the timeout included), then 503 at once without calling it.
     for _ in 0..2 {
         let failed = stack
             .http()
@@ -326,7 +339,8 @@ async fn bodies_stream_within_the_limit_and_failures_open_the_circuit() -> anyho
             .bearer_auth(&token)
             .send()
             .await?;
-        assert_eq!(failed.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(failed.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(failed.text().await?, "overloaded");
     }
     let calls = echo.calls.load(Ordering::SeqCst);
     let open = stack
@@ -453,7 +467,7 @@ async fn the_upstream_gets_the_body_framed_as_the_client_sent_it() -> anyhow::Re
     // next request (it had kept the circuit shut until a restart).
     for _ in 0..2 {
         let failed = stack.http().get(stack.url("/public/fail")).send().await?;
-        assert_eq!(failed.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(failed.status(), StatusCode::SERVICE_UNAVAILABLE);
     }
     let open = stack.http().get(stack.url("/public/plain")).send().await?;
     assert_eq!(open.status(), StatusCode::SERVICE_UNAVAILABLE);
