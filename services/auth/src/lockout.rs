@@ -133,7 +133,7 @@ impl Lockout {
             .get(self.key("ip", ip))
             .ttl(self.key("ip", ip))
             .get(self.key("pair", &pair))
-            .get(self.key("pairlast", &pair))
+            .get(self.key("pairlast_ms", &pair))
             .ttl(self.key("lock", email))
             .sismember(self.key("known", email), ip)
             .query_async(&mut conn)
@@ -147,10 +147,15 @@ impl Lockout {
         let pair_failures = pair_failures.unwrap_or(0);
         if pair_failures >= self.limits.backoff_after {
             let wait = 1u64 << (pair_failures - self.limits.backoff_after).min(6);
-            let wait = wait.min(MAX_BACKOFF_SECS);
-            let since = now_secs().saturating_sub(last_failure.unwrap_or(0));
-            if since < wait {
-                return Ok(Err(Refusal::RetryAfter(Duration::from_secs(wait - since))));
+            let wait_ms = wait.min(MAX_BACKOFF_SECS) * 1000;
+            // In milliseconds: counted in whole seconds, a one-second wait was no
+            // wait at all when the next try fell just past a second boundary.
+            let since_ms = now_ms().saturating_sub(last_failure.unwrap_or(0));
+            if since_ms < wait_ms {
+                // Whole seconds, rounded up: `Retry-After` must not invite a try
+                // that is still too soon.
+                let left = (wait_ms - since_ms).div_ceil(1000);
+                return Ok(Err(Refusal::RetryAfter(Duration::from_secs(left))));
             }
         }
         let locked = lock_ttl > 0 || lock_ttl == -1;
@@ -193,8 +198,8 @@ impl Lockout {
             .arg("NX")
             .ignore()
             .cmd("SET")
-            .arg(self.key("pairlast", &pair))
-            .arg(now_secs())
+            .arg(self.key("pairlast_ms", &pair))
+            .arg(now_ms())
             .arg("EX")
             .arg(window)
             .ignore()
@@ -226,7 +231,7 @@ impl Lockout {
             .ignore()
             .del(self.key("pair", &pair))
             .ignore()
-            .del(self.key("pairlast", &pair))
+            .del(self.key("pairlast_ms", &pair))
             .ignore()
             .sadd(self.key("known", email), ip)
             .ignore()
@@ -255,8 +260,8 @@ impl Lockout {
     }
 }
 
-fn now_secs() -> u64 {
+fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

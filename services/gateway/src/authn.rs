@@ -142,21 +142,19 @@ impl FromRequest for Authenticated {
     }
 }
 
-/// Whether the request's credentials are ambiguous: an API key and a bearer token
-/// together, or more than one `Authorization` or `X-API-Key` field. Each reader
-/// would pick its own (the rate limiter the token, authentication the key, an
-/// upstream the field it reads first), so such a request is refused before any of
-/// them: the credential checked must be the one forwarded.
+/// Whether the request's credentials are ambiguous: more than one `Authorization` or
+/// `X-API-Key` field. Each reader would pick its own (the gateway the first, an
+/// upstream perhaps the last), so such a request is refused before any of them: the
+/// credential checked must be the one forwarded. (An API key beside a bearer token
+/// is not ambiguous: the key is the credential, everywhere, and the token is not
+/// forwarded.)
 pub fn ambiguous(headers: &header::HeaderMap) -> bool {
-    headers.get_all(header::AUTHORIZATION).count() > 1
-        || headers.get_all("x-api-key").count() > 1
-        || (api_key(headers).is_some() && bearer(headers).is_some())
+    headers.get_all(header::AUTHORIZATION).count() > 1 || headers.get_all("x-api-key").count() > 1
 }
 
 /// The refusal of [`ambiguous`] credentials.
 fn ambiguous_problem() -> Problem {
-    Problem::bad_request()
-        .detail("send one credential: one bearer token or one API key, in one header field")
+    Problem::bad_request().detail("send one credential, in one header field")
 }
 
 /// The API key of `Authorization: ApiKey <key>` or `X-API-Key: <key>`.

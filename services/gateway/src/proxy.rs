@@ -311,11 +311,14 @@ fn upstream_headers(req: &HttpRequest, caller: Option<&Caller>, client: &Client)
         if named.iter().any(|n| n == lower) {
             continue;
         }
+        // An API key stays here; so does any `Authorization` beside one (a bearer
+        // token nobody checked: the key was the credential).
         let gateway_credential = lower == "x-api-key"
             || (name == header::AUTHORIZATION
-                && value
-                    .to_str()
-                    .is_ok_and(|v| v.to_ascii_lowercase().starts_with("apikey ")));
+                && (matches!(caller, Some(Caller::ApiKey { .. }))
+                    || value
+                        .to_str()
+                        .is_ok_and(|v| v.to_ascii_lowercase().starts_with("apikey "))));
         if lower.starts_with("x-auth-")
             || lower.starts_with("x-forwarded-")
             || lower == "forwarded"

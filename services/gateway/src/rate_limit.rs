@@ -506,12 +506,15 @@ async fn caller_key(
     req: &ServiceRequest,
     by_ip: impl Fn() -> String,
 ) -> (String, Option<Decision>) {
-    // Refused further in; meanwhile it is nobody's but the address's to pay for (a
-    // victim's token beside the sender's key must not spend the victim's quota).
+    // Refused further in; meanwhile it is nobody's but the address's to pay for.
     if authn::ambiguous(req.headers()) {
         return (by_ip(), None);
     }
-    if let Some(token) = authn::bearer(req.headers()) {
+    // An API key, when there is one, is the credential (as for authentication): a
+    // token beside it, perhaps someone else's, spends nobody's quota.
+    if let Some(token) = authn::bearer(req.headers())
+        && authn::api_key(req.headers()).is_none()
+    {
         let Ok(claims) = authn::verify(state, &token).await else {
             return (by_ip(), None);
         };
