@@ -84,6 +84,9 @@ pub fn middleware(origins: Origins) -> Cors {
             header::CONTENT_TYPE,
             header::HeaderName::from_static("x-api-key"),
             header::HeaderName::from_static("x-request-id"),
+            // The double-submit token of the cookie refresh, sent by a listed
+            // front-end on another origin of the same site.
+            header::HeaderName::from_static("x-csrf-token"),
         ])
         .expose_headers([
             header::HeaderName::from_static("x-request-id"),

@@ -31,6 +31,34 @@ async fn preflight(stack: &Stack, origin: &str) -> anyhow::Result<reqwest::Respo
         .await?)
 }
 
+/// A listed front-end on another origin of the same site refreshes with its cookie
+/// and the CSRF token header: its preflight must allow that header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listed_origin_may_send_the_csrf_token_header() -> anyhow::Result<()> {
+    let stack = cors_stack().await?;
+    let response = stack
+        .http()
+        .request(Method::OPTIONS, stack.url("/v1/auth/refresh"))
+        .header("origin", "https://app.example.com")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "content-type, x-csrf-token",
+        )
+        .send()
+        .await?;
+    assert!(response.status().is_success(), "{}", response.status());
+    let allowed = response
+        .headers()
+        .get("access-control-allow-headers")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    assert!(allowed.contains("x-csrf-token"), "{allowed}");
+    stack.stop().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listed_origins_get_a_preflight_answer_and_nothing_else_does() -> anyhow::Result<()> {
     let stack = cors_stack().await?;
