@@ -104,6 +104,27 @@ pub async fn admin(stack: &Stack) -> anyhow::Result<Value> {
     login(stack, &email).await
 }
 
+/// A new API key of the user of `token` with `scopes`: the key and its id.
+pub async fn api_key(
+    stack: &Stack,
+    token: &str,
+    scopes: &[&str],
+) -> anyhow::Result<(String, String)> {
+    let created: Value = stack
+        .http()
+        .post(stack.url("/v1/api-keys"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"name": "svc", "scopes": scopes}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok((
+        field(&created, "api_key").to_owned(),
+        field(&created, "id").to_owned(),
+    ))
+}
+
 /// The id of the user a bearer token belongs to (from `GET /v1/auth/me`).
 pub async fn user_id(stack: &Stack, token: &str) -> anyhow::Result<String> {
     let me: Value = stack

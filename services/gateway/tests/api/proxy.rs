@@ -13,7 +13,7 @@ use axum::response::IntoResponse;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{assert_problem, field, raw, signed_in, user_id};
+use crate::helpers::{api_key, assert_problem, field, raw, signed_in, user_id};
 
 /// An upstream that answers what it received, and counts calls.
 struct Echo {
@@ -198,25 +198,7 @@ async fn protected_prefixes_need_a_token_or_a_scoped_api_key() -> anyhow::Result
 
     let user = signed_in(&stack).await?;
     let token = field(&user, "access_token");
-    let key_for = |scopes: Value| {
-        let stack = &stack;
-        async move {
-            let created: Value = stack
-                .http()
-                .post(stack.url("/v1/api-keys"))
-                .bearer_auth(token)
-                .json(&json!({"name": "svc", "scopes": scopes}))
-                .send()
-                .await?
-                .json()
-                .await?;
-            anyhow::Ok((
-                field(&created, "api_key").to_owned(),
-                field(&created, "id").to_owned(),
-            ))
-        }
-    };
-    let (unscoped, _) = key_for(json!(["profile:read"])).await?;
+    let (unscoped, _) = api_key(&stack, token, &["profile:read"]).await?;
     let refused = stack
         .http()
         .get(stack.url("/api/orders"))
@@ -224,7 +206,7 @@ async fn protected_prefixes_need_a_token_or_a_scoped_api_key() -> anyhow::Result
         .send()
         .await?;
     assert_problem(refused, StatusCode::FORBIDDEN).await?;
-    let (scoped, key_id) = key_for(json!(["api:access"])).await?;
+    let (scoped, key_id) = api_key(&stack, token, &["api:access"]).await?;
     let answer: Value = stack
         .http()
         .get(stack.url("/api/orders"))
@@ -511,16 +493,7 @@ async fn the_credential_checked_is_the_one_the_upstream_sees() -> anyhow::Result
     let echo = start_echo().await?;
     let stack = stack_with(&echo, &[]).await?;
     let owner = signed_in(&stack).await?;
-    let created: Value = stack
-        .http()
-        .post(stack.url("/v1/api-keys"))
-        .bearer_auth(field(&owner, "access_token"))
-        .json(&json!({"name": "svc", "scopes": ["api:access"]}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let key = field(&created, "api_key").to_owned();
+    let (key, _) = api_key(&stack, field(&owner, "access_token"), &["api:access"]).await?;
     // Someone else's token, logged out (revoked) before it expired.
     let victim = signed_in(&stack).await?;
     let stolen = format!("Bearer {}", field(&victim, "access_token"));

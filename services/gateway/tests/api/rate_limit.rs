@@ -388,16 +388,12 @@ async fn guessed_api_keys_share_their_addresss_bucket() -> anyhow::Result<()> {
     let stack = Stack::start_with(&[("RATE_LIMIT_API", "4/60".into())]).await?;
     // A real key, already used from elsewhere.
     let user = crate::helpers::signed_in(&stack).await?;
-    let created: serde_json::Value = stack
-        .http()
-        .post(stack.url("/v1/api-keys"))
-        .bearer_auth(crate::helpers::field(&user, "access_token"))
-        .json(&serde_json::json!({"name": "real", "scopes": ["profile:read"]}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let key = crate::helpers::field(&created, "api_key").to_owned();
+    let (key, key_id) = crate::helpers::api_key(
+        &stack,
+        crate::helpers::field(&user, "access_token"),
+        &["profile:read"],
+    )
+    .await?;
     let me = |client: &reqwest::Client, key: &str| {
         client
             .get(stack.url("/v1/auth/me"))
@@ -440,10 +436,7 @@ async fn guessed_api_keys_share_their_addresss_bucket() -> anyhow::Result<()> {
     // recently it was known to be good.
     let revoked = stack
         .http()
-        .delete(stack.url(&format!(
-            "/v1/api-keys/{}",
-            crate::helpers::field(&created, "id")
-        )))
+        .delete(stack.url(&format!("/v1/api-keys/{key_id}")))
         .bearer_auth(crate::helpers::field(&user, "access_token"))
         .send()
         .await?;
