@@ -11,9 +11,11 @@
 //! - **Recovery codes**: ten per confirmation, 80 random bits each, shown once,
 //!   stored only as SHA-256 (with the user id), each used by one conditional UPDATE.
 //! - **Challenges**: after a correct password, an MFA user gets a challenge (256
-//!   random bits) kept in Redis for five minutes under its SHA-256, with the user,
-//!   the email and a count of wrong codes; five wrong codes end it. It is deleted
-//!   by the one request that completes it.
+//!   random bits) kept in Redis for five minutes under its SHA-256, with the user
+//!   and the email. It allows five tries: each request takes one, atomically, before
+//!   its code is checked, so codes sent all at once get no more tries than codes
+//!   sent one by one; the sixth request ends it. It is deleted by the one request
+//!   that completes it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,8 +39,22 @@ use crate::schema::{recovery_codes, totp_credentials};
 pub const RECOVERY_CODES: usize = 10;
 /// How long a challenge lives.
 pub const CHALLENGE_TTL: Duration = Duration::from_secs(300);
-/// Wrong codes a challenge survives.
-const CHALLENGE_ATTEMPTS: i64 = 5;
+/// Tries (codes presented) a challenge allows.
+const CHALLENGE_ATTEMPTS: u32 = 5;
+
+/// Takes one try from a challenge. KEYS[1]: the challenge; ARGV[1]: the tries it
+/// allows. Returns {user, email} while tries remain; nil (and the challenge is
+/// deleted) once they are spent, nil for a challenge that does not exist (which is
+/// not created by asking).
+const TAKE_A_TRY: &str = r"
+local found = redis.call('HMGET', KEYS[1], 'user', 'email')
+if not found[1] or not found[2] then return false end
+if redis.call('HINCRBY', KEYS[1], 'tries', 1) > tonumber(ARGV[1]) then
+  redis.call('DEL', KEYS[1])
+  return false
+end
+return found
+";
 /// RFC 6238 time step.
 const STEP_SECONDS: u64 = 30;
 
@@ -473,7 +489,7 @@ impl Mfa {
                 &[
                     ("user", user_id.to_string()),
                     ("email", email.to_owned()),
-                    ("wrong", "0".to_owned()),
+                    ("tries", "0".to_owned()),
                 ],
             )
             .ignore()
@@ -485,8 +501,9 @@ impl Mfa {
         Ok(challenge)
     }
 
-    /// The pending login of `challenge`, if it is live.
-    pub async fn pending(&self, challenge: &str) -> anyhow::Result<Option<Pending>> {
+    /// The pending login of `challenge`, if it is live and has a try left; the try
+    /// is taken (whatever the code then turns out to be).
+    pub async fn take_a_try(&self, challenge: &str) -> anyhow::Result<Option<Pending>> {
         let well_formed = challenge.len() == 43
             && URL_SAFE_NO_PAD
                 .decode(challenge)
@@ -496,14 +513,13 @@ impl Mfa {
         }
         let key = self.challenge_key(challenge);
         let mut conn = self.redis.get().await.context("redis")?;
-        let (user, email): (Option<String>, Option<String>) = redis::cmd("HMGET")
-            .arg(&key)
-            .arg("user")
-            .arg("email")
-            .query_async(&mut conn)
+        let found: Option<(String, String)> = redis::Script::new(TAKE_A_TRY)
+            .key(&key)
+            .arg(CHALLENGE_ATTEMPTS)
+            .invoke_async(&mut conn)
             .await
-            .context("reading an MFA challenge")?;
-        let (Some(user), Some(email)) = (user, email) else {
+            .context("taking a try from an MFA challenge")?;
+        let Some((user, email)) = found else {
             return Ok(None);
         };
         let user_id = uuid::Uuid::parse_str(&user).context("MFA challenge user")?;
@@ -512,26 +528,6 @@ impl Mfa {
             email,
             key,
         }))
-    }
-
-    /// Counts a wrong code against the challenge; the fifth ends it.
-    pub async fn wrong_code(&self, pending: &Pending) -> anyhow::Result<()> {
-        let mut conn = self.redis.get().await.context("redis")?;
-        let wrong: i64 = redis::cmd("HINCRBY")
-            .arg(&pending.key)
-            .arg("wrong")
-            .arg(1)
-            .query_async(&mut conn)
-            .await
-            .context("counting a wrong MFA code")?;
-        if wrong >= CHALLENGE_ATTEMPTS {
-            redis::cmd("DEL")
-                .arg(&pending.key)
-                .query_async::<()>(&mut conn)
-                .await
-                .context("ending an MFA challenge")?;
-        }
-        Ok(())
     }
 
     /// Ends the challenge; true for the one caller that ended it.

@@ -66,7 +66,7 @@ impl Auth {
         let ip = client.map_or("", |c| c.ip.as_str());
         let pending = self
             .mfa
-            .pending(&req.challenge)
+            .take_a_try(&req.challenge)
             .await
             .map_err(AuthError::Unavailable)?
             .ok_or(AuthError::InvalidMfaLogin)?;
@@ -84,10 +84,6 @@ impl Auth {
             .await
             .map_err(AuthError::Unavailable)?;
         let Some(factor) = factor else {
-            self.mfa
-                .wrong_code(&pending)
-                .await
-                .map_err(AuthError::Unavailable)?;
             metrics::counter!("auth_login_total", "outcome" => "failure", "reason" => "wrong_mfa_code")
                 .increment(1);
             self.audit

@@ -301,6 +301,63 @@ async fn bad_challenges_and_five_wrong_codes_get_nowhere() -> anyhow::Result<()>
     Ok(())
 }
 
+/// How many second-factor codes auth has checked and found wrong (this process's
+/// counter: the services of the test run in it).
+async fn wrong_codes_checked(stack: &Stack) -> anyhow::Result<u64> {
+    let text = stack
+        .http()
+        .get(stack.auth.admin_url("/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("auth_login_total{") && l.contains("wrong_mfa_code"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codes_sent_at_once_still_get_five_tries_per_challenge() -> anyhow::Result<()> {
+    // Someone with the password fires many codes at one challenge at once: each try
+    // is taken from the challenge before its code is checked, so no more than five
+    // codes are ever checked, however many arrive together (counting only after the
+    // check let every request of a burst through).
+    let stack = Stack::start_with(&[
+        ("LOGIN_BACKOFF_AFTER", "100".into()),
+        ("RATE_LIMIT_LOGIN", "1000/60".into()),
+    ])
+    .await?;
+    let user = enrolled(&stack).await?;
+    let pending = challenge(stack.http(), &stack, &user.email).await?;
+    let before = wrong_codes_checked(&stack).await?;
+    let burst = (0..30).map(|n| {
+        let code = format!("{:06}", 100_000 + n);
+        let (stack, pending) = (&stack, &pending);
+        async move { second_step(stack.http(), stack, pending, &code).await }
+    });
+    for answer in futures::future::join_all(burst).await {
+        assert_problem(answer?, StatusCode::UNAUTHORIZED).await?;
+    }
+    let checked = wrong_codes_checked(&stack).await? - before;
+    assert!(
+        checked <= 5,
+        "{checked} codes were checked against one challenge"
+    );
+    // And the challenge is spent: the right code gets nowhere with it.
+    let late = second_step(
+        stack.http(),
+        &stack,
+        &pending,
+        &code_at(&user.uri, now() + 30)?,
+    )
+    .await?;
+    assert_problem(late, StatusCode::UNAUTHORIZED).await?;
+    stack.stop().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credential_changes_need_a_session_that_used_the_second_factor() -> anyhow::Result<()> {
     let stack = Stack::start_with(&[("LOGIN_BACKOFF_AFTER", "100".into())]).await?;
