@@ -105,13 +105,15 @@ impl RevocationCache {
 
     /// Records that this process has just ended session `sid`, whose presented token
     /// expires at `exp` (seconds since the epoch): [`RevocationCache::insert`] of
-    /// the session's revocation, for the logout paths of auth and the gateway.
+    /// the session's revocation, for the logout paths of auth and the gateway. Kept
+    /// for the verifiers' leeway past `exp`, while the token is still accepted.
     pub fn session_ended(&self, sid: &str, exp: i64) {
+        let leeway = i64::try_from(aia_tokens::LEEWAY_SECONDS).unwrap_or(i64::MAX);
         self.insert(&Revocation {
             kind: RevocationKind::Sid.into(),
             id: sid.to_owned(),
             expires_at: Some(prost_types::Timestamp {
-                seconds: exp,
+                seconds: exp.saturating_add(leeway),
                 nanos: 0,
             }),
         });

@@ -23,4 +23,4 @@ pub use hmac::{HmacKey, Signer};
 pub use jwks::{Jwk, Jwks};
 pub use memo::MemoVerifier;
 pub use signing::{KeyError, SigningKey};
-pub use verify::{TokenError, Verifier};
+pub use verify::{LEEWAY_SECONDS, TokenError, Verifier};

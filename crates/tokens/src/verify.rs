@@ -11,8 +11,9 @@ use crate::jwks::Jwks;
 /// Largest token accepted; anything longer is refused before it is parsed.
 const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
-/// Clock skew tolerated on `exp` and `nbf`.
-const LEEWAY_SECONDS: u64 = 30;
+/// Clock skew tolerated on `exp` and `nbf`: a token is accepted until this long after
+/// its `exp`, so whatever revokes a token must be kept at least that long past it.
+pub const LEEWAY_SECONDS: u64 = 30;
 
 /// Why a token was refused. Every variant means 401 to the caller; the variant is for
 /// logs and metrics, and [`TokenError::UnknownKey`] tells a cache to refresh its JWKS.

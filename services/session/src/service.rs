@@ -169,11 +169,20 @@ impl Sessions {
             return Ok(None);
         };
         self.blacklist
-            .revoke(Kind::Sid, session_id, now + self.access_ttl)
+            .revoke(Kind::Sid, session_id, past_leeway(now + self.access_ttl))
             .await
             .map_err(unavailable)?;
         Ok(Some(revoked))
     }
+}
+
+/// When a blacklist entry for tokens that expire by `expiry` may go: that long plus
+/// the verifiers' leeway ([`aia_tokens::LEEWAY_SECONDS`]), during which they still
+/// accept a token past its `exp`.
+fn past_leeway(expiry: DateTime<Utc>) -> DateTime<Utc> {
+    expiry
+        + chrono::Duration::from_std(std::time::Duration::from_secs(aia_tokens::LEEWAY_SECONDS))
+            .unwrap_or_default()
 }
 
 #[tonic::async_trait]
@@ -331,14 +340,15 @@ impl SessionService for Sessions {
             .0
             .ok_or_else(|| Status::not_found("no such session for this user"))?;
         self.blacklist
-            .revoke(Kind::Sid, session_id, now + self.access_ttl)
+            .revoke(Kind::Sid, session_id, past_leeway(now + self.access_ttl))
             .await
             .map_err(unavailable)?;
         if let Some(jti) = jti {
-            let until = req
-                .access_expires_at
-                .and_then(|t| DateTime::from_timestamp(t.seconds, 0))
-                .map_or(now + self.access_ttl, |exp| exp.min(now + self.access_ttl));
+            let until = past_leeway(
+                req.access_expires_at
+                    .and_then(|t| DateTime::from_timestamp(t.seconds, 0))
+                    .map_or(now + self.access_ttl, |exp| exp.min(now + self.access_ttl)),
+            );
             self.blacklist
                 .revoke(Kind::Jti, jti, until)
                 .await
@@ -359,10 +369,13 @@ impl SessionService for Sessions {
         let req = request.into_inner();
         let jti = uuid_arg(&req.jti, "jti")?;
         let now = Utc::now();
-        let until = req
-            .expires_at
-            .and_then(|t| DateTime::from_timestamp(t.seconds, 0))
-            .map_or(now + self.access_ttl, |exp| exp.min(now + self.access_ttl));
+        // A token is accepted for the verifier's leeway past its `exp`: one revoked
+        // in that time is blacklisted too, and every entry lasts that much longer.
+        let until = past_leeway(
+            req.expires_at
+                .and_then(|t| DateTime::from_timestamp(t.seconds, 0))
+                .map_or(now + self.access_ttl, |exp| exp.min(now + self.access_ttl)),
+        );
         if until > now {
             self.blacklist
                 .revoke(Kind::Jti, jti, until)

@@ -3,7 +3,8 @@
 use aia_proto::common::v1::ClientInfo;
 use aia_proto::session::v1::session_service_client::SessionServiceClient;
 use aia_proto::session::v1::{
-    CreateSessionRequest, CreateSessionResponse, IsRevokedRequest, RevokeRequest, RotateRequest,
+    CreateSessionRequest, CreateSessionResponse, IsRevokedRequest, RevokeAccessTokenRequest,
+    RevokeRequest, RotateRequest,
 };
 use aia_testkit::{Running, TestDb};
 use deadpool_redis::redis;
@@ -337,11 +338,39 @@ async fn revoking_a_session_blacklists_every_access_token_of_it() -> anyhow::Res
     );
     // Idempotent.
     assert!(!s.revoke(&created.session_id, user, presented, 600).await?);
-    // The Redis copy lives as long as the token could.
+    // The Redis copy lives as long as the token could be accepted: to its `exp`, and
+    // the verifiers' 30 s of leeway past it.
     let mut redis = s.redis().await?;
     let key = aia_db::redis::key(&s.prefix, "bl", &format!("jti:{presented}"));
     let ttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut redis).await?;
-    assert!(ttl > 590_000 && ttl <= 600_000, "{ttl}");
+    assert!(ttl > 620_000 && ttl <= 630_000, "{ttl}");
+    s.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_revoked_in_its_leeway_stays_revoked_while_it_is_accepted() -> anyhow::Result<()> {
+    // Verifiers accept a token for 30 s past its `exp` (clock skew): one revoked ten
+    // seconds after its `exp` (RFC 7009 revocation by auth, which still verified
+    // it) must be refused for the twenty seconds it would still be accepted.
+    let mut s = spawn().await?;
+    let jti = uuid::Uuid::new_v4();
+    let now = chrono::Utc::now().timestamp();
+    s.client
+        .revoke_access_token(RevokeAccessTokenRequest {
+            jti: jti.to_string(),
+            expires_at: Some(prost_types::Timestamp {
+                seconds: now - 10,
+                nanos: 0,
+            }),
+            user_id: uuid::Uuid::new_v4().to_string(),
+            client: None,
+        })
+        .await?;
+    assert!(
+        s.is_revoked(jti, &uuid::Uuid::new_v4().to_string()).await?,
+        "a token still inside the verifiers' leeway was not blacklisted"
+    );
     s.stop().await;
     Ok(())
 }
