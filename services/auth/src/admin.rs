@@ -155,6 +155,11 @@ impl Auth {
     ) -> Result<SetUserDisabledResponse, AuthError> {
         let actor_id = self.require_admin(&req.actor_id).await?;
         let user_id = uuid::Uuid::parse_str(&req.user_id).map_err(|_| AuthError::NotFound)?;
+        // As with their admin role: an admin cannot shut themselves out (nor can a
+        // stolen admin token quietly disable the admin it belongs to).
+        if req.disabled && user_id == actor_id {
+            return Err(AuthError::Invalid(Invalid::SelfDisable));
+        }
         let event_type = if req.disabled {
             "admin.user_disabled"
         } else {

@@ -49,6 +49,9 @@ pub enum Invalid {
     /// An admin removing their own admin role.
     #[error("roles: you cannot remove your own admin role")]
     SelfDemotion,
+    /// An admin disabling their own account.
+    #[error("you cannot disable your own account")]
+    SelfDisable,
     /// The new password is the current one or a recent one.
     #[error("password: must differ from your recent passwords")]
     PasswordReused,

@@ -454,11 +454,11 @@ pub fn endpoints() -> Vec<Endpoint> {
             Method::POST,
             "/v1/admin/users/{id}/disable",
             "disable_user",
-            "Disable a user; ends their sessions",
+            "Disable a user; ends their sessions (an admin cannot disable themselves: 422)",
             Admin,
             Body::None,
             (204, None),
-            &[401, 403, 404],
+            &[401, 403, 404, 422],
             || web::post().to(account::disable_user),
         ),
         e(

@@ -89,7 +89,7 @@ async fn admins_page_through_and_search_users_and_users_cannot() -> anyhow::Resu
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_role_change_takes_effect_at_once_and_an_admin_cannot_demote_themselves()
+async fn a_role_change_takes_effect_at_once_and_an_admin_cannot_demote_or_disable_themselves()
 -> anyhow::Result<()> {
     let stack = Stack::start().await?;
     let admin = admin(&stack).await?;
@@ -130,6 +130,19 @@ async fn a_role_change_takes_effect_at_once_and_an_admin_cannot_demote_themselve
         StatusCode::UNPROCESSABLE_ENTITY,
     )
     .await?;
+    // Nor disable their own account (which would also end their admin role's use).
+    let disable_self = stack
+        .http()
+        .post(stack.url(&format!("/v1/admin/users/{admin_id}/disable")))
+        .bearer_auth(admin_token)
+        .send()
+        .await?;
+    let body = assert_problem(disable_self, StatusCode::UNPROCESSABLE_ENTITY).await?;
+    assert!(
+        field(&body, "detail").contains("your own account"),
+        "{body}"
+    );
+    assert_eq!(me_status(&stack, admin_token).await?, StatusCode::OK);
     stack.stop().await;
     Ok(())
 }
