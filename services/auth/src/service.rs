@@ -212,8 +212,11 @@ impl Auth {
                 return Err(AuthError::InvalidCredentials);
             }
         };
-        if checked.outdated {
-            self.upgrade_hash(&user, &req.password).await;
+        let mut user = user;
+        if checked.outdated
+            && let Some(upgraded) = self.upgrade_hash(&user, &req.password).await
+        {
+            user.password_hash = upgraded;
         }
         if precheck.locked_known_client {
             tracing::info!(user = %user.id, "locked account: login let through from a known client");
@@ -314,6 +317,44 @@ impl Auth {
             .await
             .map_err(|s| AuthError::from_upstream(s, "session.CreateSession"))?
             .into_inner();
+        // `user` was read before the password was checked (tens of milliseconds, more
+        // with a queue at the hasher). A password change or reset, a disable or a role
+        // change that committed meanwhile ended the user's sessions without this one,
+        // which did not exist yet: it must not outlive them. Read again now that it
+        // does; whichever order the two went in, one of them sees the other.
+        let current = self
+            .users
+            .by_id(user.id)
+            .await
+            .map_err(AuthError::Unavailable)?;
+        let unchanged = current.is_some_and(|now| {
+            now.disabled_at.is_none()
+                && now.password_hash == user.password_hash
+                && now.roles == user.roles
+        });
+        if !unchanged {
+            self.session
+                .clone()
+                .revoke(session::RevokeRequest {
+                    session_id: created.session_id.clone(),
+                    access_jti: String::new(),
+                    access_expires_at: None,
+                    user_id: user.id.to_string(),
+                    client: client.clone(),
+                })
+                .await
+                .map_err(|s| AuthError::from_upstream(s, "session.Revoke"))?;
+            metrics::counter!("auth_login_total", "outcome" => "failure", "reason" => "account_changed")
+                .increment(1);
+            self.audit
+                .event("auth.login", Outcome::Failure)
+                .subject(user.id.to_string())
+                .client(client.as_ref())
+                .details(serde_json::json!({"reason": "account_changed", "session_id": created.session_id}))
+                .emit()
+                .await;
+            return Err(AuthError::InvalidCredentials);
+        }
         let now = chrono::Utc::now().timestamp();
         let pair = self.issue(
             user,
@@ -473,17 +514,21 @@ impl Auth {
 
     /// Replaces a legacy (bcrypt) or outdated argon2 hash after a successful login,
     /// while the password is at hand. A failure is logged; the login goes on.
-    async fn upgrade_hash(&self, user: &User, raw_password: &str) {
-        let result: Result<(), AuthError> = async {
+    /// The new hash, if it was stored (not if the password changed meanwhile).
+    async fn upgrade_hash(&self, user: &User, raw_password: &str) -> Option<String> {
+        let result: Result<Option<String>, AuthError> = async {
             let hash = self.hasher.hash(Password::presented(raw_password)?).await?;
-            self.users
-                .upgrade_hash(user.id, &hash)
+            let stored = self
+                .users
+                .upgrade_hash(user.id, &user.password_hash, &hash)
                 .await
-                .map_err(AuthError::Unavailable)
+                .map_err(AuthError::Unavailable)?;
+            Ok(stored.then_some(hash))
         }
         .await;
         match result {
-            Ok(()) => {
+            Ok(None) => None,
+            Ok(Some(hash)) => {
                 let from = if user.password_hash.starts_with("$2") {
                     "bcrypt"
                 } else {
@@ -491,9 +536,11 @@ impl Auth {
                 };
                 metrics::counter!("auth_password_rehashed_total", "from" => from).increment(1);
                 tracing::info!(user = %user.id, from, "password hash upgraded to the current argon2id parameters");
+                Some(hash)
             }
             Err(error) => {
-                tracing::warn!(user = %user.id, error = %error, "password hash upgrade failed")
+                tracing::warn!(user = %user.id, error = %error, "password hash upgrade failed");
+                None
             }
         }
     }

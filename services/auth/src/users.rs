@@ -125,14 +125,23 @@ impl UserStore {
 
     /// Replaces a password hash in place (an upgrade of the same password to the
     /// current parameters; no history entry).
-    pub async fn upgrade_hash(&self, user_id: uuid::Uuid, new_hash: &str) -> anyhow::Result<()> {
+    ///
+    /// Only while the stored hash is still `old_hash`, the one the password was just
+    /// checked against: a password changed meanwhile is not put back. True if written.
+    pub async fn upgrade_hash(
+        &self,
+        user_id: uuid::Uuid,
+        old_hash: &str,
+        new_hash: &str,
+    ) -> anyhow::Result<bool> {
         let mut conn = aia_db::conn(&self.pool).await?;
-        diesel::update(users::table.find(user_id))
+        let changed = diesel::update(users::table.find(user_id))
+            .filter(users::password_hash.eq(old_hash))
             .set(users::password_hash.eq(new_hash))
             .execute(&mut conn)
             .await
             .context("upgrading a password hash")?;
-        Ok(())
+        Ok(changed == 1)
     }
 
     /// Users ordered by email after `after`, whose email contains `query`.

@@ -267,3 +267,93 @@ async fn disabling_a_user_ends_their_sessions_at_once_and_only_admins_may() -> a
     stack.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_racing_a_password_change_gets_no_session_that_outlives_it() -> anyhow::Result<()> {
+    // The attacker knows the old password; the owner changes it while the attacker's
+    // login is between its password check and its new session. The change ends the
+    // sessions it can see, which do not include one that does not exist yet: without
+    // a second look, that session kept a refresh token working for its whole life.
+    let stack = Stack::start().await?;
+    let email = email();
+    register(&stack, &email).await?;
+    let owner = login(&stack, &email).await?;
+    // Hold every new session's insert until the test says go (the session service
+    // runs as its own role: it may read the gate).
+    let mut conn = stack.db.connect().await?;
+    for statement in [
+        "CREATE TABLE public.gate (open boolean NOT NULL)",
+        "GRANT SELECT ON public.gate TO PUBLIC",
+        "CREATE FUNCTION public.held() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN WHILE NOT EXISTS (SELECT 1 FROM public.gate) LOOP PERFORM pg_sleep(0.02); \
+         END LOOP; RETURN NEW; END $$",
+        "CREATE TRIGGER held BEFORE INSERT ON session.sessions \
+         FOR EACH ROW EXECUTE FUNCTION public.held()",
+    ] {
+        diesel::sql_query(statement).execute(&mut conn).await?;
+    }
+    let attacker = {
+        let (http, url, email) = (
+            stack.http().clone(),
+            stack.url("/v1/auth/login"),
+            email.clone(),
+        );
+        tokio::spawn(async move {
+            http.post(url)
+                .json(&json!({"email": email, "password": PASSWORD}))
+                .send()
+                .await
+        })
+    };
+    // The attacker's password has been checked once its session is being inserted.
+    aia_testkit::eventually(std::time::Duration::from_secs(20), || async {
+        let waiting: Vec<Count> = diesel::sql_query(
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE pid <> pg_backend_pid() \
+             AND state = 'active' AND query LIKE '%INSERT INTO%sessions%'",
+        )
+        .load(&mut stack.db.connect().await?)
+        .await?;
+        Ok(waiting.iter().any(|c| c.n == 1).then_some(()))
+    })
+    .await?;
+    let changed = change(
+        &stack,
+        field(&owner, "access_token"),
+        PASSWORD,
+        "an entirely new passphrase",
+    )
+    .await?;
+    assert!(changed.status().is_success(), "{}", changed.status());
+    diesel::sql_query("INSERT INTO public.gate VALUES (true)")
+        .execute(&mut conn)
+        .await?;
+    let answer = attacker.await??;
+    if answer.status() == StatusCode::OK {
+        let pair: Value = answer.json().await?;
+        let refresh = stack
+            .http()
+            .post(stack.url("/v1/auth/refresh"))
+            .json(&json!({"refresh_token": field(&pair, "refresh_token")}))
+            .send()
+            .await?;
+        assert_eq!(
+            refresh.status(),
+            StatusCode::UNAUTHORIZED,
+            "a session opened with the old password outlived the change"
+        );
+    } else {
+        assert_problem(answer, StatusCode::UNAUTHORIZED).await?;
+    }
+    assert_eq!(
+        login_status(&stack, &email, PASSWORD).await?,
+        StatusCode::UNAUTHORIZED
+    );
+    stack.stop().await;
+    Ok(())
+}
+
+#[derive(diesel::QueryableByName)]
+struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
