@@ -9,9 +9,19 @@
 //! asks Postgres instead and starts putting the entries back. A lookup that cannot
 //! reach Redis asks Postgres too. So a revoked token is never accepted because Redis
 //! forgot it.
+//!
+//! Replicas tell each other of new entries through Redis pub/sub (milliseconds), and
+//! each also reads the entries stored in the last [`LOOKBACK_SECONDS`] from Postgres
+//! every [`POLL_EVERY`], so an entry whose publication was lost (the storing replica
+//! could not reach Redis, the subscriber was reconnecting) still reaches every
+//! replica's watchers within about half a second. While those reads fail, a replica
+//! does not vouch for its watchers' copies ([`Blacklist::vouches`]): it sends them no
+//! heartbeats, so they go stale and ask instead.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
 
 use aia_db::PgPool;
 use aia_db::redis::Pool as RedisPool;
@@ -34,7 +44,7 @@ fn parse_message(payload: &str) -> Option<Entry> {
 }
 
 /// What an entry covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     /// One access token, by `jti`.
     Jti,
@@ -67,8 +77,22 @@ pub struct Blacklist {
     prefix: String,
     rehydrating: Arc<AtomicBool>,
     /// New entries, for `WatchRevocations` streams of this process: those made here,
-    /// and those other replicas publish through Redis.
+    /// those other replicas publish through Redis, and those read from Postgres.
     events: broadcast::Sender<Event>,
+    /// When the last read of recent entries from Postgres succeeded (ms since the
+    /// epoch).
+    polled_ms: Arc<AtomicI64>,
+}
+
+/// How often each replica reads recent entries from Postgres.
+pub const POLL_EVERY: Duration = Duration::from_millis(500);
+/// How far back each read goes: entries committed late, a read or two that failed.
+pub const LOOKBACK_SECONDS: i64 = 5;
+/// How long after its last good read a replica still vouches for its watchers.
+const VOUCH_FOR_MS: i64 = 1_500;
+
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
 }
 
 /// What `WatchRevocations` streams are told.
@@ -96,6 +120,90 @@ impl Blacklist {
             prefix,
             rehydrating: Arc::new(AtomicBool::new(false)),
             events: broadcast::channel(EVENT_BUFFER).0,
+            polled_ms: Arc::new(AtomicI64::new(now_ms())),
+        }
+    }
+
+    /// Whether this replica has lately read the recent entries from Postgres, so that
+    /// its watchers hold everything stored up to about half a second ago. Heartbeats
+    /// are sent only while it does.
+    pub fn vouches(&self) -> bool {
+        now_ms() - AtomicI64::load(&self.polled_ms, Ordering::Acquire) <= VOUCH_FOR_MS
+    }
+
+    /// Entries stored (or extended) in the last [`LOOKBACK_SECONDS`], by the
+    /// database's clock, with when.
+    async fn recent(&self) -> anyhow::Result<Vec<(Entry, DateTime<Utc>)>> {
+        let mut conn = aia_db::conn(&self.pg).await?;
+        let rows: Vec<(String, uuid::Uuid, DateTime<Utc>, DateTime<Utc>)> = revocations::table
+            .select((
+                revocations::kind,
+                revocations::id,
+                revocations::expires_at,
+                revocations::revoked_at,
+            ))
+            .filter(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
+                "revoked_at > now() - interval '{LOOKBACK_SECONDS} seconds' AND expires_at > now()"
+            )))
+            .load(&mut conn)
+            .await
+            .context("reading recent revocations")?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(kind, id, until, at)| Some(((Kind::from_str(&kind)?, id, until), at)))
+            .collect())
+    }
+
+    /// Reads recent entries from Postgres every [`POLL_EVERY`] and hands the ones not
+    /// seen yet to this replica's watchers, until `shutdown`. After a gap longer than
+    /// the look-back, watchers are told to resync (entries may have been missed).
+    pub async fn poll_recent(self, shutdown: aia_telemetry::shutdown::CancellationToken) {
+        let mut seen: HashMap<(Kind, uuid::Uuid), (DateTime<Utc>, DateTime<Utc>)> = HashMap::new();
+        let mut every = tokio::time::interval(POLL_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            let entries = match self.recent().await {
+                Ok(entries) => entries,
+                Err(error) => {
+                    if !failing {
+                        tracing::warn!(
+                            error = format!("{error:#}"),
+                            "recent revocations not read; watchers get no heartbeats"
+                        );
+                    }
+                    failing = true;
+                    metrics::counter!("session_revocation_poll_failures_total").increment(1);
+                    continue;
+                }
+            };
+            failing = false;
+            let gap_ms = now_ms() - AtomicI64::load(&self.polled_ms, Ordering::Acquire);
+            if gap_ms > (LOOKBACK_SECONDS - 1) * 1000 {
+                tracing::warn!(
+                    gap_ms,
+                    "recent revocations unread too long; watchers resync"
+                );
+                let _ = self.events.send(Event::Resync);
+            }
+            for ((kind, id, until), at) in entries {
+                let new = seen
+                    .get(&(kind, id))
+                    .is_none_or(|(known_until, _)| *known_until < until);
+                if new {
+                    seen.insert((kind, id), (until, at));
+                    let _ = self.events.send(Event::Revoked((kind, id, until)));
+                }
+            }
+            // What fell out of the look-back cannot come back unless extended, which
+            // gives it a new revoked_at.
+            let horizon = Utc::now() - chrono::Duration::seconds(2 * LOOKBACK_SECONDS);
+            seen.retain(|_, (_, at)| *at > horizon);
+            self.polled_ms.store(now_ms(), Ordering::Release);
         }
     }
 
@@ -123,11 +231,13 @@ impl Blacklist {
             ))
             .on_conflict((revocations::kind, revocations::id))
             .do_update()
-            .set(
+            .set((
                 revocations::expires_at.eq(diesel::dsl::sql::<diesel::sql_types::Timestamptz>(
                     "GREATEST(session.revocations.expires_at, excluded.expires_at)",
                 )),
-            )
+                // Read again by the replicas' polls (see `poll_recent`).
+                revocations::revoked_at.eq(diesel::dsl::now),
+            ))
             .execute(&mut conn)
             .await
             .context("storing a revocation")?;

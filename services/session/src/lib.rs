@@ -80,6 +80,7 @@ pub async fn build(
         settings.common.redis_url.expose_secret().to_owned(),
         shutdown.clone(),
     ));
+    let poll_recent = tokio::spawn(blacklist.clone().poll_recent(shutdown.clone()));
     let lifetimes = store::Lifetimes {
         idle: chrono_duration(settings.idle_ttl),
         absolute: chrono_duration(settings.absolute_ttl),
@@ -116,5 +117,6 @@ pub async fn build(
     .await?;
     Ok(app
         .with_background(relay)
-        .with_background(relay_from_replicas))
+        .with_background(relay_from_replicas)
+        .with_background(poll_recent))
 }

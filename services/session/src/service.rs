@@ -96,6 +96,7 @@ fn revocation(entry: &Entry) -> Revocation {
 /// heartbeats, until the client goes away, falls behind, or the service stops.
 async fn feed(
     snapshot: Vec<Entry>,
+    blacklist: crate::blacklist::Blacklist,
     mut live: broadcast::Receiver<Event>,
     tx: mpsc::Sender<Result<RevocationBatch, Status>>,
     shutdown: aia_telemetry::shutdown::CancellationToken,
@@ -133,7 +134,15 @@ async fn feed(
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             },
-            _ = heartbeat.tick() => RevocationBatch { revocations: Vec::new(), snapshot_complete: true },
+            // A heartbeat says "your copy is current": only while this replica has read
+            // the recent entries from Postgres (else the watcher's copy goes stale and
+            // it asks, rather than trust what may miss an entry).
+            _ = heartbeat.tick() => {
+                if !blacklist.vouches() {
+                    continue;
+                }
+                RevocationBatch { revocations: Vec::new(), snapshot_complete: true }
+            }
             () = tx.closed() => return,
             () = shutdown.cancelled() => return,
         };
@@ -201,7 +210,13 @@ impl SessionService for Sessions {
         let live = self.blacklist.subscribe();
         let snapshot = self.blacklist.unexpired().await.map_err(unavailable)?;
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(feed(snapshot, live, tx, self.shutdown.clone()));
+        tokio::spawn(feed(
+            snapshot,
+            self.blacklist.clone(),
+            live,
+            tx,
+            self.shutdown.clone(),
+        ));
         metrics::counter!("session_revocation_watchers_total").increment(1);
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),

@@ -593,3 +593,133 @@ async fn a_session_keeps_its_authentication_methods_across_rotations() -> anyhow
     s.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_made_by_a_replica_cut_off_from_redis_still_reaches_the_others()
+-> anyhow::Result<()> {
+    use aia_proto::session::v1::{RevocationKind, WatchRevocationsRequest};
+    // Replica A follows Redis; replica C cannot reach it (its own outage, or a
+    // partition), so the revocation it stores is not published. A's watchers must
+    // learn of it anyway (A reads new entries from Postgres), or stop hearing
+    // heartbeats so that they stop trusting their copy: they used to get heartbeats
+    // without the entry for as long as the outage lasted.
+    let mut a = spawn().await?;
+    let audit = a
+        .running
+        .audit(aia_testkit::env(&a.db, &a.prefix, &[]))
+        .await?;
+    let c_addrs = a
+        .running
+        .session(aia_testkit::env(
+            &a.db,
+            &a.prefix,
+            &[
+                ("AUDIT_GRPC_URL", audit.url()),
+                ("REDIS_URL", "redis://127.0.0.1:1".into()),
+            ],
+        ))
+        .await?;
+    let mut c = SessionServiceClient::connect(c_addrs.url()).await?;
+    let user = uuid::Uuid::new_v4();
+    let created = a.create(user).await?;
+    let mut stream = a
+        .client
+        .watch_revocations(WatchRevocationsRequest {})
+        .await?
+        .into_inner();
+    while let Some(batch) = stream.message().await? {
+        if batch.snapshot_complete {
+            break;
+        }
+    }
+    c.revoke(RevokeRequest {
+        session_id: created.session_id.clone(),
+        access_jti: String::new(),
+        access_expires_at: None,
+        client: None,
+        user_id: user.to_string(),
+    })
+    .await?;
+    let started = std::time::Instant::now();
+    let mut heartbeats_without_it = 0;
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(3), stream.message()).await;
+        let Ok(Ok(Some(batch))) = next else {
+            // Silence (or the stream ended): the watcher's copy goes stale and it asks
+            // the session service instead, which answers from Postgres.
+            break;
+        };
+        if batch
+            .revocations
+            .iter()
+            .any(|r| r.id == created.session_id && r.kind == RevocationKind::Sid as i32)
+        {
+            break;
+        }
+        heartbeats_without_it += 1;
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{heartbeats_without_it} heartbeats in {:?} vouched for a copy without the revocation",
+            started.elapsed()
+        );
+    }
+    a.stop().await;
+    Ok(())
+}
+
+/// Whether a batch (a heartbeat, when nothing is revoked) arrives within two seconds.
+async fn heartbeat(stream: &mut tonic::Streaming<aia_proto::session::v1::RevocationBatch>) -> bool {
+    let next = tokio::time::timeout(Duration::from_secs(2), stream.message()).await;
+    matches!(next, Ok(Ok(Some(_))))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_cannot_read_new_revocations_stops_vouching_for_its_watchers()
+-> anyhow::Result<()> {
+    use aia_proto::session::v1::WatchRevocationsRequest;
+    // Heartbeats tell a watcher its copy is current. A replica that cannot read the
+    // entries stored lately (here: its role loses SELECT on them) cannot say so, and
+    // goes silent, so that the watcher's copy goes stale and it asks instead; once it
+    // reads again, the heartbeats come back.
+    let mut s = spawn().await?;
+    // A stream opened before the replica's Redis subscription was up is ended once
+    // it is (a resync): watch until one stream is past that.
+    let client = s.client.clone();
+    let mut stream = aia_testkit::eventually(Duration::from_secs(10), || {
+        let mut client = client.clone();
+        async move {
+            let mut stream = client
+                .watch_revocations(WatchRevocationsRequest {})
+                .await?
+                .into_inner();
+            while let Some(batch) = stream.message().await? {
+                if batch.snapshot_complete {
+                    break;
+                }
+            }
+            Ok((heartbeat(&mut stream).await && heartbeat(&mut stream).await).then_some(stream))
+        }
+    })
+    .await?;
+    let mut conn = s.db.connect().await?;
+    diesel::sql_query("REVOKE SELECT ON session.revocations FROM aia_session")
+        .execute(&mut conn)
+        .await?;
+    // What was already on its way may still arrive; then silence.
+    let cut = std::time::Instant::now();
+    while heartbeat(&mut stream).await {
+        assert!(
+            cut.elapsed() < Duration::from_secs(4),
+            "heartbeats went on while recent revocations could not be read"
+        );
+    }
+    diesel::sql_query("GRANT SELECT ON session.revocations TO aia_session")
+        .execute(&mut conn)
+        .await?;
+    assert!(
+        heartbeat(&mut stream).await,
+        "no heartbeat after recovering"
+    );
+    s.stop().await;
+    Ok(())
+}

@@ -1,0 +1,1 @@
+DROP INDEX IF EXISTS session.revocations_revoked_at;
