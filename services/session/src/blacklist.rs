@@ -190,14 +190,28 @@ impl Blacklist {
                 );
                 let _ = self.events.send(Event::Resync);
             }
+            let mut new = Vec::new();
             for ((kind, id, until), at) in entries {
-                let new = seen
+                let unseen = seen
                     .get(&(kind, id))
                     .is_none_or(|(known_until, _)| *known_until < until);
-                if new {
+                if unseen {
                     seen.insert((kind, id), (until, at));
                     let _ = self.events.send(Event::Revoked((kind, id, until)));
+                    new.push((kind, id, until));
                 }
+            }
+            // The Redis copy too: the replica that stored an entry may have died before
+            // copying it (or could not reach Redis), and lookups trust the copy while
+            // its sentinel is there.
+            if !new.is_empty()
+                && let Err(error) = self.copy_to_redis(&new).await
+            {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "recent revocations not copied to Redis"
+                );
+                self.forget_sentinel().await;
             }
             // What fell out of the look-back cannot come back unless extended, which
             // gives it a new revoked_at.
@@ -223,6 +237,20 @@ impl Blacklist {
         until: DateTime<Utc>,
     ) -> anyhow::Result<()> {
         let mut conn = aia_db::conn(&self.pg).await?;
+        Self::store_in(&mut conn, (kind, id, until))
+            .await
+            .context("storing a revocation")?;
+        self.announce((kind, id, until)).await;
+        Ok(())
+    }
+
+    /// Stores an entry in Postgres with `conn`, in whatever transaction it is in (a
+    /// session's revocation and its entry commit together, or neither does); then
+    /// [`Blacklist::announce`] it. An entry already there keeps the later expiry.
+    pub async fn store_in(
+        conn: &mut diesel_async::AsyncPgConnection,
+        (kind, id, until): Entry,
+    ) -> diesel::QueryResult<()> {
         diesel::insert_into(revocations::table)
             .values((
                 revocations::kind.eq(kind.as_str()),
@@ -238,9 +266,15 @@ impl Blacklist {
                 // Read again by the replicas' polls (see `poll_recent`).
                 revocations::revoked_at.eq(diesel::dsl::now),
             ))
-            .execute(&mut conn)
+            .execute(conn)
             .await
-            .context("storing a revocation")?;
+            .map(|_| ())
+    }
+
+    /// Tells this replica's watchers, the other replicas and the Redis copy of an
+    /// entry stored in Postgres (best effort: the replicas' polls of Postgres and the
+    /// Redis sentinel cover what fails here).
+    pub async fn announce(&self, (kind, id, until): Entry) {
         metrics::counter!("session_revocations_total", "kind" => kind.as_str()).increment(1);
         // No receiver is not an error: no gateway is watching.
         let _ = self.events.send(Event::Revoked((kind, id, until)));
@@ -253,7 +287,6 @@ impl Blacklist {
             );
             self.forget_sentinel().await;
         }
-        Ok(())
     }
 
     async fn copy_to_redis(

@@ -166,9 +166,10 @@ impl Sessions {
         event: Option<aia_audit_client::EventBuilder<'_>>,
     ) -> Result<Option<bool>, Status> {
         let now = Utc::now();
+        let until = past_leeway(now + self.access_ttl);
         let (revoked, unwritten) = self
             .store
-            .revoke(session_id, user_id, reason, now, event)
+            .revoke(session_id, user_id, reason, now, until, event)
             .await
             .map_err(unavailable)?;
         if let Some(event) = unwritten {
@@ -178,9 +179,8 @@ impl Sessions {
             return Ok(None);
         };
         self.blacklist
-            .revoke(Kind::Sid, session_id, past_leeway(now + self.access_ttl))
-            .await
-            .map_err(unavailable)?;
+            .announce((Kind::Sid, session_id, until))
+            .await;
         Ok(Some(revoked))
     }
 }
@@ -347,17 +347,24 @@ impl SessionService for Sessions {
         };
         // Written with the revocation; a logout of a session already ended has no
         // change to go with and is recorded below.
+        let sid_until = past_leeway(now + self.access_ttl);
         let revoked = self
             .store
-            .revoke(session_id, user_id, "logout", now, Some(logout(false)))
+            .revoke(
+                session_id,
+                user_id,
+                "logout",
+                now,
+                sid_until,
+                Some(logout(false)),
+            )
             .await
             .map_err(unavailable)?
             .0
             .ok_or_else(|| Status::not_found("no such session for this user"))?;
         self.blacklist
-            .revoke(Kind::Sid, session_id, past_leeway(now + self.access_ttl))
-            .await
-            .map_err(unavailable)?;
+            .announce((Kind::Sid, session_id, sid_until))
+            .await;
         if let Some(jti) = jti {
             let until = past_leeway(
                 req.access_expires_at
@@ -486,24 +493,29 @@ impl SessionService for Sessions {
                 ));
             }
         };
-        let sessions = self
+        // One transaction: every session and its blacklist entry, with the event, or
+        // nothing (a retry then finds them all still live). Sessions that ended
+        // lately are included: their last access tokens may still be valid.
+        let now = Utc::now();
+        let until = past_leeway(now + self.access_ttl);
+        let since = now - self.access_ttl;
+        let client = req.client.as_ref();
+        let revoked = self
             .store
-            .live_sessions(user_id, Utc::now())
+            .revoke_all(user_id, keep, reason, (now, since), until, |count| {
+                self.audit
+                    .event("session.revoke_all", Outcome::Success)
+                    .actor(user_id.to_string())
+                    .subject(user_id.to_string())
+                    .client(client)
+                    .details(serde_json::json!({"reason": reason, "revoked": count, "kept_current": keep.is_some()}))
+            })
             .await
             .map_err(unavailable)?;
-        let mut revoked = 0u32;
-        for session in sessions.iter().filter(|s| Some(s.id) != keep) {
-            if self.end_session(session.id, user_id, reason, None).await? == Some(true) {
-                revoked += 1;
-            }
+        for id in &revoked {
+            self.blacklist.announce((Kind::Sid, *id, until)).await;
         }
-        self.audit
-            .event("session.revoke_all", Outcome::Success)
-            .actor(user_id.to_string())
-            .subject(user_id.to_string())
-            .client(req.client.as_ref())
-            .details(serde_json::json!({"reason": reason, "revoked": revoked, "kept_current": keep.is_some()}))
-            .emit().await;
+        let revoked = u32::try_from(revoked.len()).unwrap_or(u32::MAX);
         Ok(Response::new(RevokeUserSessionsResponse { revoked }))
     }
 

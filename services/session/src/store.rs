@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
+use crate::blacklist::{Blacklist, Kind};
 use crate::refresh_token::RefreshToken;
 use crate::schema::{refresh_tokens, sessions};
 
@@ -377,6 +378,46 @@ impl SessionStore {
         .context("listing sessions")
     }
 
+    /// Revokes every live session of `user_id` but `keep` at `now` (and those that
+    /// ended after `since`, whose last access tokens may still be valid) in one
+    /// transaction, with their blacklist entries and `event` (given the count): all
+    /// of them, or none and an error. The ids revoked.
+    pub async fn revoke_all<'a>(
+        &self,
+        user_id: uuid::Uuid,
+        keep: Option<uuid::Uuid>,
+        reason: &str,
+        (now, since): (DateTime<Utc>, DateTime<Utc>),
+        blacklist_until: DateTime<Utc>,
+        event: impl FnOnce(usize) -> EventBuilder<'a> + Send,
+    ) -> anyhow::Result<Vec<uuid::Uuid>> {
+        let owner = user_id.to_string();
+        let mut conn = aia_db::conn(&self.pool).await?;
+        conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+            scope::set(conn, Scope::User(&owner)).await?;
+            let mut revoked: Vec<uuid::Uuid> = diesel::update(sessions::table)
+                .filter(sessions::user_id.eq(user_id))
+                .filter(sessions::revoked_at.is_null())
+                .filter(sessions::expires_at.gt(since))
+                .filter(sessions::id.ne(keep.unwrap_or(uuid::Uuid::nil())))
+                .set((
+                    sessions::revoked_at.eq(now),
+                    sessions::revoke_reason.eq(reason),
+                ))
+                .returning(sessions::id)
+                .get_results(conn)
+                .await?;
+            revoked.sort();
+            for id in &revoked {
+                Blacklist::store_in(conn, (Kind::Sid, *id, blacklist_until)).await?;
+            }
+            event(revoked.len()).write_in(conn).await?;
+            Ok(revoked)
+        })
+        .await
+        .context("revoking a user's sessions")
+    }
+
     /// The session (and its user) that `token` belongs to, rotated or not.
     pub async fn session_of(
         &self,
@@ -403,12 +444,19 @@ impl SessionStore {
     ///
     /// `event`, if given, is written in the revoking transaction when this call is the
     /// one that revokes; otherwise it is handed back, unwritten.
+    ///
+    /// The session's blacklist entry (`sid`, until `blacklist_until`) is stored in the
+    /// same transaction, also when the session was revoked before (which repairs an
+    /// entry a crash kept from being written before this change): a session is never
+    /// revoked without its access tokens being blacklisted.
+    #[allow(clippy::too_many_arguments)]
     pub async fn revoke<'a>(
         &self,
         session_id: uuid::Uuid,
         user_id: uuid::Uuid,
         reason: &str,
         now: DateTime<Utc>,
+        blacklist_until: DateTime<Utc>,
         event: Option<EventBuilder<'a>>,
     ) -> anyhow::Result<(Option<bool>, Option<EventBuilder<'a>>)> {
         let owner = user_id.to_string();
@@ -426,6 +474,7 @@ impl SessionStore {
             let Some(previous) = exists else {
                 return Ok((None, event));
             };
+            Blacklist::store_in(conn, (Kind::Sid, session_id, blacklist_until)).await?;
             if previous.is_some() {
                 return Ok((Some(false), event));
             }
@@ -550,7 +599,7 @@ mod tests {
         );
         let logout = || Some(audit.event("session.logout", aia_proto::audit::v1::Outcome::Success));
         let (revoked, unwritten) = store
-            .revoke(created.session_id, user, "logout", now, logout())
+            .revoke(created.session_id, user, "logout", now, now, logout())
             .await?;
         assert_eq!(revoked, Some(true));
         assert!(unwritten.is_none());
@@ -566,7 +615,7 @@ mod tests {
         );
         // Revoking again changes nothing: the event comes back unwritten.
         let (revoked, unwritten) = store
-            .revoke(created.session_id, user, "logout", now, logout())
+            .revoke(created.session_id, user, "logout", now, now, logout())
             .await?;
         assert_eq!(revoked, Some(false));
         assert!(unwritten.is_some());

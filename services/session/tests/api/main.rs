@@ -681,7 +681,7 @@ async fn a_replica_that_cannot_read_new_revocations_stops_vouching_for_its_watch
     // entries stored lately (here: its role loses SELECT on them) cannot say so, and
     // goes silent, so that the watcher's copy goes stale and it asks instead; once it
     // reads again, the heartbeats come back.
-    let mut s = spawn().await?;
+    let s = spawn().await?;
     // A stream opened before the replica's Redis subscription was up is ended once
     // it is (a resync): watch until one stream is past that.
     let client = s.client.clone();
@@ -722,4 +722,74 @@ async fn a_replica_that_cannot_read_new_revocations_stops_vouching_for_its_watch
     );
     s.stop().await;
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_is_never_revoked_without_its_blacklist_entry() -> anyhow::Result<()> {
+    use aia_proto::session::v1::RevokeUserSessionsRequest;
+    // Ending all of a user's sessions (a password change, a disable) stored each
+    // session's revocation and its blacklist entry as two writes, session by session:
+    // a failure in between left a session revoked (so a retry skipped it) whose
+    // access tokens were not blacklisted, and the later sessions fully alive. Here
+    // the blacklist refuses the second session's entry.
+    let mut s = spawn().await?;
+    let user = uuid::Uuid::new_v4();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(s.create(user).await?.session_id);
+    }
+    let mut conn = s.db.connect().await?;
+    for statement in [
+        format!(
+            "CREATE FUNCTION public.refuse() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN IF NEW.id = '{}' THEN RAISE EXCEPTION 'refused'; END IF; RETURN NEW; END $$",
+            ids[1]
+        ),
+        "CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON session.revocations \
+         FOR EACH ROW EXECUTE FUNCTION public.refuse()"
+            .to_owned(),
+    ] {
+        diesel::sql_query(statement).execute(&mut conn).await?;
+    }
+    let request = || RevokeUserSessionsRequest {
+        user_id: user.to_string(),
+        except_session_id: String::new(),
+        reason: "password_changed".into(),
+        client: None,
+    };
+    assert!(s.client.revoke_user_sessions(request()).await.is_err());
+    for id in &ids {
+        let revoked: Vec<Count> = diesel::sql_query(format!(
+            "SELECT count(*) AS n FROM session.sessions WHERE id = '{id}' AND revoked_at IS NOT NULL"
+        ))
+        .load(&mut conn)
+        .await?;
+        let revoked = revoked.iter().any(|c| c.n == 1);
+        assert!(
+            !revoked || s.is_revoked(uuid::Uuid::new_v4(), id).await?,
+            "session {id} was revoked, its access tokens were not"
+        );
+    }
+    // Once the blacklist takes entries again, the retry ends them all.
+    diesel::sql_query("DROP TRIGGER refuse ON session.revocations")
+        .execute(&mut conn)
+        .await?;
+    let revoked = s
+        .client
+        .revoke_user_sessions(request())
+        .await?
+        .into_inner()
+        .revoked;
+    assert_eq!(revoked, 3);
+    for id in &ids {
+        assert!(s.is_revoked(uuid::Uuid::new_v4(), id).await?, "{id}");
+    }
+    s.stop().await;
+    Ok(())
+}
+
+#[derive(diesel::QueryableByName)]
+struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
 }
