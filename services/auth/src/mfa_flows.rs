@@ -192,6 +192,27 @@ impl Auth {
         req: ConfirmTotpRequest,
     ) -> Result<ConfirmTotpResponse, AuthError> {
         let user = self.token_user(&req.user_id).await?;
+        // The password first: with a stolen access token alone, an attacker could
+        // otherwise put their own authenticator on the account and shut the owner out
+        // (a password reset does not remove the factor).
+        if !self
+            .hasher
+            .verify(
+                Password::presented(&req.password)?,
+                Some(user.password_hash.clone()),
+            )
+            .await?
+        {
+            self.audit
+                .event("auth.mfa_enroll", Outcome::Failure)
+                .actor(user.id.to_string())
+                .subject(user.id.to_string())
+                .client(req.client.as_ref())
+                .details(serde_json::json!({"method": "totp", "reason": "wrong_password"}))
+                .emit()
+                .await;
+            return Err(AuthError::WrongCurrentPassword);
+        }
         // Sessions it ends are recorded by the session service (`session.revoke_all`).
         let enabled = self
             .audit

@@ -285,7 +285,22 @@ pub async fn list_users(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RolesBody {
+    /// Documented as the roles auth knows; any other string is auth's to refuse
+    /// (422), so it is read as text.
+    #[schema(value_type = Vec<Role>)]
     roles: Vec<String>,
+}
+
+/// A role (the schema of [`RolesBody`]'s items).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub enum Role {
+    /// Every account.
+    #[schema(rename = "user")]
+    User,
+    /// Administrators.
+    #[schema(rename = "admin")]
+    Admin,
 }
 
 /// `PUT /v1/admin/users/{id}/roles`: sets the roles and ends the user's sessions; 204.

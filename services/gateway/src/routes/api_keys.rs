@@ -13,14 +13,40 @@ use crate::client::Client;
 use crate::problem::Problem;
 use crate::state::State;
 
-/// Body of key creation.
+/// Body of key creation. The schema says what auth accepts (any other value is a
+/// 422 from auth, which owns the rules).
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewKey {
+    /// 1 to 100 characters, not only spaces, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     name: String,
+    /// At least one.
+    #[schema(value_type = Vec<Scope>, min_items = 1)]
     scopes: Vec<String>,
+    /// 0 (never) to 3650.
     #[serde(default)]
+    #[schema(maximum = 3650)]
     expires_in_days: u32,
+}
+
+/// A scope an API key may have (the schema of [`NewKey`]'s items).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub enum Scope {
+    /// `GET /v1/auth/me`.
+    #[schema(rename = "profile:read")]
+    ProfileRead,
+    /// `POST /v1/oauth/introspect`.
+    #[schema(rename = "tokens:introspect")]
+    TokensIntrospect,
+    /// The proxied `UPSTREAMS` routes.
+    #[schema(rename = "api:access")]
+    ApiAccess,
 }
 
 fn rfc3339(t: Option<prost_types::Timestamp>) -> Option<String> {

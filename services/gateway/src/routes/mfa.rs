@@ -77,25 +77,33 @@ pub async fn enroll(
 /// Body of confirm.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Code {
+pub struct Confirm {
+    /// A code from the new authenticator.
     code: String,
+    /// The account's password (a stolen access token alone cannot turn TOTP on).
+    password: String,
 }
 
-/// `POST /v1/auth/mfa/totp/confirm`: a first code turns TOTP on; the answer holds
-/// the ten recovery codes, shown once. Every other session ends.
+/// `POST /v1/auth/mfa/totp/confirm`: the password and a first code turn TOTP on;
+/// the answer holds the ten recovery codes, shown once. Every other session ends.
 pub async fn confirm(
     state: web::Data<State>,
     client: Client,
     auth: Authenticated,
-    body: web::Json<Code>,
+    body: web::Json<Confirm>,
 ) -> Result<HttpResponse, Problem> {
+    let Confirm { code, password } = body.into_inner();
+    // A guess at the password, as for a password change.
+    let account = crate::rate_limit::user_account_key(&auth.claims.sub);
+    crate::rate_limit::spend_guess(&state, &account).await?;
     let confirmed = state
         .auth
         .clone()
         .confirm_totp(ConfirmTotpRequest {
             user_id: auth.claims.sub,
             session_id: auth.claims.sid,
-            code: body.into_inner().code,
+            code,
+            password,
             client: Some(client.to_proto()),
         })
         .await?

@@ -179,7 +179,7 @@ async fn no_secret_reaches_the_logs() -> anyhow::Result<()> {
     let confirmed: Value = post(
         "/v1/auth/mfa/totp/confirm",
         Some(&access),
-        json!({"code": code}),
+        json!({"code": code, "password": PASSWORD}),
     )
     .await?
     .json()

@@ -96,7 +96,7 @@ async fn enrolled(stack: &Stack) -> anyhow::Result<Enrolled> {
         stack,
         "/v1/auth/mfa/totp/confirm",
         Some(token),
-        json!({"code": code}),
+        json!({"code": code, "password": PASSWORD}),
     )
     .await?;
     assert_eq!(confirmed.status(), StatusCode::OK);
@@ -164,17 +164,37 @@ async fn enrolment_shows_the_secret_once_seals_it_and_turns_login_into_two_steps
         &stack,
         "/v1/auth/mfa/totp/confirm",
         Some(&token),
-        json!({"code": wrong}),
+        json!({"code": wrong, "password": PASSWORD}),
     )
     .await?;
     assert_problem(refused, StatusCode::FORBIDDEN).await?;
-
+    // Nor does the right code without the password, or with a wrong one: a stolen
+    // access token alone cannot put someone else's authenticator on the account.
     let code = code_at(&uri, now())?;
-    let confirmed = post(
+    let no_password = post(
         &stack,
         "/v1/auth/mfa/totp/confirm",
         Some(&token),
         json!({"code": code}),
+    )
+    .await?;
+    assert_problem(no_password, StatusCode::UNPROCESSABLE_ENTITY).await?;
+    let wrong_password = post(
+        &stack,
+        "/v1/auth/mfa/totp/confirm",
+        Some(&token),
+        json!({"code": code, "password": "not the password at all"}),
+    )
+    .await?;
+    let body = assert_problem(wrong_password, StatusCode::FORBIDDEN).await?;
+    assert!(field(&body, "detail").contains("password"), "{body}");
+    assert_eq!(me(&stack, &token).await?["mfa_enabled"], false);
+
+    let confirmed = post(
+        &stack,
+        "/v1/auth/mfa/totp/confirm",
+        Some(&token),
+        json!({"code": code, "password": PASSWORD}),
     )
     .await?;
     assert_eq!(confirmed.status(), StatusCode::OK);
