@@ -11,8 +11,9 @@
 //! - **Recovery codes**: ten per confirmation, 80 random bits each, shown once,
 //!   stored only as SHA-256 (with the user id), each used by one conditional UPDATE.
 //! - **Challenges**: after a correct password, an MFA user gets a challenge (256
-//!   random bits) kept in Redis for five minutes under its SHA-256, with the user
-//!   and the email. It allows five tries: each request takes one, atomically, before
+//!   random bits) kept in Redis for five minutes under its SHA-256, with the user,
+//!   the email and a digest of the password hash it was opened with (a password
+//!   changed since ends it). It allows five tries: each request takes one, atomically, before
 //!   its code is checked, so codes sent all at once get no more tries than codes
 //!   sent one by one; the sixth request ends it. It is deleted by the one request
 //!   that completes it.
@@ -43,12 +44,12 @@ pub const CHALLENGE_TTL: Duration = Duration::from_secs(300);
 const CHALLENGE_ATTEMPTS: u32 = 5;
 
 /// Takes one try from a challenge. KEYS[1]: the challenge; ARGV[1]: the tries it
-/// allows. Returns {user, email} while tries remain; nil (and the challenge is
+/// allows. Returns {user, email, password fingerprint} while tries remain; nil (and the challenge is
 /// deleted) once they are spent, nil for a challenge that does not exist (which is
 /// not created by asking).
 const TAKE_A_TRY: &str = r"
-local found = redis.call('HMGET', KEYS[1], 'user', 'email')
-if not found[1] or not found[2] then return false end
+local found = redis.call('HMGET', KEYS[1], 'user', 'email', 'password')
+if not found[1] or not found[2] or not found[3] then return false end
 if redis.call('HINCRBY', KEYS[1], 'tries', 1) > tonumber(ARGV[1]) then
   redis.call('DEL', KEYS[1])
   return false
@@ -82,6 +83,8 @@ pub struct Pending {
     pub user_id: uuid::Uuid,
     /// Their email (the throttle's key).
     pub email: String,
+    /// [`Mfa::password_fingerprint`] of the hash the password was checked against.
+    pub password: String,
     /// The Redis key of the challenge.
     key: String,
 }
@@ -477,8 +480,20 @@ impl Mfa {
         aia_db::redis::key(&self.prefix, "mfa", &digest)
     }
 
-    /// A new challenge for `user_id`, whose password was correct.
-    pub async fn challenge(&self, user_id: uuid::Uuid, email: &str) -> anyhow::Result<String> {
+    /// What a challenge keeps of the password hash it was opened with (to refuse it
+    /// once the password changed): a digest, so Redis holds nothing of the hash.
+    pub fn password_fingerprint(password_hash: &str) -> String {
+        hex::encode(&Sha256::digest(password_hash.as_bytes())[..16])
+    }
+
+    /// A new challenge for `user_id`, whose password (of hash `password_hash`) was
+    /// correct.
+    pub async fn challenge(
+        &self,
+        user_id: uuid::Uuid,
+        email: &str,
+        password_hash: &str,
+    ) -> anyhow::Result<String> {
         let challenge = URL_SAFE_NO_PAD.encode(random::<32>()?);
         let key = self.challenge_key(&challenge);
         let mut conn = self.redis.get().await.context("redis")?;
@@ -489,6 +504,7 @@ impl Mfa {
                 &[
                     ("user", user_id.to_string()),
                     ("email", email.to_owned()),
+                    ("password", Self::password_fingerprint(password_hash)),
                     ("tries", "0".to_owned()),
                 ],
             )
@@ -513,19 +529,20 @@ impl Mfa {
         }
         let key = self.challenge_key(challenge);
         let mut conn = self.redis.get().await.context("redis")?;
-        let found: Option<(String, String)> = redis::Script::new(TAKE_A_TRY)
+        let found: Option<(String, String, String)> = redis::Script::new(TAKE_A_TRY)
             .key(&key)
             .arg(CHALLENGE_ATTEMPTS)
             .invoke_async(&mut conn)
             .await
             .context("taking a try from an MFA challenge")?;
-        let Some((user, email)) = found else {
+        let Some((user, email, password)) = found else {
             return Ok(None);
         };
         let user_id = uuid::Uuid::parse_str(&user).context("MFA challenge user")?;
         Ok(Some(Pending {
             user_id,
             email,
+            password,
             key,
         }))
     }

@@ -23,7 +23,7 @@ use aia_proto::common::v1::ClientInfo;
 
 use crate::domain::{EmailAddress, Invalid, Password};
 use crate::error::AuthError;
-use crate::mfa::{CHALLENGE_TTL, Factor};
+use crate::mfa::{CHALLENGE_TTL, Factor, Mfa};
 use crate::service::Auth;
 use crate::users::User;
 
@@ -37,7 +37,7 @@ impl Auth {
     ) -> Result<LoginResponse, AuthError> {
         let challenge = self
             .mfa
-            .challenge(user.id, email.as_str())
+            .challenge(user.id, email.as_str(), &user.password_hash)
             .await
             .map_err(AuthError::Unavailable)?;
         metrics::counter!("auth_login_total", "outcome" => "mfa_required", "reason" => "")
@@ -77,6 +77,9 @@ impl Auth {
             .await
             .map_err(AuthError::Unavailable)?
             .filter(|u| u.disabled_at.is_none())
+            // The password that opened the challenge must still be the password: a
+            // change or reset since ends the pending login with the sessions.
+            .filter(|u| Mfa::password_fingerprint(&u.password_hash) == pending.password)
             .ok_or(AuthError::InvalidMfaLogin)?;
         let factor = self
             .mfa

@@ -15,8 +15,8 @@
 //! every [`POLL_EVERY`], so an entry whose publication was lost (the storing replica
 //! could not reach Redis, the subscriber was reconnecting) still reaches every
 //! replica's watchers within about half a second. While those reads fail, a replica
-//! does not vouch for its watchers' copies ([`Blacklist::vouches`]): it sends them no
-//! heartbeats, so they go stale and ask instead.
+//! does not vouch for its watchers' copies ([`Blacklist::vouches`]): their streams
+//! end, and they reconnect for a snapshot (asking the service meanwhile).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -95,6 +95,13 @@ fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
 }
 
+/// `clock_timestamp()`: when the statement runs, not when its transaction began
+/// (`now()`), so that an entry written late in a long transaction is not dated
+/// before the replicas' look-back.
+fn statement_time() -> diesel::expression::SqlLiteral<diesel::sql_types::Timestamptz> {
+    diesel::dsl::sql::<diesel::sql_types::Timestamptz>("clock_timestamp()")
+}
+
 /// What `WatchRevocations` streams are told.
 #[derive(Debug, Clone)]
 pub enum Event {
@@ -132,16 +139,11 @@ impl Blacklist {
     }
 
     /// Entries stored (or extended) in the last [`LOOKBACK_SECONDS`], by the
-    /// database's clock, with when.
-    async fn recent(&self) -> anyhow::Result<Vec<(Entry, DateTime<Utc>)>> {
+    /// database's clock.
+    async fn recent(&self) -> anyhow::Result<Vec<Entry>> {
         let mut conn = aia_db::conn(&self.pg).await?;
-        let rows: Vec<(String, uuid::Uuid, DateTime<Utc>, DateTime<Utc>)> = revocations::table
-            .select((
-                revocations::kind,
-                revocations::id,
-                revocations::expires_at,
-                revocations::revoked_at,
-            ))
+        let rows: Vec<(String, uuid::Uuid, DateTime<Utc>)> = revocations::table
+            .select((revocations::kind, revocations::id, revocations::expires_at))
             .filter(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
                 "revoked_at > now() - interval '{LOOKBACK_SECONDS} seconds' AND expires_at > now()"
             )))
@@ -150,7 +152,7 @@ impl Blacklist {
             .context("reading recent revocations")?;
         Ok(rows
             .into_iter()
-            .filter_map(|(kind, id, until, at)| Some(((Kind::from_str(&kind)?, id, until), at)))
+            .filter_map(|(kind, id, until)| Some((Kind::from_str(&kind)?, id, until)))
             .collect())
     }
 
@@ -158,7 +160,13 @@ impl Blacklist {
     /// seen yet to this replica's watchers, until `shutdown`. After a gap longer than
     /// the look-back, watchers are told to resync (entries may have been missed).
     pub async fn poll_recent(self, shutdown: aia_telemetry::shutdown::CancellationToken) {
-        let mut seen: HashMap<(Kind, uuid::Uuid), (DateTime<Utc>, DateTime<Utc>)> = HashMap::new();
+        // Entry -> (its expiry, the poll that saw it). Kept for twice the look-back in
+        // polls (polls are never closer than POLL_EVERY, so that is at least twice the
+        // look-back in time, by no clock but the database's).
+        let mut seen: HashMap<(Kind, uuid::Uuid), (DateTime<Utc>, u64)> = HashMap::new();
+        let keep_polls = u64::try_from(2 * LOOKBACK_SECONDS * 1000).unwrap_or(10_000)
+            / u64::try_from(POLL_EVERY.as_millis()).unwrap_or(500).max(1);
+        let mut poll = 0u64;
         let mut every = tokio::time::interval(POLL_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing = false;
@@ -167,6 +175,10 @@ impl Blacklist {
                 () = shutdown.cancelled() => return,
                 _ = every.tick() => {}
             }
+            poll += 1;
+            // The gap is measured between query starts: a slow iteration (Redis) must
+            // not hide a window the queries did not cover.
+            let started = now_ms();
             let entries = match self.recent().await {
                 Ok(entries) => entries,
                 Err(error) => {
@@ -182,7 +194,7 @@ impl Blacklist {
                 }
             };
             failing = false;
-            let gap_ms = now_ms() - AtomicI64::load(&self.polled_ms, Ordering::Acquire);
+            let gap_ms = started - AtomicI64::load(&self.polled_ms, Ordering::Acquire);
             if gap_ms > (LOOKBACK_SECONDS - 1) * 1000 {
                 tracing::warn!(
                     gap_ms,
@@ -191,12 +203,12 @@ impl Blacklist {
                 let _ = self.events.send(Event::Resync);
             }
             let mut new = Vec::new();
-            for ((kind, id, until), at) in entries {
+            for (kind, id, until) in entries {
                 let unseen = seen
                     .get(&(kind, id))
                     .is_none_or(|(known_until, _)| *known_until < until);
                 if unseen {
-                    seen.insert((kind, id), (until, at));
+                    seen.insert((kind, id), (until, poll));
                     let _ = self.events.send(Event::Revoked((kind, id, until)));
                     new.push((kind, id, until));
                 }
@@ -204,20 +216,18 @@ impl Blacklist {
             // The Redis copy too: the replica that stored an entry may have died before
             // copying it (or could not reach Redis), and lookups trust the copy while
             // its sentinel is there.
-            if !new.is_empty()
-                && let Err(error) = self.copy_to_redis(&new).await
-            {
-                tracing::warn!(
-                    error = format!("{error:#}"),
-                    "recent revocations not copied to Redis"
-                );
-                self.forget_sentinel().await;
+            // Bounded in time: the polls go on while Redis hangs.
+            if !new.is_empty() {
+                let copied = tokio::time::timeout(POLL_EVERY, self.copy_to_redis(&new)).await;
+                if !matches!(copied, Ok(Ok(()))) {
+                    tracing::warn!("recent revocations not copied to Redis");
+                    self.forget_sentinel().await;
+                }
             }
             // What fell out of the look-back cannot come back unless extended, which
             // gives it a new revoked_at.
-            let horizon = Utc::now() - chrono::Duration::seconds(2 * LOOKBACK_SECONDS);
-            seen.retain(|_, (_, at)| *at > horizon);
-            self.polled_ms.store(now_ms(), Ordering::Release);
+            seen.retain(|_, (_, at)| poll - *at <= keep_polls);
+            self.polled_ms.store(started, Ordering::Release);
         }
     }
 
@@ -245,8 +255,9 @@ impl Blacklist {
     }
 
     /// Stores an entry in Postgres with `conn`, in whatever transaction it is in (a
-    /// session's revocation and its entry commit together, or neither does); then
-    /// [`Blacklist::announce`] it. An entry already there keeps the later expiry.
+    /// session's revocation and its entry commit together, or neither does); the
+    /// caller then [`Blacklist::announce`]s it, after the commit. An entry already
+    /// there keeps the later expiry.
     pub async fn store_in(
         conn: &mut diesel_async::AsyncPgConnection,
         (kind, id, until): Entry,
@@ -256,6 +267,7 @@ impl Blacklist {
                 revocations::kind.eq(kind.as_str()),
                 revocations::id.eq(id),
                 revocations::expires_at.eq(until),
+                revocations::revoked_at.eq(statement_time()),
             ))
             .on_conflict((revocations::kind, revocations::id))
             .do_update()
@@ -264,7 +276,7 @@ impl Blacklist {
                     "GREATEST(session.revocations.expires_at, excluded.expires_at)",
                 )),
                 // Read again by the replicas' polls (see `poll_recent`).
-                revocations::revoked_at.eq(diesel::dsl::now),
+                revocations::revoked_at.eq(statement_time()),
             ))
             .execute(conn)
             .await

@@ -135,11 +135,14 @@ async fn feed(
                 Err(broadcast::error::RecvError::Closed) => return,
             },
             // A heartbeat says "your copy is current": only while this replica has read
-            // the recent entries from Postgres (else the watcher's copy goes stale and
-            // it asks, rather than trust what may miss an entry).
+            // the recent entries from Postgres.
+            // Nor may live entries keep the watcher's copy fresh then (each batch
+            // does): the stream ends, and the watcher reconnects for a snapshot from
+            // Postgres, asking the session service meanwhile.
             _ = heartbeat.tick() => {
                 if !blacklist.vouches() {
-                    continue;
+                    let _ = tx.send(Err(Status::unavailable("this replica cannot read new revocations; reconnect"))).await;
+                    return;
                 }
                 RevocationBatch { revocations: Vec::new(), snapshot_complete: true }
             }
@@ -500,7 +503,7 @@ impl SessionService for Sessions {
         let until = past_leeway(now + self.access_ttl);
         let since = now - self.access_ttl;
         let client = req.client.as_ref();
-        let revoked = self
+        let (ended, live) = self
             .store
             .revoke_all(user_id, keep, reason, (now, since), until, |count| {
                 self.audit
@@ -512,10 +515,10 @@ impl SessionService for Sessions {
             })
             .await
             .map_err(unavailable)?;
-        for id in &revoked {
+        for id in &ended {
             self.blacklist.announce((Kind::Sid, *id, until)).await;
         }
-        let revoked = u32::try_from(revoked.len()).unwrap_or(u32::MAX);
+        let revoked = u32::try_from(live).unwrap_or(u32::MAX);
         Ok(Response::new(RevokeUserSessionsResponse { revoked }))
     }
 

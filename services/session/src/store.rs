@@ -380,8 +380,9 @@ impl SessionStore {
 
     /// Revokes every live session of `user_id` but `keep` at `now` (and those that
     /// ended after `since`, whose last access tokens may still be valid) in one
-    /// transaction, with their blacklist entries and `event` (given the count): all
-    /// of them, or none and an error. The ids revoked.
+    /// transaction, with their blacklist entries and `event` (given the count of live
+    /// ones): all of them, or none and an error. The ids revoked, and how many of
+    /// them were live.
     pub async fn revoke_all<'a>(
         &self,
         user_id: uuid::Uuid,
@@ -390,12 +391,12 @@ impl SessionStore {
         (now, since): (DateTime<Utc>, DateTime<Utc>),
         blacklist_until: DateTime<Utc>,
         event: impl FnOnce(usize) -> EventBuilder<'a> + Send,
-    ) -> anyhow::Result<Vec<uuid::Uuid>> {
+    ) -> anyhow::Result<(Vec<uuid::Uuid>, usize)> {
         let owner = user_id.to_string();
         let mut conn = aia_db::conn(&self.pool).await?;
         conn.transaction::<_, diesel::result::Error, _>(async |conn| {
             scope::set(conn, Scope::User(&owner)).await?;
-            let mut revoked: Vec<uuid::Uuid> = diesel::update(sessions::table)
+            let ended: Vec<(uuid::Uuid, DateTime<Utc>)> = diesel::update(sessions::table)
                 .filter(sessions::user_id.eq(user_id))
                 .filter(sessions::revoked_at.is_null())
                 .filter(sessions::expires_at.gt(since))
@@ -404,15 +405,18 @@ impl SessionStore {
                     sessions::revoked_at.eq(now),
                     sessions::revoke_reason.eq(reason),
                 ))
-                .returning(sessions::id)
+                .returning((sessions::id, sessions::expires_at))
                 .get_results(conn)
                 .await?;
-            revoked.sort();
-            for id in &revoked {
+            let mut ids: Vec<uuid::Uuid> = ended.iter().map(|(id, _)| *id).collect();
+            ids.sort();
+            for id in &ids {
                 Blacklist::store_in(conn, (Kind::Sid, *id, blacklist_until)).await?;
             }
-            event(revoked.len()).write_in(conn).await?;
-            Ok(revoked)
+            // Counted (in the answer and the event): the sessions that were live.
+            let live = ended.iter().filter(|(_, expires)| *expires > now).count();
+            event(live).write_in(conn).await?;
+            Ok((ids, live))
         })
         .await
         .context("revoking a user's sessions")
@@ -464,10 +468,13 @@ impl SessionStore {
         // Conditional on still being live: of two concurrent logouts one revokes.
         conn.transaction::<_, diesel::result::Error, _>(async |conn| {
             scope::set(conn, Scope::User(&owner)).await?;
+            // The session row is locked before its blacklist entry, in the order
+            // `revoke_all` takes them (the other order deadlocked against it).
             let exists: Option<Option<DateTime<Utc>>> = sessions::table
                 .find(session_id)
                 .filter(sessions::user_id.eq(user_id))
                 .select(sessions::revoked_at)
+                .for_update()
                 .first(conn)
                 .await
                 .optional()?;
