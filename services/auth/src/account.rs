@@ -13,6 +13,7 @@ use crate::domain::{EmailAddress, Invalid, Password};
 use crate::email_tokens::Purpose;
 use crate::error::AuthError;
 use crate::service::{Auth, api_key_info};
+use crate::users::User;
 
 impl Auth {
     pub(crate) async fn change_password(
@@ -223,7 +224,9 @@ impl Auth {
             .await
             .map_err(AuthError::Unavailable)?;
         if let Some(user) = user.filter(|u| !u.email_verified && u.disabled_at.is_none()) {
-            self.send_verification(user.id, &email).await?;
+            // After the answer (see `answer_first`).
+            let auth = self.clone();
+            answer_first(async move { auth.send_verification(user.id, &email).await });
         }
         Ok(EmailResponse {})
     }
@@ -238,14 +241,27 @@ impl Auth {
             .by_email(&email)
             .await
             .map_err(AuthError::Unavailable)?;
+        let auth = self.clone();
+        answer_first(async move { auth.reset_requested(user, email, req.client).await });
+        Ok(EmailResponse {})
+    }
+
+    /// What a reset request does once it is answered: a token and a mail for a
+    /// live account, an event either way.
+    async fn reset_requested(
+        &self,
+        user: Option<User>,
+        email: EmailAddress,
+        client: Option<aia_proto::common::v1::ClientInfo>,
+    ) -> Result<(), AuthError> {
         let Some(user) = user.filter(|u| u.disabled_at.is_none()) else {
             self.audit
                 .event("auth.password_reset_requested", Outcome::Failure)
-                .client(req.client.as_ref())
+                .client(client.as_ref())
                 .details(serde_json::json!({"reason": "unknown_email"}))
                 .emit()
                 .await;
-            return Ok(EmailResponse {});
+            return Ok(());
         };
         let expires = chrono::Utc::now() + Self::ttl(self.mail.reset_ttl);
         let token = self
@@ -266,10 +282,10 @@ impl Auth {
         self.audit
             .event("auth.password_reset_requested", Outcome::Success)
             .subject(user.id.to_string())
-            .client(req.client.as_ref())
+            .client(client.as_ref())
             .emit()
             .await;
-        Ok(EmailResponse {})
+        Ok(())
     }
 
     pub(crate) async fn reset_password(
@@ -342,4 +358,16 @@ impl Auth {
             sessions_ended: ended,
         })
     }
+}
+
+/// Runs `work` after the answer has gone: whether an address has an account changes
+/// what a reset or verification request does (a token written, a mail queued), and
+/// must not change how long its answer takes (DESIGN §3: never reveal it in timing).
+/// A failure is logged; the answer was the same either way.
+fn answer_first(work: impl Future<Output = Result<(), AuthError>> + Send + 'static) {
+    tokio::spawn(async move {
+        if let Err(error) = work.await {
+            tracing::warn!(%error, "an email request's work failed after its answer");
+        }
+    });
 }

@@ -291,3 +291,51 @@ async fn a_reset_token_raced_ten_times_works_exactly_once() -> anyhow::Result<()
     stack.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_and_verification_requests_answer_before_any_work_that_reveals_an_account()
+-> anyhow::Result<()> {
+    // For a known address a reset (or verification) request writes a token and
+    // queues a mail; for an unknown one it does neither. Were that work done before
+    // the answer, its time would tell who has an account. Here writing a token takes
+    // two seconds; the answers must not wait for it.
+    let (stack, smtp) = stack_with_mail(&[]).await?;
+    let email = email();
+    let registered = post(
+        &stack,
+        "/v1/auth/register",
+        json!({"email": email, "password": PASSWORD}),
+    )
+    .await?;
+    assert!(registered.status().is_success(), "{}", registered.status());
+    let mut conn = stack.db.connect().await?;
+    for statement in [
+        "CREATE FUNCTION public.slow() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN PERFORM pg_sleep(2); RETURN NEW; END $$",
+        "CREATE TRIGGER slow BEFORE INSERT ON auth.email_tokens \
+         FOR EACH ROW EXECUTE FUNCTION public.slow()",
+    ] {
+        diesel::sql_query(statement).execute(&mut conn).await?;
+    }
+    let before = aia_testkit::eventually(std::time::Duration::from_secs(10), || async {
+        Ok(Some(smtp.count_for(&email)))
+    })
+    .await?;
+    for path in ["/v1/auth/password/forgot", "/v1/auth/verify-email/resend"] {
+        let started = std::time::Instant::now();
+        let answer = post(&stack, path, json!({"email": email})).await?;
+        let took = started.elapsed();
+        assert!(answer.status().is_success(), "{path}: {}", answer.status());
+        assert!(
+            took < std::time::Duration::from_millis(1500),
+            "{path} answered a known address after {took:?}: the token was written first"
+        );
+    }
+    // The work is still done, after the answers: both mails arrive.
+    aia_testkit::eventually(std::time::Duration::from_secs(20), || async {
+        Ok((smtp.count_for(&email) >= before + 2).then_some(()))
+    })
+    .await?;
+    stack.stop().await;
+    Ok(())
+}
