@@ -101,8 +101,8 @@ impl Auth {
         &self,
         req: CreateApiKeyRequest,
     ) -> Result<CreateApiKeyResponse, AuthError> {
-        let user_id =
-            uuid::Uuid::parse_str(&req.user_id).map_err(|_| AuthError::InvalidAccessToken)?;
+        let user = self.token_user(&req.user_id).await?;
+        let user_id = user.id;
         self.require_second_factor(user_id, &req.amr).await?;
         let name = req.name.trim();
         if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
@@ -116,6 +116,15 @@ impl Auth {
         }
         let expires_at = (req.expires_in_days > 0)
             .then(|| chrono::Utc::now() + chrono::Duration::days(i64::from(req.expires_in_days)));
+        // Checked last, once the request is otherwise good (a refused name costs no
+        // hash): a key outlives the access token and a password reset.
+        self.require_password(
+            &user,
+            &req.password,
+            "auth.api_key_created",
+            req.client.as_ref(),
+        )
+        .await?;
         let mut scopes = req.scopes.clone();
         scopes.sort();
         scopes.dedup();

@@ -132,8 +132,38 @@ impl Auth {
             .await
     }
 
+    /// Refuses (403, and a failure event of `event_type`) unless `presented` is the
+    /// password of `user`: for the changes a stolen access token alone must not make.
+    pub(crate) async fn require_password(
+        &self,
+        user: &User,
+        presented: &str,
+        event_type: &'static str,
+        client: Option<&ClientInfo>,
+    ) -> Result<(), AuthError> {
+        if self
+            .hasher
+            .verify(
+                Password::presented(presented)?,
+                Some(user.password_hash.clone()),
+            )
+            .await?
+        {
+            return Ok(());
+        }
+        self.audit
+            .event(event_type, Outcome::Failure)
+            .actor(user.id.to_string())
+            .subject(user.id.to_string())
+            .client(client)
+            .details(serde_json::json!({"reason": "wrong_password"}))
+            .emit()
+            .await;
+        Err(AuthError::WrongCurrentPassword)
+    }
+
     /// The live, enabled user behind a verified access token's `sub`.
-    async fn token_user(&self, user_id: &str) -> Result<User, AuthError> {
+    pub(crate) async fn token_user(&self, user_id: &str) -> Result<User, AuthError> {
         let id = uuid::Uuid::parse_str(user_id).map_err(|_| AuthError::InvalidAccessToken)?;
         self.users
             .by_id(id)
@@ -198,24 +228,8 @@ impl Auth {
         // The password first: with a stolen access token alone, an attacker could
         // otherwise put their own authenticator on the account and shut the owner out
         // (a password reset does not remove the factor).
-        if !self
-            .hasher
-            .verify(
-                Password::presented(&req.password)?,
-                Some(user.password_hash.clone()),
-            )
-            .await?
-        {
-            self.audit
-                .event("auth.mfa_enroll", Outcome::Failure)
-                .actor(user.id.to_string())
-                .subject(user.id.to_string())
-                .client(req.client.as_ref())
-                .details(serde_json::json!({"method": "totp", "reason": "wrong_password"}))
-                .emit()
-                .await;
-            return Err(AuthError::WrongCurrentPassword);
-        }
+        self.require_password(&user, &req.password, "auth.mfa_enroll", req.client.as_ref())
+            .await?;
         // Sessions it ends are recorded by the session service (`session.revoke_all`).
         let enabled = self
             .audit

@@ -32,6 +32,9 @@ pub struct NewKey {
     #[serde(default)]
     #[schema(maximum = 3650)]
     expires_in_days: u32,
+    /// The account's password: a key outlives the access token and a password reset,
+    /// so a stolen access token alone cannot mint one.
+    password: String,
 }
 
 /// A scope an API key may have (the schema of [`NewKey`]'s items).
@@ -76,7 +79,11 @@ pub async fn create(
         name,
         scopes,
         expires_in_days,
+        password,
     } = body.into_inner();
+    // A guess at the password, as for a password change.
+    let account = crate::rate_limit::user_account_key(&auth.claims.sub);
+    crate::rate_limit::spend_guess(&state, &account).await?;
     let created = state
         .auth
         .clone()
@@ -87,6 +94,7 @@ pub async fn create(
             expires_in_days,
             client: Some(client.to_proto()),
             amr: auth.claims.amr,
+            password,
         })
         .await?
         .into_inner();

@@ -6,7 +6,7 @@ use diesel_async::RunQueryDsl;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{assert_problem, field, signed_in};
+use crate::helpers::{PASSWORD, assert_problem, field, signed_in};
 
 async fn create(stack: &Stack, token: &str, body: Value) -> anyhow::Result<reqwest::Response> {
     Ok(stack
@@ -36,7 +36,7 @@ async fn a_key_is_shown_once_works_until_revoked_and_a_wrong_secret_never_works(
     let response = create(
         &stack,
         token,
-        json!({"name": "ci", "scopes": ["profile:read"]}),
+        json!({"name": "ci", "password": PASSWORD, "scopes": ["profile:read"]}),
     )
     .await?;
     assert_eq!(response.status(), StatusCode::CREATED);
@@ -131,7 +131,7 @@ async fn scopes_limit_a_key_and_no_key_can_do_account_actions() -> anyhow::Resul
     let created: Value = create(
         &stack,
         token,
-        json!({"name": "introspector", "scopes": ["tokens:introspect"]}),
+        json!({"name": "introspector", "password": PASSWORD, "scopes": ["tokens:introspect"]}),
     )
     .await?
     .json()
@@ -157,7 +157,7 @@ async fn scopes_limit_a_key_and_no_key_can_do_account_actions() -> anyhow::Resul
             .http()
             .post(stack.url("/v1/api-keys"))
             .header("x-api-key", &key)
-            .json(&json!({"name": "x", "scopes": ["profile:read"]})),
+            .json(&json!({"name": "x", "password": PASSWORD, "scopes": ["profile:read"]})),
         stack
             .http()
             .get(stack.url("/v1/api-keys"))
@@ -189,11 +189,14 @@ async fn expired_keys_and_bad_requests_are_refused() -> anyhow::Result<()> {
     let user = signed_in(&stack).await?;
     let token = field(&user, "access_token");
     for body in [
-        json!({"name": "", "scopes": ["profile:read"]}),
-        json!({"name": "x", "scopes": []}),
-        json!({"name": "x", "scopes": ["admin"]}),
-        json!({"name": "x", "scopes": ["profile:read"], "expires_in_days": 100000}),
-        json!({"name": "x", "scopes": ["profile:read"], "owner": "someone else"}),
+        json!({"name": "", "password": PASSWORD, "scopes": ["profile:read"]}),
+        json!({"name": "x", "password": PASSWORD, "scopes": []}),
+        json!({"name": "x", "password": PASSWORD, "scopes": ["admin"]}),
+        json!({"name": "x", "password": PASSWORD, "scopes": ["profile:read"], "expires_in_days": 100000}),
+        json!({"name": "x", "password": PASSWORD, "scopes": ["profile:read"], "owner": "someone else"}),
+        // A key outlives the access token and a password reset: minting one takes
+        // the password, which a stolen access token does not carry.
+        json!({"name": "x", "scopes": ["profile:read"]}),
     ] {
         assert_problem(
             create(&stack, token, body.clone()).await?,
@@ -201,10 +204,18 @@ async fn expired_keys_and_bad_requests_are_refused() -> anyhow::Result<()> {
         )
         .await?;
     }
+    let wrong = create(
+        &stack,
+        token,
+        json!({"name": "x", "password": "not the password at all", "scopes": ["profile:read"]}),
+    )
+    .await?;
+    let body = assert_problem(wrong, StatusCode::FORBIDDEN).await?;
+    assert!(field(&body, "detail").contains("password"), "{body}");
     let created: Value = create(
         &stack,
         token,
-        json!({"name": "short-lived", "scopes": ["profile:read"], "expires_in_days": 1}),
+        json!({"name": "short-lived", "password": PASSWORD, "scopes": ["profile:read"], "expires_in_days": 1}),
     )
     .await?
     .json()

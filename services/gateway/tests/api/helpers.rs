@@ -114,7 +114,7 @@ pub async fn api_key(
         .http()
         .post(stack.url("/v1/api-keys"))
         .bearer_auth(token)
-        .json(&serde_json::json!({"name": "svc", "scopes": scopes}))
+        .json(&serde_json::json!({"name": "svc", "password": PASSWORD, "scopes": scopes}))
         .send()
         .await?
         .json()

@@ -142,7 +142,7 @@ async fn no_secret_reaches_the_logs() -> anyhow::Result<()> {
     let created: Value = post(
         "/v1/api-keys",
         Some(&access),
-        json!({"name": "logs", "scopes": ["profile:read"]}),
+        json!({"name": "logs", "password": PASSWORD, "scopes": ["profile:read"]}),
     )
     .await?
     .json()

@@ -394,7 +394,7 @@ async fn credential_changes_need_a_session_that_used_the_second_factor() -> anyh
         &stack,
         "/v1/api-keys",
         Some(&pwd_only),
-        json!({"name": "ci", "scopes": ["profile:read"]}),
+        json!({"name": "ci", "password": PASSWORD, "scopes": ["profile:read"]}),
     )
     .await?;
     assert_problem(key, StatusCode::FORBIDDEN).await?;
@@ -423,7 +423,7 @@ async fn credential_changes_need_a_session_that_used_the_second_factor() -> anyh
         &stack,
         "/v1/api-keys",
         Some(&strong),
-        json!({"name": "ci", "scopes": ["profile:read"]}),
+        json!({"name": "ci", "password": PASSWORD, "scopes": ["profile:read"]}),
     )
     .await?;
     assert_eq!(created.status(), StatusCode::CREATED);

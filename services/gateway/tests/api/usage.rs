@@ -7,7 +7,7 @@ use aia_testkit::{Stack, eventually};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{admin, assert_problem, field, signed_in, user_id};
+use crate::helpers::{PASSWORD, admin, assert_problem, field, signed_in, user_id};
 
 /// The (requests, errors) of `caller` on `class` in the admin view.
 fn counted(page: &Value, caller: &str, class: &str) -> (i64, i64) {
@@ -43,7 +43,7 @@ async fn admins_see_requests_per_user_and_api_key_per_route_class() -> anyhow::R
     let created: Value = http
         .post(stack.url("/v1/api-keys"))
         .bearer_auth(&token)
-        .json(&json!({"name": "usage", "scopes": ["profile:read"]}))
+        .json(&json!({"name": "usage", "password": PASSWORD, "scopes": ["profile:read"]}))
         .send()
         .await?
         .json()
