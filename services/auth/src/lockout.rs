@@ -64,6 +64,8 @@ pub enum Refusal {
 pub struct Precheck {
     /// Locked, but this IP is a known client: only a correct password gets in.
     pub locked_known_client: bool,
+    /// This IP is a known client of the account (locked or not).
+    pub known_client: bool,
 }
 
 /// The throttle.
@@ -105,6 +107,7 @@ impl Lockout {
                 );
                 Ok(Ok(Precheck {
                     locked_known_client: false,
+                    known_client: false,
                 }))
             }
             Err(error) => {
@@ -166,12 +169,18 @@ impl Lockout {
         }
         Ok(Ok(Precheck {
             locked_known_client: locked && known,
+            known_client: known,
         }))
     }
 
-    /// After a failed password: count it on every axis. True if this failure locked
-    /// the account (it was not locked before).
-    pub async fn record_failure(&self, email: &str, ip: &str) -> anyhow::Result<bool> {
+    /// The failures on one account that lock it, and for how long.
+    pub fn threshold(&self) -> (u64, Duration) {
+        (self.limits.threshold, self.limits.lock_for)
+    }
+
+    /// After a failed password: count it on every axis. Whether this failure locked
+    /// the account (it was not locked before), and the account's failures now.
+    pub async fn record_failure(&self, email: &str, ip: &str) -> anyhow::Result<(bool, u64)> {
         let mut conn = self.redis.get().await.context("Redis connection")?;
         let window = self.limits.window.as_secs();
         let pair = format!("{email}|{ip}");
@@ -207,7 +216,7 @@ impl Lockout {
             .await
             .context("counting a failed login")?;
         if account_failures < self.limits.threshold {
-            return Ok(false);
+            return Ok((false, account_failures));
         }
         let newly: Option<String> = redis::cmd("SET")
             .arg(self.key("lock", email))
@@ -218,7 +227,7 @@ impl Lockout {
             .query_async(&mut conn)
             .await
             .context("locking an account")?;
-        Ok(newly.is_some())
+        Ok((newly.is_some(), account_failures))
     }
 
     /// After a successful login: this IP becomes a known client, and the account's

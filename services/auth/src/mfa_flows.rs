@@ -70,7 +70,7 @@ impl Auth {
             .await
             .map_err(AuthError::Unavailable)?
             .ok_or(AuthError::InvalidMfaLogin)?;
-        self.may_try(&pending.email, ip, client).await?;
+        let precheck = self.may_try(&pending.email, ip, client).await?;
         let user = self
             .users
             .by_id(pending.user_id)
@@ -81,6 +81,17 @@ impl Auth {
             // change or reset since ends the pending login with the sessions.
             .filter(|u| Mfa::password_fingerprint(&u.password_hash) == pending.password)
             .ok_or(AuthError::InvalidMfaLogin)?;
+        // Counted as a failure before the code is checked (a success clears it), so
+        // that codes sent at once on many challenges cannot all pass a lock check
+        // made before any of them was counted: past the threshold, a stranger's code
+        // is not checked at all (a known client is exempt from the lock, as ever).
+        let failures = self
+            .count_failure(&pending.email, ip, client, Some(user.id))
+            .await?;
+        let (threshold, lock_for) = self.lockout.threshold();
+        if failures > threshold && !precheck.known_client {
+            return Err(AuthError::Throttled(lock_for));
+        }
         let factor = self
             .mfa
             .verify(user.id, &req.code)
@@ -96,8 +107,6 @@ impl Auth {
                 .details(serde_json::json!({"reason": "wrong_code"}))
                 .emit()
                 .await;
-            self.count_failure(&pending.email, ip, client, Some(user.id))
-                .await?;
             return Err(AuthError::InvalidMfaLogin);
         };
         if !self

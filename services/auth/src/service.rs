@@ -270,15 +270,15 @@ impl Auth {
     }
 
     /// Counts a failed login step (a wrong password or a wrong second factor) on
-    /// the throttle, and records a lock it causes.
+    /// the throttle, and records a lock it causes. The account's failures now.
     pub(crate) async fn count_failure(
         &self,
         email: &str,
         ip: &str,
         client: Option<&aia_proto::common::v1::ClientInfo>,
         subject: Option<uuid::Uuid>,
-    ) -> Result<(), AuthError> {
-        let locked = self
+    ) -> Result<u64, AuthError> {
+        let (locked, failures) = self
             .lockout
             .record_failure(email, ip)
             .await
@@ -295,7 +295,7 @@ impl Auth {
             }
             event.emit().await;
         }
-        Ok(())
+        Ok(failures)
     }
 
     /// Starts a session for `user`, who authenticated with `amr`, and issues its

@@ -629,3 +629,45 @@ async fn a_challenge_opened_before_a_password_change_dies_with_the_old_password(
     stack.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codes_sent_at_once_on_many_challenges_stop_at_the_lock() -> anyhow::Result<()> {
+    // Five tries per challenge, and the account locks after LOCKOUT_THRESHOLD wrong
+    // codes; but the lock was checked before any code of a burst had been counted,
+    // so codes sent at once on several challenges were all checked. Each code now
+    // counts before it is checked: past the threshold a stranger's codes are not.
+    let stack = Stack::start_with(&[
+        ("LOGIN_BACKOFF_AFTER", "100".into()),
+        ("LOCKOUT_THRESHOLD", "4".into()),
+        ("RATE_LIMIT_LOGIN", "1000/60".into()),
+    ])
+    .await?;
+    let user = enrolled(&stack).await?;
+    let attacker = from_ip(2)?;
+    let mut challenges = Vec::new();
+    for _ in 0..3 {
+        challenges.push(challenge(&attacker, &stack, &user.email).await?);
+    }
+    let before = wrong_codes_checked(&stack).await?;
+    let tries: Vec<(String, String)> = challenges
+        .iter()
+        .flat_map(|pending| (0..5).map(move |n| (pending.clone(), format!("{:06}", 200_000 + n))))
+        .collect();
+    let burst = tries
+        .iter()
+        .map(|(pending, code)| second_step(&attacker, &stack, pending, code));
+    for answer in futures::future::join_all(burst).await {
+        let status = answer?.status();
+        assert!(
+            status == StatusCode::UNAUTHORIZED || status == StatusCode::TOO_MANY_REQUESTS,
+            "{status}"
+        );
+    }
+    let checked = wrong_codes_checked(&stack).await? - before;
+    assert!(
+        (1..=4).contains(&checked),
+        "{checked} codes were checked with a lock at 4"
+    );
+    stack.stop().await;
+    Ok(())
+}
