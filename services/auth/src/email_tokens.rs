@@ -66,6 +66,14 @@ impl EmailTokens {
         let token_hash = hash(&token);
         let mut conn = aia_db::conn(&self.pool).await?;
         conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+            // One issue per user and purpose at a time (two requests sent together,
+            // answered before their tokens are written, would otherwise both insert and
+            // leave two live tokens): a transaction-scoped advisory lock on both.
+            diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1 || ':' || $2, 0))")
+                .bind::<diesel::sql_types::Text, _>(user_id.to_string())
+                .bind::<diesel::sql_types::Text, _>(purpose.as_str())
+                .execute(conn)
+                .await?;
             diesel::update(email_tokens::table)
                 .filter(email_tokens::user_id.eq(user_id))
                 .filter(email_tokens::purpose.eq(purpose.as_str()))

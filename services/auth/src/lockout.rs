@@ -178,22 +178,51 @@ impl Lockout {
         (self.limits.threshold, self.limits.lock_for)
     }
 
-    /// After a failed password: count it on every axis. Whether this failure locked
-    /// the account (it was not locked before), and the account's failures now.
-    pub async fn record_failure(&self, email: &str, ip: &str) -> anyhow::Result<(bool, u64)> {
+    /// Before a second-factor code is checked: counts it on the account alone (a
+    /// success clears it; a failure is then recorded with this count). The account's
+    /// failures now. Counting first, atomically, is what keeps codes sent at once
+    /// from all passing a check made before any of them counted.
+    pub async fn count_attempt(&self, email: &str) -> anyhow::Result<u64> {
         let mut conn = self.redis.get().await.context("Redis connection")?;
-        let window = self.limits.window.as_secs();
-        let pair = format!("{email}|{ip}");
-        let (account_failures, _, _): (u64, u64, u64) = redis::pipe()
+        let (account_failures,): (u64,) = redis::pipe()
             .cmd("INCR")
             .arg(self.key("acct", email))
             .cmd("EXPIRE")
             .arg(self.key("acct", email))
-            .arg(window)
+            .arg(self.limits.window.as_secs())
             .arg("NX")
             .ignore()
-            .cmd("INCR")
+            .query_async(&mut conn)
+            .await
+            .context("counting a second-factor attempt")?;
+        Ok(account_failures)
+    }
+
+    /// After a failed password or code: counts it on every axis (on the account
+    /// already, when `counted` is what [`Lockout::count_attempt`] returned) and locks
+    /// the account once due. True if this failure locked it (it was not locked).
+    pub async fn record_failure(
+        &self,
+        email: &str,
+        ip: &str,
+        counted: Option<u64>,
+    ) -> anyhow::Result<bool> {
+        let mut conn = self.redis.get().await.context("Redis connection")?;
+        let window = self.limits.window.as_secs();
+        let pair = format!("{email}|{ip}");
+        let mut pipe = redis::pipe();
+        if counted.is_none() {
+            pipe.cmd("INCR")
+                .arg(self.key("acct", email))
+                .cmd("EXPIRE")
+                .arg(self.key("acct", email))
+                .arg(window)
+                .arg("NX")
+                .ignore();
+        }
+        pipe.cmd("INCR")
             .arg(self.key("ip", ip))
+            .ignore()
             .cmd("EXPIRE")
             .arg(self.key("ip", ip))
             .arg(window)
@@ -201,6 +230,7 @@ impl Lockout {
             .ignore()
             .cmd("INCR")
             .arg(self.key("pair", &pair))
+            .ignore()
             .cmd("EXPIRE")
             .arg(self.key("pair", &pair))
             .arg(window)
@@ -211,12 +241,25 @@ impl Lockout {
             .arg(now_ms())
             .arg("EX")
             .arg(window)
-            .ignore()
-            .query_async(&mut conn)
-            .await
-            .context("counting a failed login")?;
+            .ignore();
+        let account_failures = match counted {
+            Some(count) => {
+                let () = pipe
+                    .query_async(&mut conn)
+                    .await
+                    .context("counting a failed login")?;
+                count
+            }
+            None => {
+                let (count,): (u64,) = pipe
+                    .query_async(&mut conn)
+                    .await
+                    .context("counting a failed login")?;
+                count
+            }
+        };
         if account_failures < self.limits.threshold {
-            return Ok((false, account_failures));
+            return Ok(false);
         }
         let newly: Option<String> = redis::cmd("SET")
             .arg(self.key("lock", email))
@@ -227,7 +270,7 @@ impl Lockout {
             .query_async(&mut conn)
             .await
             .context("locking an account")?;
-        Ok((newly.is_some(), account_failures))
+        Ok(newly.is_some())
     }
 
     /// After a successful login: this IP becomes a known client, and the account's

@@ -3,8 +3,9 @@
 //!
 //! Rules (see `mfa` for the storage):
 //! - A user with TOTP on gets a challenge instead of tokens; the throttle is cleared
-//!   only by the second factor, and each wrong code counts on it as a wrong password
-//!   does, so a stolen password does not buy unlimited code guesses.
+//!   only by the second factor, and each code counts on the account before it is
+//!   checked (a wrong one then on every axis, as a wrong password does), so a stolen
+//!   password does not buy unlimited code guesses, not even sent all at once.
 //! - Sessions record how they were opened (`amr`: `pwd`, or `pwd` + `otp`), and
 //!   access tokens carry it. With TOTP on, the actions that change credentials
 //!   (password change, API key creation, turning TOTP off) need a token whose `amr`
@@ -81,16 +82,19 @@ impl Auth {
             // change or reset since ends the pending login with the sessions.
             .filter(|u| Mfa::password_fingerprint(&u.password_hash) == pending.password)
             .ok_or(AuthError::InvalidMfaLogin)?;
-        // Counted as a failure before the code is checked (a success clears it), so
+        // Counted on the account before the code is checked (a success clears it;
+        // a failure is recorded on the other axes, and locks, after the check), so
         // that codes sent at once on many challenges cannot all pass a lock check
         // made before any of them was counted: past the threshold, a stranger's code
         // is not checked at all (a known client is exempt from the lock, as ever).
-        let failures = self
-            .count_failure(&pending.email, ip, client, Some(user.id))
-            .await?;
+        let attempts = self
+            .lockout
+            .count_attempt(&pending.email)
+            .await
+            .map_err(AuthError::Unavailable)?;
         let (threshold, lock_for) = self.lockout.threshold();
-        if failures > threshold && !precheck.known_client {
-            return Err(AuthError::Throttled(lock_for));
+        if attempts > threshold && !precheck.known_client {
+            return Err(self.throttled(lock_for, client).await);
         }
         let factor = self
             .mfa
@@ -107,6 +111,8 @@ impl Auth {
                 .details(serde_json::json!({"reason": "wrong_code"}))
                 .emit()
                 .await;
+            self.count_failure(&pending.email, ip, client, Some(user.id), Some(attempts))
+                .await?;
             return Err(AuthError::InvalidMfaLogin);
         };
         if !self

@@ -207,7 +207,7 @@ impl Auth {
                     event = event.subject(u.id.to_string());
                 }
                 event.emit().await;
-                self.count_failure(email.as_str(), &ip, client, other.map(|u| u.id))
+                self.count_failure(email.as_str(), &ip, client, other.map(|u| u.id), None)
                     .await?;
                 return Err(AuthError::InvalidCredentials);
             }
@@ -257,30 +257,43 @@ impl Auth {
             .map_err(AuthError::Unavailable)?
         {
             Ok(precheck) => Ok(precheck),
-            Err(Refusal::RetryAfter(wait)) => {
-                metrics::counter!("auth_login_total", "outcome" => "failure", "reason" => "throttled").increment(1);
-                self.audit
-                    .event("auth.login", Outcome::Failure)
-                    .client(client)
-                    .details(serde_json::json!({"reason": "throttled", "retry_after_seconds": wait.as_secs()}))
-                    .emit().await;
-                Err(AuthError::Throttled(wait))
-            }
+            Err(Refusal::RetryAfter(wait)) => Err(self.throttled(wait, client).await),
         }
     }
 
+    /// A login step refused by the throttle, counted and recorded: retry after `wait`.
+    pub(crate) async fn throttled(
+        &self,
+        wait: std::time::Duration,
+        client: Option<&aia_proto::common::v1::ClientInfo>,
+    ) -> AuthError {
+        metrics::counter!("auth_login_total", "outcome" => "failure", "reason" => "throttled")
+            .increment(1);
+        self.audit
+            .event("auth.login", Outcome::Failure)
+            .client(client)
+            .details(
+                serde_json::json!({"reason": "throttled", "retry_after_seconds": wait.as_secs()}),
+            )
+            .emit()
+            .await;
+        AuthError::Throttled(wait)
+    }
+
     /// Counts a failed login step (a wrong password or a wrong second factor) on
-    /// the throttle, and records a lock it causes. The account's failures now.
+    /// the throttle (on the account already when `counted`, see
+    /// `Lockout::count_attempt`), and records a lock it causes.
     pub(crate) async fn count_failure(
         &self,
         email: &str,
         ip: &str,
         client: Option<&aia_proto::common::v1::ClientInfo>,
         subject: Option<uuid::Uuid>,
-    ) -> Result<u64, AuthError> {
-        let (locked, failures) = self
+        counted: Option<u64>,
+    ) -> Result<(), AuthError> {
+        let locked = self
             .lockout
-            .record_failure(email, ip)
+            .record_failure(email, ip, counted)
             .await
             .map_err(AuthError::Unavailable)?;
         if locked {
@@ -295,7 +308,7 @@ impl Auth {
             }
             event.emit().await;
         }
-        Ok(failures)
+        Ok(())
     }
 
     /// Starts a session for `user`, who authenticated with `amr`, and issues its

@@ -609,8 +609,8 @@ pub fn refusal(
 /// Spends one of an account's guesses at a secret (its password or a one-time code)
 /// from the per-account policy (`RATE_LIMIT_LOGIN_ACCOUNT`): the 429 (or 503) problem
 /// once they are spent. Logins spend them by the email's [`account_key`]; the routes
-/// that check a signed-in user's password or code (password change, TOTP off) by the
-/// user id, so that a stolen access token is no faster a password oracle than the
+/// that check a signed-in user's password or code (password change, TOTP on and off,
+/// API-key creation) by the user id, so that a stolen access token is no faster a password oracle than the
 /// login form.
 pub async fn spend_guess(state: &State, account: &str) -> Result<(), Problem> {
     let limiter = &state.limiter;

@@ -141,15 +141,25 @@ impl Blacklist {
     /// Entries stored (or extended) in the last [`LOOKBACK_SECONDS`], by the
     /// database's clock.
     async fn recent(&self) -> anyhow::Result<Vec<Entry>> {
+        self.load(true).await.context("reading recent revocations")
+    }
+
+    /// The unexpired entries, all of them or (`recent`) those stored in the last
+    /// [`LOOKBACK_SECONDS`], by the database's clock.
+    async fn load(&self, recent: bool) -> anyhow::Result<Vec<Entry>> {
         let mut conn = aia_db::conn(&self.pg).await?;
-        let rows: Vec<(String, uuid::Uuid, DateTime<Utc>)> = revocations::table
+        let mut query = revocations::table
             .select((revocations::kind, revocations::id, revocations::expires_at))
-            .filter(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
-                "revoked_at > now() - interval '{LOOKBACK_SECONDS} seconds' AND expires_at > now()"
-            )))
-            .load(&mut conn)
-            .await
-            .context("reading recent revocations")?;
+            .filter(diesel::dsl::sql::<diesel::sql_types::Bool>(
+                "expires_at > now()",
+            ))
+            .into_boxed();
+        if recent {
+            query = query.filter(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
+                "revoked_at > now() - interval '{LOOKBACK_SECONDS} seconds'"
+            )));
+        }
+        let rows: Vec<(String, uuid::Uuid, DateTime<Utc>)> = query.load(&mut conn).await?;
         Ok(rows
             .into_iter()
             .filter_map(|(kind, id, until)| Some((Kind::from_str(&kind)?, id, until)))
@@ -494,17 +504,7 @@ impl Blacklist {
 
     /// Every entry that still matters, from the durable store.
     pub async fn unexpired(&self) -> anyhow::Result<Vec<Entry>> {
-        let mut conn = aia_db::conn(&self.pg).await?;
-        let rows: Vec<(String, uuid::Uuid, DateTime<Utc>)> = revocations::table
-            .select((revocations::kind, revocations::id, revocations::expires_at))
-            .filter(revocations::expires_at.gt(Utc::now()))
-            .load(&mut conn)
-            .await
-            .context("loading revocations")?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|(kind, id, until)| Some((Kind::from_str(&kind)?, id, until)))
-            .collect())
+        self.load(false).await.context("loading revocations")
     }
 
     /// Copies every unexpired entry from Postgres to Redis, then marks Redis complete.

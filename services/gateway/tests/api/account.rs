@@ -352,8 +352,9 @@ async fn a_login_racing_a_password_change_gets_no_session_that_outlives_it() -> 
     Ok(())
 }
 
+/// One `count(*) AS n`.
 #[derive(diesel::QueryableByName)]
-struct Count {
+pub(crate) struct Count {
     #[diesel(sql_type = diesel::sql_types::BigInt)]
-    n: i64,
+    pub(crate) n: i64,
 }

@@ -317,10 +317,9 @@ async fn reset_and_verification_requests_answer_before_any_work_that_reveals_an_
     ] {
         diesel::sql_query(statement).execute(&mut conn).await?;
     }
-    let before = aia_testkit::eventually(std::time::Duration::from_secs(10), || async {
-        Ok(Some(smtp.count_for(&email)))
-    })
-    .await?;
+    // The registration's own mail first, so that the count below is of the new ones.
+    smtp.wait_for(&email).await?;
+    let before = smtp.count_for(&email);
     for path in ["/v1/auth/password/forgot", "/v1/auth/verify-email/resend"] {
         let started = std::time::Instant::now();
         let answer = post(&stack, path, json!({"email": email})).await?;
@@ -336,6 +335,52 @@ async fn reset_and_verification_requests_answer_before_any_work_that_reveals_an_
         Ok((smtp.count_for(&email) >= before + 2).then_some(()))
     })
     .await?;
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_reset_requests_sent_together_leave_one_live_token() -> anyhow::Result<()> {
+    // "A new token voids the older one" must hold when two requests (a double click)
+    // write their tokens at the same time: here each write takes half a second.
+    let (stack, _smtp) = stack_with_mail(&[]).await?;
+    let email = email();
+    let registered = post(
+        &stack,
+        "/v1/auth/register",
+        json!({"email": email, "password": PASSWORD}),
+    )
+    .await?;
+    assert!(registered.status().is_success(), "{}", registered.status());
+    let mut conn = stack.db.connect().await?;
+    for statement in [
+        "CREATE FUNCTION public.slow() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN PERFORM pg_sleep(0.5); RETURN NEW; END $$",
+        "CREATE TRIGGER slow BEFORE INSERT ON auth.email_tokens \
+         FOR EACH ROW EXECUTE FUNCTION public.slow()",
+    ] {
+        diesel::sql_query(statement).execute(&mut conn).await?;
+    }
+    let (a, b) = tokio::join!(
+        post(&stack, "/v1/auth/password/forgot", json!({"email": email})),
+        post(&stack, "/v1/auth/password/forgot", json!({"email": email})),
+    );
+    assert!(a?.status().is_success() && b?.status().is_success());
+    let count = |live: bool| {
+        diesel::sql_query(format!(
+            "SELECT count(*) AS n FROM auth.email_tokens t JOIN auth.users u ON u.id = t.user_id \
+             WHERE u.email = '{email}' AND t.purpose = 'reset_password'{}",
+            if live { " AND t.used_at IS NULL" } else { "" }
+        ))
+    };
+    aia_testkit::eventually(std::time::Duration::from_secs(10), || async {
+        let all: Vec<crate::account::Count> =
+            count(false).load(&mut stack.db.connect().await?).await?;
+        Ok(all.iter().any(|c| c.n == 2).then_some(()))
+    })
+    .await?;
+    let live: Vec<crate::account::Count> = count(true).load(&mut conn).await?;
+    assert!(live.iter().any(|c| c.n == 1), "two live reset tokens");
     stack.stop().await;
     Ok(())
 }
