@@ -376,7 +376,8 @@ impl Auth {
 fn answer_first(work: impl Future<Output = Result<(), AuthError>> + Send + 'static) {
     tokio::spawn(async move {
         if let Err(error) = work.await {
-            tracing::warn!(%error, "an email request's work failed after its answer");
+            metrics::counter!("auth_deferred_email_work_failures_total").increment(1);
+            tracing::warn!(error = ?error, "an email request's work failed after its answer");
         }
     });
 }

@@ -671,3 +671,37 @@ async fn codes_sent_at_once_on_many_challenges_stop_at_the_lock() -> anyhow::Res
     stack.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_correct_code_at_the_threshold_neither_locks_nor_alerts() -> anyhow::Result<()> {
+    // Codes count on the account before they are checked; a right one must not be
+    // the failure that locks the account (which would shut the owner's other
+    // devices out for the lock's length after a perfectly good login).
+    let stack = Stack::start_with(&[
+        ("LOGIN_BACKOFF_AFTER", "100".into()),
+        ("LOCKOUT_THRESHOLD", "4".into()),
+    ])
+    .await?;
+    let user = enrolled(&stack).await?;
+    let stranger = from_ip(2)?;
+    let pending = challenge(&stranger, &stack, &user.email).await?;
+    for wrong in ["000000", "000001", "000002"] {
+        let answer = second_step(&stranger, &stack, &pending, wrong).await?;
+        assert_problem(answer, StatusCode::UNAUTHORIZED).await?;
+    }
+    // The owner, from a new device (a new address), with the right code: the fourth.
+    let new_device = from_ip(3)?;
+    let own = challenge(&new_device, &stack, &user.email).await?;
+    let ok = second_step(&new_device, &stack, &own, &code_at(&user.uri, now() + 30)?).await?;
+    assert_eq!(ok.status(), StatusCode::OK);
+    // Not locked: a third address still gets as far as the password.
+    let third = from_ip(4)?;
+    let answer = third
+        .post(stack.url("/v1/auth/login"))
+        .json(&json!({"email": user.email, "password": PASSWORD}))
+        .send()
+        .await?;
+    assert_eq!(answer.status(), StatusCode::OK);
+    stack.stop().await;
+    Ok(())
+}
