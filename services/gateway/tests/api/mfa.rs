@@ -600,10 +600,7 @@ async fn a_challenge_opened_before_a_password_change_dies_with_the_old_password(
     // The owner signs in with both factors (a recovery code: the confirmation spent
     // the current TOTP step) and changes the password.
     let own = challenge(stack.http(), &stack, &user.email).await?;
-    let recovery = user
-        .recovery_codes
-        .iter()
-        .next()
+    let recovery = <[String]>::first(&user.recovery_codes)
         .cloned()
         .unwrap_or_default();
     let pair: Value = second_step(stack.http(), &stack, &own, &recovery)
