@@ -373,7 +373,7 @@ impl Auth {
 /// what a reset or verification request does (a token written, a mail queued), and
 /// must not change how long its answer takes (DESIGN §3: never reveal it in timing).
 /// A failure is logged; the answer was the same either way.
-fn answer_first(work: impl Future<Output = Result<(), AuthError>> + Send + 'static) {
+pub(crate) fn answer_first(work: impl Future<Output = Result<(), AuthError>> + Send + 'static) {
     tokio::spawn(async move {
         if let Err(error) = work.await {
             metrics::counter!("auth_deferred_email_work_failures_total").increment(1);

@@ -147,19 +147,28 @@ impl Auth {
             })
             .await
             .map_err(AuthError::Unavailable)?;
+        // What differs between a new and a taken address (the verification token and
+        // mail, or the failure event) happens after the answer.
+        let auth = self.clone();
+        let client = req.client;
         match created {
             Some(id) => {
                 metrics::counter!("auth_register_total", "outcome" => "created").increment(1);
-                self.send_verification(id, &email).await?;
+                crate::account::answer_first(
+                    async move { auth.send_verification(id, &email).await },
+                );
             }
             None => {
                 metrics::counter!("auth_register_total", "outcome" => "email_taken").increment(1);
-                self.audit
-                    .event("auth.register", Outcome::Failure)
-                    .client(client)
-                    .details(serde_json::json!({"reason": "email_taken"}))
-                    .emit()
-                    .await;
+                crate::account::answer_first(async move {
+                    auth.audit
+                        .event("auth.register", Outcome::Failure)
+                        .client(client.as_ref())
+                        .details(serde_json::json!({"reason": "email_taken"}))
+                        .emit()
+                        .await;
+                    Ok(())
+                });
             }
         }
         Ok(RegisterResponse {})

@@ -293,7 +293,7 @@ async fn a_reset_token_raced_ten_times_works_exactly_once() -> anyhow::Result<()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reset_and_verification_requests_answer_before_any_work_that_reveals_an_account()
+async fn email_requests_and_registration_answer_before_any_work_that_reveals_an_account()
 -> anyhow::Result<()> {
     // For a known address a reset (or verification) request writes a token and
     // queues a mail; for an unknown one it does neither. Were that work done before
@@ -317,6 +317,20 @@ async fn reset_and_verification_requests_answer_before_any_work_that_reveals_an_
     ] {
         diesel::sql_query(statement).execute(&mut conn).await?;
     }
+    // Registering a new address writes a verification token; a taken one does not.
+    let started = std::time::Instant::now();
+    let registered = post(
+        &stack,
+        "/v1/auth/register",
+        json!({"email": crate::helpers::email(), "password": PASSWORD}),
+    )
+    .await?;
+    let took = started.elapsed();
+    assert!(registered.status().is_success(), "{}", registered.status());
+    assert!(
+        took < std::time::Duration::from_millis(1500),
+        "registering a new address answered after {took:?}: the token was written first"
+    );
     // The registration's own mail first, so that the count below is of the new ones.
     smtp.wait_for(&email).await?;
     let before = smtp.count_for(&email);
