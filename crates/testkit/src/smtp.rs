@@ -61,6 +61,13 @@ impl SmtpSink {
 
     /// Waits (up to 10 s) for the `n`-th message to `to`, counting from 1.
     pub async fn nth(&self, to: &str, n: usize) -> anyhow::Result<Mail> {
+        self.nth_with(to, "", n).await
+    }
+
+    /// Waits (up to 10 s) for the `n`-th message to `to` that contains `text` (its
+    /// subject, say), counting from 1: mails of different kinds (a verification and
+    /// a reset, sent after their answers) may arrive in either order.
+    pub async fn nth_with(&self, to: &str, text: &str, n: usize) -> anyhow::Result<Mail> {
         crate::eventually(Duration::from_secs(10), || async {
             let received = self
                 .received
@@ -68,7 +75,8 @@ impl SmtpSink {
                 .map_err(|_| anyhow::anyhow!("poisoned"))?;
             let mut to_them = received
                 .iter()
-                .filter(|m| m.to.iter().any(|t| t.eq_ignore_ascii_case(to)));
+                .filter(|m| m.to.iter().any(|t| t.eq_ignore_ascii_case(to)))
+                .filter(|m| m.data.contains(text));
             Ok(to_them.nth(n.saturating_sub(1)).cloned())
         })
         .await

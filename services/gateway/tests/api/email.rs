@@ -9,6 +9,9 @@ use serde_json::{Value, json};
 
 use crate::helpers::{PASSWORD, assert_problem, email, field, login, me_status};
 
+/// The subject of password-reset mails.
+pub(crate) const RESET: &str = "Reset your password";
+
 /// The 43-character token in a message.
 pub(crate) fn token_in(mail: &str) -> String {
     mail.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
@@ -152,8 +155,8 @@ async fn a_password_reset_ends_every_session_and_lifts_a_lockout() -> anyhow::Re
         (known.status(), known.text().await?),
         (unknown.status(), unknown.text().await?)
     );
-    // The second message to the address (the first was the verification).
-    let mail = smtp.nth(&email, 2).await?;
+    // The reset message (the verification went to the address too).
+    let mail = smtp.nth_with(&email, RESET, 1).await?;
     assert!(mail.data.contains("Reset your password"), "{}", mail.data);
     let token = token_in(&mail.data);
 
@@ -221,9 +224,9 @@ async fn expired_and_replaced_reset_tokens_are_refused() -> anyhow::Result<()> {
     )
     .await?;
     post(&stack, "/v1/auth/password/forgot", json!({"email": email})).await?;
-    let first = token_in(&smtp.nth(&email, 2).await?.data);
+    let first = token_in(&smtp.nth_with(&email, RESET, 1).await?.data);
     post(&stack, "/v1/auth/password/forgot", json!({"email": email})).await?;
-    let second = token_in(&smtp.nth(&email, 3).await?.data);
+    let second = token_in(&smtp.nth_with(&email, RESET, 2).await?.data);
     assert_ne!(first, second);
     let replaced = post(
         &stack,
@@ -269,7 +272,7 @@ async fn a_reset_token_raced_ten_times_works_exactly_once() -> anyhow::Result<()
     )
     .await?;
     post(&stack, "/v1/auth/password/forgot", json!({"email": email})).await?;
-    let token = token_in(&smtp.nth(&email, 2).await?.data);
+    let token = token_in(&smtp.nth_with(&email, RESET, 1).await?.data);
     let attempts = (0..10).map(|i| {
         let body = json!({"token": token, "new_password": format!("raced passphrase number {i}")});
         let request = stack

@@ -562,7 +562,7 @@ async fn a_password_reset_does_not_skip_the_second_factor() -> anyhow::Result<()
         json!({"email": user.email}),
     )
     .await?;
-    let mail = smtp.nth(&user.email, 2).await?;
+    let mail = smtp.nth_with(&user.email, crate::email::RESET, 1).await?;
     let token = crate::email::token_in(&mail.data);
     let new = "a fresh passphrase after reset";
     let reset = post(
