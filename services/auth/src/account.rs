@@ -16,6 +16,23 @@ use crate::service::{Auth, api_key_info};
 use crate::users::User;
 
 impl Auth {
+    /// Runs `work` after the answer has gone: whether an address has an account
+    /// changes what a reset, verification or registration request does (a token
+    /// written, a mail queued), and must not change how long its answer takes
+    /// (DESIGN §3: never reveal it in timing). Tracked, so that shutdown waits for
+    /// it (within the grace period); a failure is counted and logged.
+    pub(crate) fn answer_first(
+        &self,
+        work: impl Future<Output = Result<(), AuthError>> + Send + 'static,
+    ) {
+        self.deferred.spawn(async move {
+            if let Err(error) = work.await {
+                metrics::counter!("auth_deferred_email_work_failures_total").increment(1);
+                tracing::warn!(error = ?error, "an email request's work failed after its answer");
+            }
+        });
+    }
+
     pub(crate) async fn change_password(
         &self,
         req: ChangePasswordRequest,
@@ -233,9 +250,9 @@ impl Auth {
             .await
             .map_err(AuthError::Unavailable)?;
         if let Some(user) = user.filter(|u| !u.email_verified && u.disabled_at.is_none()) {
-            // After the answer (see `answer_first`).
+            // After the answer (see `Auth::answer_first`).
             let auth = self.clone();
-            answer_first(async move { auth.send_verification(user.id, &email).await });
+            self.answer_first(async move { auth.send_verification(user.id, &email).await });
         }
         Ok(EmailResponse {})
     }
@@ -251,7 +268,7 @@ impl Auth {
             .await
             .map_err(AuthError::Unavailable)?;
         let auth = self.clone();
-        answer_first(async move { auth.reset_requested(user, email, req.client).await });
+        self.answer_first(async move { auth.reset_requested(user, email, req.client).await });
         Ok(EmailResponse {})
     }
 
@@ -367,17 +384,4 @@ impl Auth {
             sessions_ended: ended,
         })
     }
-}
-
-/// Runs `work` after the answer has gone: whether an address has an account changes
-/// what a reset or verification request does (a token written, a mail queued), and
-/// must not change how long its answer takes (DESIGN §3: never reveal it in timing).
-/// A failure is logged; the answer was the same either way.
-pub(crate) fn answer_first(work: impl Future<Output = Result<(), AuthError>> + Send + 'static) {
-    tokio::spawn(async move {
-        if let Err(error) = work.await {
-            metrics::counter!("auth_deferred_email_work_failures_total").increment(1);
-            tracing::warn!(error = ?error, "an email request's work failed after its answer");
-        }
-    });
 }

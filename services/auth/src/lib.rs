@@ -135,6 +135,17 @@ pub async fn build(
         session: SessionServiceClient::new(aia_telemetry::otel::traced(session)),
         revocations,
         audit,
+        deferred: tokio_util::task::TaskTracker::new(),
+    };
+    // Deferred work (a reset token, a verification mail) is finished, within the
+    // grace period, before the service stops: its request was already answered 202.
+    let deferred = {
+        let (tracker, stopping) = (auth.deferred.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            stopping.cancelled().await;
+            tracker.close();
+            tracker.wait().await;
+        })
     };
     let app = GrpcApplication::bind(
         settings.grpc_addr,
@@ -146,7 +157,10 @@ pub async fn build(
         shutdown,
     )
     .await?;
-    Ok(app.with_background(relay).with_background(reload))
+    Ok(app
+        .with_background(deferred)
+        .with_background(relay)
+        .with_background(reload))
 }
 
 /// Creates an administrator (for `aia create-admin`): the password must pass the

@@ -58,6 +58,9 @@ pub struct Auth {
     /// `ValidateToken` asks `session.IsRevoked` only while the copy is not fresh.
     pub(crate) revocations: Arc<aia_revocations::RevocationCache>,
     pub(crate) audit: AuditClient,
+    /// Work done after its request was answered (see `Auth::answer_first`),
+    /// waited for at shutdown.
+    pub(crate) deferred: tokio_util::task::TaskTracker,
 }
 
 /// The access token id that goes with a refresh token: a one-way function of it.
@@ -154,13 +157,11 @@ impl Auth {
         match created {
             Some(id) => {
                 metrics::counter!("auth_register_total", "outcome" => "created").increment(1);
-                crate::account::answer_first(
-                    async move { auth.send_verification(id, &email).await },
-                );
+                self.answer_first(async move { auth.send_verification(id, &email).await });
             }
             None => {
                 metrics::counter!("auth_register_total", "outcome" => "email_taken").increment(1);
-                crate::account::answer_first(async move {
+                self.answer_first(async move {
                     auth.audit
                         .event("auth.register", Outcome::Failure)
                         .client(client.as_ref())

@@ -401,3 +401,42 @@ async fn two_reset_requests_sent_together_leave_one_live_token() -> anyhow::Resu
     stack.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_answered_before_a_shutdown_still_gets_its_token() -> anyhow::Result<()> {
+    // The token is written after the 202; a shutdown right after the answer must
+    // wait for it (within the grace period), not drop it.
+    let (mut stack, _smtp) = stack_with_mail(&[]).await?;
+    let email = email();
+    let registered = post(
+        &stack,
+        "/v1/auth/register",
+        json!({"email": email, "password": PASSWORD}),
+    )
+    .await?;
+    assert!(registered.status().is_success(), "{}", registered.status());
+    let mut conn = stack.db.connect().await?;
+    for statement in [
+        "CREATE FUNCTION public.slow() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN PERFORM pg_sleep(1); RETURN NEW; END $$",
+        "CREATE TRIGGER slow BEFORE INSERT ON auth.email_tokens \
+         FOR EACH ROW EXECUTE FUNCTION public.slow()",
+    ] {
+        diesel::sql_query(statement).execute(&mut conn).await?;
+    }
+    let answer = post(&stack, "/v1/auth/password/forgot", json!({"email": email})).await?;
+    assert!(answer.status().is_success(), "{}", answer.status());
+    stack.stop_service("auth").await;
+    let tokens: Vec<crate::account::Count> = diesel::sql_query(format!(
+        "SELECT count(*) AS n FROM auth.email_tokens t JOIN auth.users u ON u.id = t.user_id \
+         WHERE u.email = '{email}' AND t.purpose = 'reset_password'"
+    ))
+    .load(&mut conn)
+    .await?;
+    assert!(
+        tokens.iter().any(|c| c.n == 1),
+        "the answered reset's token was dropped at shutdown"
+    );
+    stack.stop().await;
+    Ok(())
+}
