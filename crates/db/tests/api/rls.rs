@@ -227,6 +227,22 @@ async fn each_service_sees_only_what_its_transaction_names() -> anyhow::Result<(
         .await
     );
     assert_eq!(count_in(&mut conn, Some(Scope::Service), events).await?, 2);
+    // Nor can the role date an event back to make retention cut past the 30 days: an
+    // event's recorded_at is the database's, whatever the insert says, so pruning
+    // what is "31 days old" after a backdated insert still removes nothing.
+    let backdated = "INSERT INTO audit.events (id, occurred_at, recorded_at, event_type, outcome, producer) \
+         VALUES (gen_random_uuid(), now(), now() - interval '400 days', 'auth.login', 'success', 'auth')";
+    assert!(!refused(&mut conn, Some(Scope::Service), backdated).await);
+    assert!(!refused(&mut conn, Some(Scope::Service), &event(BOB)).await);
+    assert!(
+        !refused(
+            &mut conn,
+            Some(Scope::Service),
+            "SELECT * FROM audit.prune_retained(now() - interval '31 days')"
+        )
+        .await
+    );
+    assert_eq!(count_in(&mut conn, Some(Scope::Service), events).await?, 4);
     for change in [
         "UPDATE audit.events SET subject = 'someone else'",
         "DELETE FROM audit.events",
