@@ -45,9 +45,11 @@ impl TryFrom<Event> for NewEvent {
 
     fn try_from(e: Event) -> Result<Self, Self::Error> {
         let id = uuid::Uuid::parse_str(&e.id).map_err(|_| InvalidEvent("id must be a UUID"))?;
+        // Years 1 to 9999: chrono reaches further than Postgres stores.
         let occurred_at = e
             .occurred_at
             .and_then(|t| DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).ok()?))
+            .filter(|t| (1..=9999).contains(&chrono::Datelike::year(t)))
             .ok_or(InvalidEvent("occurred_at is missing or out of range"))?;
         let valid_type = !e.event_type.is_empty()
             && e.event_type.len() <= 128
@@ -78,6 +80,10 @@ impl TryFrom<Event> for NewEvent {
             if field.len() > MAX_FIELD {
                 return Err(InvalidEvent("a text field is longer than 1024 bytes"));
             }
+            // Postgres text holds no NUL.
+            if field.contains('\0') {
+                return Err(InvalidEvent("a text field contains a NUL character"));
+            }
         }
         if e.details_json.len() > MAX_DETAILS {
             return Err(InvalidEvent("details_json is larger than 16 KiB"));
@@ -90,6 +96,10 @@ impl TryFrom<Event> for NewEvent {
                 .filter(serde_json::Value::is_object)
                 .ok_or(InvalidEvent("details_json must be a JSON object"))?
         };
+        // jsonb holds no NUL either (a `\u0000` in a string or a key).
+        if holds_nul(&details) {
+            return Err(InvalidEvent("details_json contains a NUL character"));
+        }
         Ok(Self {
             id,
             occurred_at,
@@ -106,6 +116,16 @@ impl TryFrom<Event> for NewEvent {
             risk_reasons: Vec::new(),
             traceparent: well_formed(e.traceparent),
         })
+    }
+}
+
+/// Whether a string or key anywhere in `value` contains NUL.
+fn holds_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(holds_nul),
+        serde_json::Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
     }
 }
 

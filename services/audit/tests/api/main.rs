@@ -126,6 +126,19 @@ async fn a_batch_with_one_malformed_event_is_refused_whole() -> anyhow::Result<(
         ("details not an object", |e| e.details_json = "[1]".into()),
         ("details not JSON", |e| e.details_json = "{".into()),
         ("huge field", |e| e.user_agent = "x".repeat(5000)),
+        // What Postgres cannot store: refused here as the caller's mistake (it was an
+        // internal error, which the producers' relays retry for ever, holding back
+        // every event after it).
+        ("NUL in a field", |e| e.user_agent = "a\0b".into()),
+        ("NUL in details", |e| {
+            e.details_json = r#"{"a":"\u0000"}"#.into()
+        }),
+        ("before the year 1", |e| {
+            e.occurred_at = Some(prost_types::Timestamp {
+                seconds: -70_000_000_000,
+                nanos: 0,
+            });
+        }),
     ];
     for (name, mutate) in mutations {
         let mut bad = event("auth.login");
