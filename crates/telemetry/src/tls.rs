@@ -110,9 +110,26 @@ pub fn authorize<T>(request: &tonic::Request<T>, allowed: &[&str]) -> Result<(),
         allowed,
         MESH.load(std::sync::atomic::Ordering::Relaxed),
     )
+    .map(|_| ())
 }
 
-const SERVICES: [&str; 4] = ["gateway", "auth", "session", "audit"];
+/// [`authorize`], and which service of the platform the caller is, when its
+/// certificate or mesh identity names one (`None` without internal TLS, or for a
+/// certificate of the CA that names none of them).
+pub fn caller<T>(
+    request: &tonic::Request<T>,
+    allowed: &[&str],
+) -> Result<Option<&'static str>, tonic::Status> {
+    authorize_in(
+        request,
+        allowed,
+        MESH.load(std::sync::atomic::Ordering::Relaxed),
+    )
+}
+
+/// The services of the platform, by the names their certificates and service
+/// accounts carry.
+pub const SERVICES: [&str; 4] = ["gateway", "auth", "session", "audit"];
 
 fn refused() -> tonic::Status {
     metrics::counter!("grpc_calls_refused_total", "reason" => "caller_not_allowed").increment(1);
@@ -123,10 +140,10 @@ fn authorize_in<T>(
     request: &tonic::Request<T>,
     allowed: &[&str],
     mesh: bool,
-) -> Result<(), tonic::Status> {
+) -> Result<Option<&'static str>, tonic::Status> {
     let Some(certs) = request.peer_certs() else {
         if !mesh {
-            return Ok(());
+            return Ok(None);
         }
         let identity = request
             .metadata()
@@ -141,29 +158,41 @@ fn authorize_in<T>(
             .split_once(".serviceaccount.identity.")
             .and_then(|(head, _)| head.split_once('.'))
             .map(|(account, _namespace)| account);
-        let service = account.and_then(|a| a.strip_prefix("aia-"));
-        let permitted = service.is_some_and(|s| {
-            if allowed.is_empty() {
-                SERVICES.contains(&s)
-            } else {
-                allowed.contains(&s)
-            }
-        });
-        return if permitted { Ok(()) } else { Err(refused()) };
+        let service = account
+            .and_then(|a| a.strip_prefix("aia-"))
+            .and_then(|s| SERVICES.iter().copied().find(|known| *known == s));
+        let permitted = service.is_some_and(|s| allowed.is_empty() || allowed.contains(&s));
+        return if permitted {
+            Ok(service)
+        } else {
+            Err(refused())
+        };
     };
     let Some(leaf) = certs.first() else {
         return Err(tonic::Status::unauthenticated("no client certificate"));
     };
+    let cert = webpki::EndEntityCert::try_from(leaf);
+    let valid_for = |name: &str| {
+        cert.as_ref().is_ok_and(|cert| {
+            rustls_pki_types::ServerName::try_from(name).is_ok_and(|server_name| {
+                cert.verify_is_valid_for_subject_name(&server_name).is_ok()
+            })
+        })
+    };
+    let service = SERVICES.iter().copied().find(|s| valid_for(s));
     if allowed.is_empty() {
-        return Ok(());
+        return Ok(service);
     }
-    let cert = webpki::EndEntityCert::try_from(leaf)
-        .map_err(|_| tonic::Status::unauthenticated("unreadable client certificate"))?;
-    let permitted = allowed.iter().any(|name| {
-        rustls_pki_types::ServerName::try_from(*name)
-            .is_ok_and(|server_name| cert.verify_is_valid_for_subject_name(&server_name).is_ok())
-    });
-    if permitted { Ok(()) } else { Err(refused()) }
+    if cert.is_err() {
+        return Err(tonic::Status::unauthenticated(
+            "unreadable client certificate",
+        ));
+    }
+    if allowed.iter().any(|name| valid_for(name)) {
+        Ok(service)
+    } else {
+        Err(refused())
+    }
 }
 
 #[cfg(test)]

@@ -83,6 +83,27 @@ impl Audit {
     }
 }
 
+/// Who may record: the platform's services only (not every certificate of the CA:
+/// your services get those to call `ValidateToken`), each under its own name: with
+/// internal TLS or a mesh, an event's `producer` must be the calling service (the
+/// gateway cannot file `auth.login` events as auth, nor a stranger raise alerts). The
+/// check to apply to each event of the call.
+fn producer_check<T>(
+    request: &Request<T>,
+) -> Result<impl Fn(&NewEvent) -> Result<(), Status> + use<T>, Status> {
+    let caller = aia_telemetry::tls::caller(request, &aia_telemetry::tls::SERVICES)?;
+    Ok(move |event: &NewEvent| match caller {
+        Some(service) if event.producer != service => {
+            metrics::counter!("grpc_calls_refused_total", "reason" => "producer_not_caller")
+                .increment(1);
+            Err(Status::permission_denied(
+                "an event's producer must be the service that records it",
+            ))
+        }
+        _ => Ok(()),
+    })
+}
+
 #[tonic::async_trait]
 impl AuditService for Audit {
     #[tracing::instrument(level = "debug", skip_all)]
@@ -90,12 +111,13 @@ impl AuditService for Audit {
         &self,
         request: Request<RecordRequest>,
     ) -> Result<Response<RecordResponse>, Status> {
-        authorize(&request, &[])?; // any service of the platform
+        let caller = producer_check(&request)?;
         let event = request
             .into_inner()
             .event
             .ok_or_else(|| Status::invalid_argument("event is required"))?;
         let row = NewEvent::try_from(event).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        caller(&row)?;
         let stored = self.store(vec![row]).await? == 1;
         Ok(Response::new(RecordResponse { stored }))
     }
@@ -105,7 +127,7 @@ impl AuditService for Audit {
         &self,
         request: Request<RecordBatchRequest>,
     ) -> Result<Response<RecordBatchResponse>, Status> {
-        authorize(&request, &[])?; // any service of the platform
+        let caller = producer_check(&request)?;
         let events = request.into_inner().events;
         tracing::Span::current().record("count", events.len());
         if events.len() > MAX_BATCH {
@@ -119,6 +141,7 @@ impl AuditService for Audit {
             .map(NewEvent::try_from)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        rows.iter().try_for_each(&caller)?;
         let stored = self.store(rows).await?;
         Ok(Response::new(RecordBatchResponse {
             stored: u32::try_from(stored).unwrap_or(u32::MAX),

@@ -163,6 +163,40 @@ async fn internal_listeners_refuse_strangers_and_check_each_callers_identity() -
         Some(tonic::Code::PermissionDenied)
     );
 
+    // Audit takes events from the platform's services only, each under its own
+    // name: the gateway cannot file an auth.login as auth (it could have made an
+    // attacker's address "known" to the risk rules, or raised alerts against anyone),
+    // and a certificate of the CA for one of your services records nothing.
+    let event = |producer: &str| aia_proto::audit::v1::RecordRequest {
+        event: Some(aia_proto::audit::v1::Event {
+            id: uuid::Uuid::new_v4().to_string(),
+            occurred_at: Some(prost_types::Timestamp {
+                seconds: chrono::Utc::now().timestamp(),
+                nanos: 0,
+            }),
+            event_type: "auth.login".into(),
+            outcome: aia_proto::audit::v1::Outcome::Success.into(),
+            producer: producer.into(),
+            ..Default::default()
+        }),
+    };
+    let mut as_gateway_to_audit =
+        AuditServiceClient::new(as_service(&pki, "gateway", &stack.audit.url(), "audit").await?);
+    let forged = as_gateway_to_audit.record(event("auth")).await;
+    assert_eq!(
+        forged.err().map(|s| s.code()),
+        Some(tonic::Code::PermissionDenied)
+    );
+    let own = as_gateway_to_audit.record(event("gateway")).await;
+    assert!(own.is_ok(), "{own:?}");
+    let mut as_yours =
+        AuditServiceClient::new(as_service(&pki, "reports", &stack.audit.url(), "audit").await?);
+    let stranger = as_yours.record(event("reports")).await;
+    assert_eq!(
+        stranger.err().map(|s| s.code()),
+        Some(tonic::Code::PermissionDenied)
+    );
+
     // A client that expects the session service but reaches a listener whose
     // certificate names another service refuses to talk.
     let wrong_peer = endpoint(
