@@ -365,17 +365,10 @@ async fn deliver(
                 }
             }
         }
-        let count = events.len() as u64;
-        if !events.is_empty() {
-            match client.record_batch(RecordBatchRequest { events }).await {
-                Ok(_) => metrics::counter!("audit_events_sent_total").increment(count),
-                Err(status) if status.code() == tonic::Code::InvalidArgument => {
-                    // Retrying cannot help; a producer bug, not an outage.
-                    metrics::counter!("audit_events_dropped_total").increment(count);
-                    tracing::error!(message = status.message(), "audit refused a batch");
-                }
-                Err(status) => anyhow::bail!("audit unreachable: {:?}", status.code()),
-            }
+        if !events.is_empty()
+            && let Err(status) = record(client, events).await
+        {
+            anyhow::bail!("audit unreachable: {:?}", status.code());
         }
         let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
         diesel::sql_query(format!("DELETE FROM {table} WHERE seq = ANY($1)"))
@@ -450,6 +443,52 @@ async fn relay(
     flush(&mut client, rest).await;
 }
 
+/// Delivers `events`: as one batch, or, when audit refuses the batch as invalid (it
+/// refuses a batch whole for one bad event), one by one, so that only the events it
+/// refuses are dropped (a producer bug: counted and logged; retrying cannot help).
+/// An error is an outage: nothing is lost by sending again (audit stores an event id
+/// once).
+async fn record(
+    client: &mut AuditServiceClient<TracedChannel>,
+    events: Vec<Event>,
+) -> Result<(), tonic::Status> {
+    let count = events.len() as u64;
+    let refused = match client
+        .record_batch(RecordBatchRequest {
+            events: events.clone(),
+        })
+        .await
+    {
+        Ok(_) => {
+            metrics::counter!("audit_events_sent_total").increment(count);
+            return Ok(());
+        }
+        Err(status) if status.code() == tonic::Code::InvalidArgument => status,
+        Err(status) => return Err(status),
+    };
+    if events.len() == 1 {
+        metrics::counter!("audit_events_dropped_total").increment(1);
+        tracing::error!(message = refused.message(), "audit refused an event");
+        return Ok(());
+    }
+    for event in events {
+        match client
+            .record_batch(RecordBatchRequest {
+                events: vec![event],
+            })
+            .await
+        {
+            Ok(_) => metrics::counter!("audit_events_sent_total").increment(1),
+            Err(status) if status.code() == tonic::Code::InvalidArgument => {
+                metrics::counter!("audit_events_dropped_total").increment(1);
+                tracing::error!(message = status.message(), "audit refused an event");
+            }
+            Err(status) => return Err(status),
+        }
+    }
+    Ok(())
+}
+
 /// Sends one batch, retrying with backoff. False if shutdown started first.
 async fn send_with_retry(
     client: &mut AuditServiceClient<TracedChannel>,
@@ -458,20 +497,8 @@ async fn send_with_retry(
 ) -> bool {
     let mut backoff = Duration::from_millis(100);
     loop {
-        let request = RecordBatchRequest {
-            events: batch.to_vec(),
-        };
-        match client.record_batch(request).await {
-            Ok(_) => {
-                metrics::counter!("audit_events_sent_total").increment(batch.len() as u64);
-                return true;
-            }
-            Err(status) if status.code() == tonic::Code::InvalidArgument => {
-                // Retrying cannot help; a producer bug, not an outage.
-                metrics::counter!("audit_events_dropped_total").increment(batch.len() as u64);
-                tracing::error!(message = status.message(), "audit refused a batch");
-                return true;
-            }
+        match record(client, batch.to_vec()).await {
+            Ok(()) => return true,
             Err(status) => {
                 tracing::warn!(code = ?status.code(), retry_in = ?backoff, "audit unreachable");
                 tokio::select! {

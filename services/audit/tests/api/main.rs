@@ -424,3 +424,56 @@ async fn the_hash_chain_holds_under_concurrent_writes_and_names_a_tampered_row()
     audit.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_event_audit_refuses_costs_an_outbox_batch_only_itself() -> anyhow::Result<()> {
+    // Audit refuses a batch whole for one invalid event; the producer's relay used to
+    // drop the whole batch then (up to 255 good events lost for one bad one). Now it
+    // sends the batch's events one by one and drops only the one refused.
+    let audit = spawn().await?;
+    let pool = aia_db::pool(&audit.db.url, 2)?;
+    let writer =
+        aia_audit_client::AuditClient::outbox_only("auth", pool.clone(), "auth.audit_outbox");
+    let long = "x".repeat(5000);
+    for agent in ["good", long.as_str(), "good too"] {
+        let client = aia_proto::common::v1::ClientInfo {
+            ip: "203.0.113.9".into(),
+            user_agent: agent.into(),
+            request_id: String::new(),
+        };
+        writer
+            .event("auth.login", Outcome::Success)
+            .client(Some(&client))
+            .emit()
+            .await;
+    }
+    let shutdown = aia_telemetry::shutdown::CancellationToken::new();
+    let (_relaying, relay) = aia_audit_client::AuditClient::spawn_outbox(
+        &audit.addrs.url(),
+        "auth",
+        None,
+        pool,
+        "auth.audit_outbox",
+        shutdown.clone(),
+    )?;
+    let db = &audit.db;
+    aia_testkit::eventually(Duration::from_secs(15), || async move {
+        let mut conn = db.connect().await?;
+        let left: Vec<Count> = diesel::sql_query("SELECT count(*) AS n FROM auth.audit_outbox")
+            .load(&mut conn)
+            .await?;
+        Ok(left.iter().any(|c| c.n == 0).then_some(()))
+    })
+    .await?;
+    assert_eq!(count(&audit.db).await?, 2, "the two good events are stored");
+    shutdown.cancel();
+    let _ = relay.await;
+    audit.stop().await;
+    Ok(())
+}
+
+#[derive(diesel::QueryableByName)]
+struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
