@@ -195,7 +195,7 @@ impl Blacklist {
                     if !failing {
                         tracing::warn!(
                             error = format!("{error:#}"),
-                            "recent revocations not read; watchers get no heartbeats"
+                            "recent revocations not read; this replica's revocation streams end"
                         );
                     }
                     failing = true;
@@ -231,7 +231,7 @@ impl Blacklist {
                 let copied = tokio::time::timeout(POLL_EVERY, self.copy_to_redis(&new)).await;
                 if !matches!(copied, Ok(Ok(()))) {
                     tracing::warn!("recent revocations not copied to Redis");
-                    self.forget_sentinel().await;
+                    let _ = tokio::time::timeout(POLL_EVERY, self.forget_sentinel()).await;
                 }
             }
             // What fell out of the look-back cannot come back unless extended, which
