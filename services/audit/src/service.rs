@@ -83,24 +83,45 @@ impl Audit {
     }
 }
 
-/// Who may record: the platform's services only (not every certificate of the CA:
-/// your services get those to call `ValidateToken`), each under its own name: with
-/// internal TLS or a mesh, an event's `producer` must be the calling service (the
-/// gateway cannot file `auth.login` events as auth, nor a stranger raise alerts). The
-/// check to apply to each event of the call.
+/// The event families each service of the platform records.
+const FAMILIES: [(&str, &[&str]); 3] = [
+    ("gateway", &["gateway."]),
+    ("auth", &["auth.", "admin."]),
+    ("session", &["session.", "token."]),
+];
+
+/// Families only this service writes (its detectors and retention), never over RPC.
+const OWN_FAMILIES: [&str; 2] = ["alert.", "audit."];
+
+/// Who may record what: the platform's services only (not every certificate of the
+/// CA: your services get those to call `ValidateToken`), each under its own name and
+/// its own event families: with internal TLS or a mesh, an event's `producer` must be
+/// the calling service and its type one of that service's families (the gateway
+/// cannot file an `auth.login`, under any producer, that the risk rules would take
+/// for a real one). Nobody records `alert.*` or `audit.*` over RPC. The check to apply
+/// to each event of the call.
 fn producer_check<T>(
     request: &Request<T>,
 ) -> Result<impl Fn(&NewEvent) -> Result<(), Status> + use<T>, Status> {
     let caller = aia_telemetry::tls::caller(request, &aia_telemetry::tls::SERVICES)?;
-    Ok(move |event: &NewEvent| match caller {
-        Some(service) if event.producer != service => {
-            metrics::counter!("grpc_calls_refused_total", "reason" => "producer_not_caller")
+    Ok(move |event: &NewEvent| {
+        let own = OWN_FAMILIES.iter().any(|f| event.event_type.starts_with(f));
+        let permitted = !own
+            && caller.is_none_or(|service| {
+                event.producer == service
+                    && FAMILIES.iter().any(|(name, families)| {
+                        *name == service && families.iter().any(|f| event.event_type.starts_with(f))
+                    })
+            });
+        if permitted {
+            Ok(())
+        } else {
+            metrics::counter!("grpc_calls_refused_total", "reason" => "event_not_callers")
                 .increment(1);
             Err(Status::permission_denied(
-                "an event's producer must be the service that records it",
+                "a service records only its own events, under its own name",
             ))
         }
-        _ => Ok(()),
     })
 }
 

@@ -477,3 +477,24 @@ struct Count {
     #[diesel(sql_type = diesel::sql_types::BigInt)]
     n: i64,
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_and_audit_events_cannot_be_recorded_over_rpc() -> anyhow::Result<()> {
+    // The detectors and retention write these themselves; from outside they would be
+    // decoys (an alert raised against anyone, a fake retention record).
+    let mut audit = spawn().await?;
+    for event_type in ["alert.brute_force", "audit.retention"] {
+        let refused = audit
+            .client
+            .record(RecordRequest {
+                event: Some(event(event_type)),
+            })
+            .await
+            .err()
+            .map(|s| s.code());
+        assert_eq!(refused, Some(tonic::Code::PermissionDenied), "{event_type}");
+    }
+    assert_eq!(count(&audit.db).await?, 0);
+    audit.stop().await;
+    Ok(())
+}

@@ -187,7 +187,27 @@ async fn internal_listeners_refuse_strangers_and_check_each_callers_identity() -
         forged.err().map(|s| s.code()),
         Some(tonic::Code::PermissionDenied)
     );
-    let own = as_gateway_to_audit.record(event("gateway")).await;
+    // Nor as itself, nor in a batch.
+    let as_itself = as_gateway_to_audit.record(event("gateway")).await;
+    assert_eq!(
+        as_itself.err().map(|s| s.code()),
+        Some(tonic::Code::PermissionDenied)
+    );
+    let batch = as_gateway_to_audit
+        .record_batch(aia_proto::audit::v1::RecordBatchRequest {
+            events: event("gateway").event.into_iter().collect(),
+        })
+        .await;
+    assert_eq!(
+        batch.err().map(|s| s.code()),
+        Some(tonic::Code::PermissionDenied)
+    );
+    // Its own kind of event, under its own name, is taken.
+    let mut own = event("gateway");
+    if let Some(e) = own.event.as_mut() {
+        e.event_type = "gateway.rejected".into();
+    }
+    let own = as_gateway_to_audit.record(own).await;
     assert!(own.is_ok(), "{own:?}");
     let mut as_yours =
         AuditServiceClient::new(as_service(&pki, "reports", &stack.audit.url(), "audit").await?);
