@@ -31,6 +31,7 @@ pub struct GrpcApplication {
     reporter: HealthReporter,
     shutdown: CancellationToken,
     background: Vec<tokio::task::JoinHandle<()>>,
+    drains: Vec<futures::future::BoxFuture<'static, ()>>,
 }
 
 impl GrpcApplication {
@@ -72,6 +73,7 @@ impl GrpcApplication {
             reporter,
             shutdown,
             background: Vec::new(),
+            drains: Vec::new(),
         })
     }
 
@@ -79,6 +81,14 @@ impl GrpcApplication {
     /// such as a relay that flushes queued events.
     pub fn with_background(mut self, task: tokio::task::JoinHandle<()>) -> Self {
         self.background.push(task);
+        self
+    }
+
+    /// Work to finish once serving has stopped, before the background tasks are
+    /// waited for (bounded by the grace period): what calls answered during the
+    /// shutdown left behind them, such as the mails of answered requests.
+    pub fn with_drain(mut self, drain: impl Future<Output = ()> + Send + 'static) -> Self {
+        self.drains.push(Box::pin(drain));
         self
     }
 
@@ -113,8 +123,12 @@ impl GrpcApplication {
             });
         let admin = self.admin.run(self.shutdown.clone());
         let background = self.background;
+        let drains = self.drains;
         let all = async {
             let (grpc, admin) = tokio::join!(grpc, admin);
+            for drain in drains {
+                drain.await;
+            }
             for task in background {
                 let _ = task.await;
             }

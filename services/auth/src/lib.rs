@@ -120,6 +120,9 @@ pub async fn build(
     let reload = keys.clone().spawn_reload(shutdown.clone());
     let email_tokens = email_tokens::EmailTokens::new(pg.clone());
     let api_keys = api_keys::ApiKeys::new(pg.clone(), &api_key_secret(&settings)?);
+    // Work done after an answer (tokens, mails): shutdown waits for it.
+    let deferred = tokio_util::task::TaskTracker::new();
+    let tracker = deferred.clone();
     let auth = Auth {
         users: users::UserStore::new(pg),
         hasher: hashing::Hasher::new(&settings.hashing).await?,
@@ -129,23 +132,13 @@ pub async fn build(
         lockout,
         api_keys,
         email_tokens,
-        mailer: mailer::Mailer::new(&settings.mail)?,
+        mailer: mailer::Mailer::new(&settings.mail, deferred.clone())?,
         mail: settings.mail.clone(),
         mfa,
         session: SessionServiceClient::new(aia_telemetry::otel::traced(session)),
         revocations,
         audit,
-        deferred: tokio_util::task::TaskTracker::new(),
-    };
-    // Deferred work (a reset token, a verification mail) is finished, within the
-    // grace period, before the service stops: its request was already answered 202.
-    let deferred = {
-        let (tracker, stopping) = (auth.deferred.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            stopping.cancelled().await;
-            tracker.close();
-            tracker.wait().await;
-        })
+        deferred,
     };
     let app = GrpcApplication::bind(
         settings.grpc_addr,
@@ -157,8 +150,14 @@ pub async fn build(
         shutdown,
     )
     .await?;
+    // Work done after an answer (a reset token, a verification mail) is finished,
+    // within the grace period, once the calls in flight at shutdown have been
+    // answered too.
     Ok(app
-        .with_background(deferred)
+        .with_drain(async move {
+            tracker.close();
+            tracker.wait().await;
+        })
         .with_background(relay)
         .with_background(reload))
 }

@@ -23,13 +23,18 @@ enum Sink {
 pub struct Mailer {
     sink: Sink,
     from: String,
+    /// Sends run here, so that shutdown waits for them (see `Auth::answer_first`).
+    sending: tokio_util::task::TaskTracker,
     /// Base of the links in messages.
     pub public_url: String,
 }
 
 impl Mailer {
-    /// From settings.
-    pub fn new(settings: &MailSettings) -> anyhow::Result<Self> {
+    /// From settings; sends run on `sending`, which shutdown waits for.
+    pub fn new(
+        settings: &MailSettings,
+        sending: tokio_util::task::TaskTracker,
+    ) -> anyhow::Result<Self> {
         let sink = match &settings.smtp_url {
             Some(url) => {
                 let transport: AsyncSmtpTransport<Tokio1Executor> =
@@ -46,6 +51,7 @@ impl Mailer {
         Ok(Self {
             sink,
             from: settings.from.clone(),
+            sending,
             public_url: settings.public_url.trim_end_matches('/').to_owned(),
         })
     }
@@ -75,7 +81,7 @@ impl Mailer {
             }
         };
         let sink = self.sink.clone();
-        tokio::spawn(async move {
+        self.sending.spawn(async move {
             let sent = match sink {
                 Sink::Smtp(transport) => transport
                     .send(message)
