@@ -243,6 +243,16 @@ async fn each_service_sees_only_what_its_transaction_names() -> anyhow::Result<(
         .await
     );
     assert_eq!(count_in(&mut conn, Some(Scope::Service), events).await?, 4);
+    assert_eq!(
+        count_in(
+            &mut conn,
+            Some(Scope::Service),
+            "SELECT count(*) AS n FROM audit.events WHERE recorded_at < now() - interval '1 day'"
+        )
+        .await?,
+        0,
+        "an event kept the date its writer gave it"
+    );
     for change in [
         "UPDATE audit.events SET subject = 'someone else'",
         "DELETE FROM audit.events",
