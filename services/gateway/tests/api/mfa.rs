@@ -699,6 +699,20 @@ async fn a_correct_code_at_the_threshold_neither_locks_nor_alerts() -> anyhow::R
         .send()
         .await?;
     assert_eq!(answer.status(), StatusCode::OK);
+    // And no lock was recorded (no auth.lockout event, no lock counted).
+    let metrics = stack
+        .http()
+        .get(stack.auth.admin_url("/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let locks: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("auth_lockouts_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(locks, 0.0, "a lock was recorded");
     stack.stop().await;
     Ok(())
 }
