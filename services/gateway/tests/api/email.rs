@@ -29,6 +29,35 @@ async fn post(stack: &Stack, path: &str, body: Value) -> anyhow::Result<reqwest:
         .await?)
 }
 
+/// Registers `email`, then makes every email-token write take `seconds` (a trigger
+/// in the test's database); the connection that made it.
+async fn registered_with_slow_tokens(
+    stack: &Stack,
+    email: &str,
+    seconds: f64,
+) -> anyhow::Result<diesel_async::AsyncPgConnection> {
+    let registered = post(
+        stack,
+        "/v1/auth/register",
+        json!({"email": email, "password": PASSWORD}),
+    )
+    .await?;
+    assert!(registered.status().is_success(), "{}", registered.status());
+    let mut conn = stack.db.connect().await?;
+    for statement in [
+        format!(
+            "CREATE FUNCTION public.slow() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN PERFORM pg_sleep({seconds}); RETURN NEW; END $$"
+        ),
+        "CREATE TRIGGER slow BEFORE INSERT ON auth.email_tokens \
+         FOR EACH ROW EXECUTE FUNCTION public.slow()"
+            .to_owned(),
+    ] {
+        diesel::sql_query(statement).execute(&mut conn).await?;
+    }
+    Ok(conn)
+}
+
 pub(crate) async fn stack_with_mail(extra: &[(&str, String)]) -> anyhow::Result<(Stack, SmtpSink)> {
     let smtp = SmtpSink::start().await?;
     let mut all = vec![("SMTP_URL", smtp.url.clone())];
@@ -304,22 +333,7 @@ async fn email_requests_and_registration_answer_before_any_work_that_reveals_an_
     // two seconds; the answers must not wait for it.
     let (stack, smtp) = stack_with_mail(&[]).await?;
     let email = email();
-    let registered = post(
-        &stack,
-        "/v1/auth/register",
-        json!({"email": email, "password": PASSWORD}),
-    )
-    .await?;
-    assert!(registered.status().is_success(), "{}", registered.status());
-    let mut conn = stack.db.connect().await?;
-    for statement in [
-        "CREATE FUNCTION public.slow() RETURNS trigger LANGUAGE plpgsql AS $$ \
-         BEGIN PERFORM pg_sleep(2); RETURN NEW; END $$",
-        "CREATE TRIGGER slow BEFORE INSERT ON auth.email_tokens \
-         FOR EACH ROW EXECUTE FUNCTION public.slow()",
-    ] {
-        diesel::sql_query(statement).execute(&mut conn).await?;
-    }
+    registered_with_slow_tokens(&stack, &email, 2.0).await?;
     // Registering a new address writes a verification token; a taken one does not.
     let started = std::time::Instant::now();
     let registered = post(
@@ -362,22 +376,7 @@ async fn two_reset_requests_sent_together_leave_one_live_token() -> anyhow::Resu
     // write their tokens at the same time: here each write takes half a second.
     let (stack, _smtp) = stack_with_mail(&[]).await?;
     let email = email();
-    let registered = post(
-        &stack,
-        "/v1/auth/register",
-        json!({"email": email, "password": PASSWORD}),
-    )
-    .await?;
-    assert!(registered.status().is_success(), "{}", registered.status());
-    let mut conn = stack.db.connect().await?;
-    for statement in [
-        "CREATE FUNCTION public.slow() RETURNS trigger LANGUAGE plpgsql AS $$ \
-         BEGIN PERFORM pg_sleep(0.5); RETURN NEW; END $$",
-        "CREATE TRIGGER slow BEFORE INSERT ON auth.email_tokens \
-         FOR EACH ROW EXECUTE FUNCTION public.slow()",
-    ] {
-        diesel::sql_query(statement).execute(&mut conn).await?;
-    }
+    let mut conn = registered_with_slow_tokens(&stack, &email, 0.5).await?;
     let (a, b) = tokio::join!(
         post(&stack, "/v1/auth/password/forgot", json!({"email": email})),
         post(&stack, "/v1/auth/password/forgot", json!({"email": email})),
@@ -408,22 +407,7 @@ async fn a_reset_answered_before_a_shutdown_still_gets_its_token() -> anyhow::Re
     // wait for it (within the grace period), not drop it.
     let (mut stack, _smtp) = stack_with_mail(&[]).await?;
     let email = email();
-    let registered = post(
-        &stack,
-        "/v1/auth/register",
-        json!({"email": email, "password": PASSWORD}),
-    )
-    .await?;
-    assert!(registered.status().is_success(), "{}", registered.status());
-    let mut conn = stack.db.connect().await?;
-    for statement in [
-        "CREATE FUNCTION public.slow() RETURNS trigger LANGUAGE plpgsql AS $$ \
-         BEGIN PERFORM pg_sleep(1); RETURN NEW; END $$",
-        "CREATE TRIGGER slow BEFORE INSERT ON auth.email_tokens \
-         FOR EACH ROW EXECUTE FUNCTION public.slow()",
-    ] {
-        diesel::sql_query(statement).execute(&mut conn).await?;
-    }
+    let mut conn = registered_with_slow_tokens(&stack, &email, 1.0).await?;
     let answer = post(&stack, "/v1/auth/password/forgot", json!({"email": email})).await?;
     assert!(answer.status().is_success(), "{}", answer.status());
     stack.stop_service("auth").await;
