@@ -220,10 +220,14 @@ async fn without_redis_the_limit_holds_in_process_and_redis_takes_over_again() -
 {
     let redis: std::net::SocketAddr = "127.0.0.1:6379".parse()?;
     let proxy = TcpProxy::start(redis).await?;
-    // A quota that does not refill within the test (3 per 10 minutes), and a budget
-    // a loaded test run does not overrun once Redis is back (a late answer is decided
-    // in-process, where the first user's bucket was never spent).
+    // A quota that does not refill within the test (3 per 10 minutes), a budget a
+    // loaded test run does not overrun once Redis is back, and one worker: each
+    // worker has its own Redis connection, and a second worker whose connection the
+    // outage broke finds out on its first decision after it (which then goes
+    // in-process, where the first user's bucket was never spent, for the one-second
+    // back-off), whichever worker the wait below happened to reach.
     let stack = Stack::start_with(&[
+        ("GATEWAY_WORKERS", "1".into()),
         ("RATE_LIMIT_API", "3/600".into()),
         ("RATE_LIMIT_FAIL_CLOSED", "register".into()),
         ("RATE_LIMIT_REDIS_BUDGET_MS", "400".into()),
