@@ -109,6 +109,7 @@ pub fn authorize<T>(request: &tonic::Request<T>, allowed: &[&str]) -> Result<(),
         request,
         allowed,
         MESH.load(std::sync::atomic::Ordering::Relaxed),
+        false,
     )
     .map(|_| ())
 }
@@ -124,6 +125,7 @@ pub fn caller<T>(
         request,
         allowed,
         MESH.load(std::sync::atomic::Ordering::Relaxed),
+        true,
     )
 }
 
@@ -136,10 +138,15 @@ fn refused() -> tonic::Status {
     tonic::Status::permission_denied("this service may not call this method")
 }
 
+/// The check of [`authorize`]; with `identify`, also the caller's platform name (a
+/// certificate is parsed and matched against the names only when that is asked, or
+/// when `allowed` names callers: `ValidateToken`, open to any certificate of the CA,
+/// is on every service's hot path).
 fn authorize_in<T>(
     request: &tonic::Request<T>,
     allowed: &[&str],
     mesh: bool,
+    identify: bool,
 ) -> Result<Option<&'static str>, tonic::Status> {
     let Some(certs) = request.peer_certs() else {
         if !mesh {
@@ -171,6 +178,9 @@ fn authorize_in<T>(
     let Some(leaf) = certs.first() else {
         return Err(tonic::Status::unauthenticated("no client certificate"));
     };
+    if allowed.is_empty() && !identify {
+        return Ok(None);
+    }
     let cert = webpki::EndEntityCert::try_from(leaf);
     let valid_for = |name: &str| {
         cert.as_ref().is_ok_and(|cert| {
@@ -179,9 +189,13 @@ fn authorize_in<T>(
             })
         })
     };
-    let service = SERVICES.iter().copied().find(|s| valid_for(s));
+    let service = || {
+        identify
+            .then(|| SERVICES.iter().copied().find(|s| valid_for(s)))
+            .flatten()
+    };
     if allowed.is_empty() {
-        return Ok(service);
+        return Ok(service());
     }
     if cert.is_err() {
         return Err(tonic::Status::unauthenticated(
@@ -189,7 +203,7 @@ fn authorize_in<T>(
         ));
     }
     if allowed.iter().any(|name| valid_for(name)) {
-        Ok(service)
+        Ok(service())
     } else {
         Err(refused())
     }
@@ -214,14 +228,33 @@ mod tests {
         let gateway = "aia-gateway.aia.serviceaccount.identity.linkerd.cluster.local";
         let auth = "aia-auth.aia.serviceaccount.identity.linkerd.cluster.local";
         // The gateway may call a gateway-only method; auth may not.
-        assert!(authorize_in(&from(Some(gateway)), &["gateway"], true).is_ok());
-        let denied = authorize_in(&from(Some(auth)), &["gateway"], true);
+        assert!(authorize_in(&from(Some(gateway)), &["gateway"], true, false).is_ok());
+        let denied = authorize_in(&from(Some(auth)), &["gateway"], true, false);
         assert_eq!(
             denied.err().map(|s| s.code()),
             Some(tonic::Code::PermissionDenied)
         );
         // Any platform service where any is allowed; nobody else.
-        assert!(authorize_in(&from(Some(auth)), &[], true).is_ok());
+        assert!(authorize_in(&from(Some(auth)), &[], true, false).is_ok());
+        // The name audit binds a producer to: the service the proxy vouches for, and
+        // none for a stranger's identity.
+        assert_eq!(
+            authorize_in(&from(Some(auth)), &[], true, true)
+                .ok()
+                .flatten(),
+            Some("auth")
+        );
+        assert!(
+            authorize_in(
+                &from(Some(
+                    "aia-reports.aia.serviceaccount.identity.linkerd.cluster.local"
+                )),
+                &[],
+                true,
+                true
+            )
+            .is_err()
+        );
         for stranger in [
             "default.aia.serviceaccount.identity.linkerd.cluster.local",
             "aia-gateway-evil.aia.serviceaccount.identity.linkerd.cluster.local",
@@ -229,17 +262,17 @@ mod tests {
             "",
         ] {
             assert!(
-                authorize_in(&from(Some(stranger)), &[], true).is_err(),
+                authorize_in(&from(Some(stranger)), &[], true, false).is_err(),
                 "{stranger}"
             );
         }
         // Not through the mesh at all: refused in mesh mode, let through only in
         // development.
-        let bare = authorize_in(&from(None), &["gateway"], true);
+        let bare = authorize_in(&from(None), &["gateway"], true, false);
         assert_eq!(
             bare.err().map(|s| s.code()),
             Some(tonic::Code::Unauthenticated)
         );
-        assert!(authorize_in(&from(None), &["gateway"], false).is_ok());
+        assert!(authorize_in(&from(None), &["gateway"], false, false).is_ok());
     }
 }

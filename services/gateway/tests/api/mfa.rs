@@ -321,9 +321,9 @@ async fn bad_challenges_and_five_wrong_codes_get_nowhere() -> anyhow::Result<()>
     Ok(())
 }
 
-/// How many second-factor codes auth has checked and found wrong (this process's
-/// counter: the services of the test run in it).
-async fn wrong_codes_checked(stack: &Stack) -> anyhow::Result<u64> {
+/// The sum of auth's counter `series` over its label sets that contain `labels`
+/// (this process's counters: the services of the test run in it).
+async fn auth_counter(stack: &Stack, series: &str, labels: &str) -> anyhow::Result<u64> {
     let text = stack
         .http()
         .get(stack.auth.admin_url("/metrics"))
@@ -333,9 +333,18 @@ async fn wrong_codes_checked(stack: &Stack) -> anyhow::Result<u64> {
         .await?;
     Ok(text
         .lines()
-        .filter(|l| l.starts_with("auth_login_total{") && l.contains("wrong_mfa_code"))
+        .filter(|l| {
+            l.strip_prefix(series)
+                .is_some_and(|rest| rest.starts_with(['{', ' ']))
+        })
+        .filter(|l| l.contains(labels))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64)
+}
+
+/// How many second-factor codes auth has checked and found wrong.
+async fn wrong_codes_checked(stack: &Stack) -> anyhow::Result<u64> {
+    auth_counter(stack, "auth_login_total", "wrong_mfa_code").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -700,19 +709,8 @@ async fn a_correct_code_at_the_threshold_neither_locks_nor_alerts() -> anyhow::R
         .await?;
     assert_eq!(answer.status(), StatusCode::OK);
     // And no lock was recorded (no auth.lockout event, no lock counted).
-    let metrics = stack
-        .http()
-        .get(stack.auth.admin_url("/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
-    let locks: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("auth_lockouts_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
-    assert_eq!(locks, 0.0, "a lock was recorded");
+    let locks = auth_counter(&stack, "auth_lockouts_total", "").await?;
+    assert_eq!(locks, 0, "a lock was recorded");
     stack.stop().await;
     Ok(())
 }
