@@ -55,6 +55,11 @@ enum Command {
         /// Last sequence number to check (default: the newest).
         #[arg(long)]
         to: Option<i64>,
+        /// `SEQ:HASH`, the head an earlier run printed, kept outside the database:
+        /// the chain must still hold that event with that hash (catches events
+        /// removed from the end and a chain recomputed after an edit).
+        #[arg(long)]
+        checkpoint: Option<aia_audit::Checkpoint>,
     },
     /// Seal the secrets auth keeps at rest (private signing keys, TOTP secrets) again
     /// under a new ENCRYPTION_KEY, in one transaction. Reads the current key from
@@ -192,7 +197,11 @@ async fn main() -> ExitCode {
             }
         }
         Command::RotateSigningKey { activate_in } => rotate_signing_key(activate_in).await,
-        Command::VerifyAuditChain { from, to } => verify_audit_chain(from, to).await,
+        Command::VerifyAuditChain {
+            from,
+            to,
+            checkpoint,
+        } => verify_audit_chain(from, to, checkpoint).await,
         Command::RotateEncryptionKey => rotate_encryption_key().await,
         Command::PruneAudit { older_than_days } => prune_audit(older_than_days).await,
         Command::BenchHash { seconds, threads } => bench_hash(seconds, threads),
@@ -296,13 +305,34 @@ async fn create_admin(email: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn verify_audit_chain(from: i64, to: Option<i64>) -> anyhow::Result<ExitCode> {
+async fn verify_audit_chain(
+    from: i64,
+    to: Option<i64>,
+    checkpoint: Option<aia_audit::Checkpoint>,
+) -> anyhow::Result<ExitCode> {
     let common = Common::from_env(Env::from_process())?;
     let pool = aia_db::pool(common.database_url.expose_secret(), 1)?;
-    let report = aia_audit::verify_chain(&pool, from.max(1), to.unwrap_or(i64::MAX)).await?;
+    let report = aia_audit::verify_chain(
+        &pool,
+        from.max(1),
+        to.unwrap_or(i64::MAX),
+        checkpoint.as_ref(),
+    )
+    .await?;
     Ok(match report.broken_seq {
         None => {
             println!("audit chain intact: {} events checked", report.checked);
+            if let Some(checkpoint) = checkpoint.filter(|_| report.checkpoint_pruned) {
+                println!(
+                    "checkpoint seq {} was removed by retention: only its anchor vouches for it",
+                    checkpoint.seq
+                );
+            }
+            if let Some(head) = report.head {
+                println!(
+                    "head {head} (keep it outside the database; next time pass --checkpoint {head})"
+                );
+            }
             ExitCode::SUCCESS
         }
         Some(seq) => {

@@ -3,9 +3,19 @@
 use aia_testkit::TestDb;
 use diesel_async::RunQueryDsl;
 
-fn verify(db: &TestDb) -> anyhow::Result<(i32, String)> {
+/// The head a verification printed (`SEQ:HASH`).
+fn head(text: &str) -> anyhow::Result<String> {
+    text.split_whitespace()
+        .skip_while(|word| *word != "head")
+        .nth(1)
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("no head printed: {text}"))
+}
+
+fn verify(db: &TestDb, args: &[&str]) -> anyhow::Result<(i32, String)> {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_aia"))
         .arg("verify-audit-chain")
+        .args(args)
         .env("DATABASE_URL", &db.url)
         .env("APP_ENV", "development")
         .output()?;
@@ -27,17 +37,38 @@ async fn verify_audit_chain_exits_1_and_names_the_altered_event() -> anyhow::Res
     )
     .execute(&mut conn)
     .await?;
-    let (code, text) = verify(&db)?;
+    let (code, text) = verify(&db, &[])?;
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("intact: 5 events checked"), "{text}");
+    let checkpoint = head(&text)?;
+    assert!(
+        checkpoint.starts_with("5:") && checkpoint.len() == 66,
+        "{text}"
+    );
+    let (code, text) = verify(&db, &["--checkpoint", &checkpoint])?;
+    assert_eq!(code, 0, "{text}");
 
+    // The newest event deleted: what remains still links, the checkpoint is gone.
     diesel::sql_query("ALTER TABLE audit.events DISABLE TRIGGER events_append_only")
         .execute(&mut conn)
         .await?;
+    diesel::sql_query("DELETE FROM audit.events WHERE seq = 5")
+        .execute(&mut conn)
+        .await?;
+    let (code, text) = verify(&db, &[])?;
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("intact: 4 events checked"), "{text}");
+    let (code, text) = verify(&db, &["--checkpoint", &checkpoint])?;
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("BROKEN at event seq 5"), "{text}");
+    let (code, text) = verify(&db, &["--checkpoint", "5:zz"])?;
+    assert_eq!(code, 2, "a usage error: {text}");
+    assert!(text.contains("SEQ:HASH"), "{text}");
+
     diesel::sql_query("UPDATE audit.events SET actor = 'someone else' WHERE seq = 4")
         .execute(&mut conn)
         .await?;
-    let (code, text) = verify(&db)?;
+    let (code, text) = verify(&db, &[])?;
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("BROKEN at event seq 4"), "{text}");
     drop(conn);
@@ -298,8 +329,13 @@ async fn prune_audit_keeps_the_rest_of_the_chain_verifiable() -> anyhow::Result<
     diesel::sql_query("ALTER TABLE audit.events ENABLE TRIGGER events_append_only")
         .execute(&mut conn)
         .await?;
+    // A checkpoint taken now names the newest backdated event: the pruning's anchor.
+    let (code, text) = verify(&db, &[])?;
+    assert_eq!(code, 0, "{text}");
+    let checkpoint = head(&text)?;
+    assert!(checkpoint.starts_with("6:"), "{text}");
     insert(3).execute(&mut conn).await?;
-    let (code, text) = verify(&db)?;
+    let (code, text) = verify(&db, &[])?;
     assert_eq!(code, 0, "{text}");
 
     let env = [
@@ -310,12 +346,21 @@ async fn prune_audit_keeps_the_rest_of_the_chain_verifiable() -> anyhow::Result<
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("pruned 6 audit events"), "{text}");
     assert!(text.contains("anchor seq 6"), "{text}");
-    let (code, text) = verify(&db)?;
+    let (code, text) = verify(&db, &[])?;
     assert_eq!(code, 0, "{text}");
     assert!(
         text.contains("intact: 4 events checked"),
         "3 kept and the retention event: {text}"
     );
+    // The checkpoint's event was pruned: its anchor vouches for it, and says so; a
+    // forged hash for it does not pass.
+    let (code, text) = verify(&db, &["--checkpoint", &checkpoint])?;
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("removed by retention"), "{text}");
+    let forged = format!("6:{}", "ab".repeat(32));
+    let (code, text) = verify(&db, &["--checkpoint", &forged])?;
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("BROKEN at event seq 6"), "{text}");
     let left = diesel::sql_query(
         "SELECT count(*) AS n FROM audit.events WHERE event_type = 'audit.retention'",
     )
@@ -343,7 +388,7 @@ async fn prune_audit_keeps_the_rest_of_the_chain_verifiable() -> anyhow::Result<
     diesel::sql_query("DELETE FROM audit.events WHERE seq = 7")
         .execute(&mut conn)
         .await?;
-    let (code, text) = verify(&db)?;
+    let (code, text) = verify(&db, &[])?;
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("BROKEN at event seq 8"), "{text}");
     drop(conn);

@@ -21,7 +21,7 @@ use aia_settings::AuditSettings;
 use aia_telemetry::grpc::GrpcApplication;
 use aia_telemetry::shutdown::CancellationToken;
 
-pub use chain::{ChainReport, Pruned, prune, verify as verify_chain};
+pub use chain::{ChainReport, Checkpoint, Pruned, prune, verify as verify_chain};
 pub use service::Audit;
 
 /// The audit service, bound and ready to run.

@@ -434,15 +434,35 @@ impl AuditService for Audit {
         } else {
             req.to_seq
         };
-        let report = crate::chain::verify(&self.pool, req.from_seq.max(1), to)
+        let checkpoint = match (req.checkpoint_seq, req.checkpoint_hash.as_slice()) {
+            (0, []) => None,
+            (seq, hash) if seq > 0 => Some(crate::chain::Checkpoint {
+                seq,
+                hash: hash
+                    .try_into()
+                    .map_err(|_| Status::invalid_argument("checkpoint_hash must be 32 bytes"))?,
+            }),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "checkpoint_seq must be positive when checkpoint_hash is set",
+                ));
+            }
+        };
+        let report = crate::chain::verify(&self.pool, req.from_seq.max(1), to, checkpoint.as_ref())
             .await
             .map_err(unavailable)?;
         metrics::counter!("audit_chain_verifications_total", "intact" => report.broken_seq.is_none().to_string()).increment(1);
+        let (head_seq, head_hash) = report
+            .head
+            .map_or((0, Vec::new()), |head| (head.seq, head.hash.to_vec()));
         Ok(Response::new(VerifyChainResponse {
             checked: report.checked,
             intact: report.broken_seq.is_none(),
             broken_seq: report.broken_seq.unwrap_or(0),
             reason: report.reason.unwrap_or_default(),
+            head_seq,
+            head_hash,
+            checkpoint_pruned: report.checkpoint_pruned,
         }))
     }
 }

@@ -380,7 +380,11 @@ async fn the_hash_chain_holds_under_concurrent_writes_and_names_a_tampered_row()
         async move {
             anyhow::Ok(
                 client
-                    .verify_chain(aia_proto::audit::v1::VerifyChainRequest { from_seq, to_seq })
+                    .verify_chain(aia_proto::audit::v1::VerifyChainRequest {
+                        from_seq,
+                        to_seq,
+                        ..Default::default()
+                    })
                     .await?
                     .into_inner(),
             )
@@ -410,7 +414,8 @@ async fn the_hash_chain_holds_under_concurrent_writes_and_names_a_tampered_row()
     assert!(verify(0, victim - 1).await?.intact);
     assert_eq!(verify(victim, 0).await?.broken_seq, victim);
     // The same function serves `aia verify-audit-chain`.
-    let report = aia_audit::verify_chain(&aia_db::pool(&audit.db.url, 1)?, 1, i64::MAX).await?;
+    let report =
+        aia_audit::verify_chain(&aia_db::pool(&audit.db.url, 1)?, 1, i64::MAX, None).await?;
     assert_eq!(report.broken_seq, Some(victim));
 
     // Deleting the row instead (and putting the edit back is impossible: its hash is
@@ -421,6 +426,108 @@ async fn the_hash_chain_holds_under_concurrent_writes_and_names_a_tampered_row()
     let removed = verify(0, 0).await?;
     assert_eq!(removed.broken_seq, after, "{removed:?}");
     assert!(removed.reason.contains("link"), "{removed:?}");
+    audit.stop().await;
+    Ok(())
+}
+
+/// Two changes the links alone cannot show, made by someone who can write the table:
+/// the newest events deleted, and the chain recomputed after an edit. A checkpoint
+/// (an earlier head, kept elsewhere) shows both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_catches_a_removed_tail_and_a_recomputed_chain() -> anyhow::Result<()> {
+    use aia_proto::audit::v1::{VerifyChainRequest, VerifyChainResponse};
+    let mut audit = spawn().await?;
+    let record = |n: usize| {
+        let mut client = audit.client.clone();
+        async move {
+            let events = (0..n).map(|_| event("test.checkpoint")).collect();
+            client.record_batch(RecordBatchRequest { events }).await
+        }
+    };
+    let verify = |checkpoint: Option<&VerifyChainResponse>| {
+        let mut client = audit.client.clone();
+        let (checkpoint_seq, checkpoint_hash) =
+            checkpoint.map_or((0, Vec::new()), |c| (c.head_seq, c.head_hash.clone()));
+        async move {
+            anyhow::Ok(
+                client
+                    .verify_chain(VerifyChainRequest {
+                        checkpoint_seq,
+                        checkpoint_hash,
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner(),
+            )
+        }
+    };
+    record(5).await?;
+    let first = verify(None).await?;
+    assert!(first.intact, "{first:?}");
+    assert_eq!(
+        (first.head_seq, first.head_hash.len()),
+        (5, 32),
+        "{first:?}"
+    );
+    record(3).await?;
+    let second = verify(Some(&first)).await?;
+    assert!(second.intact && !second.checkpoint_pruned, "{second:?}");
+    assert_eq!(second.head_seq, 8);
+
+    // The newest events deleted: the links that remain all hold.
+    let mut conn = audit.db.connect().await?;
+    diesel::sql_query("ALTER TABLE audit.events DISABLE TRIGGER events_append_only")
+        .execute(&mut conn)
+        .await?;
+    diesel::sql_query("DELETE FROM audit.events WHERE seq > 6")
+        .execute(&mut conn)
+        .await?;
+    let unaware = verify(None).await?;
+    assert!(unaware.intact && unaware.head_seq == 6, "{unaware:?}");
+    let caught = verify(Some(&second)).await?;
+    assert!(!caught.intact, "{caught:?}");
+    assert_eq!(caught.broken_seq, 8, "{caught:?}");
+    assert!(caught.reason.contains("gone"), "{caught:?}");
+    assert!(caught.head_hash.is_empty(), "no head from a broken chain");
+    // The older checkpoint is still held.
+    assert!(verify(Some(&first)).await?.intact);
+
+    // An event edited and every hash from it on recomputed.
+    diesel::sql_query(
+        "DO $$ DECLARE r audit.events; prev bytea := '\\x0000000000000000000000000000000000000000000000000000000000000000'::bytea; BEGIN \
+         FOR r IN SELECT * FROM audit.events ORDER BY seq LOOP \
+           IF r.seq = 3 THEN r.outcome := 'failure'; END IF; \
+           UPDATE audit.events SET outcome = r.outcome, prev_hash = prev, hash = audit.event_digest(prev, r) \
+             WHERE seq = r.seq RETURNING hash INTO prev; \
+         END LOOP; END $$",
+    )
+    .execute(&mut conn)
+    .await?;
+    let unaware = verify(None).await?;
+    assert!(unaware.intact, "{unaware:?}");
+    let caught = verify(Some(&first)).await?;
+    assert_eq!((caught.intact, caught.broken_seq), (false, 5), "{caught:?}");
+    assert!(caught.reason.contains("recomputed"), "{caught:?}");
+
+    // Malformed checkpoints are refused, not ignored.
+    for (checkpoint_seq, checkpoint_hash) in [(5, vec![0; 31]), (-5, vec![0; 32]), (0, vec![0; 32])]
+    {
+        let refused = audit
+            .client
+            .verify_chain(VerifyChainRequest {
+                checkpoint_seq,
+                checkpoint_hash,
+                ..Default::default()
+            })
+            .await
+            .err()
+            .map(|status| status.code());
+        assert_eq!(
+            refused,
+            Some(tonic::Code::InvalidArgument),
+            "{checkpoint_seq}"
+        );
+    }
     audit.stop().await;
     Ok(())
 }
