@@ -20,12 +20,13 @@ impl Auth {
     /// changes what a reset, verification or registration request does (a token
     /// written, a mail queued), and must not change how long its answer takes
     /// (DESIGN §3: never reveal it in timing). Tracked, so that shutdown waits for
-    /// it (within the grace period); a failure is counted and logged.
+    /// it (within the grace period), and bounded (`crate::deferred`); a failure is
+    /// counted and logged.
     pub(crate) fn answer_first(
         &self,
         work: impl Future<Output = Result<(), AuthError>> + Send + 'static,
     ) {
-        self.deferred.spawn(async move {
+        self.deferred.spawn("email", async move {
             if let Err(error) = work.await {
                 metrics::counter!("auth_deferred_email_work_failures_total").increment(1);
                 tracing::warn!(error = ?error, "an email request's work failed after its answer");

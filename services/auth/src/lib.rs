@@ -19,6 +19,7 @@
 mod account;
 mod admin;
 mod api_keys;
+mod deferred;
 mod domain;
 mod email_tokens;
 mod error;
@@ -121,8 +122,9 @@ pub async fn build(
     let email_tokens = email_tokens::EmailTokens::new(pg.clone());
     let api_keys = api_keys::ApiKeys::new(pg.clone(), &api_key_secret(&settings)?);
     // Work done after an answer (tokens, mails): shutdown waits for it.
-    let deferred = tokio_util::task::TaskTracker::new();
-    let tracker = deferred.clone();
+    let tracker = tokio_util::task::TaskTracker::new();
+    let deferred =
+        deferred::Deferred::for_pool(tracker.clone(), settings.common.database_pool_size);
     let auth = Auth {
         users: users::UserStore::new(pg),
         hasher: hashing::Hasher::new(&settings.hashing).await?,
@@ -132,7 +134,7 @@ pub async fn build(
         lockout,
         api_keys,
         email_tokens,
-        mailer: mailer::Mailer::new(&settings.mail, deferred.clone())?,
+        mailer: mailer::Mailer::new(&settings.mail, tracker.clone())?,
         mail: settings.mail.clone(),
         mfa,
         session: SessionServiceClient::new(aia_telemetry::otel::traced(session)),

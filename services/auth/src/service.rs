@@ -59,8 +59,8 @@ pub struct Auth {
     pub(crate) revocations: Arc<aia_revocations::RevocationCache>,
     pub(crate) audit: AuditClient,
     /// Work done after its request was answered (see `Auth::answer_first`),
-    /// waited for at shutdown.
-    pub(crate) deferred: tokio_util::task::TaskTracker,
+    /// bounded and waited for at shutdown.
+    pub(crate) deferred: crate::deferred::Deferred,
 }
 
 /// The access token id that goes with a refresh token: a one-way function of it.

@@ -58,6 +58,36 @@ async fn registered_with_slow_tokens(
     Ok(conn)
 }
 
+/// Reset requests for one address sent faster than its tokens can be written (each
+/// issue waits for the one before it, holding a database connection meanwhile) take
+/// no more than their share of auth's pool: a login still gets its connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_reset_requests_leaves_logins_their_connections() -> anyhow::Result<()> {
+    let (stack, _smtp) = stack_with_mail(&[("DATABASE_POOL_SIZE", "4".into())]).await?;
+    let other = email();
+    crate::helpers::register(&stack, &other).await?;
+    let target = email();
+    let _slow = registered_with_slow_tokens(&stack, &target, 1.0).await?;
+    let answers = futures::future::join_all(
+        (0..12).map(|_| post(&stack, "/v1/auth/password/forgot", json!({"email": target}))),
+    )
+    .await;
+    for answer in answers {
+        assert_eq!(answer?.status(), StatusCode::ACCEPTED);
+    }
+    // Unbounded, the twelve issues held all four connections for about twelve
+    // seconds, and the login waited out the pool's 5 s (503).
+    let answer = post(
+        &stack,
+        "/v1/auth/login",
+        json!({"email": other, "password": PASSWORD}),
+    )
+    .await?;
+    assert_eq!(answer.status(), StatusCode::OK);
+    stack.stop().await;
+    Ok(())
+}
+
 pub(crate) async fn stack_with_mail(extra: &[(&str, String)]) -> anyhow::Result<(Stack, SmtpSink)> {
     let smtp = SmtpSink::start().await?;
     let mut all = vec![("SMTP_URL", smtp.url.clone())];
