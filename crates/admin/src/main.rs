@@ -328,10 +328,12 @@ async fn verify_audit_chain(
                     checkpoint.seq
                 );
             }
-            if let Some(head) = report.head {
-                println!(
+            match (report.head, to) {
+                (Some(head), None) => println!(
                     "head {head} (keep it outside the database; next time pass --checkpoint {head})"
-                );
+                ),
+                (Some(head), Some(_)) => println!("newest event checked {head}"),
+                (None, _) => {}
             }
             ExitCode::SUCCESS
         }

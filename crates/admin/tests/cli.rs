@@ -6,8 +6,13 @@ use diesel_async::RunQueryDsl;
 /// The head a verification printed (`SEQ:HASH`).
 fn head(text: &str) -> anyhow::Result<String> {
     text.split_whitespace()
-        .skip_while(|word| *word != "head")
-        .nth(1)
+        .find(|word| {
+            word.split_once(':').is_some_and(|(seq, hash)| {
+                seq.parse::<i64>().is_ok()
+                    && hash.len() == 64
+                    && hash.bytes().all(|b| b.is_ascii_hexdigit())
+            })
+        })
         .map(str::to_owned)
         .ok_or_else(|| anyhow::anyhow!("no head printed: {text}"))
 }
@@ -334,6 +339,11 @@ async fn prune_audit_keeps_the_rest_of_the_chain_verifiable() -> anyhow::Result<
     assert_eq!(code, 0, "{text}");
     let checkpoint = head(&text)?;
     assert!(checkpoint.starts_with("6:"), "{text}");
+    // And one strictly inside what the pruning will remove.
+    let (code, text) = verify(&db, &["--to", "3"])?;
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("newest event checked 3:"), "{text}");
+    let inside = head(&text)?;
     insert(3).execute(&mut conn).await?;
     let (code, text) = verify(&db, &[])?;
     assert_eq!(code, 0, "{text}");
@@ -357,6 +367,12 @@ async fn prune_audit_keeps_the_rest_of_the_chain_verifiable() -> anyhow::Result<
     let (code, text) = verify(&db, &["--checkpoint", &checkpoint])?;
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("removed by retention"), "{text}");
+    let (code, text) = verify(&db, &["--checkpoint", &inside])?;
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("checkpoint seq 3 was removed by retention"),
+        "{text}"
+    );
     let forged = format!("6:{}", "ab".repeat(32));
     let (code, text) = verify(&db, &["--checkpoint", &forged])?;
     assert_eq!(code, 1, "{text}");
@@ -372,6 +388,27 @@ async fn prune_audit_keeps_the_rest_of_the_chain_verifiable() -> anyhow::Result<
     let (code, text) = run(&["prune-audit", "--older-than-days", "30"], &env)?;
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("no audit event is older"), "{text}");
+    // The newest events deleted behind the trigger's back, and an anchor inserted
+    // above what remains to pass for a pruning: the latest checkpoint is not held.
+    let (code, text) = verify(&db, &[])?;
+    assert_eq!(code, 0, "{text}");
+    let latest = head(&text)?;
+    assert!(latest.starts_with("10:"), "{text}");
+    for statement in [
+        "ALTER TABLE audit.events DISABLE TRIGGER events_append_only",
+        "DELETE FROM audit.events WHERE seq >= 9",
+        "ALTER TABLE audit.events ENABLE TRIGGER events_append_only",
+        "INSERT INTO audit.anchors (seq, hash, pruned, before) \
+         VALUES (11, sha256('forged'), 2, now())",
+    ] {
+        diesel::sql_query(statement).execute(&mut conn).await?;
+    }
+    let (code, text) = verify(&db, &[])?;
+    assert_eq!(code, 0, "the links alone hold: {text}");
+    let (code, text) = verify(&db, &["--checkpoint", &latest])?;
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("BROKEN at event seq 10"), "{text}");
+    assert!(text.contains("the newest is 8"), "{text}");
     // Anchors cannot be changed; events cannot be deleted outside a pruning.
     let refused = diesel::sql_query("DELETE FROM audit.anchors")
         .execute(&mut conn)

@@ -9,7 +9,7 @@ use aia_db::PgPool;
 use anyhow::Context;
 use diesel::OptionalExtension;
 use diesel::sql_types::{BigInt, Bytea, Nullable, Text, Timestamptz};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 /// An event the chain must still hold: the head of an earlier verification, kept
 /// outside the database (a file, a ticket, another system's log). The links alone
@@ -78,76 +78,87 @@ struct Links {
 struct Stored {
     #[diesel(sql_type = BigInt)]
     seq: i64,
-    #[diesel(sql_type = Bytea)]
-    hash: Vec<u8>,
+    /// Nullable in the table: a NULL is a tampered row (`verify_chain` names it).
+    #[diesel(sql_type = Nullable<Bytea>)]
+    hash: Option<Vec<u8>>,
 }
 
 /// How the chain stands towards a checkpoint.
 enum Held {
     Yes,
     Pruned,
-    No(&'static str),
+    No(String),
 }
 
 /// Verifies the events with `from_seq <= seq <= to_seq`, and that the chain still
-/// holds `checkpoint` (wherever it lies).
+/// holds `checkpoint`; the range is widened to include the checkpoint, so that its
+/// link to the event before it is checked too (an edit before it, with the hashes
+/// recomputed up to it, breaks that link).
 pub async fn verify(
     pool: &PgPool,
     from_seq: i64,
     to_seq: i64,
     checkpoint: Option<&Checkpoint>,
 ) -> anyhow::Result<ChainReport> {
+    let (from_seq, to_seq) = match checkpoint {
+        Some(checkpoint) => (from_seq.min(checkpoint.seq), to_seq.max(checkpoint.seq)),
+        None => (from_seq, to_seq),
+    };
     let mut conn = aia_db::conn(pool).await?;
-    conn.transaction::<_, diesel::result::Error, _>(async |conn| {
-        // The whole chain, every account's events.
-        aia_db::scope::set(conn, aia_db::scope::Scope::Service).await?;
-        // The head first, and the range up to it: events stored meanwhile are
-        // neither checked nor named as the head.
-        let head = diesel::sql_query(
-            "SELECT seq, hash FROM audit.events WHERE seq BETWEEN $1 AND $2 ORDER BY seq DESC LIMIT 1",
-        )
-        .bind::<BigInt, _>(from_seq)
-        .bind::<BigInt, _>(to_seq)
-        .get_result::<Stored>(conn)
-        .await
-        .optional()?;
-        let links: Links =
-            diesel::sql_query("SELECT checked, broken_seq, reason FROM audit.verify_chain($1, $2)")
-                .bind::<BigInt, _>(from_seq)
-                .bind::<BigInt, _>(head.as_ref().map_or(to_seq, |head| head.seq))
-                .get_result(conn)
-                .await?;
-        let mut report = ChainReport {
-            checked: links.checked,
-            broken_seq: links.broken_seq,
-            reason: links.reason,
-            head: None,
-            checkpoint_pruned: false,
-        };
-        if report.broken_seq.is_some() {
-            return Ok(report);
-        }
-        if let Some(checkpoint) = checkpoint {
-            match held(conn, checkpoint).await? {
-                Held::Yes => {}
-                Held::Pruned => report.checkpoint_pruned = true,
-                Held::No(reason) => {
-                    report.broken_seq = Some(checkpoint.seq);
-                    report.reason = Some(reason.to_owned());
-                    return Ok(report);
+    // One snapshot for the head, the links and the checkpoint: a pruning or new
+    // events meanwhile change none of them.
+    conn.build_transaction()
+        .read_only()
+        .repeatable_read()
+        .run::<_, diesel::result::Error, _>(async |conn| {
+            // The whole chain, every account's events.
+            aia_db::scope::set(conn, aia_db::scope::Scope::Service).await?;
+            let head = diesel::sql_query(
+                "SELECT seq, hash FROM audit.events WHERE seq BETWEEN $1 AND $2 ORDER BY seq DESC LIMIT 1",
+            )
+            .bind::<BigInt, _>(from_seq)
+            .bind::<BigInt, _>(to_seq)
+            .get_result::<Stored>(conn)
+            .await
+            .optional()?;
+            let links: Links = diesel::sql_query(
+                "SELECT checked, broken_seq, reason FROM audit.verify_chain($1, $2)",
+            )
+            .bind::<BigInt, _>(from_seq)
+            .bind::<BigInt, _>(to_seq)
+            .get_result(conn)
+            .await?;
+            let mut report = ChainReport {
+                checked: links.checked,
+                broken_seq: links.broken_seq,
+                reason: links.reason,
+                head: None,
+                checkpoint_pruned: false,
+            };
+            if report.broken_seq.is_some() {
+                return Ok(report);
+            }
+            if let Some(checkpoint) = checkpoint {
+                match held(conn, checkpoint).await? {
+                    Held::Yes => {}
+                    Held::Pruned => report.checkpoint_pruned = true,
+                    Held::No(reason) => {
+                        report.broken_seq = Some(checkpoint.seq);
+                        report.reason = Some(reason);
+                        return Ok(report);
+                    }
                 }
             }
-        }
-        report.head = head.and_then(|head| {
-            Some(Checkpoint {
-                seq: head.seq,
-                hash: head.hash.try_into().ok()?,
-            })
-        });
-        Ok(report)
-    })
-    .await
-    .context("verifying the audit chain")
+            report.head = head.and_then(|head| {
+                Some(Checkpoint {
+                    seq: head.seq,
+                    hash: head.hash?.try_into().ok()?,
+                })
+            });
+            Ok(report)
+        })
+        .await
+        .context("verifying the audit chain")
 }
 
 /// Whether the chain still holds the checkpoint's event with its hash.
@@ -159,27 +170,49 @@ async fn held(conn: &mut AsyncPgConnection, checkpoint: &Checkpoint) -> diesel::
         .await
         .optional()?;
     if let Some(event) = stored {
-        return Ok(if event.hash == checkpoint.hash {
+        return Ok(if event.hash.as_deref() == Some(&checkpoint.hash[..]) {
             Held::Yes
         } else {
-            Held::No(REWRITTEN)
+            Held::No(REWRITTEN.to_owned())
         });
     }
-    // Not stored: legitimately gone only if a pruning removed it, which leaves an
-    // anchor at or after it (the anchor at its very seq keeps its hash).
+    // Not stored: legitimately gone only if a pruning removed it. A pruning removes
+    // a whole prefix and keeps the newest event, so its anchor (at or after the
+    // checkpoint; the one at its very seq keeps its hash) has no event stored at or
+    // before it and at least one after it. An anchor inserted above a deleted tail
+    // has neither.
     let anchor = diesel::sql_query(
-        "SELECT seq, hash FROM audit.anchors WHERE seq >= $1 ORDER BY seq LIMIT 1",
+        "SELECT a.seq, a.hash FROM audit.anchors a \
+          WHERE a.seq >= $1 \
+            AND NOT EXISTS (SELECT 1 FROM audit.events e WHERE e.seq <= a.seq) \
+            AND EXISTS (SELECT 1 FROM audit.events e WHERE e.seq > a.seq) \
+          ORDER BY a.seq LIMIT 1",
     )
     .bind::<BigInt, _>(checkpoint.seq)
     .get_result::<Stored>(conn)
     .await
     .optional()?;
     Ok(match anchor {
-        None => Held::No(
-            "the checkpoint's event is gone and no pruning removed it (events were deleted from the chain)",
-        ),
-        Some(anchor) if anchor.seq == checkpoint.seq && anchor.hash != checkpoint.hash => {
-            Held::No(REWRITTEN)
+        None => {
+            #[derive(diesel::QueryableByName)]
+            struct Newest {
+                #[diesel(sql_type = Nullable<BigInt>)]
+                seq: Option<i64>,
+            }
+            let newest = diesel::sql_query("SELECT max(seq) AS seq FROM audit.events")
+                .get_result::<Newest>(conn)
+                .await?
+                .seq
+                .map_or_else(|| "none".to_owned(), |seq| seq.to_string());
+            Held::No(format!(
+                "no event with the checkpoint's seq is stored (the newest is {newest}) and no pruning removed it: events were deleted from the chain, or this is not the chain the checkpoint came from"
+            ))
+        }
+        Some(anchor)
+            if anchor.seq == checkpoint.seq
+                && anchor.hash.as_deref() != Some(&checkpoint.hash[..]) =>
+        {
+            Held::No(REWRITTEN.to_owned())
         }
         Some(_) => Held::Pruned,
     })

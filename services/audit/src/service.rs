@@ -444,7 +444,7 @@ impl AuditService for Audit {
             }),
             _ => {
                 return Err(Status::invalid_argument(
-                    "checkpoint_seq must be positive when checkpoint_hash is set",
+                    "a checkpoint is a positive checkpoint_seq with a 32-byte checkpoint_hash",
                 ));
             }
         };

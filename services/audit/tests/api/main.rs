@@ -444,7 +444,7 @@ async fn a_checkpoint_catches_a_removed_tail_and_a_recomputed_chain() -> anyhow:
             client.record_batch(RecordBatchRequest { events }).await
         }
     };
-    let verify = |checkpoint: Option<&VerifyChainResponse>| {
+    let verify_from = |from_seq: i64, checkpoint: Option<&VerifyChainResponse>| {
         let mut client = audit.client.clone();
         let (checkpoint_seq, checkpoint_hash) =
             checkpoint.map_or((0, Vec::new()), |c| (c.head_seq, c.head_hash.clone()));
@@ -452,6 +452,7 @@ async fn a_checkpoint_catches_a_removed_tail_and_a_recomputed_chain() -> anyhow:
             anyhow::Ok(
                 client
                     .verify_chain(VerifyChainRequest {
+                        from_seq,
                         checkpoint_seq,
                         checkpoint_hash,
                         ..Default::default()
@@ -461,6 +462,7 @@ async fn a_checkpoint_catches_a_removed_tail_and_a_recomputed_chain() -> anyhow:
             )
         }
     };
+    let verify = |checkpoint| verify_from(0, checkpoint);
     record(5).await?;
     let first = verify(None).await?;
     assert!(first.intact, "{first:?}");
@@ -487,22 +489,32 @@ async fn a_checkpoint_catches_a_removed_tail_and_a_recomputed_chain() -> anyhow:
     let caught = verify(Some(&second)).await?;
     assert!(!caught.intact, "{caught:?}");
     assert_eq!(caught.broken_seq, 8, "{caught:?}");
-    assert!(caught.reason.contains("gone"), "{caught:?}");
+    assert!(caught.reason.contains("the newest is 6"), "{caught:?}");
     assert!(caught.head_hash.is_empty(), "no head from a broken chain");
     // The older checkpoint is still held.
     assert!(verify(Some(&first)).await?.intact);
 
-    // An event edited and every hash from it on recomputed.
-    diesel::sql_query(
-        "DO $$ DECLARE r audit.events; prev bytea := '\\x0000000000000000000000000000000000000000000000000000000000000000'::bytea; BEGIN \
-         FOR r IN SELECT * FROM audit.events ORDER BY seq LOOP \
-           IF r.seq = 3 THEN r.outcome := 'failure'; END IF; \
-           UPDATE audit.events SET outcome = r.outcome, prev_hash = prev, hash = audit.event_digest(prev, r) \
-             WHERE seq = r.seq RETURNING hash INTO prev; \
-         END LOOP; END $$",
-    )
-    .execute(&mut conn)
-    .await?;
+    // An event before the checkpoint edited and the hashes recomputed up to the
+    // checkpoint's event, which stays as it was: its link to the one before it
+    // breaks, and a range that starts after it still checks that link.
+    let recompute = |upto: i64| {
+        diesel::sql_query(format!(
+            "DO $$ DECLARE r audit.events; prev bytea := '\\x0000000000000000000000000000000000000000000000000000000000000000'::bytea; BEGIN \
+             FOR r IN SELECT * FROM audit.events WHERE seq <= {upto} ORDER BY seq LOOP \
+               IF r.seq = 3 THEN r.outcome := 'failure'; END IF; \
+               UPDATE audit.events SET outcome = r.outcome, prev_hash = prev, hash = audit.event_digest(prev, r) \
+                 WHERE seq = r.seq RETURNING hash INTO prev; \
+             END LOOP; END $$"
+        ))
+    };
+    recompute(4).execute(&mut conn).await?;
+    assert!(verify_from(6, None).await?.intact, "the range alone holds");
+    let caught = verify_from(6, Some(&first)).await?;
+    assert_eq!((caught.intact, caught.broken_seq), (false, 5), "{caught:?}");
+    assert!(caught.reason.contains("link"), "{caught:?}");
+
+    // Every hash from the edit on recomputed.
+    recompute(i64::MAX).execute(&mut conn).await?;
     let unaware = verify(None).await?;
     assert!(unaware.intact, "{unaware:?}");
     let caught = verify(Some(&first)).await?;
