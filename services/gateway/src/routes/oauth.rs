@@ -77,7 +77,8 @@ pub async fn revoke(
 /// `POST /v1/oauth/introspect` (RFC 7662). The caller authenticates with an API key
 /// that has the `tokens:introspect` scope (how resource servers should call it), or
 /// with the access token of a user with the `admin` role (introspection tells who a
-/// token belongs to). An invalid, expired or revoked token is only `{"active": false}`.
+/// token belongs to). An invalid, expired (past `exp`, with no leeway) or revoked
+/// token is only `{"active": false}`.
 pub async fn introspect(
     state: web::Data<State>,
     caller: Caller,
@@ -101,10 +102,12 @@ pub async fn introspect(
         .await;
     let body = match answer {
         Ok(response) => match response.into_inner() {
+            // Past `exp` is inactive here: verifiers allow a leeway for clock skew
+            // (ValidateToken does), but the issuer's own answer has none to allow.
             aia_proto::auth::v1::ValidateTokenResponse {
                 claims: Some(c),
                 revoked: false,
-            } => serde_json::json!({
+            } if c.exp > chrono::Utc::now().timestamp() => serde_json::json!({
                 "active": true,
                 "token_type": "access_token",
                 "sub": c.sub,

@@ -149,3 +149,51 @@ async fn introspection_needs_an_admin_and_says_only_inactive_for_bad_tokens() ->
     stack.stop().await;
     Ok(())
 }
+
+/// An access token past its `exp` is inactive at once: the 30 s leeway verifiers
+/// allow for clock skew is not the issuer's to give (RFC 7662 §2.2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn introspection_calls_a_token_past_its_expiry_inactive() -> anyhow::Result<()> {
+    let secret = format!(
+        "{}{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let stack = Stack::start_with(&[
+        ("JWT_ALGORITHM", "HS256".into()),
+        ("JWT_SECRET_KEY", secret.clone()),
+    ])
+    .await?;
+    let user = signed_in(&stack).await?;
+    let admin = admin(&stack).await?;
+    let key = aia_tokens::HmacKey::new(secret.as_bytes());
+    let claims = aia_tokens::Verifier::hs256(&key, "http://localhost:8080", "aia")
+        .verify(field(&user, "access_token"))?;
+    let now = chrono::Utc::now().timestamp();
+    let introspect = |exp: i64| {
+        let token = key.sign(&aia_tokens::AccessClaims {
+            exp,
+            ..claims.clone()
+        });
+        let request = stack
+            .http()
+            .post(stack.url("/v1/oauth/introspect"))
+            .bearer_auth(field(&admin, "access_token"));
+        async move {
+            let body: Value = request
+                .form(&[("token", token?)])
+                .send()
+                .await?
+                .json()
+                .await?;
+            anyhow::Ok(body)
+        }
+    };
+    // The control: the same claims re-signed, still valid.
+    assert_eq!(introspect(now + 60).await?["active"], true);
+    // Ten seconds past: inside every verifier's leeway, but expired.
+    assert_eq!(introspect(now - 10).await?, json!({"active": false}));
+    stack.stop().await;
+    Ok(())
+}
