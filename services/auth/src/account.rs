@@ -108,6 +108,7 @@ impl Auth {
                 Some(&req.session_id),
                 "password_changed",
                 req.client.clone(),
+                None,
             )
             .await?;
         Ok(ChangePasswordResponse {
@@ -375,7 +376,7 @@ impl Auth {
             .await
             .map_err(AuthError::Unavailable)?;
         let ended = self
-            .end_sessions(user_id, None, "password_reset", req.client.clone())
+            .end_sessions(user_id, None, "password_reset", req.client.clone(), None)
             .await?;
         self.lockout
             .unlock(email.as_str())

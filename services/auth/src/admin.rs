@@ -116,8 +116,17 @@ impl Auth {
         {
             return Err(AuthError::NotFound);
         }
-        self.end_sessions(user_id, None, "roles_changed", req.client.clone())
-            .await?;
+        // Even when the roles were already these (a retry after a lost answer
+        // finishes the job); the session service records the administrator as the
+        // actor.
+        self.end_sessions(
+            user_id,
+            None,
+            "roles_changed",
+            req.client.clone(),
+            Some(actor_id),
+        )
+        .await?;
         Ok(SetUserRolesResponse {})
     }
 
@@ -180,8 +189,14 @@ impl Auth {
             return Err(AuthError::NotFound);
         }
         if req.disabled {
-            self.end_sessions(user_id, None, "user_disabled", req.client.clone())
-                .await?;
+            self.end_sessions(
+                user_id,
+                None,
+                "user_disabled",
+                req.client.clone(),
+                Some(actor_id),
+            )
+            .await?;
         }
         Ok(SetUserDisabledResponse {})
     }

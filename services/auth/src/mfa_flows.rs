@@ -274,6 +274,7 @@ impl Auth {
             Some(&req.session_id),
             "mfa_enabled",
             req.client.clone(),
+            None,
         )
         .await?;
         Ok(ConfirmTotpResponse { recovery_codes })

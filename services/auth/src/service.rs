@@ -519,6 +519,7 @@ impl Auth {
         keep: Option<&str>,
         reason: &str,
         client: Option<aia_proto::common::v1::ClientInfo>,
+        by_admin: Option<uuid::Uuid>,
     ) -> Result<u32, AuthError> {
         Ok(self
             .session
@@ -528,6 +529,7 @@ impl Auth {
                 except_session_id: keep.unwrap_or_default().to_owned(),
                 reason: reason.to_owned(),
                 client,
+                actor_id: by_admin.map(|id| id.to_string()).unwrap_or_default(),
             })
             .await
             .map_err(|s| AuthError::from_upstream(s, "session.RevokeUserSessions"))?

@@ -487,6 +487,10 @@ impl SessionService for Sessions {
             "" => None,
             id => Some(uuid_arg(id, "except_session_id")?),
         };
+        let actor = match req.actor_id.as_str() {
+            "" => user_id,
+            id => uuid_arg(id, "actor_id")?,
+        };
         let reason = match req.reason.as_str() {
             "" => "revoke_all",
             r if r.len() <= 64 && r.chars().all(|c| c.is_ascii_lowercase() || c == '_') => r,
@@ -508,7 +512,7 @@ impl SessionService for Sessions {
             .revoke_all(user_id, keep, reason, (now, since), until, |count| {
                 self.audit
                     .event("session.revoke_all", Outcome::Success)
-                    .actor(user_id.to_string())
+                    .actor(actor.to_string())
                     .subject(user_id.to_string())
                     .client(client)
                     .details(serde_json::json!({"reason": reason, "revoked": count, "kept_current": keep.is_some()}))

@@ -100,6 +100,7 @@ async fn revoke_all(
             }
             .to_owned(),
             client: Some(client.to_proto()),
+            actor_id: String::new(),
         })
         .await?
         .into_inner()

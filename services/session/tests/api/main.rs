@@ -752,6 +752,7 @@ async fn a_session_is_never_revoked_without_its_blacklist_entry() -> anyhow::Res
         except_session_id: String::new(),
         reason: "password_changed".into(),
         client: None,
+        actor_id: String::new(),
     };
     assert!(s.client.revoke_user_sessions(request()).await.is_err());
     for id in &ids {
