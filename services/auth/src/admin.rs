@@ -12,6 +12,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use crate::domain::Invalid;
 use crate::error::AuthError;
 use crate::service::Auth;
+use crate::users::AdminChange;
 
 impl Auth {
     /// The gateway checked the token's roles; check the actor's current roles too.
@@ -108,14 +109,12 @@ impl Auth {
             .subject(user_id.to_string())
             .client(req.client.as_ref())
             .details(serde_json::json!({"roles": roles}));
-        if !self
-            .users
-            .set_roles(user_id, &roles, event)
-            .await
-            .map_err(AuthError::Unavailable)?
-        {
-            return Err(AuthError::NotFound);
-        }
+        admin_change(
+            self.users
+                .set_roles(actor_id, user_id, &roles, event)
+                .await
+                .map_err(AuthError::Unavailable)?,
+        )?;
         // Even when the roles were already these (a retry after a lost answer
         // finishes the job); the session service records the administrator as the
         // actor.
@@ -180,14 +179,12 @@ impl Auth {
             .actor(actor_id.to_string())
             .subject(user_id.to_string())
             .client(req.client.as_ref());
-        if !self
-            .users
-            .set_disabled(user_id, req.disabled, event)
-            .await
-            .map_err(AuthError::Unavailable)?
-        {
-            return Err(AuthError::NotFound);
-        }
+        admin_change(
+            self.users
+                .set_disabled(actor_id, user_id, req.disabled, event)
+                .await
+                .map_err(AuthError::Unavailable)?,
+        )?;
         if req.disabled {
             self.end_sessions(
                 user_id,
@@ -199,5 +196,14 @@ impl Auth {
             .await?;
         }
         Ok(SetUserDisabledResponse {})
+    }
+}
+
+/// The answer to an administrator's change that did not apply.
+fn admin_change(change: AdminChange) -> Result<(), AuthError> {
+    match change {
+        AdminChange::Done => Ok(()),
+        AdminChange::NoSuchUser => Err(AuthError::NotFound),
+        AdminChange::NotAnAdmin => Err(AuthError::Forbidden),
     }
 }

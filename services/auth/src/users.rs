@@ -171,15 +171,20 @@ impl UserStore {
         q.load(&mut conn).await.context("listing users")
     }
 
-    /// Replaces a user's roles. False if there is no such user.
+    /// Replaces a user's roles, as the administrator `actor`.
     pub async fn set_roles(
         &self,
+        actor: uuid::Uuid,
         user_id: uuid::Uuid,
         roles: &[String],
         event: EventBuilder<'_>,
-    ) -> anyhow::Result<bool> {
+    ) -> anyhow::Result<AdminChange> {
         let mut conn = aia_db::conn(&self.pool).await?;
         conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+            let locked = lock_for_admin(conn, actor, user_id).await?;
+            if locked != AdminChange::Done {
+                return Ok(locked);
+            }
             // Only a real change is recorded (setting the same roles again is not).
             let changed = diesel::update(users::table.find(user_id))
                 .filter(users::roles.ne(roles))
@@ -190,7 +195,7 @@ impl UserStore {
                 .execute(conn)
                 .await?;
             event.write_in_if_changed(changed, conn).await?;
-            exists(conn, user_id, changed).await
+            Ok(AdminChange::Done)
         })
         .await
         .context("setting roles")
@@ -219,17 +224,22 @@ impl UserStore {
         Ok(())
     }
 
-    /// Disables (or enables again) a user, with its audit event. False if there is
-    /// no such user.
+    /// Disables (or enables again) a user, with its audit event, as the
+    /// administrator `actor`.
     pub async fn set_disabled(
         &self,
+        actor: uuid::Uuid,
         user_id: uuid::Uuid,
         disabled: bool,
         event: EventBuilder<'_>,
-    ) -> anyhow::Result<bool> {
+    ) -> anyhow::Result<AdminChange> {
         let mut conn = aia_db::conn(&self.pool).await?;
         let when = disabled.then(chrono::Utc::now);
         conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+            let locked = lock_for_admin(conn, actor, user_id).await?;
+            if locked != AdminChange::Done {
+                return Ok(locked);
+            }
             // Only a real change is recorded (disabling a disabled user is not).
             let changed = diesel::update(users::table.find(user_id))
                 .filter(users::disabled_at.is_null().eq(disabled))
@@ -240,7 +250,7 @@ impl UserStore {
                 .execute(conn)
                 .await?;
             event.write_in_if_changed(changed, conn).await?;
-            exists(conn, user_id, changed).await
+            Ok(AdminChange::Done)
         })
         .await
         .context("disabling a user")
@@ -296,19 +306,47 @@ impl UserStore {
 }
 
 /// Whether the user exists, given that an update of them changed `changed` rows.
-async fn exists(
+/// What an administrator's change to a user came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminChange {
+    /// Applied (or already so).
+    Done,
+    /// No such user.
+    NoSuchUser,
+    /// The actor is no longer an enabled administrator.
+    NotAnAdmin,
+}
+
+/// Locks the administrator's row and the target's, in id order (two administrators
+/// acting on each other at once queue instead of deadlocking), and checks under the
+/// lock that the actor is still an enabled admin: checked before, two admins could
+/// remove each other's role at once and leave none, and a just-demoted admin's
+/// request in flight went through.
+async fn lock_for_admin(
     conn: &mut diesel_async::AsyncPgConnection,
-    user_id: uuid::Uuid,
-    changed: usize,
-) -> Result<bool, diesel::result::Error> {
-    if changed > 0 {
-        return Ok(true);
-    }
-    let found: Option<uuid::Uuid> = users::table
-        .find(user_id)
-        .select(users::id)
-        .first(conn)
-        .await
-        .optional()?;
-    Ok(found.is_some())
+    actor: uuid::Uuid,
+    target: uuid::Uuid,
+) -> Result<AdminChange, diesel::result::Error> {
+    type Row = (
+        uuid::Uuid,
+        Vec<String>,
+        Option<chrono::DateTime<chrono::Utc>>,
+    );
+    let rows: Vec<Row> = users::table
+        .filter(users::id.eq_any([actor, target]))
+        .select((users::id, users::roles, users::disabled_at))
+        .order(users::id)
+        .for_update()
+        .load(conn)
+        .await?;
+    let admin = rows.iter().any(|(id, roles, disabled_at)| {
+        *id == actor && disabled_at.is_none() && roles.iter().any(|r| r == "admin")
+    });
+    Ok(if !admin {
+        AdminChange::NotAnAdmin
+    } else if rows.iter().any(|(id, ..)| *id == target) {
+        AdminChange::Done
+    } else {
+        AdminChange::NoSuchUser
+    })
 }

@@ -1,6 +1,7 @@
 //! Admin routes: user list and search with keyset pagination, role changes.
 
 use aia_testkit::Stack;
+use diesel_async::RunQueryDsl;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -143,6 +144,84 @@ async fn a_role_change_takes_effect_at_once_and_an_admin_cannot_demote_or_disabl
         "{body}"
     );
     assert_eq!(me_status(&stack, admin_token).await?, StatusCode::OK);
+    stack.stop().await;
+    Ok(())
+}
+
+/// The last two admins remove each other's role (or disable each other) at the same
+/// moment: the actor is checked under the rows' lock, so the second change finds its
+/// actor no longer an admin (403) and one admin remains. Role writes are slowed (a
+/// trigger), so that both requests are past any check made before the write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_admins_removing_each_other_at_once_leave_one() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let (ada, bob) = (admin(&stack).await?, admin(&stack).await?);
+    let (ada_token, bob_token) = (field(&ada, "access_token"), field(&bob, "access_token"));
+    let (ada_id, bob_id) = (
+        user_id(&stack, ada_token).await?,
+        user_id(&stack, bob_token).await?,
+    );
+    let mut conn = stack.db.connect().await?;
+    for statement in [
+        "CREATE FUNCTION public.slow_roles() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN PERFORM pg_sleep(1); RETURN NEW; END $$",
+        "CREATE TRIGGER slow_roles BEFORE UPDATE OF roles, disabled_at ON auth.users \
+         FOR EACH ROW EXECUTE FUNCTION public.slow_roles()",
+    ] {
+        diesel::sql_query(statement).execute(&mut conn).await?;
+    }
+    let demote = |token: &str, id: &str| {
+        stack
+            .http()
+            .put(stack.url(&format!("/v1/admin/users/{id}/roles")))
+            .bearer_auth(token)
+            .json(&json!({"roles": []}))
+            .send()
+    };
+    let disable = |token: &str, id: &str| {
+        stack
+            .http()
+            .post(stack.url(&format!("/v1/admin/users/{id}/disable")))
+            .bearer_auth(token)
+            .send()
+    };
+    let (one, other) = tokio::join!(demote(ada_token, &bob_id), demote(bob_token, &ada_id));
+    let mut statuses = [one?.status(), other?.status()];
+    statuses.sort();
+    assert_eq!(statuses, [StatusCode::NO_CONTENT, StatusCode::FORBIDDEN]);
+    #[derive(diesel::QueryableByName)]
+    struct Admins {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let admins = || {
+        diesel::sql_query(
+            "SELECT count(*) AS n FROM auth.users \
+             WHERE 'admin' = ANY(roles) AND disabled_at IS NULL",
+        )
+    };
+    assert_eq!(admins().get_result::<Admins>(&mut conn).await?.n, 1);
+
+    // The same with disabling, between the one left and a new admin.
+    let carl = admin(&stack).await?;
+    let carl_token = field(&carl, "access_token");
+    let carl_id = user_id(&stack, carl_token).await?;
+    let (survivor_token, survivor_id) = {
+        let ada_is_admin = me_status(&stack, ada_token).await? == StatusCode::OK;
+        if ada_is_admin {
+            (ada_token, ada_id.as_str())
+        } else {
+            (bob_token, bob_id.as_str())
+        }
+    };
+    let (one, other) = tokio::join!(
+        disable(survivor_token, &carl_id),
+        disable(carl_token, survivor_id)
+    );
+    let mut statuses = [one?.status(), other?.status()];
+    statuses.sort();
+    assert_eq!(statuses, [StatusCode::NO_CONTENT, StatusCode::FORBIDDEN]);
+    assert_eq!(admins().get_result::<Admins>(&mut conn).await?.n, 1);
     stack.stop().await;
     Ok(())
 }
