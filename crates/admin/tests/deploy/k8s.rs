@@ -55,6 +55,22 @@ fn seq(value: &Value) -> &[Value] {
     value.as_sequence().map_or(&[], Vec::as_slice)
 }
 
+/// The secret keys (outside its database login) a workload's main container reads.
+fn secrets_read_by(workload: &str) -> &'static [&'static str] {
+    match workload {
+        "aia-gateway" => &["REDIS_URL", "SESSION_SECRET", "JWT_SECRET_KEY"],
+        "aia-auth" => &[
+            "REDIS_URL",
+            "SMTP_URL",
+            "ENCRYPTION_KEY",
+            "API_KEY_SECRET",
+            "JWT_SECRET_KEY",
+        ],
+        "aia-session" => &["REDIS_URL", "SESSION_SECRET"],
+        _ => &["REDIS_URL"],
+    }
+}
+
 /// Everything wrong with `docs` as a secure deployment of the platform.
 fn lint(docs: &[Value]) -> Vec<String> {
     let mut problems = Vec::new();
@@ -231,6 +247,39 @@ fn lint(docs: &[Value]) -> Vec<String> {
                     "{n}/{}: database secrets {databases:?}, expected {expected:?}",
                     c["name"].as_str().unwrap_or("?")
                 ));
+            }
+        }
+    }
+    // Other secrets key by key, and only those the container reads: the gateway
+    // faces the internet and must not hold auth's sealing or API-key keys.
+    for w in kind(docs, "Deployment").chain(kind(docs, "Job")) {
+        let n = name(w);
+        let pod = &w["spec"]["template"]["spec"];
+        let containers = seq(&pod["containers"]).iter().map(|c| (c, true));
+        let inits = seq(&pod["initContainers"]).iter().map(|c| (c, false));
+        for (c, main) in containers.chain(inits) {
+            let cn = c["name"].as_str().unwrap_or("?");
+            let whole = seq(&c["envFrom"])
+                .iter()
+                .filter_map(|e| e["secretRef"]["name"].as_str())
+                .filter(|s| !s.ends_with("-database"));
+            for secret in whole {
+                problem(format!(
+                    "{n}/{cn}: takes every key of Secret {secret}; name the ones it reads"
+                ));
+            }
+            let allowed = if main {
+                secrets_read_by(n)
+            } else {
+                &["REDIS_URL"][..]
+            };
+            let keys = seq(&c["env"])
+                .iter()
+                .filter_map(|e| e["valueFrom"]["secretKeyRef"]["key"].as_str());
+            for key in keys {
+                if !allowed.contains(&key) {
+                    problem(format!("{n}/{cn}: given {key}, which it does not read"));
+                }
             }
         }
     }
@@ -470,7 +519,33 @@ fn the_lint_notices_each_missing_setting() -> anyhow::Result<()> {
         "the lint misses a service with the owner's login"
     );
     cases += 1;
-    assert_eq!(cases, REQUIRED.len() + CONTAINER.len() + 7);
+    // The gateway given all of aia-secrets, or one of auth's keys.
+    let gateway = docs
+        .iter()
+        .position(|d| d["kind"].as_str() == Some("Deployment") && name(d) == "aia-gateway")
+        .ok_or_else(|| anyhow::anyhow!("no gateway"))?;
+    for (field, entry) in [
+        ("envFrom", "secretRef: {name: aia-secrets}"),
+        (
+            "env",
+            "{name: ENCRYPTION_KEY, valueFrom: {secretKeyRef: {name: aia-secrets, key: ENCRYPTION_KEY}}}",
+        ),
+    ] {
+        let mut broken = docs.clone();
+        broken[gateway]
+            .get_mut("spec")
+            .and_then(|s| s.get_mut("template"))
+            .and_then(|t| t.get_mut("spec"))
+            .and_then(|s| s.get_mut("containers"))
+            .and_then(|c| c.get_mut(0))
+            .and_then(|c| c.get_mut(field))
+            .and_then(Value::as_sequence_mut)
+            .ok_or_else(|| anyhow::anyhow!("the gateway has no {field}"))?
+            .push(serde_yaml::from_str(entry)?);
+        assert!(!lint(&broken).is_empty(), "the lint misses {entry}");
+        cases += 1;
+    }
+    assert_eq!(cases, REQUIRED.len() + CONTAINER.len() + 9);
     Ok(())
 }
 
@@ -511,5 +586,81 @@ fn the_production_overlay_passes_check_config() -> anyhow::Result<()> {
     );
     let problems = aia_settings::production_readiness(&vars);
     assert!(problems.is_empty(), "{problems:?}");
+    Ok(())
+}
+
+/// Each Deployment of the production overlay starts in production on exactly what
+/// its main container is given (the ConfigMap, its database login, the secret keys it
+/// names, from `aia gen-secrets` and the datastores as the template asks for them):
+/// naming keys one by one must not leave one out.
+#[test]
+fn each_production_service_starts_on_what_it_is_given() -> anyhow::Result<()> {
+    use aia_settings::{AuditSettings, AuthSettings, Env, GatewaySettings, SessionSettings};
+    let (file, docs) = render("prod")?;
+    std::fs::remove_file(&file)?;
+    let config = kind(&docs, "ConfigMap")
+        .find(|c| name(c) == "aia-config")
+        .ok_or_else(|| anyhow::anyhow!("no aia-config"))?;
+    let mut secrets: HashMap<String, String> = aia_admin::secrets::generate(false)?
+        .into_iter()
+        .map(|s| (s.name.to_owned(), s.value))
+        .collect();
+    secrets.insert(
+        "REDIS_URL".into(),
+        "rediss://:pw@redis.internal:6380".into(),
+    );
+    secrets.insert("SMTP_URL".into(), "smtps://aia:pw@mail.example.com".into());
+    let mut started = 0;
+    for d in kind(&docs, "Deployment") {
+        let n = name(d);
+        let c = &d["spec"]["template"]["spec"]["containers"][0];
+        let mut vars: HashMap<String, String> = config["data"]
+            .as_mapping()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| {
+                let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+                (text(k), text(v))
+            })
+            .collect();
+        if seq(&c["envFrom"])
+            .iter()
+            .any(|e| e["secretRef"]["name"].as_str() == Some(&format!("{n}-database")))
+        {
+            vars.insert(
+                "DATABASE_URL".into(),
+                "postgres://login:pw@db.internal:5432/aia?sslmode=verify-full".into(),
+            );
+        }
+        for e in seq(&c["env"]) {
+            let var = e["name"].as_str().unwrap_or_default().to_owned();
+            if let Some(value) = e["value"].as_str() {
+                vars.insert(var, value.to_owned());
+            } else if let Some(key) = e["valueFrom"]["secretKeyRef"]["key"].as_str() {
+                match secrets.get(key) {
+                    Some(value) => {
+                        vars.insert(var, value.clone());
+                    }
+                    None => assert_eq!(
+                        e["valueFrom"]["secretKeyRef"]["optional"].as_bool(),
+                        Some(true),
+                        "{n} needs {key}, which no Secret holds"
+                    ),
+                }
+            }
+        }
+        assert_eq!(vars.get("APP_ENV").map(String::as_str), Some("production"));
+        let env = Env::from_iter(vars);
+        let problems = match n {
+            "aia-gateway" => GatewaySettings::from_env(env).err(),
+            "aia-auth" => AuthSettings::from_env(env).err(),
+            "aia-session" => SessionSettings::from_env(env).err(),
+            "aia-audit" => AuditSettings::from_env(env).err(),
+            other => anyhow::bail!("an unknown Deployment {other}"),
+        };
+        assert!(problems.is_none(), "{n}: {problems:?}");
+        started += 1;
+    }
+    assert_eq!(started, 4);
     Ok(())
 }
