@@ -283,6 +283,31 @@ fn lint(docs: &[Value]) -> Vec<String> {
             }
         }
     }
+    // Egress "anywhere" never includes the link-local range (the cloud's metadata
+    // service hands out the node's credentials), and the gateway (no database login)
+    // reaches no Postgres.
+    for p in kind(docs, "NetworkPolicy") {
+        for rule in seq(&p["spec"]["egress"]) {
+            for block in seq(&rule["to"]).iter().map(|peer| &peer["ipBlock"]) {
+                let open = block["cidr"].as_str() == Some("0.0.0.0/0");
+                let link_local_excepted = seq(&block["except"])
+                    .iter()
+                    .any(|e| e.as_str() == Some("169.254.0.0/16"));
+                if open && !link_local_excepted {
+                    problem(format!(
+                        "NetworkPolicy {}: egress to 0.0.0.0/0 includes the metadata service",
+                        name(p)
+                    ));
+                }
+            }
+            let postgres = seq(&rule["ports"])
+                .iter()
+                .any(|port| port["port"].as_u64() == Some(5432));
+            if name(p) == "aia-gateway" && postgres {
+                problem("NetworkPolicy aia-gateway: the gateway may reach Postgres".to_owned());
+            }
+        }
+    }
     // Meshed pods: the proxies talk to each other on 4143, and the init container
     // reaches Postgres before the proxy runs.
     for d in kind(docs, "Deployment") {
@@ -545,7 +570,27 @@ fn the_lint_notices_each_missing_setting() -> anyhow::Result<()> {
         assert!(!lint(&broken).is_empty(), "the lint misses {entry}");
         cases += 1;
     }
-    assert_eq!(cases, REQUIRED.len() + CONTAINER.len() + 9);
+    // Egress opened to the metadata service, or the gateway to Postgres (edits of
+    // the gateway's own policy).
+    let policy = docs
+        .iter()
+        .position(|d| d["kind"].as_str() == Some("NetworkPolicy") && name(d) == "aia-gateway")
+        .ok_or_else(|| anyhow::anyhow!("no gateway policy"))?;
+    let text = serde_yaml::to_string(&docs[policy])?;
+    for (what, from, to) in [
+        ("metadata", "- 169.254.0.0/16", "- 10.255.255.0/24"),
+        ("Postgres", "port: 6379", "port: 5432"),
+    ] {
+        assert!(text.contains(from), "{from} not in the gateway's policy");
+        let mut broken = docs.clone();
+        broken[policy] = serde_yaml::from_str(&text.replacen(from, to, 1))?;
+        assert!(
+            !lint(&broken).is_empty(),
+            "the lint misses egress to {what}"
+        );
+        cases += 1;
+    }
+    assert_eq!(cases, REQUIRED.len() + CONTAINER.len() + 11);
     Ok(())
 }
 
