@@ -54,6 +54,7 @@ fn deployment() -> Vars {
         ),
         ("REDIS_URL", "rediss://:a-password@cache.internal:6380"),
         ("INTERNAL_TLS", "mesh"),
+        ("MESH_NAMESPACE", "aia"),
         ("ALLOWED_HOSTS", "api.example.com"),
         ("CORS_ORIGINS", "https://app.example.com"),
         ("SMTP_URL", "smtps://aia:pw@mail.example.com"),

@@ -73,6 +73,7 @@ mod tests {
             ("API_KEY_SECRET", strong(88, 2)),
             ("SESSION_SECRET", strong(88, 3)),
             ("INTERNAL_TLS", "mesh".to_owned()),
+            ("MESH_NAMESPACE", "aia".to_owned()),
             ("ALLOWED_HOSTS", "api.example.com".to_owned()),
             ("CORS_ORIGINS", "https://app.example.com".to_owned()),
             ("SMTP_URL", "smtps://aia:pw@mail.example.com".to_owned()),
@@ -152,6 +153,8 @@ mod tests {
             (&[("ARGON2_ITERATIONS", "1")], "ARGON2_ITERATIONS"),
             (&[("INTERNAL_TLS", "off")], "INTERNAL_TLS"),
             (&[("INTERNAL_TLS", "")], "INTERNAL_TLS"),
+            (&[("MESH_NAMESPACE", "")], "MESH_NAMESPACE"),
+            (&[("MESH_NAMESPACE", "aia.evil")], "MESH_NAMESPACE"),
             (
                 &[
                     ("INTERNAL_TLS", "mtls"),

@@ -31,7 +31,12 @@ pub enum InternalTls {
     /// Plaintext, unauthenticated (development only).
     Off,
     /// A service mesh provides mTLS around the services; they speak plaintext.
-    Mesh,
+    Mesh {
+        /// `MESH_NAMESPACE`: the Kubernetes namespace the platform's services run in
+        /// (from the downward API, `metadata.namespace`). A mesh identity of the right
+        /// service account name in another namespace is not the platform's.
+        namespace: String,
+    },
     /// The services speak mTLS themselves: every listener requires a client
     /// certificate from the CA, every client presents its own, and each rpc checks the
     /// caller's identity (the certificate's DNS name: `auth`, `session`, `audit`,
@@ -443,7 +448,18 @@ impl Common {
                 }
                 InternalTls::Off
             }
-            "mesh" => InternalTls::Mesh,
+            "mesh" => {
+                let namespace = env.string("MESH_NAMESPACE", "");
+                if !is_dns_label(&namespace) {
+                    env.problem(
+                        "MESH_NAMESPACE",
+                        "is required when INTERNAL_TLS=mesh: the Kubernetes namespace the \
+                         services run in (set it from the downward API, metadata.namespace); \
+                         a caller's mesh identity must be of that namespace",
+                    );
+                }
+                InternalTls::Mesh { namespace }
+            }
             "mtls" => {
                 let mut file = |name: &str| match env.get(name).map(PathBuf::from) {
                     None => {
@@ -787,6 +803,16 @@ fn revocation_stale_after(env: &mut Env) -> Duration {
     Duration::from_millis(env.parse_in("REVOCATION_STALE_AFTER_MS", 2000, 600, 60_000))
 }
 
+/// A DNS label (RFC 1123), as Kubernetes namespaces are.
+fn is_dns_label(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -857,6 +883,7 @@ mod tests {
             ("ENCRYPTION_KEY", &strong),
             ("API_KEY_SECRET", &strong64),
             ("INTERNAL_TLS", "mesh"),
+            ("MESH_NAMESPACE", "aia"),
             ("SMTP_URL", "smtps://aia:pw@mail.example.com"),
         ]
         .into_iter()

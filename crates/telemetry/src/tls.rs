@@ -29,8 +29,10 @@ impl std::fmt::Debug for TlsMaterial {
 impl TlsMaterial {
     /// Reads the PEM files named in settings; `None` unless `INTERNAL_TLS=mtls`.
     pub fn load(settings: &InternalTls) -> anyhow::Result<Option<Self>> {
-        if matches!(settings, InternalTls::Mesh) {
-            MESH.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let InternalTls::Mesh { namespace } = settings {
+            // One namespace per process: a second setting (tests start several
+            // services in one process) keeps the first.
+            let _ = MESH.set(namespace.clone());
         }
         let InternalTls::Mtls {
             ca_file,
@@ -89,8 +91,9 @@ pub fn endpoint(url: &str, tls: Option<&TlsMaterial>, peer: &str) -> anyhow::Res
     }
 }
 
-/// Set when this process runs with `INTERNAL_TLS=mesh` (see [`authorize`]).
-static MESH: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// The platform's namespace, set when this process runs with `INTERNAL_TLS=mesh` (see
+/// [`authorize`]).
+static MESH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// The header a Linkerd inbound proxy adds with the meshed caller's verified identity
 /// (and removes from whatever the caller sent).
@@ -101,17 +104,12 @@ const MESH_IDENTITY: &str = "l5d-client-id";
 ///
 /// - `INTERNAL_TLS=mtls`: the client certificate must name the caller;
 /// - `INTERNAL_TLS=mesh`: the Linkerd proxy's `l5d-client-id` must be the caller's
-///   service account, `aia-<service>.<namespace>.serviceaccount.identity.…`; a call
-///   without it did not come through the mesh and is refused;
+///   service account in the platform's namespace (`MESH_NAMESPACE`),
+///   `aia-<service>.<namespace>.serviceaccount.identity.…`; a call without it did not
+///   come through the mesh and is refused;
 /// - `INTERNAL_TLS=off` (development; production refuses it): no identity to check.
 pub fn authorize<T>(request: &tonic::Request<T>, allowed: &[&str]) -> Result<(), tonic::Status> {
-    authorize_in(
-        request,
-        allowed,
-        MESH.load(std::sync::atomic::Ordering::Relaxed),
-        false,
-    )
-    .map(|_| ())
+    authorize_in(request, allowed, MESH.get().map(String::as_str), false).map(|_| ())
 }
 
 /// [`authorize`], and which service of the platform the caller is, when its
@@ -121,12 +119,7 @@ pub fn caller<T>(
     request: &tonic::Request<T>,
     allowed: &[&str],
 ) -> Result<Option<&'static str>, tonic::Status> {
-    authorize_in(
-        request,
-        allowed,
-        MESH.load(std::sync::atomic::Ordering::Relaxed),
-        true,
-    )
+    authorize_in(request, allowed, MESH.get().map(String::as_str), true)
 }
 
 /// The services of the platform, by the names their certificates and service
@@ -145,13 +138,13 @@ fn refused() -> tonic::Status {
 fn authorize_in<T>(
     request: &tonic::Request<T>,
     allowed: &[&str],
-    mesh: bool,
+    mesh: Option<&str>,
     identify: bool,
 ) -> Result<Option<&'static str>, tonic::Status> {
     let Some(certs) = request.peer_certs() else {
-        if !mesh {
+        let Some(platform_namespace) = mesh else {
             return Ok(None);
-        }
+        };
         let identity = request
             .metadata()
             .get(MESH_IDENTITY)
@@ -164,7 +157,8 @@ fn authorize_in<T>(
         let account = identity
             .split_once(".serviceaccount.identity.")
             .and_then(|(head, _)| head.split_once('.'))
-            .map(|(account, _namespace)| account);
+            .filter(|(_, namespace)| *namespace == platform_namespace)
+            .map(|(account, _)| account);
         let service = account
             .and_then(|a| a.strip_prefix("aia-"))
             .and_then(|s| SERVICES.iter().copied().find(|known| *known == s));
@@ -223,23 +217,26 @@ mod tests {
         request
     }
 
+    /// The namespace the mesh tests run the platform in.
+    const MESH_TEST: Option<&str> = Some("aia");
+
     #[test]
     fn in_the_mesh_the_proxys_identity_decides() {
         let gateway = "aia-gateway.aia.serviceaccount.identity.linkerd.cluster.local";
         let auth = "aia-auth.aia.serviceaccount.identity.linkerd.cluster.local";
         // The gateway may call a gateway-only method; auth may not.
-        assert!(authorize_in(&from(Some(gateway)), &["gateway"], true, false).is_ok());
-        let denied = authorize_in(&from(Some(auth)), &["gateway"], true, false);
+        assert!(authorize_in(&from(Some(gateway)), &["gateway"], MESH_TEST, false).is_ok());
+        let denied = authorize_in(&from(Some(auth)), &["gateway"], MESH_TEST, false);
         assert_eq!(
             denied.err().map(|s| s.code()),
             Some(tonic::Code::PermissionDenied)
         );
         // Any platform service where any is allowed; nobody else.
-        assert!(authorize_in(&from(Some(auth)), &[], true, false).is_ok());
+        assert!(authorize_in(&from(Some(auth)), &[], MESH_TEST, false).is_ok());
         // The name audit binds a producer to: the service the proxy vouches for, and
         // none for a stranger's identity.
         assert_eq!(
-            authorize_in(&from(Some(auth)), &[], true, true)
+            authorize_in(&from(Some(auth)), &[], MESH_TEST, true)
                 .ok()
                 .flatten(),
             Some("auth")
@@ -250,7 +247,7 @@ mod tests {
                     "aia-reports.aia.serviceaccount.identity.linkerd.cluster.local"
                 )),
                 &[],
-                true,
+                MESH_TEST,
                 true
             )
             .is_err()
@@ -258,21 +255,24 @@ mod tests {
         for stranger in [
             "default.aia.serviceaccount.identity.linkerd.cluster.local",
             "aia-gateway-evil.aia.serviceaccount.identity.linkerd.cluster.local",
+            // The gateway's account name in another namespace is not the gateway.
+            "aia-gateway.tenant-b.serviceaccount.identity.linkerd.cluster.local",
+            "aia-gateway.aia.evil.serviceaccount.identity.linkerd.cluster.local",
             "aia-gateway",
             "",
         ] {
             assert!(
-                authorize_in(&from(Some(stranger)), &[], true, false).is_err(),
+                authorize_in(&from(Some(stranger)), &[], MESH_TEST, false).is_err(),
                 "{stranger}"
             );
         }
         // Not through the mesh at all: refused in mesh mode, let through only in
         // development.
-        let bare = authorize_in(&from(None), &["gateway"], true, false);
+        let bare = authorize_in(&from(None), &["gateway"], MESH_TEST, false);
         assert_eq!(
             bare.err().map(|s| s.code()),
             Some(tonic::Code::Unauthenticated)
         );
-        assert!(authorize_in(&from(None), &["gateway"], false, false).is_ok());
+        assert!(authorize_in(&from(None), &["gateway"], None, false).is_ok());
     }
 }

@@ -629,6 +629,8 @@ fn the_production_overlay_passes_check_config() -> anyhow::Result<()> {
         "SMTP_URL".to_owned(),
         "smtps://aia:pw@mail.example.com".to_owned(),
     );
+    // Each Deployment sets it from its own namespace (the downward API).
+    vars.insert("MESH_NAMESPACE".to_owned(), "aia".to_owned());
     let problems = aia_settings::production_readiness(&vars);
     assert!(problems.is_empty(), "{problems:?}");
     Ok(())
@@ -681,6 +683,10 @@ fn each_production_service_starts_on_what_it_is_given() -> anyhow::Result<()> {
             let var = e["name"].as_str().unwrap_or_default().to_owned();
             if let Some(value) = e["value"].as_str() {
                 vars.insert(var, value.to_owned());
+            } else if e["valueFrom"]["fieldRef"]["fieldPath"].as_str() == Some("metadata.namespace")
+            {
+                let namespace = d["metadata"]["namespace"].as_str().unwrap_or_default();
+                vars.insert(var, namespace.to_owned());
             } else if let Some(key) = e["valueFrom"]["secretKeyRef"]["key"].as_str() {
                 match secrets.get(key) {
                     Some(value) => {
