@@ -234,6 +234,14 @@ async fn count(
         .n)
 }
 
+/// The rate-limited requests of the surge window (the gateway aggregates them per
+/// key and minute, with a count). Its reason is a literal so that the partial index
+/// `events_rate_limited_time` (migration 000023) serves it whatever the plan.
+const RATE_LIMITED_IN_WINDOW: &str = "SELECT COALESCE(sum((details->>'count')::bigint), 0)::bigint AS n \
+     FROM audit.events \
+     WHERE event_type = 'gateway.rejected' AND details->>'reason' = 'rate_limit' \
+     AND occurred_at > $1 - make_interval(secs => $2) AND occurred_at <= $1";
+
 /// True if `rule` already raised an alert for `key` (a subject, or an IP when
 /// `by_ip`) within its window before `at`.
 async fn raised(
@@ -409,24 +417,25 @@ pub(crate) async fn detect(
             ));
         }
         "gateway.rejected" if e.details["reason"] == "rate_limit" => {
-            let hits = count(
-                conn,
-                "SELECT COALESCE(sum((details->>'count')::bigint), 0)::bigint AS n FROM audit.events \
-                 WHERE event_type = 'gateway.rejected' AND details->>'reason' = $1 \
-                 AND occurred_at > $2 - make_interval(secs => $3) AND occurred_at <= $2",
-                "rate_limit",
-                at,
-                surge.window_secs,
-            )
-            .await?;
-            if hits >= surge.threshold && !raised(conn, surge, "", false, at).await? {
-                alerts.push(alert(
-                    surge,
-                    e,
-                    "",
-                    "",
-                    serde_json::json!({"rate_limited": hits}),
-                ));
+            // Once alerted in the window, no sum: before it, the window holds fewer
+            // rate-limited rejections than the threshold (each counts at least 1).
+            let alerted = raised(conn, surge, "", false, at).await?;
+            if !alerted {
+                let hits = diesel::sql_query(RATE_LIMITED_IN_WINDOW)
+                    .bind::<Timestamptz, _>(at)
+                    .bind::<Integer, _>(surge.window_secs)
+                    .get_result::<Count>(conn)
+                    .await?
+                    .n;
+                if hits >= surge.threshold {
+                    alerts.push(alert(
+                        surge,
+                        e,
+                        "",
+                        "",
+                        serde_json::json!({"rate_limited": hits}),
+                    ));
+                }
             }
         }
         _ => {}
@@ -440,6 +449,35 @@ pub(crate) async fn detect(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The surge sum reads the rate-limited rejections through their own index, not
+    /// every rejection of the window.
+    #[tokio::test]
+    async fn the_surge_sum_reads_only_rate_limited_rejections() -> anyhow::Result<()> {
+        #[derive(diesel::QueryableByName)]
+        struct Plan {
+            #[diesel(sql_type = Text, column_name = "QUERY PLAN")]
+            line: String,
+        }
+        let db = aia_testkit::TestDb::create().await?;
+        let mut conn = db.connect().await?;
+        diesel::sql_query("SET enable_seqscan = off")
+            .execute(&mut conn)
+            .await?;
+        let plan = diesel::sql_query(format!("EXPLAIN {RATE_LIMITED_IN_WINDOW}"))
+            .bind::<Timestamptz, _>(Utc::now())
+            .bind::<Integer, _>(300)
+            .load::<Plan>(&mut conn)
+            .await?
+            .into_iter()
+            .map(|p| p.line)
+            .collect::<Vec<_>>()
+            .join("\n");
+        drop(conn);
+        db.drop_database().await?;
+        assert!(plan.contains("events_rate_limited_time"), "{plan}");
+        Ok(())
+    }
 
     fn event(event_type: &str, outcome: &str) -> NewEvent {
         NewEvent {
