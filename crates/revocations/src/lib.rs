@@ -47,6 +47,16 @@ impl Set {
         self.jti.retain(|_, until| *until > now);
         self.sid.retain(|_, until| *until > now);
     }
+
+    /// Adds `other`'s entries, each keeping the later expiry.
+    fn absorb(&mut self, other: Set) {
+        for (mine, theirs) in [(&mut self.jti, other.jti), (&mut self.sid, other.sid)] {
+            for (id, until) in theirs {
+                let entry = mine.entry(id).or_insert(until);
+                *entry = (*entry).max(until);
+            }
+        }
+    }
 }
 
 /// The in-memory blacklist.
@@ -119,9 +129,16 @@ impl RevocationCache {
         });
     }
 
-    fn replace(&self, set: Set) {
+    /// Takes a stream's complete snapshot in, and trusts the copy again. The
+    /// snapshot joins what is there rather than replacing it: revocations are never
+    /// undone, and a snapshot read before this process's own latest revocation (a
+    /// logout made while the stream was reconnecting, [`RevocationCache::insert`])
+    /// would otherwise drop it, and the logged-out token pass until the stream
+    /// brought it again. Expired entries go.
+    fn load_snapshot(&self, snapshot: Set) {
         if let Ok(mut current) = self.set.write() {
-            *current = set;
+            current.absorb(snapshot);
+            current.prune(chrono::Utc::now().timestamp());
         }
         self.synced.store(true, Ordering::Release);
         self.touch();
@@ -226,9 +243,7 @@ async fn follow(
                     set.insert(r);
                 }
                 if batch.snapshot_complete {
-                    let mut complete = snapshot.take().unwrap_or_default();
-                    complete.prune(chrono::Utc::now().timestamp());
-                    cache.replace(complete);
+                    cache.load_snapshot(snapshot.take().unwrap_or_default());
                     tracing::info!("revocation snapshot loaded");
                 }
             }
@@ -256,23 +271,43 @@ mod tests {
         }
     }
 
+    /// A logout made here while the stream reconnected stays revoked when the
+    /// snapshot, read before it, arrives.
+    #[test]
+    fn a_snapshot_older_than_a_local_revocation_keeps_it() {
+        let cache = RevocationCache::new(Duration::from_secs(60));
+        let (jti, sid) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+        let later = chrono::Utc::now().timestamp() + 600;
+        cache.session_ended(&sid.to_string(), later);
+        let mut snapshot = Set::default();
+        let other = uuid::Uuid::new_v4();
+        snapshot.insert(&revocation(RevocationKind::Jti, other, later));
+        // And an entry already expired, which goes.
+        let expired = uuid::Uuid::new_v4();
+        snapshot.insert(&revocation(RevocationKind::Jti, expired, 1));
+        cache.load_snapshot(snapshot);
+        assert_eq!(cache.check(jti, sid), Some(true));
+        assert_eq!(cache.check(other, uuid::Uuid::new_v4()), Some(true));
+        assert_eq!(cache.check(expired, uuid::Uuid::new_v4()), Some(false));
+    }
+
     #[test]
     fn an_unsynced_or_stale_cache_is_not_trusted() {
         let cache = RevocationCache::new(Duration::from_millis(0));
         let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
         assert_eq!(cache.check(a, b), None);
-        cache.replace(Set::default());
+        cache.load_snapshot(Set::default());
         // stale_after of zero: stale at once.
         assert_eq!(cache.check(a, b), None);
         let cache = RevocationCache::new(Duration::from_secs(60));
-        cache.replace(Set::default());
+        cache.load_snapshot(Set::default());
         assert_eq!(cache.check(a, b), Some(false));
     }
 
     #[test]
     fn a_revoked_session_covers_every_token_of_it() {
         let cache = RevocationCache::new(Duration::from_secs(60));
-        cache.replace(Set::default());
+        cache.load_snapshot(Set::default());
         let (jti, sid) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
         let far = chrono::Utc::now().timestamp() + 600;
         cache.apply(&[revocation(RevocationKind::Sid, sid, far)]);
@@ -285,7 +320,7 @@ mod tests {
     #[test]
     fn expired_entries_are_pruned() {
         let cache = RevocationCache::new(Duration::from_secs(60));
-        cache.replace(Set::default());
+        cache.load_snapshot(Set::default());
         let sid = uuid::Uuid::new_v4();
         cache.apply(&[revocation(
             RevocationKind::Sid,
