@@ -65,6 +65,19 @@ pub async fn verify(state: &State, token: &str) -> Result<AccessClaims, Problem>
     })
 }
 
+/// Whether the in-memory copy of the blacklist already knows `claims` revoked (no
+/// network: `false` when the copy is not fresh, or the ids do not parse, which
+/// [`revoked`] refuses later anyway).
+pub fn known_revoked(state: &State, claims: &AccessClaims) -> bool {
+    let (Ok(jti), Ok(sid)) = (
+        uuid::Uuid::parse_str(&claims.jti),
+        uuid::Uuid::parse_str(&claims.sid),
+    ) else {
+        return false;
+    };
+    state.revocations.check(jti, sid) == Some(true)
+}
+
 /// Whether the access token of `claims` has been revoked (itself or its session):
 /// from the in-memory copy of the blacklist when it knows, else from the session
 /// service. Unreachable session service: an error (refuse, never assume).

@@ -518,6 +518,11 @@ async fn caller_key(
         let Ok(claims) = authn::verify(state, &token).await else {
             return (by_ip(), None);
         };
+        // A token its owner revoked (a thief's copy replayed until it expires) spends
+        // its address's quota, not the owner's, and is not the owner's usage.
+        if authn::known_revoked(state, &claims) {
+            return (by_ip(), None);
+        }
         let key = format!("user:{}", claims.sub);
         req.extensions_mut()
             .insert(authn::Verified { token, claims });

@@ -7,7 +7,7 @@ use aia_testkit::proxy::TcpProxy;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{assert_problem, email, field, from_ip, signed_in};
+use crate::helpers::{assert_problem, email, field, from_ip, register, signed_in};
 
 async fn login(
     client: &reqwest::Client,
@@ -175,6 +175,48 @@ async fn one_account_is_limited_whatever_the_address() -> anyhow::Result<()> {
         .await?;
     assert!(!keys.is_empty());
     assert!(keys.iter().all(|k| !k.contains('@')), "{keys:?}");
+    stack.stop().await;
+    Ok(())
+}
+
+/// A token its owner revoked (a thief's copy, replayed until it expires) spends its
+/// address's quota, not the owner's: the owner's own session is not held at 429.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_does_not_spend_its_owners_quota() -> anyhow::Result<()> {
+    let stack = Stack::start_with(&[("RATE_LIMIT_API", "5/60".into())]).await?;
+    let email = email();
+    register(&stack, &email).await?;
+    let stolen = field(
+        &crate::helpers::login(&stack, &email).await?,
+        "access_token",
+    )
+    .to_owned();
+    let own = field(
+        &crate::helpers::login(&stack, &email).await?,
+        "access_token",
+    )
+    .to_owned();
+    let logout = stack
+        .http()
+        .post(stack.url("/v1/auth/logout"))
+        .bearer_auth(&stolen)
+        .send()
+        .await?;
+    assert!(logout.status().is_success(), "{}", logout.status());
+    let thief = from_ip(9)?;
+    for n in 0..8 {
+        let status = thief
+            .get(stack.url("/v1/auth/me"))
+            .bearer_auth(&stolen)
+            .send()
+            .await?
+            .status();
+        assert!(
+            status == StatusCode::UNAUTHORIZED || status == StatusCode::TOO_MANY_REQUESTS,
+            "replay {n}: {status}"
+        );
+    }
+    assert_eq!(me(&stack, &own).await?.status(), StatusCode::OK);
     stack.stop().await;
     Ok(())
 }
