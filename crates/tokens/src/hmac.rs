@@ -90,12 +90,12 @@ mod tests {
         AccessClaims {
             iss: "iss".into(),
             aud: "aud".into(),
-            sub: "user".into(),
+            sub: "0b6a3f4e-5c1d-4e8a-9f2b-7d1c3e5a9b01".into(),
             exp: now + 600,
             iat: now,
             nbf: now,
-            jti: "jti".into(),
-            sid: "sid".into(),
+            jti: "5e2d8c71-3a4b-4f6e-8d9c-1b2a3c4d5e6f".into(),
+            sid: "9c8b7a6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d".into(),
             roles: vec![],
             amr: vec!["pwd".into()],
         }

@@ -141,12 +141,12 @@ mod tests {
         AccessClaims {
             iss: "https://issuer.test".into(),
             aud: "aia".into(),
-            sub: "user".into(),
+            sub: "0b6a3f4e-5c1d-4e8a-9f2b-7d1c3e5a9b01".into(),
             exp: now() + seconds,
             iat: now() - 60,
             nbf: now() - 60,
-            jti: "jti".into(),
-            sid: "sid".into(),
+            jti: "5e2d8c71-3a4b-4f6e-8d9c-1b2a3c4d5e6f".into(),
+            sid: "9c8b7a6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d".into(),
             roles: Vec::new(),
             amr: Vec::new(),
         }
@@ -160,7 +160,7 @@ mod tests {
         verified.insert("live".into(), claims_expiring_in(60));
         verified.insert("expired".into(), claims_expiring_in(-1));
         drop(verified);
-        assert_eq!(memo.verify("live")?.sub, "user");
+        assert_eq!(memo.verify("live")?.sub, "0b6a3f4e-5c1d-4e8a-9f2b-7d1c3e5a9b01");
         assert!(memo.verify("expired").is_err());
         Ok(())
     }

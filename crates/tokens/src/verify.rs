@@ -39,7 +39,8 @@ pub enum TokenError {
     /// `exp` is past.
     #[error("token expired")]
     Expired,
-    /// Bad signature, wrong `iss`/`aud`, `nbf` in the future, or a claim missing.
+    /// Bad signature, wrong `iss`/`aud`, `nbf` in the future, a claim missing, or a
+    /// `sub`, `sid` or `jti` that is not a UUID.
     #[error("invalid token")]
     Invalid,
 }
@@ -149,7 +150,7 @@ impl Verifier {
             .as_deref()
             .and_then(|kid| self.keys.get(kid))
             .ok_or(TokenError::UnknownKey)?;
-        jsonwebtoken::decode::<AccessClaims>(token, key, &self.validation)
+        let claims = jsonwebtoken::decode::<AccessClaims>(token, key, &self.validation)
             .map(|data| data.claims)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => TokenError::Expired,
@@ -158,7 +159,18 @@ impl Verifier {
                 | ErrorKind::Json(_)
                 | ErrorKind::Utf8(_) => TokenError::Malformed,
                 _ => TokenError::Invalid,
-            })
+            })?;
+        // The platform names users, sessions and tokens by UUID: a token that names
+        // no one (an empty `sub`, which a consumer could read as "no filter") or
+        // something else is none of its tokens, however it is signed.
+        if [&claims.sub, &claims.sid, &claims.jti]
+            .iter()
+            .all(|id| uuid::Uuid::parse_str(id).is_ok())
+        {
+            Ok(claims)
+        } else {
+            Err(TokenError::Invalid)
+        }
     }
 }
 
@@ -182,12 +194,12 @@ mod tests {
         AccessClaims {
             iss: ISS.into(),
             aud: AUD.into(),
-            sub: "user".into(),
+            sub: "0b6a3f4e-5c1d-4e8a-9f2b-7d1c3e5a9b01".into(),
             exp: now() + 600,
             iat: now(),
             nbf: now(),
-            jti: "jti".into(),
-            sid: "sid".into(),
+            jti: "5e2d8c71-3a4b-4f6e-8d9c-1b2a3c4d5e6f".into(),
+            sid: "9c8b7a6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d".into(),
             roles: vec!["user".into()],
             amr: vec!["pwd".into()],
         }
@@ -221,6 +233,33 @@ mod tests {
         let (key, verifier) = setup()?;
         let token = key.sign(&claims())?;
         assert_eq!(verifier.verify(&token)?, claims());
+        Ok(())
+    }
+
+    #[test]
+    fn a_signed_token_naming_no_one_is_refused() -> Result<(), Box<dyn std::error::Error>> {
+        let (key, verifier) = setup()?;
+        for (sub, sid, jti) in [
+            ("", None, None),
+            ("user", None, None),
+            ("*", None, None),
+            ("0b6a3f4e-5c1d-4e8a-9f2b-7d1c3e5a9b01", Some(""), None),
+            ("0b6a3f4e-5c1d-4e8a-9f2b-7d1c3e5a9b01", None, Some("jti")),
+        ] {
+            let mut claims = claims();
+            claims.sub = sub.to_owned();
+            if let Some(sid) = sid {
+                claims.sid = sid.to_owned();
+            }
+            if let Some(jti) = jti {
+                claims.jti = jti.to_owned();
+            }
+            let refused = verifier.verify(&key.sign(&claims)?);
+            assert!(
+                matches!(refused, Err(TokenError::Invalid)),
+                "{sub:?} {sid:?} {jti:?}: {refused:?}"
+            );
+        }
         Ok(())
     }
 
