@@ -160,7 +160,10 @@ mod tests {
         verified.insert("live".into(), claims_expiring_in(60));
         verified.insert("expired".into(), claims_expiring_in(-1));
         drop(verified);
-        assert_eq!(memo.verify("live")?.sub, "0b6a3f4e-5c1d-4e8a-9f2b-7d1c3e5a9b01");
+        assert_eq!(
+            memo.verify("live")?.sub,
+            "0b6a3f4e-5c1d-4e8a-9f2b-7d1c3e5a9b01"
+        );
         assert!(memo.verify("expired").is_err());
         Ok(())
     }

@@ -32,6 +32,7 @@ mod rate_limit;
 mod rejections;
 mod routes;
 mod state;
+mod streams;
 mod trusted_host;
 mod usage;
 mod validate;
@@ -181,6 +182,7 @@ pub async fn build(
         rejections,
         usage,
         audit: audit_queries,
+        streams: Arc::default(),
         shutdown: shutdown.clone(),
     });
     let ready_state = state.clone();

@@ -295,6 +295,10 @@ pub async fn stream(
     use futures::StreamExt;
 
     require_admin(&auth)?;
+    let slot = state.streams.take(&auth.claims.sub).ok_or_else(|| {
+        Problem::too_many_requests(actix_web::http::header::HeaderValue::from_static("5"))
+            .detail("too many open event streams: close one first")
+    })?;
     let auth_exp = auth.claims.exp;
     let f = filters.into_inner();
     let after = match request
@@ -370,7 +374,12 @@ pub async fn stream(
         .filter_map(futures::future::ready)
         // At the token's expiry, or when the gateway stops (instead of waiting out its
         // grace period).
-        .take_until(over);
+        .take_until(over)
+        // The stream's place, given back when the body is dropped.
+        .map(move |item| {
+            let _open = &slot;
+            item
+        });
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"))

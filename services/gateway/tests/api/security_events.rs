@@ -425,3 +425,45 @@ async fn a_stream_ends_when_its_session_is_revoked() -> anyhow::Result<()> {
     stack.stop().await;
     Ok(())
 }
+
+/// An administrator holds at most four streams open at once (each costs a poller in
+/// audit): the fifth gets 429 until one of the four ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_holds_a_bounded_number_of_streams() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let admin = admin(&stack).await?;
+    let token = field(&admin, "access_token").to_owned();
+    let open = || {
+        stack
+            .http()
+            .get(stack.url("/v1/admin/security-events/stream"))
+            .bearer_auth(&token)
+            .send()
+    };
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let response = open().await?;
+        assert_eq!(response.status(), StatusCode::OK);
+        held.push(response);
+    }
+    let refused = assert_problem(open().await?, StatusCode::TOO_MANY_REQUESTS).await?;
+    assert!(refused.to_string().contains("streams"), "{refused}");
+    // Another administrator is not held back by the first one's streams.
+    let other = crate::helpers::admin(&stack).await?;
+    let theirs = stack
+        .http()
+        .get(stack.url("/v1/admin/security-events/stream"))
+        .bearer_auth(field(&other, "access_token"))
+        .send()
+        .await?;
+    assert_eq!(theirs.status(), StatusCode::OK);
+    // One closed by its client: its place comes back.
+    drop(held.pop());
+    eventually(Duration::from_secs(10), || async {
+        let response = open().await?;
+        Ok((response.status() == StatusCode::OK).then_some(response))
+    })
+    .await?;
+    stack.stop().await;
+    Ok(())
+}
