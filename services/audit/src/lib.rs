@@ -9,6 +9,7 @@
 
 mod chain;
 mod event;
+mod reads;
 mod risk;
 mod schema;
 mod service;

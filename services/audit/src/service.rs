@@ -199,11 +199,11 @@ impl AuditService for Audit {
                 } else {
                     Scope::User(&involving)
                 };
-                scope::set(conn, who).await?;
+                crate::reads::begin(conn, who).await?;
                 query.load(conn).await
             })
             .await
-            .map_err(|e| internal(anyhow::Error::new(e).context("querying events")))?;
+            .map_err(|e| crate::reads::failed(e, "querying events"))?;
         let next_cursor = if rows.len() as i64 > limit {
             rows.truncate(limit as usize);
             rows.last().map(|r| r.seq().to_string()).unwrap_or_default()
@@ -234,7 +234,7 @@ impl AuditService for Audit {
         } else {
             let mut conn = aia_db::conn(&pool).await.map_err(unavailable)?;
             conn.transaction::<_, diesel::result::Error, _>(async |conn| {
-                scope::set(conn, Scope::Service).await?;
+                crate::reads::begin(conn, Scope::Service).await?;
                 events::table
                     .select(diesel::dsl::max(events::seq))
                     .first::<Option<i64>>(conn)
@@ -262,7 +262,7 @@ impl AuditService for Audit {
                         filtered(&filter).map_err(|s| anyhow::anyhow!("{}", s.message()))?;
                     let found = conn
                         .transaction::<_, diesel::result::Error, _>(async |conn| {
-                            scope::set(conn, Scope::Service).await?;
+                            crate::reads::begin(conn, Scope::Service).await?;
                             let upto = events::table
                                 .select(diesel::dsl::max(events::seq))
                                 .first::<Option<i64>>(conn)
@@ -335,7 +335,7 @@ impl AuditService for Audit {
         };
         let (counts, ips, subjects) = conn
             .transaction::<_, diesel::result::Error, _>(async |conn| {
-                scope::set(conn, Scope::Service).await?;
+                crate::reads::begin(conn, Scope::Service).await?;
                 let counts: Vec<(String, String, i64)> = events::table
                     .filter(events::occurred_at.ge(since))
                     .group_by((events::event_type, events::outcome))
@@ -370,7 +370,7 @@ impl AuditService for Audit {
                 Ok((counts, ips, subjects))
             })
             .await
-            .map_err(|e| internal(anyhow::Error::new(e).context("summarising events")))?;
+            .map_err(|e| crate::reads::failed(e, "summarising events"))?;
         let keyed = |rows: Vec<(String, i64)>| {
             rows.into_iter()
                 .map(|(key, count)| KeyCount { key, count })

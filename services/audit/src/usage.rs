@@ -138,17 +138,22 @@ pub async fn query(pool: &PgPool, q: QueryUsageRequest) -> Result<Vec<UsageCount
         query = query.filter(usage::caller.eq(q.caller));
     }
     let mut conn = aia_db::conn(pool).await.map_err(unavailable)?;
-    let rows: Vec<Row> = query
-        .select((
-            usage::hour,
-            usage::caller,
-            usage::route_class,
-            usage::requests,
-            usage::errors,
-        ))
-        .load(&mut conn)
+    let rows: Vec<Row> = conn
+        .transaction::<_, diesel::result::Error, _>(async |conn| {
+            crate::reads::begin(conn, aia_db::scope::Scope::Service).await?;
+            query
+                .select((
+                    usage::hour,
+                    usage::caller,
+                    usage::route_class,
+                    usage::requests,
+                    usage::errors,
+                ))
+                .load(conn)
+                .await
+        })
         .await
-        .map_err(|e| internal(anyhow::Error::new(e).context("reading usage")))?;
+        .map_err(|e| crate::reads::failed(e, "reading usage"))?;
     Ok(rows
         .into_iter()
         .map(|(hour, caller, route_class, requests, errors)| UsageCount {
