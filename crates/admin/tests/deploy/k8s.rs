@@ -58,13 +58,19 @@ fn seq(value: &Value) -> &[Value] {
 /// The secret keys (outside its database login) a workload's main container reads.
 fn secrets_read_by(workload: &str) -> &'static [&'static str] {
     match workload {
-        "aia-gateway" => &["REDIS_URL", "SESSION_SECRET", "JWT_SECRET_KEY"],
+        "aia-gateway" => &[
+            "REDIS_URL",
+            "RATE_LIMIT_REDIS_URL",
+            "SESSION_SECRET",
+            "JWT_SECRET_KEY",
+        ],
         "aia-auth" => &[
             "REDIS_URL",
             "SMTP_URL",
             "ENCRYPTION_KEY",
             "API_KEY_SECRET",
             "JWT_SECRET_KEY",
+            "JWT_SIGNING_KEY",
         ],
         "aia-session" => &["REDIS_URL", "SESSION_SECRET"],
         _ => &["REDIS_URL"],
@@ -636,82 +642,103 @@ fn the_production_overlay_passes_check_config() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Each Deployment of the production overlay starts in production on exactly what
-/// its main container is given (the ConfigMap, its database login, the secret keys it
-/// names, from `aia gen-secrets` and the datastores as the template asks for them):
-/// naming keys one by one must not leave one out.
+/// What `container` of workload `w` is given: the ConfigMap, its database login,
+/// its literal, secret-key and namespace variables (secrets from `values`).
+fn container_env(
+    w: &Value,
+    c: &Value,
+    config: &Value,
+    values: &HashMap<String, String>,
+) -> HashMap<String, String> {
+    let n = name(w);
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    let mut vars: HashMap<String, String> = config["data"]
+        .as_mapping()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (text(k), text(v)))
+        .collect();
+    let database = format!("{n}-database");
+    if seq(&c["envFrom"])
+        .iter()
+        .any(|e| e["secretRef"]["name"].as_str() == Some(database.as_str()))
+    {
+        vars.insert(
+            "DATABASE_URL".into(),
+            "postgres://login:pw@db.internal:5432/aia?sslmode=verify-full".into(),
+        );
+    }
+    for e in seq(&c["env"]) {
+        let var = text(&e["name"]);
+        let from = &e["valueFrom"];
+        if let Some(value) = e["value"].as_str() {
+            vars.insert(var, value.to_owned());
+        } else if from["fieldRef"]["fieldPath"].as_str() == Some("metadata.namespace") {
+            vars.insert(var, text(&w["metadata"]["namespace"]));
+        } else if let Some(key) = from["secretKeyRef"]["key"].as_str() {
+            match values.get(key) {
+                Some(value) => {
+                    vars.insert(var, value.clone());
+                }
+                None => assert_eq!(
+                    from["secretKeyRef"]["optional"].as_bool(),
+                    Some(true),
+                    "{n} needs {key}, which no Secret holds"
+                ),
+            }
+        }
+    }
+    vars
+}
+
+/// Every container of the production overlay starts in production on exactly what
+/// it is given (the ConfigMap, its database login, the secret keys it names, from
+/// `aia gen-secrets` and the datastores as the template asks for them): each service
+/// on its own settings, the init containers and the migration Job (`aia migrate`) on
+/// the shared ones. Naming keys one by one must not leave one out.
 #[test]
-fn each_production_service_starts_on_what_it_is_given() -> anyhow::Result<()> {
-    use aia_settings::{AuditSettings, AuthSettings, Env, GatewaySettings, SessionSettings};
+fn each_production_container_starts_on_what_it_is_given() -> anyhow::Result<()> {
+    use aia_settings::{
+        AuditSettings, AuthSettings, Common, Env, GatewaySettings, SessionSettings,
+    };
     let (file, docs) = render("prod")?;
     std::fs::remove_file(&file)?;
     let config = kind(&docs, "ConfigMap")
         .find(|c| name(c) == "aia-config")
         .ok_or_else(|| anyhow::anyhow!("no aia-config"))?;
-    let mut secrets: HashMap<String, String> = aia_admin::secrets::generate(false)?
+    let mut values: HashMap<String, String> = aia_admin::secrets::generate(false)?
         .into_iter()
         .map(|s| (s.name.to_owned(), s.value))
         .collect();
-    secrets.insert(
+    values.insert(
         "REDIS_URL".into(),
         "rediss://:pw@redis.internal:6380".into(),
     );
-    secrets.insert("SMTP_URL".into(), "smtps://aia:pw@mail.example.com".into());
-    let mut started = 0;
-    for d in kind(&docs, "Deployment") {
-        let n = name(d);
-        let c = &d["spec"]["template"]["spec"]["containers"][0];
-        let mut vars: HashMap<String, String> = config["data"]
-            .as_mapping()
-            .into_iter()
-            .flatten()
-            .map(|(k, v)| {
-                let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
-                (text(k), text(v))
-            })
-            .collect();
-        if seq(&c["envFrom"])
-            .iter()
-            .any(|e| e["secretRef"]["name"].as_str() == Some(&format!("{n}-database")))
-        {
-            vars.insert(
-                "DATABASE_URL".into(),
-                "postgres://login:pw@db.internal:5432/aia?sslmode=verify-full".into(),
-            );
+    values.insert("SMTP_URL".into(), "smtps://aia:pw@mail.example.com".into());
+    let mut started = Vec::new();
+    for w in kind(&docs, "Deployment").chain(kind(&docs, "Job")) {
+        let n = name(w);
+        let pod = &w["spec"]["template"]["spec"];
+        let containers = seq(&pod["containers"]).iter().map(|c| (c, true));
+        let inits = seq(&pod["initContainers"]).iter().map(|c| (c, false));
+        for (c, main) in containers.chain(inits) {
+            let vars = container_env(w, c, config, &values);
+            assert_eq!(vars.get("APP_ENV").map(String::as_str), Some("production"));
+            let env = Env::from_iter(vars);
+            let problems = match (main, n) {
+                (true, "aia-gateway") => GatewaySettings::from_env(env).err(),
+                (true, "aia-auth") => AuthSettings::from_env(env).err(),
+                (true, "aia-session") => SessionSettings::from_env(env).err(),
+                (true, "aia-audit") => AuditSettings::from_env(env).err(),
+                // `aia migrate` (the Job) and `aia migrate --check` (init containers).
+                (_, "aia-migrate") | (false, _) => Common::from_env(env).err(),
+                (true, other) => anyhow::bail!("an unknown workload {other}"),
+            };
+            let cn = c["name"].as_str().unwrap_or("?");
+            assert!(problems.is_none(), "{n}/{cn}: {problems:?}");
+            started.push(format!("{n}/{cn}"));
         }
-        for e in seq(&c["env"]) {
-            let var = e["name"].as_str().unwrap_or_default().to_owned();
-            if let Some(value) = e["value"].as_str() {
-                vars.insert(var, value.to_owned());
-            } else if e["valueFrom"]["fieldRef"]["fieldPath"].as_str() == Some("metadata.namespace")
-            {
-                let namespace = d["metadata"]["namespace"].as_str().unwrap_or_default();
-                vars.insert(var, namespace.to_owned());
-            } else if let Some(key) = e["valueFrom"]["secretKeyRef"]["key"].as_str() {
-                match secrets.get(key) {
-                    Some(value) => {
-                        vars.insert(var, value.clone());
-                    }
-                    None => assert_eq!(
-                        e["valueFrom"]["secretKeyRef"]["optional"].as_bool(),
-                        Some(true),
-                        "{n} needs {key}, which no Secret holds"
-                    ),
-                }
-            }
-        }
-        assert_eq!(vars.get("APP_ENV").map(String::as_str), Some("production"));
-        let env = Env::from_iter(vars);
-        let problems = match n {
-            "aia-gateway" => GatewaySettings::from_env(env).err(),
-            "aia-auth" => AuthSettings::from_env(env).err(),
-            "aia-session" => SessionSettings::from_env(env).err(),
-            "aia-audit" => AuditSettings::from_env(env).err(),
-            other => anyhow::bail!("an unknown Deployment {other}"),
-        };
-        assert!(problems.is_none(), "{n}: {problems:?}");
-        started += 1;
     }
-    assert_eq!(started, 4);
+    assert_eq!(started.len(), 8, "{started:?}");
     Ok(())
 }
