@@ -241,7 +241,7 @@ impl AuditService for Audit {
                     .await
             })
             .await
-            .map_err(|e| internal(anyhow::Error::new(e).context("reading the last seq")))?
+            .map_err(|e| crate::reads::failed(e, "reading the last seq"))?
             .unwrap_or(0)
         };
         let (tx, rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
@@ -293,9 +293,17 @@ impl AuditService for Audit {
                             last = last.max(upto);
                         }
                     }
-                    // The database is away: keep the stream open and try again.
+                    // A filter too costly to poll ends the stream (the client narrows
+                    // it); the database away keeps it open, and the poll tries again.
                     Err(error) => {
-                        tracing::warn!(error = format!("{error:#}"), "stream poll failed")
+                        if error
+                            .downcast_ref::<diesel::result::Error>()
+                            .is_some_and(crate::reads::timed_out)
+                        {
+                            let _ = tx.send(Err(crate::reads::too_slow())).await;
+                            return;
+                        }
+                        tracing::warn!(error = format!("{error:#}"), "stream poll failed");
                     }
                 }
             }

@@ -23,7 +23,7 @@ impl Auth {
             .by_id(actor_id)
             .await
             .map_err(AuthError::Unavailable)?;
-        if !actor.is_some_and(|a| a.disabled_at.is_none() && a.roles.iter().any(|r| r == "admin")) {
+        if !actor.is_some_and(|a| crate::users::active_admin(&a.roles, a.disabled_at)) {
             return Err(AuthError::Forbidden);
         }
         Ok(actor_id)

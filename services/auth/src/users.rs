@@ -305,7 +305,12 @@ impl UserStore {
     }
 }
 
-/// Whether the user exists, given that an update of them changed `changed` rows.
+/// Whether an account with `roles`, disabled at `disabled_at`, may act as an
+/// administrator.
+pub fn active_admin(roles: &[String], disabled_at: Option<chrono::DateTime<chrono::Utc>>) -> bool {
+    disabled_at.is_none() && roles.iter().any(|r| r == "admin")
+}
+
 /// What an administrator's change to a user came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AdminChange {
@@ -339,9 +344,9 @@ async fn lock_for_admin(
         .for_update()
         .load(conn)
         .await?;
-    let admin = rows.iter().any(|(id, roles, disabled_at)| {
-        *id == actor && disabled_at.is_none() && roles.iter().any(|r| r == "admin")
-    });
+    let admin = rows
+        .iter()
+        .any(|(id, roles, disabled_at)| *id == actor && active_admin(roles, *disabled_at));
     Ok(if !admin {
         AdminChange::NotAnAdmin
     } else if rows.iter().any(|(id, ..)| *id == target) {

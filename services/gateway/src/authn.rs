@@ -69,25 +69,22 @@ pub async fn verify(state: &State, token: &str) -> Result<AccessClaims, Problem>
 /// network: `false` when the copy is not fresh, or the ids do not parse, which
 /// [`revoked`] refuses later anyway).
 pub fn known_revoked(state: &State, claims: &AccessClaims) -> bool {
-    let (Ok(jti), Ok(sid)) = (
-        uuid::Uuid::parse_str(&claims.jti),
-        uuid::Uuid::parse_str(&claims.sid),
-    ) else {
-        return false;
-    };
-    state.revocations.check(jti, sid) == Some(true)
+    ids(claims).is_some_and(|(jti, sid)| state.revocations.check(jti, sid) == Some(true))
+}
+
+/// The token's and its session's ids.
+fn ids(claims: &AccessClaims) -> Option<(uuid::Uuid, uuid::Uuid)> {
+    Some((
+        uuid::Uuid::parse_str(&claims.jti).ok()?,
+        uuid::Uuid::parse_str(&claims.sid).ok()?,
+    ))
 }
 
 /// Whether the access token of `claims` has been revoked (itself or its session):
 /// from the in-memory copy of the blacklist when it knows, else from the session
 /// service. Unreachable session service: an error (refuse, never assume).
 pub async fn revoked(state: &State, claims: &AccessClaims) -> Result<bool, Problem> {
-    let (Ok(jti), Ok(sid)) = (
-        uuid::Uuid::parse_str(&claims.jti),
-        uuid::Uuid::parse_str(&claims.sid),
-    ) else {
-        return Err(Problem::invalid_token());
-    };
+    let (jti, sid) = ids(claims).ok_or_else(Problem::invalid_token)?;
     let revoked = match state.revocations.check(jti, sid) {
         Some(revoked) => {
             REVOCATION_CHECKS.get(&["memory"]).increment(1);

@@ -207,7 +207,12 @@ impl Problem {
                     .unwrap_or(HeaderValue::from_static("1"));
                 Self::too_many_requests(retry_after).detail(status.message())
             }
-            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
+            // A service's own deadline (audit: a read too costly) says what to change.
+            Code::DeadlineExceeded => {
+                tracing::warn!(message = status.message(), "upstream deadline exceeded");
+                Self::unavailable().detail(status.message())
+            }
+            Code::Unavailable | Code::Cancelled => {
                 tracing::warn!(code = ?status.code(), "upstream unavailable");
                 Self::unavailable()
             }
