@@ -204,24 +204,19 @@ async fn disabling_a_user_ends_their_sessions_at_once_and_only_admins_may() -> a
     let user = login(&stack, &email).await?;
     let user_token = field(&user, "access_token");
     let user_id = user_id(&stack, user_token).await?;
-    let disable = |token: &str, id: &str| {
-        stack
-            .http()
-            .post(stack.url(&format!("/v1/admin/users/{id}/disable")))
-            .bearer_auth(token)
-            .send()
-    };
 
     // A user cannot disable anyone.
     let other = signed_in(&stack).await?;
     assert_problem(
-        disable(field(&other, "access_token"), &user_id).await?,
+        crate::helpers::disable(&stack, field(&other, "access_token"), &user_id).await?,
         StatusCode::FORBIDDEN,
     )
     .await?;
 
     assert_eq!(
-        disable(admin_token, &user_id).await?.status(),
+        crate::helpers::disable(&stack, admin_token, &user_id)
+            .await?
+            .status(),
         StatusCode::NO_CONTENT
     );
     assert_eq!(
@@ -240,7 +235,7 @@ async fn disabling_a_user_ends_their_sessions_at_once_and_only_admins_may() -> a
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(
-        disable(admin_token, &uuid::Uuid::new_v4().to_string())
+        crate::helpers::disable(&stack, admin_token, &uuid::Uuid::new_v4().to_string())
             .await?
             .status(),
         StatusCode::NOT_FOUND
@@ -263,7 +258,11 @@ async fn disabling_a_user_ends_their_sessions_at_once_and_only_admins_may() -> a
     diesel::sql_query("UPDATE auth.users SET roles = ARRAY['user'] WHERE roles @> ARRAY['admin']")
         .execute(&mut conn)
         .await?;
-    assert_problem(disable(admin_token, &user_id).await?, StatusCode::FORBIDDEN).await?;
+    assert_problem(
+        crate::helpers::disable(&stack, admin_token, &user_id).await?,
+        StatusCode::FORBIDDEN,
+    )
+    .await?;
     stack.stop().await;
     Ok(())
 }

@@ -178,13 +178,6 @@ async fn two_admins_removing_each_other_at_once_leave_one() -> anyhow::Result<()
             .json(&json!({"roles": []}))
             .send()
     };
-    let disable = |token: &str, id: &str| {
-        stack
-            .http()
-            .post(stack.url(&format!("/v1/admin/users/{id}/disable")))
-            .bearer_auth(token)
-            .send()
-    };
     let (one, other) = tokio::join!(demote(ada_token, &bob_id), demote(bob_token, &ada_id));
     let mut statuses = [one?.status(), other?.status()];
     statuses.sort();
@@ -215,8 +208,8 @@ async fn two_admins_removing_each_other_at_once_leave_one() -> anyhow::Result<()
         }
     };
     let (one, other) = tokio::join!(
-        disable(survivor_token, &carl_id),
-        disable(carl_token, survivor_id)
+        crate::helpers::disable(&stack, survivor_token, &carl_id),
+        crate::helpers::disable(&stack, carl_token, survivor_id)
     );
     let mut statuses = [one?.status(), other?.status()];
     statuses.sort();

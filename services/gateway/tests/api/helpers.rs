@@ -92,6 +92,32 @@ pub async fn assert_problem(
     Ok(body)
 }
 
+/// A stack in HS256 mode, and its secret (random, 96 characters).
+pub async fn hs256_stack() -> anyhow::Result<(Stack, String)> {
+    let secret = format!(
+        "{}{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let stack = Stack::start_with(&[
+        ("JWT_ALGORITHM", "HS256".into()),
+        ("JWT_SECRET_KEY", secret.clone()),
+    ])
+    .await?;
+    Ok((stack, secret))
+}
+
+/// An administrator (`token`) disables user `id`.
+pub async fn disable(stack: &Stack, token: &str, id: &str) -> reqwest::Result<reqwest::Response> {
+    stack
+        .http()
+        .post(stack.url(&format!("/v1/admin/users/{id}/disable")))
+        .bearer_auth(token)
+        .send()
+        .await
+}
+
 /// A user with the admin role, logged in.
 pub async fn admin(stack: &Stack) -> anyhow::Result<Value> {
     let email = email();

@@ -43,17 +43,7 @@ async fn run(mut command: Command) -> anyhow::Result<(bool, String)> {
 async fn outside_jwt_attacks_are_all_refused() -> anyhow::Result<()> {
     let eddsa = Stack::start().await?;
     let eddsa_token = field(&signed_in(&eddsa).await?, "access_token").to_owned();
-    let secret = format!(
-        "{}{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    );
-    let hs256 = Stack::start_with(&[
-        ("JWT_ALGORITHM", "HS256".into()),
-        ("JWT_SECRET_KEY", secret.clone()),
-    ])
-    .await?;
+    let (hs256, secret) = crate::helpers::hs256_stack().await?;
     let hs256_token = field(&signed_in(&hs256).await?, "access_token").to_owned();
     let (eddsa_url, hs256_url) = (eddsa.url(""), hs256.url(""));
     let script = root().join("tests/attack/jwt_attacks.py");

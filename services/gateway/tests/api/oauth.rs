@@ -154,17 +154,7 @@ async fn introspection_needs_an_admin_and_says_only_inactive_for_bad_tokens() ->
 /// allow for clock skew is not the issuer's to give (RFC 7662 §2.2).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn introspection_calls_a_token_past_its_expiry_inactive() -> anyhow::Result<()> {
-    let secret = format!(
-        "{}{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    );
-    let stack = Stack::start_with(&[
-        ("JWT_ALGORITHM", "HS256".into()),
-        ("JWT_SECRET_KEY", secret.clone()),
-    ])
-    .await?;
+    let (stack, secret) = crate::helpers::hs256_stack().await?;
     let user = signed_in(&stack).await?;
     let admin = admin(&stack).await?;
     let key = aia_tokens::HmacKey::new(secret.as_bytes());

@@ -77,17 +77,7 @@ async fn forged_tokens_are_refused() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hs256_mode_works_end_to_end_and_accepts_no_other_algorithm() -> anyhow::Result<()> {
-    let secret = format!(
-        "{}{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    );
-    let stack = Stack::start_with(&[
-        ("JWT_ALGORITHM", "HS256".into()),
-        ("JWT_SECRET_KEY", secret.clone()),
-    ])
-    .await?;
+    let (stack, secret) = crate::helpers::hs256_stack().await?;
     let tokens = signed_in(&stack).await?;
     let access = field(&tokens, "access_token");
     assert_eq!(me_status(&stack, access).await?, StatusCode::OK);
