@@ -156,6 +156,12 @@ async fn feed(
 }
 
 impl Sessions {
+    /// When the blacklist entry of a session revoked at `now` may go: past every
+    /// access token the session may have been issued (see [`SESSION_ENTRY_MARGIN`]).
+    fn session_entry_until(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        past_leeway(now + self.access_ttl + SESSION_ENTRY_MARGIN)
+    }
+
     /// Revokes a session and blacklists every access token of it, for as long as one
     /// could still be valid. `None` if `user_id` has no such session.
     /// Revokes the session (and blacklists its access tokens). `event` is written in
@@ -169,7 +175,7 @@ impl Sessions {
         event: Option<aia_audit_client::EventBuilder<'_>>,
     ) -> Result<Option<bool>, Status> {
         let now = Utc::now();
-        let until = past_leeway(now + self.access_ttl);
+        let until = self.session_entry_until(now);
         let (revoked, unwritten) = self
             .store
             .revoke(session_id, user_id, reason, now, until, event)
@@ -187,6 +193,13 @@ impl Sessions {
         Ok(Some(revoked))
     }
 }
+
+/// How much longer than its newest possible token a session's blacklist entry lives.
+/// A revocation reads the clock before it waits for a connection and the session's
+/// lock (the pool waits up to 5 s), and auth signs a rotation's access token after
+/// this service answered the rotation: the session's last token may be dated a little
+/// after the revocation's `now`.
+const SESSION_ENTRY_MARGIN: chrono::Duration = chrono::Duration::seconds(60);
 
 /// When a blacklist entry for tokens that expire by `expiry` may go: that long plus
 /// the verifiers' leeway ([`aia_tokens::LEEWAY_SECONDS`]), during which they still
@@ -350,7 +363,7 @@ impl SessionService for Sessions {
         };
         // Written with the revocation; a logout of a session already ended has no
         // change to go with and is recorded below.
-        let sid_until = past_leeway(now + self.access_ttl);
+        let sid_until = self.session_entry_until(now);
         let revoked = self
             .store
             .revoke(
@@ -504,7 +517,7 @@ impl SessionService for Sessions {
         // nothing (a retry then finds them all still live). Sessions that ended
         // lately are included: their last access tokens may still be valid.
         let now = Utc::now();
-        let until = past_leeway(now + self.access_ttl);
+        let until = self.session_entry_until(now);
         let since = now - self.access_ttl;
         let client = req.client.as_ref();
         let (ended, live) = self

@@ -344,6 +344,12 @@ async fn revoking_a_session_blacklists_every_access_token_of_it() -> anyhow::Res
     let key = aia_db::redis::key(&s.prefix, "bl", &format!("jti:{presented}"));
     let ttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut redis).await?;
     assert!(ttl > 620_000 && ttl <= 630_000, "{ttl}");
+    // The session's entry: past any token the session may have been issued (the
+    // 900 s access-token lifetime from the revocation's clock reading), the leeway,
+    // and a minute's margin for a token signed just after that reading.
+    let key = aia_db::redis::key(&s.prefix, "bl", &format!("sid:{}", created.session_id));
+    let ttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut redis).await?;
+    assert!(ttl > 985_000 && ttl <= 990_000, "{ttl}");
     s.stop().await;
     Ok(())
 }
