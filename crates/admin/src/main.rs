@@ -109,8 +109,9 @@ enum Command {
     /// so that `verify-audit-chain` still checks what remains; the newest event
     /// always stays. The audit service does this itself with AUDIT_RETENTION_DAYS.
     PruneAudit {
-        /// Remove events recorded more than this many days ago.
-        #[arg(long)]
+        /// Remove events recorded more than this many days ago (30 to 36500: the
+        /// database refuses a shorter retention).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(30..=36_500))]
         older_than_days: u32,
     },
     /// Print a new Ed25519 signing key (PKCS#8 PEM) for JWT_SIGNING_KEY_FILE.
@@ -468,7 +469,9 @@ async fn rotate_encryption_key() -> anyhow::Result<ExitCode> {
 async fn prune_audit(older_than_days: u32) -> anyhow::Result<ExitCode> {
     let common = Common::from_env(Env::from_process())?;
     let pool = aia_db::pool(common.database_url.expose_secret(), 1)?;
-    let before = chrono::Utc::now() - chrono::Duration::days(i64::from(older_than_days));
+    let before = chrono::Utc::now()
+        .checked_sub_signed(chrono::Duration::days(i64::from(older_than_days)))
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
     let pruned = aia_audit::prune(&pool, before).await?;
     match pruned.anchor_seq {
         Some(seq) => println!(

@@ -352,6 +352,11 @@ async fn prune_audit_keeps_the_rest_of_the_chain_verifiable() -> anyhow::Result<
         ("DATABASE_URL", db.url.as_str()),
         ("APP_ENV", "development"),
     ];
+    // Out of range: a usage error, not a panic (a huge value overflowed the date).
+    for days in ["100000000", "7"] {
+        let (code, text) = run(&["prune-audit", "--older-than-days", days], &env)?;
+        assert_eq!(code, 2, "{days}: {text}");
+    }
     let (code, text) = run(&["prune-audit", "--older-than-days", "30"], &env)?;
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("pruned 6 audit events"), "{text}");

@@ -22,40 +22,51 @@ pub fn check_database_url(env: &mut Env, url: &str) {
     }
 }
 
-/// The scheme, user info and host of a URL (`None` when it has no `scheme://`).
-fn url_parts(url: &str) -> Option<(&str, &str, &str)> {
-    let (scheme, rest) = url.split_once("://")?;
-    let authority = rest.split(['/', '?']).next().unwrap_or("");
-    let (userinfo, hostport) = authority.rsplit_once('@').unwrap_or(("", authority));
-    let host = hostport
-        .rsplit_once(':')
-        .map_or(hostport, |(h, _)| h)
-        .trim_matches(['[', ']']);
-    Some((scheme, userinfo, host))
+/// A URL read as the clients that use it read it (redis-rs and lettre parse with the
+/// `url` crate), without a fragment: redis-rs takes `#insecure` as "do not verify
+/// the certificate", and a hand-made split on `?` or `@` read
+/// `redis://cache:6379#@127.0.0.1` as loopback where the client connects to `cache`.
+fn parse_url(url: &str) -> Option<url::Url> {
+    let parsed = url::Url::parse(url).ok()?;
+    parsed.fragment().is_none().then_some(parsed)
 }
 
-fn is_loopback(host: &str) -> bool {
-    matches!(host, "127.0.0.1" | "localhost" | "::1")
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        // Non-special schemes (redis, smtp) leave an IPv4 address a name.
+        Some(url::Host::Domain(name)) => {
+            name.eq_ignore_ascii_case("localhost")
+                || name
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
 }
 
 /// A Redis URL (in variable `name`) that leaves this host must use TLS (`rediss://`)
 /// and a password.
 pub fn check_redis_url(env: &mut Env, name: &str, url: &str) {
-    let Some((scheme, userinfo, host)) = url_parts(url) else {
-        env.problem(name, "must be a URL like `rediss://:password@host:6380`");
+    let Some(parsed) = parse_url(url) else {
+        env.problem(
+            name,
+            "must be a URL like `rediss://:password@host:6380` (no `#` part)",
+        );
         return;
     };
-    if is_loopback(host) {
+    if is_loopback(&parsed) {
         return;
     }
-    if scheme != "rediss" {
+    if parsed.scheme() != "rediss" {
         env.problem(
             name,
             "a remote Redis must use TLS: use the `rediss://` scheme",
         );
     }
-    let password = userinfo.split_once(':').map_or(userinfo, |(_, p)| p);
-    if password.is_empty() {
+    // `rediss://default@host` names a user and no password.
+    if parsed.password().is_none_or(str::is_empty) {
         env.problem(
             name,
             "a remote Redis must require a password: `rediss://:PASSWORD@host`",
@@ -76,21 +87,23 @@ pub fn check_smtp_url(env: &mut Env, url: Option<&str>) {
         );
         return;
     };
-    let Some((scheme, _, host)) = url_parts(url) else {
+    let Some(parsed) = parse_url(url) else {
         env.problem(
             "SMTP_URL",
-            "must be a URL like `smtps://user:PASSWORD@host`",
+            "must be a URL like `smtps://user:PASSWORD@host` (no `#` part)",
         );
         return;
     };
-    // lettre reads the last `tls=` of the query: exactly one, `required`.
-    let query = url.split_once('?').map_or("", |(_, q)| q);
-    let tls: Vec<&str> = query
-        .split('&')
-        .filter_map(|kv| kv.strip_prefix("tls="))
+    // lettre reads the first `tls` of the decoded query (`%74ls` is `tls` too):
+    // exactly one, `required`.
+    let tls: Vec<String> = parsed
+        .query_pairs()
+        .filter(|(key, _)| key == "tls")
+        .map(|(_, value)| value.into_owned())
         .collect();
-    let encrypted = scheme == "smtps" || (scheme == "smtp" && tls == ["required"]);
-    if !encrypted && !is_loopback(host) {
+    let encrypted =
+        parsed.scheme() == "smtps" || (parsed.scheme() == "smtp" && tls == ["required"]);
+    if !encrypted && !is_loopback(&parsed) {
         env.problem(
             "SMTP_URL",
             "mail with reset links must not travel in clear: use `smtps://` or add \
@@ -274,6 +287,9 @@ mod tests {
             "smtp://u:tls=required@mail.example.com:25",
             "smtp://mail.example.com:25?x=tls=required",
             "smtp://mail.example.com:587?tls=required&tls=opportunistic",
+            // What lettre reads: no query at all, and then `opportunistic` first.
+            "smtp://mail.example.com:25#?tls=required",
+            "smtp://mail.example.com:587?%74ls=opportunistic&tls=required",
         ] {
             assert_eq!(problems(|e| check_smtp_url(e, Some(sneaky))), 1, "{sneaky}");
         }
@@ -304,5 +320,18 @@ mod tests {
             problems(|e| check_redis_url(e, "REDIS_URL", "redis://127.0.0.1:6379")),
             0
         );
+        // Read as redis-rs reads them: a remote host behind a loopback-looking
+        // fragment, a fragment that turns certificate checks off, a user without a
+        // password.
+        for sneaky in [
+            "redis://cache.internal:6379#@127.0.0.1",
+            "rediss://:pw@cache.internal:6380#insecure",
+            "rediss://default@cache.internal:6380",
+        ] {
+            assert!(
+                problems(|e| check_redis_url(e, "REDIS_URL", sneaky)) > 0,
+                "{sneaky}"
+            );
+        }
     }
 }

@@ -44,11 +44,12 @@ impl UpstreamSettings {
             .filter(|p| !p.is_empty())
             .collect();
         let mut upstreams = Vec::new();
-        for entry in env
+        for (n, entry) in env
             .string("UPSTREAMS", "")
             .split(',')
             .map(str::trim)
             .filter(|e| !e.is_empty())
+            .enumerate()
         {
             match parse(entry, production) {
                 Ok((prefix, url)) => upstreams.push(Upstream {
@@ -56,7 +57,15 @@ impl UpstreamSettings {
                     prefix,
                     url,
                 }),
-                Err(why) => env.problem("UPSTREAMS", format!("`{entry}`: {why}")),
+                // Named by position and prefix, never the URL: one refused for its
+                // credentials would otherwise print them.
+                Err(why) => {
+                    let named = entry.split_once('=').map_or_else(
+                        || format!("entry {}", n + 1),
+                        |(prefix, _)| format!("entry {} (`{}`)", n + 1, prefix.trim()),
+                    );
+                    env.problem("UPSTREAMS", format!("{named}: {why}"));
+                }
             }
         }
         if let Some(unknown) = public
@@ -114,6 +123,24 @@ fn parse(entry: &str, production: bool) -> Result<(String, String), &'static str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_entry_is_named_without_its_url() {
+        let mut env: Env = [(
+            "UPSTREAMS",
+            "/ok/=https://a.internal, /api/=https://svc:hunter2@backend",
+        )]
+        .into_iter()
+        .collect();
+        let _ = UpstreamSettings::read(&mut env, true);
+        let problems = env.finish(()).err().map(|e| e.0).unwrap_or_default();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].message.contains("entry 2 (`/api/`)"),
+            "{problems:?}"
+        );
+        assert!(!problems[0].message.contains("hunter2"), "{problems:?}");
+    }
 
     #[test]
     fn prefixes_and_urls_are_checked() {
