@@ -437,3 +437,67 @@ async fn prune_audit_keeps_the_rest_of_the_chain_verifiable() -> anyhow::Result<
     db.drop_database().await?;
     Ok(())
 }
+
+/// Ends the child process when dropped.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Production requires `rediss://` for a remote Redis: the services speak TLS to it
+/// and check its certificate, against the system's roots or, for a private CA, the
+/// bundle `SSL_CERT_FILE` names. Run through `aia unlock-user`, which reaches Redis
+/// as auth does, against a redis-server that listens with TLS only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_is_reached_over_tls_and_its_certificate_checked() -> anyhow::Result<()> {
+    let pki = aia_testkit::pki::TestPki::new()?;
+    let (cert, key) = pki.issue("localhost")?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let password = uuid::Uuid::new_v4().simple().to_string();
+    let dir = std::env::temp_dir().join(format!("aia-redis-tls-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir)?;
+    let _server = Killed(
+        std::process::Command::new("redis-server")
+            .args(["--port", "0", "--bind", "127.0.0.1"])
+            .args(["--tls-port", &port.to_string()])
+            .arg("--tls-cert-file")
+            .arg(&cert)
+            .arg("--tls-key-file")
+            .arg(&key)
+            .arg("--tls-ca-cert-file")
+            .arg(pki.ca_file())
+            .args(["--tls-auth-clients", "no", "--requirepass", &password])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?,
+    );
+    aia_testkit::eventually(std::time::Duration::from_secs(10), || async {
+        Ok(std::net::TcpStream::connect(("127.0.0.1", port))
+            .is_ok()
+            .then_some(()))
+    })
+    .await?;
+    let url = format!("rediss://:{password}@localhost:{port}");
+    let ca = pki.ca_file().display().to_string();
+    let unlock = |extra: &[(&str, &str)]| {
+        let mut vars = vec![("APP_ENV", "development"), ("REDIS_URL", url.as_str())];
+        vars.extend_from_slice(extra);
+        run(&["unlock-user", "--email", "nobody@example.com"], &vars)
+    };
+    let (code, text) = unlock(&[("SSL_CERT_FILE", &ca)])?;
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("was not locked"), "{text}");
+    // A certificate no trusted root signed: refused, the password never sent.
+    let (code, text) = unlock(&[])?;
+    assert_ne!(code, 0, "{text}");
+    assert!(!text.contains(&password), "{text}");
+    Ok(())
+}
