@@ -154,6 +154,10 @@ mod tests {
             (&[("INTERNAL_TLS", "off")], "INTERNAL_TLS"),
             (&[("INTERNAL_TLS", "")], "INTERNAL_TLS"),
             (&[("MESH_NAMESPACE", "")], "MESH_NAMESPACE"),
+            (&[("TRUSTED_PROXIES", "0.0.0.0/0")], "TRUSTED_PROXIES"),
+            (&[("TRUSTED_PROXIES", "10.0.0.0/8,::/0")], "TRUSTED_PROXIES"),
+            (&[("TRUSTED_PROXIES", "10.0.0.0/33")], "TRUSTED_PROXIES"),
+            (&[("TRUSTED_PROXIES", "lb.internal")], "TRUSTED_PROXIES"),
             (&[("MESH_NAMESPACE", "aia.evil")], "MESH_NAMESPACE"),
             (
                 &[

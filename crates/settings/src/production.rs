@@ -157,9 +157,11 @@ const PLACEHOLDER_WORDS: [&str; 19] = [
 ];
 
 /// Heuristics that catch placeholders, phrases and patterns, and pass what
-/// `openssl rand` or `aia gen-secrets` produce: at least 16 distinct characters, at
-/// least 3.5 bits of Shannon entropy per character, no 6-character run that occurs
-/// twice, and none of a few placeholder words.
+/// `openssl rand` or `aia gen-secrets` produce: at least 16 distinct characters and
+/// 3.5 bits of Shannon entropy per character (hex, whose alphabet has only 16: at
+/// least 10 and 3.2), no 6-character run that occurs twice, no 6 consecutive code
+/// points (`abcdef`, `543210`: an alphabet written out), and none of a few
+/// placeholder words.
 pub fn looks_random(value: &str) -> bool {
     let chars: Vec<char> = value.chars().collect();
     let mut counts = std::collections::HashMap::new();
@@ -178,7 +180,18 @@ pub fn looks_random(value: &str) -> bool {
     let repeats = chars.windows(6).any(|w| !runs.insert(w));
     let lower = value.to_lowercase();
     let placeholder = PLACEHOLDER_WORDS.iter().any(|w| lower.contains(w));
-    counts.len() >= 16 && entropy >= 3.5 && !repeats && !placeholder
+    let step = |w: &[char], by: i64| {
+        w.windows(2)
+            .all(|p| i64::from(u32::from(p[1])) - i64::from(u32::from(p[0])) == by)
+    };
+    let sequence = chars.windows(6).any(|w| step(w, 1) || step(w, -1));
+    let hex = chars.iter().all(char::is_ascii_hexdigit);
+    let varied = if hex {
+        counts.len() >= 10 && entropy >= 3.2
+    } else {
+        counts.len() >= 16 && entropy >= 3.5
+    };
+    varied && !repeats && !sequence && !placeholder
 }
 
 /// A PEM file named by `name` must be readable and hold a PEM block (of type `label`
@@ -215,6 +228,43 @@ pub fn check_password_hashing(env: &mut Env, hashing: &PasswordHashing) {
     }
     if hashing.iterations < 2 {
         env.problem("ARGON2_ITERATIONS", "must be at least 2 in production");
+    }
+}
+
+/// `TRUSTED_PROXIES`: each an address or a CIDR (checked here, where check-config
+/// sees it, not first at the gateway's start); in production none that trusts every
+/// address (a prefix of 0), which would let any client name its own address in
+/// `X-Forwarded-For` past the per-address limits.
+pub fn check_trusted_proxies(env: &mut Env, items: &[String], app_env: AppEnv) {
+    for item in items {
+        let (address, prefix) = item.split_once('/').unwrap_or((item, ""));
+        let Ok(ip) = address.parse::<std::net::IpAddr>() else {
+            env.problem(
+                "TRUSTED_PROXIES",
+                format!("`{item}` is not an address or CIDR"),
+            );
+            continue;
+        };
+        let widest = if ip.is_ipv4() { 32 } else { 128 };
+        let bits = match prefix {
+            "" => widest,
+            p => match p.parse::<u8>() {
+                Ok(bits) if bits <= widest => bits,
+                _ => {
+                    env.problem(
+                        "TRUSTED_PROXIES",
+                        format!("`{item}` is not an address or CIDR"),
+                    );
+                    continue;
+                }
+            },
+        };
+        if bits == 0 && app_env.is_production() {
+            env.problem(
+                "TRUSTED_PROXIES",
+                format!("`{item}` trusts every address: name your load balancers' networks"),
+            );
+        }
     }
 }
 
@@ -256,6 +306,9 @@ mod tests {
             &"a".repeat(80),
             "your-secret-key-here-change-this-in-production-please-your-secret-key",
             &"0123456789".repeat(8),
+            // Many distinct characters, but an alphabet written out.
+            "BCDEFGHIJKLMNOPQRSTUVWXYZbcdefgh",
+            "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/",
         ];
         for value in weak {
             let mut env: Env = [("S", value)].into_iter().collect();
@@ -273,6 +326,18 @@ mod tests {
         let mut env: Env = [("S", strong)].into_iter().collect();
         assert!(secret(&mut env, "S", 64, AppEnv::Production).is_some());
         assert!(env.finish(()).is_ok());
+        // `openssl rand -hex 32`: 64 hex digits, often (a quarter of the time) without
+        // all sixteen of them; this one has fourteen.
+        let mut state: u64 = 5;
+        let hex: String = (0..64)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                char::from(b"0123456789abcdef"[usize::try_from(state >> 60).unwrap_or(0)])
+            })
+            .collect();
+        assert!(looks_random(&hex), "{hex}");
         let mut env = Env::default();
         assert!(secret(&mut env, "S", 64, AppEnv::Development).is_none());
         assert!(env.finish(()).is_ok());

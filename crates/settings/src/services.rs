@@ -746,7 +746,11 @@ impl GatewaySettings {
             tokens: TokenSettings::read(&mut env, common.app_env),
             json_limit: env.parse_in("GATEWAY_JSON_LIMIT_BYTES", 65_536, 1_024, 16 << 20),
             workers: env.parse_in("GATEWAY_WORKERS", cores(), 1, 256),
-            trusted_proxies: list(&env.string("TRUSTED_PROXIES", "")),
+            trusted_proxies: {
+                let proxies = list(&env.string("TRUSTED_PROXIES", ""));
+                production::check_trusted_proxies(&mut env, &proxies, common.app_env);
+                proxies
+            },
             cors_origins: list(&env.string("CORS_ORIGINS", ""))
                 .into_iter()
                 .map(|o| o.to_lowercase())
