@@ -58,6 +58,7 @@ fn deployment() -> Vars {
         ("ALLOWED_HOSTS", "api.example.com"),
         ("CORS_ORIGINS", "https://app.example.com"),
         ("SMTP_URL", "smtps://aia:pw@mail.example.com"),
+        ("PUBLIC_BASE_URL", "https://app.example.com"),
     ])
 }
 
@@ -200,6 +201,7 @@ async fn services_start_in_production_on_what_check_config_approved() -> anyhow:
             ("GATEWAY_WORKERS", "2"),
             ("RATE_LIMIT_REDIS_BUDGET_MS", "200"),
             ("SMTP_URL", &smtp.url),
+            ("PUBLIC_BASE_URL", "https://app.example.com"),
         ]));
         for suffix in ["GRPC_ADDR", "ADMIN_ADDR"] {
             for s in ["AUTH", "SESSION", "AUDIT"] {

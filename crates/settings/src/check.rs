@@ -77,6 +77,7 @@ mod tests {
             ("ALLOWED_HOSTS", "api.example.com".to_owned()),
             ("CORS_ORIGINS", "https://app.example.com".to_owned()),
             ("SMTP_URL", "smtps://aia:pw@mail.example.com".to_owned()),
+            ("PUBLIC_BASE_URL", "https://app.example.com".to_owned()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -155,6 +156,8 @@ mod tests {
             (&[("INTERNAL_TLS", "")], "INTERNAL_TLS"),
             (&[("MESH_NAMESPACE", "")], "MESH_NAMESPACE"),
             (&[("TRUSTED_PROXIES", "0.0.0.0/0")], "TRUSTED_PROXIES"),
+            (&[("PUBLIC_BASE_URL", "http://app.example.com")], "PUBLIC_BASE_URL"),
+            (&[("PUBLIC_BASE_URL", "app.example.com")], "PUBLIC_BASE_URL"),
             (&[("TRUSTED_PROXIES", "10.0.0.0/8,::/0")], "TRUSTED_PROXIES"),
             (&[("TRUSTED_PROXIES", "10.0.0.0/33")], "TRUSTED_PROXIES"),
             (&[("TRUSTED_PROXIES", "lb.internal")], "TRUSTED_PROXIES"),

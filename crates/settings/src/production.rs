@@ -231,6 +231,19 @@ pub fn check_password_hashing(env: &mut Env, hashing: &PasswordHashing) {
     }
 }
 
+/// `PUBLIC_BASE_URL` in production: set (the default is a developer's
+/// `http://localhost:8080`) and `https://`. Verification and reset mail carries
+/// tokens in links to it: over `http://` the first click would send them in clear.
+pub fn check_public_url(env: &mut Env, set: bool, url: &str) {
+    let https = parse_url(url).is_some_and(|u| u.scheme() == "https" && u.host().is_some());
+    if !set || !https {
+        env.problem(
+            "PUBLIC_BASE_URL",
+            "production mails links with tokens to it: set your site's `https://` address",
+        );
+    }
+}
+
 /// `TRUSTED_PROXIES`: each an address or a CIDR (checked here, where check-config
 /// sees it, not first at the gateway's start); in production none that trusts every
 /// address (a prefix of 0), which would let any client name its own address in

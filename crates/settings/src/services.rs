@@ -621,7 +621,14 @@ impl AuthSettings {
                     .get("SMTP_URL")
                     .map(|u| SecretString::from(u.to_owned())),
                 from: env.string("MAIL_FROM", "AIA <no-reply@localhost>"),
-                public_url: env.string("PUBLIC_BASE_URL", "http://localhost:8080"),
+                public_url: {
+                    let url = env.string("PUBLIC_BASE_URL", "http://localhost:8080");
+                    if common.app_env.is_production() {
+                        let set = env.get("PUBLIC_BASE_URL").is_some();
+                        production::check_public_url(&mut env, set, &url);
+                    }
+                    url
+                },
                 folder: PathBuf::from(env.string("MAIL_DIR", ".run/mail")),
                 require_verification: env
                     .flag("REQUIRE_EMAIL_VERIFICATION", common.app_env.is_production()),
@@ -889,6 +896,7 @@ mod tests {
             ("INTERNAL_TLS", "mesh"),
             ("MESH_NAMESPACE", "aia"),
             ("SMTP_URL", "smtps://aia:pw@mail.example.com"),
+            ("PUBLIC_BASE_URL", "https://app.example.com"),
         ]
         .into_iter()
         .collect();
