@@ -4,7 +4,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 /// One generated secret: the variable and its value.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Generated {
     /// The environment variable.
     pub name: &'static str,
@@ -12,6 +12,15 @@ pub struct Generated {
     pub value: String,
     /// What it is for, written beside it.
     pub comment: &'static str,
+}
+
+/// The variable only, never the value.
+impl std::fmt::Debug for Generated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generated")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Which secrets to generate, with their size in random bytes.
@@ -119,6 +128,10 @@ mod tests {
                 "{}",
                 s.name
             );
+        }
+        for s in &set {
+            let shown = format!("{s:?}");
+            assert!(!shown.contains(&s.value), "{shown}");
         }
         let again = generate(true)?;
         for (a, b) in set.iter().zip(&again) {

@@ -156,7 +156,10 @@ mod tests {
             (&[("INTERNAL_TLS", "")], "INTERNAL_TLS"),
             (&[("MESH_NAMESPACE", "")], "MESH_NAMESPACE"),
             (&[("TRUSTED_PROXIES", "0.0.0.0/0")], "TRUSTED_PROXIES"),
-            (&[("PUBLIC_BASE_URL", "http://app.example.com")], "PUBLIC_BASE_URL"),
+            (
+                &[("PUBLIC_BASE_URL", "http://app.example.com")],
+                "PUBLIC_BASE_URL",
+            ),
             (&[("PUBLIC_BASE_URL", "app.example.com")], "PUBLIC_BASE_URL"),
             (&[("TRUSTED_PROXIES", "10.0.0.0/8,::/0")], "TRUSTED_PROXIES"),
             (&[("TRUSTED_PROXIES", "10.0.0.0/33")], "TRUSTED_PROXIES"),

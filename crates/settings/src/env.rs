@@ -33,10 +33,22 @@ fn list(problems: &[Problem]) -> String {
 }
 
 /// An environment to read settings from, plus the problems found so far.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Env {
     vars: HashMap<String, String>,
     problems: Vec<Problem>,
+}
+
+/// Names only: the values are secrets as often as not.
+impl std::fmt::Debug for Env {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<&String> = self.vars.keys().collect();
+        names.sort();
+        f.debug_struct("Env")
+            .field("names", &names)
+            .field("problems", &self.problems)
+            .finish()
+    }
 }
 
 impl Env {
@@ -143,6 +155,16 @@ impl<'a> FromIterator<(&'a str, &'a str)> for Env {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_names_variables_without_their_values() {
+        let env: Env = [("SESSION_SECRET", "s3cr3t-value-never-printed")]
+            .into_iter()
+            .collect();
+        let shown = format!("{env:?}");
+        assert!(shown.contains("SESSION_SECRET"), "{shown}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+    }
 
     #[test]
     fn every_problem_is_reported_at_once() {
