@@ -229,9 +229,7 @@ impl AuditService for Audit {
         // Check the filter once, before anything is streamed.
         filtered(&filter)?;
         let pool = self.pool.clone();
-        let mut last = if r.after_seq > 0 {
-            r.after_seq
-        } else {
+        let newest = {
             let mut conn = aia_db::conn(&pool).await.map_err(unavailable)?;
             conn.transaction::<_, diesel::result::Error, _>(async |conn| {
                 crate::reads::begin(conn, Scope::Service).await?;
@@ -244,6 +242,14 @@ impl AuditService for Audit {
             .map_err(|e| crate::reads::failed(e, "reading the last seq"))?
             .unwrap_or(0)
         };
+        // A resumption point past the newest event is no event's: the stream would
+        // stay silent until the trail caught up with it.
+        if r.after_seq > newest {
+            return Err(Status::invalid_argument(
+                "after_seq is past the newest event: resume from an id this stream sent",
+            ));
+        }
+        let mut last = if r.after_seq > 0 { r.after_seq } else { newest };
         let (tx, rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(STREAM_POLL);

@@ -368,6 +368,15 @@ async fn admins_watch_new_events_live_and_resume_where_they_left() -> anyhow::Re
         .send()
         .await?;
     assert_problem(bad, StatusCode::UNPROCESSABLE_ENTITY).await?;
+    // An id past the newest event would be a stream silent until the trail caught up.
+    let ahead = stack
+        .http()
+        .get(stack.url("/v1/admin/security-events/stream"))
+        .bearer_auth(&token)
+        .header("last-event-id", "1000000000000")
+        .send()
+        .await?;
+    assert_problem(ahead, StatusCode::UNPROCESSABLE_ENTITY).await?;
     stack.stop().await;
     Ok(())
 }
