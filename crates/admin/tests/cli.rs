@@ -239,11 +239,7 @@ async fn rotate_encryption_key_reseals_everything_or_nothing() -> anyhow::Result
     Ok(())
 }
 
-#[derive(diesel::QueryableByName)]
-struct Count {
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    n: i64,
-}
+use aia_testkit::Count;
 
 /// `aia create-admin` writes its audit event into auth's outbox in the same
 /// transaction as the user (a refused duplicate writes neither), and the auth service's

@@ -113,6 +113,14 @@ async fn drop_stale(now_secs: u64) {
     }
 }
 
+/// One row of `SELECT count(*) AS n …`, for tests that count what is stored.
+#[derive(Debug, diesel::QueryableByName)]
+pub struct Count {
+    /// The count.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub n: i64,
+}
+
 /// The environment every test service gets: its database, its Redis prefix, port 0
 /// everywhere, plain logs. `extra` overrides or adds variables.
 pub fn env(db: &TestDb, redis_prefix: &str, extra: &[(&str, String)]) -> Env {

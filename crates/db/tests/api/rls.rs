@@ -4,14 +4,10 @@
 //! one, and cannot reach another service's schema or change the audit trail.
 
 use diesel::QueryableByName;
-use diesel::sql_types::{BigInt, Text};
+use diesel::sql_types::Text;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
-#[derive(QueryableByName)]
-struct Count {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
-}
+use aia_testkit::Count;
 
 #[derive(QueryableByName)]
 struct Name {

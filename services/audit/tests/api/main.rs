@@ -67,14 +67,9 @@ fn prost_types_now() -> prost_types::Timestamp {
 }
 
 async fn count(db: &TestDb) -> anyhow::Result<i64> {
-    #[derive(diesel::QueryableByName)]
-    struct N {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        n: i64,
-    }
     let mut conn = db.connect().await?;
     Ok(diesel::sql_query("SELECT count(*) AS n FROM audit.events")
-        .get_result::<N>(&mut conn)
+        .get_result::<Count>(&mut conn)
         .await?
         .n)
 }
@@ -591,11 +586,7 @@ async fn one_event_audit_refuses_costs_an_outbox_batch_only_itself() -> anyhow::
     Ok(())
 }
 
-#[derive(diesel::QueryableByName)]
-struct Count {
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    n: i64,
-}
+use aia_testkit::Count;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alerts_and_audit_events_cannot_be_recorded_over_rpc() -> anyhow::Result<()> {

@@ -306,7 +306,7 @@ async fn a_login_racing_a_password_change_gets_no_session_that_outlives_it() -> 
     };
     // The attacker's password has been checked once its session is being inserted.
     aia_testkit::eventually(std::time::Duration::from_secs(20), || async {
-        let waiting: Vec<Count> = diesel::sql_query(
+        let waiting: Vec<aia_testkit::Count> = diesel::sql_query(
             "SELECT count(*) AS n FROM pg_stat_activity WHERE pid <> pg_backend_pid() \
              AND state = 'active' AND query LIKE '%INSERT INTO%sessions%'",
         )
@@ -349,11 +349,4 @@ async fn a_login_racing_a_password_change_gets_no_session_that_outlives_it() -> 
     );
     stack.stop().await;
     Ok(())
-}
-
-/// One `count(*) AS n`.
-#[derive(diesel::QueryableByName)]
-pub(crate) struct Count {
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    pub(crate) n: i64,
 }

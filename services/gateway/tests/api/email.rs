@@ -420,12 +420,12 @@ async fn two_reset_requests_sent_together_leave_one_live_token() -> anyhow::Resu
         ))
     };
     aia_testkit::eventually(std::time::Duration::from_secs(10), || async {
-        let all: Vec<crate::account::Count> =
+        let all: Vec<aia_testkit::Count> =
             count(false).load(&mut stack.db.connect().await?).await?;
         Ok(all.iter().any(|c| c.n == 2).then_some(()))
     })
     .await?;
-    let live: Vec<crate::account::Count> = count(true).load(&mut conn).await?;
+    let live: Vec<aia_testkit::Count> = count(true).load(&mut conn).await?;
     assert!(live.iter().any(|c| c.n == 1), "two live reset tokens");
     stack.stop().await;
     Ok(())
@@ -441,7 +441,7 @@ async fn a_reset_answered_before_a_shutdown_still_gets_its_token() -> anyhow::Re
     let answer = post(&stack, "/v1/auth/password/forgot", json!({"email": email})).await?;
     assert!(answer.status().is_success(), "{}", answer.status());
     stack.stop_service("auth").await;
-    let tokens: Vec<crate::account::Count> = diesel::sql_query(format!(
+    let tokens: Vec<aia_testkit::Count> = diesel::sql_query(format!(
         "SELECT count(*) AS n FROM auth.email_tokens t JOIN auth.users u ON u.id = t.user_id \
          WHERE u.email = '{email}' AND t.purpose = 'reset_password'"
     ))

@@ -474,13 +474,8 @@ async fn credential_changes_need_a_session_that_used_the_second_factor() -> anyh
     // Off: the password alone logs in again, and the old recovery codes are gone.
     assert!(login_from(stack.http(), &stack, &user.email).await?["access_token"].is_string());
     let mut conn = stack.db.connect().await?;
-    #[derive(diesel::QueryableByName)]
-    struct Count {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        n: i64,
-    }
     let left = diesel::sql_query("SELECT count(*) AS n FROM auth.recovery_codes")
-        .load::<Count>(&mut conn)
+        .load::<aia_testkit::Count>(&mut conn)
         .await?;
     assert_eq!(left[0].n, 0);
     stack.stop().await;

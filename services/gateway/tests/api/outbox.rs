@@ -21,11 +21,7 @@ struct TypeCount {
     n: i64,
 }
 
-#[derive(QueryableByName)]
-struct Count {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
-}
+use aia_testkit::Count;
 
 async fn count(conn: &mut diesel_async::AsyncPgConnection, sql: &str) -> anyhow::Result<i64> {
     Ok(diesel::sql_query(sql).get_result::<Count>(conn).await?.n)

@@ -791,8 +791,4 @@ async fn a_session_is_never_revoked_without_its_blacklist_entry() -> anyhow::Res
     Ok(())
 }
 
-#[derive(diesel::QueryableByName)]
-struct Count {
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    n: i64,
-}
+use aia_testkit::Count;
