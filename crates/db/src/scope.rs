@@ -26,16 +26,42 @@ pub enum Scope<'a> {
 
 /// Sets `scope` for the rest of the current transaction.
 pub async fn set(conn: &mut AsyncPgConnection, scope: Scope<'_>) -> diesel::QueryResult<()> {
+    set_with(conn, scope, None).await
+}
+
+/// [`set`], and a statement timeout for the rest of the transaction, in the same
+/// round trip (reads that must not scan on for a client that has left).
+pub async fn set_with_timeout(
+    conn: &mut AsyncPgConnection,
+    scope: Scope<'_>,
+    timeout_ms: u32,
+) -> diesel::QueryResult<()> {
+    set_with(conn, scope, Some(timeout_ms)).await
+}
+
+async fn set_with(
+    conn: &mut AsyncPgConnection,
+    scope: Scope<'_>,
+    timeout_ms: Option<u32>,
+) -> diesel::QueryResult<()> {
     let (scope, user) = match scope {
         Scope::Service => ("service", ""),
         Scope::User(id) => ("user", id),
     };
-    diesel::sql_query(
+    let query = diesel::sql_query(
         "SELECT set_config('aia.scope', $1, true), set_config('aia.user_id', $2, true)",
     )
     .bind::<Text, _>(scope)
-    .bind::<Text, _>(user)
-    .execute(conn)
-    .await?;
+    .bind::<Text, _>(user);
+    match timeout_ms {
+        None => query.execute(conn).await?,
+        Some(ms) => {
+            query
+                .sql(", set_config('statement_timeout', $3, true)")
+                .bind::<Text, _>(format!("{ms}ms"))
+                .execute(conn)
+                .await?
+        }
+    };
     Ok(())
 }

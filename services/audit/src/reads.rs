@@ -5,8 +5,7 @@
 
 use aia_db::scope::{self, Scope};
 use aia_telemetry::grpc::internal;
-use diesel::sql_types::Text;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::AsyncPgConnection;
 use tonic::Status;
 
 /// How long one statement of a read may run (Summary makes three: within the
@@ -23,12 +22,7 @@ async fn begin_with(
     who: Scope<'_>,
     timeout_ms: u32,
 ) -> diesel::QueryResult<()> {
-    scope::set(conn, who).await?;
-    diesel::sql_query("SELECT set_config('statement_timeout', $1, true)")
-        .bind::<Text, _>(format!("{timeout_ms}ms"))
-        .execute(conn)
-        .await?;
-    Ok(())
+    scope::set_with_timeout(conn, who, timeout_ms).await
 }
 
 /// A read's failure as a status: one that ran past its timeout is the query's own
@@ -55,7 +49,8 @@ pub(crate) fn timed_out(error: &diesel::result::Error) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use diesel_async::AsyncConnection;
+    use diesel::sql_types::Text;
+    use diesel_async::{AsyncConnection, RunQueryDsl};
 
     use super::*;
 
