@@ -19,16 +19,24 @@
 //!   forwarded, and an upstream's `Set-Cookie` for those names is dropped; a bearer
 //!   token is forwarded (an upstream may verify it with the JWKS).
 //!   Hop-by-hop headers (RFC 9110 §7.6.1) are dropped both ways, and so are an
-//!   upstream's `Access-Control-*` fields (CORS is decided here alone).
+//!   upstream's `Access-Control-*` fields (CORS is decided here alone) and its
+//!   `Clear-Site-Data` (it would clear the gateway's cookies). A request header whose
+//!   name has an underscore is not forwarded (as nginx by default: CGI-style servers
+//!   read `X_Auth_Roles` as `X-Auth-Roles`).
+//! - **Methods**: GET, HEAD, POST, PUT, PATCH, DELETE and OPTIONS; any other (TRACE,
+//!   CONNECT, WebDAV's, a lowercase `trace`) is a 405.
 //! - **Streaming**: request and response bodies are streamed, not buffered, and framed
 //!   as the client framed them (no body, a declared length, or chunked); no
 //!   `Accept-Encoding` is added for the client. A request body over
 //!   `UPSTREAM_BODY_LIMIT_BYTES` gets 413 (by its length, or cut off when a chunked
 //!   one passes the limit); a body over the limit or cut short by the client is its
-//!   failure, not the upstream's, and does not count towards the circuit breaker (an
-//!   upload slower than `UPSTREAM_TIMEOUT_SECONDS` is a 504 that does count: awc's
-//!   timeout covers sending the body and waiting for the answer alike). `Expect` is
-//!   answered here, not forwarded. Redirects are passed to the client, not followed.
+//!   failure, not the upstream's, and does not count towards the circuit breaker.
+//!   Nor does a timeout or connection error that came before the client's body was
+//!   read to its end (awc's timeout covers sending the body and waiting for the
+//!   answer alike: an upload stalled past `UPSTREAM_TIMEOUT_SECONDS` is a 504, and an
+//!   upstream that closes while a large body is still being sent a 502, but either
+//!   may be one client's doing). `Expect` is answered here, not forwarded. Redirects
+//!   are passed to the client, not followed.
 //! - **Failure**: a connection error or timeout (`UPSTREAM_TIMEOUT_SECONDS`) is a 502
 //!   or 504 problem. Consecutive failures and 502, 503 and 504 answers (not other
 //!   5xx, which a client can provoke) open the upstream's circuit
@@ -108,9 +116,12 @@ fn gateways_cookie(pair: &[u8]) -> bool {
         .next()
         .unwrap_or(pair)
         .trim_ascii();
-    [crate::cookies::SESSION, crate::cookies::CSRF]
-        .iter()
-        .any(|ours| ours.as_bytes().eq_ignore_ascii_case(name))
+    // A nameless cookie (`=__Host-aia_session=x`) is sent back by older browsers as
+    // `__Host-aia_session=x`: it counts as ours.
+    name.is_empty()
+        || [crate::cookies::SESSION, crate::cookies::CSRF]
+            .iter()
+            .any(|ours| ours.as_bytes().eq_ignore_ascii_case(name))
 }
 
 /// A `Cookie` field without the gateway's own cookies; `None` when nothing is left.
@@ -233,11 +244,51 @@ impl Upstreams {
         self.routes.iter().map(|(u, _)| u.prefix.clone()).collect()
     }
 
-    fn find(&self, path: &str) -> Option<&(Upstream, Arc<Breaker>)> {
-        self.routes
-            .iter()
-            .find(|(u, _)| path.starts_with(&u.prefix))
+    /// The upstream of `path` (longest prefix first, at a segment boundary: `/api/x`
+    /// and `/api/x/y` are `/api/x/`'s, `/api/xy` is not), and whether it is public.
+    ///
+    /// A path is public only if the longest prefix that claims it as an upstream might
+    /// read it (percent-decoded, without `;parameters`, empty segments or case) is
+    /// public too. With
+    /// `/api/` public and `/api/private/` protected, `/api//private/x`,
+    /// `/api/PRIVATE/x`, `/api/private;p/x` and `/api/private%2Fx` all need a
+    /// credential, as the frameworks that merge slashes, route without case, drop
+    /// matrix parameters or decode `%2F` would serve them from the private routes.
+    fn find(&self, path: &str) -> Option<(&Upstream, &Breaker, bool)> {
+        let (upstream, breaker) = self.routes.iter().find(|(u, _)| {
+            path.strip_prefix(u.prefix.trim_end_matches('/'))
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })?;
+        let public = upstream.public && {
+            let read = loosely(path.as_bytes());
+            self.routes
+                .iter()
+                .find(|(u, _)| read.starts_with(&loosely(u.prefix.as_bytes())))
+                .is_none_or(|(u, _)| u.public)
+        };
+        Some((upstream, breaker, public))
     }
+}
+
+/// A path as the loosest upstream reads it, for prefix checks: percent-decoded
+/// (twice where an escape is escaped), `\` a separator, each segment cut at `;`,
+/// empty segments dropped, ASCII lowercase, ending in `/`.
+fn loosely(path: &[u8]) -> Vec<u8> {
+    let mut decoded: Vec<u8> = crate::validate::decoded(path).collect();
+    // Escaped escapes (`%252F`) are rare: only then is the path decoded twice.
+    if path.windows(3).any(|w| w.eq_ignore_ascii_case(b"%25")) {
+        decoded = crate::validate::decoded(&decoded).collect();
+    }
+    let mut read = Vec::with_capacity(decoded.len() + 1);
+    for segment in decoded.split(|b| *b == b'/' || *b == b'\\') {
+        let segment = segment.split(|b| *b == b';').next().unwrap_or_default();
+        if !segment.is_empty() {
+            read.push(b'/');
+            read.extend(segment.iter().map(u8::to_ascii_lowercase));
+        }
+    }
+    read.push(b'/');
+    read
 }
 
 /// An HTTP client per worker thread (awc is single-threaded, like actix's workers).
@@ -308,7 +359,11 @@ fn upstream_headers(req: &HttpRequest, caller: Option<&Caller>, client: &Client)
     let mut headers = HeaderMap::new();
     for (name, value) in req.headers() {
         let lower = name.as_str();
-        if named.iter().any(|n| n == lower) {
+        // A name with `_` is not forwarded (nginx's default, `underscores_in_headers
+        // off`): CGI-style servers (Django, WSGI/ASGI, PHP) read `X_Auth_Roles` and
+        // `X-Auth-Roles` as one variable, so it would pass every rule below that
+        // strips the dashed spelling.
+        if lower.contains('_') || named.iter().any(|n| n == lower) {
             continue;
         }
         // An API key stays here; so does any `Authorization` beside one (a bearer
@@ -421,7 +476,18 @@ pub async fn forward(
     // TRACE would have an upstream echo the request, the gateway's identity headers
     // and the bearer token included; CONNECT asks for a tunnel. Neither is proxied
     // (nginx refuses TRACE too).
-    if matches!(*req.method(), Method::TRACE | Method::CONNECT) {
+    // Methods are case-sensitive (RFC 9110 §9.1) but some servers compare them
+    // without case, so a made-up method (`trace`, `PROPFIND`) is refused too.
+    if !matches!(
+        *req.method(),
+        Method::GET
+            | Method::HEAD
+            | Method::POST
+            | Method::PUT
+            | Method::PATCH
+            | Method::DELETE
+            | Method::OPTIONS
+    ) {
         return Err(Problem::method_not_allowed().header(
             header::ALLOW,
             "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS",
@@ -438,10 +504,10 @@ pub async fn forward(
     if websocket {
         return Err(Problem::bad_request().detail("WebSocket upgrades are not proxied"));
     }
-    let Some((upstream, breaker)) = upstreams.find(req.match_info().as_str()) else {
+    let Some((upstream, breaker, public)) = upstreams.find(req.match_info().as_str()) else {
         return Err(Problem::not_found());
     };
-    let caller = if upstream.public {
+    let caller = if public {
         None
     } else {
         let caller = <Caller as actix_web::FromRequest>::extract(&req).await?;
@@ -484,24 +550,52 @@ pub async fn forward(
     let mut outgoing = http.request(req.method().clone(), uri).no_decompress();
     *outgoing.headers_mut() = upstream_headers(&req, caller.as_ref(), &client);
     let limit = settings.body_limit;
+    // Whether the client's body was read to its end: a failure before it was (the
+    // client stalled its upload past the timeout, or the upstream closed while it was
+    // still being sent) may be the client's doing, and does not count towards the
+    // breaker: a few stalled uploads would otherwise shut the upstream for everyone.
+    let body_read = std::rc::Rc::new(std::cell::Cell::new(false));
+    let read_to_end = {
+        let body_read = body_read.clone();
+        futures::stream::poll_fn(move |_| {
+            body_read.set(true);
+            std::task::Poll::Ready(None)
+        })
+    };
     let started = std::time::Instant::now();
     let sent = match (declared_length(&req), chunked(&req)) {
-        (None, false) => outgoing.send_body(actix_web::body::None::new()).await,
+        (None, false) => {
+            body_read.set(true);
+            outgoing.send_body(actix_web::body::None::new()).await
+        }
         (Some(length), false) => {
+            let (mut seen, body_read) = (0usize, body_read.clone());
+            let body = payload
+                .map(move |chunk| {
+                    let chunk = chunk?;
+                    seen += chunk.len();
+                    if seen >= length {
+                        body_read.set(true);
+                    }
+                    Ok(chunk)
+                })
+                .chain(read_to_end);
             outgoing
-                .send_body(actix_web::body::SizedStream::new(length as u64, payload))
+                .send_body(actix_web::body::SizedStream::new(length as u64, body))
                 .await
         }
         (_, true) => {
             let mut seen = 0usize;
-            let body = payload.map(move |chunk| {
-                let chunk = chunk?;
-                seen += chunk.len();
-                if seen > limit {
-                    return Err(actix_web::error::PayloadError::Overflow);
-                }
-                Ok(chunk)
-            });
+            let body = payload
+                .map(move |chunk| {
+                    let chunk = chunk?;
+                    seen += chunk.len();
+                    if seen > limit {
+                        return Err(actix_web::error::PayloadError::Overflow);
+                    }
+                    Ok(chunk)
+                })
+                .chain(read_to_end);
             outgoing.send_stream(body).await
         }
     };
@@ -521,7 +615,9 @@ pub async fn forward(
             });
         }
         Err(error) => {
-            admitted.failure(settings.breaker_failures, settings.breaker_open_for);
+            if body_read.get() {
+                admitted.failure(settings.breaker_failures, settings.breaker_open_for);
+            }
             let (status, outcome) = match error {
                 awc::error::SendRequestError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
                 _ => (StatusCode::BAD_GATEWAY, "error"),
@@ -554,9 +650,12 @@ pub async fn forward(
         // CORS is the gateway's alone: an upstream's `Access-Control-*` fields (say
         // `Allow-Origin: *`) would widen the allowlist for its routes.
         // Nor may an upstream set or clear the gateway's own cookies.
+        // `Clear-Site-Data: "cookies"` would clear them too (the gateway sends its
+        // own on logout).
         let sets_ours = name == header::SET_COOKIE && gateways_cookie(value.as_bytes());
         if !HOP_BY_HOP.contains(&name.as_str())
             && name != header::CONTENT_LENGTH
+            && name.as_str() != "clear-site-data"
             && !name.as_str().starts_with("access-control-")
             && !sets_ours
         {

@@ -38,7 +38,7 @@ fn is_control(b: u8) -> bool {
 }
 
 /// `bytes` with `%XX` escapes decoded (malformed escapes kept as is).
-fn decoded(bytes: &[u8]) -> impl Iterator<Item = u8> + '_ {
+pub(crate) fn decoded(bytes: &[u8]) -> impl Iterator<Item = u8> + '_ {
     let hex = |b: u8| match b {
         b'0'..=b'9' => Some(b - b'0'),
         b'a'..=b'f' => Some(b - b'a' + 10),

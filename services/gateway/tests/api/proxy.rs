@@ -46,7 +46,10 @@ async fn echo(
                         "__Host-aia_session=; Max-Age=0; Path=/; Secure",
                     ),
                     ("set-cookie", "__host-AIA_csrf=chosen; Path=/; Secure"),
+                    // Nameless: older browsers send it back as `__Host-aia_session=x`.
+                    ("set-cookie", "=__Host-aia_session=x; Path=/; Secure"),
                     ("set-cookie", "theme=dark; Path=/"),
+                    ("clear-site-data", "\"cookies\", \"storage\""),
                 ]),
                 "{}",
             )
@@ -142,6 +145,11 @@ async fn identity_headers_replace_whatever_the_client_sent() -> anyhow::Result<(
         .header("traceparent", format!("00-{trace}-b7ad6b7169203331-01"))
         .header("connection", "keep-alive, x-secret")
         .header("x-secret", "hop")
+        // CGI-style servers (Django, PHP) read these as the dashed names.
+        .header("X_Auth_Roles", "admin")
+        .header("x_auth_user_id", "00000000-0000-0000-0000-000000000000")
+        .header("x_forwarded_for", "6.6.6.6")
+        .header("X_Original_URL", "/api/admin")
         .send()
         .await?;
     assert_eq!(response.status(), StatusCode::OK);
@@ -170,6 +178,11 @@ async fn identity_headers_replace_whatever_the_client_sent() -> anyhow::Result<(
     // A bearer token goes on (upstreams may verify it); hop-by-hop fields do not.
     assert!(seen(&answer, "authorization").is_some_and(|a| a.starts_with("Bearer ")));
     assert!(answer["headers"].get("x-secret").is_none(), "{answer}");
+    let names: Vec<&String> = answer["headers"]
+        .as_object()
+        .map(|headers| headers.keys().collect())
+        .unwrap_or_default();
+    assert!(names.iter().all(|name| !name.contains('_')), "{names:?}");
     assert_ne!(seen(&answer, "connection"), Some("keep-alive, x-secret"));
     stack.stop().await;
     Ok(())
@@ -791,6 +804,11 @@ async fn the_gateways_own_cookies_stay_between_it_and_the_browser() -> anyhow::R
         .filter_map(|v| v.to_str().ok())
         .collect();
     assert_eq!(set, ["theme=dark; Path=/"]);
+    assert!(
+        !response.headers().contains_key("clear-site-data"),
+        "{:?}",
+        response.headers()
+    );
     stack.stop().await;
     Ok(())
 }
@@ -801,11 +819,20 @@ async fn trace_is_not_proxied() -> anyhow::Result<()> {
     let stack = stack_with(&echo, &[]).await?;
     let user = signed_in(&stack).await?;
     // An upstream answering TRACE would echo the request: the bearer token and the
-    // identity headers the gateway added.
-    for path in ["/public/page", "/api/orders"] {
+    // identity headers the gateway added. Some servers read methods without case, and
+    // the gateway proxies the methods of an API only.
+    let methods = [
+        reqwest::Method::TRACE,
+        reqwest::Method::from_bytes(b"trace")?,
+        reqwest::Method::from_bytes(b"PROPFIND")?,
+    ];
+    for (path, method) in ["/public/page", "/api/orders"]
+        .into_iter()
+        .flat_map(|path| methods.iter().map(move |method| (path, method)))
+    {
         let response = stack
             .http()
-            .request(reqwest::Method::TRACE, stack.url(path))
+            .request(method.clone(), stack.url(path))
             .bearer_auth(field(&user, "access_token"))
             .send()
             .await?;
@@ -815,11 +842,124 @@ async fn trace_is_not_proxied() -> anyhow::Result<()> {
                 .get("allow")
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.contains("GET") && !v.contains("TRACE")),
-            "{path}"
+            "{method} {path}"
         );
         assert_problem(response, StatusCode::METHOD_NOT_ALLOWED).await?;
     }
     assert_eq!(echo.calls.load(Ordering::SeqCst), 0);
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_uploads_cannot_open_the_circuit_for_everyone() -> anyhow::Result<()> {
+    let echo = start_echo().await?;
+    let stack = stack_with(
+        &echo,
+        &[
+            ("UPSTREAM_TIMEOUT_SECONDS", "1".into()),
+            ("UPSTREAM_BREAKER_FAILURES", "2".into()),
+            ("UPSTREAM_BREAKER_OPEN_SECONDS", "60".into()),
+        ],
+    )
+    .await?;
+    let head = |framing: &str| {
+        format!(
+            "POST /public/upload HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: text/plain\r\n{framing}\r\n\r\n",
+            stack.gateway.main
+        )
+    };
+    // A declared body that never comes, and a chunked one that stops: awc's timeout
+    // covers sending the body, so each ends in a 504; neither is the upstream's
+    // failure, and twice the threshold of them leaves the circuit closed.
+    for request in [
+        head("Content-Length: 10"),
+        format!("{}5\r\nhello\r\n", head("Transfer-Encoding: chunked")),
+        head("Content-Length: 10"),
+        format!("{}5\r\nhello\r\n", head("Transfer-Encoding: chunked")),
+    ] {
+        let (status, text) = raw(&stack, request.as_bytes()).await?;
+        assert_eq!(status, 504, "{text}");
+    }
+    let after = stack.http().get(stack.url("/public/page")).send().await?;
+    assert_eq!(after.status(), StatusCode::OK);
+    // A failing upstream still opens it.
+    for _ in 0..2 {
+        let failed = stack.http().get(stack.url("/public/fail")).send().await?;
+        assert_eq!(failed.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+    let calls = echo.calls.load(Ordering::SeqCst);
+    let open = stack.http().get(stack.url("/public/page")).send().await?;
+    assert_problem(open, StatusCode::SERVICE_UNAVAILABLE).await?;
+    assert_eq!(echo.calls.load(Ordering::SeqCst), calls);
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_protected_prefix_inside_a_public_one_is_not_reached_around() -> anyhow::Result<()> {
+    let echo = start_echo().await?;
+    let stack = Stack::start_with(&[
+        (
+            "UPSTREAMS",
+            format!(
+                "/api/={0},/api/private/={0},/api/private/open/={0}",
+                echo.url
+            ),
+        ),
+        (
+            "UPSTREAM_PUBLIC_PREFIXES",
+            "/api/,/api/private/open/".to_owned(),
+        ),
+    ])
+    .await?;
+    let request = |path: &str| {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            stack.gateway.main
+        )
+    };
+    // Each is /api/private/... to an upstream that ignores the trailing slash, merges
+    // slashes, routes without case, drops matrix parameters or decodes `%2F`.
+    for path in [
+        "/api/private",
+        "/api/private?x=1",
+        "/api/private;x/orders",
+        "/api//private/orders",
+        "/api/PRIVATE/orders",
+        "/api/Private/orders",
+        "/api/private%2Forders",
+        "/api/private%252Forders",
+        "/api/%70rivate/orders",
+    ] {
+        let (status, text) = raw(&stack, request(path).as_bytes()).await?;
+        assert!(status == 401 || status == 400, "{path}: {text}");
+        assert!(text.contains("application/problem+json"), "{path}: {text}");
+    }
+    assert_eq!(
+        echo.calls.load(Ordering::SeqCst),
+        0,
+        "nothing was forwarded"
+    );
+    // What is public stays public: a longer public prefix inside the protected one,
+    // and names that only begin like the protected prefix.
+    for path in [
+        "/api/orders",
+        "/api/privateer/x",
+        "/api/private/open/x",
+        "/api/private/open",
+    ] {
+        let (status, text) = raw(&stack, request(path).as_bytes()).await?;
+        assert_eq!(status, 200, "{path}: {text}");
+    }
+    let user = signed_in(&stack).await?;
+    let response = stack
+        .http()
+        .get(stack.url("/api/private/orders"))
+        .bearer_auth(field(&user, "access_token"))
+        .send()
+        .await?;
+    assert_eq!(response.status(), StatusCode::OK);
     stack.stop().await;
     Ok(())
 }
