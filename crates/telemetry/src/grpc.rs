@@ -160,11 +160,13 @@ pub fn unavailable(error: anyhow::Error) -> tonic::Status {
     tonic::Status::unavailable("temporarily unavailable")
 }
 
-/// Whether a call failed because its connection broke mid-call (the service died or
+/// Whether a call failed because its connection broke (the service died or
 /// restarted), rather than with an answer the service sent. tonic reports such a call
-/// as `Unknown` with the transport error as its source; a status read off the wire
-/// never has a source. Callers treat it like `Unavailable`: a dependency gone, not a
-/// bug.
+/// as `Unknown` with the transport error as its source when it broke mid-call, and as
+/// `Cancelled` with one when the connection closed while it was being set up (a
+/// dependency that accepts and drops connections); a status read off the wire never
+/// has a source. Callers treat it like `Unavailable`: a dependency gone, not a bug.
 pub fn broke_in_transport(status: &tonic::Status) -> bool {
-    status.code() == tonic::Code::Unknown && std::error::Error::source(status).is_some()
+    matches!(status.code(), tonic::Code::Unknown | tonic::Code::Cancelled)
+        && std::error::Error::source(status).is_some()
 }

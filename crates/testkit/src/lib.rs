@@ -411,6 +411,22 @@ impl Stack {
         self.running.gateway(env).await
     }
 
+    /// Starts one more auth service beside the first, with `extra` variables over the
+    /// stack's (a proxy's address for session, say); a gateway reaches it through
+    /// [`Stack::add_gateway_with`] and `AUTH_GRPC_URL`.
+    pub async fn add_auth_with(&mut self, extra: &[(&str, String)]) -> anyhow::Result<Addrs> {
+        let mut all: Vec<(&str, String)> = self
+            .extra
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect();
+        all.push(("SESSION_GRPC_URL", self.session.url()));
+        all.push(("AUDIT_GRPC_URL", self.audit.url()));
+        all.extend(extra.iter().cloned());
+        let env = env(&self.db, &self.redis_prefix, &all);
+        self.running.auth(env).await
+    }
+
     /// Stops one service (`audit`, `session`, `auth` or `gateway`: every gateway).
     pub async fn stop_service(&mut self, name: &str) {
         self.running.stop_service(name).await;

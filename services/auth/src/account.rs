@@ -13,7 +13,7 @@ use crate::domain::{EmailAddress, Invalid, Password};
 use crate::email_tokens::Purpose;
 use crate::error::AuthError;
 use crate::service::{Auth, api_key_info};
-use crate::users::User;
+use crate::users::{PasswordWrite, User};
 
 impl Auth {
     /// Runs `work` after the answer has gone: whether an address has an account
@@ -50,9 +50,14 @@ impl Auth {
         self.require_second_factor(user_id, &req.amr).await?;
         let email = EmailAddress::parse(&user.email)?;
         let current = Password::presented(&req.current_password)?;
+        let checked = async {
+            Ok(self
+                .hasher
+                .verify(current, Some(user.password_hash.clone()))
+                .await?)
+        };
         if !self
-            .hasher
-            .verify(current, Some(user.password_hash.clone()))
+            .check_throttled(&user, req.client.as_ref(), checked)
             .await?
         {
             self.audit
@@ -92,23 +97,35 @@ impl Auth {
             .actor(user_id.to_string())
             .subject(user_id.to_string())
             .client(req.client.as_ref());
-        self.users
+        let keep = uuid::Uuid::parse_str(&req.session_id).ok();
+        let reason = "password_changed";
+        // Only over the hash the current password was checked against: a reset (or
+        // another change) that committed while this one hashed wins, and this one is
+        // refused instead of putting back a password its caller knows.
+        let due = self
+            .users
             .set_password(
-                user_id,
-                &user.password_hash,
-                &hash,
+                PasswordWrite {
+                    user_id,
+                    old_hash: &user.password_hash,
+                    new_hash: &hash,
+                    only_if_unchanged: true,
+                    keep_session: keep,
+                    reason,
+                },
                 self.policy.history(),
                 event,
             )
             .await
-            .map_err(AuthError::Unavailable)?;
+            .map_err(AuthError::Unavailable)?
+            .ok_or(AuthError::PasswordChangedMeanwhile)?;
         let ended = self
-            .end_sessions(
+            .end_sessions_due(
+                due,
                 user_id,
                 Some(&req.session_id),
-                "password_changed",
+                reason,
                 req.client.clone(),
-                None,
             )
             .await?;
         Ok(ChangePasswordResponse {
@@ -353,16 +370,26 @@ impl Auth {
             .actor(user_id.to_string())
             .subject(user_id.to_string())
             .client(req.client.as_ref());
-        self.users
+        let reason = "password_reset";
+        // Whatever is stored now: the mailbox's proof wins over a change that
+        // committed since the user was read.
+        let due = self
+            .users
             .set_password(
-                user_id,
-                &user.password_hash,
-                &hash,
+                PasswordWrite {
+                    user_id,
+                    old_hash: &user.password_hash,
+                    new_hash: &hash,
+                    only_if_unchanged: false,
+                    keep_session: None,
+                    reason,
+                },
                 self.policy.history(),
                 event,
             )
             .await
-            .map_err(AuthError::Unavailable)?;
+            .map_err(AuthError::Unavailable)?
+            .ok_or(AuthError::InvalidEmailToken)?;
         // A reset proves control of the mailbox: the address counts as verified.
         let verified = self
             .audit
@@ -376,12 +403,22 @@ impl Auth {
             .await
             .map_err(AuthError::Unavailable)?;
         let ended = self
-            .end_sessions(user_id, None, "password_reset", req.client.clone(), None)
+            .end_sessions_due(due, user_id, None, reason, req.client.clone())
             .await?;
-        self.lockout
-            .unlock(email.as_str())
+        // A reset lifts a lock (a stranger's wrong passwords), but not on an account
+        // with TOTP on: there the count holds wrong codes too, and a reset would let
+        // whoever has the password and the mailbox guess codes again at once.
+        if !self
+            .mfa
+            .is_enabled(user_id)
             .await
-            .map_err(AuthError::Unavailable)?;
+            .map_err(AuthError::Unavailable)?
+        {
+            self.lockout
+                .unlock(email.as_str())
+                .await
+                .map_err(AuthError::Unavailable)?;
+        }
         Ok(ResetPasswordResponse {
             sessions_ended: ended,
         })

@@ -50,6 +50,11 @@ pub enum AuthError {
     /// A verification or reset token that is unknown, used or expired.
     #[error("token: invalid, used or expired")]
     InvalidEmailToken,
+    /// The password was changed or reset while this change was being made.
+    #[error(
+        "the password was changed or reset while this request ran; nothing was changed: sign in again"
+    )]
+    PasswordChangedMeanwhile,
     /// No such user.
     #[error("user not found")]
     NotFound,
@@ -83,7 +88,8 @@ impl AuthError {
         let error = anyhow::anyhow!("{what}: {:?} {}", status.code(), status.message());
         match status.code() {
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => Self::Unavailable(error),
-            // Session died mid-call (found by `make chaos`: it was a 500).
+            // Session died mid-call (found by `make chaos`: it was a 500), or closed
+            // the connection while the call was being set up.
             _ if aia_telemetry::grpc::broke_in_transport(&status) => Self::Unavailable(error),
             _ => Self::Unexpected(error),
         }
@@ -101,6 +107,7 @@ impl From<AuthError> for Status {
             | AuthError::InvalidMfaLogin => Status::unauthenticated(e.to_string()),
             AuthError::MfaState(_) => Status::failed_precondition(e.to_string()),
             AuthError::NotFound => Status::not_found(e.to_string()),
+            AuthError::PasswordChangedMeanwhile => Status::aborted(e.to_string()),
             AuthError::EmailNotVerified => Status::failed_precondition(e.to_string()),
             AuthError::InvalidEmailToken => Status::invalid_argument(e.to_string()),
             AuthError::WrongCurrentPassword
@@ -135,6 +142,15 @@ mod tests {
         let mapped = AuthError::from_upstream(broken, "session.CreateSession");
         assert!(matches!(mapped, AuthError::Unavailable(_)), "{mapped:?}");
         assert_eq!(tonic::Status::from(mapped).code(), tonic::Code::Unavailable);
+        // A connection closed while the call was being set up (session accepting
+        // and dropping connections): tonic's Cancelled with the transport error.
+        let mut closed = tonic::Status::cancelled("operation was canceled");
+        closed.set_source(std::sync::Arc::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "connection closed",
+        )));
+        let mapped = AuthError::from_upstream(closed, "session.RevokeUserSessions");
+        assert!(matches!(mapped, AuthError::Unavailable(_)), "{mapped:?}");
         // An Unknown session sent is unexpected.
         let sent = AuthError::from_upstream(tonic::Status::unknown("x"), "session.CreateSession");
         assert!(matches!(sent, AuthError::Unexpected(_)), "{sent:?}");

@@ -34,6 +34,7 @@ mod policy;
 mod reseal;
 mod schema;
 mod service;
+mod sessions_due;
 mod users;
 
 use std::sync::Arc;
@@ -125,6 +126,8 @@ pub async fn build(
     let tracker = tokio_util::task::TaskTracker::new();
     let deferred =
         deferred::Deferred::for_pool(tracker.clone(), settings.common.database_pool_size);
+    let session = SessionServiceClient::new(aia_telemetry::otel::traced(session));
+    let sessions_due = sessions_due::spawn(pg.clone(), session.clone(), shutdown.clone());
     let auth = Auth {
         users: users::UserStore::new(pg),
         hasher: hashing::Hasher::new(&settings.hashing).await?,
@@ -137,7 +140,7 @@ pub async fn build(
         mailer: mailer::Mailer::new(&settings.mail, tracker.clone())?,
         mail: settings.mail.clone(),
         mfa,
-        session: SessionServiceClient::new(aia_telemetry::otel::traced(session)),
+        session,
         revocations,
         audit,
         deferred,
@@ -161,7 +164,8 @@ pub async fn build(
             tracker.wait().await;
         })
         .with_background(relay)
-        .with_background(reload))
+        .with_background(reload)
+        .with_background(sessions_due))
 }
 
 /// Creates an administrator (for `aia create-admin`): the password must pass the

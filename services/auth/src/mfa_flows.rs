@@ -156,14 +156,14 @@ impl Auth {
         event_type: &'static str,
         client: Option<&ClientInfo>,
     ) -> Result<(), AuthError> {
-        if self
-            .hasher
-            .verify(
-                Password::presented(presented)?,
-                Some(user.password_hash.clone()),
-            )
-            .await?
-        {
+        let presented = Password::presented(presented)?;
+        let checked = async {
+            Ok(self
+                .hasher
+                .verify(presented, Some(user.password_hash.clone()))
+                .await?)
+        };
+        if self.check_throttled(user, client, checked).await? {
             return Ok(());
         }
         self.audit
@@ -294,22 +294,29 @@ impl Auth {
             return Err(AuthError::MfaState("TOTP is not on"));
         }
         self.require_second_factor(user.id, &req.amr).await?;
-        let proven = if !req.code.is_empty() {
-            self.mfa
-                .verify(user.id, &req.code)
-                .await
-                .map_err(AuthError::Unavailable)?
-                .is_some()
-        } else if !req.password.is_empty() {
-            self.hasher
-                .verify(
-                    Password::presented(&req.password)?,
-                    Some(user.password_hash.clone()),
-                )
-                .await?
-        } else {
-            return Err(AuthError::Invalid(Invalid::ProofMissing));
+        let checked = async {
+            if !req.code.is_empty() {
+                Ok(self
+                    .mfa
+                    .verify(user.id, &req.code)
+                    .await
+                    .map_err(AuthError::Unavailable)?
+                    .is_some())
+            } else if !req.password.is_empty() {
+                Ok(self
+                    .hasher
+                    .verify(
+                        Password::presented(&req.password)?,
+                        Some(user.password_hash.clone()),
+                    )
+                    .await?)
+            } else {
+                Err(AuthError::Invalid(Invalid::ProofMissing))
+            }
         };
+        let proven = self
+            .check_throttled(&user, req.client.as_ref(), checked)
+            .await?;
         if !proven {
             self.audit
                 .event("auth.mfa_disabled", Outcome::Failure)

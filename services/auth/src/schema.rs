@@ -77,3 +77,13 @@ diesel::table! {
         used_at -> Nullable<Timestamptz>,
     }
 }
+
+diesel::table! {
+    auth.session_ends_due (id) {
+        id -> Int8,
+        user_id -> Uuid,
+        keep_session_id -> Nullable<Uuid>,
+        reason -> Text,
+        requested_at -> Timestamptz,
+    }
+}

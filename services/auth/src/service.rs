@@ -321,6 +321,28 @@ impl Auth {
         Ok(())
     }
 
+    /// Checks a credential a token holder presents (the current password for a
+    /// change or a new API key, a code or the password to turn TOTP off) under the
+    /// login throttle: refused while the account is locked (but from a known client)
+    /// or the address is throttled, and a wrong one counts as a failed login does
+    /// (and may lock), so a stolen access token guesses the password or the code no
+    /// faster than the login form.
+    pub(crate) async fn check_throttled(
+        &self,
+        user: &User,
+        client: Option<&aia_proto::common::v1::ClientInfo>,
+        check: impl Future<Output = Result<bool, AuthError>>,
+    ) -> Result<bool, AuthError> {
+        let ip = client.map_or("", |c| c.ip.as_str());
+        self.may_try(&user.email, ip, client).await?;
+        let right = check.await?;
+        if !right {
+            self.count_failure(&user.email, ip, client, Some(user.id), None)
+                .await?;
+        }
+        Ok(right)
+    }
+
     /// Starts a session for `user`, who authenticated with `amr`, and issues its
     /// first token pair.
     pub(crate) async fn start_session(
@@ -341,8 +363,9 @@ impl Auth {
             .map_err(|s| AuthError::from_upstream(s, "session.CreateSession"))?
             .into_inner();
         // `user` was read before the password was checked (tens of milliseconds, more
-        // with a queue at the hasher). A password change or reset, a disable or a role
-        // change that committed meanwhile ended the user's sessions without this one,
+        // with a queue at the hasher). A password change or reset, a disable, a role
+        // change or a TOTP confirmation that committed meanwhile ended the user's
+        // sessions without this one,
         // which did not exist yet: it must not outlive them. Read again now that it
         // does; whichever order the two went in, one of them sees the other.
         let current = self
@@ -350,11 +373,20 @@ impl Auth {
             .by_id(user.id)
             .await
             .map_err(AuthError::Unavailable)?;
-        let unchanged = current.is_some_and(|now| {
+        let mut unchanged = current.is_some_and(|now| {
             now.disabled_at.is_none()
                 && now.password_hash == user.password_hash
                 && now.roles == user.roles
         });
+        // Likewise TOTP turned on meanwhile (its confirmation ends the other
+        // sessions): a password-only session must not outlive it.
+        if unchanged && !amr.iter().any(|m| m == "otp") {
+            unchanged = !self
+                .mfa
+                .is_enabled(user.id)
+                .await
+                .map_err(AuthError::Unavailable)?;
+        }
         if !unchanged {
             self.session
                 .clone()
@@ -521,20 +553,27 @@ impl Auth {
         client: Option<aia_proto::common::v1::ClientInfo>,
         by_admin: Option<uuid::Uuid>,
     ) -> Result<u32, AuthError> {
-        Ok(self
-            .session
-            .clone()
-            .revoke_user_sessions(session::RevokeUserSessionsRequest {
-                user_id: user_id.to_string(),
-                except_session_id: keep.unwrap_or_default().to_owned(),
-                reason: reason.to_owned(),
-                client,
-                actor_id: by_admin.map(|id| id.to_string()).unwrap_or_default(),
-            })
-            .await
-            .map_err(|s| AuthError::from_upstream(s, "session.RevokeUserSessions"))?
-            .into_inner()
-            .revoked)
+        crate::sessions_due::end(&self.session, user_id, keep, reason, client, by_admin).await
+    }
+
+    /// Ends the sessions a password write recorded as due (`due`, its row), then
+    /// deletes the row; on failure the row stays for [`crate::sessions_due`] to retry.
+    pub(crate) async fn end_sessions_due(
+        &self,
+        due: i64,
+        user_id: uuid::Uuid,
+        keep: Option<&str>,
+        reason: &str,
+        client: Option<aia_proto::common::v1::ClientInfo>,
+    ) -> Result<u32, AuthError> {
+        let ended = self
+            .end_sessions(user_id, keep, reason, client, None)
+            .await?;
+        if let Err(error) = self.users.session_ends_done(due).await {
+            // The retry ends them again (none live, or a login made since).
+            tracing::warn!(error = format!("{error:#}"), "could not clear sessions due");
+        }
+        Ok(ended)
     }
 
     /// Replaces a legacy (bcrypt) or outdated argon2 hash after a successful login,

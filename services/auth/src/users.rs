@@ -8,7 +8,25 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
 use crate::domain::EmailAddress;
-use crate::schema::{password_history, users};
+use crate::schema::{password_history, session_ends_due, users};
+
+/// A password write ([`UserStore::set_password`]).
+#[derive(Debug, Clone, Copy)]
+pub struct PasswordWrite<'a> {
+    /// Whose.
+    pub user_id: uuid::Uuid,
+    /// The hash read before the new one was made (kept in the history).
+    pub old_hash: &'a str,
+    /// The new hash.
+    pub new_hash: &'a str,
+    /// Write only if the stored hash is still `old_hash`: a change that started
+    /// before a reset committed must not undo the reset.
+    pub only_if_unchanged: bool,
+    /// The session the change leaves alive (the caller's own), if any.
+    pub keep_session: Option<uuid::Uuid>,
+    /// Why the other sessions end (`password_changed`, `password_reset`).
+    pub reason: &'a str,
+}
 
 /// A stored user.
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -67,43 +85,85 @@ impl UserStore {
             .context("looking up a user by email")
     }
 
-    /// Replaces the password hash of `user_id`, keeping the old one in the history
-    /// (trimmed to `keep` entries).
+    /// Replaces the password hash of `write.user_id`, keeping the old one in the
+    /// history (trimmed to `keep` entries), and records the sessions the change must
+    /// end (`auth.session_ends_due`, see [`crate::sessions_due`]).
     /// `event` is written in the same transaction: stored if and only if the password
-    /// changed.
+    /// changed. The id of the sessions-due row, or `None` (nothing written) when
+    /// `write.only_if_unchanged` and the stored hash is no longer `write.old_hash`.
     pub async fn set_password(
         &self,
-        user_id: uuid::Uuid,
-        old_hash: &str,
-        new_hash: &str,
+        write: PasswordWrite<'_>,
         keep: usize,
         event: EventBuilder<'_>,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Option<i64>> {
         let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+        let PasswordWrite {
+            user_id,
+            old_hash,
+            new_hash,
+            only_if_unchanged,
+            keep_session,
+            reason,
+        } = write;
         let mut conn = aia_db::conn(&self.pool).await?;
-        conn.transaction::<_, diesel::result::Error, _>(async |conn| {
-            if keep > 0 {
-                diesel::insert_into(password_history::table)
-                    .values((password_history::user_id.eq(user_id), password_history::password_hash.eq(old_hash)))
+        let written = conn
+            .transaction::<_, diesel::result::Error, _>(async |conn| {
+                let mut update = diesel::update(users::table)
+                    .filter(users::id.eq(user_id))
+                    .into_boxed();
+                if only_if_unchanged {
+                    update = update.filter(users::password_hash.eq(old_hash));
+                }
+                let updated = update
+                    .set((users::password_hash.eq(new_hash), users::updated_at.eq(diesel::dsl::now)))
                     .execute(conn)
                     .await?;
-            }
-            diesel::update(users::table.find(user_id))
-                .set((users::password_hash.eq(new_hash), users::updated_at.eq(diesel::dsl::now)))
+                if updated == 0 {
+                    return Err(diesel::result::Error::RollbackTransaction);
+                }
+                if keep > 0 {
+                    diesel::insert_into(password_history::table)
+                        .values((password_history::user_id.eq(user_id), password_history::password_hash.eq(old_hash)))
+                        .execute(conn)
+                        .await?;
+                }
+                diesel::sql_query(
+                    "DELETE FROM auth.password_history WHERE user_id = $1 AND id NOT IN \
+                     (SELECT id FROM auth.password_history WHERE user_id = $1 ORDER BY id DESC LIMIT $2)",
+                )
+                .bind::<diesel::sql_types::Uuid, _>(user_id)
+                .bind::<diesel::sql_types::BigInt, _>(keep)
                 .execute(conn)
                 .await?;
-            diesel::sql_query(
-                "DELETE FROM auth.password_history WHERE user_id = $1 AND id NOT IN \
-                 (SELECT id FROM auth.password_history WHERE user_id = $1 ORDER BY id DESC LIMIT $2)",
-            )
-            .bind::<diesel::sql_types::Uuid, _>(user_id)
-            .bind::<diesel::sql_types::BigInt, _>(keep)
-            .execute(conn)
-            .await?;
-            event.write_in(conn).await
-        })
-        .await
-        .context("changing a password")
+                let due: i64 = diesel::insert_into(session_ends_due::table)
+                    .values((
+                        session_ends_due::user_id.eq(user_id),
+                        session_ends_due::keep_session_id.eq(keep_session),
+                        session_ends_due::reason.eq(reason),
+                    ))
+                    .returning(session_ends_due::id)
+                    .get_result(conn)
+                    .await?;
+                event.write_in(conn).await?;
+                Ok(due)
+            })
+            .await;
+        match written {
+            Ok(due) => Ok(Some(due)),
+            Err(diesel::result::Error::RollbackTransaction) => Ok(None),
+            Err(error) => Err(anyhow::Error::new(error).context("changing a password")),
+        }
+    }
+
+    /// Clears a sessions-due row once the sessions are ended.
+    pub async fn session_ends_done(&self, due: i64) -> anyhow::Result<()> {
+        let mut conn = aia_db::conn(&self.pool).await?;
+        diesel::delete(session_ends_due::table.find(due))
+            .execute(&mut conn)
+            .await
+            .context("clearing sessions due")?;
+        Ok(())
     }
 
     /// The last `n` previous password hashes of `user_id`, newest first.

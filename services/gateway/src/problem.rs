@@ -94,6 +94,11 @@ impl Problem {
         .detail(detail)
     }
 
+    /// 409: the state changed under the request (another change won).
+    pub fn conflict(detail: &str) -> Self {
+        Self::new(StatusCode::CONFLICT, "urn:aia:problem:conflict", "Conflict").detail(detail)
+    }
+
     /// 404.
     pub fn not_found() -> Self {
         Self::new(
@@ -198,6 +203,7 @@ impl Problem {
             Code::Unauthenticated => Self::unauthorized().detail(status.message()),
             Code::NotFound => Self::not_found(),
             Code::PermissionDenied | Code::FailedPrecondition => Self::forbidden(status.message()),
+            Code::Aborted => Self::conflict(status.message()),
             Code::ResourceExhausted => {
                 let retry_after = status
                     .metadata()

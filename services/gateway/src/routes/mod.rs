@@ -293,7 +293,7 @@ pub fn endpoints() -> Vec<Endpoint> {
             Bearer,
             Body::Json(schema::<account::PasswordChange>),
             (200, None),
-            BEARER_BODY,
+            &[400, 401, 403, 409, 413, 415, 422],
             || web::post().to(account::change_password),
         ),
         e(

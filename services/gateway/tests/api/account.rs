@@ -6,7 +6,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    PASSWORD, admin, assert_problem, email, field, login, me_status, register, signed_in, user_id,
+    PASSWORD, SessionGate, admin, assert_problem, email, field, left_no_session, login,
+    login_in_background, me_status, register, signed_in, user_id,
 };
 
 async fn register_with(
@@ -277,44 +278,10 @@ async fn a_login_racing_a_password_change_gets_no_session_that_outlives_it() -> 
     let email = email();
     register(&stack, &email).await?;
     let owner = login(&stack, &email).await?;
-    // Hold every new session's insert until the test says go (the session service
-    // runs as its own role: it may read the gate).
-    let mut conn = stack.db.connect().await?;
-    for statement in [
-        "CREATE TABLE public.gate (open boolean NOT NULL)",
-        "GRANT SELECT ON public.gate TO PUBLIC",
-        "CREATE FUNCTION public.held() RETURNS trigger LANGUAGE plpgsql AS $$ \
-         BEGIN WHILE NOT EXISTS (SELECT 1 FROM public.gate) LOOP PERFORM pg_sleep(0.02); \
-         END LOOP; RETURN NEW; END $$",
-        "CREATE TRIGGER held BEFORE INSERT ON session.sessions \
-         FOR EACH ROW EXECUTE FUNCTION public.held()",
-    ] {
-        diesel::sql_query(statement).execute(&mut conn).await?;
-    }
-    let attacker = {
-        let (http, url, email) = (
-            stack.http().clone(),
-            stack.url("/v1/auth/login"),
-            email.clone(),
-        );
-        tokio::spawn(async move {
-            http.post(url)
-                .json(&json!({"email": email, "password": PASSWORD}))
-                .send()
-                .await
-        })
-    };
+    let gate = SessionGate::close(&stack).await?;
+    let attacker = login_in_background(&stack, &email);
     // The attacker's password has been checked once its session is being inserted.
-    aia_testkit::eventually(std::time::Duration::from_secs(20), || async {
-        let waiting: Vec<aia_testkit::Count> = diesel::sql_query(
-            "SELECT count(*) AS n FROM pg_stat_activity WHERE pid <> pg_backend_pid() \
-             AND state = 'active' AND query LIKE '%INSERT INTO%sessions%'",
-        )
-        .load(&mut stack.db.connect().await?)
-        .await?;
-        Ok(waiting.iter().any(|c| c.n == 1).then_some(()))
-    })
-    .await?;
+    gate.holding_one(&stack).await?;
     let changed = change(
         &stack,
         field(&owner, "access_token"),
@@ -323,30 +290,168 @@ async fn a_login_racing_a_password_change_gets_no_session_that_outlives_it() -> 
     )
     .await?;
     assert!(changed.status().is_success(), "{}", changed.status());
-    diesel::sql_query("INSERT INTO public.gate VALUES (true)")
-        .execute(&mut conn)
-        .await?;
-    let answer = attacker.await??;
-    if answer.status() == StatusCode::OK {
-        let pair: Value = answer.json().await?;
-        let refresh = stack
-            .http()
-            .post(stack.url("/v1/auth/refresh"))
-            .json(&json!({"refresh_token": field(&pair, "refresh_token")}))
-            .send()
-            .await?;
-        assert_eq!(
-            refresh.status(),
-            StatusCode::UNAUTHORIZED,
-            "a session opened with the old password outlived the change"
-        );
-    } else {
-        assert_problem(answer, StatusCode::UNAUTHORIZED).await?;
-    }
+    gate.open().await?;
+    left_no_session(&stack, attacker.await??).await?;
     assert_eq!(
         login_status(&stack, &email, PASSWORD).await?,
         StatusCode::UNAUTHORIZED
     );
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_still_hashing_when_a_reset_commits_does_not_undo_it() -> anyhow::Result<()> {
+    // Someone with a session and the old password starts a change; the owner resets
+    // the password before the change writes. The change must not put back a password
+    // its caller knows over the one the reset chose.
+    let stack = Stack::start().await?;
+    let (victim, other) = (email(), email());
+    register(&stack, &victim).await?;
+    let reset_to = "the owner's brand new passphrase";
+    assert_eq!(
+        register_with(&stack, &other, reset_to).await?.status(),
+        StatusCode::ACCEPTED
+    );
+    let attacker = login(&stack, &victim).await?;
+    // The test holds the victim's row: the change hashes, then waits at its writes.
+    let mut held = stack.db.connect().await?;
+    for statement in [
+        "BEGIN".to_owned(),
+        format!("SELECT id FROM auth.users WHERE email = '{victim}' FOR UPDATE"),
+    ] {
+        diesel::sql_query(statement).execute(&mut held).await?;
+    }
+    let change = {
+        let (stack_http, url, token) = (
+            stack.http().clone(),
+            stack.url("/v1/auth/password/change"),
+            field(&attacker, "access_token").to_owned(),
+        );
+        tokio::spawn(async move {
+            stack_http
+                .post(url)
+                .bearer_auth(token)
+                .json(&json!({"current_password": PASSWORD, "new_password": "the attacker's own choice"}))
+                .send()
+                .await
+        })
+    };
+    aia_testkit::eventually(std::time::Duration::from_secs(20), || async {
+        let waiting: Vec<aia_testkit::Count> = diesel::sql_query(
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+             AND datname = current_database()",
+        )
+        .load(&mut stack.db.connect().await?)
+        .await?;
+        Ok(waiting.iter().any(|c| c.n == 1).then_some(()))
+    })
+    .await?;
+    // The reset commits first (its new hash: the other account's, made from `reset_to`).
+    for statement in [
+        format!(
+            "UPDATE auth.users SET password_hash = \
+             (SELECT password_hash FROM auth.users WHERE email = '{other}') WHERE email = '{victim}'"
+        ),
+        "COMMIT".to_owned(),
+    ] {
+        diesel::sql_query(statement).execute(&mut held).await?;
+    }
+    assert_problem(change.await??, StatusCode::CONFLICT).await?;
+    assert_eq!(
+        login_status(&stack, &victim, reset_to).await?,
+        StatusCode::OK
+    );
+    assert_eq!(
+        login_status(&stack, &victim, "the attacker's own choice").await?,
+        StatusCode::UNAUTHORIZED
+    );
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_a_change_must_end_are_ended_once_session_is_back() -> anyhow::Result<()> {
+    // A change commits, then its call to end the other sessions fails (session
+    // unreachable from this auth replica): the answer is 503, but the password did
+    // change, and a stolen session must not keep refreshing.
+    let mut stack = Stack::start().await?;
+    let proxy = aia_testkit::proxy::TcpProxy::start(stack.session.main).await?;
+    let auth = stack
+        .add_auth_with(&[("SESSION_GRPC_URL", format!("http://{}", proxy.addr))])
+        .await?;
+    let gateway = stack
+        .add_gateway_with(&[("AUTH_GRPC_URL", auth.url())])
+        .await?;
+    let email = email();
+    register(&stack, &email).await?;
+    let owner = login(&stack, &email).await?;
+    let thief = login(&stack, &email).await?;
+    proxy.refuse();
+    let changed = stack
+        .http()
+        .post(format!("{}/v1/auth/password/change", gateway.url()))
+        .bearer_auth(field(&owner, "access_token"))
+        .json(&json!({"current_password": PASSWORD, "new_password": "an entirely new passphrase"}))
+        .send()
+        .await?;
+    assert_problem(changed, StatusCode::SERVICE_UNAVAILABLE).await?;
+    proxy.resume();
+    // Retried until session ended them: the thief's access token is refused...
+    aia_testkit::eventually(std::time::Duration::from_secs(30), || async {
+        let status = me_status(&stack, field(&thief, "access_token")).await?;
+        Ok((status == StatusCode::UNAUTHORIZED).then_some(()))
+    })
+    .await?;
+    // ...and so is its refresh token; the session that made the change stays.
+    let refresh = stack
+        .http()
+        .post(stack.url("/v1/auth/refresh"))
+        .json(&json!({"refresh_token": field(&thief, "refresh_token")}))
+        .send()
+        .await?;
+    assert_problem(refresh, StatusCode::UNAUTHORIZED).await?;
+    assert_eq!(
+        me_status(&stack, field(&owner, "access_token")).await?,
+        StatusCode::OK
+    );
+    let mut conn = stack.db.connect().await?;
+    let due: aia_testkit::Count =
+        diesel::sql_query("SELECT count(*) AS n FROM auth.session_ends_due")
+            .get_result(&mut conn)
+            .await?;
+    assert_eq!(due.n, 0);
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_passwords_presented_with_a_token_count_towards_the_lock() -> anyhow::Result<()> {
+    // A stolen access token must not be a password oracle that the account lock never
+    // sees: each wrong current password counts as a failed login does.
+    let stack = Stack::start_with(&[
+        ("LOCKOUT_THRESHOLD", "3".into()),
+        ("LOGIN_BACKOFF_AFTER", "100".into()),
+    ])
+    .await?;
+    let email = email();
+    register(&stack, &email).await?;
+    let owner = login(&stack, &email).await?;
+    let token = field(&owner, "access_token");
+    for guess in ["guess number one", "guess number two", "guess number three"] {
+        let response = change(&stack, token, guess, "a brand new passphrase").await?;
+        assert_problem(response, StatusCode::FORBIDDEN).await?;
+    }
+    // Locked for strangers, as three wrong logins would have locked it.
+    let stranger = crate::helpers::from_ip(2)?
+        .post(stack.url("/v1/auth/login"))
+        .json(&json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await?;
+    assert_eq!(stranger.status(), StatusCode::TOO_MANY_REQUESTS);
+    // The owner's known address is exempt, as at the login form.
+    let changed = change(&stack, token, PASSWORD, "a brand new passphrase").await?;
+    assert_eq!(changed.status(), StatusCode::OK);
     stack.stop().await;
     Ok(())
 }

@@ -223,3 +223,92 @@ pub async fn raw(stack: &Stack, request: &[u8]) -> anyhow::Result<(u16, String)>
         .unwrap_or(0);
     Ok((status, text))
 }
+
+/// Holds every new session's insert in the test's database until [`SessionGate::open`]
+/// (the session service runs as its own role: it may read the gate), so that a test
+/// can change the account while a login is between its checks and its session.
+pub struct SessionGate {
+    conn: diesel_async::AsyncPgConnection,
+}
+
+impl SessionGate {
+    /// Installs the gate, closed.
+    pub async fn close(stack: &Stack) -> anyhow::Result<Self> {
+        let mut conn = stack.db.connect().await?;
+        for statement in [
+            "CREATE TABLE public.gate (open boolean NOT NULL)",
+            "GRANT SELECT ON public.gate TO PUBLIC",
+            "CREATE FUNCTION public.held() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN WHILE NOT EXISTS (SELECT 1 FROM public.gate) LOOP PERFORM pg_sleep(0.02); \
+             END LOOP; RETURN NEW; END $$",
+            "CREATE TRIGGER held BEFORE INSERT ON session.sessions \
+             FOR EACH ROW EXECUTE FUNCTION public.held()",
+        ] {
+            diesel::sql_query(statement).execute(&mut conn).await?;
+        }
+        Ok(Self { conn })
+    }
+
+    /// Waits until one session insert is held at the gate.
+    pub async fn holding_one(&self, stack: &Stack) -> anyhow::Result<()> {
+        aia_testkit::eventually(std::time::Duration::from_secs(20), || async {
+            let waiting: Vec<aia_testkit::Count> = diesel::sql_query(
+                "SELECT count(*) AS n FROM pg_stat_activity WHERE pid <> pg_backend_pid() \
+                 AND state = 'active' AND query LIKE '%INSERT INTO%sessions%'",
+            )
+            .load(&mut stack.db.connect().await?)
+            .await?;
+            Ok(waiting.iter().any(|c| c.n == 1).then_some(()))
+        })
+        .await
+    }
+
+    /// Lets the held inserts (and every later one) through.
+    pub async fn open(mut self) -> anyhow::Result<()> {
+        diesel::sql_query("INSERT INTO public.gate VALUES (true)")
+            .execute(&mut self.conn)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Posts a login in the background (an attacker's, racing the test's next steps).
+pub fn login_in_background(
+    stack: &Stack,
+    email: &str,
+) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
+    let (http, url, email) = (
+        stack.http().clone(),
+        stack.url("/v1/auth/login"),
+        email.to_owned(),
+    );
+    tokio::spawn(async move {
+        http.post(url)
+            .json(&json!({"email": email, "password": PASSWORD}))
+            .send()
+            .await
+    })
+}
+
+/// Asserts that a login answered while the account changed left no session that
+/// outlives the change: refused, or its refresh token is.
+pub async fn left_no_session(stack: &Stack, answer: reqwest::Response) -> anyhow::Result<()> {
+    if answer.status() == StatusCode::OK {
+        let pair: Value = answer.json().await?;
+        let refresh = stack
+            .http()
+            .post(stack.url("/v1/auth/refresh"))
+            .json(&json!({"refresh_token": field(&pair, "refresh_token")}))
+            .send()
+            .await?;
+        assert_eq!(
+            refresh.status(),
+            StatusCode::UNAUTHORIZED,
+            "a session opened before the change outlived it"
+        );
+        Ok(())
+    } else {
+        assert_problem(answer, StatusCode::UNAUTHORIZED).await?;
+        Ok(())
+    }
+}

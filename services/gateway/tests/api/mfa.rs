@@ -8,7 +8,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    PASSWORD, assert_problem, email, field, from_ip, login_from, me_status, register,
+    PASSWORD, SessionGate, assert_problem, email, field, from_ip, left_no_session, login_from,
+    login_in_background, me_status, register,
 };
 
 /// The time now, in seconds.
@@ -706,6 +707,79 @@ async fn a_correct_code_at_the_threshold_neither_locks_nor_alerts() -> anyhow::R
     // And no lock was recorded (no auth.lockout event, no lock counted).
     let locks = auth_counter(&stack, "auth_lockouts_total", "").await?;
     assert_eq!(locks, 0, "a lock was recorded");
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_reset_keeps_the_count_of_wrong_codes() -> anyhow::Result<()> {
+    // Someone with the password and the mailbox (what the second factor is for) locks
+    // the account with wrong codes, then resets the password: the reset must not
+    // clear the count, or each reset would buy another round of guesses.
+    let (stack, smtp) = crate::email::stack_with_mail(&[
+        ("LOGIN_BACKOFF_AFTER", "100".into()),
+        ("LOCKOUT_THRESHOLD", "4".into()),
+    ])
+    .await?;
+    let user = enrolled(&stack).await?;
+    let attacker = from_ip(2)?;
+    let pending = challenge(&attacker, &stack, &user.email).await?;
+    for code in ["000000", "000001", "000002", "000003"] {
+        let response = second_step(&attacker, &stack, &pending, code).await?;
+        assert_problem(response, StatusCode::UNAUTHORIZED).await?;
+    }
+    attacker
+        .post(stack.url("/v1/auth/password/forgot"))
+        .json(&json!({"email": user.email}))
+        .send()
+        .await?;
+    let mail = smtp.nth_with(&user.email, crate::email::RESET, 1).await?;
+    let new = "a fresh passphrase after reset";
+    let reset = attacker
+        .post(stack.url("/v1/auth/password/reset"))
+        .json(&json!({"token": crate::email::token_in(&mail.data), "new_password": new}))
+        .send()
+        .await?;
+    assert_eq!(reset.status(), StatusCode::OK);
+    let locked = attacker
+        .post(stack.url("/v1/auth/login"))
+        .json(&json!({"email": user.email, "password": new}))
+        .send()
+        .await?;
+    assert_eq!(locked.status(), StatusCode::TOO_MANY_REQUESTS);
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_login_racing_the_totp_confirmation_gets_no_session_that_outlives_it()
+-> anyhow::Result<()> {
+    // The attacker has the password; the owner turns TOTP on while the attacker's
+    // login (which found no second factor) is between its checks and its session.
+    // The confirmation ends the sessions it can see; the attacker's did not exist yet.
+    let stack = Stack::start().await?;
+    let email = email();
+    register(&stack, &email).await?;
+    let owner = login_from(stack.http(), &stack, &email).await?;
+    let token = field(&owner, "access_token");
+    let enrolment: Value = post(&stack, "/v1/auth/mfa/totp/enroll", Some(token), json!({}))
+        .await?
+        .json()
+        .await?;
+    let uri = field(&enrolment, "otpauth_uri").to_owned();
+    let gate = SessionGate::close(&stack).await?;
+    let attacker = login_in_background(&stack, &email);
+    gate.holding_one(&stack).await?;
+    let confirmed = post(
+        &stack,
+        "/v1/auth/mfa/totp/confirm",
+        Some(token),
+        json!({"code": code_at(&uri, now())?, "password": PASSWORD}),
+    )
+    .await?;
+    assert_eq!(confirmed.status(), StatusCode::OK);
+    gate.open().await?;
+    left_no_session(&stack, attacker.await??).await?;
     stack.stop().await;
     Ok(())
 }

@@ -1,0 +1,1 @@
+DROP TABLE auth.session_ends_due;
