@@ -21,10 +21,11 @@
 //!   row, Redis is left alone for one second and tried again, so the limiter recovers
 //!   by itself; a single late answer costs only its own request a local decision.
 //!   Classes listed in `RATE_LIMIT_FAIL_CLOSED` answer 503 instead of falling back.
-//! - **API keys**: a key gets its own bucket once auth has accepted it. A key this
-//!   gateway has not seen accepted (in the last [`KNOWN_KEY_TTL`]) first spends from
-//!   its address's bucket, before auth is asked: a flood of invented keys costs auth
-//!   nothing once the address is limited.
+//! - **API keys**: a key gets its own bucket once auth has accepted it, and a known
+//!   key's bucket is checked before auth is asked again (a spent one is refused
+//!   without a call to auth). A key this gateway has not seen accepted (in the last
+//!   [`KNOWN_KEY_TTL`]) first spends from its address's bucket, before auth is asked:
+//!   a flood of invented keys costs auth nothing once the address is limited.
 
 use std::cell::RefCell;
 
@@ -233,7 +234,9 @@ const KNOWN_KEYS_MAX: usize = 100_000;
 /// SHA-256 digests of the API keys auth accepted lately, with when. Only digests:
 /// the gateway keeps no usable key in memory longer than a request.
 #[derive(Default)]
-struct KnownKeys(std::sync::Mutex<std::collections::HashMap<[u8; 32], std::time::Instant>>);
+struct KnownKeys(
+    std::sync::Mutex<std::collections::HashMap<[u8; 32], (String, std::time::Instant)>>,
+);
 
 impl KnownKeys {
     /// What the set holds of `key` (computed once per request).
@@ -244,31 +247,36 @@ impl KnownKeys {
 
     fn map(
         &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<[u8; 32], std::time::Instant>> {
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<[u8; 32], (String, std::time::Instant)>>
+    {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn contains(&self, digest: &[u8; 32]) -> bool {
+    /// The id of the key auth accepted under `digest` lately, if it did.
+    fn key_id(&self, digest: &[u8; 32]) -> Option<String> {
         self.map()
             .get(digest)
-            .is_some_and(|at| at.elapsed() < KNOWN_KEY_TTL)
+            .filter(|(_, at)| at.elapsed() < KNOWN_KEY_TTL)
+            .map(|(id, _)| id.clone())
     }
 
-    fn set(&self, digest: [u8; 32], accepted: bool) {
+    /// Auth accepted the key under `digest` as `key_id`.
+    fn accepted(&self, digest: [u8; 32], key_id: &str) {
         let mut map = self.map();
-        if !accepted {
-            map.remove(&digest);
-            return;
-        }
         if map.len() >= KNOWN_KEYS_MAX {
-            map.retain(|_, at| at.elapsed() < KNOWN_KEY_TTL);
+            map.retain(|_, (_, at)| at.elapsed() < KNOWN_KEY_TTL);
             if map.len() >= KNOWN_KEYS_MAX {
                 map.clear();
             }
         }
-        map.insert(digest, std::time::Instant::now());
+        map.insert(digest, (key_id.to_owned(), std::time::Instant::now()));
+    }
+
+    /// Auth refused the key under `digest`.
+    fn refused(&self, digest: &[u8; 32]) {
+        self.map().remove(digest);
     }
 }
 
@@ -533,36 +541,42 @@ async fn caller_key(
         return (by_ip(), None);
     };
     let digest = KnownKeys::digest(&api_key);
-    let mut paid = None;
-    if !limiter.known_keys.contains(&digest) {
-        let ip = by_ip();
-        let decision = limiter.check(&limiter.api, &ip).await;
-        if !matches!(decision, Decision::Allowed { .. }) {
-            return (ip, Some(decision));
-        }
-        paid = Some((ip, decision));
+    // A key auth accepted lately pays from its own bucket, and one that has spent it
+    // is refused before auth is asked (a flood with a real key costs auth nothing
+    // once it is limited); any other pays from its address's bucket first.
+    let bucket = match limiter.known_keys.key_id(&digest) {
+        Some(key_id) => format!("key:{key_id}"),
+        None => by_ip(),
+    };
+    let paid = limiter.check(&limiter.api, &bucket).await;
+    if !matches!(paid, Decision::Allowed { .. }) {
+        return (bucket, Some(paid));
     }
     let checked = authn::check_api_key(state, api_key).await;
+    // Only auth's verdict moves a key in or out of the known set (not an outage).
     let accepted = match &checked {
-        Ok(authn::Caller::ApiKey { key_id, .. }) => Some(format!("key:{key_id}")),
+        Ok(authn::Caller::ApiKey { key_id, .. }) => {
+            limiter.known_keys.accepted(digest, key_id);
+            Some(format!("key:{key_id}"))
+        }
+        Err(problem) if problem.status == 401 => {
+            limiter.known_keys.refused(&digest);
+            None
+        }
         _ => None,
     };
-    // Only auth's verdict moves a key in or out of the known set (not an outage).
-    match &checked {
-        Ok(_) => limiter.known_keys.set(digest, true),
-        Err(problem) if problem.status == 401 => {
-            limiter.known_keys.set(digest, false);
-        }
-        Err(_) => {}
-    }
     req.extensions_mut().insert(authn::CheckedKey(checked));
-    match (accepted, paid) {
-        (Some(key), _) => {
+    match accepted {
+        Some(key) => {
             authn::identify(req.request(), key.clone());
-            (key, None)
+            // Paid already when it was the key's own bucket.
+            let decided = (key == bucket).then_some(paid);
+            (key, decided)
         }
-        (None, Some((ip, decision))) => (ip, Some(decision)),
-        (None, None) => (by_ip(), None),
+        // The address paid; a key refused now (revoked since it was known) pays from
+        // its address's bucket, not its owner's.
+        None if !bucket.starts_with("key:") => (bucket, Some(paid)),
+        None => (by_ip(), None),
     }
 }
 

@@ -497,6 +497,49 @@ async fn guessed_api_keys_share_their_addresss_bucket() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A real key that has spent its bucket is refused before auth is asked: its holder's
+/// flood costs auth and its database nothing once limited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_known_key_past_its_quota_costs_auth_nothing() -> anyhow::Result<()> {
+    let stack = Stack::start_with(&[("RATE_LIMIT_API", "3/60".into())]).await?;
+    let user = crate::helpers::signed_in(&stack).await?;
+    let (key, _) = crate::helpers::api_key(
+        &stack,
+        crate::helpers::field(&user, "access_token"),
+        &["profile:read"],
+    )
+    .await?;
+    let checks = || async {
+        let text = crate::helpers::metrics(&stack).await?;
+        anyhow::Ok(
+            text.lines()
+                .find_map(|l| l.strip_prefix("gateway_api_key_checks_total "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(0.0),
+        )
+    };
+    let before = checks().await?;
+    let client = crate::helpers::from_ip(30)?;
+    let mut statuses = Vec::new();
+    for _ in 0..23 {
+        let response = client
+            .get(stack.url("/v1/auth/me"))
+            .header("x-api-key", &key)
+            .send()
+            .await?;
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(statuses[..3], [200, 200, 200], "{statuses:?}");
+    assert!(statuses[3..].iter().all(|s| *s == 429), "{statuses:?}");
+    assert_eq!(
+        checks().await? - before,
+        3.0,
+        "auth was asked past the quota"
+    );
+    stack.stop().await;
+    Ok(())
+}
+
 /// A very large quota (the benchmark's) is still decided in Redis: the emission
 /// interval and the key's expiry never round down to zero, which Redis would refuse
 /// (and the limiter would silently fall back to in-process decisions).
