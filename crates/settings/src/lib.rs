@@ -21,8 +21,8 @@ pub use check::production_readiness;
 pub use env::{Env, Problem, SettingsError};
 pub use rate_limit::{CLASSES as RATE_LIMIT_CLASSES, Rate, RateLimitSettings};
 pub use services::{
-    AppEnv, AuditSettings, AuthSettings, Common, DetectorSettings, GatewaySettings, InternalTls,
-    JwtAlgorithm, LockoutSettings, MailSettings, PasswordHashing, PasswordPolicySettings,
-    SessionSettings, SigningKeySource, TokenSettings,
+    AppEnv, AuditSettings, AuthSettings, Common, DetectorSettings, ForwardedHeader,
+    GatewaySettings, InternalTls, JwtAlgorithm, LockoutSettings, MailSettings, PasswordHashing,
+    PasswordPolicySettings, SessionSettings, SigningKeySource, TokenSettings,
 };
 pub use upstreams::{Upstream, UpstreamSettings};

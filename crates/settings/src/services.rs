@@ -25,6 +25,30 @@ impl AppEnv {
     }
 }
 
+/// The forwarding header the trusted proxies write (`TRUSTED_PROXY_HEADER`): the
+/// gateway reads that one alone, since a proxy passes the other through as the
+/// client wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For` (nginx, Envoy, cloud load balancers, HAProxy `forwardfor`).
+    #[default]
+    XForwardedFor,
+    /// `Forwarded` (RFC 7239: HAProxy `option forwarded`, some CDNs).
+    Forwarded,
+}
+
+impl std::str::FromStr for ForwardedHeader {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s.to_ascii_lowercase().as_str() {
+            "x-forwarded-for" => Ok(Self::XForwardedFor),
+            "forwarded" => Ok(Self::Forwarded),
+            _ => Err(()),
+        }
+    }
+}
+
 /// How services authenticate each other on internal gRPC.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InternalTls {
@@ -348,9 +372,12 @@ pub struct GatewaySettings {
     /// `GATEWAY_WORKERS`: HTTP worker threads (default: the number of cores).
     pub workers: usize,
     /// `TRUSTED_PROXIES`: comma-separated CIDRs of the proxies in front of the
-    /// gateway. `X-Forwarded-For` and `Forwarded` are believed only from them
-    /// (default: none, so the TCP peer is the client).
+    /// gateway. Their forwarding header is believed only from them (default: none,
+    /// so the TCP peer is the client).
     pub trusted_proxies: Vec<String>,
+    /// `TRUSTED_PROXY_HEADER`: `x-forwarded-for` (default) or `forwarded`, the one
+    /// header the trusted proxies write.
+    pub forwarded_header: ForwardedHeader,
     /// `ALLOWED_HOSTS`: comma-separated host names (`api.example.com`) and wildcards
     /// (`*.example.com`, one label). Any other `Host` gets 400. Empty allows any host,
     /// which production refuses.
@@ -757,6 +784,17 @@ impl GatewaySettings {
                 let proxies = list(&env.string("TRUSTED_PROXIES", ""));
                 production::check_trusted_proxies(&mut env, &proxies, common.app_env);
                 proxies
+            },
+            forwarded_header: match env.get("TRUSTED_PROXY_HEADER").map(str::parse) {
+                None => ForwardedHeader::default(),
+                Some(Ok(header)) => header,
+                Some(Err(())) => {
+                    env.problem(
+                        "TRUSTED_PROXY_HEADER",
+                        "must be x-forwarded-for or forwarded (the header your proxies write)",
+                    );
+                    ForwardedHeader::default()
+                }
             },
             cors_origins: list(&env.string("CORS_ORIGINS", ""))
                 .into_iter()

@@ -1,25 +1,34 @@
 //! The one place that decides who the client is.
 //!
-//! `X-Forwarded-For` and `Forwarded` are believed only when the TCP peer is one of
+//! The forwarding header the proxies write (`TRUSTED_PROXY_HEADER`:
+//! `X-Forwarded-For`, or `Forwarded`; never the other, which a proxy passes through
+//! as the client wrote it) is believed only when the TCP peer is one of
 //! `TRUSTED_PROXIES`, and then read from the right: the first address that is not a
 //! trusted proxy is the client (anything left of it was written by the client and
-//! proves nothing). Without trusted proxies, the TCP peer is the client. actix's
+//! proves nothing). An entry that is no address (`unknown`, an obfuscated `_hidden`)
+//! ends the walk: the client is then the nearest proxy, never an address further left.
+//! Without trusted proxies, the TCP peer is the client. IPv4-mapped IPv6 addresses
+//! (a dual-stack listener's view of an IPv4 peer) are read as IPv4. actix's
 //! `realip_remote_addr()` and `connection_info()` are never used for this: they
 //! believe the client.
 
 use std::net::IpAddr;
 
 use actix_web::HttpRequest;
+use aia_settings::ForwardedHeader;
 use ipnet::IpNet;
 
-/// The proxies whose forwarding headers are believed.
+/// The proxies whose forwarding header is believed, and which header that is.
 #[derive(Debug, Clone, Default)]
-pub struct TrustedProxies(Vec<IpNet>);
+pub struct TrustedProxies {
+    nets: Vec<IpNet>,
+    header: ForwardedHeader,
+}
 
 impl TrustedProxies {
     /// Parses CIDRs (a bare address is a /32 or /128).
-    pub fn parse(items: &[String]) -> anyhow::Result<Self> {
-        items
+    pub fn parse(items: &[String], header: ForwardedHeader) -> anyhow::Result<Self> {
+        let nets = items
             .iter()
             .map(|item| {
                 item.parse::<IpNet>()
@@ -28,12 +37,13 @@ impl TrustedProxies {
                         anyhow::anyhow!("TRUSTED_PROXIES: {item} is not an address or CIDR")
                     })
             })
-            .collect::<anyhow::Result<Vec<_>>>()
-            .map(Self)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Self { nets, header })
     }
 
     fn trusts(&self, ip: IpAddr) -> bool {
-        self.0.iter().any(|net| net.contains(&ip))
+        let ip = ip.to_canonical();
+        self.nets.iter().any(|net| net.contains(&ip))
     }
 
     /// Whether the TCP peer of `req` is one of the trusted proxies.
@@ -43,20 +53,23 @@ impl TrustedProxies {
 
     /// The client's address for `req`.
     pub fn client_ip(&self, req: &HttpRequest) -> Option<IpAddr> {
-        let peer = req.peer_addr()?.ip();
+        let peer = req.peer_addr()?.ip().to_canonical();
         if !self.trusts(peer) {
             return Some(peer);
         }
-        let chain = forwarded_chain(req);
-        Some(
-            chain
-                .iter()
-                .rev()
-                .copied()
-                .find(|ip| !self.trusts(*ip))
-                .or_else(|| chain.first().copied())
-                .unwrap_or(peer),
-        )
+        // From the right: past the trusted proxies, to the first address that is not
+        // one; an entry that is no address ends the walk at the proxy that wrote it.
+        let mut nearest = peer;
+        let chain = forwarded_chain(req, self.header);
+        for entry in chain.iter().rev() {
+            match entry {
+                Some(ip) if self.trusts(*ip) => nearest = *ip,
+                Some(ip) => return Some(*ip),
+                None => return Some(nearest),
+            }
+        }
+        // Only proxies: the leftmost is as close to the client as anyone knows.
+        Some(nearest)
     }
 }
 
@@ -74,42 +87,54 @@ impl TrustedProxies {
     }
 }
 
-/// The addresses of `X-Forwarded-For` (all of its headers, in order), or else of the
-/// `for=` parameters of `Forwarded`. Unparseable entries end the chain's usefulness:
-/// they are dropped, never guessed at.
-fn forwarded_chain(req: &HttpRequest) -> Vec<IpAddr> {
-    let xff: Vec<IpAddr> = req
-        .headers()
-        .get_all("x-forwarded-for")
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|entry| parse_ip(entry.trim()))
-        .collect();
-    if !xff.is_empty() {
-        return xff;
+/// The entries of `header` (all of its fields, in order): each an address, or `None`
+/// where it is something else (`unknown`, `_hidden`, junk), never guessed at.
+fn forwarded_chain(req: &HttpRequest, header: ForwardedHeader) -> Vec<Option<IpAddr>> {
+    let fields = |name: &'static str| {
+        req.headers()
+            .get_all(name)
+            .map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+    };
+    match header {
+        ForwardedHeader::XForwardedFor => fields("x-forwarded-for")
+            .into_iter()
+            .flat_map(|v| match v {
+                Some(v) => v.split(',').map(|entry| parse_ip(entry.trim())).collect(),
+                None => vec![None],
+            })
+            .collect(),
+        ForwardedHeader::Forwarded => fields("forwarded")
+            .into_iter()
+            .flat_map(|v| match v {
+                // One element per proxy, `;`-separated pairs within it.
+                Some(v) => v
+                    .split(',')
+                    .map(|element| {
+                        element.split(';').find_map(|pair| {
+                            let (key, value) = pair.trim().split_once('=')?;
+                            key.trim()
+                                .eq_ignore_ascii_case("for")
+                                .then(|| parse_ip(value.trim().trim_matches('"')))
+                        })?
+                    })
+                    .collect(),
+                None => vec![None],
+            })
+            .collect(),
     }
-    req.headers()
-        .get_all("forwarded")
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split([',', ';']))
-        .filter_map(|pair| {
-            let (key, value) = pair.trim().split_once('=')?;
-            key.trim()
-                .eq_ignore_ascii_case("for")
-                .then(|| parse_ip(value.trim().trim_matches('"')))?
-        })
-        .collect()
 }
 
-/// `1.2.3.4`, `1.2.3.4:567`, `::1`, `[::1]:567`.
+/// `1.2.3.4`, `1.2.3.4:567`, `::1`, `[::1]:567` (IPv4-mapped addresses as IPv4).
 fn parse_ip(text: &str) -> Option<IpAddr> {
-    if let Ok(ip) = text.parse() {
-        return Some(ip);
-    }
-    if let Some(rest) = text.strip_prefix('[') {
-        return rest.split(']').next()?.parse().ok();
-    }
-    text.rsplit_once(':').and_then(|(ip, _)| ip.parse().ok())
+    let ip: Option<IpAddr> = if let Ok(ip) = text.parse() {
+        Some(ip)
+    } else if let Some(rest) = text.strip_prefix('[') {
+        rest.split(']').next().and_then(|ip| ip.parse().ok())
+    } else {
+        text.rsplit_once(':').and_then(|(ip, _)| ip.parse().ok())
+    };
+    ip.map(|ip| ip.to_canonical())
 }
 
 #[cfg(test)]
@@ -119,8 +144,15 @@ mod tests {
     use super::*;
 
     fn proxies(items: &[&str]) -> TrustedProxies {
-        TrustedProxies::parse(&items.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
-            .unwrap_or_default()
+        writing(items, ForwardedHeader::XForwardedFor)
+    }
+
+    fn writing(items: &[&str], header: ForwardedHeader) -> TrustedProxies {
+        TrustedProxies::parse(
+            &items.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>(),
+            header,
+        )
+        .unwrap_or_default()
     }
 
     fn from(peer: &str, headers: &[(&str, &str)]) -> HttpRequest {
@@ -161,7 +193,8 @@ mod tests {
                 "for=6.6.6.6, for=\"[2001:db8::1]:443\";proto=https",
             )],
         );
-        assert_eq!(proxies(&["10.0.0.0/8"]).client_ip(&req), ip("2001:db8::1"));
+        let forwarded = writing(&["10.0.0.0/8"], ForwardedHeader::Forwarded);
+        assert_eq!(forwarded.client_ip(&req), ip("2001:db8::1"));
         let req = from("10.0.0.2:4000", &[("x-forwarded-for", "junk, 10.0.0.1")]);
         assert_eq!(proxies(&["10.0.0.0/8"]).client_ip(&req), ip("10.0.0.1"));
         let req = from("10.0.0.2:4000", &[]);
@@ -169,10 +202,71 @@ mod tests {
     }
 
     #[test]
+    fn only_the_header_the_proxies_write_is_read() {
+        // A proxy that writes `Forwarded` passes the client's `X-Forwarded-For` on
+        // as it came, and the other way round.
+        let req = from(
+            "10.0.0.2:4000",
+            &[
+                ("x-forwarded-for", "6.6.6.6"),
+                ("forwarded", "for=203.0.113.9"),
+            ],
+        );
+        let forwarded = writing(&["10.0.0.0/8"], ForwardedHeader::Forwarded);
+        assert_eq!(forwarded.client_ip(&req), ip("203.0.113.9"));
+        let req = from(
+            "10.0.0.2:4000",
+            &[
+                ("x-forwarded-for", "203.0.113.9"),
+                ("forwarded", "for=6.6.6.6"),
+            ],
+        );
+        assert_eq!(proxies(&["10.0.0.0/8"]).client_ip(&req), ip("203.0.113.9"));
+        // Only the other header: the proxy is all anyone knows.
+        let req = from("10.0.0.2:4000", &[("x-forwarded-for", "6.6.6.6")]);
+        assert_eq!(forwarded.client_ip(&req), ip("10.0.0.2"));
+    }
+
+    #[test]
+    fn an_entry_that_is_no_address_ends_the_walk() {
+        // The proxy wrote `unknown` for its client; what the client put left of it
+        // proves nothing.
+        let list = proxies(&["10.0.0.0/8"]);
+        let req = from("10.0.0.2:4000", &[("x-forwarded-for", "6.6.6.6, unknown")]);
+        assert_eq!(list.client_ip(&req), ip("10.0.0.2"));
+        let req = from(
+            "10.0.0.2:4000",
+            &[("x-forwarded-for", "6.6.6.6, _hidden, 10.0.0.1")],
+        );
+        assert_eq!(list.client_ip(&req), ip("10.0.0.1"));
+        let req = from(
+            "10.0.0.2:4000",
+            &[("forwarded", "for=6.6.6.6, for=unknown;proto=https")],
+        );
+        let forwarded = writing(&["10.0.0.0/8"], ForwardedHeader::Forwarded);
+        assert_eq!(forwarded.client_ip(&req), ip("10.0.0.2"));
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_are_ipv4() {
+        // A dual-stack listener sees an IPv4 proxy as ::ffff:10.0.0.2.
+        let list = proxies(&["10.0.0.0/8"]);
+        let req = from(
+            "[::ffff:10.0.0.2]:4000",
+            &[("x-forwarded-for", "203.0.113.9")],
+        );
+        assert_eq!(list.client_ip(&req), ip("203.0.113.9"));
+        let req = from("[::ffff:198.51.100.7]:4000", &[]);
+        assert_eq!(list.client_ip(&req), ip("198.51.100.7"));
+    }
+
+    #[test]
     fn bad_cidrs_are_refused() {
-        assert!(TrustedProxies::parse(&["10.0.0.0/33".to_owned()]).is_err());
-        assert!(TrustedProxies::parse(&["everyone".to_owned()]).is_err());
-        assert!(TrustedProxies::parse(&["10.1.2.3".to_owned()]).is_ok());
+        let parse =
+            |item: &str| TrustedProxies::parse(&[item.to_owned()], ForwardedHeader::default());
+        assert!(parse("10.0.0.0/33").is_err());
+        assert!(parse("everyone").is_err());
+        assert!(parse("10.1.2.3").is_ok());
     }
 
     mod properties {
@@ -205,7 +299,12 @@ mod tests {
                 forwarded in header_value(),
                 trusted in any::<bool>(),
             ) {
-                let list = proxies(&["10.0.0.0/8"]);
+                let header = if xff.len() % 2 == 0 {
+                    ForwardedHeader::XForwardedFor
+                } else {
+                    ForwardedHeader::Forwarded
+                };
+                let list = writing(&["10.0.0.0/8"], header);
                 let peer = if trusted { "10.1.2.3:5000" } else { "203.0.113.9:5000" };
                 let req = from(peer, &[
                     ("x-forwarded-for", xff.as_str()),

@@ -91,6 +91,9 @@ pub fn middleware(origins: Origins) -> Cors {
         .expose_headers([
             header::HeaderName::from_static("x-request-id"),
             header::RETRY_AFTER,
+            // A browser client may pace itself by the draft rate-limit fields.
+            header::HeaderName::from_static("ratelimit"),
+            header::HeaderName::from_static("ratelimit-policy"),
         ])
         .supports_credentials()
         .max_age(MAX_AGE_SECONDS)

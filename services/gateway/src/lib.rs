@@ -204,8 +204,10 @@ pub async fn build(
         std::net::TcpListener::bind(settings.http_addr).context("binding the HTTP port")?;
     let http_addr = listener.local_addr()?;
     let json_limit = settings.json_limit;
-    let trusted_proxies =
-        web::Data::new(client_ip::TrustedProxies::parse(&settings.trusted_proxies)?);
+    let trusted_proxies = web::Data::new(client_ip::TrustedProxies::parse(
+        &settings.trusted_proxies,
+        settings.forwarded_header,
+    )?);
     let origins = cors::Origins::new(settings.cors_origins.clone());
     let send_hsts = web::Data::new(middleware::SendHsts(
         settings.common.app_env.is_production(),

@@ -490,7 +490,7 @@ async fn classify<'a>(
 /// The bucket of a client address: an IPv4 address alone (IPv4-mapped IPv6 included),
 /// an IPv6 address by its /64. A /64 is what one subscriber is usually given; keyed
 /// per address, its holder would have 2^64 buckets, which is no limit at all.
-fn bucket_of(ip: std::net::IpAddr) -> String {
+pub(crate) fn bucket_of(ip: std::net::IpAddr) -> String {
     match ip {
         std::net::IpAddr::V4(v4) => v4.to_string(),
         std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

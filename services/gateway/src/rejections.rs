@@ -50,9 +50,13 @@ impl Rejections {
     }
 }
 
-/// Records a rejection of `req` for `reason`, keyed by its client IP.
+/// Records a rejection of `req` for `reason`, keyed by its client's bucket (an IPv6
+/// client by its /64, as the rate limiter keys it: keyed per address, one /64 could
+/// fill the window's keys and the audit trail with an event per request).
 pub fn record_request(req: &actix_web::HttpRequest, reason: &'static str) {
-    let key = crate::client::ip_of(req);
+    let key = crate::client::addr_of(req)
+        .map(crate::rate_limit::bucket_of)
+        .unwrap_or_default();
     match req.app_data::<actix_web::web::Data<crate::state::State>>() {
         Some(state) => state.rejections.record(reason, &key),
         None => metrics::counter!("gateway_rejections_total", "reason" => reason).increment(1),

@@ -107,6 +107,19 @@ async fn responses_never_reflect_a_refused_origin_and_always_vary_on_origin() ->
         allow_origin(&allowed).as_deref(),
         Some("https://app.example.com")
     );
+    // A browser client may read the rate-limit fields, to pace itself.
+    let exposed = allowed
+        .headers()
+        .get("access-control-expose-headers")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_lowercase)
+        .unwrap_or_default();
+    for name in ["retry-after", "ratelimit", "ratelimit-policy"] {
+        assert!(
+            exposed.split(',').any(|n| n.trim() == name),
+            "{name}: {exposed}"
+        );
+    }
     let refused = stack
         .http()
         .get(stack.url("/healthz"))

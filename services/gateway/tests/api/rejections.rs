@@ -79,3 +79,38 @@ async fn a_flood_of_rejections_is_a_handful_of_counted_events() -> anyhow::Resul
     stack.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_ipv6_network_is_one_key() -> anyhow::Result<()> {
+    // Rejections keyed per address would let one /64 (2^64 addresses, what one
+    // subscriber gets) write an event per request; keyed as the limiter keys it, they
+    // are counted under the network.
+    let stack = Stack::start_with(&[
+        ("AUDIT_REJECTIONS_WINDOW_SECONDS", "1".into()),
+        ("TRUSTED_PROXIES", "127.0.0.1/32".into()),
+    ])
+    .await?;
+    for n in 1..=50 {
+        let response = stack
+            .http()
+            .get(stack.url("/v1/auth/me%00"))
+            .header("x-forwarded-for", format!("2001:db8:1:2::{n:x}"))
+            .send()
+            .await?;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    }
+    let rows = aia_testkit::eventually(Duration::from_secs(15), || async {
+        let rows = stored(&stack).await?;
+        let total: u64 = rows.iter().map(|r| r.2).sum();
+        Ok((total >= 50).then_some(rows))
+    })
+    .await?;
+    assert!(
+        rows.iter()
+            .all(|r| r.0 == "validation" && r.1 == "2001:db8:1:2::/64"),
+        "{rows:?}"
+    );
+    assert!(rows.len() <= 5, "{rows:?}");
+    stack.stop().await;
+    Ok(())
+}
