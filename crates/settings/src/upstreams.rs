@@ -13,6 +13,11 @@ pub struct Upstream {
     pub url: String,
     /// Served without authentication (identity headers are still stripped).
     pub public: bool,
+    /// Gets the caller's bearer token in `Authorization` (`UPSTREAM_TOKEN_PREFIXES`).
+    /// Off by default, as Envoy's `jwt_authn` removes a verified token: the identity
+    /// headers say who the caller is, and a token an upstream holds (or logs) works
+    /// on every route of the platform, the admin routes included, until it expires.
+    pub pass_token: bool,
 }
 
 /// The reverse proxy.
@@ -37,12 +42,15 @@ pub struct UpstreamSettings {
 
 impl UpstreamSettings {
     pub(crate) fn read(env: &mut Env, production: bool) -> Self {
-        let public: Vec<String> = env
-            .string("UPSTREAM_PUBLIC_PREFIXES", "")
-            .split(',')
-            .map(|p| p.trim().to_owned())
-            .filter(|p| !p.is_empty())
-            .collect();
+        let prefixes = |env: &Env, name: &str| -> Vec<String> {
+            env.string(name, "")
+                .split(',')
+                .map(|p| p.trim().to_owned())
+                .filter(|p| !p.is_empty())
+                .collect()
+        };
+        let public = prefixes(env, "UPSTREAM_PUBLIC_PREFIXES");
+        let token = prefixes(env, "UPSTREAM_TOKEN_PREFIXES");
         let mut upstreams = Vec::new();
         for (n, entry) in env
             .string("UPSTREAMS", "")
@@ -54,6 +62,7 @@ impl UpstreamSettings {
             match parse(entry, production) {
                 Ok((prefix, url)) => upstreams.push(Upstream {
                     public: public.contains(&prefix),
+                    pass_token: token.contains(&prefix),
                     prefix,
                     url,
                 }),
@@ -68,14 +77,16 @@ impl UpstreamSettings {
                 }
             }
         }
-        if let Some(unknown) = public
-            .iter()
-            .find(|p| !upstreams.iter().any(|u| &u.prefix == *p))
-        {
-            env.problem(
-                "UPSTREAM_PUBLIC_PREFIXES",
-                format!("`{unknown}` is not a prefix of UPSTREAMS"),
-            );
+        for (name, listed) in [
+            ("UPSTREAM_PUBLIC_PREFIXES", &public),
+            ("UPSTREAM_TOKEN_PREFIXES", &token),
+        ] {
+            if let Some(unknown) = listed
+                .iter()
+                .find(|p| !upstreams.iter().any(|u| &u.prefix == *p))
+            {
+                env.problem(name, format!("`{unknown}` is not a prefix of UPSTREAMS"));
+            }
         }
         Self {
             upstreams,

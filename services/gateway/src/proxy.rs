@@ -16,8 +16,10 @@
 //!   and their kin, see `OVERRIDES`) are not forwarded.
 //! - **Credentials for the gateway stay here**: `X-API-Key`, `Authorization: ApiKey`
 //!   and the gateway's own cookies (`__Host-aia_session`, `__Host-aia_csrf`) are not
-//!   forwarded, and an upstream's `Set-Cookie` for those names is dropped; a bearer
-//!   token is forwarded (an upstream may verify it with the JWKS).
+//!   forwarded, and an upstream's `Set-Cookie` for those names is dropped; nor is a
+//!   bearer token, unless the prefix is listed in `UPSTREAM_TOKEN_PREFIXES` (an
+//!   upstream that calls the platform on the user's behalf): it works on every route
+//!   of the platform until it expires.
 //!   Hop-by-hop headers (RFC 9110 §7.6.1) are dropped both ways, and so are an
 //!   upstream's `Access-Control-*` fields (CORS is decided here alone) and its
 //!   `Clear-Site-Data` (it would clear the gateway's cookies). A request header whose
@@ -347,7 +349,12 @@ fn traceparent(incoming: Option<&HeaderValue>) -> Option<HeaderValue> {
 }
 
 /// The request headers an upstream gets.
-fn upstream_headers(req: &HttpRequest, caller: Option<&Caller>, client: &Client) -> HeaderMap {
+fn upstream_headers(
+    req: &HttpRequest,
+    upstream: &Upstream,
+    caller: Option<&Caller>,
+    client: &Client,
+) -> HeaderMap {
     // Fields the client named in `Connection` are hop-by-hop too.
     let named: Vec<String> = req
         .headers()
@@ -366,11 +373,13 @@ fn upstream_headers(req: &HttpRequest, caller: Option<&Caller>, client: &Client)
         if lower.contains('_') || named.iter().any(|n| n == lower) {
             continue;
         }
-        // An API key stays here; so does any `Authorization` beside one (a bearer
-        // token nobody checked: the key was the credential).
+        // An API key stays here; so does a bearer token unless the upstream is one
+        // that asked for it, and any `Authorization` beside an API key (a token
+        // nobody checked: the key was the credential).
         let gateway_credential = lower == "x-api-key"
             || (name == header::AUTHORIZATION
-                && (matches!(caller, Some(Caller::ApiKey { .. }))
+                && (!upstream.pass_token
+                    || matches!(caller, Some(Caller::ApiKey { .. }))
                     || value
                         .to_str()
                         .is_ok_and(|v| v.to_ascii_lowercase().starts_with("apikey "))));
@@ -548,7 +557,7 @@ pub async fn forward(
     // add `content-length: 0` to a GET, send a sized body chunked, and ask for
     // `accept-encoding: identity` on the client's behalf.
     let mut outgoing = http.request(req.method().clone(), uri).no_decompress();
-    *outgoing.headers_mut() = upstream_headers(&req, caller.as_ref(), &client);
+    *outgoing.headers_mut() = upstream_headers(&req, upstream, caller.as_ref(), &client);
     let limit = settings.body_limit;
     // Whether the client's body was read to its end: a failure before it was (the
     // client stalled its upload past the timeout, or the upstream closed while it was
