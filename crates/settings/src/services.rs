@@ -710,6 +710,15 @@ impl AuthSettings {
                     .map(ExposeSecret::expose_secret),
             );
         }
+        // A replaced key stays published for the access-token lifetime and a minute:
+        // a replica that re-reads the store less often would go on signing with (and
+        // publishing) a key the others have withdrawn.
+        if settings.key_reload >= settings.tokens.access_ttl + Duration::from_secs(60) {
+            env.problem(
+                "SIGNING_KEY_RELOAD_SECONDS",
+                "must be shorter than the access-token lifetime plus a minute (how long a replaced signing key stays published)",
+            );
+        }
         env.finish(settings)
     }
 }
@@ -895,6 +904,24 @@ mod tests {
         assert!(vars.contains(&"ENCRYPTION_KEY"), "{vars:?}");
         assert!(vars.contains(&"ARGON2_MEMORY_KIB"), "{vars:?}");
         assert!(vars.contains(&"INTERNAL_TLS"), "{vars:?}");
+    }
+
+    #[test]
+    fn signing_keys_are_reloaded_within_their_publish_window() {
+        let reload = |seconds: &str| {
+            let env: Env = [
+                ("ACCESS_TOKEN_TTL_SECONDS", "300"),
+                ("SIGNING_KEY_RELOAD_SECONDS", seconds),
+            ]
+            .into_iter()
+            .collect();
+            AuthSettings::from_env(env)
+                .err()
+                .map(|e| e.0.iter().map(|p| p.variable.clone()).collect::<Vec<_>>())
+                .unwrap_or_default()
+        };
+        assert_eq!(reload("359"), Vec::<String>::new());
+        assert_eq!(reload("360"), ["SIGNING_KEY_RELOAD_SECONDS"]);
     }
 
     #[test]

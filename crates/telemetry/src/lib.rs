@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod metrics;
+pub mod net;
 pub mod otel;
 pub mod shutdown;
 pub mod tls;

@@ -18,6 +18,9 @@
 //! there, the correct password still works (the per-IP and per-account-and-IP axes
 //! still apply, so the lock cannot be bypassed by guessing from such an address).
 //!
+//! Addresses are counted by their network as the gateway's limiter counts them (an
+//! IPv6 address by its /64: one subscriber's, with 2^64 addresses to rotate through).
+//!
 //! Counters are keyed by the normalised email whether or not an account exists, so
 //! throttling behaves the same for unknown emails and reveals nothing. If Redis
 //! cannot be reached the check fails closed (logins answer 503) unless
@@ -96,7 +99,8 @@ impl Lockout {
         email: &str,
         ip: &str,
     ) -> anyhow::Result<Result<Precheck, Refusal>> {
-        let result = self.precheck_redis(email, ip).await;
+        let ip = aia_telemetry::net::bucket_of_text(ip);
+        let result = self.precheck_redis(email, &ip).await;
         match result {
             Ok(answer) => Ok(answer),
             Err(error) if self.limits.fail_open => {
@@ -207,6 +211,8 @@ impl Lockout {
         ip: &str,
         counted: Option<u64>,
     ) -> anyhow::Result<bool> {
+        let ip = aia_telemetry::net::bucket_of_text(ip);
+        let ip = ip.as_str();
         let mut conn = self.redis.get().await.context("Redis connection")?;
         let window = self.limits.window.as_secs();
         let pair = format!("{email}|{ip}");
@@ -276,6 +282,8 @@ impl Lockout {
     /// After a successful login: this IP becomes a known client, and the account's
     /// counters start again.
     pub async fn record_success(&self, email: &str, ip: &str) -> anyhow::Result<()> {
+        let ip = aia_telemetry::net::bucket_of_text(ip);
+        let ip = ip.as_str();
         let mut conn = self.redis.get().await.context("Redis connection")?;
         let pair = format!("{email}|{ip}");
         let () = redis::pipe()

@@ -470,8 +470,10 @@ async fn classify<'a>(
         return None;
     }
     let by_ip = || {
-        client::addr_of(req.request())
-            .map_or_else(|| "ip:".to_owned(), |ip| format!("ip:{}", bucket_of(ip)))
+        client::addr_of(req.request()).map_or_else(
+            || "ip:".to_owned(),
+            |ip| format!("ip:{}", aia_telemetry::net::bucket_of(ip)),
+        )
     };
     let post = req.method() == Method::POST;
     Some(match path {
@@ -485,22 +487,6 @@ async fn classify<'a>(
             (&limiter.api, key, decided)
         }
     })
-}
-
-/// The bucket of a client address: an IPv4 address alone (IPv4-mapped IPv6 included),
-/// an IPv6 address by its /64. A /64 is what one subscriber is usually given; keyed
-/// per address, its holder would have 2^64 buckets, which is no limit at all.
-pub(crate) fn bucket_of(ip: std::net::IpAddr) -> String {
-    match ip {
-        std::net::IpAddr::V4(v4) => v4.to_string(),
-        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
-            None => {
-                let [a, b, c, d, ..] = v6.segments();
-                format!("{a:x}:{b:x}:{c:x}:{d:x}::/64")
-            }
-        },
-    }
 }
 
 /// `user:<id>` for a bearer token that verifies, `key:<id>` for an API key auth
@@ -705,19 +691,6 @@ pub async fn sweep(limiter: Arc<Limiter>, shutdown: aia_telemetry::shutdown::Can
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ipv6_clients_share_the_bucket_of_their_64() {
-        let bucket = |ip: &str| ip.parse().map(bucket_of).unwrap_or_default();
-        assert_eq!(bucket("192.0.2.7"), "192.0.2.7");
-        assert_eq!(bucket("::ffff:192.0.2.7"), "192.0.2.7");
-        assert_eq!(bucket("2001:db8:1:2::1"), "2001:db8:1:2::/64");
-        assert_eq!(
-            bucket("2001:db8:1:2:ffff:ffff:ffff:ffff"),
-            "2001:db8:1:2::/64"
-        );
-        assert_ne!(bucket("2001:db8:1:3::1"), bucket("2001:db8:1:2::1"));
-    }
 
     fn settings(limit: u32) -> RateLimitSettings {
         let rate = Rate {

@@ -55,7 +55,7 @@ impl Rejections {
 /// fill the window's keys and the audit trail with an event per request).
 pub fn record_request(req: &actix_web::HttpRequest, reason: &'static str) {
     let key = crate::client::addr_of(req)
-        .map(crate::rate_limit::bucket_of)
+        .map(aia_telemetry::net::bucket_of)
         .unwrap_or_default();
     match req.app_data::<actix_web::web::Data<crate::state::State>>() {
         Some(state) => state.rejections.record(reason, &key),

@@ -177,6 +177,41 @@ async fn a_sprayer_is_stopped_by_its_address_before_it_locks_anyone() -> anyhow:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sprayer_rotating_through_its_ipv6_network_is_one_address() -> anyhow::Result<()> {
+    // One subscriber's /64 holds 2^64 addresses: counted per address, a sprayer
+    // would never reach its limit.
+    let stack = Stack::start_with(&[
+        ("LOGIN_BACKOFF_AFTER", "100".into()),
+        ("LOGIN_IP_FAILURE_LIMIT", "3".into()),
+        ("TRUSTED_PROXIES", "127.0.0.1/32".into()),
+    ])
+    .await?;
+    let mut statuses = Vec::new();
+    for n in 1..=5 {
+        let response = stack
+            .http()
+            .post(stack.url("/v1/auth/login"))
+            .header("x-forwarded-for", format!("2001:db8:1:2::{n:x}"))
+            .json(&json!({"email": email(), "password": "Spring2026!"}))
+            .send()
+            .await?;
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(statuses, [401, 401, 401, 429, 429]);
+    // Another network is another address.
+    let elsewhere = stack
+        .http()
+        .post(stack.url("/v1/auth/login"))
+        .header("x-forwarded-for", "2001:db8:1:3::1")
+        .json(&json!({"email": email(), "password": "Spring2026!"}))
+        .send()
+        .await?;
+    assert_eq!(elsewhere.status(), StatusCode::UNAUTHORIZED);
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_failures_from_one_address_back_off() -> anyhow::Result<()> {
     let stack = Stack::start().await?;
     let victim = email();

@@ -209,6 +209,18 @@ async fn internal_listeners_refuse_strangers_and_check_each_callers_identity() -
     }
     let own = as_gateway_to_audit.record(own).await;
     assert!(own.is_ok(), "{own:?}");
+    // No service of the platform may run a verification of the whole chain (a long
+    // read); an operator's tool with an `ops` certificate may.
+    let verify = aia_proto::audit::v1::VerifyChainRequest::default();
+    let by_gateway = as_gateway_to_audit.verify_chain(verify.clone()).await;
+    assert_eq!(
+        by_gateway.err().map(|s| s.code()),
+        Some(tonic::Code::PermissionDenied)
+    );
+    let mut as_ops =
+        AuditServiceClient::new(as_service(&pki, "ops", &stack.audit.url(), "audit").await?);
+    let by_ops = as_ops.verify_chain(verify).await;
+    assert!(by_ops.is_ok_and(|r| r.into_inner().intact));
     let mut as_yours =
         AuditServiceClient::new(as_service(&pki, "reports", &stack.audit.url(), "audit").await?);
     let stranger = as_yours.record(event("reports")).await;
