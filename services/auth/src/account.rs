@@ -220,10 +220,7 @@ impl Auth {
             .issue(user_id, Purpose::VerifyEmail, expires)
             .await
             .map_err(AuthError::Unavailable)?;
-        let link = format!(
-            "{}/v1/auth/verify-email?token={token}",
-            self.mailer.public_url
-        );
+        let link = self.mailer.link("verify-email", &token);
         self.mailer.send(
             email.as_str(),
             "Confirm your email address",
@@ -314,12 +311,13 @@ impl Auth {
             .issue(user.id, Purpose::ResetPassword, expires)
             .await
             .map_err(AuthError::Unavailable)?;
+        let link = self.mailer.link("reset-password", &token);
         self.mailer.send(
             email.as_str(),
             "Reset your password",
             format!(
-                "Someone asked to reset the password of this account.\n\n\
-                 Send this token with your new password to POST /v1/auth/password/reset:\n\n{token}\n\n\
+                "Someone asked to reset the password of this account. Choose a new one here:\n\n{link}\n\n\
+                 Or send this token with your new password to POST /v1/auth/password/reset:\n\n{token}\n\n\
                  It works once, until {expires}. If it was not you, ignore this message: \
                  your password stays as it is.\n"
             ),

@@ -25,8 +25,8 @@ pub struct Mailer {
     from: String,
     /// Sends run here, so that shutdown waits for them (see `Auth::answer_first`).
     sending: tokio_util::task::TaskTracker,
-    /// Base of the links in messages.
-    pub public_url: String,
+    /// Base of the links in messages: the operator's web app (`PUBLIC_BASE_URL`).
+    public_url: String,
 }
 
 impl Mailer {
@@ -54,6 +54,14 @@ impl Mailer {
             sending,
             public_url: settings.public_url.trim_end_matches('/').to_owned(),
         })
+    }
+
+    /// The link to the web app's `page` (`verify-email`, `reset-password`) for
+    /// `token`: `{PUBLIC_BASE_URL}/{page}#token={token}`. The page reads the token and
+    /// posts it to the API; in the fragment, the token never reaches a server's log
+    /// or another site's `Referer`.
+    pub fn link(&self, page: &str, token: &str) -> String {
+        format!("{}/{page}#token={token}", self.public_url)
     }
 
     /// Queues a plain-text message to `to`.

@@ -112,6 +112,19 @@ async fn registration_sends_a_single_use_verification_token() -> anyhow::Result<
     let mail = smtp.wait_for(&email).await?;
     let token = token_in(&mail.data);
     assert_eq!(token.len(), 43, "{}", mail.data);
+    // The link goes to the web app's page, the token in its fragment (never sent to a
+    // server), not to an API route a browser cannot call with GET.
+    // (Quoted-printable, should the mailer choose it for the long line.)
+    let text = mail
+        .data
+        .replace("=\r\n", "")
+        .replace("=\n", "")
+        .replace("=3D", "=");
+    assert!(
+        text.contains(&format!("http://localhost:8080/verify-email#token={token}")),
+        "{text}"
+    );
+    assert!(!text.contains("?token="), "{text}");
 
     // Unverified: the right password is not enough.
     let refused = post(
@@ -218,6 +231,17 @@ async fn a_password_reset_ends_every_session_and_lifts_a_lockout() -> anyhow::Re
     let mail = smtp.nth_with(&email, RESET, 1).await?;
     assert!(mail.data.contains("Reset your password"), "{}", mail.data);
     let token = token_in(&mail.data);
+    let text = mail
+        .data
+        .replace("=\r\n", "")
+        .replace("=\n", "")
+        .replace("=3D", "=");
+    assert!(
+        text.contains(&format!(
+            "http://localhost:8080/reset-password#token={token}"
+        )),
+        "{text}"
+    );
 
     // A password the policy refuses does not use the token up.
     let weak = post(
