@@ -8,7 +8,13 @@
 //! is written once Redis holds every unexpired entry; a lookup that finds no sentinel
 //! asks Postgres instead and starts putting the entries back. A lookup that cannot
 //! reach Redis asks Postgres too. So a revoked token is never accepted because Redis
-//! forgot it.
+//! forgot it. Redis can also lose only part of its data and keep the sentinel: a
+//! restart from an append-only file that missed its last second, a failover to a
+//! replica that lagged. The sentinel therefore holds the `run_id` of the Redis
+//! process that was made complete, and every poll compares it with the current
+//! one: another process means another history, so the sentinel is dropped and the
+//! copy made again. (Eviction is the one loss this cannot see: Redis must not evict
+//! keys, `maxmemory-policy noeviction`, Redis's default.)
 //!
 //! Replicas tell each other of new entries through Redis pub/sub (milliseconds), and
 //! each also reads the entries stored in the last [`LOOKBACK_SECONDS`] from Postgres
@@ -234,6 +240,20 @@ impl Blacklist {
                     let _ = tokio::time::timeout(POLL_EVERY, self.forget_sentinel()).await;
                 }
             }
+            // A sentinel made complete by another Redis process (a restart from its
+            // append-only file, a failover) vouches for a history this one may not
+            // have.
+            if matches!(
+                tokio::time::timeout(POLL_EVERY, self.sentinel_outlived_its_redis()).await,
+                Ok(Ok(true))
+            ) {
+                tracing::warn!(
+                    "Redis restarted or failed over since the blacklist was copied; copying it again"
+                );
+                metrics::counter!("session_blacklist_redis_changed_total").increment(1);
+                self.forget_sentinel().await;
+                self.start_rehydration();
+            }
             // What fell out of the look-back cannot come back unless extended, which
             // gives it a new revoked_at.
             seen.retain(|_, (_, at)| poll - *at <= keep_polls);
@@ -334,6 +354,33 @@ impl Blacklist {
             .await
             .context("copying revocations to Redis")?;
         Ok(())
+    }
+
+    /// The `run_id` of the Redis process that answers.
+    async fn redis_run_id(conn: &mut deadpool_redis::Connection) -> anyhow::Result<String> {
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(conn)
+            .await
+            .context("INFO server")?;
+        info.lines()
+            .find_map(|line| line.strip_prefix("run_id:"))
+            .map(|id| id.trim().to_owned())
+            .context("INFO server names no run_id")
+    }
+
+    /// Whether a sentinel is there that another Redis process wrote.
+    async fn sentinel_outlived_its_redis(&self) -> anyhow::Result<bool> {
+        let mut conn = self.redis.get().await.context("Redis connection")?;
+        let written: Option<String> = redis::cmd("GET")
+            .arg(self.sentinel())
+            .query_async(&mut conn)
+            .await
+            .context("reading the sentinel")?;
+        let Some(written) = written else {
+            return Ok(false);
+        };
+        Ok(written != Self::redis_run_id(&mut conn).await?)
     }
 
     async fn forget_sentinel(&self) {
@@ -509,6 +556,13 @@ impl Blacklist {
 
     /// Copies every unexpired entry from Postgres to Redis, then marks Redis complete.
     pub async fn rehydrate(&self) -> anyhow::Result<usize> {
+        // The process the copy goes to, named before it starts: if Redis restarts
+        // meanwhile, the sentinel names the process before and the next poll copies
+        // again.
+        let run_id = {
+            let mut conn = self.redis.get().await.context("Redis connection")?;
+            Self::redis_run_id(&mut conn).await?
+        };
         let entries = self.unexpired().await?;
         for chunk in entries.chunks(1000) {
             self.copy_to_redis(chunk).await?;
@@ -516,7 +570,7 @@ impl Blacklist {
         let mut conn = self.redis.get().await.context("Redis connection")?;
         let () = redis::cmd("SET")
             .arg(self.sentinel())
-            .arg(1)
+            .arg(run_id)
             .query_async(&mut conn)
             .await
             .context("marking the blacklist complete")?;

@@ -439,6 +439,81 @@ async fn revocations_survive_redis_losing_its_data() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocations_survive_redis_coming_back_with_part_of_its_data() -> anyhow::Result<()> {
+    // A Redis restarted from an append-only file that missed its last second, or a
+    // replica promoted while it lagged, keeps the "complete" sentinel but not every
+    // entry: the sentinel names the Redis process it was written for.
+    let mut s = spawn().await?;
+    // A session revoked a minute ago (out of the replicas' look-back: only the copy
+    // from Postgres brings it back to Redis).
+    let sid = uuid::Uuid::new_v4();
+    diesel::sql_query(format!(
+        "INSERT INTO session.revocations (kind, id, expires_at, revoked_at) \
+         VALUES ('sid', '{sid}', now() + interval '10 minutes', now() - interval '1 minute')"
+    ))
+    .execute(&mut s.db.connect().await?)
+    .await?;
+    s.wipe_redis().await?;
+    let sid_text = sid.to_string();
+    assert!(s.is_revoked(uuid::Uuid::new_v4(), &sid_text).await?);
+    let sentinel = aia_db::redis::key(&s.prefix, "bl", "complete");
+    let entry = aia_db::redis::key(&s.prefix, "bl", &format!("sid:{sid}"));
+    let pool = aia_db::redis::pool(&aia_testkit::redis_url())?;
+    let present = |key: String| {
+        let pool = pool.clone();
+        async move {
+            let mut redis = pool.get().await?;
+            let present: bool = redis::cmd("EXISTS")
+                .arg(&key)
+                .query_async(&mut redis)
+                .await?;
+            anyhow::Ok(present)
+        }
+    };
+    // Complete again (the copy is back, the sentinel written)...
+    aia_testkit::eventually(Duration::from_secs(5), || async {
+        Ok((present(sentinel.clone()).await? && present(entry.clone()).await?).then_some(()))
+    })
+    .await?;
+    // ...then the Redis it was written for is gone: another process holds the
+    // sentinel and has lost the entry.
+    let mut redis = pool.get().await?;
+    let () = redis::cmd("DEL")
+        .arg(&entry)
+        .query_async(&mut redis)
+        .await?;
+    let () = redis::cmd("SET")
+        .arg(&sentinel)
+        .arg("0123456789abcdef0123456789abcdef01234567")
+        .query_async(&mut redis)
+        .await?;
+    let revoked = aia_testkit::eventually(Duration::from_secs(5), || {
+        let (mut client, sid) = (s.client.clone(), sid_text.clone());
+        async move {
+            let answer = client
+                .is_revoked(IsRevokedRequest {
+                    jti: uuid::Uuid::new_v4().to_string(),
+                    session_id: sid,
+                })
+                .await?
+                .into_inner();
+            Ok(answer.revoked.then_some(()))
+        }
+    })
+    .await;
+    assert!(
+        revoked.is_ok(),
+        "a revoked session passed while Redis lacked it"
+    );
+    aia_testkit::eventually(Duration::from_secs(5), || async {
+        Ok(present(entry.clone()).await?.then_some(()))
+    })
+    .await?;
+    s.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_ids_are_invalid_arguments() -> anyhow::Result<()> {
     let mut s = spawn().await?;
     let status = s
