@@ -33,8 +33,8 @@
 //!   `UPSTREAM_BODY_LIMIT_BYTES` gets 413 (by its length, or cut off when a chunked
 //!   one passes the limit); a body over the limit or cut short by the client is its
 //!   failure, not the upstream's, and does not count towards the circuit breaker.
-//!   Nor does a timeout or connection error that came before the client's body was
-//!   read to its end (awc's timeout covers sending the body and waiting for the
+//!   Nor does a timeout or broken connection that came before the client's body was
+//!   read to its end (a connection that could not be made at all does count) (awc's timeout covers sending the body and waiting for the
 //!   answer alike: an upload stalled past `UPSTREAM_TIMEOUT_SECONDS` is a 504, and an
 //!   upstream that closes while a large body is still being sent a 502, but either
 //!   may be one client's doing). `Expect` is answered here, not forwarded. Redirects
@@ -226,6 +226,10 @@ impl Breaker {
 /// The configured upstreams, longest prefix first, each with its breaker.
 pub struct Upstreams {
     routes: Vec<(Upstream, Arc<Breaker>)>,
+    /// Each route's prefix as [`loosely`] reads it, and whether it is public, for
+    /// the public routes' check; `None` when no protected prefix lies inside a public
+    /// one (then a public route is public without a look).
+    loose: Option<Vec<(Vec<u8>, bool)>>,
     settings: UpstreamSettings,
 }
 
@@ -238,7 +242,21 @@ impl Upstreams {
             .map(|u| (u.clone(), Arc::new(Breaker::default())))
             .collect();
         routes.sort_by_key(|(u, _)| std::cmp::Reverse(u.prefix.len()));
-        Self { routes, settings }
+        let loose: Vec<(Vec<u8>, bool)> = routes
+            .iter()
+            .map(|(u, _)| (loosely(u.prefix.as_bytes()), u.public))
+            .collect();
+        let nested = loose.iter().any(|(protected, public)| {
+            !public
+                && loose
+                    .iter()
+                    .any(|(outer, outer_public)| *outer_public && protected.starts_with(outer))
+        });
+        Self {
+            routes,
+            loose: nested.then_some(loose),
+            settings,
+        }
     }
 
     /// The prefixes to route here.
@@ -261,13 +279,14 @@ impl Upstreams {
             path.strip_prefix(u.prefix.trim_end_matches('/'))
                 .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
         })?;
-        let public = upstream.public && {
-            let read = loosely(path.as_bytes());
-            self.routes
-                .iter()
-                .find(|(u, _)| read.starts_with(&loosely(u.prefix.as_bytes())))
-                .is_none_or(|(u, _)| u.public)
-        };
+        let public = upstream.public
+            && self.loose.as_ref().is_none_or(|loose| {
+                let read = loosely(path.as_bytes());
+                loose
+                    .iter()
+                    .find(|(prefix, _)| read.starts_with(prefix))
+                    .is_none_or(|(_, public)| *public)
+            });
         Some((upstream, breaker, public))
     }
 }
@@ -375,14 +394,19 @@ fn upstream_headers(
         }
         // An API key stays here; so does a bearer token unless the upstream is one
         // that asked for it, and any `Authorization` beside an API key (a token
-        // nobody checked: the key was the credential).
+        // nobody checked: the key was the credential). Other schemes (Basic, an
+        // upstream's own) are the upstream's business.
+        let scheme = |wanted: &str| {
+            value
+                .as_bytes()
+                .get(..wanted.len())
+                .is_some_and(|start| start.eq_ignore_ascii_case(wanted.as_bytes()))
+        };
         let gateway_credential = lower == "x-api-key"
             || (name == header::AUTHORIZATION
-                && (!upstream.pass_token
+                && ((!upstream.pass_token && scheme("bearer "))
                     || matches!(caller, Some(Caller::ApiKey { .. }))
-                    || value
-                        .to_str()
-                        .is_ok_and(|v| v.to_ascii_lowercase().starts_with("apikey "))));
+                    || scheme("apikey ")));
         if lower.starts_with("x-auth-")
             || lower.starts_with("x-forwarded-")
             || lower == "forwarded"
@@ -578,6 +602,8 @@ pub async fn forward(
             outgoing.send_body(actix_web::body::None::new()).await
         }
         (Some(length), false) => {
+            // awc never polls an empty body.
+            body_read.set(length == 0);
             let (mut seen, body_read) = (0usize, body_read.clone());
             let body = payload
                 .map(move |chunk| {
@@ -624,7 +650,9 @@ pub async fn forward(
             });
         }
         Err(error) => {
-            if body_read.get() {
+            // A connection that could not be made is the upstream's failure whatever
+            // the body (awc connects before it reads any of it).
+            if body_read.get() || matches!(error, awc::error::SendRequestError::Connect(_)) {
                 admitted.failure(settings.breaker_failures, settings.breaker_open_for);
             }
             let (status, outcome) = match error {

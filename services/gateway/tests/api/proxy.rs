@@ -985,6 +985,51 @@ async fn a_bearer_token_reaches_only_the_upstreams_that_ask_for_it() -> anyhow::
     assert_eq!(seen(&asked, "authorization"), Some(bearer.as_str()));
     let other: Value = to("/public/page").await?.json().await?;
     assert!(other["headers"].get("authorization").is_none(), "{other}");
+    // Another scheme is the upstream's own business, and goes on.
+    let basic = "Basic dXBzdHJlYW06Y3JlZGVudGlhbHM=";
+    let own: Value = stack
+        .http()
+        .get(stack.url("/public/page"))
+        .header("authorization", basic)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(seen(&own, "authorization"), Some(basic));
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_upstream_opens_the_circuit_for_requests_with_a_body_too()
+-> anyhow::Result<()> {
+    // awc connects before it reads a body: a refused connection is the upstream's
+    // failure however much of the client's body was read (none).
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.local_addr()?
+    };
+    let stack = Stack::start_with(&[
+        ("UPSTREAMS", format!("/down/=http://{closed}")),
+        ("UPSTREAM_PUBLIC_PREFIXES", "/down/".into()),
+        ("UPSTREAM_BREAKER_FAILURES", "2".into()),
+        ("UPSTREAM_BREAKER_OPEN_SECONDS", "60".into()),
+    ])
+    .await?;
+    let post = |body: &'static str| {
+        stack
+            .http()
+            .post(stack.url("/down/hook"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    for body in ["{\"a\":1}", ""] {
+        assert_problem(post(body).await?, StatusCode::BAD_GATEWAY).await?;
+    }
+    let open = post("{\"a\":2}").await?;
+    assert!(open.headers().contains_key("retry-after"));
+    assert_problem(open, StatusCode::SERVICE_UNAVAILABLE).await?;
     stack.stop().await;
     Ok(())
 }
