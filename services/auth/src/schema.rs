@@ -85,5 +85,6 @@ diesel::table! {
         keep_session_id -> Nullable<Uuid>,
         reason -> Text,
         requested_at -> Timestamptz,
+        attempt_after -> Timestamptz,
     }
 }

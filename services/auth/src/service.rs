@@ -557,7 +557,10 @@ impl Auth {
     }
 
     /// Ends the sessions a password write recorded as due (`due`, its row), then
-    /// deletes the row; on failure the row stays for [`crate::sessions_due`] to retry.
+    /// deletes the row; how many were live. When session cannot be reached the row
+    /// stays for [`crate::sessions_due`] to retry, and the answer is 0: the password
+    /// did change, and an error would send the caller to retry what cannot succeed
+    /// (the old password is wrong now, the reset token used).
     pub(crate) async fn end_sessions_due(
         &self,
         due: i64,
@@ -565,15 +568,27 @@ impl Auth {
         keep: Option<&str>,
         reason: &str,
         client: Option<aia_proto::common::v1::ClientInfo>,
-    ) -> Result<u32, AuthError> {
-        let ended = self
-            .end_sessions(user_id, keep, reason, client, None)
-            .await?;
+    ) -> u32 {
+        let ended = match self.end_sessions(user_id, keep, reason, client, None).await {
+            Ok(ended) => ended,
+            Err(error) => {
+                metrics::counter!("auth_session_ends_deferred_total").increment(1);
+                tracing::warn!(error = ?error, "sessions to end after a password change are left to the retry");
+                // This request has given up: the retry need not wait out its grace.
+                if let Err(error) = self.users.session_ends_retry_now(due).await {
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        "sessions due left to their grace"
+                    );
+                }
+                return 0;
+            }
+        };
         if let Err(error) = self.users.session_ends_done(due).await {
             // The retry ends them again (none live, or a login made since).
             tracing::warn!(error = format!("{error:#}"), "could not clear sessions due");
         }
-        Ok(ended)
+        ended
     }
 
     /// Replaces a legacy (bcrypt) or outdated argon2 hash after a successful login,

@@ -3,10 +3,13 @@
 //!
 //! The row is written in the password's own transaction
 //! ([`crate::users::UserStore::set_password`]); the request then asks session to end
-//! the sessions and deletes the row. When that call fails the request answers 503
-//! (the password did change) and the row stays: [`spawn`] retries every row older
-//! than [`GRACE`], every [`EVERY`], in order, each row by one replica at a time
-//! (`FOR UPDATE SKIP LOCKED`). Refreshing needs the session service too, so an old
+//! the sessions and deletes the row. When that call fails the request still answers
+//! (the password did change; `sessions_ended` is 0) and the row stays: [`spawn`]
+//! retries every row whose `attempt_after` has passed (15 s after it was written),
+//! every [`EVERY`], one row at a time under a lease ([`LEASE`]): a row is claimed in
+//! a short transaction, session is called outside it, and the row is deleted once
+//! session ended the sessions. A replica that dies holding a row delays it by the
+//! lease, never loses it. Refreshing needs the session service too, so an old
 //! session cannot refresh while the retry cannot reach it either.
 //!
 //! A retry ends every session of the user but the kept one, those opened after the
@@ -19,8 +22,9 @@ use aia_db::PgPool;
 use aia_proto::session::v1 as session;
 use aia_proto::session::v1::session_service_client::SessionServiceClient;
 use aia_telemetry::otel::TracedChannel;
+use anyhow::Context;
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::AuthError;
@@ -28,11 +32,23 @@ use crate::schema::session_ends_due;
 
 /// How often the retry looks for rows left behind.
 pub const EVERY: Duration = Duration::from_secs(2);
-/// How old a row must be before the retry takes it (the request that wrote it is
-/// still calling session until then).
-pub const GRACE: Duration = Duration::from_secs(5);
+/// How long a retry holds a row it claimed.
+pub const LEASE: Duration = Duration::from_secs(30);
 /// Rows retried per round.
-const BATCH: i64 = 20;
+const BATCH: usize = 20;
+
+/// A row claimed for a retry.
+#[derive(diesel::QueryableByName)]
+struct Due {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    id: i64,
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    user_id: uuid::Uuid,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Uuid>)]
+    keep_session_id: Option<uuid::Uuid>,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    reason: String,
+}
 
 /// Asks session to end every session of `user_id` but `keep`; the number that were
 /// live.
@@ -91,45 +107,54 @@ pub fn spawn(
     })
 }
 
-/// One round: the rows older than [`GRACE`] this replica could lock, until session
-/// refuses one; how many were done.
+/// One round: claims due rows one at a time (by the database's clock) until none is
+/// left, [`BATCH`] are done or session refuses one; how many were done.
 async fn retry(
     pool: &PgPool,
     session: &SessionServiceClient<TracedChannel>,
 ) -> anyhow::Result<usize> {
-    let cutoff = chrono::Utc::now()
-        - chrono::Duration::from_std(GRACE).unwrap_or(chrono::Duration::seconds(5));
-    let mut conn = aia_db::conn(pool).await?;
-    conn.transaction::<_, anyhow::Error, _>(async |conn| {
-        let due: Vec<(i64, uuid::Uuid, Option<uuid::Uuid>, String)> = session_ends_due::table
-            .filter(session_ends_due::requested_at.lt(cutoff))
-            .order(session_ends_due::id)
-            .limit(BATCH)
-            .for_update()
-            .skip_locked()
-            .select((
-                session_ends_due::id,
-                session_ends_due::user_id,
-                session_ends_due::keep_session_id,
-                session_ends_due::reason,
-            ))
-            .load(conn)
-            .await?;
-        let mut ended = 0;
-        for (id, user_id, keep, reason) in due {
-            let keep = keep.map(|k| k.to_string());
-            if let Err(error) = end(session, user_id, keep.as_deref(), &reason, None, None).await {
-                // Session is still unreachable: the rest waits for the next round,
-                // the rows done so far are committed.
-                tracing::warn!(error = ?error, "sessions a password change must end are still due");
-                break;
-            }
-            diesel::delete(session_ends_due::table.find(id))
-                .execute(conn)
-                .await?;
-            ended += 1;
+    let mut ended = 0;
+    while ended < BATCH {
+        let claimed: Option<Due> = {
+            let mut conn = aia_db::conn(pool).await?;
+            diesel::sql_query(
+                "UPDATE auth.session_ends_due \
+                 SET attempt_after = now() + make_interval(secs => $1) \
+                 WHERE id = (SELECT id FROM auth.session_ends_due WHERE attempt_after <= now() \
+                             ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+                 RETURNING id, user_id, keep_session_id, reason",
+            )
+            .bind::<diesel::sql_types::Double, _>(LEASE.as_secs_f64())
+            .get_result(&mut conn)
+            .await
+            .optional()
+            .context("claiming sessions due")?
+        };
+        let Some(due) = claimed else {
+            break;
+        };
+        let keep = due.keep_session_id.map(|k| k.to_string());
+        if let Err(error) = end(
+            session,
+            due.user_id,
+            keep.as_deref(),
+            &due.reason,
+            None,
+            None,
+        )
+        .await
+        {
+            // Session is still unreachable: this row waits out its lease, the rest
+            // the next round.
+            tracing::warn!(error = ?error, "sessions a password change must end are still due");
+            break;
         }
-        Ok(ended)
-    })
-    .await
+        let mut conn = aia_db::conn(pool).await?;
+        diesel::delete(session_ends_due::table.find(due.id))
+            .execute(&mut conn)
+            .await
+            .context("clearing sessions due")?;
+        ended += 1;
+    }
+    Ok(ended)
 }

@@ -166,6 +166,17 @@ impl UserStore {
         Ok(())
     }
 
+    /// Makes a sessions-due row retriable at once (its request gave up on it).
+    pub async fn session_ends_retry_now(&self, due: i64) -> anyhow::Result<()> {
+        let mut conn = aia_db::conn(&self.pool).await?;
+        diesel::update(session_ends_due::table.find(due))
+            .set(session_ends_due::attempt_after.eq(diesel::dsl::now))
+            .execute(&mut conn)
+            .await
+            .context("making sessions due retriable")?;
+        Ok(())
+    }
+
     /// The last `n` previous password hashes of `user_id`, newest first.
     pub async fn password_history(
         &self,

@@ -13,7 +13,8 @@
 //! replica that lagged. The sentinel therefore holds the `run_id` of the Redis
 //! process that was made complete, and every poll compares it with the current
 //! one: another process means another history, so the sentinel is dropped and the
-//! copy made again. (Eviction is the one loss this cannot see: Redis must not evict
+//! copy made again (lookups may trust the old copy for up to one poll, about half a
+//! second, after such a restart; a Redis that refuses `INFO` cannot be checked). (Eviction is the one loss this cannot see: Redis must not evict
 //! keys, `maxmemory-policy noeviction`, Redis's default.)
 //!
 //! Replicas tell each other of new entries through Redis pub/sub (milliseconds), and
@@ -39,6 +40,9 @@ use diesel_async::RunQueryDsl;
 use tokio::sync::broadcast;
 
 use crate::schema::revocations;
+
+/// The sentinel's value where Redis does not say which process it is.
+const UNNAMED: &str = "unnamed";
 
 /// `jti:<uuid>:<expiry seconds>` or `sid:…`, as published.
 fn parse_message(payload: &str) -> Option<Entry> {
@@ -251,7 +255,7 @@ impl Blacklist {
                     "Redis restarted or failed over since the blacklist was copied; copying it again"
                 );
                 metrics::counter!("session_blacklist_redis_changed_total").increment(1);
-                self.forget_sentinel().await;
+                let _ = tokio::time::timeout(POLL_EVERY, self.forget_sentinel()).await;
                 self.start_rehydration();
             }
             // What fell out of the look-back cannot come back unless extended, which
@@ -356,17 +360,24 @@ impl Blacklist {
         Ok(())
     }
 
-    /// The `run_id` of the Redis process that answers.
-    async fn redis_run_id(conn: &mut deadpool_redis::Connection) -> anyhow::Result<String> {
-        let info: String = redis::cmd("INFO")
-            .arg("server")
-            .query_async(conn)
-            .await
-            .context("INFO server")?;
-        info.lines()
-            .find_map(|line| line.strip_prefix("run_id:"))
-            .map(|id| id.trim().to_owned())
-            .context("INFO server names no run_id")
+    /// The `run_id` of the Redis process that answers, or [`UNNAMED`] where `INFO`
+    /// is not allowed (an ACL without `+info`, a managed Redis that renamed it): the
+    /// restart check is then off, and a partial loss goes unseen as before it
+    /// existed (warned once).
+    async fn redis_run_id(conn: &mut deadpool_redis::Connection) -> String {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        let info: Result<String, _> = redis::cmd("INFO").arg("server").query_async(conn).await;
+        let run_id = info.ok().and_then(|info| {
+            info.lines()
+                .find_map(|line| line.strip_prefix("run_id:"))
+                .map(|id| id.trim().to_owned())
+        });
+        run_id.unwrap_or_else(|| {
+            WARNED.call_once(|| {
+                tracing::warn!("Redis answers no INFO server: a restart that kept part of the blacklist copy cannot be noticed (allow +info)");
+            });
+            UNNAMED.to_owned()
+        })
     }
 
     /// Whether a sentinel is there that another Redis process wrote.
@@ -380,7 +391,8 @@ impl Blacklist {
         let Some(written) = written else {
             return Ok(false);
         };
-        Ok(written != Self::redis_run_id(&mut conn).await?)
+        let current = Self::redis_run_id(&mut conn).await;
+        Ok(current != UNNAMED && written != current)
     }
 
     async fn forget_sentinel(&self) {
@@ -561,7 +573,7 @@ impl Blacklist {
         // again.
         let run_id = {
             let mut conn = self.redis.get().await.context("Redis connection")?;
-            Self::redis_run_id(&mut conn).await?
+            Self::redis_run_id(&mut conn).await
         };
         let entries = self.unexpired().await?;
         for chunk in entries.chunks(1000) {
