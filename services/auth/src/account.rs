@@ -57,7 +57,7 @@ impl Auth {
                 .await?)
         };
         if !self
-            .check_throttled(&user, req.client.as_ref(), checked)
+            .check_throttled(&user, req.client.as_ref(), false, checked)
             .await?
         {
             self.audit

@@ -82,20 +82,9 @@ impl Auth {
             // change or reset since ends the pending login with the sessions.
             .filter(|u| Mfa::password_fingerprint(&u.password_hash) == pending.password)
             .ok_or(AuthError::InvalidMfaLogin)?;
-        // Counted on the account before the code is checked (a success clears it;
-        // a failure is recorded on the other axes, and locks, after the check), so
-        // that codes sent at once on many challenges cannot all pass a lock check
-        // made before any of them was counted: past the threshold, a stranger's code
-        // is not checked at all (a known client is exempt from the lock, as ever).
-        let attempts = self
-            .lockout
-            .count_attempt(&pending.email)
-            .await
-            .map_err(AuthError::Unavailable)?;
-        let (threshold, lock_for) = self.lockout.threshold();
-        if attempts > threshold && !precheck.known_client {
-            return Err(self.throttled(lock_for, client).await);
-        }
+        // Counted before it is checked: codes sent at once on many challenges
+        // cannot all pass the lock check.
+        let attempts = self.count_code(&pending.email, &precheck, client).await?;
         let factor = self
             .mfa
             .verify(user.id, &req.code)
@@ -163,7 +152,7 @@ impl Auth {
                 .verify(presented, Some(user.password_hash.clone()))
                 .await?)
         };
-        if self.check_throttled(user, client, checked).await? {
+        if self.check_throttled(user, client, false, checked).await? {
             return Ok(());
         }
         self.audit
@@ -315,7 +304,7 @@ impl Auth {
             }
         };
         let proven = self
-            .check_throttled(&user, req.client.as_ref(), checked)
+            .check_throttled(&user, req.client.as_ref(), !req.code.is_empty(), checked)
             .await?;
         if !proven {
             self.audit

@@ -327,20 +327,59 @@ impl Auth {
     /// or the address is throttled, and a wrong one counts as a failed login does
     /// (and may lock), so a stolen access token guesses the password or the code no
     /// faster than the login form.
+    ///
+    /// A one-time `code` is counted before it is checked, as at the login's second
+    /// step ([`Auth::count_code`]), and a right one clears the count as a completed
+    /// login does.
     pub(crate) async fn check_throttled(
         &self,
         user: &User,
         client: Option<&aia_proto::common::v1::ClientInfo>,
+        code: bool,
         check: impl Future<Output = Result<bool, AuthError>>,
     ) -> Result<bool, AuthError> {
         let ip = client.map_or("", |c| c.ip.as_str());
-        self.may_try(&user.email, ip, client).await?;
+        let precheck = self.may_try(&user.email, ip, client).await?;
+        let counted = if code {
+            Some(self.count_code(&user.email, &precheck, client).await?)
+        } else {
+            None
+        };
         let right = check.await?;
         if !right {
-            self.count_failure(&user.email, ip, client, Some(user.id), None)
+            self.count_failure(&user.email, ip, client, Some(user.id), counted)
                 .await?;
+        } else if code {
+            self.lockout
+                .record_success(&user.email, ip)
+                .await
+                .map_err(AuthError::Unavailable)?;
         }
         Ok(right)
+    }
+
+    /// Counts a one-time code on the account before it is checked (a success clears
+    /// it; a failure is recorded on the other axes, and locks, after the check), so
+    /// that codes sent at once cannot all pass a lock check made before any of them
+    /// was counted: past the threshold, a stranger's code is not checked at all (a
+    /// known client is exempt from the lock, as ever). The count, for
+    /// [`Auth::count_failure`].
+    pub(crate) async fn count_code(
+        &self,
+        email: &str,
+        precheck: &Precheck,
+        client: Option<&aia_proto::common::v1::ClientInfo>,
+    ) -> Result<u64, AuthError> {
+        let attempts = self
+            .lockout
+            .count_attempt(email)
+            .await
+            .map_err(AuthError::Unavailable)?;
+        let (threshold, lock_for) = self.lockout.threshold();
+        if attempts > threshold && !precheck.known_client {
+            return Err(self.throttled(lock_for, client).await);
+        }
+        Ok(attempts)
     }
 
     /// Starts a session for `user`, who authenticated with `amr`, and issues its

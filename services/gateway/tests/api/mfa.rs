@@ -783,3 +783,52 @@ async fn a_password_login_racing_the_totp_confirmation_gets_no_session_that_outl
     stack.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codes_sent_at_once_to_turn_totp_off_stop_at_the_lock() -> anyhow::Result<()> {
+    // A stolen session that used the second factor may turn TOTP off with a code:
+    // codes sent at once must not all be checked before the lock bites (each counts
+    // before it is checked, as at the login's second step).
+    let stack = Stack::start_with(&[
+        ("LOGIN_BACKOFF_AFTER", "100".into()),
+        ("LOCKOUT_THRESHOLD", "4".into()),
+    ])
+    .await?;
+    let user = enrolled(&stack).await?;
+    let pending = challenge(stack.http(), &stack, &user.email).await?;
+    let full: Value = second_step(
+        stack.http(),
+        &stack,
+        &pending,
+        &code_at(&user.uri, now() + 30)?,
+    )
+    .await?
+    .json()
+    .await?;
+    let token = field(&full, "access_token").to_owned();
+    let thief = from_ip(3)?;
+    let burst = (0..12).map(|n| {
+        thief
+            .post(stack.url("/v1/auth/mfa/totp/disable"))
+            .bearer_auth(&token)
+            .json(&json!({"code": format!("{:06}", 300_000 + n)}))
+            .send()
+    });
+    let mut checked = 0;
+    for answer in futures::future::join_all(burst).await {
+        match answer?.status() {
+            StatusCode::FORBIDDEN => checked += 1,
+            StatusCode::TOO_MANY_REQUESTS => {}
+            other => anyhow::bail!("unexpected {other}"),
+        }
+    }
+    assert!(
+        (1..=4).contains(&checked),
+        "{checked} codes were checked with a lock at 4"
+    );
+    // TOTP is still on.
+    let again = challenge(stack.http(), &stack, &user.email).await?;
+    assert!(!again.is_empty());
+    stack.stop().await;
+    Ok(())
+}
