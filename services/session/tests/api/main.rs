@@ -444,20 +444,7 @@ async fn revocations_survive_redis_coming_back_with_part_of_its_data() -> anyhow
     // replica promoted while it lagged, keeps the "complete" sentinel but not every
     // entry: the sentinel names the Redis process it was written for.
     let mut s = spawn().await?;
-    // A session revoked a minute ago (out of the replicas' look-back: only the copy
-    // from Postgres brings it back to Redis).
-    let sid = uuid::Uuid::new_v4();
-    diesel::sql_query(format!(
-        "INSERT INTO session.revocations (kind, id, expires_at, revoked_at) \
-         VALUES ('sid', '{sid}', now() + interval '10 minutes', now() - interval '1 minute')"
-    ))
-    .execute(&mut s.db.connect().await?)
-    .await?;
-    s.wipe_redis().await?;
-    let sid_text = sid.to_string();
-    assert!(s.is_revoked(uuid::Uuid::new_v4(), &sid_text).await?);
     let sentinel = aia_db::redis::key(&s.prefix, "bl", "complete");
-    let entry = aia_db::redis::key(&s.prefix, "bl", &format!("sid:{sid}"));
     let pool = aia_db::redis::pool(&aia_testkit::redis_url())?;
     let present = |key: String| {
         let pool = pool.clone();
@@ -470,6 +457,27 @@ async fn revocations_survive_redis_coming_back_with_part_of_its_data() -> anyhow
             anyhow::Ok(present)
         }
     };
+    // The copy the service made when it started is complete before the test writes
+    // behind its back (a copy still running could mark Redis complete without it).
+    s.is_revoked(uuid::Uuid::new_v4(), &uuid::Uuid::new_v4().to_string())
+        .await?;
+    aia_testkit::eventually(Duration::from_secs(5), || async {
+        Ok(present(sentinel.clone()).await?.then_some(()))
+    })
+    .await?;
+    // A session revoked a minute ago (out of the replicas' look-back: only the copy
+    // from Postgres brings it back to Redis).
+    let sid = uuid::Uuid::new_v4();
+    diesel::sql_query(format!(
+        "INSERT INTO session.revocations (kind, id, expires_at, revoked_at) \
+         VALUES ('sid', '{sid}', now() + interval '10 minutes', now() - interval '1 minute')"
+    ))
+    .execute(&mut s.db.connect().await?)
+    .await?;
+    s.wipe_redis().await?;
+    let sid_text = sid.to_string();
+    assert!(s.is_revoked(uuid::Uuid::new_v4(), &sid_text).await?);
+    let entry = aia_db::redis::key(&s.prefix, "bl", &format!("sid:{sid}"));
     // Complete again (the copy is back, the sentinel written)...
     aia_testkit::eventually(Duration::from_secs(5), || async {
         Ok((present(sentinel.clone()).await? && present(entry.clone()).await?).then_some(()))
