@@ -79,7 +79,8 @@ enum Command {
         format: Format,
     },
     /// Print a complete set of strong secrets (ENCRYPTION_KEY, API_KEY_SECRET,
-    /// SESSION_SECRET, and the Compose stack's database and Redis passwords) as a
+    /// SESSION_SECRET, COOKIE_SECRET, and the Compose stack's database and Redis
+    /// passwords) as a
     /// `.env` file or a Kubernetes Secret manifest.
     GenSecrets {
         /// `env` (a `.env` file) or `k8s` (a Secret manifest).

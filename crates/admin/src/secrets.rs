@@ -24,7 +24,7 @@ impl std::fmt::Debug for Generated {
 }
 
 /// Which secrets to generate, with their size in random bytes.
-const SET: [(&str, usize, &str); 5] = [
+const SET: [(&str, usize, &str); 6] = [
     (
         "ENCRYPTION_KEY",
         48,
@@ -38,7 +38,12 @@ const SET: [(&str, usize, &str); 5] = [
     (
         "SESSION_SECRET",
         64,
-        "derives refresh-token successors (session) and seals browser cookies (gateway)",
+        "derives refresh-token successors (session only)",
+    ),
+    (
+        "COOKIE_SECRET",
+        64,
+        "seals browser session cookies (gateway only; never the SESSION_SECRET)",
     ),
     (
         "POSTGRES_PASSWORD",
@@ -120,7 +125,7 @@ mod tests {
     #[test]
     fn every_secret_is_strong_and_different() -> Result<(), getrandom::Error> {
         let set = generate(true)?;
-        assert_eq!(set.len(), 6);
+        assert_eq!(set.len(), 7);
         for s in &set {
             assert!(s.value.len() >= 43, "{}", s.name);
             assert!(

@@ -91,7 +91,12 @@ fn gen_secrets_passes_check_config_and_the_original_guides_examples_fail() -> an
     // Without the secrets: each missing one is named.
     let (code, text) = aia(&["check-config"], &deployment())?;
     assert_eq!(code, 1, "{text}");
-    for name in ["ENCRYPTION_KEY", "API_KEY_SECRET", "SESSION_SECRET"] {
+    for name in [
+        "ENCRYPTION_KEY",
+        "API_KEY_SECRET",
+        "SESSION_SECRET",
+        "COOKIE_SECRET",
+    ] {
         assert!(text.contains(&format!("✗ {name}: must be set")), "{text}");
     }
 
@@ -160,6 +165,7 @@ fn gen_secrets_passes_check_config_and_the_original_guides_examples_fail() -> an
         "ENCRYPTION_KEY:",
         "API_KEY_SECRET:",
         "SESSION_SECRET:",
+        "COOKIE_SECRET:",
         "JWT_SECRET_KEY:",
     ] {
         assert!(text.contains(needle), "{needle} missing:\n{text}");

@@ -41,6 +41,16 @@ pub fn production_readiness(vars: &HashMap<String, String>) -> Vec<Problem> {
             problems.push(problem);
         }
     }
+    // Each service's reader sees its own secret only.
+    let secret = |name: &str| vars.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
+    if secret("COOKIE_SECRET").is_some() && secret("COOKIE_SECRET") == secret("SESSION_SECRET") {
+        problems.push(Problem {
+            variable: "COOKIE_SECRET".to_owned(),
+            message: "must differ from SESSION_SECRET: the gateway's cookie key must not be \
+                      the key of refresh-token successors (generate one with `aia gen-secrets`)"
+                .to_owned(),
+        });
+    }
     problems
 }
 
@@ -72,6 +82,7 @@ mod tests {
             ("ENCRYPTION_KEY", strong(44, 1)),
             ("API_KEY_SECRET", strong(88, 2)),
             ("SESSION_SECRET", strong(88, 3)),
+            ("COOKIE_SECRET", strong(88, 7)),
             ("INTERNAL_TLS", "mesh".to_owned()),
             ("MESH_NAMESPACE", "aia".to_owned()),
             ("ALLOWED_HOSTS", "api.example.com".to_owned()),
@@ -166,6 +177,10 @@ mod tests {
             (&[("TRUSTED_PROXIES", "lb.internal")], "TRUSTED_PROXIES"),
             (&[("MESH_NAMESPACE", "aia.evil")], "MESH_NAMESPACE"),
             (
+                &[("MESH_TRUST_DOMAIN", "cluster..local")],
+                "MESH_TRUST_DOMAIN",
+            ),
+            (
                 &[
                     ("INTERNAL_TLS", "mtls"),
                     ("TLS_CA_FILE", "/nonexistent/ca.pem"),
@@ -194,17 +209,34 @@ mod tests {
     fn every_problem_is_named_once_and_never_shows_the_value() {
         let mut vars = ready();
         let weak = "password-password-password";
+        vars.remove("REDIS_URL");
         vars.insert("SESSION_SECRET".to_owned(), weak.to_owned());
         let problems = production_readiness(&vars);
-        // SESSION_SECRET is read by both the session service and the gateway.
+        // REDIS_URL is read by auth, session and the gateway.
+        for name in ["REDIS_URL", "SESSION_SECRET"] {
+            assert_eq!(
+                problems.iter().filter(|p| p.variable == name).count(),
+                1,
+                "{name}: {problems:?}"
+            );
+        }
+        assert!(problems.iter().all(|p| !p.message.contains(weak)));
+    }
+
+    #[test]
+    fn the_gateways_cookie_key_is_not_the_session_services_secret() {
+        let mut vars = ready();
+        let shared = strong(88, 5);
+        vars.insert("SESSION_SECRET".to_owned(), shared.clone());
+        vars.insert("COOKIE_SECRET".to_owned(), shared.clone());
+        let problems = production_readiness(&vars);
         assert_eq!(
             problems
                 .iter()
-                .filter(|p| p.variable == "SESSION_SECRET")
-                .count(),
-            1,
-            "{problems:?}"
+                .map(|p| p.variable.as_str())
+                .collect::<Vec<_>>(),
+            ["COOKIE_SECRET"]
         );
-        assert!(problems.iter().all(|p| !p.message.contains(weak)));
+        assert!(problems.iter().all(|p| !p.message.contains(&shared)));
     }
 }

@@ -60,6 +60,10 @@ pub enum InternalTls {
         /// (from the downward API, `metadata.namespace`). A mesh identity of the right
         /// service account name in another namespace is not the platform's.
         namespace: String,
+        /// `MESH_TRUST_DOMAIN`: the mesh's identity trust domain (default
+        /// `cluster.local`, Linkerd's). An identity of another trust domain (another
+        /// cluster sharing the trust anchor) is not the platform's.
+        trust_domain: String,
     },
     /// The services speak mTLS themselves: every listener requires a client
     /// certificate from the CA, every client presents its own, and each rpc checks the
@@ -395,10 +399,13 @@ pub struct GatewaySettings {
     pub rate_limits: crate::RateLimitSettings,
     /// The reverse proxy (`UPSTREAM*`).
     pub upstreams: crate::UpstreamSettings,
-    /// `SESSION_SECRET` (the session service's): seals the refresh-token cookie of
-    /// browser sessions. Required in production; development generates one per start
-    /// (cookie sessions then end at a restart).
-    pub session_secret: Option<SecretString>,
+    /// `COOKIE_SECRET`: seals the refresh-token cookie of browser sessions. The
+    /// gateway's own, never the session service's `SESSION_SECRET` (which keys the
+    /// successors of refresh tokens: with it, the internet-facing gateway's secrets
+    /// and an old refresh token would compute the current one). Required in
+    /// production; development generates one per start (cookie sessions then end at
+    /// a restart).
+    pub cookie_secret: Option<SecretString>,
     /// `SESSION_IDLE_TTL_SECONDS` (the session service's): how long the session cookie
     /// is kept (default 30 days).
     pub session_cookie_max_age: Duration,
@@ -485,7 +492,17 @@ impl Common {
                          a caller's mesh identity must be of that namespace",
                     );
                 }
-                InternalTls::Mesh { namespace }
+                let trust_domain = env.string("MESH_TRUST_DOMAIN", "cluster.local");
+                if !trust_domain.split('.').all(is_dns_label) {
+                    env.problem(
+                        "MESH_TRUST_DOMAIN",
+                        "must be a DNS name (the mesh's identity trust domain, e.g. cluster.local)",
+                    );
+                }
+                InternalTls::Mesh {
+                    namespace,
+                    trust_domain,
+                }
             }
             "mtls" => {
                 let mut file = |name: &str| match env.get(name).map(PathBuf::from) {
@@ -816,7 +833,7 @@ impl GatewaySettings {
             revocation_stale_after: revocation_stale_after(&mut env),
             rate_limits: crate::RateLimitSettings::read(&mut env, common.app_env.is_production()),
             upstreams: crate::UpstreamSettings::read(&mut env, common.app_env.is_production()),
-            session_secret: production::secret(&mut env, "SESSION_SECRET", 64, common.app_env),
+            cookie_secret: production::secret(&mut env, "COOKIE_SECRET", 64, common.app_env),
             audit_url: env.string("AUDIT_GRPC_URL", "http://127.0.0.1:50053"),
             rejections_window: Duration::from_secs(env.parse_in(
                 "AUDIT_REJECTIONS_WINDOW_SECONDS",

@@ -29,10 +29,14 @@ impl std::fmt::Debug for TlsMaterial {
 impl TlsMaterial {
     /// Reads the PEM files named in settings; `None` unless `INTERNAL_TLS=mtls`.
     pub fn load(settings: &InternalTls) -> anyhow::Result<Option<Self>> {
-        if let InternalTls::Mesh { namespace } = settings {
+        if let InternalTls::Mesh {
+            namespace,
+            trust_domain,
+        } = settings
+        {
             // One namespace per process: a second setting (tests start several
             // services in one process) keeps the first.
-            let _ = MESH.set(namespace.clone());
+            let _ = MESH.set((namespace.clone(), trust_domain.clone()));
         }
         let InternalTls::Mtls {
             ca_file,
@@ -93,7 +97,14 @@ pub fn endpoint(url: &str, tls: Option<&TlsMaterial>, peer: &str) -> anyhow::Res
 
 /// The platform's namespace, set when this process runs with `INTERNAL_TLS=mesh` (see
 /// [`authorize`]).
-static MESH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+/// The platform's namespace and the mesh's trust domain, in mesh mode.
+static MESH: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+
+/// [`MESH`] borrowed.
+fn mesh() -> Option<(&'static str, &'static str)> {
+    MESH.get()
+        .map(|(namespace, domain)| (namespace.as_str(), domain.as_str()))
+}
 
 /// The header a Linkerd inbound proxy adds with the meshed caller's verified identity
 /// (and removes from whatever the caller sent).
@@ -104,12 +115,13 @@ const MESH_IDENTITY: &str = "l5d-client-id";
 ///
 /// - `INTERNAL_TLS=mtls`: the client certificate must name the caller;
 /// - `INTERNAL_TLS=mesh`: the Linkerd proxy's `l5d-client-id` must be the caller's
-///   service account in the platform's namespace (`MESH_NAMESPACE`),
-///   `aia-<service>.<namespace>.serviceaccount.identity.…`; a call without it did not
-///   come through the mesh and is refused;
+///   service account in the platform's namespace (`MESH_NAMESPACE`) and the mesh's
+///   trust domain (`MESH_TRUST_DOMAIN`),
+///   `aia-<service>.<namespace>.serviceaccount.identity.<control plane>.<trust domain>`;
+///   a call without it did not come through the mesh and is refused;
 /// - `INTERNAL_TLS=off` (development; production refuses it): no identity to check.
 pub fn authorize<T>(request: &tonic::Request<T>, allowed: &[&str]) -> Result<(), tonic::Status> {
-    authorize_in(request, allowed, MESH.get().map(String::as_str), false).map(|_| ())
+    authorize_in(request, allowed, mesh(), false).map(|_| ())
 }
 
 /// [`authorize`], and which service of the platform the caller is, when its
@@ -119,7 +131,7 @@ pub fn caller<T>(
     request: &tonic::Request<T>,
     allowed: &[&str],
 ) -> Result<Option<&'static str>, tonic::Status> {
-    authorize_in(request, allowed, MESH.get().map(String::as_str), true)
+    authorize_in(request, allowed, mesh(), true)
 }
 
 /// The services of the platform, by the names their certificates and service
@@ -138,11 +150,11 @@ fn refused() -> tonic::Status {
 fn authorize_in<T>(
     request: &tonic::Request<T>,
     allowed: &[&str],
-    mesh: Option<&str>,
+    mesh: Option<(&str, &str)>,
     identify: bool,
 ) -> Result<Option<&'static str>, tonic::Status> {
     let Some(certs) = request.peer_certs() else {
-        let Some(platform_namespace) = mesh else {
+        let Some((platform_namespace, trust_domain)) = mesh else {
             return Ok(None);
         };
         let identity = request
@@ -154,8 +166,17 @@ fn authorize_in<T>(
                     .increment(1);
                 tonic::Status::unauthenticated("no mesh identity")
             })?;
+        // `<account>.<namespace>.serviceaccount.identity.<control plane>.<trust domain>`
         let account = identity
             .split_once(".serviceaccount.identity.")
+            .filter(|(_, issuer)| {
+                issuer
+                    .strip_suffix(trust_domain)
+                    .and_then(|control_plane| control_plane.strip_suffix('.'))
+                    .is_some_and(|control_plane| {
+                        !control_plane.is_empty() && !control_plane.contains('.')
+                    })
+            })
             .and_then(|(head, _)| head.split_once('.'))
             .filter(|(_, namespace)| *namespace == platform_namespace)
             .map(|(account, _)| account);
@@ -217,8 +238,8 @@ mod tests {
         request
     }
 
-    /// The namespace the mesh tests run the platform in.
-    const MESH_TEST: Option<&str> = Some("aia");
+    /// The namespace the mesh tests run the platform in, and the trust domain.
+    const MESH_TEST: Option<(&str, &str)> = Some(("aia", "cluster.local"));
 
     #[test]
     fn in_the_mesh_the_proxys_identity_decides() {
@@ -231,6 +252,9 @@ mod tests {
             denied.err().map(|s| s.code()),
             Some(tonic::Code::PermissionDenied)
         );
+        // A control plane in another namespace issues the same trust domain's names.
+        let elsewhere = "aia-gateway.aia.serviceaccount.identity.mesh-system.cluster.local";
+        assert!(authorize_in(&from(Some(elsewhere)), &["gateway"], MESH_TEST, false).is_ok());
         // Any platform service where any is allowed; nobody else.
         assert!(authorize_in(&from(Some(auth)), &[], MESH_TEST, false).is_ok());
         // The name audit binds a producer to: the service the proxy vouches for, and
@@ -258,6 +282,10 @@ mod tests {
             // The gateway's account name in another namespace is not the gateway.
             "aia-gateway.tenant-b.serviceaccount.identity.linkerd.cluster.local",
             "aia-gateway.aia.evil.serviceaccount.identity.linkerd.cluster.local",
+            // Another cluster sharing the trust anchor is not this one.
+            "aia-gateway.aia.serviceaccount.identity.linkerd.other.local",
+            "aia-gateway.aia.serviceaccount.identity.linkerd.evil.cluster.local",
+            "aia-gateway.aia.serviceaccount.identity.cluster.local",
             "aia-gateway",
             "",
         ] {

@@ -3,7 +3,7 @@
 //!
 //! A login (or MFA login, or refresh) whose body says `"session": "cookie"` gets the
 //! refresh token not in the body but in `__Host-aia_session`: `HttpOnly; Secure;
-//! SameSite=Strict; Path=/`, sealed (AES-256-GCM, key derived from `SESSION_SECRET`)
+//! SameSite=Strict; Path=/`, sealed (AES-256-GCM, key derived from `COOKIE_SECRET`)
 //! together with a CSRF token, so neither can be read, altered or swapped. The CSRF
 //! token is also in the body (`csrf_token`) and in the script-readable
 //! `__Host-aia_csrf` cookie.
@@ -55,10 +55,10 @@ pub struct Session {
 }
 
 impl CookieSealer {
-    /// A sealer keyed by `secret` (`SESSION_SECRET`).
+    /// A sealer keyed by `secret` (`COOKIE_SECRET`).
     pub fn new(secret: &[u8], max_age: std::time::Duration) -> anyhow::Result<Self> {
         let key = SealingKey::derive_for(secret, b"aia gateway session cookie v1")
-            .map_err(|e| anyhow::anyhow!("SESSION_SECRET: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("COOKIE_SECRET: {e}"))?;
         Ok(Self { key, max_age })
     }
 

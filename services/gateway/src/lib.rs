@@ -133,11 +133,11 @@ pub async fn build(
         &settings.common.redis_key_prefix,
     )?);
     tokio::spawn(rate_limit::sweep(limiter.clone(), shutdown.clone()));
-    let session_secret = match &settings.session_secret {
+    let cookie_secret = match &settings.cookie_secret {
         Some(secret) => secret.expose_secret().as_bytes().to_vec(),
         None => {
             tracing::warn!(
-                "DEVELOPMENT: no SESSION_SECRET; browser session cookies end at a restart"
+                "DEVELOPMENT: no COOKIE_SECRET; browser session cookies end at a restart"
             );
             let mut secret = vec![0u8; 64];
             getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("OS random source: {e}"))?;
@@ -177,7 +177,7 @@ pub async fn build(
         revocations,
         access_ttl: settings.tokens.access_ttl,
         limiter,
-        cookies: cookies::CookieSealer::new(&session_secret, settings.session_cookie_max_age)?,
+        cookies: cookies::CookieSealer::new(&cookie_secret, settings.session_cookie_max_age)?,
         origins: cors::Origins::new(settings.cors_origins.clone()),
         rejections,
         usage,

@@ -365,6 +365,7 @@ fn production_template_lists_every_variable_with_a_comment() -> anyhow::Result<(
         "ENCRYPTION_KEY",
         "API_KEY_SECRET",
         "SESSION_SECRET",
+        "COOKIE_SECRET",
         "DATABASE_URL",
         "REDIS_URL",
         "SMTP_URL",

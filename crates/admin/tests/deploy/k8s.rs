@@ -61,7 +61,7 @@ fn secrets_read_by(workload: &str) -> &'static [&'static str] {
         "aia-gateway" => &[
             "REDIS_URL",
             "RATE_LIMIT_REDIS_URL",
-            "SESSION_SECRET",
+            "COOKIE_SECRET",
             "JWT_SECRET_KEY",
         ],
         "aia-auth" => &[

@@ -62,11 +62,13 @@ async fn no_secret_reaches_the_logs() -> anyhow::Result<()> {
             .with_writer(move || writer.clone())
             .finish(),
     )?;
-    let (encryption_key, api_key_secret, session_secret) = (random(2), random(2), random(2));
+    let (encryption_key, api_key_secret, session_secret, cookie_secret) =
+        (random(2), random(2), random(2), random(2));
     let (stack, smtp) = stack_with_mail(&[
         ("ENCRYPTION_KEY", encryption_key.clone()),
         ("API_KEY_SECRET", api_key_secret.clone()),
         ("SESSION_SECRET", session_secret.clone()),
+        ("COOKIE_SECRET", cookie_secret.clone()),
         ("REQUIRE_EMAIL_VERIFICATION", "true".into()),
     ])
     .await?;
@@ -82,6 +84,7 @@ async fn no_secret_reaches_the_logs() -> anyhow::Result<()> {
         ("ENCRYPTION_KEY", encryption_key),
         ("API_KEY_SECRET", api_key_secret),
         ("SESSION_SECRET", session_secret),
+        ("COOKIE_SECRET", cookie_secret),
     ];
 
     let who = email();
