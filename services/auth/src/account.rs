@@ -388,6 +388,8 @@ impl Auth {
             .await
             .map_err(AuthError::Unavailable)?
             .ok_or(AuthError::InvalidEmailToken)?;
+        // The password has changed and the token is spent: what follows is done as
+        // well as it can be, never answered as an error (a retry could not succeed).
         // A reset proves control of the mailbox: the address counts as verified.
         let verified = self
             .audit
@@ -396,26 +398,29 @@ impl Auth {
             .subject(user_id.to_string())
             .client(req.client.as_ref())
             .details(serde_json::json!({"via": "password_reset"}));
-        self.users
-            .set_verified(user_id, verified)
-            .await
-            .map_err(AuthError::Unavailable)?;
+        if let Err(error) = self.users.set_verified(user_id, verified).await {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "a reset's address not marked verified"
+            );
+        }
         let ended = self
             .end_sessions_due(due, user_id, None, reason, req.client.clone())
             .await;
         // A reset lifts a lock (a stranger's wrong passwords), but not on an account
         // with TOTP on: there the count holds wrong codes too, and a reset would let
         // whoever has the password and the mailbox guess codes again at once.
-        if !self
-            .mfa
-            .is_enabled(user_id)
-            .await
-            .map_err(AuthError::Unavailable)?
-        {
-            self.lockout
-                .unlock(email.as_str())
-                .await
-                .map_err(AuthError::Unavailable)?;
+        let unlocked = async {
+            if !self.mfa.is_enabled(user_id).await? {
+                self.lockout.unlock(email.as_str()).await?;
+            }
+            anyhow::Ok(())
+        };
+        if let Err(error) = unlocked.await {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "a reset's account lock not lifted"
+            );
         }
         Ok(ResetPasswordResponse {
             sessions_ended: ended,

@@ -182,11 +182,8 @@ impl Lockout {
         (self.limits.threshold, self.limits.lock_for)
     }
 
-    /// Before a second-factor code is checked: counts it on the account alone (a
-    /// success clears it; a failure is then recorded with this count). The account's
-    /// failures now. Counting first, atomically, is what keeps codes sent at once
-    /// from all passing a check made before any of them counted.
-    pub async fn count_attempt(&self, email: &str) -> anyhow::Result<u64> {
+    /// The Redis part of [`Lockout::count_attempt`].
+    async fn count_attempt_redis(&self, email: &str) -> anyhow::Result<u64> {
         let mut conn = self.redis.get().await.context("Redis connection")?;
         let (account_failures,): (u64,) = redis::pipe()
             .cmd("INCR")
@@ -202,10 +199,8 @@ impl Lockout {
         Ok(account_failures)
     }
 
-    /// After a failed password or code: counts it on every axis (on the account
-    /// already, when `counted` is what [`Lockout::count_attempt`] returned) and locks
-    /// the account once due. True if this failure locked it (it was not locked).
-    pub async fn record_failure(
+    /// The Redis part of [`Lockout::record_failure`].
+    async fn record_failure_redis(
         &self,
         email: &str,
         ip: &str,
@@ -279,9 +274,8 @@ impl Lockout {
         Ok(newly.is_some())
     }
 
-    /// After a successful login: this IP becomes a known client, and the account's
-    /// counters start again.
-    pub async fn record_success(&self, email: &str, ip: &str) -> anyhow::Result<()> {
+    /// The Redis part of [`Lockout::record_success`].
+    async fn record_success_redis(&self, email: &str, ip: &str) -> anyhow::Result<()> {
         let ip = aia_telemetry::net::bucket_of_text(ip);
         let ip = ip.as_str();
         let mut conn = self.redis.get().await.context("Redis connection")?;
@@ -306,9 +300,8 @@ impl Lockout {
         Ok(())
     }
 
-    /// Lifts a lock and clears the account's counter (admin unlock, password reset).
-    /// True if the account was locked.
-    pub async fn unlock(&self, email: &str) -> anyhow::Result<bool> {
+    /// The Redis part of [`Lockout::unlock`].
+    async fn unlock_redis(&self, email: &str) -> anyhow::Result<bool> {
         let mut conn = self.redis.get().await.context("Redis connection")?;
         let (removed, _): (u64, u64) = redis::pipe()
             .del(self.key("lock", email))
@@ -317,6 +310,82 @@ impl Lockout {
             .await
             .context("unlocking an account")?;
         Ok(removed > 0)
+    }
+}
+
+impl Lockout {
+    /// A counter update's outcome under `LOCKOUT_FAIL_OPEN`: with it, a Redis error is
+    /// logged and counted and `fallback` stands in (logins that the pre-check let
+    /// through are not then refused by the bookkeeping after them); without it, the
+    /// error stands (the caller answers 503).
+    fn open_on_error<T>(&self, outcome: anyhow::Result<T>, fallback: T) -> anyhow::Result<T> {
+        match outcome {
+            Err(error) if self.limits.fail_open => {
+                metrics::counter!("auth_lockout_redis_errors_total", "mode" => "open").increment(1);
+                tracing::error!(
+                    error = format!("{error:#}"),
+                    "lockout bookkeeping failed; failing open"
+                );
+                Ok(fallback)
+            }
+            other => other,
+        }
+    }
+
+    /// Before a second-factor code is checked: counts it on the account alone (a
+    /// success clears it; a failure is then recorded with this count). The account's
+    /// failures now (0 when Redis fails and `LOCKOUT_FAIL_OPEN` is set). Counting
+    /// first, atomically, is what keeps codes sent at once from all passing a check
+    /// made before any of them counted.
+    pub async fn count_attempt(&self, email: &str) -> anyhow::Result<u64> {
+        let outcome = self.count_attempt_redis(email).await;
+        self.open_on_error(outcome, 0)
+    }
+
+    /// Takes back a count of [`Lockout::count_attempt`] for a code that was right
+    /// (where a right code is not a login, which clears the count altogether).
+    pub async fn uncount_attempt(&self, email: &str) -> anyhow::Result<()> {
+        let outcome = async {
+            let mut conn = self.redis.get().await.context("Redis connection")?;
+            let _: i64 = redis::Script::new(
+                "local n = redis.call('DECR', KEYS[1]) \
+                 if n <= 0 then redis.call('DEL', KEYS[1]) end return n",
+            )
+            .key(self.key("acct", email))
+            .invoke_async(&mut conn)
+            .await
+            .context("taking back a second-factor attempt")?;
+            anyhow::Ok(())
+        }
+        .await;
+        self.open_on_error(outcome, ())
+    }
+
+    /// After a failed password or code: counts it on every axis (on the account
+    /// already, when `counted` is what [`Lockout::count_attempt`] returned) and locks
+    /// the account once due. True if this failure locked it (it was not locked).
+    pub async fn record_failure(
+        &self,
+        email: &str,
+        ip: &str,
+        counted: Option<u64>,
+    ) -> anyhow::Result<bool> {
+        let outcome = self.record_failure_redis(email, ip, counted).await;
+        self.open_on_error(outcome, false)
+    }
+
+    /// After a successful login: this IP becomes a known client, and the account's
+    /// counters start again.
+    pub async fn record_success(&self, email: &str, ip: &str) -> anyhow::Result<()> {
+        let outcome = self.record_success_redis(email, ip).await;
+        self.open_on_error(outcome, ())
+    }
+
+    /// Lifts a lock and clears the account's counter (admin unlock, password reset).
+    /// True if the account was locked.
+    pub async fn unlock(&self, email: &str) -> anyhow::Result<bool> {
+        let outcome = self.unlock_redis(email).await;
+        self.open_on_error(outcome, false)
     }
 }
 

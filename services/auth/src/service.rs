@@ -329,8 +329,7 @@ impl Auth {
     /// faster than the login form.
     ///
     /// A one-time `code` is counted before it is checked, as at the login's second
-    /// step ([`Auth::count_code`]), and a right one clears the count as a completed
-    /// login does.
+    /// step ([`Auth::count_code`]); a right one takes its count back.
     pub(crate) async fn check_throttled(
         &self,
         user: &User,
@@ -350,8 +349,10 @@ impl Auth {
             self.count_failure(&user.email, ip, client, Some(user.id), counted)
                 .await?;
         } else if code {
+            // Not a login: the address does not become a known client, and the
+            // account's count keeps what came before this code.
             self.lockout
-                .record_success(&user.email, ip)
+                .uncount_attempt(&user.email)
                 .await
                 .map_err(AuthError::Unavailable)?;
         }

@@ -34,10 +34,11 @@
 //!   one passes the limit); a body over the limit or cut short by the client is its
 //!   failure, not the upstream's, and does not count towards the circuit breaker.
 //!   Nor does a timeout or broken connection that came before the client's body was
-//!   read to its end (a connection that could not be made at all does count) (awc's timeout covers sending the body and waiting for the
-//!   answer alike: an upload stalled past `UPSTREAM_TIMEOUT_SECONDS` is a 504, and an
-//!   upstream that closes while a large body is still being sent a 502, but either
-//!   may be one client's doing). `Expect` is answered here, not forwarded. Redirects
+//!   read to its end: awc's timeout covers sending the body and waiting for the
+//!   answer alike (an upload stalled past `UPSTREAM_TIMEOUT_SECONDS` is a 504, and
+//!   an upstream that closes while a large body is still being sent a 502), and
+//!   either may be one client's doing. A connection that could not be made at all
+//!   does count. `Expect` is answered here, not forwarded. Redirects
 //!   are passed to the client, not followed.
 //! - **Failure**: a connection error or timeout (`UPSTREAM_TIMEOUT_SECONDS`) is a 502
 //!   or 504 problem. Consecutive failures and 502, 503 and 504 answers (not other

@@ -13,9 +13,10 @@
 //! replica that lagged. The sentinel therefore holds the `run_id` of the Redis
 //! process that was made complete, and every poll compares it with the current
 //! one: another process means another history, so the sentinel is dropped and the
-//! copy made again (lookups may trust the old copy for up to one poll, about half a
-//! second, after such a restart; a Redis that refuses `INFO` cannot be checked). (Eviction is the one loss this cannot see: Redis must not evict
-//! keys, `maxmemory-policy noeviction`, Redis's default.)
+//! copy made again. Lookups may trust the old copy for up to one poll (about half a
+//! second) after such a restart, and a Redis that refuses `INFO` cannot be checked.
+//! Eviction is the one loss this cannot see: Redis must not evict keys
+//! (`maxmemory-policy noeviction`, Redis's default).
 //!
 //! Replicas tell each other of new entries through Redis pub/sub (milliseconds), and
 //! each also reads the entries stored in the last [`LOOKBACK_SECONDS`] from Postgres

@@ -331,3 +331,35 @@ async fn concurrent_failures_are_all_counted_and_lock_once() -> anyhow::Result<(
     stack.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_open_lets_logins_through_a_redis_outage_whole() -> anyhow::Result<()> {
+    // LOCKOUT_FAIL_OPEN=true lets a login past the throttle's check while Redis is
+    // down; the bookkeeping after it (a success recorded, a failure counted) must not
+    // then refuse it.
+    let mut stack = Stack::start().await?;
+    let auth = stack
+        .add_auth_with(&[
+            ("REDIS_URL", "redis://127.0.0.1:1".to_owned()),
+            ("LOCKOUT_FAIL_OPEN", "true".to_owned()),
+        ])
+        .await?;
+    let gateway = stack
+        .add_gateway_with(&[("AUTH_GRPC_URL", auth.url())])
+        .await?;
+    let who = email();
+    register(&stack, &who).await?;
+    let http = reqwest::Client::new();
+    let login = |password: &'static str| {
+        http.post(format!("{}/v1/auth/login", gateway.url()))
+            .json(&json!({"email": who, "password": password}))
+            .send()
+    };
+    assert_eq!(login(PASSWORD).await?.status(), StatusCode::OK);
+    assert_eq!(
+        login("not the password at all").await?.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    stack.stop().await;
+    Ok(())
+}
