@@ -20,6 +20,14 @@ pub(crate) fn token_in(mail: &str) -> String {
         .to_owned()
 }
 
+/// A message's text with quoted-printable soft line breaks and `=3D` undone (the
+/// mailer may choose that encoding for a long line).
+fn unfolded(data: &str) -> String {
+    data.replace("=\r\n", "")
+        .replace("=\n", "")
+        .replace("=3D", "=")
+}
+
 async fn post(stack: &Stack, path: &str, body: Value) -> anyhow::Result<reqwest::Response> {
     Ok(stack
         .http()
@@ -114,12 +122,7 @@ async fn registration_sends_a_single_use_verification_token() -> anyhow::Result<
     assert_eq!(token.len(), 43, "{}", mail.data);
     // The link goes to the web app's page, the token in its fragment (never sent to a
     // server), not to an API route a browser cannot call with GET.
-    // (Quoted-printable, should the mailer choose it for the long line.)
-    let text = mail
-        .data
-        .replace("=\r\n", "")
-        .replace("=\n", "")
-        .replace("=3D", "=");
+    let text = unfolded(&mail.data);
     assert!(
         text.contains(&format!("http://localhost:8080/verify-email#token={token}")),
         "{text}"
@@ -231,11 +234,7 @@ async fn a_password_reset_ends_every_session_and_lifts_a_lockout() -> anyhow::Re
     let mail = smtp.nth_with(&email, RESET, 1).await?;
     assert!(mail.data.contains("Reset your password"), "{}", mail.data);
     let token = token_in(&mail.data);
-    let text = mail
-        .data
-        .replace("=\r\n", "")
-        .replace("=\n", "")
-        .replace("=3D", "=");
+    let text = unfolded(&mail.data);
     assert!(
         text.contains(&format!(
             "http://localhost:8080/reset-password#token={token}"

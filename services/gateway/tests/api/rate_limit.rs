@@ -430,6 +430,16 @@ async fn a_connection_slower_than_the_budget_is_still_made() -> anyhow::Result<(
     Ok(())
 }
 
+/// How many times the gateway has asked auth about an API key.
+async fn api_key_checks(stack: &Stack) -> anyhow::Result<f64> {
+    let text = crate::helpers::metrics(stack).await?;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix("gateway_api_key_checks_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0))
+}
+
 /// Invented API keys get no bucket of their own: guessing keys from one address is
 /// limited like any anonymous traffic, while a real key keeps its own bucket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -451,15 +461,7 @@ async fn guessed_api_keys_share_their_addresss_bucket() -> anyhow::Result<()> {
     };
     assert_eq!(me(&crate::helpers::from_ip(24)?, &key).await?.status(), 200);
 
-    let checks = || async {
-        let text = crate::helpers::metrics(&stack).await?;
-        anyhow::Ok(
-            text.lines()
-                .find_map(|l| l.strip_prefix("gateway_api_key_checks_total "))
-                .and_then(|v| v.trim().parse::<f64>().ok())
-                .unwrap_or(0.0),
-        )
-    };
+    let checks = || api_key_checks(&stack);
     let before = checks().await?;
     let guesser = crate::helpers::from_ip(23)?;
     let mut statuses = Vec::new();
@@ -509,15 +511,7 @@ async fn a_known_key_past_its_quota_costs_auth_nothing() -> anyhow::Result<()> {
         &["profile:read"],
     )
     .await?;
-    let checks = || async {
-        let text = crate::helpers::metrics(&stack).await?;
-        anyhow::Ok(
-            text.lines()
-                .find_map(|l| l.strip_prefix("gateway_api_key_checks_total "))
-                .and_then(|v| v.trim().parse::<f64>().ok())
-                .unwrap_or(0.0),
-        )
-    };
+    let checks = || api_key_checks(&stack);
     let before = checks().await?;
     let client = crate::helpers::from_ip(30)?;
     let mut statuses = Vec::new();

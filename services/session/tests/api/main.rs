@@ -113,6 +113,12 @@ impl Session {
             .await?)
     }
 
+    /// Whether Redis holds `key`.
+    async fn exists(&self, key: &str) -> anyhow::Result<bool> {
+        let mut conn = self.redis().await?;
+        Ok(redis::cmd("EXISTS").arg(key).query_async(&mut conn).await?)
+    }
+
     /// Deletes every key of this test's prefix: what a Redis restart without
     /// persistence does, limited to this test so parallel tests are unaffected.
     async fn wipe_redis(&self) -> anyhow::Result<usize> {
@@ -421,17 +427,8 @@ async fn revocations_survive_redis_losing_its_data() -> anyhow::Result<()> {
     );
     // And the entries come back to Redis on their own.
     let key = aia_db::redis::key(&s.prefix, "bl", &format!("sid:{}", created.session_id));
-    let pool = aia_db::redis::pool(&aia_testkit::redis_url())?;
-    aia_testkit::eventually(Duration::from_secs(5), || {
-        let (key, pool) = (key.clone(), pool.clone());
-        async move {
-            let mut redis = pool.get().await?;
-            let present: bool = redis::cmd("EXISTS")
-                .arg(&key)
-                .query_async(&mut redis)
-                .await?;
-            Ok(present.then_some(()))
-        }
+    aia_testkit::eventually(Duration::from_secs(5), || async {
+        Ok(s.exists(&key).await?.then_some(()))
     })
     .await?;
     s.stop().await;
@@ -445,24 +442,12 @@ async fn revocations_survive_redis_coming_back_with_part_of_its_data() -> anyhow
     // entry: the sentinel names the Redis process it was written for.
     let mut s = spawn().await?;
     let sentinel = aia_db::redis::key(&s.prefix, "bl", "complete");
-    let pool = aia_db::redis::pool(&aia_testkit::redis_url())?;
-    let present = |key: String| {
-        let pool = pool.clone();
-        async move {
-            let mut redis = pool.get().await?;
-            let present: bool = redis::cmd("EXISTS")
-                .arg(&key)
-                .query_async(&mut redis)
-                .await?;
-            anyhow::Ok(present)
-        }
-    };
     // The copy the service made when it started is complete before the test writes
     // behind its back (a copy still running could mark Redis complete without it).
     s.is_revoked(uuid::Uuid::new_v4(), &uuid::Uuid::new_v4().to_string())
         .await?;
     aia_testkit::eventually(Duration::from_secs(5), || async {
-        Ok(present(sentinel.clone()).await?.then_some(()))
+        Ok(s.exists(&sentinel).await?.then_some(()))
     })
     .await?;
     // A session revoked a minute ago (out of the replicas' look-back: only the copy
@@ -480,12 +465,12 @@ async fn revocations_survive_redis_coming_back_with_part_of_its_data() -> anyhow
     let entry = aia_db::redis::key(&s.prefix, "bl", &format!("sid:{sid}"));
     // Complete again (the copy is back, the sentinel written)...
     aia_testkit::eventually(Duration::from_secs(5), || async {
-        Ok((present(sentinel.clone()).await? && present(entry.clone()).await?).then_some(()))
+        Ok((s.exists(&sentinel).await? && s.exists(&entry).await?).then_some(()))
     })
     .await?;
     // ...then the Redis it was written for is gone: another process holds the
     // sentinel and has lost the entry.
-    let mut redis = pool.get().await?;
+    let mut redis = s.redis().await?;
     let () = redis::cmd("DEL")
         .arg(&entry)
         .query_async(&mut redis)
@@ -514,7 +499,7 @@ async fn revocations_survive_redis_coming_back_with_part_of_its_data() -> anyhow
         "a revoked session passed while Redis lacked it"
     );
     aia_testkit::eventually(Duration::from_secs(5), || async {
-        Ok(present(entry.clone()).await?.then_some(()))
+        Ok(s.exists(&entry).await?.then_some(()))
     })
     .await?;
     s.stop().await;
