@@ -119,7 +119,7 @@ impl Auth {
             .await
             .map_err(AuthError::Unavailable)?
             .ok_or(AuthError::PasswordChangedMeanwhile)?;
-        let ended = self
+        let (ended, deferred) = self
             .end_sessions_due(
                 due,
                 user_id,
@@ -130,6 +130,7 @@ impl Auth {
             .await;
         Ok(ChangePasswordResponse {
             sessions_ended: ended,
+            sessions_deferred: deferred,
         })
     }
 
@@ -404,7 +405,7 @@ impl Auth {
                 "a reset's address not marked verified"
             );
         }
-        let ended = self
+        let (ended, deferred) = self
             .end_sessions_due(due, user_id, None, reason, req.client.clone())
             .await;
         // A reset lifts a lock (a stranger's wrong passwords), but not on an account
@@ -424,6 +425,7 @@ impl Auth {
         }
         Ok(ResetPasswordResponse {
             sessions_ended: ended,
+            sessions_deferred: deferred,
         })
     }
 }

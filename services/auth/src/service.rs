@@ -597,10 +597,11 @@ impl Auth {
     }
 
     /// Ends the sessions a password write recorded as due (`due`, its row), then
-    /// deletes the row; how many were live. When session cannot be reached the row
-    /// stays for [`crate::sessions_due`] to retry, and the answer is 0: the password
-    /// did change, and an error would send the caller to retry what cannot succeed
-    /// (the old password is wrong now, the reset token used).
+    /// deletes the row; how many were live, and whether ending them was deferred.
+    /// When session cannot be reached the row stays for [`crate::sessions_due`] to
+    /// retry, and the answer is `(0, true)`: the password did change, and an error
+    /// would send the caller to retry what cannot succeed (the old password is wrong
+    /// now, the reset token used).
     pub(crate) async fn end_sessions_due(
         &self,
         due: i64,
@@ -608,7 +609,7 @@ impl Auth {
         keep: Option<&str>,
         reason: &str,
         client: Option<aia_proto::common::v1::ClientInfo>,
-    ) -> u32 {
+    ) -> (u32, bool) {
         let ended = match self.end_sessions(user_id, keep, reason, client, None).await {
             Ok(ended) => ended,
             Err(error) => {
@@ -621,14 +622,14 @@ impl Auth {
                         "sessions due left to their grace"
                     );
                 }
-                return 0;
+                return (0, true);
             }
         };
         if let Err(error) = self.users.session_ends_done(due).await {
             // The retry ends them again (none live, or a login made since).
             tracing::warn!(error = format!("{error:#}"), "could not clear sessions due");
         }
-        ended
+        (ended, false)
     }
 
     /// Replaces a legacy (bcrypt) or outdated argon2 hash after a successful login,

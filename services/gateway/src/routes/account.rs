@@ -35,7 +35,7 @@ pub async fn change_password(
     } = body.into_inner();
     let account = crate::rate_limit::user_account_key(&auth.claims.sub);
     crate::rate_limit::spend_guess(&state, &account).await?;
-    let ended = state
+    let changed = state
         .auth
         .clone()
         .change_password(ChangePasswordRequest {
@@ -47,9 +47,11 @@ pub async fn change_password(
             amr: auth.claims.amr,
         })
         .await?
-        .into_inner()
-        .sessions_ended;
-    Ok(HttpResponse::Ok().json(serde_json::json!({"other_sessions_ended": ended})))
+        .into_inner();
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "other_sessions_ended": changed.sessions_ended,
+        "sessions_deferred": changed.sessions_deferred,
+    })))
 }
 
 /// The role admin routes need.
@@ -222,7 +224,7 @@ pub async fn reset_password(
         token,
         new_password,
     } = body.into_inner();
-    let ended = state
+    let reset = state
         .auth
         .clone()
         .reset_password(ResetPasswordRequest {
@@ -231,9 +233,11 @@ pub async fn reset_password(
             client: Some(client.to_proto()),
         })
         .await?
-        .into_inner()
-        .sessions_ended;
-    Ok(HttpResponse::Ok().json(serde_json::json!({"sessions_ended": ended})))
+        .into_inner();
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "sessions_ended": reset.sessions_ended,
+        "sessions_deferred": reset.sessions_deferred,
+    })))
 }
 
 /// Query of the user list.

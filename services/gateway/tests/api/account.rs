@@ -131,6 +131,7 @@ async fn a_password_change_needs_the_current_one_and_ends_the_other_sessions() -
     assert_eq!(response.status(), StatusCode::OK);
     let body: Value = response.json().await?;
     assert_eq!(body["other_sessions_ended"], 1);
+    assert_eq!(body["sessions_deferred"], false);
     assert_eq!(
         me_status(&stack, field(&elsewhere, "access_token")).await?,
         StatusCode::UNAUTHORIZED
@@ -399,6 +400,7 @@ async fn sessions_a_change_must_end_are_ended_once_session_is_back() -> anyhow::
     assert_eq!(changed.status(), StatusCode::OK);
     let changed: Value = changed.json().await?;
     assert_eq!(changed["other_sessions_ended"], 0, "{changed}");
+    assert_eq!(changed["sessions_deferred"], true, "{changed}");
     proxy.resume();
     // Retried until session ended them: the thief's access token is refused...
     aia_testkit::eventually(std::time::Duration::from_secs(30), || async {
