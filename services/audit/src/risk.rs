@@ -116,6 +116,24 @@ pub(crate) fn score(e: &NewEvent, facts: &Facts) -> (i16, Vec<String>) {
     )
 }
 
+/// The events whose failure is a wrong guess at an account's secrets: its password
+/// at the login form, its second factor at the login's second step, and the password
+/// or code a signed-in session presents (a change of password, a new API key, TOTP
+/// turned on or off). The brute-force detector and the login scores count them all:
+/// guessing with the password already known, or with a stolen session, is guessing.
+pub(crate) const GUESSES: [&str; 6] = [
+    "auth.login",
+    "auth.mfa",
+    "auth.password_change",
+    "auth.api_key_created",
+    "auth.mfa_enroll",
+    "auth.mfa_disabled",
+];
+
+/// [`GUESSES`] as an SQL list, for the queries below.
+const GUESSES_SQL: &str = "('auth.login', 'auth.mfa', 'auth.password_change', \
+     'auth.api_key_created', 'auth.mfa_enroll', 'auth.mfa_disabled')";
+
 /// The account a login event is about.
 fn account(e: &NewEvent) -> &str {
     if e.subject.is_empty() {
@@ -131,10 +149,10 @@ pub(crate) async fn annotate(
     e: &mut NewEvent,
 ) -> diesel::QueryResult<()> {
     let facts = if e.event_type == "auth.login" {
-        diesel::sql_query(
+        diesel::sql_query(format!(
             "SELECT \
                (SELECT count(*) FROM audit.events WHERE $1 <> '' AND subject = $1 \
-                  AND event_type = 'auth.login' AND outcome = 'failure' \
+                  AND event_type IN {GUESSES_SQL} AND outcome = 'failure' \
                   AND occurred_at > $3 - interval '15 minutes' AND occurred_at <= $3) AS account_failures, \
                (SELECT count(DISTINCT subject) FROM audit.events WHERE $2 <> '' \
                   AND source_ip <> '' AND audit.ip_network(source_ip) = audit.ip_network($2) \
@@ -148,7 +166,7 @@ pub(crate) async fn annotate(
                EXISTS (SELECT 1 FROM audit.events WHERE $1 <> '' AND subject = $1 \
                   AND event_type = 'auth.login' AND outcome = 'success' \
                   AND md5(user_agent) = md5($4) AND user_agent = $4) AS known_agent",
-        )
+        ))
         .bind::<Text, _>(account(e))
         .bind::<Text, _>(&e.source_ip)
         .bind::<Timestamptz, _>(e.occurred_at)
@@ -322,65 +340,67 @@ pub(crate) async fn detect(
     let mut alerts = Vec::new();
     let at = e.occurred_at;
     let failed = e.outcome == "failure";
-    match e.event_type.as_str() {
-        "auth.login" if failed => {
-            let who = account(e);
-            if !who.is_empty() {
-                let n = count(
-                    conn,
+    if failed && GUESSES.contains(&e.event_type.as_str()) {
+        let who = account(e);
+        if !who.is_empty() {
+            let n = count(
+                conn,
+                &format!(
                     "SELECT count(*) AS n FROM audit.events WHERE subject = $1 \
-                     AND event_type = 'auth.login' AND outcome = 'failure' \
-                     AND occurred_at > $2 - make_interval(secs => $3) AND occurred_at <= $2",
+                     AND event_type IN {GUESSES_SQL} AND outcome = 'failure' \
+                     AND occurred_at > $2 - make_interval(secs => $3) AND occurred_at <= $2"
+                ),
+                who,
+                at,
+                brute_force.window_secs,
+            )
+            .await?;
+            if n >= brute_force.threshold && !raised(conn, brute_force, who, false, at).await? {
+                alerts.push(alert(
+                    brute_force,
+                    e,
                     who,
-                    at,
-                    brute_force.window_secs,
-                )
-                .await?;
-                if n >= brute_force.threshold && !raised(conn, brute_force, who, false, at).await? {
-                    alerts.push(alert(
-                        brute_force,
-                        e,
-                        who,
-                        "",
-                        serde_json::json!({"failures": n}),
-                    ));
-                }
+                    "",
+                    serde_json::json!({"failures": n}),
+                ));
             }
-            if !e.source_ip.is_empty() {
-                let accounts = count(
-                    conn,
-                    "SELECT count(DISTINCT subject) AS n FROM audit.events \
-                     WHERE source_ip <> '' AND audit.ip_network(source_ip) = audit.ip_network($1) \
-                     AND subject <> '' AND event_type = 'auth.login' AND outcome = 'failure' \
-                     AND occurred_at > $2 - make_interval(secs => $3) AND occurred_at <= $2",
+        }
+    }
+    match e.event_type.as_str() {
+        "auth.login" if failed && !e.source_ip.is_empty() => {
+            let accounts = count(
+                conn,
+                "SELECT count(DISTINCT subject) AS n FROM audit.events \
+                 WHERE source_ip <> '' AND audit.ip_network(source_ip) = audit.ip_network($1) \
+                 AND subject <> '' AND event_type = 'auth.login' AND outcome = 'failure' \
+                 AND occurred_at > $2 - make_interval(secs => $3) AND occurred_at <= $2",
+                &e.source_ip,
+                at,
+                stuffing.window_secs,
+            )
+            .await?;
+            let unknown = count(
+                conn,
+                "SELECT count(*) AS n FROM audit.events \
+                 WHERE source_ip <> '' AND audit.ip_network(source_ip) = audit.ip_network($1) \
+                 AND event_type = 'auth.login' AND outcome = 'failure' \
+                 AND details->>'reason' = 'unknown_email' \
+                 AND occurred_at > $2 - make_interval(secs => $3) AND occurred_at <= $2",
+                &e.source_ip,
+                at,
+                stuffing.window_secs,
+            )
+            .await?;
+            if (accounts >= stuffing.threshold || unknown >= d.stuffing_unknown)
+                && !raised(conn, stuffing, &e.source_ip, true, at).await?
+            {
+                alerts.push(alert(
+                    stuffing,
+                    e,
+                    "",
                     &e.source_ip,
-                    at,
-                    stuffing.window_secs,
-                )
-                .await?;
-                let unknown = count(
-                    conn,
-                    "SELECT count(*) AS n FROM audit.events \
-                     WHERE source_ip <> '' AND audit.ip_network(source_ip) = audit.ip_network($1) \
-                     AND event_type = 'auth.login' AND outcome = 'failure' \
-                     AND details->>'reason' = 'unknown_email' \
-                     AND occurred_at > $2 - make_interval(secs => $3) AND occurred_at <= $2",
-                    &e.source_ip,
-                    at,
-                    stuffing.window_secs,
-                )
-                .await?;
-                if (accounts >= stuffing.threshold || unknown >= d.stuffing_unknown)
-                    && !raised(conn, stuffing, &e.source_ip, true, at).await?
-                {
-                    alerts.push(alert(
-                        stuffing,
-                        e,
-                        "",
-                        &e.source_ip,
-                        serde_json::json!({"accounts": accounts, "unknown_emails": unknown}),
-                    ));
-                }
+                    serde_json::json!({"accounts": accounts, "unknown_emails": unknown}),
+                ));
             }
         }
         "auth.login" => {
@@ -477,6 +497,19 @@ mod tests {
         db.drop_database().await?;
         assert!(plan.contains("events_rate_limited_time"), "{plan}");
         Ok(())
+    }
+
+    #[test]
+    fn the_sql_list_of_guesses_is_the_list() {
+        let listed = GUESSES
+            .iter()
+            .map(|t| format!("'{t}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        assert_eq!(
+            GUESSES_SQL.split_whitespace().collect::<String>(),
+            format!("({listed})").split_whitespace().collect::<String>()
+        );
     }
 
     fn event(event_type: &str, outcome: &str) -> NewEvent {

@@ -94,6 +94,46 @@ async fn logins_are_scored_by_their_history() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guessing_a_second_factor_or_with_a_stolen_session_is_brute_force() -> anyhow::Result<()> {
+    // With the password known, the guessing moves to the second factor (auth.mfa),
+    // or, with a stolen session, to the password a change or a new key asks for:
+    // those failures count as the login form's do.
+    let mut audit = spawn().await?;
+    let guess = |event_type: &str| Event {
+        outcome: Outcome::Failure.into(),
+        subject: "carol".into(),
+        source_ip: "198.51.100.20".into(),
+        producer: "auth".into(),
+        details_json: r#"{"reason":"wrong_code"}"#.into(),
+        ..event(event_type)
+    };
+    let mut guesses: Vec<Event> = (0..7).map(|_| guess("auth.mfa")).collect();
+    guesses.push(guess("auth.password_change"));
+    guesses.push(guess("auth.mfa_disabled"));
+    record(&mut audit, guesses).await?;
+    assert!(alerts(&mut audit, "alert.brute_force").await?.is_empty());
+    record(&mut audit, vec![guess("auth.api_key_created")]).await?;
+    let raised = alerts(&mut audit, "alert.brute_force").await?;
+    assert_eq!(raised.len(), 1);
+    assert_eq!(
+        raised[0].event.as_ref().map(|e| e.subject.as_str()),
+        Some("carol")
+    );
+    // The login that finally gets through is scored for the failures before it.
+    let through = login(Outcome::Success, "carol", "198.51.100.20", "x");
+    let id = through.id.clone();
+    record(&mut audit, vec![through]).await?;
+    let all = query(&mut audit, QueryRequest::default()).await?;
+    let (_, reasons) = risk_of(&all, &id);
+    assert!(
+        reasons.contains(&"success_after_failures".to_owned()),
+        "{reasons:?}"
+    );
+    audit.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn brute_force_on_one_account_raises_one_alert_per_window() -> anyhow::Result<()> {
     let mut audit = spawn().await?;
     let failures: Vec<Event> = (0..9)
