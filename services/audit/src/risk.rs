@@ -260,6 +260,17 @@ const RATE_LIMITED_IN_WINDOW: &str = "SELECT COALESCE(sum((details->>'count')::b
      WHERE event_type = 'gateway.rejected' AND details->>'reason' = 'rate_limit' \
      AND occurred_at > $1 - make_interval(secs => $2) AND occurred_at <= $1";
 
+/// The query of [`raised`] for a key condition. `LIKE 'alert.%'` is the partial index
+/// `events_alerts_time`'s predicate, written out so that it serves whatever the plan
+/// (migration 000025).
+fn raised_sql(keyed: &str) -> String {
+    format!(
+        "SELECT count(*) AS n FROM audit.events WHERE event_type LIKE 'alert.%' \
+         AND event_type = $4 AND {keyed} \
+         AND occurred_at > $2 - make_interval(secs => $3) AND occurred_at <= $2"
+    )
+}
+
 /// True if `rule` already raised an alert for `key` (a subject, or an IP when
 /// `by_ip`) within its window before `at`.
 async fn raised(
@@ -274,17 +285,14 @@ async fn raised(
     } else {
         "subject = $1"
     };
-    let n = diesel::sql_query(format!(
-        "SELECT count(*) AS n FROM audit.events WHERE event_type = $4 AND {keyed} \
-         AND occurred_at > $2 - make_interval(secs => $3) AND occurred_at <= $2"
-    ))
-    .bind::<Text, _>(key)
-    .bind::<Timestamptz, _>(at)
-    .bind::<Integer, _>(rule.window_secs)
-    .bind::<Text, _>(rule.alert)
-    .get_result::<Count>(conn)
-    .await?
-    .n;
+    let n = diesel::sql_query(raised_sql(keyed))
+        .bind::<Text, _>(key)
+        .bind::<Timestamptz, _>(at)
+        .bind::<Integer, _>(rule.window_secs)
+        .bind::<Text, _>(rule.alert)
+        .get_result::<Count>(conn)
+        .await?
+        .n;
     Ok(n > 0)
 }
 
@@ -496,6 +504,35 @@ mod tests {
         drop(conn);
         db.drop_database().await?;
         assert!(plan.contains("events_rate_limited_time"), "{plan}");
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_surge_alerts_check_reads_only_alerts_of_its_window() -> anyhow::Result<()> {
+        #[derive(diesel::QueryableByName)]
+        struct Plan {
+            #[diesel(sql_type = Text, column_name = "QUERY PLAN")]
+            line: String,
+        }
+        let db = aia_testkit::TestDb::create().await?;
+        let mut conn = db.connect().await?;
+        diesel::sql_query("SET enable_seqscan = off")
+            .execute(&mut conn)
+            .await?;
+        let plan = diesel::sql_query(format!("EXPLAIN {}", raised_sql("subject = $1")))
+            .bind::<Text, _>("")
+            .bind::<Timestamptz, _>(Utc::now())
+            .bind::<Integer, _>(300)
+            .bind::<Text, _>("alert.rate_limit_surge")
+            .load::<Plan>(&mut conn)
+            .await?
+            .into_iter()
+            .map(|p| p.line)
+            .collect::<Vec<_>>()
+            .join("\n");
+        drop(conn);
+        db.drop_database().await?;
+        assert!(plan.contains("events_alerts_time"), "{plan}");
         Ok(())
     }
 

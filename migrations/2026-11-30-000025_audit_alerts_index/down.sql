@@ -1,0 +1,1 @@
+DROP INDEX audit.events_alerts_time;
