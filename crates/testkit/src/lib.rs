@@ -398,6 +398,21 @@ impl Stack {
     /// Starts one more gateway in front of the same services, with `extra` variables
     /// over the stack's (a proxy's address for one of the services, say).
     pub async fn add_gateway_with(&mut self, extra: &[(&str, String)]) -> anyhow::Result<Addrs> {
+        let env = self.env_beside(extra);
+        self.running.gateway(env).await
+    }
+
+    /// Starts one more auth service beside the first, with `extra` variables over the
+    /// stack's (a proxy's address for session, say); a gateway reaches it through
+    /// [`Stack::add_gateway_with`] and `AUTH_GRPC_URL`.
+    pub async fn add_auth_with(&mut self, extra: &[(&str, String)]) -> anyhow::Result<Addrs> {
+        let env = self.env_beside(extra);
+        self.running.auth(env).await
+    }
+
+    /// The environment of one more service beside the stack's: its variables, the
+    /// addresses of its services, then `extra` over them.
+    fn env_beside(&self, extra: &[(&str, String)]) -> Env {
         let mut all: Vec<(&str, String)> = self
             .extra
             .iter()
@@ -407,24 +422,7 @@ impl Stack {
         all.push(("SESSION_GRPC_URL", self.session.url()));
         all.push(("AUDIT_GRPC_URL", self.audit.url()));
         all.extend(extra.iter().cloned());
-        let env = env(&self.db, &self.redis_prefix, &all);
-        self.running.gateway(env).await
-    }
-
-    /// Starts one more auth service beside the first, with `extra` variables over the
-    /// stack's (a proxy's address for session, say); a gateway reaches it through
-    /// [`Stack::add_gateway_with`] and `AUTH_GRPC_URL`.
-    pub async fn add_auth_with(&mut self, extra: &[(&str, String)]) -> anyhow::Result<Addrs> {
-        let mut all: Vec<(&str, String)> = self
-            .extra
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.clone()))
-            .collect();
-        all.push(("SESSION_GRPC_URL", self.session.url()));
-        all.push(("AUDIT_GRPC_URL", self.audit.url()));
-        all.extend(extra.iter().cloned());
-        let env = env(&self.db, &self.redis_prefix, &all);
-        self.running.auth(env).await
+        env(&self.db, &self.redis_prefix, &all)
     }
 
     /// Stops one service (`audit`, `session`, `auth` or `gateway`: every gateway).

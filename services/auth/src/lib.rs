@@ -127,7 +127,11 @@ pub async fn build(
     let deferred =
         deferred::Deferred::for_pool(tracker.clone(), settings.common.database_pool_size);
     let session = SessionServiceClient::new(aia_telemetry::otel::traced(session));
-    let sessions_due = sessions_due::spawn(pg.clone(), session.clone(), shutdown.clone());
+    let sessions_due = sessions_due::spawn(
+        users::UserStore::new(pg.clone()),
+        session.clone(),
+        shutdown.clone(),
+    );
     let auth = Auth {
         users: users::UserStore::new(pg),
         hasher: hashing::Hasher::new(&settings.hashing).await?,

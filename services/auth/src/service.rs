@@ -405,9 +405,9 @@ impl Auth {
         // `user` was read before the password was checked (tens of milliseconds, more
         // with a queue at the hasher). A password change or reset, a disable, a role
         // change or a TOTP confirmation that committed meanwhile ended the user's
-        // sessions without this one,
-        // which did not exist yet: it must not outlive them. Read again now that it
-        // does; whichever order the two went in, one of them sees the other.
+        // sessions without this one, which did not exist yet: it must not outlive
+        // them. Read again now that it does; whichever order the two went in, one of
+        // them sees the other.
         let current = self
             .users
             .by_id(user.id)

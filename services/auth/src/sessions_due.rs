@@ -18,17 +18,13 @@
 
 use std::time::Duration;
 
-use aia_db::PgPool;
 use aia_proto::session::v1 as session;
 use aia_proto::session::v1::session_service_client::SessionServiceClient;
 use aia_telemetry::otel::TracedChannel;
-use anyhow::Context;
-use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::AuthError;
-use crate::schema::session_ends_due;
+use crate::users::UserStore;
 
 /// How often the retry looks for rows left behind.
 pub const EVERY: Duration = Duration::from_secs(2);
@@ -36,19 +32,6 @@ pub const EVERY: Duration = Duration::from_secs(2);
 pub const LEASE: Duration = Duration::from_secs(30);
 /// Rows retried per round.
 const BATCH: usize = 20;
-
-/// A row claimed for a retry.
-#[derive(diesel::QueryableByName)]
-struct Due {
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    id: i64,
-    #[diesel(sql_type = diesel::sql_types::Uuid)]
-    user_id: uuid::Uuid,
-    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Uuid>)]
-    keep_session_id: Option<uuid::Uuid>,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    reason: String,
-}
 
 /// Asks session to end every session of `user_id` but `keep`; the number that were
 /// live.
@@ -77,7 +60,7 @@ pub(crate) async fn end(
 
 /// Retries the rows left behind until `shutdown`.
 pub fn spawn(
-    pool: PgPool,
+    users: UserStore,
     session: SessionServiceClient<TracedChannel>,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
@@ -89,7 +72,7 @@ pub fn spawn(
                 _ = tick.tick() => {}
                 () = shutdown.cancelled() => return,
             }
-            match retry(&pool, &session).await {
+            match retry(&users, &session).await {
                 Ok(0) => {}
                 Ok(ended) => {
                     metrics::counter!("auth_session_ends_retried_total").increment(ended as u64);
@@ -110,27 +93,12 @@ pub fn spawn(
 /// One round: claims due rows one at a time (by the database's clock) until none is
 /// left, [`BATCH`] are done or session refuses one; how many were done.
 async fn retry(
-    pool: &PgPool,
+    users: &UserStore,
     session: &SessionServiceClient<TracedChannel>,
 ) -> anyhow::Result<usize> {
     let mut ended = 0;
     while ended < BATCH {
-        let claimed: Option<Due> = {
-            let mut conn = aia_db::conn(pool).await?;
-            diesel::sql_query(
-                "UPDATE auth.session_ends_due \
-                 SET attempt_after = now() + make_interval(secs => $1) \
-                 WHERE id = (SELECT id FROM auth.session_ends_due WHERE attempt_after <= now() \
-                             ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) \
-                 RETURNING id, user_id, keep_session_id, reason",
-            )
-            .bind::<diesel::sql_types::Double, _>(LEASE.as_secs_f64())
-            .get_result(&mut conn)
-            .await
-            .optional()
-            .context("claiming sessions due")?
-        };
-        let Some(due) = claimed else {
+        let Some(due) = users.claim_session_ends_due(LEASE).await? else {
             break;
         };
         let keep = due.keep_session_id.map(|k| k.to_string());
@@ -149,11 +117,7 @@ async fn retry(
             tracing::warn!(error = ?error, "sessions a password change must end are still due");
             break;
         }
-        let mut conn = aia_db::conn(pool).await?;
-        diesel::delete(session_ends_due::table.find(due.id))
-            .execute(&mut conn)
-            .await
-            .context("clearing sessions due")?;
+        users.session_ends_done(due.id).await?;
         ended += 1;
     }
     Ok(ended)

@@ -28,6 +28,23 @@ pub struct PasswordWrite<'a> {
     pub reason: &'a str,
 }
 
+/// Sessions a password write must still end (`auth.session_ends_due`).
+#[derive(Debug, diesel::QueryableByName)]
+pub struct SessionsDue {
+    /// The row.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub id: i64,
+    /// Whose sessions.
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    pub user_id: uuid::Uuid,
+    /// The session to keep, if any.
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Uuid>)]
+    pub keep_session_id: Option<uuid::Uuid>,
+    /// Why they end.
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub reason: String,
+}
+
 /// A stored user.
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = users)]
@@ -154,6 +171,27 @@ impl UserStore {
             Err(diesel::result::Error::RollbackTransaction) => Ok(None),
             Err(error) => Err(anyhow::Error::new(error).context("changing a password")),
         }
+    }
+
+    /// Claims the oldest sessions-due row whose `attempt_after` has passed (by the
+    /// database's clock) for `lease`, if one is free (see [`crate::sessions_due`]).
+    pub async fn claim_session_ends_due(
+        &self,
+        lease: std::time::Duration,
+    ) -> anyhow::Result<Option<SessionsDue>> {
+        let mut conn = aia_db::conn(&self.pool).await?;
+        diesel::sql_query(
+            "UPDATE auth.session_ends_due \
+             SET attempt_after = now() + make_interval(secs => $1) \
+             WHERE id = (SELECT id FROM auth.session_ends_due WHERE attempt_after <= now() \
+                         ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+             RETURNING id, user_id, keep_session_id, reason",
+        )
+        .bind::<diesel::sql_types::Double, _>(lease.as_secs_f64())
+        .get_result(&mut conn)
+        .await
+        .optional()
+        .context("claiming sessions due")
     }
 
     /// Clears a sessions-due row once the sessions are ended.

@@ -832,3 +832,60 @@ async fn codes_sent_at_once_to_turn_totp_off_stop_at_the_lock() -> anyhow::Resul
     stack.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_right_code_to_turn_totp_off_does_not_make_the_address_known() -> anyhow::Result<()> {
+    // A login with both factors makes its address a known client (exempt from the
+    // account lock). A right code sent with a session is not a login: a thief with a
+    // stolen session and one code must not earn that exemption on the way to a
+    // password-only account.
+    let stack = Stack::start_with(&[
+        ("LOGIN_BACKOFF_AFTER", "100".into()),
+        ("LOCKOUT_THRESHOLD", "3".into()),
+    ])
+    .await?;
+    let user = enrolled(&stack).await?;
+    let pending = challenge(stack.http(), &stack, &user.email).await?;
+    let full: Value = second_step(
+        stack.http(),
+        &stack,
+        &pending,
+        &code_at(&user.uri, now() + 30)?,
+    )
+    .await?
+    .json()
+    .await?;
+    let thief = from_ip(3)?;
+    let code = user
+        .recovery_codes
+        .as_slice()
+        .first()
+        .cloned()
+        .unwrap_or_default();
+    let off = thief
+        .post(stack.url("/v1/auth/mfa/totp/disable"))
+        .bearer_auth(field(&full, "access_token"))
+        .json(&json!({"code": code}))
+        .send()
+        .await?;
+    assert!(off.status().is_success(), "{}", off.status());
+    // The account locks (wrong passwords from elsewhere)...
+    let other = from_ip(4)?;
+    for _ in 0..3 {
+        let wrong = other
+            .post(stack.url("/v1/auth/login"))
+            .json(&json!({"email": user.email, "password": "not the password"}))
+            .send()
+            .await?;
+        assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    }
+    // ...and the thief's address is a stranger's: locked out, right password or not.
+    let locked = thief
+        .post(stack.url("/v1/auth/login"))
+        .json(&json!({"email": user.email, "password": PASSWORD}))
+        .send()
+        .await?;
+    assert_eq!(locked.status(), StatusCode::TOO_MANY_REQUESTS);
+    stack.stop().await;
+    Ok(())
+}
