@@ -39,6 +39,21 @@ async fn post(
     Ok(request.send().await?)
 }
 
+/// The token pair of a login with both factors, from the owner's address (the code
+/// of the next time step: the enrolment used this one).
+async fn both_factors(stack: &Stack, user: &Enrolled) -> anyhow::Result<Value> {
+    let pending = challenge(stack.http(), stack, &user.email).await?;
+    Ok(second_step(
+        stack.http(),
+        stack,
+        &pending,
+        &code_at(&user.uri, now() + 30)?,
+    )
+    .await?
+    .json()
+    .await?)
+}
+
 /// The first step of an MFA login: the challenge.
 async fn challenge(client: &reqwest::Client, stack: &Stack, email: &str) -> anyhow::Result<String> {
     let answer = login_from(client, stack, email).await?;
@@ -418,16 +433,7 @@ async fn credential_changes_need_a_session_that_used_the_second_factor() -> anyh
     assert_problem(disable, StatusCode::FORBIDDEN).await?;
 
     // With the second factor, they work. An API key made here cannot turn MFA off.
-    let pending = challenge(stack.http(), &stack, &user.email).await?;
-    let pair: Value = second_step(
-        stack.http(),
-        &stack,
-        &pending,
-        &code_at(&user.uri, now() + 30)?,
-    )
-    .await?
-    .json()
-    .await?;
+    let pair = both_factors(&stack, &user).await?;
     let strong = field(&pair, "access_token").to_owned();
     let created = post(
         &stack,
@@ -795,16 +801,7 @@ async fn codes_sent_at_once_to_turn_totp_off_stop_at_the_lock() -> anyhow::Resul
     ])
     .await?;
     let user = enrolled(&stack).await?;
-    let pending = challenge(stack.http(), &stack, &user.email).await?;
-    let full: Value = second_step(
-        stack.http(),
-        &stack,
-        &pending,
-        &code_at(&user.uri, now() + 30)?,
-    )
-    .await?
-    .json()
-    .await?;
+    let full = both_factors(&stack, &user).await?;
     let token = field(&full, "access_token").to_owned();
     let thief = from_ip(3)?;
     let burst = (0..12).map(|n| {
@@ -845,16 +842,7 @@ async fn a_right_code_to_turn_totp_off_does_not_make_the_address_known() -> anyh
     ])
     .await?;
     let user = enrolled(&stack).await?;
-    let pending = challenge(stack.http(), &stack, &user.email).await?;
-    let full: Value = second_step(
-        stack.http(),
-        &stack,
-        &pending,
-        &code_at(&user.uri, now() + 30)?,
-    )
-    .await?
-    .json()
-    .await?;
+    let full = both_factors(&stack, &user).await?;
     let thief = from_ip(3)?;
     let code = user
         .recovery_codes
