@@ -245,15 +245,106 @@ async fn two_hundred_logins_while_audit_is_stopped_are_stored_once_after_it_rest
     Ok(())
 }
 
-/// Login successes stored by audit, and rows still waiting in auth's outbox.
+/// Login successes stored by audit, and rows still waiting in auth's outbox, read
+/// in one statement (one snapshot): read one after the other, a delivery committed
+/// between the two reads showed an empty outbox and none of its events stored.
 async fn logins_stored(db: &TestDb) -> anyhow::Result<(i64, i64)> {
+    #[derive(QueryableByName)]
+    struct Both {
+        #[diesel(sql_type = BigInt)]
+        stored: i64,
+        #[diesel(sql_type = BigInt)]
+        waiting: i64,
+    }
     let mut conn = db.connect().await?;
-    let n = count(
-        &mut conn,
-        "SELECT count(*) AS n FROM audit.events \
-         WHERE event_type = 'auth.login' AND outcome = 'success'",
+    let both: Both = diesel::sql_query(
+        "SELECT (SELECT count(*) FROM audit.events \
+                 WHERE event_type = 'auth.login' AND outcome = 'success') AS stored, \
+                (SELECT count(*) FROM auth.audit_outbox) AS waiting",
     )
+    .get_result(&mut conn)
     .await?;
-    let left = count(&mut conn, "SELECT count(*) AS n FROM auth.audit_outbox").await?;
-    Ok((n, left))
+    Ok((both.stored, both.waiting))
+}
+
+/// DESIGN §4: auth's events are never lost, so an action whose event cannot be
+/// written does not happen unseen. With auth's outbox refusing rows, a right password
+/// gets 503 and leaves no live session, a wrong one 503 too (and still counts toward
+/// the lock); once the outbox takes rows again, the login works and is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_login_happens_unrecorded() -> anyhow::Result<()> {
+    let stack = aia_testkit::Stack::start().await?;
+    let who = email();
+    crate::helpers::register(&stack, &who).await?;
+    let mut conn = stack.db.connect().await?;
+    diesel::sql_query("REVOKE INSERT ON auth.audit_outbox FROM aia_auth")
+        .execute(&mut conn)
+        .await?;
+    let login = |password: &str| {
+        stack
+            .http()
+            .post(stack.url("/v1/auth/login"))
+            .json(&json!({"email": who, "password": password}))
+            .send()
+    };
+
+    let answer = login(PASSWORD).await?;
+    crate::helpers::assert_problem(answer, reqwest::StatusCode::SERVICE_UNAVAILABLE).await?;
+    let live = "SELECT count(*) AS n FROM session.sessions WHERE revoked_at IS NULL";
+    let made = count(&mut conn, "SELECT count(*) AS n FROM session.sessions").await?;
+    assert_eq!(made, 1, "the login reached session");
+    eventually(Duration::from_secs(10), || {
+        let db = &stack.db;
+        async move {
+            let mut conn = db.connect().await?;
+            Ok((count(&mut conn, live).await? == 0).then_some(()))
+        }
+    })
+    .await?;
+    let answer = login("wrong password, also unrecorded").await?;
+    crate::helpers::assert_problem(answer, reqwest::StatusCode::SERVICE_UNAVAILABLE).await?;
+
+    diesel::sql_query("GRANT INSERT ON auth.audit_outbox TO aia_auth")
+        .execute(&mut conn)
+        .await?;
+    let answer = login(PASSWORD).await?;
+    assert_eq!(answer.status(), reqwest::StatusCode::OK);
+    assert_eq!(count(&mut conn, live).await?, 1);
+
+    // Session's lone events likewise: a refused refresh token is 503, not 401, while
+    // its event cannot be written.
+    let refresh = || {
+        stack
+            .http()
+            .post(stack.url("/v1/auth/refresh"))
+            .json(&json!({"refresh_token": "A".repeat(43)}))
+            .send()
+    };
+    diesel::sql_query("REVOKE INSERT ON session.audit_outbox FROM aia_session")
+        .execute(&mut conn)
+        .await?;
+    let answer = refresh().await?;
+    crate::helpers::assert_problem(answer, reqwest::StatusCode::SERVICE_UNAVAILABLE).await?;
+    diesel::sql_query("GRANT INSERT ON session.audit_outbox TO aia_session")
+        .execute(&mut conn)
+        .await?;
+    let answer = refresh().await?;
+    crate::helpers::assert_problem(answer, reqwest::StatusCode::UNAUTHORIZED).await?;
+    let logins = eventually(Duration::from_secs(20), || {
+        let db = &stack.db;
+        async move {
+            let mut conn = db.connect().await?;
+            let stored = count(
+                &mut conn,
+                "SELECT count(*) AS n FROM audit.events WHERE event_type = 'auth.login'",
+            )
+            .await?;
+            Ok((stored > 0).then_some(stored))
+        }
+    })
+    .await?;
+    assert_eq!(logins, 1, "only the login that happened is on record");
+    drop(conn);
+    stack.stop().await;
+    Ok(())
 }
