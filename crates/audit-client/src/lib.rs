@@ -6,7 +6,7 @@
 //!   of the service's own outbox table, written in the transaction of the change it
 //!   describes ([`EventBuilder::write_in`]) or, for an event that describes no change
 //!   (a failed login), on its own before the request is answered
-//!   ([`EventBuilder::emit`]). A relay delivers the rows in order with
+//!   ([`EventBuilder::emit`]); one that cannot be written fails the request. A relay delivers the rows in order with
 //!   `audit.RecordBatch`, at least once, with backoff while audit is unreachable, and
 //!   deletes them only once audit has acknowledged them. Nothing is lost when the
 //!   process dies or audit is down for hours: the rows wait in Postgres. Depth and age
@@ -181,6 +181,30 @@ async fn insert(
         .await
 }
 
+/// An event [`EventBuilder::emit`] could not write to the outbox.
+#[derive(Debug)]
+pub struct Unrecorded {
+    /// The event's type (never a secret).
+    pub event_type: String,
+    source: anyhow::Error,
+}
+
+impl std::fmt::Display for Unrecorded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the audit event {} could not be recorded",
+            self.event_type
+        )
+    }
+}
+
+impl std::error::Error for Unrecorded {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.source.as_ref())
+    }
+}
+
 /// An event under construction; [`EventBuilder::emit`] queues it.
 #[must_use = "an event is only sent by emit()"]
 pub struct EventBuilder<'a> {
@@ -218,10 +242,15 @@ impl EventBuilder<'_> {
     }
 
     /// Records the event on its own: in outbox mode, a row committed before this
-    /// returns (if the database refuses it, the event is logged and counted as
-    /// dropped: the change it describes could not have been stored either); in queue
-    /// mode, queued.
-    pub async fn emit(self) {
+    /// returns; in queue mode, queued (or, with the queue full, dropped and counted:
+    /// the gateway's events may be lost, and say so).
+    ///
+    /// # Errors
+    /// Outbox mode: the row could not be written (the pool timed out, Postgres is
+    /// down, the insert was refused). The event is not recorded, and the caller must
+    /// not answer as if the action it describes happened unseen: auth and session
+    /// answer `Unavailable` (DESIGN §4: their events are never lost).
+    pub async fn emit(self) -> Result<(), Unrecorded> {
         match &self.client.sink {
             Sink::Queue(tx) => AuditClient::enqueue(tx, self.event),
             Sink::Outbox(outbox) => {
@@ -234,16 +263,16 @@ impl EventBuilder<'_> {
                 match stored {
                     Ok(_) => outbox.wake.notify_one(),
                     Err(error) => {
-                        metrics::counter!("audit_events_dropped_total").increment(1);
-                        tracing::error!(
-                            error = format!("{error:#}"),
-                            event_type = self.event.event_type,
-                            "audit event dropped: the outbox is unreachable"
-                        );
+                        metrics::counter!("audit_events_unrecorded_total").increment(1);
+                        return Err(Unrecorded {
+                            event_type: self.event.event_type,
+                            source: error,
+                        });
                     }
                 }
             }
         }
+        Ok(())
     }
 
     /// Writes the event into the outbox through `conn`, inside the caller's

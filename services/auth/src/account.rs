@@ -67,7 +67,7 @@ impl Auth {
                 .client(req.client.as_ref())
                 .details(serde_json::json!({"reason": "wrong_current_password"}))
                 .emit()
-                .await;
+                .await?;
             return Err(AuthError::WrongCurrentPassword);
         }
         let new = self.policy.check(&req.new_password, &email)?;
@@ -303,9 +303,16 @@ impl Auth {
                 .client(client.as_ref())
                 .details(serde_json::json!({"reason": "unknown_email"}))
                 .emit()
-                .await;
+                .await?;
             return Ok(());
         };
+        // Recorded before any token exists: no reset mail goes out unrecorded.
+        self.audit
+            .event("auth.password_reset_requested", Outcome::Success)
+            .subject(user.id.to_string())
+            .client(client.as_ref())
+            .emit()
+            .await?;
         let expires = chrono::Utc::now() + Self::ttl(self.mail.reset_ttl);
         let token = self
             .email_tokens
@@ -323,12 +330,6 @@ impl Auth {
                  your password stays as it is.\n"
             ),
         );
-        self.audit
-            .event("auth.password_reset_requested", Outcome::Success)
-            .subject(user.id.to_string())
-            .client(client.as_ref())
-            .emit()
-            .await;
         Ok(())
     }
 

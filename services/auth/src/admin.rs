@@ -153,7 +153,7 @@ impl Auth {
             .client(req.client.as_ref())
             .details(serde_json::json!({"was_locked": was_locked}))
             .emit()
-            .await;
+            .await?;
         Ok(UnlockUserResponse { was_locked })
     }
 

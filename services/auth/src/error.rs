@@ -72,6 +72,14 @@ pub enum AuthError {
     Unexpected(#[from] anyhow::Error),
 }
 
+/// An event that could not be written to the outbox: the request fails with 503
+/// rather than happen unrecorded (DESIGN §4).
+impl From<aia_audit_client::Unrecorded> for AuthError {
+    fn from(e: aia_audit_client::Unrecorded) -> Self {
+        Self::Unavailable(e.into())
+    }
+}
+
 impl From<HashError> for AuthError {
     fn from(e: HashError) -> Self {
         match e {

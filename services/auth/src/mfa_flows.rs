@@ -49,7 +49,7 @@ impl Auth {
             .subject(user.id.to_string())
             .client(client)
             .emit()
-            .await;
+            .await?;
         Ok(LoginResponse {
             result: Some(login_response::Result::Mfa(MfaChallenge {
                 challenge,
@@ -93,15 +93,18 @@ impl Auth {
         let Some(factor) = factor else {
             metrics::counter!("auth_login_total", "outcome" => "failure", "reason" => "wrong_mfa_code")
                 .increment(1);
-            self.audit
+            let recorded = self
+                .audit
                 .event("auth.mfa", Outcome::Failure)
                 .subject(user.id.to_string())
                 .client(client)
                 .details(serde_json::json!({"reason": "wrong_code"}))
                 .emit()
                 .await;
+            // Counted whether or not the event could be written.
             self.count_failure(&pending.email, ip, client, Some(user.id), Some(attempts))
                 .await?;
+            recorded?;
             return Err(AuthError::InvalidMfaLogin);
         };
         if !self
@@ -130,7 +133,7 @@ impl Auth {
                 .client(client)
                 .details(serde_json::json!({"risk": "medium", "codes_left": left}))
                 .emit()
-                .await;
+                .await?;
         }
         self.start_session(&user, req.client, vec!["pwd".into(), "otp".into()])
             .await
@@ -162,7 +165,7 @@ impl Auth {
             .client(client)
             .details(serde_json::json!({"reason": "wrong_password"}))
             .emit()
-            .await;
+            .await?;
         Err(AuthError::WrongCurrentPassword)
     }
 
@@ -217,7 +220,7 @@ impl Auth {
             .client(req.client.as_ref())
             .details(serde_json::json!({"method": "totp", "step": "started"}))
             .emit()
-            .await;
+            .await?;
         Ok(EnrollTotpResponse {
             otpauth_uri: enrolment.uri,
             secret: enrolment.secret,
@@ -255,7 +258,7 @@ impl Auth {
                 .client(req.client.as_ref())
                 .details(serde_json::json!({"method": "totp", "reason": "wrong_code"}))
                 .emit()
-                .await;
+                .await?;
             return Err(AuthError::WrongCode);
         };
         self.end_sessions(
@@ -314,7 +317,7 @@ impl Auth {
                 .client(req.client.as_ref())
                 .details(serde_json::json!({"reason": "wrong_proof"}))
                 .emit()
-                .await;
+                .await?;
             return Err(if req.code.is_empty() {
                 AuthError::WrongCurrentPassword
             } else {

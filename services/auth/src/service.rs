@@ -167,7 +167,7 @@ impl Auth {
                         .client(client.as_ref())
                         .details(serde_json::json!({"reason": "email_taken"}))
                         .emit()
-                        .await;
+                        .await?;
                     Ok(())
                 });
             }
@@ -216,9 +216,11 @@ impl Auth {
                 if let Some(u) = &other {
                     event = event.subject(u.id.to_string());
                 }
-                event.emit().await;
+                let recorded = event.emit().await;
+                // Counted whether or not the event could be written.
                 self.count_failure(email.as_str(), &ip, client, other.map(|u| u.id), None)
                     .await?;
+                recorded?;
                 return Err(AuthError::InvalidCredentials);
             }
         };
@@ -286,8 +288,8 @@ impl Auth {
                 serde_json::json!({"reason": "throttled", "retry_after_seconds": wait.as_secs()}),
             )
             .emit()
-            .await;
-        AuthError::Throttled(wait)
+            .await
+            .map_or_else(AuthError::from, |()| AuthError::Throttled(wait))
     }
 
     /// Counts a failed login step (a wrong password or a wrong second factor) on
@@ -316,7 +318,7 @@ impl Auth {
             if let Some(id) = subject {
                 event = event.subject(id.to_string());
             }
-            event.emit().await;
+            event.emit().await?;
         }
         Ok(())
     }
@@ -428,17 +430,8 @@ impl Auth {
                 .map_err(AuthError::Unavailable)?;
         }
         if !unchanged {
-            self.session
-                .clone()
-                .revoke(session::RevokeRequest {
-                    session_id: created.session_id.clone(),
-                    access_jti: String::new(),
-                    access_expires_at: None,
-                    user_id: user.id.to_string(),
-                    client: client.clone(),
-                })
-                .await
-                .map_err(|s| AuthError::from_upstream(s, "session.Revoke"))?;
+            self.withdraw_session(&created.session_id, user.id, &client)
+                .await?;
             metrics::counter!("auth_login_total", "outcome" => "failure", "reason" => "account_changed")
                 .increment(1);
             self.audit
@@ -447,7 +440,7 @@ impl Auth {
                 .client(client.as_ref())
                 .details(serde_json::json!({"reason": "account_changed", "session_id": created.session_id}))
                 .emit()
-                .await;
+                .await?;
             return Err(AuthError::InvalidCredentials);
         }
         let now = chrono::Utc::now().timestamp();
@@ -459,8 +452,8 @@ impl Auth {
             uuid::Uuid::new_v4(),
             amr.clone(),
         )?;
-        metrics::counter!("auth_login_total", "outcome" => "success", "reason" => "").increment(1);
-        self.audit
+        let recorded = self
+            .audit
             .event("auth.login", Outcome::Success)
             .actor(user.id.to_string())
             .subject(user.id.to_string())
@@ -468,7 +461,40 @@ impl Auth {
             .details(serde_json::json!({"session_id": created.session_id, "amr": amr}))
             .emit()
             .await;
+        if let Err(unrecorded) = recorded {
+            // No login without its event: the client gets no tokens, and the session
+            // made for them is ended.
+            if let Err(error) = self
+                .withdraw_session(&created.session_id, user.id, &client)
+                .await
+            {
+                tracing::warn!(error = %error, "an unrecorded login's session was not ended");
+            }
+            return Err(unrecorded.into());
+        }
+        metrics::counter!("auth_login_total", "outcome" => "success", "reason" => "").increment(1);
         Ok(pair)
+    }
+
+    /// Ends a session this service has just made and not handed out.
+    async fn withdraw_session(
+        &self,
+        session_id: &str,
+        user_id: uuid::Uuid,
+        client: &Option<aia_proto::common::v1::ClientInfo>,
+    ) -> Result<(), AuthError> {
+        self.session
+            .clone()
+            .revoke(session::RevokeRequest {
+                session_id: session_id.to_owned(),
+                access_jti: String::new(),
+                access_expires_at: None,
+                user_id: user_id.to_string(),
+                client: client.clone(),
+            })
+            .await
+            .map_err(|s| AuthError::from_upstream(s, "session.Revoke"))?;
+        Ok(())
     }
 
     async fn refresh(&self, req: RefreshRequest) -> Result<TokenPair, AuthError> {

@@ -83,7 +83,7 @@ pub async fn report(
             _ = every.tick() => false,
         };
         for ((reason, key), count) in rejections.drain() {
-            audit
+            let recorded = audit
                 .event("gateway.rejected", Outcome::Failure)
                 .details(serde_json::json!({
                     "reason": reason,
@@ -94,6 +94,9 @@ pub async fn report(
                 }))
                 .emit()
                 .await;
+            if let Err(error) = recorded {
+                tracing::error!(%error, "rejection counts not recorded");
+            }
         }
         if stopping {
             return;

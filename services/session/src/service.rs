@@ -181,17 +181,28 @@ impl Sessions {
             .revoke(session_id, user_id, reason, now, until, event)
             .await
             .map_err(unavailable)?;
-        if let Some(event) = unwritten {
-            event.emit().await;
-        }
-        let Some(revoked) = revoked else {
-            return Ok(None);
+        let recorded = match unwritten {
+            Some(event) => event.emit().await.map_err(unrecorded),
+            None => Ok(()),
         };
+        let Some(revoked) = revoked else {
+            return recorded.map(|()| None);
+        };
+        // Announced whether or not a lone event could be written: the revocation
+        // is stored.
         self.blacklist
             .announce((Kind::Sid, session_id, until))
             .await;
+        recorded?;
         Ok(Some(revoked))
     }
+}
+
+/// An event that could not be written to the outbox: the call answers
+/// `Unavailable` rather than happen unrecorded (DESIGN §4); what it changed stays
+/// changed, and a retry is harmless.
+fn unrecorded(error: aia_audit_client::Unrecorded) -> Status {
+    unavailable(error.into())
 }
 
 /// How much longer than its newest possible token a session's blacklist entry lives.
@@ -311,7 +322,8 @@ impl SessionService for Sessions {
                     .client(req.client.as_ref())
                     .details(serde_json::json!({"reason": "invalid_refresh_token"}))
                     .emit()
-                    .await;
+                    .await
+                    .map_err(unrecorded)?;
                 return Err(Status::unauthenticated(INVALID_REFRESH));
             }
         };
@@ -326,7 +338,8 @@ impl SessionService for Sessions {
                 .client(req.client.as_ref())
                 .details(serde_json::json!({"replayed_within_grace": true}))
                 .emit()
-                .await;
+                .await
+                .map_err(unrecorded)?;
         }
         Ok(Response::new(RotateResponse {
             session_id: rotated.session_id.to_string(),
@@ -393,7 +406,7 @@ impl SessionService for Sessions {
                 .map_err(unavailable)?;
         }
         if !revoked {
-            logout(true).emit().await;
+            logout(true).emit().await.map_err(unrecorded)?;
         }
         Ok(Response::new(RevokeResponse { revoked }))
     }
@@ -427,7 +440,8 @@ impl SessionService for Sessions {
             .client(req.client.as_ref())
             .details(serde_json::json!({"token_type": "access_token"}))
             .emit()
-            .await;
+            .await
+            .map_err(unrecorded)?;
         Ok(Response::new(RevokeAccessTokenResponse {}))
     }
 
@@ -457,7 +471,8 @@ impl SessionService for Sessions {
             .client(req.client.as_ref())
             .details(serde_json::json!({"token_type": "refresh_token", "session_ended": revoked}))
             .emit()
-            .await;
+            .await
+            .map_err(unrecorded)?;
         Ok(Response::new(RevokeRefreshTokenResponse { revoked }))
     }
 

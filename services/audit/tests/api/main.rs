@@ -559,7 +559,7 @@ async fn one_event_audit_refuses_costs_an_outbox_batch_only_itself() -> anyhow::
             .event("auth.login", Outcome::Success)
             .client(Some(&client))
             .emit()
-            .await;
+            .await?;
     }
     let shutdown = aia_telemetry::shutdown::CancellationToken::new();
     let (_relaying, relay) = aia_audit_client::AuditClient::spawn_outbox(
