@@ -18,6 +18,16 @@
 //!
 //! The access token stays a bearer token in the `Authorization` header (never a
 //! cookie), so no other route can be driven by a cookie. Logout clears both cookies.
+//!
+//! **Device cookies** (OWASP's "Slow Down Online Guessing Attacks with Device
+//! Cookies"): a login that proves the password (tokens, or a second-factor challenge)
+//! gets `__Host-aia_device`, a random device id sealed with the account it proved
+//! (`HttpOnly; Secure; SameSite=Strict`, 180 days, no CSRF role: it authorizes
+//! nothing). A later login to that account presenting it spends its guesses from the
+//! device's own bucket instead of the account's (`RATE_LIMIT_LOGIN_ACCOUNT` either
+//! way), so a stranger spending the account's guesses keeps out only browsers that
+//! never logged in to it, not its owner's. Only the password mints one, so a guesser
+//! cannot make buckets of their own.
 
 use actix_web::HttpRequest;
 use actix_web::cookie::{Cookie, SameSite, time::Duration as CookieDuration};
@@ -35,8 +45,16 @@ pub const SESSION: &str = "__Host-aia_session";
 pub const CSRF: &str = "__Host-aia_csrf";
 /// The CSRF request header.
 pub const CSRF_HEADER: &str = "x-csrf-token";
+/// The device cookie.
+pub const DEVICE: &str = "__Host-aia_device";
+/// Every cookie of the gateway's own: never forwarded to, nor set by, an upstream.
+pub const OWN: [&str; 3] = [SESSION, CSRF, DEVICE];
 /// Associated data of sealed session cookies.
 const AAD: &[u8] = b"aia session cookie v1";
+/// Associated data of sealed device cookies (a session cookie never opens as one).
+const DEVICE_AAD: &[u8] = b"aia device cookie v1";
+/// How long a device stays known without another login proving the password.
+const DEVICE_MAX_AGE: CookieDuration = CookieDuration::days(180);
 
 /// Seals and opens session cookies.
 pub struct CookieSealer {
@@ -87,6 +105,35 @@ impl CookieSealer {
             .max_age(max_age)
             .finish();
         Ok((vec![session, readable], csrf))
+    }
+
+    /// A device cookie for `account` (a `rate_limit::account_key`): a new random
+    /// device id sealed with it.
+    pub fn device(&self, account: &str) -> Result<Cookie<'static>, Problem> {
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes).map_err(|_| Problem::internal())?;
+        let plain = format!("{account}.{}", URL_SAFE_NO_PAD.encode(bytes));
+        let sealed = self
+            .key
+            .seal(plain.as_bytes(), DEVICE_AAD)
+            .map_err(|_| Problem::internal())?;
+        Ok(Cookie::build(DEVICE, URL_SAFE_NO_PAD.encode(sealed))
+            .path("/")
+            .secure(true)
+            .http_only(true)
+            .same_site(SameSite::Strict)
+            .max_age(DEVICE_MAX_AGE)
+            .finish())
+    }
+
+    /// The device id in `req`'s device cookie, if the cookie is one of ours and was
+    /// made for `account`.
+    pub fn device_of(&self, req: &HttpRequest, account: &str) -> Option<String> {
+        let cookie = req.cookie(DEVICE)?;
+        let sealed = URL_SAFE_NO_PAD.decode(cookie.value()).ok()?;
+        let plain = String::from_utf8(self.key.open(&sealed, DEVICE_AAD).ok()?).ok()?;
+        let (sealed_for, device) = plain.split_once('.')?;
+        (sealed_for == account).then(|| device.to_owned())
     }
 
     /// What the session cookie of `req` holds, if it is one of ours.
@@ -205,6 +252,48 @@ mod tests {
             std::time::Duration::from_secs(60),
         )?;
         assert_eq!(other.open(&request(session.value())), None);
+        Ok(())
+    }
+
+    #[test]
+    fn a_device_cookie_opens_only_for_its_account_and_under_its_key() -> anyhow::Result<()> {
+        let sealer = sealer()?;
+        let problem = |p: Problem| anyhow::anyhow!("{p}");
+        let cookie = sealer.device("acct:one").map_err(problem)?;
+        assert_eq!(cookie.http_only(), Some(true));
+        assert_eq!(cookie.secure(), Some(true));
+        assert_eq!(cookie.same_site(), Some(SameSite::Strict));
+        let request = |name: &str, value: &str| {
+            actix_web::test::TestRequest::default()
+                .cookie(Cookie::new(name.to_owned(), value.to_owned()))
+                .to_http_request()
+        };
+        let presented = request(DEVICE, cookie.value());
+        let device = sealer.device_of(&presented, "acct:one");
+        assert!(device.as_ref().is_some_and(|d| d.len() == 22), "{device:?}");
+        assert_eq!(sealer.device_of(&presented, "acct:two"), None);
+        // Each cookie is a device of its own.
+        let again = sealer.device("acct:one").map_err(problem)?;
+        assert_ne!(
+            sealer.device_of(&request(DEVICE, again.value()), "acct:one"),
+            device
+        );
+        // A session cookie's sealed value is no device cookie, nor the other way.
+        let (session, _) = sealer.issue("acct:one.x").map_err(problem)?;
+        let session = session
+            .iter()
+            .find(|c| c.name() == SESSION)
+            .ok_or_else(|| anyhow::anyhow!("no session cookie"))?;
+        assert_eq!(
+            sealer.device_of(&request(DEVICE, session.value()), "acct:one"),
+            None
+        );
+        assert_eq!(sealer.open(&request(SESSION, cookie.value())), None);
+        let other = CookieSealer::new(
+            b"another secret, also long enough, for a second gateway deployment",
+            std::time::Duration::from_secs(60),
+        )?;
+        assert_eq!(other.device_of(&presented, "acct:one"), None);
         Ok(())
     }
 }

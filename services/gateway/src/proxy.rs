@@ -15,8 +15,8 @@
 //!   client's address (`X-Original-URL`, `X-HTTP-Method-Override`, `True-Client-IP`
 //!   and their kin, see `OVERRIDES`) are not forwarded.
 //! - **Credentials for the gateway stay here**: `X-API-Key`, `Authorization: ApiKey`
-//!   and the gateway's own cookies (`__Host-aia_session`, `__Host-aia_csrf`) are not
-//!   forwarded, and an upstream's `Set-Cookie` for those names is dropped; nor is a
+//!   and the gateway's own cookies (`__Host-aia_session`, `__Host-aia_csrf`,
+//!   `__Host-aia_device`) are not forwarded, and an upstream's `Set-Cookie` for those names is dropped; nor is a
 //!   bearer token, unless the prefix is listed in `UPSTREAM_TOKEN_PREFIXES` (an
 //!   upstream that calls the platform on the user's behalf): it works on every route
 //!   of the platform until it expires.
@@ -110,9 +110,9 @@ const OVERRIDES: [&str; 13] = [
 ];
 
 /// Whether the cookie a `Cookie` pair or a `Set-Cookie` value names is one of the
-/// gateway's own (the sealed refresh token and its CSRF twin). Compared without
-/// regard to case, as browsers compare the `__Host-` prefix; bytes, not text, so a
-/// field with other octets is read too.
+/// gateway's own (the sealed refresh token, its CSRF twin, the device cookie).
+/// Compared without regard to case, as browsers compare the `__Host-` prefix; bytes,
+/// not text, so a field with other octets is read too.
 fn gateways_cookie(pair: &[u8]) -> bool {
     let name = pair
         .split(|b| *b == b'=' || *b == b';')
@@ -122,7 +122,7 @@ fn gateways_cookie(pair: &[u8]) -> bool {
     // A nameless cookie (`=__Host-aia_session=x`) is sent back by older browsers as
     // `__Host-aia_session=x`: it counts as ours.
     name.is_empty()
-        || [crate::cookies::SESSION, crate::cookies::CSRF]
+        || crate::cookies::OWN
             .iter()
             .any(|ours| ours.as_bytes().eq_ignore_ascii_case(name))
 }

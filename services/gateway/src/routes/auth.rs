@@ -137,7 +137,11 @@ pub async fn register(
 /// `POST /v1/auth/login`: a token pair, or one 401 for every kind of failure. A
 /// user with a second factor gets 200 with `{"mfa_required": true, "challenge",
 /// "expires_in", "methods"}` instead, to complete at `POST /v1/auth/login/mfa`.
+/// The guess is spent from the account's bucket, or from the device's when the
+/// request carries a device cookie of this account; a login that proves the password
+/// without one gets one (see `cookies`).
 pub async fn login(
+    req: actix_web::HttpRequest,
     state: web::Data<State>,
     client: Client,
     body: web::Json<Login>,
@@ -147,7 +151,12 @@ pub async fn login(
         password,
         session,
     } = body.into_inner();
-    crate::rate_limit::spend_guess(&state, &crate::rate_limit::account_key(&email)).await?;
+    let account = crate::rate_limit::account_key(&email);
+    let device = state.cookies.device_of(&req, &account);
+    let bucket = device
+        .as_ref()
+        .map_or_else(|| account.clone(), |id| format!("device:{id}"));
+    crate::rate_limit::spend_guess(&state, &bucket).await?;
     let answer = state
         .auth
         .clone()
@@ -158,18 +167,25 @@ pub async fn login(
         })
         .await?
         .into_inner();
-    match answer.result {
-        Some(login_response::Result::Tokens(pair)) => tokens(&state, pair, session),
+    let mut response = match answer.result {
+        Some(login_response::Result::Tokens(pair)) => tokens(&state, pair, session)?,
         Some(login_response::Result::Mfa(mfa)) => {
-            Ok(no_store(HttpResponse::Ok()).json(serde_json::json!({
+            no_store(HttpResponse::Ok()).json(serde_json::json!({
                 "mfa_required": true,
                 "challenge": mfa.challenge,
                 "expires_in": mfa.expires_in,
                 "methods": mfa.methods,
-            })))
+            }))
         }
-        None => Err(Problem::internal()),
+        None => return Err(Problem::internal()),
+    };
+    if device.is_none() {
+        let cookie = state.cookies.device(&account)?;
+        response
+            .add_cookie(&cookie)
+            .map_err(|_| Problem::internal())?;
     }
+    Ok(response)
 }
 
 /// `POST /v1/auth/refresh`: rotates the refresh token; the old one stops working.

@@ -146,7 +146,7 @@ pub fn endpoints() -> Vec<Endpoint> {
             Method::POST,
             "/v1/auth/login",
             "login",
-            "Log in: a token pair, or an MFA challenge for users with a second factor",
+            "Log in: a token pair, or an MFA challenge for users with a second factor; a login that proves the password gets the device cookie",
             Public,
             Body::Json(schema::<auth::Login>),
             (200, tokens),

@@ -771,13 +771,14 @@ async fn the_gateways_own_cookies_stay_between_it_and_the_browser() -> anyhow::R
     let echo = start_echo().await?;
     let stack = stack_with(&echo, &[]).await?;
     // The session cookie seals a refresh token, and with the CSRF cookie it is all a
-    // replay at /v1/auth/refresh needs: an upstream never sees them...
+    // replay at /v1/auth/refresh needs; the device cookie spares its holder the
+    // account's login bucket: an upstream never sees them...
     let response = stack
         .http()
         .get(stack.url("/public/page"))
         .header(
             "cookie",
-            "a=1; __Host-aia_session=sealed; b=2; __Host-aia_csrf=token",
+            "a=1; __Host-aia_session=sealed; b=2; __Host-aia_csrf=token; __host-aia_device=d",
         )
         .send()
         .await?;

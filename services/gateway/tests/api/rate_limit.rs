@@ -179,6 +179,99 @@ async fn one_account_is_limited_whatever_the_address() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The `__Host-aia_device` cookie a response sets, as `name=value`, and its attributes.
+fn device_cookie(response: &reqwest::Response) -> Option<(String, String)> {
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("__Host-aia_device="))
+        .map(|v| match v.split_once(';') {
+            Some((pair, attributes)) => (pair.to_owned(), attributes.to_owned()),
+            None => (v.to_owned(), String::new()),
+        })
+}
+
+/// OWASP's device cookies: a stranger who spends an account's guesses keeps out the
+/// browsers that never proved its password, not its owner's, whose device cookie
+/// spends from a bucket of its own. The cookie counts for its account only, altered
+/// it is no cookie, and its own bucket limits as the account's does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_spending_an_accounts_guesses_does_not_keep_its_owner_out() -> anyhow::Result<()>
+{
+    let stack = Stack::start_with(&[("RATE_LIMIT_LOGIN_ACCOUNT", "3/60".into())]).await?;
+    let (victim, other) = (email(), email());
+    register(&stack, &victim).await?;
+    register(&stack, &other).await?;
+    let owner = from_ip(20)?;
+    let attempt = |email: &str, password: &str, cookie: Option<&str>| {
+        let mut request = owner
+            .post(stack.url("/v1/auth/login"))
+            .json(&json!({"email": email, "password": password}));
+        if let Some(cookie) = cookie {
+            request = request.header("cookie", cookie);
+        }
+        request.send()
+    };
+    let right = crate::helpers::PASSWORD;
+
+    // The owner's first login proves the password: it gets a device cookie.
+    let first = attempt(&victim, right, None).await?;
+    assert_eq!(first.status(), StatusCode::OK);
+    let (device, attributes) =
+        device_cookie(&first).ok_or_else(|| anyhow::anyhow!("no device cookie"))?;
+    for attribute in [
+        "HttpOnly",
+        "Secure",
+        "SameSite=Strict",
+        "Path=/",
+        "Max-Age=15552000",
+    ] {
+        assert!(attributes.contains(attribute), "{attributes}");
+    }
+    // A wrong password proves nothing: no cookie.
+    let wrong = login(&from_ip(21)?, &stack, &victim).await?;
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    assert!(device_cookie(&wrong).is_none());
+    // A stranger spends the rest of the account's guesses.
+    assert_eq!(
+        login(&from_ip(22)?, &stack, &victim).await?.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let stranger = login(&from_ip(23)?, &stack, &victim).await?;
+    assert_problem(stranger, StatusCode::TOO_MANY_REQUESTS).await?;
+    // A browser that never logged in is kept out, the right password or not ...
+    let fresh = attempt(&victim, right, None).await?;
+    assert_problem(fresh, StatusCode::TOO_MANY_REQUESTS).await?;
+    // ... and so is an altered cookie, and this cookie at another spent account.
+    let mut altered = device.clone();
+    let at = altered.len() - 5;
+    let flipped = if &altered[at..=at] == "A" { "B" } else { "A" };
+    altered.replace_range(at..=at, flipped);
+    let answer = attempt(&victim, right, Some(&altered)).await?;
+    assert_problem(answer, StatusCode::TOO_MANY_REQUESTS).await?;
+    for n in 24..=26 {
+        login(&from_ip(n)?, &stack, &other).await?;
+    }
+    let answer = attempt(&other, right, Some(&device)).await?;
+    assert_problem(answer, StatusCode::TOO_MANY_REQUESTS).await?;
+
+    // The owner's browser gets in, and keeps its cookie.
+    let back = attempt(&victim, right, Some(&device)).await?;
+    assert_eq!(back.status(), StatusCode::OK);
+    assert!(device_cookie(&back).is_none());
+    // Its own bucket: two more guesses, then 429.
+    for _ in 0..2 {
+        let answer = attempt(&victim, "not the password at all", Some(&device)).await?;
+        assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
+    }
+    let answer = attempt(&victim, right, Some(&device)).await?;
+    assert_problem(answer, StatusCode::TOO_MANY_REQUESTS).await?;
+    stack.stop().await;
+    Ok(())
+}
+
 /// A token its owner revoked (a thief's copy, replayed until it expires) spends its
 /// address's quota, not the owner's: the owner's own session is not held at 429.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
