@@ -93,14 +93,16 @@ impl Lockout {
         aia_db::redis::key(&self.prefix, "lo", &format!("{kind}:{id}"))
     }
 
-    /// Before hashing: may this login be tried at all?
+    /// Before hashing: may this login be tried at all? A `known_device` (the
+    /// gateway's device cookie of this account) counts as a known client.
     pub async fn precheck(
         &self,
         email: &str,
         ip: &str,
+        known_device: bool,
     ) -> anyhow::Result<Result<Precheck, Refusal>> {
         let ip = aia_telemetry::net::bucket_of_text(ip);
-        let result = self.precheck_redis(email, &ip).await;
+        let result = self.precheck_redis(email, &ip, known_device).await;
         match result {
             Ok(answer) => Ok(answer),
             Err(error) if self.limits.fail_open => {
@@ -126,6 +128,7 @@ impl Lockout {
         &self,
         email: &str,
         ip: &str,
+        known_device: bool,
     ) -> anyhow::Result<Result<Precheck, Refusal>> {
         let mut conn = self.redis.get().await.context("Redis connection")?;
         let pair = format!("{email}|{ip}");
@@ -146,6 +149,7 @@ impl Lockout {
             .query_async(&mut conn)
             .await
             .context("reading lockout counters")?;
+        let known = known || known_device;
         if ip_failures.unwrap_or(0) >= self.limits.ip_limit {
             return Ok(Err(Refusal::RetryAfter(Duration::from_secs(
                 u64::try_from(ip_ttl.max(1)).unwrap_or(1),

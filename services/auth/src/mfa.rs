@@ -48,7 +48,7 @@ const CHALLENGE_ATTEMPTS: u32 = 5;
 /// deleted) once they are spent, nil for a challenge that does not exist (which is
 /// not created by asking).
 const TAKE_A_TRY: &str = r"
-local found = redis.call('HMGET', KEYS[1], 'user', 'email', 'password')
+local found = redis.call('HMGET', KEYS[1], 'user', 'email', 'password', 'device')
 if not found[1] or not found[2] or not found[3] then return false end
 if redis.call('HINCRBY', KEYS[1], 'tries', 1) > tonumber(ARGV[1]) then
   redis.call('DEL', KEYS[1])
@@ -85,6 +85,8 @@ pub struct Pending {
     pub email: String,
     /// [`Mfa::password_fingerprint`] of the hash the password was checked against.
     pub password: String,
+    /// The password step came from a known device (`LoginRequest.known_device`).
+    pub known_device: bool,
     /// The Redis key of the challenge.
     key: String,
 }
@@ -493,6 +495,7 @@ impl Mfa {
         user_id: uuid::Uuid,
         email: &str,
         password_hash: &str,
+        known_device: bool,
     ) -> anyhow::Result<String> {
         let challenge = URL_SAFE_NO_PAD.encode(random::<32>()?);
         let key = self.challenge_key(&challenge);
@@ -506,6 +509,7 @@ impl Mfa {
                     ("email", email.to_owned()),
                     ("password", Self::password_fingerprint(password_hash)),
                     ("tries", "0".to_owned()),
+                    ("device", u8::from(known_device).to_string()),
                 ],
             )
             .ignore()
@@ -529,13 +533,14 @@ impl Mfa {
         }
         let key = self.challenge_key(challenge);
         let mut conn = self.redis.get().await.context("redis")?;
-        let found: Option<(String, String, String)> = redis::Script::new(TAKE_A_TRY)
-            .key(&key)
-            .arg(CHALLENGE_ATTEMPTS)
-            .invoke_async(&mut conn)
-            .await
-            .context("taking a try from an MFA challenge")?;
-        let Some((user, email, password)) = found else {
+        let found: Option<(String, String, String, Option<String>)> =
+            redis::Script::new(TAKE_A_TRY)
+                .key(&key)
+                .arg(CHALLENGE_ATTEMPTS)
+                .invoke_async(&mut conn)
+                .await
+                .context("taking a try from an MFA challenge")?;
+        let Some((user, email, password, device)) = found else {
             return Ok(None);
         };
         let user_id = uuid::Uuid::parse_str(&user).context("MFA challenge user")?;
@@ -543,6 +548,7 @@ impl Mfa {
             user_id,
             email,
             password,
+            known_device: device.as_deref() == Some("1"),
             key,
         }))
     }

@@ -29,16 +29,18 @@ use crate::service::Auth;
 use crate::users::User;
 
 impl Auth {
-    /// A user whose password was right and who has TOTP on: a challenge.
+    /// A user whose password was right and who has TOTP on: a challenge (which
+    /// remembers whether the password step came from a known device).
     pub(crate) async fn mfa_challenge(
         &self,
         user: &User,
         email: &EmailAddress,
+        known_device: bool,
         client: Option<&ClientInfo>,
     ) -> Result<LoginResponse, AuthError> {
         let challenge = self
             .mfa
-            .challenge(user.id, email.as_str(), &user.password_hash)
+            .challenge(user.id, email.as_str(), &user.password_hash, known_device)
             .await
             .map_err(AuthError::Unavailable)?;
         metrics::counter!("auth_login_total", "outcome" => "mfa_required", "reason" => "")
@@ -71,7 +73,9 @@ impl Auth {
             .await
             .map_err(AuthError::Unavailable)?
             .ok_or(AuthError::InvalidMfaLogin)?;
-        let precheck = self.may_try(&pending.email, ip, client).await?;
+        let precheck = self
+            .may_try(&pending.email, ip, pending.known_device, client)
+            .await?;
         let user = self
             .users
             .by_id(pending.user_id)

@@ -180,7 +180,7 @@ impl Auth {
         let password = Password::presented(&req.password)?;
         let ip = req.client.as_ref().map_or("", |c| c.ip.as_str()).to_owned();
         let precheck = self
-            .may_try(email.as_str(), &ip, req.client.as_ref())
+            .may_try(email.as_str(), &ip, req.known_device, req.client.as_ref())
             .await?;
         let user = self
             .users
@@ -241,7 +241,9 @@ impl Auth {
         {
             // The throttle is not cleared yet: only the second factor does that, so
             // that a known password cannot reset the count of wrong codes.
-            return self.mfa_challenge(&user, &email, client).await;
+            return self
+                .mfa_challenge(&user, &email, req.known_device, client)
+                .await;
         }
         self.lockout
             .record_success(email.as_str(), &ip)
@@ -255,16 +257,18 @@ impl Auth {
         })
     }
 
-    /// The throttle's pre-check for a login step on `email` from `ip`.
+    /// The throttle's pre-check for a login step on `email` from `ip` (and from a
+    /// device the gateway knows for the account, when `known_device`).
     pub(crate) async fn may_try(
         &self,
         email: &str,
         ip: &str,
+        known_device: bool,
         client: Option<&aia_proto::common::v1::ClientInfo>,
     ) -> Result<Precheck, AuthError> {
         match self
             .lockout
-            .precheck(email, ip)
+            .precheck(email, ip, known_device)
             .await
             .map_err(AuthError::Unavailable)?
         {
@@ -340,7 +344,7 @@ impl Auth {
         check: impl Future<Output = Result<bool, AuthError>>,
     ) -> Result<bool, AuthError> {
         let ip = client.map_or("", |c| c.ip.as_str());
-        let precheck = self.may_try(&user.email, ip, client).await?;
+        let precheck = self.may_try(&user.email, ip, false, client).await?;
         let counted = if code {
             Some(self.count_code(&user.email, &precheck, client).await?)
         } else {

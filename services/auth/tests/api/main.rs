@@ -49,6 +49,7 @@ pub(crate) async fn register_and_login(
             email: email.into(),
             password: PASSWORD.into(),
             client: from("198.51.100.1"),
+            known_device: false,
         })
         .await?
         .into_inner(),
@@ -217,6 +218,7 @@ async fn unknown_email_and_wrong_password_are_indistinguishable() -> anyhow::Res
             email: known.clone(),
             password: "not the password".into(),
             client: None,
+            known_device: false,
         })
         .await
         .err()
@@ -226,6 +228,7 @@ async fn unknown_email_and_wrong_password_are_indistinguishable() -> anyhow::Res
             email: email(),
             password: PASSWORD.into(),
             client: None,
+            known_device: false,
         })
         .await
         .err()
@@ -314,6 +317,7 @@ async fn login_failures_reach_the_audit_trail_with_their_reason() -> anyhow::Res
             email: known,
             password: "not the password".into(),
             client: from("192.0.2.9"),
+            known_device: false,
         })
         .await;
     let audit = AuditServiceClient::connect(stack.audit.url()).await?;
@@ -399,6 +403,7 @@ async fn create_admin_makes_an_admin_and_refuses_weak_passwords_and_taken_emails
             email: "root@example.com".into(),
             password: passphrase.into(),
             client: None,
+            known_device: false,
         })
         .await?
         .into_inner(),
@@ -450,6 +455,7 @@ async fn an_imported_bcrypt_hash_logs_in_and_becomes_argon2id() -> anyhow::Resul
             email: email.clone(),
             password: "not it".into(),
             client: None,
+            known_device: false,
         })
         .await;
     assert_eq!(
@@ -464,6 +470,7 @@ async fn an_imported_bcrypt_hash_logs_in_and_becomes_argon2id() -> anyhow::Resul
         email: email.clone(),
         password: "the old system's password".into(),
         client: None,
+        known_device: false,
     })
     .await?;
     let upgraded = stored_hash(&stack, &email).await?;
@@ -476,6 +483,7 @@ async fn an_imported_bcrypt_hash_logs_in_and_becomes_argon2id() -> anyhow::Resul
         email,
         password: "the old system's password".into(),
         client: None,
+        known_device: false,
     })
     .await?;
     stack.stop().await;
@@ -516,6 +524,7 @@ async fn a_hash_with_old_argon2_parameters_is_upgraded_at_login() -> anyhow::Res
             email: email.clone(),
             password: PASSWORD.into(),
             client: None,
+            known_device: false,
         })
         .await?;
     assert!(

@@ -164,6 +164,7 @@ pub async fn login(
             email,
             password,
             client: Some(client.to_proto()),
+            known_device: device.is_some(),
         })
         .await?
         .into_inner();

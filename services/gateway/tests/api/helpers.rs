@@ -312,3 +312,17 @@ pub async fn left_no_session(stack: &Stack, answer: reqwest::Response) -> anyhow
         Ok(())
     }
 }
+
+/// The `__Host-aia_device` cookie a response sets, as `name=value`, and its attributes.
+pub fn device_cookie(response: &reqwest::Response) -> Option<(String, String)> {
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("__Host-aia_device="))
+        .map(|v| match v.split_once(';') {
+            Some((pair, attributes)) => (pair.to_owned(), attributes.to_owned()),
+            None => (v.to_owned(), String::new()),
+        })
+}

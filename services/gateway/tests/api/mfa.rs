@@ -877,3 +877,60 @@ async fn a_right_code_to_turn_totp_off_does_not_make_the_address_known() -> anyh
     stack.stop().await;
     Ok(())
 }
+
+/// A lock spares the owner's device, as it spares their usual address: a second
+/// factor's challenge remembers that its password step came from a device cookie of
+/// the account, so the owner signs in from a new address while strangers keep the
+/// account locked; without the cookie that address is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_account_lets_its_owners_device_in_from_a_new_address() -> anyhow::Result<()> {
+    let stack = Stack::start_with(&[("LOGIN_BACKOFF_AFTER", "100".into())]).await?;
+    let user = enrolled(&stack).await?;
+    let password_step = |client: &reqwest::Client, cookie: Option<&str>| {
+        let mut request = client
+            .post(stack.url("/v1/auth/login"))
+            .json(&json!({"email": user.email, "password": PASSWORD}));
+        if let Some(cookie) = cookie {
+            request = request.header("cookie", cookie);
+        }
+        request.send()
+    };
+    // The password step proves the password: the browser gets its device cookie.
+    let first = password_step(&from_ip(30)?, None).await?;
+    assert_eq!(first.status(), StatusCode::OK);
+    let (device, _) =
+        crate::helpers::device_cookie(&first).ok_or_else(|| anyhow::anyhow!("no device cookie"))?;
+    // A stranger locks the account.
+    let stranger = from_ip(32)?;
+    for _ in 0..10 {
+        let answer = stranger
+            .post(stack.url("/v1/auth/login"))
+            .json(&json!({"email": user.email, "password": "guess guess guess"}))
+            .send()
+            .await?;
+        assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
+    }
+    let new_address = from_ip(31)?;
+    let refused = password_step(&new_address, None).await?;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    // The owner's device, from that same new address: both steps pass the lock.
+    let answer = password_step(&new_address, Some(&device)).await?;
+    assert_eq!(answer.status(), StatusCode::OK);
+    let answer: Value = answer.json().await?;
+    let pending = field(&answer, "challenge");
+    let tokens = second_step(
+        &new_address,
+        &stack,
+        pending,
+        &code_at(&user.uri, now() + 30)?,
+    )
+    .await?;
+    assert_eq!(tokens.status(), StatusCode::OK);
+    let tokens: Value = tokens.json().await?;
+    assert_eq!(
+        me(&stack, field(&tokens, "access_token")).await?["email"],
+        json!(user.email)
+    );
+    stack.stop().await;
+    Ok(())
+}

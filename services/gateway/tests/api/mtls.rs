@@ -156,6 +156,7 @@ async fn internal_listeners_refuse_strangers_and_check_each_callers_identity() -
             email: "a@example.com".into(),
             password: "x".into(),
             client: None,
+            known_device: false,
         })
         .await;
     assert_eq!(

@@ -7,7 +7,7 @@ use aia_testkit::proxy::TcpProxy;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{assert_problem, email, field, from_ip, register, signed_in};
+use crate::helpers::{assert_problem, device_cookie, email, field, from_ip, register, signed_in};
 
 async fn login(
     client: &reqwest::Client,
@@ -177,20 +177,6 @@ async fn one_account_is_limited_whatever_the_address() -> anyhow::Result<()> {
     assert!(keys.iter().all(|k| !k.contains('@')), "{keys:?}");
     stack.stop().await;
     Ok(())
-}
-
-/// The `__Host-aia_device` cookie a response sets, as `name=value`, and its attributes.
-fn device_cookie(response: &reqwest::Response) -> Option<(String, String)> {
-    response
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|v| v.starts_with("__Host-aia_device="))
-        .map(|v| match v.split_once(';') {
-            Some((pair, attributes)) => (pair.to_owned(), attributes.to_owned()),
-            None => (v.to_owned(), String::new()),
-        })
 }
 
 /// OWASP's device cookies: a stranger who spends an account's guesses keeps out the
