@@ -6,7 +6,8 @@
 //!   of the service's own outbox table, written in the transaction of the change it
 //!   describes ([`EventBuilder::write_in`]) or, for an event that describes no change
 //!   (a failed login), on its own before the request is answered
-//!   ([`EventBuilder::emit`]); one that cannot be written fails the request. A relay delivers the rows in order with
+//!   ([`EventBuilder::emit`]); one that cannot be written fails the request (or the
+//!   work, when it runs after the answer). A relay delivers the rows in order with
 //!   `audit.RecordBatch`, at least once, with backoff while audit is unreachable, and
 //!   deletes them only once audit has acknowledged them. Nothing is lost when the
 //!   process dies or audit is down for hours: the rows wait in Postgres. Depth and age

@@ -34,6 +34,9 @@ use deadpool_redis::redis;
 
 /// How long a successful login makes an IP a known client of the account.
 const KNOWN_CLIENT_TTL: Duration = Duration::from_secs(30 * 86_400);
+/// How long a completed login keeps its device (the gateway's device cookie) a known
+/// client of the account: the cookie's own lifetime.
+const KNOWN_DEVICE_TTL: Duration = Duration::from_secs(180 * 86_400);
 /// Longest backoff between tries on one account from one IP.
 const MAX_BACKOFF_SECS: u64 = 60;
 
@@ -93,16 +96,17 @@ impl Lockout {
         aia_db::redis::key(&self.prefix, "lo", &format!("{kind}:{id}"))
     }
 
-    /// Before hashing: may this login be tried at all? A `known_device` (the
-    /// gateway's device cookie of this account) counts as a known client.
+    /// Before hashing: may this login be tried at all? A `device` (the id of the
+    /// gateway's device cookie; empty for none) that a completed login of the account
+    /// registered counts as a known client.
     pub async fn precheck(
         &self,
         email: &str,
         ip: &str,
-        known_device: bool,
+        device: &str,
     ) -> anyhow::Result<Result<Precheck, Refusal>> {
         let ip = aia_telemetry::net::bucket_of_text(ip);
-        let result = self.precheck_redis(email, &ip, known_device).await;
+        let result = self.precheck_redis(email, &ip, device).await;
         match result {
             Ok(answer) => Ok(answer),
             Err(error) if self.limits.fail_open => {
@@ -128,16 +132,17 @@ impl Lockout {
         &self,
         email: &str,
         ip: &str,
-        known_device: bool,
+        device: &str,
     ) -> anyhow::Result<Result<Precheck, Refusal>> {
         let mut conn = self.redis.get().await.context("Redis connection")?;
         let pair = format!("{email}|{ip}");
-        let (ip_failures, ip_ttl, pair_failures, last_failure, lock_ttl, known): (
+        let (ip_failures, ip_ttl, pair_failures, last_failure, lock_ttl, known, known_device): (
             Option<u64>,
             i64,
             Option<u64>,
             Option<u64>,
             i64,
+            bool,
             bool,
         ) = redis::pipe()
             .get(self.key("ip", ip))
@@ -146,10 +151,11 @@ impl Lockout {
             .get(self.key("pairlast_ms", &pair))
             .ttl(self.key("lock", email))
             .sismember(self.key("known", email), ip)
+            .sismember(self.key("devices", email), device_member(device))
             .query_async(&mut conn)
             .await
             .context("reading lockout counters")?;
-        let known = known || known_device;
+        let known = known || (known_device && !device.is_empty());
         if ip_failures.unwrap_or(0) >= self.limits.ip_limit {
             return Ok(Err(Refusal::RetryAfter(Duration::from_secs(
                 u64::try_from(ip_ttl.max(1)).unwrap_or(1),
@@ -279,12 +285,27 @@ impl Lockout {
     }
 
     /// The Redis part of [`Lockout::record_success`].
-    async fn record_success_redis(&self, email: &str, ip: &str) -> anyhow::Result<()> {
+    async fn record_success_redis(
+        &self,
+        email: &str,
+        ip: &str,
+        device: &str,
+    ) -> anyhow::Result<()> {
         let ip = aia_telemetry::net::bucket_of_text(ip);
         let ip = ip.as_str();
         let mut conn = self.redis.get().await.context("Redis connection")?;
         let pair = format!("{email}|{ip}");
-        let () = redis::pipe()
+        let mut pipe = redis::pipe();
+        if !device.is_empty() {
+            pipe.sadd(self.key("devices", email), device_member(device))
+                .ignore()
+                .expire(
+                    self.key("devices", email),
+                    i64::try_from(KNOWN_DEVICE_TTL.as_secs()).unwrap_or(i64::MAX),
+                )
+                .ignore();
+        }
+        let () = pipe
             .del(self.key("acct", email))
             .ignore()
             .del(self.key("pair", &pair))
@@ -378,10 +399,10 @@ impl Lockout {
         self.open_on_error(outcome, false)
     }
 
-    /// After a successful login: this IP becomes a known client, and the account's
-    /// counters start again.
-    pub async fn record_success(&self, email: &str, ip: &str) -> anyhow::Result<()> {
-        let outcome = self.record_success_redis(email, ip).await;
+    /// After a successful login: this IP (and `device`, unless empty) becomes a
+    /// known client, and the account's counters start again.
+    pub async fn record_success(&self, email: &str, ip: &str, device: &str) -> anyhow::Result<()> {
+        let outcome = self.record_success_redis(email, ip, device).await;
         self.open_on_error(outcome, ())
     }
 
@@ -391,6 +412,13 @@ impl Lockout {
         let outcome = self.unlock_redis(email).await;
         self.open_on_error(outcome, false)
     }
+}
+
+/// How a device id is kept in the account's set: its hash, so that Redis holds no
+/// cookie values and an id of any length costs the same.
+fn device_member(device: &str) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(device.as_bytes())[..16])
 }
 
 fn now_ms() -> u64 {

@@ -44,9 +44,9 @@ pub const CHALLENGE_TTL: Duration = Duration::from_secs(300);
 const CHALLENGE_ATTEMPTS: u32 = 5;
 
 /// Takes one try from a challenge. KEYS[1]: the challenge; ARGV[1]: the tries it
-/// allows. Returns {user, email, password fingerprint} while tries remain; nil (and the challenge is
-/// deleted) once they are spent, nil for a challenge that does not exist (which is
-/// not created by asking).
+/// allows. Returns {user, email, password fingerprint, device} while tries remain;
+/// nil (and the challenge is deleted) once they are spent, nil for a challenge that
+/// does not exist (which is not created by asking).
 const TAKE_A_TRY: &str = r"
 local found = redis.call('HMGET', KEYS[1], 'user', 'email', 'password', 'device')
 if not found[1] or not found[2] or not found[3] then return false end
@@ -85,8 +85,8 @@ pub struct Pending {
     pub email: String,
     /// [`Mfa::password_fingerprint`] of the hash the password was checked against.
     pub password: String,
-    /// The password step came from a known device (`LoginRequest.known_device`).
-    pub known_device: bool,
+    /// The device of the password step (`LoginRequest.device_id`; empty for none).
+    pub device: String,
     /// The Redis key of the challenge.
     key: String,
 }
@@ -394,8 +394,15 @@ impl Mfa {
         Ok(confirmed.then_some(codes))
     }
 
-    /// Spends `code` (a TOTP code or a recovery code) of a user with TOTP on.
-    pub async fn verify(&self, user_id: uuid::Uuid, code: &str) -> anyhow::Result<Option<Factor>> {
+    /// Spends `code` (a TOTP code or a recovery code) of a user with TOTP on. A
+    /// recovery code spent writes `recovery_used` (if any) in the same transaction,
+    /// with the codes left in its details: a code is never spent unrecorded.
+    pub async fn verify(
+        &self,
+        user_id: uuid::Uuid,
+        code: &str,
+        recovery_used: Option<aia_audit_client::EventBuilder<'_>>,
+    ) -> anyhow::Result<Option<Factor>> {
         let owner = user_id.to_string();
         let mut conn = aia_db::conn(&self.pool).await?;
         if totp_code(code).is_some() {
@@ -417,34 +424,32 @@ impl Mfa {
         let spent = conn
             .transaction::<_, diesel::result::Error, _>(async |conn| {
                 scope::set(conn, Scope::User(&owner)).await?;
-                diesel::update(recovery_codes::table)
+                let spent = diesel::update(recovery_codes::table)
                     .filter(recovery_codes::code_hash.eq(hash))
                     .filter(recovery_codes::user_id.eq(user_id))
                     .filter(recovery_codes::used_at.is_null())
                     .set(recovery_codes::used_at.eq(Some(Utc::now())))
                     .execute(conn)
-                    .await
+                    .await?;
+                if spent == 1
+                    && let Some(event) = recovery_used
+                {
+                    let left: i64 = recovery_codes::table
+                        .filter(recovery_codes::user_id.eq(user_id))
+                        .filter(recovery_codes::used_at.is_null())
+                        .count()
+                        .get_result(conn)
+                        .await?;
+                    event
+                        .details(serde_json::json!({"risk": "medium", "codes_left": left}))
+                        .write_in(conn)
+                        .await?;
+                }
+                Ok(spent)
             })
             .await
             .context("spending a recovery code")?;
         Ok((spent == 1).then_some(Factor::RecoveryCode))
-    }
-
-    /// Recovery codes left unused.
-    pub async fn recovery_codes_left(&self, user_id: uuid::Uuid) -> anyhow::Result<i64> {
-        let owner = user_id.to_string();
-        let mut conn = aia_db::conn(&self.pool).await?;
-        conn.transaction::<_, diesel::result::Error, _>(async |conn| {
-            scope::set(conn, Scope::User(&owner)).await?;
-            recovery_codes::table
-                .filter(recovery_codes::user_id.eq(user_id))
-                .filter(recovery_codes::used_at.is_null())
-                .count()
-                .get_result(conn)
-                .await
-        })
-        .await
-        .context("counting recovery codes")
     }
 
     /// Removes the user's TOTP and recovery codes. True if TOTP was on; `event` is
@@ -495,7 +500,7 @@ impl Mfa {
         user_id: uuid::Uuid,
         email: &str,
         password_hash: &str,
-        known_device: bool,
+        device: &str,
     ) -> anyhow::Result<String> {
         let challenge = URL_SAFE_NO_PAD.encode(random::<32>()?);
         let key = self.challenge_key(&challenge);
@@ -509,7 +514,7 @@ impl Mfa {
                     ("email", email.to_owned()),
                     ("password", Self::password_fingerprint(password_hash)),
                     ("tries", "0".to_owned()),
-                    ("device", u8::from(known_device).to_string()),
+                    ("device", device.to_owned()),
                 ],
             )
             .ignore()
@@ -548,7 +553,7 @@ impl Mfa {
             user_id,
             email,
             password,
-            known_device: device.as_deref() == Some("1"),
+            device: device.unwrap_or_default(),
             key,
         }))
     }

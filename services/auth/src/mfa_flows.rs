@@ -24,7 +24,7 @@ use aia_proto::common::v1::ClientInfo;
 
 use crate::domain::{EmailAddress, Invalid, Password};
 use crate::error::AuthError;
-use crate::mfa::{CHALLENGE_TTL, Factor, Mfa};
+use crate::mfa::{CHALLENGE_TTL, Mfa};
 use crate::service::Auth;
 use crate::users::User;
 
@@ -35,12 +35,12 @@ impl Auth {
         &self,
         user: &User,
         email: &EmailAddress,
-        known_device: bool,
+        device: &str,
         client: Option<&ClientInfo>,
     ) -> Result<LoginResponse, AuthError> {
         let challenge = self
             .mfa
-            .challenge(user.id, email.as_str(), &user.password_hash, known_device)
+            .challenge(user.id, email.as_str(), &user.password_hash, device)
             .await
             .map_err(AuthError::Unavailable)?;
         metrics::counter!("auth_login_total", "outcome" => "mfa_required", "reason" => "")
@@ -74,7 +74,7 @@ impl Auth {
             .map_err(AuthError::Unavailable)?
             .ok_or(AuthError::InvalidMfaLogin)?;
         let precheck = self
-            .may_try(&pending.email, ip, pending.known_device, client)
+            .may_try(&pending.email, ip, &pending.device, client)
             .await?;
         let user = self
             .users
@@ -89,12 +89,18 @@ impl Auth {
         // Counted before it is checked: codes sent at once on many challenges
         // cannot all pass the lock check.
         let attempts = self.count_code(&pending.email, &precheck, client).await?;
+        let recovery_used = self
+            .audit
+            .event("auth.recovery_code_used", Outcome::Success)
+            .actor(user.id.to_string())
+            .subject(user.id.to_string())
+            .client(client);
         let factor = self
             .mfa
-            .verify(user.id, &req.code)
+            .verify(user.id, &req.code, Some(recovery_used))
             .await
             .map_err(AuthError::Unavailable)?;
-        let Some(factor) = factor else {
+        if factor.is_none() {
             metrics::counter!("auth_login_total", "outcome" => "failure", "reason" => "wrong_mfa_code")
                 .increment(1);
             let recorded = self
@@ -120,27 +126,13 @@ impl Auth {
             // A concurrent request completed this challenge first.
             return Err(AuthError::InvalidMfaLogin);
         }
-        self.lockout
-            .record_success(&pending.email, ip)
-            .await
-            .map_err(AuthError::Unavailable)?;
-        if factor == Factor::RecoveryCode {
-            let left = self
-                .mfa
-                .recovery_codes_left(user.id)
-                .await
-                .map_err(AuthError::Unavailable)?;
-            self.audit
-                .event("auth.recovery_code_used", Outcome::Success)
-                .actor(user.id.to_string())
-                .subject(user.id.to_string())
-                .client(client)
-                .details(serde_json::json!({"risk": "medium", "codes_left": left}))
-                .emit()
-                .await?;
-        }
-        self.start_session(&user, req.client, vec!["pwd".into(), "otp".into()])
-            .await
+        let ip = ip.to_owned();
+        let pair = self
+            .start_session(&user, req.client, vec!["pwd".into(), "otp".into()])
+            .await?;
+        Ok(self
+            .login_completed(&pending.email, &ip, &pending.device, pair)
+            .await)
     }
 
     /// Refuses (403, and a failure event of `event_type`) unless `presented` is the
@@ -294,7 +286,8 @@ impl Auth {
             if !req.code.is_empty() {
                 Ok(self
                     .mfa
-                    .verify(user.id, &req.code)
+                    // Its own event (auth.mfa_disabled) records the code.
+                    .verify(user.id, &req.code, None)
                     .await
                     .map_err(AuthError::Unavailable)?
                     .is_some())

@@ -130,6 +130,7 @@ impl Auth {
             token_type: "Bearer".into(),
             expires_in: u32::try_from(remaining.clamp(0, ttl)).unwrap_or(0),
             refresh_token,
+            ..TokenPair::default()
         })
     }
 
@@ -180,7 +181,12 @@ impl Auth {
         let password = Password::presented(&req.password)?;
         let ip = req.client.as_ref().map_or("", |c| c.ip.as_str()).to_owned();
         let precheck = self
-            .may_try(email.as_str(), &ip, req.known_device, req.client.as_ref())
+            .may_try(
+                email.as_str(),
+                &ip,
+                device_id(&req.device_id),
+                req.client.as_ref(),
+            )
             .await?;
         let user = self
             .users
@@ -242,33 +248,56 @@ impl Auth {
             // The throttle is not cleared yet: only the second factor does that, so
             // that a known password cannot reset the count of wrong codes.
             return self
-                .mfa_challenge(&user, &email, req.known_device, client)
+                .mfa_challenge(&user, &email, device_id(&req.device_id), client)
                 .await;
         }
-        self.lockout
-            .record_success(email.as_str(), &ip)
-            .await
-            .map_err(AuthError::Unavailable)?;
         let pair = self
             .start_session(&user, req.client, vec!["pwd".to_owned()])
             .await?;
+        let pair = self
+            .login_completed(email.as_str(), &ip, device_id(&req.device_id), pair)
+            .await;
         Ok(LoginResponse {
             result: Some(login_response::Result::Tokens(pair)),
         })
     }
 
+    /// After a completed login (its session started, its event written): the
+    /// throttle's counters start again, and the address and `device` become known
+    /// clients of the account; `pair` carries the device and the email for the
+    /// gateway's device cookie. Done only now, so that a login answered 503 leaves
+    /// no exemption behind; a failure here leaves the account more restricted, never
+    /// less, so it is logged rather than answered.
+    pub(crate) async fn login_completed(
+        &self,
+        email: &str,
+        ip: &str,
+        device: &str,
+        mut pair: TokenPair,
+    ) -> TokenPair {
+        if let Err(error) = self.lockout.record_success(email, ip, device).await {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "a completed login's throttle bookkeeping failed"
+            );
+        }
+        device.clone_into(&mut pair.device_id);
+        email.clone_into(&mut pair.account_email);
+        pair
+    }
+
     /// The throttle's pre-check for a login step on `email` from `ip` (and from a
-    /// device the gateway knows for the account, when `known_device`).
+    /// `device`, the gateway's device cookie, empty for none).
     pub(crate) async fn may_try(
         &self,
         email: &str,
         ip: &str,
-        known_device: bool,
+        device: &str,
         client: Option<&aia_proto::common::v1::ClientInfo>,
     ) -> Result<Precheck, AuthError> {
         match self
             .lockout
-            .precheck(email, ip, known_device)
+            .precheck(email, ip, device)
             .await
             .map_err(AuthError::Unavailable)?
         {
@@ -344,7 +373,7 @@ impl Auth {
         check: impl Future<Output = Result<bool, AuthError>>,
     ) -> Result<bool, AuthError> {
         let ip = client.map_or("", |c| c.ip.as_str());
-        let precheck = self.may_try(&user.email, ip, false, client).await?;
+        let precheck = self.may_try(&user.email, ip, "", client).await?;
         let counted = if code {
             Some(self.count_code(&user.email, &precheck, client).await?)
         } else {
@@ -1062,4 +1091,14 @@ impl AuthService for Auth {
             jwks_json: self.keys.ring().jwks_json.clone(),
         }))
     }
+}
+
+/// The device id the gateway sent, if it is one it could have made (its cookie's
+/// 22 base64url characters, or any such id up to 64): anything else is no device.
+fn device_id(sent: &str) -> &str {
+    let plausible = sent.len() <= 64
+        && sent
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if plausible { sent } else { "" }
 }

@@ -20,14 +20,17 @@
 //! cookie), so no other route can be driven by a cookie. Logout clears both cookies.
 //!
 //! **Device cookies** (OWASP's "Slow Down Online Guessing Attacks with Device
-//! Cookies"): a login that proves the password (tokens, or a second-factor challenge)
-//! gets `__Host-aia_device`, a random device id sealed with the account it proved
-//! (`HttpOnly; Secure; SameSite=Strict`, 180 days, no CSRF role: it authorizes
-//! nothing). A later login to that account presenting it spends its guesses from the
-//! device's own bucket instead of the account's (`RATE_LIMIT_LOGIN_ACCOUNT` either
-//! way), so a stranger spending the account's guesses keeps out only browsers that
-//! never logged in to it, not its owner's. Only the password mints one, so a guesser
-//! cannot make buckets of their own.
+//! Cookies"): a completed login (tokens issued, after the second factor if the user
+//! has one) gets `__Host-aia_device`, a random device id sealed with the account and
+//! the time (`HttpOnly; Secure; SameSite=Strict`, 180 days, checked here too; renewed
+//! by each completed login; no CSRF role: it authorizes nothing by itself). A later
+//! login to that account presenting it spends its guesses from the device's own
+//! bucket instead of the account's (`RATE_LIMIT_LOGIN_ACCOUNT` either way), so a
+//! stranger spending the account's guesses keeps out only browsers that never logged
+//! in to it, not its owner's; auth, which registered the device at that login, also
+//! spares it the account's lock. Only a completed login mints one, so a guesser,
+//! even one who knows the password but not the second factor, cannot make buckets
+//! or exemptions of their own.
 
 use actix_web::HttpRequest;
 use actix_web::cookie::{Cookie, SameSite, time::Duration as CookieDuration};
@@ -53,7 +56,8 @@ pub const OWN: [&str; 3] = [SESSION, CSRF, DEVICE];
 const AAD: &[u8] = b"aia session cookie v1";
 /// Associated data of sealed device cookies (a session cookie never opens as one).
 const DEVICE_AAD: &[u8] = b"aia device cookie v1";
-/// How long a device stays known without another login proving the password.
+/// How long a device stays known without another completed login (auth keeps its
+/// registration as long).
 const DEVICE_MAX_AGE: CookieDuration = CookieDuration::days(180);
 
 /// Seals and opens session cookies.
@@ -107,12 +111,11 @@ impl CookieSealer {
         Ok((vec![session, readable], csrf))
     }
 
-    /// A device cookie for `account` (a `rate_limit::account_key`): a new random
-    /// device id sealed with it.
-    pub fn device(&self, account: &str) -> Result<Cookie<'static>, Problem> {
-        let mut bytes = [0u8; 16];
-        getrandom::fill(&mut bytes).map_err(|_| Problem::internal())?;
-        let plain = format!("{account}.{}", URL_SAFE_NO_PAD.encode(bytes));
+    /// The device cookie of `device` (an id from [`new_device_id`], or the one the
+    /// request presented) for `account` (a `rate_limit::account_key`), dated now.
+    pub fn device(&self, account: &str, device: &str) -> Result<Cookie<'static>, Problem> {
+        let issued = chrono::Utc::now().timestamp();
+        let plain = format!("{account}.{device}.{issued}");
         let sealed = self
             .key
             .seal(plain.as_bytes(), DEVICE_AAD)
@@ -126,14 +129,20 @@ impl CookieSealer {
             .finish())
     }
 
-    /// The device id in `req`'s device cookie, if the cookie is one of ours and was
-    /// made for `account`.
+    /// The device id in `req`'s device cookie, if the cookie is one of ours, was
+    /// made for `account`, and is younger than its lifetime (a browser's word on
+    /// `Max-Age` is not needed).
     pub fn device_of(&self, req: &HttpRequest, account: &str) -> Option<String> {
         let cookie = req.cookie(DEVICE)?;
         let sealed = URL_SAFE_NO_PAD.decode(cookie.value()).ok()?;
         let plain = String::from_utf8(self.key.open(&sealed, DEVICE_AAD).ok()?).ok()?;
-        let (sealed_for, device) = plain.split_once('.')?;
-        (sealed_for == account).then(|| device.to_owned())
+        let mut parts = plain.rsplitn(3, '.');
+        let issued: i64 = parts.next()?.parse().ok()?;
+        let device = parts.next()?;
+        let sealed_for = parts.next()?;
+        let age = chrono::Utc::now().timestamp().saturating_sub(issued);
+        let fresh = (0..=DEVICE_MAX_AGE.whole_seconds()).contains(&age);
+        (sealed_for == account && fresh).then(|| device.to_owned())
     }
 
     /// What the session cookie of `req` holds, if it is one of ours.
@@ -148,6 +157,13 @@ impl CookieSealer {
             csrf: csrf.to_owned(),
         })
     }
+}
+
+/// A new device id: 128 random bits, base64url.
+pub fn new_device_id() -> Result<String, Problem> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|_| Problem::internal())?;
+    Ok(URL_SAFE_NO_PAD.encode(bytes))
 }
 
 /// Cookies that remove both session cookies.
@@ -259,7 +275,9 @@ mod tests {
     fn a_device_cookie_opens_only_for_its_account_and_under_its_key() -> anyhow::Result<()> {
         let sealer = sealer()?;
         let problem = |p: Problem| anyhow::anyhow!("{p}");
-        let cookie = sealer.device("acct:one").map_err(problem)?;
+        let cookie = sealer
+            .device("acct:one", &new_device_id().map_err(problem)?)
+            .map_err(problem)?;
         assert_eq!(cookie.http_only(), Some(true));
         assert_eq!(cookie.secure(), Some(true));
         assert_eq!(cookie.same_site(), Some(SameSite::Strict));
@@ -272,12 +290,35 @@ mod tests {
         let device = sealer.device_of(&presented, "acct:one");
         assert!(device.as_ref().is_some_and(|d| d.len() == 22), "{device:?}");
         assert_eq!(sealer.device_of(&presented, "acct:two"), None);
-        // Each cookie is a device of its own.
-        let again = sealer.device("acct:one").map_err(problem)?;
+        // Each new id is a device of its own; a renewed cookie keeps its device.
+        let again = sealer
+            .device("acct:one", &new_device_id().map_err(problem)?)
+            .map_err(problem)?;
         assert_ne!(
             sealer.device_of(&request(DEVICE, again.value()), "acct:one"),
             device
         );
+        let renewed = sealer
+            .device("acct:one", device.as_deref().unwrap_or_default())
+            .map_err(problem)?;
+        assert_eq!(
+            sealer.device_of(&request(DEVICE, renewed.value()), "acct:one"),
+            device
+        );
+        // Past its lifetime (or dated ahead), a cookie is no cookie, whatever the
+        // browser kept.
+        for issued in [
+            chrono::Utc::now().timestamp() - DEVICE_MAX_AGE.whole_seconds() - 60,
+            chrono::Utc::now().timestamp() + 3600,
+        ] {
+            let plain = format!("acct:one.someid.{issued}");
+            let sealed = sealer
+                .key
+                .seal(plain.as_bytes(), DEVICE_AAD)
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let stale = request(DEVICE, &URL_SAFE_NO_PAD.encode(sealed));
+            assert_eq!(sealer.device_of(&stale, "acct:one"), None);
+        }
         // A session cookie's sealed value is no device cookie, nor the other way.
         let (session, _) = sealer.issue("acct:one.x").map_err(problem)?;
         let session = session

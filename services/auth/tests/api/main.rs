@@ -49,7 +49,7 @@ pub(crate) async fn register_and_login(
             email: email.into(),
             password: PASSWORD.into(),
             client: from("198.51.100.1"),
-            known_device: false,
+            device_id: String::new(),
         })
         .await?
         .into_inner(),
@@ -218,7 +218,7 @@ async fn unknown_email_and_wrong_password_are_indistinguishable() -> anyhow::Res
             email: known.clone(),
             password: "not the password".into(),
             client: None,
-            known_device: false,
+            device_id: String::new(),
         })
         .await
         .err()
@@ -228,7 +228,7 @@ async fn unknown_email_and_wrong_password_are_indistinguishable() -> anyhow::Res
             email: email(),
             password: PASSWORD.into(),
             client: None,
-            known_device: false,
+            device_id: String::new(),
         })
         .await
         .err()
@@ -317,7 +317,7 @@ async fn login_failures_reach_the_audit_trail_with_their_reason() -> anyhow::Res
             email: known,
             password: "not the password".into(),
             client: from("192.0.2.9"),
-            known_device: false,
+            device_id: String::new(),
         })
         .await;
     let audit = AuditServiceClient::connect(stack.audit.url()).await?;
@@ -403,7 +403,7 @@ async fn create_admin_makes_an_admin_and_refuses_weak_passwords_and_taken_emails
             email: "root@example.com".into(),
             password: passphrase.into(),
             client: None,
-            known_device: false,
+            device_id: String::new(),
         })
         .await?
         .into_inner(),
@@ -455,7 +455,7 @@ async fn an_imported_bcrypt_hash_logs_in_and_becomes_argon2id() -> anyhow::Resul
             email: email.clone(),
             password: "not it".into(),
             client: None,
-            known_device: false,
+            device_id: String::new(),
         })
         .await;
     assert_eq!(
@@ -470,7 +470,7 @@ async fn an_imported_bcrypt_hash_logs_in_and_becomes_argon2id() -> anyhow::Resul
         email: email.clone(),
         password: "the old system's password".into(),
         client: None,
-        known_device: false,
+        device_id: String::new(),
     })
     .await?;
     let upgraded = stored_hash(&stack, &email).await?;
@@ -483,7 +483,7 @@ async fn an_imported_bcrypt_hash_logs_in_and_becomes_argon2id() -> anyhow::Resul
         email,
         password: "the old system's password".into(),
         client: None,
-        known_device: false,
+        device_id: String::new(),
     })
     .await?;
     stack.stop().await;
@@ -524,7 +524,7 @@ async fn a_hash_with_old_argon2_parameters_is_upgraded_at_login() -> anyhow::Res
             email: email.clone(),
             password: PASSWORD.into(),
             client: None,
-            known_device: false,
+            device_id: String::new(),
         })
         .await?;
     assert!(

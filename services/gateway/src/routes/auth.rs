@@ -138,8 +138,8 @@ pub async fn register(
 /// user with a second factor gets 200 with `{"mfa_required": true, "challenge",
 /// "expires_in", "methods"}` instead, to complete at `POST /v1/auth/login/mfa`.
 /// The guess is spent from the account's bucket, or from the device's when the
-/// request carries a device cookie of this account; a login that proves the password
-/// without one gets one (see `cookies`).
+/// request carries a device cookie of this account; a completed login gets (or
+/// renews) the cookie (see `cookies`).
 pub async fn login(
     req: actix_web::HttpRequest,
     state: web::Data<State>,
@@ -152,10 +152,10 @@ pub async fn login(
         session,
     } = body.into_inner();
     let account = crate::rate_limit::account_key(&email);
-    let device = state.cookies.device_of(&req, &account);
-    let bucket = device
-        .as_ref()
-        .map_or_else(|| account.clone(), |id| format!("device:{id}"));
+    let (device_id, bucket) = match state.cookies.device_of(&req, &account) {
+        Some(id) => (id.clone(), format!("device:{id}")),
+        None => (crate::cookies::new_device_id()?, account),
+    };
     crate::rate_limit::spend_guess(&state, &bucket).await?;
     let answer = state
         .auth
@@ -164,27 +164,45 @@ pub async fn login(
             email,
             password,
             client: Some(client.to_proto()),
-            known_device: device.is_some(),
+            device_id,
         })
         .await?
         .into_inner();
-    let mut response = match answer.result {
-        Some(login_response::Result::Tokens(pair)) => tokens(&state, pair, session)?,
+    match answer.result {
+        Some(login_response::Result::Tokens(pair)) => login_tokens(&state, pair, session),
         Some(login_response::Result::Mfa(mfa)) => {
-            no_store(HttpResponse::Ok()).json(serde_json::json!({
+            Ok(no_store(HttpResponse::Ok()).json(serde_json::json!({
                 "mfa_required": true,
                 "challenge": mfa.challenge,
                 "expires_in": mfa.expires_in,
                 "methods": mfa.methods,
-            }))
+            })))
         }
-        None => return Err(Problem::internal()),
-    };
-    if device.is_none() {
-        let cookie = state.cookies.device(&account)?;
-        response
-            .add_cookie(&cookie)
-            .map_err(|_| Problem::internal())?;
+        None => Err(Problem::internal()),
+    }
+}
+
+/// The answer to a completed login: [`tokens`], with the device cookie of the device
+/// auth registered (renewed if the request presented it). The tokens are issued
+/// already, so a cookie that cannot be made is logged, not answered.
+pub(crate) fn login_tokens(
+    state: &State,
+    mut pair: TokenPair,
+    mode: SessionMode,
+) -> Result<HttpResponse, Problem> {
+    let device = std::mem::take(&mut pair.device_id);
+    let email = std::mem::take(&mut pair.account_email);
+    let mut response = tokens(state, pair, mode)?;
+    if !device.is_empty() && !email.is_empty() {
+        let account = crate::rate_limit::account_key(&email);
+        let added = state
+            .cookies
+            .device(&account, &device)
+            .ok()
+            .and_then(|cookie| response.add_cookie(&cookie).ok());
+        if added.is_none() {
+            tracing::warn!("a completed login's device cookie was not set");
+        }
     }
     Ok(response)
 }

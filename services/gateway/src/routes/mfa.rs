@@ -10,7 +10,7 @@ use serde::Deserialize;
 use crate::authn::Authenticated;
 use crate::client::Client;
 use crate::problem::Problem;
-use crate::routes::auth::{SessionMode, no_store, tokens};
+use crate::routes::auth::{SessionMode, login_tokens, no_store};
 use crate::state::State;
 
 /// Body of the second login step.
@@ -48,7 +48,7 @@ pub async fn login(
         })
         .await?
         .into_inner();
-    tokens(&state, pair, session)
+    login_tokens(&state, pair, session)
 }
 
 /// `POST /v1/auth/mfa/totp/enroll`: a new secret as an `otpauth://` URI (and in

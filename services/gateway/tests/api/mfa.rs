@@ -879,9 +879,11 @@ async fn a_right_code_to_turn_totp_off_does_not_make_the_address_known() -> anyh
 }
 
 /// A lock spares the owner's device, as it spares their usual address: a second
-/// factor's challenge remembers that its password step came from a device cookie of
-/// the account, so the owner signs in from a new address while strangers keep the
-/// account locked; without the cookie that address is refused.
+/// factor's challenge remembers that its password step came from a device a completed
+/// login registered, so the owner signs in from a new address while strangers keep
+/// the account locked; without the cookie that address is refused. The password
+/// alone (a challenge) mints no cookie: it would let whoever stole it guess codes
+/// past the lock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_locked_account_lets_its_owners_device_in_from_a_new_address() -> anyhow::Result<()> {
     let stack = Stack::start_with(&[("LOGIN_BACKOFF_AFTER", "100".into())]).await?;
@@ -895,11 +897,22 @@ async fn a_locked_account_lets_its_owners_device_in_from_a_new_address() -> anyh
         }
         request.send()
     };
-    // The password step proves the password: the browser gets its device cookie.
-    let first = password_step(&from_ip(30)?, None).await?;
+    // The password step alone gets no cookie; the completed login does.
+    let usual = from_ip(30)?;
+    let first = password_step(&usual, None).await?;
     assert_eq!(first.status(), StatusCode::OK);
+    assert!(crate::helpers::device_cookie(&first).is_none());
+    let first: Value = first.json().await?;
+    let done = second_step(
+        &usual,
+        &stack,
+        field(&first, "challenge"),
+        &code_at(&user.uri, now() + 30)?,
+    )
+    .await?;
+    assert_eq!(done.status(), StatusCode::OK);
     let (device, _) =
-        crate::helpers::device_cookie(&first).ok_or_else(|| anyhow::anyhow!("no device cookie"))?;
+        crate::helpers::device_cookie(&done).ok_or_else(|| anyhow::anyhow!("no device cookie"))?;
     // A stranger locks the account.
     let stranger = from_ip(32)?;
     for _ in 0..10 {
@@ -918,19 +931,35 @@ async fn a_locked_account_lets_its_owners_device_in_from_a_new_address() -> anyh
     assert_eq!(answer.status(), StatusCode::OK);
     let answer: Value = answer.json().await?;
     let pending = field(&answer, "challenge");
-    let tokens = second_step(
-        &new_address,
-        &stack,
-        pending,
-        &code_at(&user.uri, now() + 30)?,
-    )
-    .await?;
+    let [recovery, ..] = user.recovery_codes.as_slice() else {
+        anyhow::bail!("no recovery code");
+    };
+    let tokens = second_step(&new_address, &stack, pending, recovery).await?;
     assert_eq!(tokens.status(), StatusCode::OK);
     let tokens: Value = tokens.json().await?;
     assert_eq!(
         me(&stack, field(&tokens, "access_token")).await?["email"],
         json!(user.email)
     );
+    // The recovery code was recorded with it, and what it left.
+    let left = i64::try_from(user.recovery_codes.len())? - 1;
+    aia_testkit::eventually(std::time::Duration::from_secs(20), || {
+        let db = &stack.db;
+        async move {
+            let mut conn = db.connect().await?;
+            let found = diesel::sql_query(
+                "SELECT count(*) AS n FROM audit.events \
+                 WHERE event_type = 'auth.recovery_code_used' \
+                 AND (details->>'codes_left')::bigint = $1",
+            )
+            .bind::<diesel::sql_types::BigInt, _>(left)
+            .get_result::<aia_testkit::Count>(&mut conn)
+            .await?
+            .n;
+            Ok((found == 1).then_some(()))
+        }
+    })
+    .await?;
     stack.stop().await;
     Ok(())
 }

@@ -156,7 +156,7 @@ async fn internal_listeners_refuse_strangers_and_check_each_callers_identity() -
             email: "a@example.com".into(),
             password: "x".into(),
             client: None,
-            known_device: false,
+            device_id: String::new(),
         })
         .await;
     assert_eq!(
