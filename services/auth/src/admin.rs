@@ -1,5 +1,8 @@
-//! Admin actions: list and search users, roles, unlock, disable. Every one
-//! re-checks in the database that the actor is an admin.
+//! Admin actions: list and search users, roles, unlock, disable. Every one verifies
+//! the acting admin's access token itself (the gateway's word on who acts is not
+//! taken: a gateway, or anything holding its certificate, cannot act as an admin
+//! without a live admin token) and re-checks in the database that its subject is
+//! an admin now.
 
 use aia_proto::audit::v1::Outcome;
 use aia_proto::auth::v1::{
@@ -15,9 +18,20 @@ use crate::service::Auth;
 use crate::users::AdminChange;
 
 impl Auth {
-    /// The gateway checked the token's roles; check the actor's current roles too.
-    pub(crate) async fn require_admin(&self, actor_id: &str) -> Result<uuid::Uuid, AuthError> {
-        let actor_id = uuid::Uuid::parse_str(actor_id).map_err(|_| AuthError::Forbidden)?;
+    /// The acting admin: the subject of `access_token` (verified here: signature,
+    /// expiry, revocation), if they are an active admin now.
+    pub(crate) async fn require_admin(&self, access_token: &str) -> Result<uuid::Uuid, AuthError> {
+        let validated = self
+            .validate(aia_proto::auth::v1::ValidateTokenRequest {
+                access_token: access_token.to_owned(),
+            })
+            .await?;
+        if validated.revoked {
+            return Err(AuthError::InvalidAccessToken);
+        }
+        let subject = validated.claims.map(|c| c.sub).unwrap_or_default();
+        let actor_id =
+            uuid::Uuid::parse_str(&subject).map_err(|_| AuthError::InvalidAccessToken)?;
         let actor = self
             .users
             .by_id(actor_id)
@@ -33,7 +47,7 @@ impl Auth {
         &self,
         req: ListUsersRequest,
     ) -> Result<ListUsersResponse, AuthError> {
-        self.require_admin(&req.actor_id).await?;
+        self.require_admin(&req.access_token).await?;
         let limit = match req.limit {
             0 => 50,
             n @ 1..=200 => i64::from(n),
@@ -89,7 +103,7 @@ impl Auth {
         &self,
         req: SetUserRolesRequest,
     ) -> Result<SetUserRolesResponse, AuthError> {
-        let actor_id = self.require_admin(&req.actor_id).await?;
+        let actor_id = self.require_admin(&req.access_token).await?;
         let user_id = uuid::Uuid::parse_str(&req.user_id).map_err(|_| AuthError::NotFound)?;
         let mut roles = req.roles.clone();
         roles.push("user".to_owned());
@@ -133,7 +147,7 @@ impl Auth {
         &self,
         req: UnlockUserRequest,
     ) -> Result<UnlockUserResponse, AuthError> {
-        let actor_id = self.require_admin(&req.actor_id).await?;
+        let actor_id = self.require_admin(&req.access_token).await?;
         let user_id = uuid::Uuid::parse_str(&req.user_id).map_err(|_| AuthError::NotFound)?;
         let user = self
             .users
@@ -161,7 +175,7 @@ impl Auth {
         &self,
         req: SetUserDisabledRequest,
     ) -> Result<SetUserDisabledResponse, AuthError> {
-        let actor_id = self.require_admin(&req.actor_id).await?;
+        let actor_id = self.require_admin(&req.access_token).await?;
         let user_id = uuid::Uuid::parse_str(&req.user_id).map_err(|_| AuthError::NotFound)?;
         // As with their admin role: an admin cannot shut themselves out (nor can a
         // stolen admin token quietly disable the admin it belongs to).

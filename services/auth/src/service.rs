@@ -724,7 +724,7 @@ impl Auth {
         }
     }
 
-    async fn validate(
+    pub(crate) async fn validate(
         &self,
         req: ValidateTokenRequest,
     ) -> Result<ValidateTokenResponse, AuthError> {

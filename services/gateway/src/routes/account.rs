@@ -71,7 +71,7 @@ async fn set_disabled(
         .set_user_disabled(SetUserDisabledRequest {
             user_id: user_id.to_owned(),
             disabled,
-            actor_id: auth.claims.sub.clone(),
+            access_token: auth.token.clone(),
             client: Some(client.to_proto()),
         })
         .await?;
@@ -103,7 +103,7 @@ pub async fn unlock_user(
         .clone()
         .unlock_user(UnlockUserRequest {
             user_id: id.into_inner(),
-            actor_id: auth.claims.sub.clone(),
+            access_token: auth.token.clone(),
             client: Some(client.to_proto()),
         })
         .await?
@@ -264,7 +264,7 @@ pub async fn list_users(
         .auth
         .clone()
         .list_users(ListUsersRequest {
-            actor_id: auth.claims.sub.clone(),
+            access_token: auth.token.clone(),
             query: q,
             limit,
             cursor,
@@ -320,7 +320,7 @@ pub async fn set_roles(
         .auth
         .clone()
         .set_user_roles(SetUserRolesRequest {
-            actor_id: auth.claims.sub.clone(),
+            access_token: auth.token.clone(),
             user_id: id.into_inner(),
             roles: body.into_inner().roles,
             client: Some(client.to_proto()),

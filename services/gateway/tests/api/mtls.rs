@@ -246,3 +246,82 @@ async fn internal_listeners_refuse_strangers_and_check_each_callers_identity() -
     stack.stop().await;
     Ok(())
 }
+
+/// What a compromised gateway (its own certificate, any request it likes) can do at
+/// auth's admin RPCs: nothing without a live admin access token. Naming an admin is
+/// not enough (auth verifies the token itself), nor is a user's token, an altered
+/// admin token, or an admin's token after its logout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateways_certificate_alone_cannot_act_as_an_admin() -> anyhow::Result<()> {
+    use aia_proto::auth::v1::SetUserRolesRequest;
+
+    let pki = TestPki::new()?;
+    let stack = Stack::start_mtls(&pki).await?;
+    let user = signed_in(&stack).await?;
+    let user_token = field(&user, "access_token").to_owned();
+    let user_id = crate::helpers::user_id(&stack, &user_token).await?;
+    let admin = crate::helpers::admin(&stack).await?;
+    let admin_token = field(&admin, "access_token").to_owned();
+    let mut as_gateway =
+        AuthServiceClient::new(as_service(&pki, "gateway", &stack.auth.url(), "auth").await?);
+    let promote = |access_token: &str| SetUserRolesRequest {
+        access_token: access_token.to_owned(),
+        user_id: user_id.clone(),
+        roles: vec!["user".into(), "admin".into()],
+        client: None,
+    };
+    let code = |result: Result<tonic::Response<_>, tonic::Status>| result.err().map(|s| s.code());
+
+    // No token, a forged one, the user's own: refused, and nothing changed.
+    let middle = admin_token.len() / 2;
+    let flipped = if &admin_token[middle..=middle] == "A" {
+        "B"
+    } else {
+        "A"
+    };
+    let mut forged = admin_token.clone();
+    forged.replace_range(middle..=middle, flipped);
+    for (token, expected) in [
+        ("", tonic::Code::Unauthenticated),
+        (forged.as_str(), tonic::Code::Unauthenticated),
+        (user_token.as_str(), tonic::Code::PermissionDenied),
+    ] {
+        let answer = as_gateway.set_user_roles(promote(token)).await;
+        assert_eq!(code(answer), Some(expected), "{token:.12}");
+    }
+    let mut conn = stack.db.connect().await?;
+    let roles = "SELECT count(*) AS n FROM auth.users WHERE 'admin' = ANY(roles)";
+    assert_eq!(
+        diesel_async::RunQueryDsl::get_result::<aia_testkit::Count>(
+            diesel::sql_query(roles),
+            &mut conn
+        )
+        .await?
+        .n,
+        1
+    );
+
+    // The admin's token works (the gateway passes it on)...
+    let answer = as_gateway.set_user_roles(promote(&admin_token)).await;
+    assert!(answer.is_ok(), "{answer:?}");
+    // ...until the admin logs out: a copy kept by the gateway is then worth nothing.
+    let logout = stack
+        .http()
+        .post(stack.url("/v1/auth/logout"))
+        .bearer_auth(&admin_token)
+        .send()
+        .await?;
+    assert_eq!(logout.status(), StatusCode::NO_CONTENT);
+    let answer = aia_testkit::eventually(std::time::Duration::from_secs(10), || {
+        let mut as_gateway = as_gateway.clone();
+        let request = promote(&admin_token);
+        async move {
+            let answer = as_gateway.set_user_roles(request).await;
+            Ok(answer.err().map(|s| s.code()))
+        }
+    })
+    .await?;
+    assert_eq!(answer, tonic::Code::Unauthenticated);
+    stack.stop().await;
+    Ok(())
+}
