@@ -155,9 +155,11 @@ impl Auth {
             .await
             .map_err(AuthError::Unavailable)?
             .ok_or(AuthError::NotFound)?;
-        let was_locked = self
+        // Recorded before it is done (Redis has no transaction to share with the
+        // outbox): an unlock never happens unrecorded.
+        let locked = self
             .lockout
-            .unlock(&user.email)
+            .is_locked(&user.email)
             .await
             .map_err(AuthError::Unavailable)?;
         self.audit
@@ -165,9 +167,14 @@ impl Auth {
             .actor(actor_id.to_string())
             .subject(user_id.to_string())
             .client(req.client.as_ref())
-            .details(serde_json::json!({"was_locked": was_locked}))
+            .details(serde_json::json!({"was_locked": locked}))
             .emit()
             .await?;
+        let was_locked = self
+            .lockout
+            .unlock(&user.email)
+            .await
+            .map_err(AuthError::Unavailable)?;
         Ok(UnlockUserResponse { was_locked })
     }
 

@@ -325,6 +325,17 @@ impl Lockout {
         Ok(())
     }
 
+    /// Whether the account is locked now.
+    pub async fn is_locked(&self, email: &str) -> anyhow::Result<bool> {
+        let mut conn = self.redis.get().await.context("Redis connection")?;
+        let ttl: i64 = redis::cmd("TTL")
+            .arg(self.key("lock", email))
+            .query_async(&mut conn)
+            .await
+            .context("reading an account's lock")?;
+        Ok(ttl > 0 || ttl == -1)
+    }
+
     /// The Redis part of [`Lockout::unlock`].
     async fn unlock_redis(&self, email: &str) -> anyhow::Result<bool> {
         let mut conn = self.redis.get().await.context("Redis connection")?;

@@ -348,3 +348,62 @@ async fn no_login_happens_unrecorded() -> anyhow::Result<()> {
     stack.stop().await;
     Ok(())
 }
+
+/// An admin's unlock (Redis, no transaction to share with the outbox) is recorded
+/// before it is done: with the outbox refusing rows it answers 503 and the account
+/// stays locked; afterwards it unlocks, and says the account was locked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_unlock_happens_unrecorded() -> anyhow::Result<()> {
+    let stack = aia_testkit::Stack::start_with(&[("LOGIN_BACKOFF_AFTER", "100".into())]).await?;
+    let who = email();
+    crate::helpers::register(&stack, &who).await?;
+    let admin = crate::helpers::admin(&stack).await?;
+    let admin_token = crate::helpers::field(&admin, "access_token").to_owned();
+    let own = crate::helpers::login(&stack, &who).await?;
+    let user_id =
+        crate::helpers::user_id(&stack, crate::helpers::field(&own, "access_token")).await?;
+    let guesser = crate::helpers::from_ip(40)?;
+    for _ in 0..10 {
+        let answer = guesser
+            .post(stack.url("/v1/auth/login"))
+            .json(&json!({"email": who, "password": "guess guess guess"}))
+            .send()
+            .await?;
+        assert_eq!(answer.status(), reqwest::StatusCode::UNAUTHORIZED);
+    }
+    let locked = || async {
+        let answer = crate::helpers::from_ip(41)?
+            .post(stack.url("/v1/auth/login"))
+            .json(&json!({"email": who, "password": PASSWORD}))
+            .send()
+            .await?;
+        anyhow::Ok(answer.status() == reqwest::StatusCode::TOO_MANY_REQUESTS)
+    };
+    assert!(locked().await?);
+    let mut conn = stack.db.connect().await?;
+    let unlock = || {
+        stack
+            .http()
+            .post(stack.url(&format!("/v1/admin/users/{user_id}/unlock")))
+            .bearer_auth(&admin_token)
+            .send()
+    };
+
+    diesel::sql_query("REVOKE INSERT ON auth.audit_outbox FROM aia_auth")
+        .execute(&mut conn)
+        .await?;
+    let answer = unlock().await?;
+    crate::helpers::assert_problem(answer, reqwest::StatusCode::SERVICE_UNAVAILABLE).await?;
+
+    diesel::sql_query("GRANT INSERT ON auth.audit_outbox TO aia_auth")
+        .execute(&mut conn)
+        .await?;
+    // (Checked once the outbox takes rows: a refused login's event must be written.)
+    assert!(locked().await?, "unlocked without a record");
+    let answer: Value = unlock().await?.json().await?;
+    assert_eq!(answer["was_locked"], true);
+    assert!(!locked().await?);
+    drop(conn);
+    stack.stop().await;
+    Ok(())
+}
