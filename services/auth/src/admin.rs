@@ -26,10 +26,13 @@ impl Auth {
                 access_token: access_token.to_owned(),
             })
             .await?;
-        if validated.revoked {
-            return Err(AuthError::InvalidAccessToken);
-        }
-        let subject = validated.claims.map(|c| c.sub).unwrap_or_default();
+        // No verifier's clock-skew leeway here: the issuer's own check.
+        let now = chrono::Utc::now().timestamp();
+        let claims = validated
+            .claims
+            .filter(|c| !validated.revoked && c.exp > now)
+            .ok_or(AuthError::InvalidAccessToken)?;
+        let subject = claims.sub;
         let actor_id =
             uuid::Uuid::parse_str(&subject).map_err(|_| AuthError::InvalidAccessToken)?;
         let actor = self
@@ -172,7 +175,7 @@ impl Auth {
             .await?;
         let was_locked = self
             .lockout
-            .unlock(&user.email)
+            .unlock_or_fail(&user.email)
             .await
             .map_err(AuthError::Unavailable)?;
         Ok(UnlockUserResponse { was_locked })

@@ -37,6 +37,9 @@ const KNOWN_CLIENT_TTL: Duration = Duration::from_secs(30 * 86_400);
 /// How long a completed login keeps its device (the gateway's device cookie) a known
 /// client of the account: the cookie's own lifetime.
 const KNOWN_DEVICE_TTL: Duration = Duration::from_secs(180 * 86_400);
+/// Devices an account keeps, at most (the most recently used): a client that keeps
+/// no cookies makes a new device at every login.
+const MAX_DEVICES: isize = 32;
 /// Longest backoff between tries on one account from one IP.
 const MAX_BACKOFF_SECS: u64 = 60;
 
@@ -136,26 +139,24 @@ impl Lockout {
     ) -> anyhow::Result<Result<Precheck, Refusal>> {
         let mut conn = self.redis.get().await.context("Redis connection")?;
         let pair = format!("{email}|{ip}");
-        let (ip_failures, ip_ttl, pair_failures, last_failure, lock_ttl, known, known_device): (
-            Option<u64>,
-            i64,
-            Option<u64>,
-            Option<u64>,
-            i64,
-            bool,
-            bool,
-        ) = redis::pipe()
+        let (ip_failures, ip_ttl, pair_failures, last_failure, lock_ttl, known, device_seen): Counters =
+            redis::pipe()
             .get(self.key("ip", ip))
             .ttl(self.key("ip", ip))
             .get(self.key("pair", &pair))
             .get(self.key("pairlast_ms", &pair))
             .ttl(self.key("lock", email))
             .sismember(self.key("known", email), ip)
-            .sismember(self.key("devices", email), device_member(device))
+            .zscore(self.key("known_devices", email), device_member(device))
             .query_async(&mut conn)
             .await
             .context("reading lockout counters")?;
-        let known = known || (known_device && !device.is_empty());
+        // Registered, and used by a completed login within the device's lifetime.
+        let known_device = !device.is_empty()
+            && device_seen.is_some_and(|seen| {
+                (now_ms() / 1000).saturating_sub(seen as u64) <= KNOWN_DEVICE_TTL.as_secs()
+            });
+        let known = known || known_device;
         if ip_failures.unwrap_or(0) >= self.limits.ip_limit {
             return Ok(Err(Refusal::RetryAfter(Duration::from_secs(
                 u64::try_from(ip_ttl.max(1)).unwrap_or(1),
@@ -214,6 +215,7 @@ impl Lockout {
         &self,
         email: &str,
         ip: &str,
+        device: &str,
         counted: Option<u64>,
     ) -> anyhow::Result<bool> {
         let ip = aia_telemetry::net::bucket_of_text(ip);
@@ -269,6 +271,9 @@ impl Lockout {
                 count
             }
         };
+        if !device.is_empty() {
+            self.count_device_failure(&mut conn, email, device).await?;
+        }
         if account_failures < self.limits.threshold {
             return Ok(false);
         }
@@ -284,6 +289,42 @@ impl Lockout {
         Ok(newly.is_some())
     }
 
+    /// A failure from `device` (OWASP's device-cookie lockout): past the account's
+    /// lock threshold within the window, the device is no longer a known client of
+    /// the account, so a device once used (a thief's, a shared computer) does not
+    /// guess past the lock for ever.
+    async fn count_device_failure(
+        &self,
+        conn: &mut deadpool_redis::Connection,
+        email: &str,
+        device: &str,
+    ) -> anyhow::Result<()> {
+        let member = device_member(device);
+        let failures = self.key("device_failures", &format!("{email}|{member}"));
+        let (count,): (u64,) = redis::pipe()
+            .cmd("INCR")
+            .arg(&failures)
+            .cmd("EXPIRE")
+            .arg(&failures)
+            .arg(self.limits.window.as_secs())
+            .arg("NX")
+            .ignore()
+            .query_async(conn)
+            .await
+            .context("counting a device's failed login")?;
+        if count >= self.limits.threshold {
+            let () = redis::pipe()
+                .zrem(self.key("known_devices", email), &member)
+                .ignore()
+                .del(&failures)
+                .ignore()
+                .query_async(conn)
+                .await
+                .context("forgetting a device")?;
+        }
+        Ok(())
+    }
+
     /// The Redis part of [`Lockout::record_success`].
     async fn record_success_redis(
         &self,
@@ -297,10 +338,14 @@ impl Lockout {
         let pair = format!("{email}|{ip}");
         let mut pipe = redis::pipe();
         if !device.is_empty() {
-            pipe.sadd(self.key("devices", email), device_member(device))
+            // A sorted set by last use: the oldest past MAX_DEVICES go.
+            let devices = self.key("known_devices", email);
+            pipe.zadd(&devices, device_member(device), now_ms() / 1000)
+                .ignore()
+                .zremrangebyrank(&devices, 0, -(MAX_DEVICES + 1))
                 .ignore()
                 .expire(
-                    self.key("devices", email),
+                    &devices,
                     i64::try_from(KNOWN_DEVICE_TTL.as_secs()).unwrap_or(i64::MAX),
                 )
                 .ignore();
@@ -323,6 +368,13 @@ impl Lockout {
             .await
             .context("recording a successful login")?;
         Ok(())
+    }
+
+    /// [`Lockout::unlock`] whose Redis error is an error whatever
+    /// `LOCKOUT_FAIL_OPEN` says (an admin's unlock must not answer success for an
+    /// account that stays locked).
+    pub async fn unlock_or_fail(&self, email: &str) -> anyhow::Result<bool> {
+        self.unlock_redis(email).await
     }
 
     /// Whether the account is locked now.
@@ -399,14 +451,17 @@ impl Lockout {
 
     /// After a failed password or code: counts it on every axis (on the account
     /// already, when `counted` is what [`Lockout::count_attempt`] returned) and locks
-    /// the account once due. True if this failure locked it (it was not locked).
+    /// the account once due, and on `device` (empty for none), which stops being a
+    /// known client after as many. True if this failure locked it (it was not
+    /// locked).
     pub async fn record_failure(
         &self,
         email: &str,
         ip: &str,
+        device: &str,
         counted: Option<u64>,
     ) -> anyhow::Result<bool> {
-        let outcome = self.record_failure_redis(email, ip, counted).await;
+        let outcome = self.record_failure_redis(email, ip, device, counted).await;
         self.open_on_error(outcome, false)
     }
 
@@ -417,13 +472,27 @@ impl Lockout {
         self.open_on_error(outcome, ())
     }
 
-    /// Lifts a lock and clears the account's counter (admin unlock, password reset).
-    /// True if the account was locked.
+    /// Lifts a lock and clears the account's counter (password reset). True if the
+    /// account was locked. Under `LOCKOUT_FAIL_OPEN` a Redis error reads as "was not
+    /// locked"; [`Lockout::unlock_or_fail`] never hides one.
     pub async fn unlock(&self, email: &str) -> anyhow::Result<bool> {
         let outcome = self.unlock_redis(email).await;
         self.open_on_error(outcome, false)
     }
 }
+
+/// What the pre-check reads: failures from the address and its TTL, failures of the
+/// account from the address and the last one's time, the lock's TTL, whether the
+/// address is a known client, when the device was last registered.
+type Counters = (
+    Option<u64>,
+    i64,
+    Option<u64>,
+    Option<u64>,
+    i64,
+    bool,
+    Option<f64>,
+);
 
 /// How a device id is kept in the account's set: its hash, so that Redis holds no
 /// cookie values and an id of any length costs the same.

@@ -396,7 +396,9 @@ impl Mfa {
 
     /// Spends `code` (a TOTP code or a recovery code) of a user with TOTP on. A
     /// recovery code spent writes `recovery_used` (if any) in the same transaction,
-    /// with the codes left in its details: a code is never spent unrecorded.
+    /// with the codes left in its details (the login's second step passes one;
+    /// turning TOTP off records the code with its own event, which a failure
+    /// between the two can miss).
     pub async fn verify(
         &self,
         user_id: uuid::Uuid,

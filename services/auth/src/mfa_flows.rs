@@ -112,11 +112,18 @@ impl Auth {
                 .emit()
                 .await;
             // Counted whether or not the event could be written.
-            self.count_failure(&pending.email, ip, client, Some(user.id), Some(attempts))
-                .await?;
+            self.count_failure(
+                &pending.email,
+                ip,
+                &pending.device,
+                client,
+                Some(user.id),
+                Some(attempts),
+            )
+            .await?;
             recorded?;
             return Err(AuthError::InvalidMfaLogin);
-        };
+        }
         if !self
             .mfa
             .complete(&pending)

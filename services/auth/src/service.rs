@@ -224,8 +224,15 @@ impl Auth {
                 }
                 let recorded = event.emit().await;
                 // Counted whether or not the event could be written.
-                self.count_failure(email.as_str(), &ip, client, other.map(|u| u.id), None)
-                    .await?;
+                self.count_failure(
+                    email.as_str(),
+                    &ip,
+                    device_id(&req.device_id),
+                    client,
+                    other.map(|u| u.id),
+                    None,
+                )
+                .await?;
                 recorded?;
                 return Err(AuthError::InvalidCredentials);
             }
@@ -327,18 +334,20 @@ impl Auth {
 
     /// Counts a failed login step (a wrong password or a wrong second factor) on
     /// the throttle (on the account already when `counted`, see
-    /// `Lockout::count_attempt`), and records a lock it causes.
+    /// `Lockout::count_attempt`) and on the `device` it came from (empty for none),
+    /// and records a lock it causes.
     pub(crate) async fn count_failure(
         &self,
         email: &str,
         ip: &str,
+        device: &str,
         client: Option<&aia_proto::common::v1::ClientInfo>,
         subject: Option<uuid::Uuid>,
         counted: Option<u64>,
     ) -> Result<(), AuthError> {
         let locked = self
             .lockout
-            .record_failure(email, ip, counted)
+            .record_failure(email, ip, device, counted)
             .await
             .map_err(AuthError::Unavailable)?;
         if locked {
@@ -381,7 +390,7 @@ impl Auth {
         };
         let right = check.await?;
         if !right {
-            self.count_failure(&user.email, ip, client, Some(user.id), counted)
+            self.count_failure(&user.email, ip, "", client, Some(user.id), counted)
                 .await?;
         } else if code {
             // Not a login: the address does not become a known client, and the

@@ -363,3 +363,93 @@ async fn failing_open_lets_logins_through_a_redis_outage_whole() -> anyhow::Resu
     stack.stop().await;
     Ok(())
 }
+
+/// A client that keeps no cookies makes a new device at every completed login; the
+/// account keeps only its 32 most recently used devices (Redis stays bounded), and
+/// the newest still counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_keeps_only_its_most_recent_devices() -> anyhow::Result<()> {
+    let stack = Stack::start_with(&[
+        ("ARGON2_MEMORY_KIB", "1024".to_owned()),
+        ("ARGON2_ITERATIONS", "1".to_owned()),
+        ("LOGIN_BACKOFF_AFTER", "100".to_owned()),
+    ])
+    .await?;
+    let who = email();
+    register(&stack, &who).await?;
+    let mut newest = String::new();
+    for _ in 0..40 {
+        let answer = login(&stack, stack.http(), &who, PASSWORD).await?;
+        assert_eq!(answer.status(), StatusCode::OK);
+        newest = crate::helpers::device_cookie(&answer)
+            .ok_or_else(|| anyhow::anyhow!("no device cookie"))?
+            .0;
+    }
+    let mut redis = redis::Client::open(aia_testkit::redis_url())?
+        .get_multiplexed_async_connection()
+        .await?;
+    let devices: u64 = redis::cmd("ZCARD")
+        .arg(format!("{}lo:{{known_devices:{who}}}", stack.redis_prefix))
+        .query_async(&mut redis)
+        .await?;
+    assert_eq!(devices, 32);
+    // The newest device is one of them: locked by a stranger, the account still lets
+    // it in from an address it never used.
+    for _ in 0..10 {
+        let answer = login(&stack, &from_ip(51)?, &who, "guess guess guess").await?;
+        assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
+    }
+    let elsewhere = from_ip(52)?;
+    let refused = login(&stack, &elsewhere, &who, PASSWORD).await?;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let answer = elsewhere
+        .post(stack.url("/v1/auth/login"))
+        .header("cookie", newest)
+        .json(&json!({"email": who, "password": PASSWORD}))
+        .send()
+        .await?;
+    assert_eq!(answer.status(), StatusCode::OK);
+    stack.stop().await;
+    Ok(())
+}
+
+/// OWASP's device-cookie lockout: a device spared by the lock stops being spared once
+/// as many wrong passwords came from it as lock the account (a thief's device, or a
+/// shared computer's, cannot guess past the lock for ever); the owner's usual
+/// address still gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_keeps_guessing_is_spared_no_more() -> anyhow::Result<()> {
+    let stack = Stack::start_with(&[
+        ("ARGON2_MEMORY_KIB", "1024".to_owned()),
+        ("ARGON2_ITERATIONS", "1".to_owned()),
+        ("LOGIN_BACKOFF_AFTER", "100".to_owned()),
+    ])
+    .await?;
+    let who = email();
+    register(&stack, &who).await?;
+    let usual = from_ip(60)?;
+    let first = login(&stack, &usual, &who, PASSWORD).await?;
+    assert_eq!(first.status(), StatusCode::OK);
+    let (device, _) =
+        crate::helpers::device_cookie(&first).ok_or_else(|| anyhow::anyhow!("no device cookie"))?;
+    let with_device = |client: reqwest::Client, password: &'static str| {
+        let request = client
+            .post(stack.url("/v1/auth/login"))
+            .header("cookie", device.clone())
+            .json(&json!({"email": who, "password": password}));
+        async move { anyhow::Ok(request.send().await?.status()) }
+    };
+    for _ in 0..10 {
+        let status = with_device(from_ip(61)?, "guess guess guess").await?;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    // Locked, and the device that made the guesses is no longer a known client.
+    let status = with_device(from_ip(62)?, PASSWORD).await?;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        login(&stack, &usual, &who, PASSWORD).await?.status(),
+        StatusCode::OK
+    );
+    stack.stop().await;
+    Ok(())
+}
