@@ -157,6 +157,15 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         activate_in: u32,
     },
+    /// Withdraw a signing key after a compromise (needs DATABASE_URL): it stops being
+    /// published, so every token it signed stops verifying within
+    /// SIGNING_KEY_RELOAD_SECONDS at auth and 30 s at gateways. The key that signs
+    /// now is refused: run `aia rotate-signing-key --activate-in 0` first and wait for
+    /// the new key to sign. Users keep their sessions (refresh tokens are not signed).
+    WithdrawSigningKey {
+        /// The key's `kid` (the JWT header's, or the JWKS's).
+        kid: String,
+    },
 }
 
 /// How `check-config` reports.
@@ -199,6 +208,7 @@ async fn main() -> ExitCode {
             }
         }
         Command::RotateSigningKey { activate_in } => rotate_signing_key(activate_in).await,
+        Command::WithdrawSigningKey { kid } => withdraw_signing_key(&kid).await,
         Command::VerifyAuditChain {
             from,
             to,
@@ -290,6 +300,30 @@ async fn rotate_signing_key(activate_in: u32) -> anyhow::Result<ExitCode> {
         activates.to_rfc3339()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+async fn withdraw_signing_key(kid: &str) -> anyhow::Result<ExitCode> {
+    let settings = aia_settings::AuthSettings::from_env(Env::from_process())?;
+    let message = match aia_auth::withdraw_signing_key(&settings, kid).await? {
+        aia_auth::Withdrawal::Withdrawn => {
+            println!(
+                "signing key {kid} withdrawn: tokens it signed stop verifying as each auth \
+                 replica and gateway reloads the key set"
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        aia_auth::Withdrawal::AlreadyWithdrawn => {
+            println!("signing key {kid} was withdrawn already");
+            return Ok(ExitCode::SUCCESS);
+        }
+        aia_auth::Withdrawal::NotFound => format!("no signing key {kid}"),
+        aia_auth::Withdrawal::Signing => format!(
+            "signing key {kid} still signs (no newer key has activated): run \
+             `aia rotate-signing-key --activate-in 0`, then withdraw it"
+        ),
+    };
+    eprintln!("{message}");
+    Ok(ExitCode::FAILURE)
 }
 
 async fn create_admin(email: &str) -> anyhow::Result<ExitCode> {

@@ -497,3 +497,147 @@ async fn redis_is_reached_over_tls_and_its_certificate_checked() -> anyhow::Resu
     assert!(!text.contains(&password), "{text}");
     Ok(())
 }
+
+/// `aia withdraw-signing-key`: after a compromise, the tokens a key signed stop
+/// verifying well before they expire (the gateway's key set is refetched every
+/// 30 s), while sessions go on (a refresh gets a token of the new key). The key that
+/// signs is refused until a newer one does; an unknown kid is refused; the
+/// withdrawal is on the audit trail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withdrawn_signing_key_stops_verifying_its_tokens() -> anyhow::Result<()> {
+    use serde_json::{Value, json};
+
+    // A test key, not a literal: 48 characters made here.
+    let key: String = (0..48u32)
+        .filter_map(|i| char::from_u32(33 + (i * 11 + 5) % 90))
+        .collect();
+    let stack = aia_testkit::Stack::start_with(&[
+        ("ENCRYPTION_KEY", key.clone()),
+        ("SIGNING_KEY_RELOAD_SECONDS", "1".to_owned()),
+    ])
+    .await?;
+    let cli = |args: &[&str]| {
+        run(
+            args,
+            &[
+                ("DATABASE_URL", stack.db.url.as_str()),
+                ("APP_ENV", "development"),
+                ("ENCRYPTION_KEY", key.as_str()),
+            ],
+        )
+    };
+    let http = stack.http();
+    let kids = || async {
+        let jwks: Value = http
+            .get(stack.url("/.well-known/jwks.json"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        anyhow::Ok(
+            jwks["keys"]
+                .as_array()
+                .map(|keys| {
+                    keys.iter()
+                        .filter_map(|k| k["kid"].as_str().map(str::to_owned))
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default(),
+        )
+    };
+    let credentials =
+        json!({"email": "withdrawal@example.com", "password": "violet kettle orbit 42"});
+    let registered = http
+        .post(stack.url("/v1/auth/register"))
+        .json(&credentials)
+        .send()
+        .await?;
+    assert_eq!(registered.status(), 202);
+    let login = || async {
+        let tokens: Value = http
+            .post(stack.url("/v1/auth/login"))
+            .json(&credentials)
+            .send()
+            .await?
+            .json()
+            .await?;
+        anyhow::Ok(tokens)
+    };
+    let me_url = stack.url("/v1/auth/me");
+    let me = |token: String| {
+        let request = http.get(&me_url).bearer_auth(token);
+        async move { anyhow::Ok(request.send().await?.status().as_u16()) }
+    };
+    let old_tokens = login().await?;
+    let old_access = old_tokens["access_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(me(old_access.clone()).await?, 200);
+    let before = kids().await?;
+    let [old] = before.as_slice() else {
+        anyhow::bail!("one key expected: {before:?}");
+    };
+
+    let (code, text) = cli(&["withdraw-signing-key", old])?;
+    assert_eq!(code, 1, "the signing key was withdrawn: {text}");
+    assert!(
+        text.contains("rotate-signing-key --activate-in 0"),
+        "{text}"
+    );
+    let (code, text) = cli(&["withdraw-signing-key", "no-such-kid"])?;
+    assert_eq!(code, 1, "{text}");
+    let (code, text) = cli(&["rotate-signing-key", "--activate-in", "0"])?;
+    assert_eq!(code, 0, "{text}");
+    let (code, text) = cli(&["withdraw-signing-key", old])?;
+    assert_eq!(code, 0, "{text}");
+    let (code, text) = cli(&["withdraw-signing-key", old])?;
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("withdrawn already"), "{text}");
+
+    // The old token stops working at the gateway; the key is no longer published.
+    aia_testkit::eventually(std::time::Duration::from_secs(60), || {
+        let token = old_access.clone();
+        async move { Ok((me(token).await? == 401).then_some(())) }
+    })
+    .await?;
+    let after = kids().await?;
+    assert!(!after.contains(old) && after.len() == 1, "{after:?}");
+    // The session goes on: its refresh token gets a token of the new key.
+    let refreshed: Value = http
+        .post(stack.url("/v1/auth/refresh"))
+        .json(&json!({"refresh_token": old_tokens["refresh_token"]}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let access = refreshed["access_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(me(access).await?, 200);
+    let fresh = login().await?;
+    let access = fresh["access_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(me(access).await?, 200);
+    // On the record.
+    aia_testkit::eventually(std::time::Duration::from_secs(20), || {
+        let db = &stack.db;
+        async move {
+            let mut conn = db.connect().await?;
+            let n = diesel::sql_query(
+                "SELECT count(*) AS n FROM audit.events \
+                 WHERE event_type = 'admin.signing_key_withdrawn'",
+            )
+            .get_result::<aia_testkit::Count>(&mut conn)
+            .await?
+            .n;
+            Ok((n == 1).then_some(()))
+        }
+    })
+    .await?;
+    stack.stop().await;
+    Ok(())
+}

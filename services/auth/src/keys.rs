@@ -10,6 +10,13 @@
 //!
 //! At start, a key given in `JWT_SIGNING_KEY_FILE`/`JWT_SIGNING_KEY` is imported
 //! (once), and if no key can sign, one is generated.
+//!
+//! A key can be withdrawn ([`withdraw`], `aia withdraw-signing-key`, after a
+//! compromise): from each replica's next reload it neither signs nor is published,
+//! so the tokens it signed stop verifying (here at once, at gateways when they next
+//! fetch the key set) instead of at their expiry. The key that signs cannot be
+//! withdrawn until a newer one signs (rotate first), so that no older key signs
+//! again.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -117,6 +124,67 @@ pub async fn rotate(
 }
 
 type Row = (String, String, Vec<u8>, String, DateTime<Utc>);
+
+/// What [`withdraw`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Withdrawal {
+    /// Withdrawn now.
+    Withdrawn,
+    /// Withdrawn before.
+    AlreadyWithdrawn,
+    /// No key with this `kid`.
+    NotFound,
+    /// It is the key that signs now (or none newer has activated): rotate first.
+    Signing,
+}
+
+/// Withdraws the key `kid` (see the module's doc); `event` is written in the same
+/// transaction if it is.
+pub async fn withdraw(
+    pool: &PgPool,
+    kid: &str,
+    event: aia_audit_client::EventBuilder<'_>,
+) -> anyhow::Result<Withdrawal> {
+    let mut conn = aia_db::conn(pool).await?;
+    let now = Utc::now();
+    conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+        // Serialised with automatic rotation.
+        diesel::sql_query(format!("SELECT pg_advisory_xact_lock({ROTATION_LOCK})"))
+            .execute(conn)
+            .await?;
+        let key: Option<(DateTime<Utc>, Option<DateTime<Utc>>)> = signing_keys::table
+            .filter(signing_keys::kid.eq(kid))
+            .select((signing_keys::activated_at, signing_keys::withdrawn_at))
+            .first(conn)
+            .await
+            .optional()?;
+        let Some((activated_at, withdrawn_at)) = key else {
+            return Ok(Withdrawal::NotFound);
+        };
+        if withdrawn_at.is_some() {
+            return Ok(Withdrawal::AlreadyWithdrawn);
+        }
+        // A newer key must have activated (and not been withdrawn itself).
+        let newer: i64 = signing_keys::table
+            .filter(signing_keys::withdrawn_at.is_null())
+            .filter(signing_keys::activated_at.gt(activated_at))
+            .filter(signing_keys::activated_at.le(now))
+            .count()
+            .get_result(conn)
+            .await?;
+        if newer == 0 {
+            return Ok(Withdrawal::Signing);
+        }
+        diesel::update(signing_keys::table.filter(signing_keys::kid.eq(kid)))
+            .set(signing_keys::withdrawn_at.eq(Some(now)))
+            .execute(conn)
+            .await?;
+        event.write_in(conn).await?;
+        Ok(Withdrawal::Withdrawn)
+    })
+    .await
+    .context("withdrawing a signing key")
+}
 
 impl KeyStore {
     /// Imports the configured key, makes sure one can sign, and loads the ring.
@@ -333,6 +401,7 @@ async fn load_rows(pool: &PgPool) -> anyhow::Result<Vec<Row>> {
             signing_keys::sealing_key_id,
             signing_keys::activated_at,
         ))
+        .filter(signing_keys::withdrawn_at.is_null())
         .order(signing_keys::activated_at.asc())
         .load(&mut conn)
         .await

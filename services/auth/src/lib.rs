@@ -48,7 +48,7 @@ use aia_telemetry::shutdown::CancellationToken;
 use anyhow::Context;
 use secrecy::ExposeSecret;
 
-pub use keys::{rotate as rotate_signing_key, sealing_key};
+pub use keys::{Withdrawal, rotate as rotate_signing_key, sealing_key};
 pub use reseal::{Resealed, reseal};
 pub use service::Auth;
 
@@ -199,6 +199,25 @@ pub async fn create_admin(
         })
         .await?
         .context("a user with this email exists already")
+}
+
+/// Withdraws the signing key `kid` (for `aia withdraw-signing-key`; see
+/// [`keys`]), recording `admin.signing_key_withdrawn` with it.
+pub async fn withdraw_signing_key(
+    settings: &AuthSettings,
+    kid: &str,
+) -> anyhow::Result<Withdrawal> {
+    let pool = aia_db::pool(settings.common.database_url.expose_secret(), 1)?;
+    let audit = aia_audit_client::AuditClient::outbox_only("auth", pool.clone(), AUDIT_OUTBOX);
+    let event = audit
+        .event(
+            "admin.signing_key_withdrawn",
+            aia_proto::audit::v1::Outcome::Success,
+        )
+        .actor("aia withdraw-signing-key")
+        .subject(kid.to_owned())
+        .details(serde_json::json!({"risk": "high"}));
+    keys::withdraw(&pool, kid, event).await
 }
 
 fn lockout_of(settings: &AuthSettings, redis: aia_db::redis::Pool) -> lockout::Lockout {

@@ -21,6 +21,7 @@ diesel::table! {
         sealing_key_id -> Text,
         created_at -> Timestamptz,
         activated_at -> Timestamptz,
+        withdrawn_at -> Nullable<Timestamptz>,
     }
 }
 

@@ -1,0 +1,1 @@
+ALTER TABLE auth.signing_keys DROP COLUMN withdrawn_at;
