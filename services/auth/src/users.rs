@@ -15,7 +15,8 @@ use crate::schema::{password_history, session_ends_due, users};
 pub struct PasswordWrite<'a> {
     /// Whose.
     pub user_id: uuid::Uuid,
-    /// The hash read before the new one was made (kept in the history).
+    /// The hash read before the new one was made (what `only_if_unchanged`
+    /// compares with; the history keeps the hash actually replaced).
     pub old_hash: &'a str,
     /// The new hash.
     pub new_hash: &'a str,
@@ -126,22 +127,29 @@ impl UserStore {
         let mut conn = aia_db::conn(&self.pool).await?;
         let written = conn
             .transaction::<_, diesel::result::Error, _>(async |conn| {
-                let mut update = diesel::update(users::table)
+                // The hash this write replaces, locked: a reset that overrides a
+                // change committed since it read the user keeps that change's hash
+                // in the history, not the one it read.
+                let replaced: Option<String> = users::table
                     .filter(users::id.eq(user_id))
-                    .into_boxed();
-                if only_if_unchanged {
-                    update = update.filter(users::password_hash.eq(old_hash));
+                    .select(users::password_hash)
+                    .for_update()
+                    .first(conn)
+                    .await
+                    .optional()?;
+                let Some(replaced) = replaced else {
+                    return Err(diesel::result::Error::RollbackTransaction);
+                };
+                if only_if_unchanged && replaced != old_hash {
+                    return Err(diesel::result::Error::RollbackTransaction);
                 }
-                let updated = update
+                diesel::update(users::table.filter(users::id.eq(user_id)))
                     .set((users::password_hash.eq(new_hash), users::updated_at.eq(diesel::dsl::now)))
                     .execute(conn)
                     .await?;
-                if updated == 0 {
-                    return Err(diesel::result::Error::RollbackTransaction);
-                }
                 if keep > 0 {
                     diesel::insert_into(password_history::table)
-                        .values((password_history::user_id.eq(user_id), password_history::password_hash.eq(old_hash)))
+                        .values((password_history::user_id.eq(user_id), password_history::password_hash.eq(&replaced)))
                         .execute(conn)
                         .await?;
                 }
@@ -463,4 +471,88 @@ async fn lock_for_admin(
     } else {
         AdminChange::NoSuchUser
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use diesel::sql_types::{Text, Uuid as SqlUuid};
+
+    #[derive(diesel::QueryableByName)]
+    struct Hash {
+        #[diesel(sql_type = Text)]
+        password_hash: String,
+    }
+
+    /// The history keeps the hash a write replaced, not the one its caller read: a
+    /// reset overriding a change that committed meanwhile keeps the change's hash
+    /// (so that password cannot be chosen again); a change made over a stale read
+    /// writes nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_history_keeps_the_hash_actually_replaced() -> anyhow::Result<()> {
+        let db = aia_testkit::TestDb::create().await?;
+        let pool = aia_db::pool(&db.url, 2)?;
+        let audit =
+            aia_audit_client::AuditClient::outbox_only("auth", pool.clone(), "auth.audit_outbox");
+        let store = UserStore::new(pool);
+        let user = uuid::Uuid::new_v4();
+        let mut conn = db.connect().await?;
+        diesel::sql_query(
+            "INSERT INTO auth.users (id, email, password_hash) VALUES ($1, 'h@example.com', 'read')",
+        )
+        .bind::<SqlUuid, _>(user)
+        .execute(&mut conn)
+        .await?;
+        // A change commits after the reset read 'read'.
+        diesel::sql_query("UPDATE auth.users SET password_hash = 'changed' WHERE id = $1")
+            .bind::<SqlUuid, _>(user)
+            .execute(&mut conn)
+            .await?;
+        let write = |new_hash, only_if_unchanged| PasswordWrite {
+            user_id: user,
+            old_hash: "read",
+            new_hash,
+            only_if_unchanged,
+            keep_session: None,
+            reason: "password_reset",
+        };
+        let event = || {
+            audit.event(
+                "auth.password_reset",
+                aia_proto::audit::v1::Outcome::Success,
+            )
+        };
+        assert_eq!(
+            store.set_password(write("stale", true), 5, event()).await?,
+            None
+        );
+        assert!(
+            store
+                .set_password(write("reset", false), 5, event())
+                .await?
+                .is_some()
+        );
+        let history: Vec<Hash> = diesel::sql_query(
+            "SELECT password_hash FROM auth.password_history WHERE user_id = $1 ORDER BY id",
+        )
+        .bind::<SqlUuid, _>(user)
+        .load(&mut conn)
+        .await?;
+        let history: Vec<&str> = history.iter().map(|h| h.password_hash.as_str()).collect();
+        assert_eq!(history, ["changed"]);
+        let now: Vec<Hash> =
+            diesel::sql_query("SELECT password_hash FROM auth.users WHERE id = $1")
+                .bind::<SqlUuid, _>(user)
+                .load(&mut conn)
+                .await?;
+        assert_eq!(
+            now.iter()
+                .map(|h| h.password_hash.as_str())
+                .collect::<Vec<_>>(),
+            ["reset"]
+        );
+        drop(conn);
+        db.drop_database().await?;
+        Ok(())
+    }
 }
