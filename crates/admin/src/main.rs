@@ -304,6 +304,10 @@ async fn rotate_signing_key(activate_in: u32) -> anyhow::Result<ExitCode> {
 
 async fn withdraw_signing_key(kid: &str) -> anyhow::Result<ExitCode> {
     let settings = aia_settings::AuthSettings::from_env(Env::from_process())?;
+    anyhow::ensure!(
+        settings.tokens.algorithm != aia_settings::JwtAlgorithm::Hs256,
+        "HS256 mode signs with JWT_SECRET_KEY, not with stored keys: change that secret instead"
+    );
     let message = match aia_auth::withdraw_signing_key(&settings, kid).await? {
         aia_auth::Withdrawal::Withdrawn => {
             println!(

@@ -587,6 +587,17 @@ async fn a_withdrawn_signing_key_stops_verifying_its_tokens() -> anyhow::Result<
     );
     let (code, text) = cli(&["withdraw-signing-key", "no-such-kid"])?;
     assert_eq!(code, 1, "{text}");
+    // A key published ahead can go while another signs.
+    let (code, text) = cli(&["rotate-signing-key", "--activate-in", "3600"])?;
+    assert_eq!(code, 0, "{text}");
+    let pending = text
+        .split_whitespace()
+        .nth(3)
+        .ok_or_else(|| anyhow::anyhow!("no kid printed: {text}"))?
+        .trim_end_matches(':')
+        .to_owned();
+    let (code, text) = cli(&["withdraw-signing-key", &pending])?;
+    assert_eq!(code, 0, "{text}");
     let (code, text) = cli(&["rotate-signing-key", "--activate-in", "0"])?;
     assert_eq!(code, 0, "{text}");
     let (code, text) = cli(&["withdraw-signing-key", old])?;
@@ -634,7 +645,8 @@ async fn a_withdrawn_signing_key_stops_verifying_its_tokens() -> anyhow::Result<
             .get_result::<aia_testkit::Count>(&mut conn)
             .await?
             .n;
-            Ok((n == 1).then_some(()))
+            // The pending key's and the old key's.
+            Ok((n == 2).then_some(()))
         }
     })
     .await?;

@@ -123,7 +123,16 @@ pub async fn rotate(
     Ok(key.kid().to_owned())
 }
 
-type Row = (String, String, Vec<u8>, String, DateTime<Utc>);
+/// A stored key: kid, public half, sealed private half, sealing key id, activation,
+/// withdrawal.
+type Row = (
+    String,
+    String,
+    Vec<u8>,
+    String,
+    DateTime<Utc>,
+    Option<DateTime<Utc>>,
+);
 
 /// What [`withdraw`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,7 +155,6 @@ pub async fn withdraw(
     event: aia_audit_client::EventBuilder<'_>,
 ) -> anyhow::Result<Withdrawal> {
     let mut conn = aia_db::conn(pool).await?;
-    let now = Utc::now();
     conn.transaction::<_, diesel::result::Error, _>(async |conn| {
         // Serialised with automatic rotation.
         diesel::sql_query(format!("SELECT pg_advisory_xact_lock({ROTATION_LOCK})"))
@@ -164,19 +172,36 @@ pub async fn withdraw(
         if withdrawn_at.is_some() {
             return Ok(Withdrawal::AlreadyWithdrawn);
         }
-        // A newer key must have activated (and not been withdrawn itself).
-        let newer: i64 = signing_keys::table
+        // The database's clock, the one every replica's activation check is
+        // compared with here. A key published ahead (not yet signing) can go while
+        // another signs; one that has activated only once a newer one has.
+        let now: DateTime<Utc> =
+            diesel::select(diesel::dsl::now.into_sql::<diesel::sql_types::Timestamptz>())
+                .get_result(conn)
+                .await?;
+        // Pending: any other key that signs; activated: a newer one.
+        let since = if activated_at > now {
+            DateTime::<Utc>::UNIX_EPOCH
+        } else {
+            activated_at
+        };
+        let other_signer: i64 = signing_keys::table
             .filter(signing_keys::withdrawn_at.is_null())
-            .filter(signing_keys::activated_at.gt(activated_at))
+            .filter(signing_keys::kid.ne(kid))
             .filter(signing_keys::activated_at.le(now))
+            .filter(signing_keys::activated_at.gt(since))
             .count()
             .get_result(conn)
             .await?;
-        if newer == 0 {
+        if other_signer == 0 {
             return Ok(Withdrawal::Signing);
         }
+        // The private half goes too: nothing can sign with it again, nor reseal it.
         diesel::update(signing_keys::table.filter(signing_keys::kid.eq(kid)))
-            .set(signing_keys::withdrawn_at.eq(Some(now)))
+            .set((
+                signing_keys::withdrawn_at.eq(Some(now)),
+                signing_keys::private_key.eq(Vec::<u8>::new()),
+            ))
             .execute(conn)
             .await?;
         event.write_in(conn).await?;
@@ -306,16 +331,42 @@ impl KeyStore {
         if let Some(max_age) = self.rotation {
             self.rotate_if_due(now, max_age).await?;
         }
-        let rows = load_rows(&self.pool).await?;
-        if let Some(ring) = build_ring(
+        let mut rows = load_rows(&self.pool).await?;
+        let current = self.ring();
+        let signer_withdrawn = rows
+            .iter()
+            .any(|r| r.0 == current.active.kid() && r.5.is_some());
+        let mut built = build_ring(
             &rows,
             &self.sealing,
             now,
             self.publish_window,
             &self.issuer,
             &self.audience,
-        ) {
-            let current = self.ring();
+        );
+        if built.is_none() && signer_withdrawn {
+            // The key that signs here was withdrawn and the one that replaces it
+            // cannot be opened here (sealed under another ENCRYPTION_KEY): a key of
+            // this replica's, rather than an older one or the withdrawn one.
+            let kid = rotate(&self.pool, &self.sealing, now).await?;
+            tracing::error!(%kid, "the signing key was withdrawn and its successor does not open here; generated one");
+            rows = load_rows(&self.pool).await?;
+            built = build_ring(
+                &rows,
+                &self.sealing,
+                now,
+                self.publish_window,
+                &self.issuer,
+                &self.audience,
+            );
+        }
+        if built.is_none() {
+            tracing::error!(
+                kid = current.active.kid(),
+                "no stored signing key can sign here; keeping the current one"
+            );
+        }
+        if let Some(ring) = built {
             // The same keys: keep the ring, and what its verifier remembers.
             if current.jwks_json == ring.jwks_json && current.active.kid() == ring.active.kid() {
                 return Ok(());
@@ -400,17 +451,20 @@ async fn load_rows(pool: &PgPool) -> anyhow::Result<Vec<Row>> {
             signing_keys::private_key,
             signing_keys::sealing_key_id,
             signing_keys::activated_at,
+            signing_keys::withdrawn_at,
         ))
-        .filter(signing_keys::withdrawn_at.is_null())
         .order(signing_keys::activated_at.asc())
         .load(&mut conn)
         .await
         .context("loading signing keys")
 }
 
-/// The ring for `now`: the newest activated key that this sealing key opens signs;
-/// published are the keys not yet active, the active ones, and those replaced less
-/// than `window` ago. `None` if no key can sign.
+/// The ring for `now`: the newest activated key that is not withdrawn signs (if
+/// this sealing key cannot open it, `None`: an older key never signs again in its
+/// place); published are the keys not yet active, the active one, and those replaced
+/// less than `window` ago, withdrawn keys never (a withdrawn key still counts as the
+/// replacement of the one before it, so withdrawing does not publish that again).
+/// `None` if no key can sign.
 fn build_ring(
     rows: &[Row],
     sealing: &SealingKey,
@@ -419,23 +473,23 @@ fn build_ring(
     issuer: &str,
     audience: &str,
 ) -> Option<KeyRing> {
-    let active =
-        rows.iter()
-            .rev()
-            .filter(|r| r.4 <= now)
-            .find_map(|(kid, _, sealed, sealing_id, _)| {
-                if sealing_id != sealing.id() {
-                    return None;
-                }
-                let der = sealing.open(sealed, kid.as_bytes()).ok()?;
-                SigningKey::from_pkcs8_der(&der).ok()
-            })?;
+    let (kid, _, sealed, sealing_id, _, _) =
+        rows.iter().rev().find(|r| r.4 <= now && r.5.is_none())?;
+    if sealing_id != sealing.id() {
+        tracing::error!(
+            %kid,
+            "the newest signing key is sealed under another ENCRYPTION_KEY; it cannot sign here"
+        );
+        return None;
+    }
+    let der = sealing.open(sealed, kid.as_bytes()).ok()?;
+    let active = SigningKey::from_pkcs8_der(&der).ok()?;
     let mut keys = vec![active.jwk().clone()];
-    for (i, (kid, x, _, _, _)) in rows.iter().enumerate() {
-        // Replaced when a later key has activated.
+    for (i, (kid, x, _, _, _, withdrawn)) in rows.iter().enumerate() {
+        // Replaced when a later key has activated (withdrawn or not).
         let replaced_at = rows[i + 1..].iter().map(|r| r.4).find(|t| *t <= now);
         let published = replaced_at.is_none_or(|t| t + window > now);
-        if published && kid != active.kid() {
+        if published && withdrawn.is_none() && kid != active.kid() {
             keys.push(Jwk::ed25519(x.clone()));
         }
     }
@@ -445,4 +499,75 @@ fn build_ring(
         jwks_json: serde_json::to_string(&jwks).ok()?,
         active: Signer::Ed25519(active),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(
+        sealing: &SealingKey,
+        activated: DateTime<Utc>,
+        withdrawn: bool,
+    ) -> anyhow::Result<(Row, String)> {
+        let key = SigningKey::generate()?;
+        let sealed = sealing
+            .seal(key.pkcs8_der(), key.kid().as_bytes())
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let kid = key.kid().to_owned();
+        Ok((
+            (
+                kid.clone(),
+                key.jwk().x.clone(),
+                sealed,
+                sealing.id().to_owned(),
+                activated,
+                withdrawn.then_some(activated),
+            ),
+            kid,
+        ))
+    }
+
+    fn published(ring: &KeyRing) -> anyhow::Result<Vec<String>> {
+        let jwks: serde_json::Value = serde_json::from_str(&ring.jwks_json)?;
+        Ok(jwks["keys"]
+            .as_array()
+            .map(|keys| {
+                keys.iter()
+                    .filter_map(|k| k["kid"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// Withdrawing a key publishes no older one again (a withdrawn key still counts
+    /// as the replacement of the one before it), a withdrawn key is never published,
+    /// a pending one withdrawn leaves the signer as it was, and a newest key that
+    /// does not open here signs nothing: no older key signs in its place.
+    #[test]
+    fn a_withdrawal_brings_no_older_key_back() -> anyhow::Result<()> {
+        let secret = [7u8; 32];
+        let sealing = SealingKey::derive(&secret).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let now = Utc::now();
+        let window = chrono::Duration::minutes(16);
+        let (a, _) = row(&sealing, now - chrono::Duration::hours(2), false)?;
+        let (b, b_kid) = row(&sealing, now - chrono::Duration::hours(1), true)?;
+        let (c, c_kid) = row(&sealing, now - chrono::Duration::minutes(1), false)?;
+        let (pending, _) = row(&sealing, now + chrono::Duration::minutes(1), true)?;
+        let rows = vec![a, b, c, pending];
+        let ring = build_ring(&rows, &sealing, now, window, "iss", "aud")
+            .ok_or_else(|| anyhow::anyhow!("no ring"))?;
+        assert_eq!(ring.active.kid(), c_kid);
+        // A was replaced by B an hour ago: not published again; B withdrawn: never.
+        assert_eq!(published(&ring)?, vec![c_kid]);
+        assert!(!published(&ring)?.contains(&b_kid));
+
+        // The newest key sealed under another ENCRYPTION_KEY: no ring, not C's.
+        let other = SealingKey::derive(&[9u8; 32]).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let (d, _) = row(&other, now - chrono::Duration::seconds(5), false)?;
+        let mut rows = rows;
+        rows.push(d);
+        assert!(build_ring(&rows, &sealing, now, window, "iss", "aud").is_none());
+        Ok(())
+    }
 }
