@@ -139,10 +139,19 @@ impl FromRequest for Authenticated {
         let token = bearer(req.headers());
         let verified = req.extensions().get::<Verified>().cloned();
         let ambiguous = ambiguous(req.headers());
+        let with_key = api_key(req.headers()).is_some();
         let req = req.clone();
         Box::pin(async move {
             if ambiguous {
                 return Err(ambiguous_problem());
+            }
+            // An API key is the request's credential wherever it is sent (the rate
+            // limiter charged the key, or its address for a bad one): a route that
+            // takes bearer tokens only does not then act on a token beside it.
+            if with_key {
+                return Err(Problem::unauthorized()
+                    .detail("this route takes a bearer access token, not an API key")
+                    .header(header::WWW_AUTHENTICATE, "Bearer"));
             }
             let state = state.ok_or_else(Problem::internal)?;
             let auth = authenticate(state, token, verified).await?;

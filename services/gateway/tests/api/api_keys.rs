@@ -233,3 +233,29 @@ async fn expired_keys_and_bad_requests_are_refused() -> anyhow::Result<()> {
     stack.stop().await;
     Ok(())
 }
+
+/// A key is the request's credential wherever it is sent: the limiter charges it (or,
+/// for a bad one, the address), so a bearer-only route does not act on a token sent
+/// beside it (a junk key would move the token's requests out of its user's bucket;
+/// another user's key would be charged for them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bearer_only_route_refuses_a_token_sent_with_a_key() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let user = signed_in(&stack).await?;
+    let token = field(&user, "access_token");
+    let list = |key: Option<&str>| {
+        let mut request = stack
+            .http()
+            .get(stack.url("/v1/api-keys"))
+            .bearer_auth(token);
+        if let Some(key) = key {
+            request = request.header("x-api-key", key);
+        }
+        request.send()
+    };
+    assert_eq!(list(None).await?.status(), StatusCode::OK);
+    let answer = list(Some("aia_junk")).await?;
+    assert_problem(answer, StatusCode::UNAUTHORIZED).await?;
+    stack.stop().await;
+    Ok(())
+}
