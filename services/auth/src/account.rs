@@ -102,7 +102,8 @@ impl Auth {
         // Only over the hash the current password was checked against: a reset (or
         // another change) that committed while this one hashed wins, and this one is
         // refused instead of putting back a password its caller knows.
-        let due = self
+        // API keys stay: their owner is signed in and manages them.
+        let written = self
             .users
             .set_password(
                 PasswordWrite {
@@ -112,6 +113,7 @@ impl Auth {
                     only_if_unchanged: true,
                     keep_session: keep,
                     reason,
+                    revoke_api_keys: false,
                 },
                 self.policy.history(),
                 event,
@@ -121,7 +123,7 @@ impl Auth {
             .ok_or(AuthError::PasswordChangedMeanwhile)?;
         let (ended, deferred) = self
             .end_sessions_due(
-                due,
+                written.due,
                 user_id,
                 Some(&req.session_id),
                 reason,
@@ -176,7 +178,10 @@ impl Auth {
                     .details(serde_json::json!({"scopes": scopes, "expires_at": expires_at}))
             })
             .await
-            .map_err(AuthError::Unavailable)?;
+            .map_err(AuthError::Unavailable)?
+            .ok_or(AuthError::Precondition(
+                "at most 25 live API keys; revoke one you no longer use first",
+            ))?;
         Ok(CreateApiKeyResponse {
             key: Some(api_key_info(key)),
             api_key,
@@ -373,7 +378,9 @@ impl Auth {
         let reason = "password_reset";
         // Whatever is stored now: the mailbox's proof wins over a change that
         // committed since the user was read.
-        let due = self
+        // A reset is how an account is taken back: every API key goes with the
+        // sessions (one its taker made would outlive them).
+        let written = self
             .users
             .set_password(
                 PasswordWrite {
@@ -383,13 +390,15 @@ impl Auth {
                     only_if_unchanged: false,
                     keep_session: None,
                     reason,
+                    revoke_api_keys: true,
                 },
                 self.policy.history(),
-                event,
+                event.details(serde_json::json!({"api_keys_revoked": true})),
             )
             .await
             .map_err(AuthError::Unavailable)?
             .ok_or(AuthError::InvalidEmailToken)?;
+        let due = written.due;
         // The password has changed and the token is spent: what follows is done as
         // well as it can be, never answered as an error (a retry could not succeed).
         // A reset proves control of the mailbox: the address counts as verified.
@@ -427,6 +436,7 @@ impl Auth {
         Ok(ResetPasswordResponse {
             sessions_ended: ended,
             sessions_deferred: deferred,
+            api_keys_revoked: u32::try_from(written.api_keys_revoked).unwrap_or(u32::MAX),
         })
     }
 }

@@ -59,6 +59,9 @@ fn split(presented: &str) -> Option<(uuid::Uuid, &str)> {
     Some((uuid::Uuid::parse_str(id).ok()?, secret))
 }
 
+/// Live (neither revoked nor expired) keys a user may hold at once.
+pub const MAX_LIVE_KEYS: i64 = 25;
+
 impl ApiKeys {
     /// Keys over `pool`, HMAC-keyed with `secret`.
     pub fn new(pool: PgPool, secret: &[u8]) -> Self {
@@ -75,7 +78,9 @@ impl ApiKeys {
         Ok(mac)
     }
 
-    /// Creates a key; returns it with the full `aia_<id>_<secret>` (shown once).
+    /// Creates a key; returns it with the full `aia_<id>_<secret>` (shown once), or
+    /// `None` if the owner has [`MAX_LIVE_KEYS`] live keys already (each key has a
+    /// rate-limit bucket of its own: no cap, no quota).
     ///
     /// The audit event `event` makes for the key's id is written in the same
     /// transaction.
@@ -86,7 +91,7 @@ impl ApiKeys {
         scopes: &[String],
         expires_at: Option<DateTime<Utc>>,
         event: impl FnOnce(uuid::Uuid) -> aia_audit_client::EventBuilder<'a>,
-    ) -> anyhow::Result<(ApiKey, String)> {
+    ) -> anyhow::Result<Option<(ApiKey, String)>> {
         let id = uuid::Uuid::new_v4();
         let event = event(id);
         let mut bytes = [0u8; 32];
@@ -98,6 +103,25 @@ impl ApiKeys {
         let key = conn
             .transaction::<_, diesel::result::Error, _>(async |conn| {
                 scope::set(conn, Scope::User(&owner)).await?;
+                // One creation per owner at a time, so the count holds.
+                diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                    .bind::<diesel::sql_types::Text, _>(&owner)
+                    .execute(conn)
+                    .await?;
+                let live: i64 = api_keys::table
+                    .filter(api_keys::user_id.eq(user_id))
+                    .filter(api_keys::revoked_at.is_null())
+                    .filter(
+                        api_keys::expires_at
+                            .is_null()
+                            .or(api_keys::expires_at.gt(Utc::now())),
+                    )
+                    .count()
+                    .get_result(conn)
+                    .await?;
+                if live >= MAX_LIVE_KEYS {
+                    return Ok(None);
+                }
                 let key = diesel::insert_into(api_keys::table)
                     .values((
                         api_keys::id.eq(id),
@@ -111,14 +135,14 @@ impl ApiKeys {
                     .get_result(conn)
                     .await?;
                 event.write_in(conn).await?;
-                Ok(key)
+                Ok(Some(key))
             })
             .await
             .context("creating an API key")?;
-        Ok((key, format!("aia_{}_{secret}", id.simple())))
+        Ok(key.map(|key| (key, format!("aia_{}_{secret}", id.simple()))))
     }
 
-    /// The owner's live keys, newest first.
+    /// The owner's live keys (neither revoked nor expired), newest first.
     pub async fn list(&self, user_id: uuid::Uuid) -> anyhow::Result<Vec<ApiKey>> {
         let owner = user_id.to_string();
         let mut conn = aia_db::conn(&self.pool).await?;
@@ -127,6 +151,11 @@ impl ApiKeys {
             api_keys::table
                 .filter(api_keys::user_id.eq(user_id))
                 .filter(api_keys::revoked_at.is_null())
+                .filter(
+                    api_keys::expires_at
+                        .is_null()
+                        .or(api_keys::expires_at.gt(Utc::now())),
+                )
                 .order(api_keys::created_at.desc())
                 .select(ApiKey::as_select())
                 .load(conn)

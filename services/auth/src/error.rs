@@ -38,9 +38,10 @@ pub enum AuthError {
         "this action needs a session signed in with your second factor; log in again with your code"
     )]
     SecondFactorRequired,
-    /// MFA is not in the state the action needs.
+    /// The account is not in the state the action needs (MFA on or off, too many
+    /// API keys); the message says which.
     #[error("{0}")]
-    MfaState(&'static str),
+    Precondition(&'static str),
     /// The caller may not do this (not an admin).
     #[error("not allowed")]
     Forbidden,
@@ -113,7 +114,7 @@ impl From<AuthError> for Status {
             | AuthError::InvalidAccessToken
             | AuthError::InvalidApiKey
             | AuthError::InvalidMfaLogin => Status::unauthenticated(e.to_string()),
-            AuthError::MfaState(_) => Status::failed_precondition(e.to_string()),
+            AuthError::Precondition(_) => Status::failed_precondition(e.to_string()),
             AuthError::NotFound => Status::not_found(e.to_string()),
             AuthError::PasswordChangedMeanwhile => Status::aborted(e.to_string()),
             AuthError::EmailNotVerified => Status::failed_precondition(e.to_string()),

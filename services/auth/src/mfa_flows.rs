@@ -213,7 +213,7 @@ impl Auth {
             .enroll(user.id, &user.email)
             .await
             .map_err(AuthError::Unavailable)?
-            .ok_or(AuthError::MfaState(
+            .ok_or(AuthError::Precondition(
                 "TOTP is already on; turn it off first to enrol a new authenticator",
             ))?;
         self.audit
@@ -286,7 +286,7 @@ impl Auth {
             .await
             .map_err(AuthError::Unavailable)?
         {
-            return Err(AuthError::MfaState("TOTP is not on"));
+            return Err(AuthError::Precondition("TOTP is not on"));
         }
         self.require_second_factor(user.id, &req.amr).await?;
         let checked = async {

@@ -27,6 +27,18 @@ pub struct PasswordWrite<'a> {
     pub keep_session: Option<uuid::Uuid>,
     /// Why the other sessions end (`password_changed`, `password_reset`).
     pub reason: &'a str,
+    /// Revoke every API key of the user too (a reset: the account may have been
+    /// someone else's, and a key they made would outlive the sessions).
+    pub revoke_api_keys: bool,
+}
+
+/// What a password write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PasswordWritten {
+    /// The id of the sessions-due row.
+    pub due: i64,
+    /// API keys revoked with it.
+    pub api_keys_revoked: usize,
 }
 
 /// Sessions a password write must still end (`auth.session_ends_due`).
@@ -107,14 +119,14 @@ impl UserStore {
     /// history (trimmed to `keep` entries), and records the sessions the change must
     /// end (`auth.session_ends_due`, see [`crate::sessions_due`]).
     /// `event` is written in the same transaction: stored if and only if the password
-    /// changed. The id of the sessions-due row, or `None` (nothing written) when
-    /// `write.only_if_unchanged` and the stored hash is no longer `write.old_hash`.
+    /// changed. `None` (nothing written) when `write.only_if_unchanged` and the
+    /// stored hash is no longer `write.old_hash`.
     pub async fn set_password(
         &self,
         write: PasswordWrite<'_>,
         keep: usize,
         event: EventBuilder<'_>,
-    ) -> anyhow::Result<Option<i64>> {
+    ) -> anyhow::Result<Option<PasswordWritten>> {
         let keep = i64::try_from(keep).unwrap_or(i64::MAX);
         let PasswordWrite {
             user_id,
@@ -123,6 +135,7 @@ impl UserStore {
             only_if_unchanged,
             keep_session,
             reason,
+            revoke_api_keys,
         } = write;
         let mut conn = aia_db::conn(&self.pool).await?;
         let written = conn
@@ -170,12 +183,28 @@ impl UserStore {
                     .returning(session_ends_due::id)
                     .get_result(conn)
                     .await?;
+                let api_keys_revoked = if revoke_api_keys {
+                    let owner = user_id.to_string();
+                    aia_db::scope::set(conn, aia_db::scope::Scope::User(&owner)).await?;
+                    diesel::sql_query(
+                        "UPDATE auth.api_keys SET revoked_at = now() \
+                         WHERE user_id = $1 AND revoked_at IS NULL",
+                    )
+                    .bind::<diesel::sql_types::Uuid, _>(user_id)
+                    .execute(conn)
+                    .await?
+                } else {
+                    0
+                };
                 event.write_in(conn).await?;
-                Ok(due)
+                Ok(PasswordWritten {
+                    due,
+                    api_keys_revoked,
+                })
             })
             .await;
         match written {
-            Ok(due) => Ok(Some(due)),
+            Ok(written) => Ok(Some(written)),
             Err(diesel::result::Error::RollbackTransaction) => Ok(None),
             Err(error) => Err(anyhow::Error::new(error).context("changing a password")),
         }
@@ -515,6 +544,7 @@ mod tests {
             only_if_unchanged,
             keep_session: None,
             reason: "password_reset",
+            revoke_api_keys: false,
         };
         let event = || {
             audit.event(

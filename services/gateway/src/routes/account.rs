@@ -237,6 +237,7 @@ pub async fn reset_password(
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "sessions_ended": reset.sessions_ended,
         "sessions_deferred": reset.sessions_deferred,
+        "api_keys_revoked": reset.api_keys_revoked,
     })))
 }
 

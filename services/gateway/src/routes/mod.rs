@@ -333,7 +333,7 @@ pub fn endpoints() -> Vec<Endpoint> {
             Method::POST,
             "/v1/api-keys",
             "create_api_key",
-            "Create an API key, shown once",
+            "Create an API key, shown once (at most 25 live per user)",
             Bearer,
             Body::Json(schema::<api_keys::NewKey>),
             (201, None),

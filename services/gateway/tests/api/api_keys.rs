@@ -259,3 +259,57 @@ async fn a_bearer_only_route_refuses_a_token_sent_with_a_key() -> anyhow::Result
     stack.stop().await;
     Ok(())
 }
+
+/// Each key has a rate-limit bucket of its own, so a user holds at most 25 live keys
+/// (403 past that, until one is revoked or expires); the list shows live keys only
+/// (an expired one is not listed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_holds_at_most_25_live_keys() -> anyhow::Result<()> {
+    let stack = Stack::start_with(&[
+        ("ARGON2_MEMORY_KIB", "1024".to_owned()),
+        ("ARGON2_ITERATIONS", "1".to_owned()),
+    ])
+    .await?;
+    let user = signed_in(&stack).await?;
+    let token = field(&user, "access_token");
+    let body = json!({"name": "k", "password": PASSWORD, "scopes": ["profile:read"]});
+    let mut ids = Vec::new();
+    for _ in 0..25 {
+        let created: Value = create(&stack, token, body.clone()).await?.json().await?;
+        ids.push(field(&created, "id").to_owned());
+    }
+    let refused = create(&stack, token, body.clone()).await?;
+    let problem = assert_problem(refused, StatusCode::FORBIDDEN).await?;
+    assert!(
+        problem["detail"].as_str().is_some_and(|d| d.contains("25")),
+        "{problem}"
+    );
+    // One expires: it is no longer listed, and its place is free.
+    let mut conn = stack.db.connect().await?;
+    diesel::sql_query(
+        "UPDATE auth.api_keys SET expires_at = now() - interval '1 second' WHERE id = $1::uuid",
+    )
+    .bind::<diesel::sql_types::Text, _>(&ids[0])
+    .execute(&mut conn)
+    .await?;
+    let listed: Value = stack
+        .http()
+        .get(stack.url("/v1/api-keys"))
+        .bearer_auth(token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let listed = listed.to_string();
+    assert!(
+        !listed.contains(&ids[0]) && listed.contains(&ids[1]),
+        "{listed}"
+    );
+    assert_eq!(
+        create(&stack, token, body).await?.status(),
+        StatusCode::CREATED
+    );
+    drop(conn);
+    stack.stop().await;
+    Ok(())
+}

@@ -198,6 +198,24 @@ async fn a_password_reset_ends_every_session_and_lifts_a_lockout() -> anyhow::Re
         .await?
         .json()
         .await?;
+    // Whoever holds the account makes an API key (a taker would, to stay in).
+    let created: Value = elsewhere
+        .post(stack.url("/v1/api-keys"))
+        .bearer_auth(field(&session, "access_token"))
+        .json(&json!({"name": "kept", "password": PASSWORD, "scopes": ["profile:read"]}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let key = field(&created, "api_key").to_owned();
+    let with_key = || {
+        stack
+            .http()
+            .get(stack.url("/v1/auth/me"))
+            .header("x-api-key", key.as_str())
+            .send()
+    };
+    assert_eq!(with_key().await?.status(), StatusCode::OK);
     // Someone locks the account.
     for _ in 0..10 {
         post(
@@ -258,6 +276,10 @@ async fn a_password_reset_ends_every_session_and_lifts_a_lockout() -> anyhow::Re
     )
     .await?;
     assert_eq!(reset.status(), StatusCode::OK);
+    let reset: Value = reset.json().await?;
+    assert_eq!(reset["api_keys_revoked"], 1, "{reset}");
+    // The key went with the sessions.
+    assert_eq!(with_key().await?.status(), StatusCode::UNAUTHORIZED);
     // Single use.
     let again = post(
         &stack,
