@@ -59,6 +59,12 @@ fn split(presented: &str) -> Option<(uuid::Uuid, &str)> {
     Some((uuid::Uuid::parse_str(id).ok()?, secret))
 }
 
+/// A key that is neither revoked nor expired (what "live" means for the list and
+/// the cap).
+fn live() -> diesel::expression::SqlLiteral<diesel::sql_types::Bool> {
+    diesel::dsl::sql("revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())")
+}
+
 /// Live (neither revoked nor expired) keys a user may hold at once.
 pub const MAX_LIVE_KEYS: i64 = 25;
 
@@ -110,12 +116,7 @@ impl ApiKeys {
                     .await?;
                 let live: i64 = api_keys::table
                     .filter(api_keys::user_id.eq(user_id))
-                    .filter(api_keys::revoked_at.is_null())
-                    .filter(
-                        api_keys::expires_at
-                            .is_null()
-                            .or(api_keys::expires_at.gt(Utc::now())),
-                    )
+                    .filter(live())
                     .count()
                     .get_result(conn)
                     .await?;
@@ -150,12 +151,7 @@ impl ApiKeys {
             scope::set(conn, Scope::User(&owner)).await?;
             api_keys::table
                 .filter(api_keys::user_id.eq(user_id))
-                .filter(api_keys::revoked_at.is_null())
-                .filter(
-                    api_keys::expires_at
-                        .is_null()
-                        .or(api_keys::expires_at.gt(Utc::now())),
-                )
+                .filter(live())
                 .order(api_keys::created_at.desc())
                 .select(ApiKey::as_select())
                 .load(conn)

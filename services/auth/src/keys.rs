@@ -331,34 +331,29 @@ impl KeyStore {
         if let Some(max_age) = self.rotation {
             self.rotate_if_due(now, max_age).await?;
         }
-        let mut rows = load_rows(&self.pool).await?;
+        let rows = load_rows(&self.pool).await?;
         let current = self.ring();
         let signer_withdrawn = rows
             .iter()
             .any(|r| r.0 == current.active.kid() && r.5.is_some());
-        let mut built = build_ring(
-            &rows,
-            &self.sealing,
-            now,
-            self.publish_window,
-            &self.issuer,
-            &self.audience,
-        );
+        let build = |rows: &[Row]| {
+            build_ring(
+                rows,
+                &self.sealing,
+                now,
+                self.publish_window,
+                &self.issuer,
+                &self.audience,
+            )
+        };
+        let mut built = build(&rows);
         if built.is_none() && signer_withdrawn {
             // The key that signs here was withdrawn and the one that replaces it
             // cannot be opened here (sealed under another ENCRYPTION_KEY): a key of
             // this replica's, rather than an older one or the withdrawn one.
             let kid = rotate(&self.pool, &self.sealing, now).await?;
             tracing::error!(%kid, "the signing key was withdrawn and its successor does not open here; generated one");
-            rows = load_rows(&self.pool).await?;
-            built = build_ring(
-                &rows,
-                &self.sealing,
-                now,
-                self.publish_window,
-                &self.issuer,
-                &self.audience,
-            );
+            built = build(&load_rows(&self.pool).await?);
         }
         if built.is_none() {
             tracing::error!(
