@@ -15,6 +15,12 @@ const MAX_TOKEN_BYTES: usize = 8 * 1024;
 /// its `exp`, so whatever revokes a token must be kept at least that long past it.
 pub const LEEWAY_SECONDS: u64 = 30;
 
+/// The longest lifetime (`exp - iat`) a token may claim: the platform's largest
+/// `ACCESS_TOKEN_TTL_SECONDS`. A token claiming more, or issued in the future, was
+/// not made by auth: whoever holds a leaked key cannot mint tokens that outlive the
+/// key's withdrawal by more than a day, whatever `exp` they write.
+pub const MAX_LIFETIME_SECONDS: i64 = 86_400;
+
 /// Why a token was refused. Every variant means 401 to the caller; the variant is for
 /// logs and metrics, and [`TokenError::UnknownKey`] tells a cache to refresh its JWKS.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -160,12 +166,17 @@ impl Verifier {
                 | ErrorKind::Utf8(_) => TokenError::Malformed,
                 _ => TokenError::Invalid,
             })?;
+        let now = i64::try_from(jsonwebtoken::get_current_timestamp()).unwrap_or(i64::MAX);
+        let leeway = i64::try_from(LEEWAY_SECONDS).unwrap_or(0);
+        let plausible = claims.iat <= now.saturating_add(leeway)
+            && claims.exp.saturating_sub(claims.iat) <= MAX_LIFETIME_SECONDS;
         // The platform names users, sessions and tokens by UUID: a token that names
         // no one (an empty `sub`, which a consumer could read as "no filter") or
         // something else is none of its tokens, however it is signed.
-        if [&claims.sub, &claims.sid, &claims.jti]
-            .iter()
-            .all(|id| uuid::Uuid::parse_str(id).is_ok())
+        if plausible
+            && [&claims.sub, &claims.sid, &claims.jti]
+                .iter()
+                .all(|id| uuid::Uuid::parse_str(id).is_ok())
         {
             Ok(claims)
         } else {
@@ -260,6 +271,27 @@ mod tests {
                 "{sub:?} {sid:?} {jti:?}: {refused:?}"
             );
         }
+        Ok(())
+    }
+
+    /// A token claiming more than the largest lifetime auth issues, or issued in
+    /// the future, is refused however well it is signed (a leaked key's forgeries).
+    #[test]
+    fn an_implausible_lifetime_is_refused() -> Result<(), Box<dyn std::error::Error>> {
+        let (key, verifier) = setup()?;
+        let mut long = claims();
+        long.exp = long.iat + MAX_LIFETIME_SECONDS + 1;
+        assert_eq!(verifier.verify(&key.sign(&long)?), Err(TokenError::Invalid));
+        let mut ahead = claims();
+        ahead.iat = now() + 3600;
+        ahead.exp = ahead.iat + 600;
+        assert_eq!(
+            verifier.verify(&key.sign(&ahead)?),
+            Err(TokenError::Invalid)
+        );
+        let mut longest = claims();
+        longest.exp = longest.iat + MAX_LIFETIME_SECONDS;
+        assert!(verifier.verify(&key.sign(&longest)?).is_ok());
         Ok(())
     }
 
