@@ -265,11 +265,7 @@ async fn a_bearer_only_route_refuses_a_token_sent_with_a_key() -> anyhow::Result
 /// (an expired one is not listed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_holds_at_most_25_live_keys() -> anyhow::Result<()> {
-    let stack = Stack::start_with(&[
-        ("ARGON2_MEMORY_KIB", "1024".to_owned()),
-        ("ARGON2_ITERATIONS", "1".to_owned()),
-    ])
-    .await?;
+    let stack = Stack::start_with(&crate::helpers::cheap_hashing()).await?;
     let user = signed_in(&stack).await?;
     let token = field(&user, "access_token");
     let body = json!({"name": "k", "password": PASSWORD, "scopes": ["profile:read"]});

@@ -326,3 +326,12 @@ pub fn device_cookie(response: &reqwest::Response) -> Option<(String, String)> {
             None => (v.to_owned(), String::new()),
         })
 }
+
+/// Settings for cheap password hashing, for tests about something else that log in
+/// many times.
+pub fn cheap_hashing() -> Vec<(&'static str, String)> {
+    vec![
+        ("ARGON2_MEMORY_KIB", "1024".to_owned()),
+        ("ARGON2_ITERATIONS", "1".to_owned()),
+    ]
+}

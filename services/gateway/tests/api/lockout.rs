@@ -369,12 +369,9 @@ async fn failing_open_lets_logins_through_a_redis_outage_whole() -> anyhow::Resu
 /// the newest still counts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_account_keeps_only_its_most_recent_devices() -> anyhow::Result<()> {
-    let stack = Stack::start_with(&[
-        ("ARGON2_MEMORY_KIB", "1024".to_owned()),
-        ("ARGON2_ITERATIONS", "1".to_owned()),
-        ("LOGIN_BACKOFF_AFTER", "100".to_owned()),
-    ])
-    .await?;
+    let mut settings = crate::helpers::cheap_hashing();
+    settings.push(("LOGIN_BACKOFF_AFTER", "100".to_owned()));
+    let stack = Stack::start_with(&settings).await?;
     let who = email();
     register(&stack, &who).await?;
     let mut newest = String::new();
@@ -419,12 +416,9 @@ async fn an_account_keeps_only_its_most_recent_devices() -> anyhow::Result<()> {
 /// address still gets in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_that_keeps_guessing_is_spared_no_more() -> anyhow::Result<()> {
-    let stack = Stack::start_with(&[
-        ("ARGON2_MEMORY_KIB", "1024".to_owned()),
-        ("ARGON2_ITERATIONS", "1".to_owned()),
-        ("LOGIN_BACKOFF_AFTER", "100".to_owned()),
-    ])
-    .await?;
+    let mut settings = crate::helpers::cheap_hashing();
+    settings.push(("LOGIN_BACKOFF_AFTER", "100".to_owned()));
+    let stack = Stack::start_with(&settings).await?;
     let who = email();
     register(&stack, &who).await?;
     let usual = from_ip(60)?;

@@ -166,12 +166,9 @@ async fn two_hundred_logins_while_audit_is_stopped_are_stored_once_after_it_rest
     let db = TestDb::create().await?;
     let prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
     // Cheap hashing: this test is about delivery, not argon2.
-    let fast = [
-        ("ARGON2_MEMORY_KIB", "1024".to_owned()),
-        ("ARGON2_ITERATIONS", "1".to_owned()),
-    ];
+    let fast = crate::helpers::cheap_hashing();
     let env = |extra: &[(&str, String)]| {
-        let mut all = fast.to_vec();
+        let mut all = fast.clone();
         all.extend_from_slice(extra);
         aia_testkit::env(&db, &prefix, &all)
     };
