@@ -1111,3 +1111,21 @@ fn device_id(sent: &str) -> &str {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     if plausible { sent } else { "" }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::device_id;
+
+    /// A device id only as the gateway makes one: anything longer, or with other
+    /// characters (a key separator, a Redis glob), is no device at all.
+    #[test]
+    fn only_plausible_device_ids_count() {
+        assert_eq!(
+            device_id("9_euyiO7zTYvMluubbdjHT"),
+            "9_euyiO7zTYvMluubbdjHT"
+        );
+        for odd in ["a|b", "a:b", "*", "a b", "é", &"a".repeat(65)] {
+            assert_eq!(device_id(odd), "", "{odd}");
+        }
+    }
+}

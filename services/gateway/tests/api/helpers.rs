@@ -335,3 +335,21 @@ pub fn cheap_hashing() -> Vec<(&'static str, String)> {
         ("ARGON2_ITERATIONS", "1".to_owned()),
     ]
 }
+
+/// A login by `client` with `password`, presenting `device` (a device cookie as
+/// `name=value`, as [`device_cookie`] gives it) if any; the answer as it came.
+pub async fn login_with_device(
+    client: &reqwest::Client,
+    stack: &Stack,
+    email: &str,
+    password: &str,
+    device: Option<&str>,
+) -> anyhow::Result<reqwest::Response> {
+    let mut request = client
+        .post(stack.url("/v1/auth/login"))
+        .json(&json!({"email": email, "password": password}));
+    if let Some(cookie) = device {
+        request = request.header("cookie", cookie);
+    }
+    Ok(request.send().await?)
+}

@@ -9,7 +9,7 @@ use aia_testkit::Stack;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{PASSWORD, admin, email, field, from_ip, register};
+use crate::helpers::{PASSWORD, admin, email, field, from_ip, login_with_device, register};
 
 async fn login(
     stack: &Stack,
@@ -399,12 +399,7 @@ async fn an_account_keeps_only_its_most_recent_devices() -> anyhow::Result<()> {
     let elsewhere = from_ip(52)?;
     let refused = login(&stack, &elsewhere, &who, PASSWORD).await?;
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
-    let answer = elsewhere
-        .post(stack.url("/v1/auth/login"))
-        .header("cookie", newest)
-        .json(&json!({"email": who, "password": PASSWORD}))
-        .send()
-        .await?;
+    let answer = login_with_device(&elsewhere, &stack, &who, PASSWORD, Some(&newest)).await?;
     assert_eq!(answer.status(), StatusCode::OK);
     stack.stop().await;
     Ok(())
@@ -426,20 +421,15 @@ async fn a_device_that_keeps_guessing_is_spared_no_more() -> anyhow::Result<()> 
     assert_eq!(first.status(), StatusCode::OK);
     let (device, _) =
         crate::helpers::device_cookie(&first).ok_or_else(|| anyhow::anyhow!("no device cookie"))?;
-    let with_device = |client: reqwest::Client, password: &'static str| {
-        let request = client
-            .post(stack.url("/v1/auth/login"))
-            .header("cookie", device.clone())
-            .json(&json!({"email": who, "password": password}));
-        async move { anyhow::Ok(request.send().await?.status()) }
-    };
+    let guesser = from_ip(61)?;
     for _ in 0..10 {
-        let status = with_device(from_ip(61)?, "guess guess guess").await?;
-        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let answer =
+            login_with_device(&guesser, &stack, &who, "guess guess guess", Some(&device)).await?;
+        assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
     }
     // Locked, and the device that made the guesses is no longer a known client.
-    let status = with_device(from_ip(62)?, PASSWORD).await?;
-    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let answer = login_with_device(&from_ip(62)?, &stack, &who, PASSWORD, Some(&device)).await?;
+    assert_eq!(answer.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(
         login(&stack, &usual, &who, PASSWORD).await?.status(),
         StatusCode::OK

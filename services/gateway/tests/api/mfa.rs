@@ -888,14 +888,8 @@ async fn a_right_code_to_turn_totp_off_does_not_make_the_address_known() -> anyh
 async fn a_locked_account_lets_its_owners_device_in_from_a_new_address() -> anyhow::Result<()> {
     let stack = Stack::start_with(&[("LOGIN_BACKOFF_AFTER", "100".into())]).await?;
     let user = enrolled(&stack).await?;
-    let password_step = |client: &reqwest::Client, cookie: Option<&str>| {
-        let mut request = client
-            .post(stack.url("/v1/auth/login"))
-            .json(&json!({"email": user.email, "password": PASSWORD}));
-        if let Some(cookie) = cookie {
-            request = request.header("cookie", cookie);
-        }
-        request.send()
+    let password_step = |client, device| {
+        crate::helpers::login_with_device(client, &stack, &user.email, PASSWORD, device)
     };
     // The password step alone gets no cookie; the completed login does.
     let usual = from_ip(30)?;

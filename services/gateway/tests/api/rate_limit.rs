@@ -7,7 +7,9 @@ use aia_testkit::proxy::TcpProxy;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{assert_problem, device_cookie, email, field, from_ip, register, signed_in};
+use crate::helpers::{
+    assert_problem, device_cookie, email, field, from_ip, login_with_device, register, signed_in,
+};
 
 async fn login(
     client: &reqwest::Client,
@@ -191,19 +193,10 @@ async fn a_stranger_spending_an_accounts_guesses_does_not_keep_its_owner_out() -
     register(&stack, &victim).await?;
     register(&stack, &other).await?;
     let owner = from_ip(20)?;
-    let attempt = |email: &str, password: &str, cookie: Option<&str>| {
-        let mut request = owner
-            .post(stack.url("/v1/auth/login"))
-            .json(&json!({"email": email, "password": password}));
-        if let Some(cookie) = cookie {
-            request = request.header("cookie", cookie);
-        }
-        request.send()
-    };
     let right = crate::helpers::PASSWORD;
 
     // The owner's first login completes: it gets a device cookie.
-    let first = attempt(&victim, right, None).await?;
+    let first = login_with_device(&owner, &stack, &victim, right, None).await?;
     assert_eq!(first.status(), StatusCode::OK);
     let (device, attributes) =
         device_cookie(&first).ok_or_else(|| anyhow::anyhow!("no device cookie"))?;
@@ -228,32 +221,39 @@ async fn a_stranger_spending_an_accounts_guesses_does_not_keep_its_owner_out() -
     let stranger = login(&from_ip(23)?, &stack, &victim).await?;
     assert_problem(stranger, StatusCode::TOO_MANY_REQUESTS).await?;
     // A browser that never logged in is kept out, the right password or not ...
-    let fresh = attempt(&victim, right, None).await?;
+    let fresh = login_with_device(&owner, &stack, &victim, right, None).await?;
     assert_problem(fresh, StatusCode::TOO_MANY_REQUESTS).await?;
     // ... and so is an altered cookie, and this cookie at another spent account.
     let mut altered = device.clone();
     let at = altered.len() - 5;
     let flipped = if &altered[at..=at] == "A" { "B" } else { "A" };
     altered.replace_range(at..=at, flipped);
-    let answer = attempt(&victim, right, Some(&altered)).await?;
+    let answer = login_with_device(&owner, &stack, &victim, right, Some(&altered)).await?;
     assert_problem(answer, StatusCode::TOO_MANY_REQUESTS).await?;
     for n in 24..=26 {
         login(&from_ip(n)?, &stack, &other).await?;
     }
-    let answer = attempt(&other, right, Some(&device)).await?;
+    let answer = login_with_device(&owner, &stack, &other, right, Some(&device)).await?;
     assert_problem(answer, StatusCode::TOO_MANY_REQUESTS).await?;
 
     // The owner's browser gets in, and its cookie is renewed (the same device: its
     // bucket goes on).
-    let back = attempt(&victim, right, Some(&device)).await?;
+    let back = login_with_device(&owner, &stack, &victim, right, Some(&device)).await?;
     assert_eq!(back.status(), StatusCode::OK);
     let (device, _) = device_cookie(&back).ok_or_else(|| anyhow::anyhow!("not renewed"))?;
     // Its own bucket: two more guesses, then 429.
     for _ in 0..2 {
-        let answer = attempt(&victim, "not the password at all", Some(&device)).await?;
+        let answer = login_with_device(
+            &owner,
+            &stack,
+            &victim,
+            "not the password at all",
+            Some(&device),
+        )
+        .await?;
         assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
     }
-    let answer = attempt(&victim, right, Some(&device)).await?;
+    let answer = login_with_device(&owner, &stack, &victim, right, Some(&device)).await?;
     assert_problem(answer, StatusCode::TOO_MANY_REQUESTS).await?;
     stack.stop().await;
     Ok(())
