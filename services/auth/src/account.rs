@@ -12,6 +12,7 @@ use crate::api_keys::SCOPES;
 use crate::domain::{EmailAddress, Invalid, Password};
 use crate::email_tokens::Purpose;
 use crate::error::AuthError;
+use crate::mfa_flows::Holder;
 use crate::service::{Auth, api_key_info};
 use crate::users::{PasswordWrite, User};
 
@@ -38,16 +39,13 @@ impl Auth {
         &self,
         req: ChangePasswordRequest,
     ) -> Result<ChangePasswordResponse, AuthError> {
-        let user_id =
-            uuid::Uuid::parse_str(&req.user_id).map_err(|_| AuthError::InvalidAccessToken)?;
-        let user = self
-            .users
-            .by_id(user_id)
-            .await
-            .map_err(AuthError::Unavailable)?
-            .filter(|u| u.disabled_at.is_none())
-            .ok_or(AuthError::InvalidAccessToken)?;
-        self.require_second_factor(user_id, &req.amr).await?;
+        let Holder {
+            user,
+            session_id,
+            amr,
+        } = self.holder(&req.access_token).await?;
+        let user_id = user.id;
+        self.require_second_factor(user_id, &amr).await?;
         let email = EmailAddress::parse(&user.email)?;
         let current = Password::presented(&req.current_password)?;
         let checked = async {
@@ -97,7 +95,7 @@ impl Auth {
             .actor(user_id.to_string())
             .subject(user_id.to_string())
             .client(req.client.as_ref());
-        let keep = uuid::Uuid::parse_str(&req.session_id).ok();
+        let keep = uuid::Uuid::parse_str(&session_id).ok();
         let reason = "password_changed";
         // Only over the hash the current password was checked against: a reset (or
         // another change) that committed while this one hashed wins, and this one is
@@ -125,7 +123,7 @@ impl Auth {
             .end_sessions_due(
                 written.due,
                 user_id,
-                Some(&req.session_id),
+                Some(&session_id),
                 reason,
                 req.client.clone(),
             )
@@ -140,9 +138,9 @@ impl Auth {
         &self,
         req: CreateApiKeyRequest,
     ) -> Result<CreateApiKeyResponse, AuthError> {
-        let user = self.token_user(&req.user_id).await?;
+        let Holder { user, amr, .. } = self.holder(&req.access_token).await?;
         let user_id = user.id;
-        self.require_second_factor(user_id, &req.amr).await?;
+        self.require_second_factor(user_id, &amr).await?;
         let name = req.name.trim();
         if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
             return Err(AuthError::Invalid(Invalid::ApiKeyName));

@@ -21,29 +21,11 @@ impl Auth {
     /// The acting admin: the subject of `access_token` (verified here: signature,
     /// expiry, revocation), if they are an active admin now.
     pub(crate) async fn require_admin(&self, access_token: &str) -> Result<uuid::Uuid, AuthError> {
-        let validated = self
-            .validate(aia_proto::auth::v1::ValidateTokenRequest {
-                access_token: access_token.to_owned(),
-            })
-            .await?;
-        // No verifier's clock-skew leeway here: the issuer's own check.
-        let now = chrono::Utc::now().timestamp();
-        let claims = validated
-            .claims
-            .filter(|c| !validated.revoked && c.exp > now)
-            .ok_or(AuthError::InvalidAccessToken)?;
-        let subject = claims.sub;
-        let actor_id =
-            uuid::Uuid::parse_str(&subject).map_err(|_| AuthError::InvalidAccessToken)?;
-        let actor = self
-            .users
-            .by_id(actor_id)
-            .await
-            .map_err(AuthError::Unavailable)?;
-        if !actor.is_some_and(|a| crate::users::active_admin(&a.roles, a.disabled_at)) {
+        let actor = self.holder(access_token).await?.user;
+        if !crate::users::active_admin(&actor.roles, actor.disabled_at) {
             return Err(AuthError::Forbidden);
         }
-        Ok(actor_id)
+        Ok(actor.id)
     }
 
     pub(crate) async fn list_users(

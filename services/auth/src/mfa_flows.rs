@@ -28,6 +28,16 @@ use crate::mfa::{CHALLENGE_TTL, Mfa};
 use crate::service::Auth;
 use crate::users::User;
 
+/// The holder of a verified access token (`Auth::holder`).
+pub(crate) struct Holder {
+    /// The token's subject, enabled now.
+    pub user: User,
+    /// The token's session.
+    pub session_id: String,
+    /// How that session was opened.
+    pub amr: Vec<String>,
+}
+
 impl Auth {
     /// A user whose password was right and who has TOTP on: a challenge (which
     /// remembers whether the password step came from a known device).
@@ -172,15 +182,35 @@ impl Auth {
         Err(AuthError::WrongCurrentPassword)
     }
 
-    /// The live, enabled user behind a verified access token's `sub`.
-    pub(crate) async fn token_user(&self, user_id: &str) -> Result<User, AuthError> {
-        let id = uuid::Uuid::parse_str(user_id).map_err(|_| AuthError::InvalidAccessToken)?;
-        self.users
+    /// Who holds `access_token`, verified here: signature, expiry (no verifier's
+    /// clock-skew leeway: the issuer's own check), revocation, and its subject an
+    /// enabled account now. The user, session and `amr` of an account action come
+    /// from this, never from the gateway's word: a gateway, or anything holding its
+    /// certificate, cannot act on an account without a live token of its owner's.
+    pub(crate) async fn holder(&self, access_token: &str) -> Result<Holder, AuthError> {
+        let validated = self
+            .validate(aia_proto::auth::v1::ValidateTokenRequest {
+                access_token: access_token.to_owned(),
+            })
+            .await?;
+        let now = chrono::Utc::now().timestamp();
+        let claims = validated
+            .claims
+            .filter(|c| !validated.revoked && c.exp > now)
+            .ok_or(AuthError::InvalidAccessToken)?;
+        let id = uuid::Uuid::parse_str(&claims.sub).map_err(|_| AuthError::InvalidAccessToken)?;
+        let user = self
+            .users
             .by_id(id)
             .await
             .map_err(AuthError::Unavailable)?
             .filter(|u| u.disabled_at.is_none())
-            .ok_or(AuthError::InvalidAccessToken)
+            .ok_or(AuthError::InvalidAccessToken)?;
+        Ok(Holder {
+            user,
+            session_id: claims.sid,
+            amr: claims.amr,
+        })
     }
 
     /// With TOTP on, a credential change needs a session that used it.
@@ -207,7 +237,7 @@ impl Auth {
         &self,
         req: EnrollTotpRequest,
     ) -> Result<EnrollTotpResponse, AuthError> {
-        let user = self.token_user(&req.user_id).await?;
+        let Holder { user, .. } = self.holder(&req.access_token).await?;
         let enrolment = self
             .mfa
             .enroll(user.id, &user.email)
@@ -234,7 +264,9 @@ impl Auth {
         &self,
         req: ConfirmTotpRequest,
     ) -> Result<ConfirmTotpResponse, AuthError> {
-        let user = self.token_user(&req.user_id).await?;
+        let Holder {
+            user, session_id, ..
+        } = self.holder(&req.access_token).await?;
         // The password first: with a stolen access token alone, an attacker could
         // otherwise put their own authenticator on the account and shut the owner out
         // (a password reset does not remove the factor).
@@ -266,7 +298,7 @@ impl Auth {
         };
         self.end_sessions(
             user.id,
-            Some(&req.session_id),
+            Some(&session_id),
             "mfa_enabled",
             req.client.clone(),
             None,
@@ -279,7 +311,7 @@ impl Auth {
         &self,
         req: DisableTotpRequest,
     ) -> Result<DisableTotpResponse, AuthError> {
-        let user = self.token_user(&req.user_id).await?;
+        let Holder { user, amr, .. } = self.holder(&req.access_token).await?;
         if !self
             .mfa
             .is_enabled(user.id)
@@ -288,7 +320,7 @@ impl Auth {
         {
             return Err(AuthError::Precondition("TOTP is not on"));
         }
-        self.require_second_factor(user.id, &req.amr).await?;
+        self.require_second_factor(user.id, &amr).await?;
         let checked = async {
             if !req.code.is_empty() {
                 Ok(self

@@ -941,8 +941,11 @@ impl AuthService for Auth {
         request: Request<ListApiKeysRequest>,
     ) -> Result<Response<ListApiKeysResponse>, Status> {
         authorize(&request, &["gateway"])?;
-        let user_id = uuid::Uuid::parse_str(&request.into_inner().user_id)
-            .map_err(|_| Status::invalid_argument("user_id"))?;
+        let user_id = self
+            .holder(&request.into_inner().access_token)
+            .await?
+            .user
+            .id;
         let keys = self
             .api_keys
             .list(user_id)
@@ -960,8 +963,7 @@ impl AuthService for Auth {
     ) -> Result<Response<RevokeApiKeyResponse>, Status> {
         authorize(&request, &["gateway"])?;
         let req = request.into_inner();
-        let user_id =
-            uuid::Uuid::parse_str(&req.user_id).map_err(|_| Status::invalid_argument("user_id"))?;
+        let user_id = self.holder(&req.access_token).await?.user.id;
         let key_id =
             uuid::Uuid::parse_str(&req.key_id).map_err(|_| Status::not_found("no such API key"))?;
         let event = self

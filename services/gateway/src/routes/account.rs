@@ -39,12 +39,10 @@ pub async fn change_password(
         .auth
         .clone()
         .change_password(ChangePasswordRequest {
-            user_id: auth.claims.sub,
-            session_id: auth.claims.sid,
+            access_token: auth.token,
             current_password,
             new_password,
             client: Some(client.to_proto()),
-            amr: auth.claims.amr,
         })
         .await?
         .into_inner();

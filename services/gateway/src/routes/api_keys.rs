@@ -88,12 +88,11 @@ pub async fn create(
         .auth
         .clone()
         .create_api_key(CreateApiKeyRequest {
-            user_id: auth.claims.sub,
+            access_token: auth.token,
             name,
             scopes,
             expires_in_days,
             client: Some(client.to_proto()),
-            amr: auth.claims.amr,
             password,
         })
         .await?
@@ -111,7 +110,7 @@ pub async fn list(state: web::Data<State>, auth: Authenticated) -> Result<HttpRe
         .auth
         .clone()
         .list_api_keys(ListApiKeysRequest {
-            user_id: auth.claims.sub,
+            access_token: auth.token,
         })
         .await?
         .into_inner()
@@ -130,7 +129,7 @@ pub async fn revoke(
         .auth
         .clone()
         .revoke_api_key(RevokeApiKeyRequest {
-            user_id: auth.claims.sub,
+            access_token: auth.token,
             key_id: id.into_inner(),
             client: Some(client.to_proto()),
         })

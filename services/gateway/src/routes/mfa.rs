@@ -62,8 +62,7 @@ pub async fn enroll(
         .auth
         .clone()
         .enroll_totp(EnrollTotpRequest {
-            user_id: auth.claims.sub,
-            amr: auth.claims.amr,
+            access_token: auth.token,
             client: Some(client.to_proto()),
         })
         .await?
@@ -100,8 +99,7 @@ pub async fn confirm(
         .auth
         .clone()
         .confirm_totp(ConfirmTotpRequest {
-            user_id: auth.claims.sub,
-            session_id: auth.claims.sid,
+            access_token: auth.token,
             code,
             password,
             client: Some(client.to_proto()),
@@ -139,8 +137,7 @@ pub async fn disable(
         .auth
         .clone()
         .disable_totp(DisableTotpRequest {
-            user_id: auth.claims.sub,
-            amr: auth.claims.amr,
+            access_token: auth.token,
             code,
             password,
             client: Some(client.to_proto()),

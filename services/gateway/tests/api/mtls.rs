@@ -14,6 +14,24 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::helpers::{field, me_status, signed_in};
 
+/// The status code of a refused call; `None` if it was answered.
+fn code<T>(result: Result<tonic::Response<T>, tonic::Status>) -> Option<tonic::Code> {
+    result.err().map(|s| s.code())
+}
+
+/// `token` with one character of its signature's middle changed.
+fn forged(token: &str) -> String {
+    let middle = token.len() / 2;
+    let flipped = if &token[middle..=middle] == "A" {
+        "B"
+    } else {
+        "A"
+    };
+    let mut forged = token.to_owned();
+    forged.replace_range(middle..=middle, flipped);
+    forged
+}
+
 /// A channel to `url` presenting a certificate for `identity` issued by `pki`.
 async fn as_service(
     pki: &TestPki,
@@ -270,17 +288,9 @@ async fn the_gateways_certificate_alone_cannot_act_as_an_admin() -> anyhow::Resu
         roles: vec!["user".into(), "admin".into()],
         client: None,
     };
-    let code = |result: Result<tonic::Response<_>, tonic::Status>| result.err().map(|s| s.code());
 
     // No token, a forged one, the user's own: refused, and nothing changed.
-    let middle = admin_token.len() / 2;
-    let flipped = if &admin_token[middle..=middle] == "A" {
-        "B"
-    } else {
-        "A"
-    };
-    let mut forged = admin_token.clone();
-    forged.replace_range(middle..=middle, flipped);
+    let forged = forged(&admin_token);
     for (token, expected) in [
         ("", tonic::Code::Unauthenticated),
         (forged.as_str(), tonic::Code::Unauthenticated),
@@ -319,6 +329,150 @@ async fn the_gateways_certificate_alone_cannot_act_as_an_admin() -> anyhow::Resu
             let answer = as_gateway.set_user_roles(request).await;
             Ok(answer.err().map(|s| s.code()))
         }
+    })
+    .await?;
+    assert_eq!(answer, tonic::Code::Unauthenticated);
+    stack.stop().await;
+    Ok(())
+}
+
+/// The account actions (TOTP, password change, API keys) read the user, session and
+/// `amr` from the caller's access token, checked by auth: the gateway's certificate
+/// names no account, so a gateway (or anything holding its certificate) cannot list,
+/// revoke or mint an account's keys, nor start a TOTP enrolment, with no live token
+/// of the account's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateways_certificate_alone_cannot_act_on_an_account() -> anyhow::Result<()> {
+    use aia_proto::auth::v1::{
+        ChangePasswordRequest, ConfirmTotpRequest, CreateApiKeyRequest, DisableTotpRequest,
+        EnrollTotpRequest, ListApiKeysRequest, RevokeApiKeyRequest,
+    };
+
+    let pki = TestPki::new()?;
+    let stack = Stack::start_mtls(&pki).await?;
+    let owner = signed_in(&stack).await?;
+    let owner_token = field(&owner, "access_token").to_owned();
+    let (_, key_id) = crate::helpers::api_key(&stack, &owner_token, &["api:access"]).await?;
+    let stranger = signed_in(&stack).await?;
+    let stranger_token = field(&stranger, "access_token").to_owned();
+    let mut as_gateway =
+        AuthServiceClient::new(as_service(&pki, "gateway", &stack.auth.url(), "auth").await?);
+    let password = crate::helpers::PASSWORD.to_owned();
+    let listed = |access_token: &str| ListApiKeysRequest {
+        access_token: access_token.to_owned(),
+    };
+
+    // No token or a forged one: every account action is refused before it looks at
+    // anything else (right password and all).
+    for token in [String::new(), forged(&owner_token)] {
+        let access_token = token.clone();
+        let refused = [
+            code(as_gateway.list_api_keys(listed(&token)).await),
+            code(
+                as_gateway
+                    .revoke_api_key(RevokeApiKeyRequest {
+                        access_token: access_token.clone(),
+                        key_id: key_id.clone(),
+                        client: None,
+                    })
+                    .await,
+            ),
+            code(
+                as_gateway
+                    .create_api_key(CreateApiKeyRequest {
+                        access_token: access_token.clone(),
+                        name: "minted".into(),
+                        scopes: vec!["api:access".into()],
+                        password: password.clone(),
+                        ..Default::default()
+                    })
+                    .await,
+            ),
+            code(
+                as_gateway
+                    .enroll_totp(EnrollTotpRequest {
+                        access_token: access_token.clone(),
+                        client: None,
+                    })
+                    .await,
+            ),
+            code(
+                as_gateway
+                    .confirm_totp(ConfirmTotpRequest {
+                        access_token: access_token.clone(),
+                        code: "000000".into(),
+                        password: password.clone(),
+                        ..Default::default()
+                    })
+                    .await,
+            ),
+            code(
+                as_gateway
+                    .disable_totp(DisableTotpRequest {
+                        access_token: access_token.clone(),
+                        password: password.clone(),
+                        ..Default::default()
+                    })
+                    .await,
+            ),
+            code(
+                as_gateway
+                    .change_password(ChangePasswordRequest {
+                        access_token,
+                        current_password: password.clone(),
+                        new_password: "an entirely new passphrase 7".into(),
+                        client: None,
+                    })
+                    .await,
+            ),
+        ];
+        assert_eq!(
+            refused,
+            [Some(tonic::Code::Unauthenticated); 7],
+            "{token:.12}"
+        );
+    }
+    // A token acts on its own account only: the stranger sees no key and cannot
+    // revoke the owner's.
+    let keys_of = |answer: Result<tonic::Response<aia_proto::auth::v1::ListApiKeysResponse>, _>| {
+        answer.map(|r| {
+            r.into_inner()
+                .keys
+                .into_iter()
+                .map(|k| k.id)
+                .collect::<Vec<_>>()
+        })
+    };
+    assert_eq!(
+        keys_of(as_gateway.list_api_keys(listed(&stranger_token)).await)?,
+        Vec::<String>::new()
+    );
+    let revoke = as_gateway
+        .revoke_api_key(RevokeApiKeyRequest {
+            access_token: stranger_token.clone(),
+            key_id: key_id.clone(),
+            client: None,
+        })
+        .await;
+    assert_eq!(code(revoke), Some(tonic::Code::NotFound));
+    assert_eq!(
+        keys_of(as_gateway.list_api_keys(listed(&owner_token)).await)?,
+        vec![key_id.clone()]
+    );
+
+    // Once the owner logs out, a copy of their token kept by the gateway is worth
+    // nothing.
+    let logout = stack
+        .http()
+        .post(stack.url("/v1/auth/logout"))
+        .bearer_auth(&owner_token)
+        .send()
+        .await?;
+    assert_eq!(logout.status(), StatusCode::NO_CONTENT);
+    let answer = aia_testkit::eventually(std::time::Duration::from_secs(10), || {
+        let mut as_gateway = as_gateway.clone();
+        let request = listed(&owner_token);
+        async move { Ok(code(as_gateway.list_api_keys(request).await)) }
     })
     .await?;
     assert_eq!(answer, tonic::Code::Unauthenticated);
