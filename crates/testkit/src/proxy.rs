@@ -22,6 +22,9 @@ pub enum Mode {
     /// Hold the connections accepted before the n-th (counting from 0), as `Pause`
     /// does; forward the others (a long-lived stream held while new calls pass).
     HoldOlderThan(u64),
+    /// Forward the connections accepted before the n-th; close the others and refuse
+    /// new ones (a long-lived stream kept while new calls fail).
+    RefuseNewerThan(u64),
 }
 
 /// A running proxy; stops when dropped.
@@ -55,7 +58,8 @@ async fn pump(
             Mode::Refuse => return,
             Mode::Pause => true,
             Mode::HoldOlderThan(n) => index < n,
-            Mode::Forward => false,
+            Mode::RefuseNewerThan(n) if index >= n => return,
+            Mode::RefuseNewerThan(_) | Mode::Forward => false,
         };
         if held {
             if mode.changed().await.is_err() {
@@ -93,7 +97,9 @@ impl TcpProxy {
         let counted = accepted.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                if *modes.borrow() == Mode::Refuse {
+                // A new connection's index is at least the count any
+                // `RefuseNewerThan` was given.
+                if matches!(*modes.borrow(), Mode::Refuse | Mode::RefuseNewerThan(_)) {
                     drop(client);
                     continue;
                 }

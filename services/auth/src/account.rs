@@ -43,6 +43,7 @@ impl Auth {
             user,
             session_id,
             amr,
+            ..
         } = self.holder(&req.access_token).await?;
         let user_id = user.id;
         self.require_second_factor(user_id, &amr).await?;

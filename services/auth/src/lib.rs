@@ -30,6 +30,7 @@ mod lockout;
 mod mailer;
 mod mfa;
 mod mfa_flows;
+mod own_sessions;
 mod policy;
 mod reseal;
 mod schema;

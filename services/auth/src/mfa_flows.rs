@@ -36,6 +36,8 @@ pub(crate) struct Holder {
     pub session_id: String,
     /// How that session was opened.
     pub amr: Vec<String>,
+    /// The token's `exp` (Unix seconds).
+    pub expires_at: i64,
 }
 
 impl Auth {
@@ -210,6 +212,7 @@ impl Auth {
             user,
             session_id: claims.sid,
             amr: claims.amr,
+            expires_at: claims.exp,
         })
     }
 

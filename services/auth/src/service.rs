@@ -9,15 +9,16 @@ use aia_proto::auth::v1::{
     ApiKeyInfo, AuthenticateApiKeyRequest, AuthenticateApiKeyResponse, ChangePasswordRequest,
     ChangePasswordResponse, Claims, CompleteMfaLoginRequest, ConfirmTotpRequest,
     ConfirmTotpResponse, CreateApiKeyRequest, CreateApiKeyResponse, DisableTotpRequest,
-    DisableTotpResponse, EmailRequest, EmailResponse, EnrollTotpRequest, EnrollTotpResponse,
+    DisableTotpResponse, EmailRequest, EmailResponse, EndOwnSessionRequest, EndOwnSessionResponse,
+    EndOwnSessionsRequest, EndOwnSessionsResponse, EnrollTotpRequest, EnrollTotpResponse,
     GetJwksRequest, GetJwksResponse, GetUserRequest, ListApiKeysRequest, ListApiKeysResponse,
-    ListUsersRequest, ListUsersResponse, LoginRequest, LoginResponse, LogoutRequest,
-    LogoutResponse, RefreshRequest, RegisterRequest, RegisterResponse, ResetPasswordRequest,
-    ResetPasswordResponse, RevokeApiKeyRequest, RevokeApiKeyResponse, RevokeTokenRequest,
-    RevokeTokenResponse, SetUserDisabledRequest, SetUserDisabledResponse, SetUserRolesRequest,
-    SetUserRolesResponse, TokenPair, UnlockUserRequest, UnlockUserResponse, User as UserMessage,
-    ValidateTokenRequest, ValidateTokenResponse, VerifyEmailRequest, VerifyEmailResponse,
-    login_response,
+    ListOwnSessionsRequest, ListUsersRequest, ListUsersResponse, LoginRequest, LoginResponse,
+    LogoutRequest, LogoutResponse, RefreshRequest, RegisterRequest, RegisterResponse,
+    ResetPasswordRequest, ResetPasswordResponse, RevokeApiKeyRequest, RevokeApiKeyResponse,
+    RevokeTokenRequest, RevokeTokenResponse, SetUserDisabledRequest, SetUserDisabledResponse,
+    SetUserRolesRequest, SetUserRolesResponse, TokenPair, UnlockUserRequest, UnlockUserResponse,
+    User as UserMessage, ValidateTokenRequest, ValidateTokenResponse, VerifyEmailRequest,
+    VerifyEmailResponse, login_response,
 };
 use aia_proto::session::v1 as session;
 use aia_proto::session::v1::session_service_client::SessionServiceClient;
@@ -1101,6 +1102,39 @@ impl AuthService for Auth {
         Ok(Response::new(GetJwksResponse {
             jwks_json: self.keys.ring().jwks_json.clone(),
         }))
+    }
+
+    #[tracing::instrument(level = "debug", name = "auth.list_own_sessions", skip_all)]
+    async fn list_own_sessions(
+        &self,
+        request: Request<ListOwnSessionsRequest>,
+    ) -> Result<Response<session::ListSessionsResponse>, Status> {
+        authorize(&request, &["gateway"])?;
+        Ok(Response::new(
+            Auth::list_own_sessions(self, request.into_inner()).await?,
+        ))
+    }
+
+    #[tracing::instrument(level = "info", name = "auth.end_own_session", skip_all)]
+    async fn end_own_session(
+        &self,
+        request: Request<EndOwnSessionRequest>,
+    ) -> Result<Response<EndOwnSessionResponse>, Status> {
+        authorize(&request, &["gateway"])?;
+        Ok(Response::new(
+            Auth::end_own_session(self, request.into_inner()).await?,
+        ))
+    }
+
+    #[tracing::instrument(level = "info", name = "auth.end_own_sessions", skip_all)]
+    async fn end_own_sessions(
+        &self,
+        request: Request<EndOwnSessionsRequest>,
+    ) -> Result<Response<EndOwnSessionsResponse>, Status> {
+        authorize(&request, &["gateway"])?;
+        Ok(Response::new(
+            Auth::end_own_sessions(self, request.into_inner()).await?,
+        ))
     }
 }
 

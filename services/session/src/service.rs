@@ -356,7 +356,9 @@ impl SessionService for Sessions {
         &self,
         request: Request<RevokeRequest>,
     ) -> Result<Response<RevokeResponse>, Status> {
-        authorize(&request, &["auth", "gateway"])?;
+        // Auth alone: it verified the token of the user it names (a user ending one
+        // of their sessions goes through auth's EndOwnSession).
+        authorize(&request, &["auth"])?;
         let req = request.into_inner();
         let session_id = uuid_arg(&req.session_id, "session_id")?;
         let user_id = uuid_arg(&req.user_id, "user_id")?;
@@ -481,7 +483,8 @@ impl SessionService for Sessions {
         &self,
         request: Request<ListSessionsRequest>,
     ) -> Result<Response<ListSessionsResponse>, Status> {
-        authorize(&request, &["gateway"])?;
+        // Auth alone (ListOwnSessions), which read the user from their verified token.
+        authorize(&request, &["auth"])?;
         let user_id = uuid_arg(&request.into_inner().user_id, "user_id")?;
         let rows = self
             .store
@@ -508,7 +511,9 @@ impl SessionService for Sessions {
         &self,
         request: Request<RevokeUserSessionsRequest>,
     ) -> Result<Response<RevokeUserSessionsResponse>, Status> {
-        authorize(&request, &["gateway", "auth"])?;
+        // Auth alone: a user's own request comes through EndOwnSessions, with their
+        // verified token; a password change, reset or admin action from auth itself.
+        authorize(&request, &["auth"])?;
         let req = request.into_inner();
         let user_id = uuid_arg(&req.user_id, "user_id")?;
         let keep = match req.except_session_id.as_str() {

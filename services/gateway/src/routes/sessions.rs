@@ -1,10 +1,11 @@
 //! `/v1/auth/sessions` and `/v1/auth/logout-all`: a user sees and ends their own
-//! sessions. The user is always the one the bearer token names; a session id of
+//! sessions. The user is always the one the bearer token names, and auth reads it
+//! from the token itself (session answers these for auth alone); a session id of
 //! someone else is answered like an unknown one (404).
 
 use actix_web::http::header;
 use actix_web::{HttpResponse, web};
-use aia_proto::session::v1::{ListSessionsRequest, RevokeRequest, RevokeUserSessionsRequest};
+use aia_proto::auth::v1::{EndOwnSessionRequest, EndOwnSessionsRequest, ListOwnSessionsRequest};
 
 use crate::authn::Authenticated;
 use crate::client::Client;
@@ -20,10 +21,10 @@ fn rfc3339(t: Option<prost_types::Timestamp>) -> Option<String> {
 /// `GET /v1/auth/sessions`: live sessions, newest first, the caller's marked current.
 pub async fn list(state: web::Data<State>, auth: Authenticated) -> Result<HttpResponse, Problem> {
     let sessions = state
-        .session
+        .auth
         .clone()
-        .list_sessions(ListSessionsRequest {
-            user_id: auth.claims.sub.clone(),
+        .list_own_sessions(ListOwnSessionsRequest {
+            access_token: auth.token.clone(),
         })
         .await?
         .into_inner()
@@ -56,17 +57,15 @@ pub async fn revoke_one(
 ) -> Result<HttpResponse, Problem> {
     let id = uuid::Uuid::parse_str(&id).map_err(|_| Problem::not_found())?;
     state
-        .session
+        .auth
         .clone()
-        .revoke(RevokeRequest {
+        .end_own_session(EndOwnSessionRequest {
+            access_token: auth.token,
             session_id: id.to_string(),
-            access_jti: String::new(),
-            access_expires_at: None,
             client: Some(client.to_proto()),
-            user_id: auth.claims.sub,
         })
         .await?;
-    // Session answered (it refuses a session that is not the caller's): refused here
+    // Auth answered (it refuses a session that is not the caller's): refused here
     // from the next request on, the caller's own or another (see logout). Its tokens
     // all expire within the access-token lifetime from now.
     let ttl = i64::try_from(state.access_ttl.as_secs()).unwrap_or(i64::MAX);
@@ -84,23 +83,12 @@ async fn revoke_all(
     keep_current: bool,
 ) -> Result<u32, Problem> {
     Ok(state
-        .session
+        .auth
         .clone()
-        .revoke_user_sessions(RevokeUserSessionsRequest {
-            user_id: auth.claims.sub.clone(),
-            except_session_id: if keep_current {
-                auth.claims.sid.clone()
-            } else {
-                String::new()
-            },
-            reason: if keep_current {
-                "revoke_others"
-            } else {
-                "logout_all"
-            }
-            .to_owned(),
+        .end_own_sessions(EndOwnSessionsRequest {
+            access_token: auth.token.clone(),
+            keep_current,
             client: Some(client.to_proto()),
-            actor_id: String::new(),
         })
         .await?
         .into_inner()

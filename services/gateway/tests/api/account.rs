@@ -374,9 +374,12 @@ async fn a_change_still_hashing_when_a_reset_commits_does_not_undo_it() -> anyho
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_a_change_must_end_are_ended_once_session_is_back() -> anyhow::Result<()> {
     // A change commits, then its call to end the other sessions fails (session
-    // unreachable from this auth replica): the password did change (so the answer
+    // stops answering this auth replica): the password did change (so the answer
     // says so: a retry could not succeed), and a stolen session must not keep
-    // refreshing.
+    // refreshing. (Auth checks the caller's token before the change, against its
+    // copy of the blacklist, which its stream keeps current: the stream's connection
+    // stays up while calls fail. With session unreachable and no current copy, auth
+    // would refuse the change with 503 before writing anything.)
     let mut stack = Stack::start().await?;
     let proxy = aia_testkit::proxy::TcpProxy::start(stack.session.main).await?;
     let auth = stack
@@ -389,7 +392,14 @@ async fn sessions_a_change_must_end_are_ended_once_session_is_back() -> anyhow::
     register(&stack, &email).await?;
     let owner = login(&stack, &email).await?;
     let thief = login(&stack, &email).await?;
-    proxy.refuse();
+    // The replica's only connection to session so far is its revocation stream's
+    // (calls connect on first use).
+    aia_testkit::eventually(std::time::Duration::from_secs(10), || async {
+        Ok((proxy.accepted() > 0).then_some(()))
+    })
+    .await?;
+    assert_eq!(proxy.accepted(), 1);
+    proxy.set(aia_testkit::proxy::Mode::RefuseNewerThan(1));
     let changed = stack
         .http()
         .post(format!("{}/v1/auth/password/change", gateway.url()))

@@ -479,3 +479,124 @@ async fn the_gateways_certificate_alone_cannot_act_on_an_account() -> anyhow::Re
     stack.stop().await;
     Ok(())
 }
+
+/// A user's sessions are listed and ended through auth, which reads the user from
+/// their verified token: session answers those calls for auth alone, so the
+/// gateway's certificate can neither list a user's sessions (addresses, browsers)
+/// nor log them out by naming them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateways_certificate_alone_cannot_touch_a_users_sessions() -> anyhow::Result<()> {
+    use aia_proto::auth::v1::{
+        EndOwnSessionRequest, EndOwnSessionsRequest, ListOwnSessionsRequest,
+    };
+    use aia_proto::session::v1::{ListSessionsRequest, RevokeRequest, RevokeUserSessionsRequest};
+
+    let pki = TestPki::new()?;
+    let stack = Stack::start_mtls(&pki).await?;
+    let owner = signed_in(&stack).await?;
+    let owner_token = field(&owner, "access_token").to_owned();
+    let owner_id = crate::helpers::user_id(&stack, &owner_token).await?;
+    let stranger = signed_in(&stack).await?;
+    let stranger_token = field(&stranger, "access_token").to_owned();
+    let mut auth =
+        AuthServiceClient::new(as_service(&pki, "gateway", &stack.auth.url(), "auth").await?);
+    let mut session = SessionServiceClient::new(
+        as_service(&pki, "gateway", &stack.session.url(), "session").await?,
+    );
+    let sessions_of = |access_token: &str| ListOwnSessionsRequest {
+        access_token: access_token.to_owned(),
+    };
+    let owner_session = auth
+        .list_own_sessions(sessions_of(&owner_token))
+        .await?
+        .into_inner()
+        .sessions
+        .into_iter()
+        .map(|s| s.id)
+        .collect::<Vec<_>>();
+    assert_eq!(owner_session.len(), 1);
+    let owner_session = owner_session.concat();
+
+    // Straight to session, naming the owner: refused.
+    let refused = [
+        code(
+            session
+                .list_sessions(ListSessionsRequest {
+                    user_id: owner_id.clone(),
+                })
+                .await,
+        ),
+        code(
+            session
+                .revoke_user_sessions(RevokeUserSessionsRequest {
+                    user_id: owner_id.clone(),
+                    reason: "logout_all".into(),
+                    ..Default::default()
+                })
+                .await,
+        ),
+        code(
+            session
+                .revoke(RevokeRequest {
+                    session_id: owner_session.clone(),
+                    user_id: owner_id.clone(),
+                    ..Default::default()
+                })
+                .await,
+        ),
+    ];
+    assert_eq!(refused, [Some(tonic::Code::PermissionDenied); 3]);
+
+    // Through auth, without the owner's live token: refused too.
+    for token in [String::new(), forged(&owner_token)] {
+        let refused = [
+            code(auth.list_own_sessions(sessions_of(&token)).await),
+            code(
+                auth.end_own_session(EndOwnSessionRequest {
+                    access_token: token.clone(),
+                    session_id: owner_session.clone(),
+                    client: None,
+                })
+                .await,
+            ),
+            code(
+                auth.end_own_sessions(EndOwnSessionsRequest {
+                    access_token: token.clone(),
+                    keep_current: false,
+                    client: None,
+                })
+                .await,
+            ),
+        ];
+        assert_eq!(
+            refused,
+            [Some(tonic::Code::Unauthenticated); 3],
+            "{token:.12}"
+        );
+    }
+    // Another user's token ends no session of the owner's: as if there were none.
+    let ended = auth
+        .end_own_session(EndOwnSessionRequest {
+            access_token: stranger_token.clone(),
+            session_id: owner_session.clone(),
+            client: None,
+        })
+        .await;
+    assert_eq!(code(ended), Some(tonic::Code::NotFound));
+    assert_eq!(me_status(&stack, &owner_token).await?, StatusCode::OK);
+    // "Log out everywhere" with the stranger's token ends the stranger's session only.
+    let ended = auth
+        .end_own_sessions(EndOwnSessionsRequest {
+            access_token: stranger_token.clone(),
+            keep_current: false,
+            client: None,
+        })
+        .await?
+        .into_inner()
+        .revoked;
+    assert_eq!(ended, 1);
+    assert_eq!(me_status(&stack, &owner_token).await?, StatusCode::OK);
+    crate::helpers::eventually_status(&stack, &stranger_token, StatusCode::UNAUTHORIZED).await?;
+    stack.stop().await;
+    Ok(())
+}
