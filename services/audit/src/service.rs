@@ -16,6 +16,12 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
+/// Who may read the trail (Query, Stream, Summary, QueryUsage): auth alone, which
+/// verifies the token of the user or admin it reads for (`QueryOwnEvents`,
+/// `Admin*Events`). The trail holds every user's addresses and activity; the
+/// gateway's certificate alone reads none of it.
+const READERS: &[&str] = &["auth"];
+
 use crate::event::{EventRow, NewEvent};
 use crate::schema::events;
 
@@ -174,7 +180,7 @@ impl AuditService for Audit {
         &self,
         request: Request<QueryRequest>,
     ) -> Result<Response<QueryResponse>, Status> {
-        authorize(&request, &["gateway"])?;
+        authorize(&request, READERS)?;
         let q = request.into_inner();
         let limit = match q.limit {
             0 => 100,
@@ -223,7 +229,7 @@ impl AuditService for Audit {
         &self,
         request: Request<StreamRequest>,
     ) -> Result<Response<Self::StreamStream>, Status> {
-        authorize(&request, &["gateway"])?;
+        authorize(&request, READERS)?;
         let r = request.into_inner();
         let filter = r.filter.unwrap_or_default();
         // Check the filter once, before anything is streamed.
@@ -324,7 +330,7 @@ impl AuditService for Audit {
         &self,
         request: Request<SummaryRequest>,
     ) -> Result<Response<SummaryResponse>, Status> {
-        authorize(&request, &["gateway"])?;
+        authorize(&request, READERS)?;
         let q = request.into_inner();
         let window = match q.window_seconds {
             0 => 3600,
@@ -427,7 +433,7 @@ impl AuditService for Audit {
         &self,
         request: Request<QueryUsageRequest>,
     ) -> Result<Response<QueryUsageResponse>, Status> {
-        authorize(&request, &["gateway"])?;
+        authorize(&request, READERS)?;
         let counts = crate::usage::query(&self.pool, request.into_inner()).await?;
         Ok(Response::new(QueryUsageResponse { counts }))
     }

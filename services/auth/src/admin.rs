@@ -14,6 +14,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::domain::Invalid;
 use crate::error::AuthError;
+use crate::mfa_flows::Holder;
 use crate::service::Auth;
 use crate::users::AdminChange;
 
@@ -21,11 +22,16 @@ impl Auth {
     /// The acting admin: the subject of `access_token` (verified here: signature,
     /// expiry, revocation), if they are an active admin now.
     pub(crate) async fn require_admin(&self, access_token: &str) -> Result<uuid::Uuid, AuthError> {
-        let actor = self.holder(access_token).await?.user;
-        if !crate::users::active_admin(&actor.roles, actor.disabled_at) {
+        Ok(self.admin(access_token).await?.user.id)
+    }
+
+    /// [`Auth::require_admin`], with what the token says.
+    pub(crate) async fn admin(&self, access_token: &str) -> Result<Holder, AuthError> {
+        let holder = self.holder(access_token).await?;
+        if !crate::users::active_admin(&holder.user.roles, holder.user.disabled_at) {
             return Err(AuthError::Forbidden);
         }
-        Ok(actor.id)
+        Ok(holder)
     }
 
     pub(crate) async fn list_users(

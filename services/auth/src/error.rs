@@ -59,6 +59,10 @@ pub enum AuthError {
     /// No such user.
     #[error("user not found")]
     NotFound,
+    /// Audit refused a read's filter (a bad cursor, a window out of range): its
+    /// message is for the caller, passed on as it is.
+    #[error("{0}")]
+    AuditRefused(String),
     /// Too many failed logins (throttle or lock); retry after this long.
     #[error("too many failed logins; retry later")]
     Throttled(std::time::Duration),
@@ -118,7 +122,9 @@ impl From<AuthError> for Status {
             AuthError::NotFound => Status::not_found(e.to_string()),
             AuthError::PasswordChangedMeanwhile => Status::aborted(e.to_string()),
             AuthError::EmailNotVerified => Status::failed_precondition(e.to_string()),
-            AuthError::InvalidEmailToken => Status::invalid_argument(e.to_string()),
+            AuthError::InvalidEmailToken | AuthError::AuditRefused(_) => {
+                Status::invalid_argument(e.to_string())
+            }
             AuthError::WrongCurrentPassword
             | AuthError::Forbidden
             | AuthError::WrongCode

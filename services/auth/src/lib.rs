@@ -36,11 +36,13 @@ mod reseal;
 mod schema;
 mod service;
 mod sessions_due;
+mod trail;
 mod users;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use aia_proto::audit::v1::audit_service_client::AuditServiceClient;
 use aia_proto::auth::v1::auth_service_server::AuthServiceServer;
 use aia_proto::session::v1::session_service_client::SessionServiceClient;
 use aia_settings::AuthSettings;
@@ -128,6 +130,14 @@ pub async fn build(
     let deferred =
         deferred::Deferred::for_pool(tracker.clone(), settings.common.database_pool_size);
     let session = SessionServiceClient::new(aia_telemetry::otel::traced(session));
+    // Reads of the trail for the gateway's routes (`trail`); a stream's body is not
+    // bound by the timeout, only its answer.
+    let audit_reads = AuditServiceClient::new(aia_telemetry::otel::traced(
+        aia_telemetry::tls::endpoint(&settings.audit_url, tls.as_ref(), "audit")
+            .context("AUDIT_GRPC_URL")?
+            .timeout(Duration::from_secs(10))
+            .connect_lazy(),
+    ));
     let sessions_due = sessions_due::spawn(
         users::UserStore::new(pg.clone()),
         session.clone(),
@@ -148,6 +158,7 @@ pub async fn build(
         session,
         revocations,
         audit,
+        audit_reads,
         deferred,
     };
     let app = GrpcApplication::bind(

@@ -3,8 +3,13 @@
 use std::sync::Arc;
 
 use aia_audit_client::AuditClient;
+use aia_proto::audit::v1 as audit;
 use aia_proto::audit::v1::Outcome;
 use aia_proto::auth::v1::auth_service_server::AuthService;
+use aia_proto::auth::v1::{
+    AdminQueryEventsRequest, AdminQueryUsageRequest, AdminStreamEventsRequest,
+    AdminSummarizeEventsRequest, QueryOwnEventsRequest,
+};
 use aia_proto::auth::v1::{
     ApiKeyInfo, AuthenticateApiKeyRequest, AuthenticateApiKeyResponse, ChangePasswordRequest,
     ChangePasswordResponse, Claims, CompleteMfaLoginRequest, ConfirmTotpRequest,
@@ -59,6 +64,9 @@ pub struct Auth {
     /// `ValidateToken` asks `session.IsRevoked` only while the copy is not fresh.
     pub(crate) revocations: Arc<aia_revocations::RevocationCache>,
     pub(crate) audit: AuditClient,
+    /// Audit, for the reads of the trail auth makes for verified callers (`trail`).
+    pub(crate) audit_reads:
+        aia_proto::audit::v1::audit_service_client::AuditServiceClient<TracedChannel>,
     /// Work done after its request was answered (see `Auth::answer_first`),
     /// bounded and waited for at shutdown.
     pub(crate) deferred: crate::deferred::Deferred,
@@ -1134,6 +1142,63 @@ impl AuthService for Auth {
         authorize(&request, &["gateway"])?;
         Ok(Response::new(
             Auth::end_own_sessions(self, request.into_inner()).await?,
+        ))
+    }
+
+    #[tracing::instrument(level = "debug", name = "auth.query_own_events", skip_all)]
+    async fn query_own_events(
+        &self,
+        request: Request<QueryOwnEventsRequest>,
+    ) -> Result<Response<audit::QueryResponse>, Status> {
+        authorize(&request, &["gateway"])?;
+        Ok(Response::new(
+            Auth::query_own_events(self, request.into_inner()).await?,
+        ))
+    }
+
+    #[tracing::instrument(level = "debug", name = "auth.admin_query_events", skip_all)]
+    async fn admin_query_events(
+        &self,
+        request: Request<AdminQueryEventsRequest>,
+    ) -> Result<Response<audit::QueryResponse>, Status> {
+        authorize(&request, &["gateway"])?;
+        Ok(Response::new(
+            Auth::admin_query_events(self, request.into_inner()).await?,
+        ))
+    }
+
+    #[tracing::instrument(level = "debug", name = "auth.admin_summarize_events", skip_all)]
+    async fn admin_summarize_events(
+        &self,
+        request: Request<AdminSummarizeEventsRequest>,
+    ) -> Result<Response<audit::SummaryResponse>, Status> {
+        authorize(&request, &["gateway"])?;
+        Ok(Response::new(
+            Auth::admin_summarize_events(self, request.into_inner()).await?,
+        ))
+    }
+
+    type AdminStreamEventsStream = crate::trail::EventStream;
+
+    #[tracing::instrument(level = "debug", name = "auth.admin_stream_events", skip_all)]
+    async fn admin_stream_events(
+        &self,
+        request: Request<AdminStreamEventsRequest>,
+    ) -> Result<Response<Self::AdminStreamEventsStream>, Status> {
+        authorize(&request, &["gateway"])?;
+        Ok(Response::new(
+            Auth::admin_stream_events(self, request.into_inner()).await?,
+        ))
+    }
+
+    #[tracing::instrument(level = "debug", name = "auth.admin_query_usage", skip_all)]
+    async fn admin_query_usage(
+        &self,
+        request: Request<AdminQueryUsageRequest>,
+    ) -> Result<Response<audit::QueryUsageResponse>, Status> {
+        authorize(&request, &["gateway"])?;
+        Ok(Response::new(
+            Auth::admin_query_usage(self, request.into_inner()).await?,
         ))
     }
 }

@@ -150,7 +150,8 @@ pub async fn build(
         tls.as_ref(),
         shutdown.clone(),
     )?;
-    let audit_queries = AuditServiceClient::new(aia_telemetry::otel::traced(
+    // Usage counts go to audit; reads of the trail go through auth (`routes::security_events`).
+    let audit_usage = AuditServiceClient::new(aia_telemetry::otel::traced(
         aia_telemetry::tls::endpoint(&settings.audit_url, tls.as_ref(), "audit")
             .context("AUDIT_GRPC_URL")?
             .timeout(Duration::from_secs(10))
@@ -166,7 +167,7 @@ pub async fn build(
     let usage = Arc::new(usage::Usage::default());
     tokio::spawn(usage::report(
         usage.clone(),
-        audit_queries.clone(),
+        audit_usage,
         settings.usage_flush,
         shutdown.clone(),
     ));
@@ -181,7 +182,6 @@ pub async fn build(
         origins: cors::Origins::new(settings.cors_origins.clone()),
         rejections,
         usage,
-        audit: audit_queries,
         streams: Arc::default(),
         shutdown: shutdown.clone(),
     });

@@ -30,8 +30,6 @@ pub struct State {
     pub rejections: std::sync::Arc<crate::rejections::Rejections>,
     /// Usage counts not yet sent to audit.
     pub usage: std::sync::Arc<crate::usage::Usage>,
-    /// The audit service, for the security-event views.
-    pub audit: aia_proto::audit::v1::audit_service_client::AuditServiceClient<TracedChannel>,
     /// The open security-event streams, bounded.
     pub streams: std::sync::Arc<crate::streams::StreamSlots>,
     /// Cancelled when the gateway stops: long-lived responses (event streams) end.

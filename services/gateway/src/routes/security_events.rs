@@ -1,8 +1,14 @@
 //! The audit trail through the gateway: admins search it and see the monitoring
-//! summary; each user sees the recent security activity of their own account.
+//! summary; each user sees the recent security activity of their own account. Every
+//! read goes through auth, which verifies the caller's token (and an admin's role in
+//! the database): audit answers reads to auth alone.
 
 use actix_web::{HttpResponse, web};
-use aia_proto::audit::v1::{Outcome, QueryRequest, StoredEvent, SummaryRequest};
+use aia_proto::audit::v1::{Outcome, QueryRequest, QueryResponse, StoredEvent, SummaryRequest};
+use aia_proto::auth::v1::{
+    AdminQueryEventsRequest, AdminQueryUsageRequest, AdminStreamEventsRequest,
+    AdminSummarizeEventsRequest, QueryOwnEventsRequest,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -138,19 +144,14 @@ fn event_json(stored: StoredEvent) -> Value {
     })
 }
 
-async fn page(
-    state: &State,
-    query: QueryRequest,
-    shape: impl Fn(Value) -> Value,
-) -> Result<HttpResponse, Problem> {
-    let page = state.audit.clone().query(query).await?.into_inner();
+fn page(page: QueryResponse, shape: impl Fn(Value) -> Value) -> HttpResponse {
     let events: Vec<Value> = page
         .events
         .into_iter()
         .map(|e| shape(event_json(e)))
         .collect();
     let next = (!page.next_cursor.is_empty()).then_some(page.next_cursor);
-    Ok(HttpResponse::Ok().json(json!({"events": events, "next_cursor": next})))
+    HttpResponse::Ok().json(json!({"events": events, "next_cursor": next}))
 }
 
 /// `GET /v1/admin/security-events`: the audit trail, newest first, filtered,
@@ -168,7 +169,16 @@ pub async fn search(
         ));
     }
     let query = f.into_query()?;
-    page(&state, query, |e| e).await
+    let answer = state
+        .auth
+        .clone()
+        .admin_query_events(AdminQueryEventsRequest {
+            access_token: auth.token,
+            query: Some(query),
+        })
+        .await?
+        .into_inner();
+    Ok(page(answer, |e| e))
 }
 
 /// Query of the summary view.
@@ -193,11 +203,14 @@ pub async fn summary(
     require_admin(&auth)?;
     let q = query.into_inner();
     let s = state
-        .audit
+        .auth
         .clone()
-        .summary(SummaryRequest {
-            window_seconds: q.window,
-            top: q.top,
+        .admin_summarize_events(AdminSummarizeEventsRequest {
+            access_token: auth.token,
+            summary: Some(SummaryRequest {
+                window_seconds: q.window,
+                top: q.top,
+            }),
         })
         .await?
         .into_inner();
@@ -237,28 +250,27 @@ pub struct PageQuery {
     cursor: String,
 }
 
-/// The event families a user sees about their own account: logins (failed ones
-/// included: someone tried their password), sessions, credential and MFA changes,
-/// and what admins did to the account.
-const OWN_FAMILIES: [&str; 3] = ["auth.", "session.", "admin."];
-
 /// `GET /v1/auth/me/security-events`: the caller's own security activity, newest
-/// first.
+/// first (auth picks the events: its logins, sessions, credential and MFA changes,
+/// and what admins did to the account).
 pub async fn mine(
     state: web::Data<State>,
     auth: Authenticated,
     query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, Problem> {
     let q = query.into_inner();
-    let query = QueryRequest {
-        involving: auth.claims.sub.clone(),
-        type_prefixes: OWN_FAMILIES.iter().map(|f| (*f).to_owned()).collect(),
-        limit: q.limit,
-        cursor: q.cursor,
-        ..QueryRequest::default()
-    };
+    let answer = state
+        .auth
+        .clone()
+        .query_own_events(QueryOwnEventsRequest {
+            access_token: auth.token,
+            limit: q.limit,
+            cursor: q.cursor,
+        })
+        .await?
+        .into_inner();
     let me = auth.claims.sub;
-    page(&state, query, |e| about_me(e, &me)).await
+    Ok(page(answer, |e| about_me(e, &me)))
 }
 
 /// An event as the account's owner sees it: when someone else acted on the account
@@ -316,11 +328,14 @@ pub async fn stream(
     };
     let filter = f.into_query()?;
     let events = state
-        .audit
+        .auth
         .clone()
-        .stream(aia_proto::audit::v1::StreamRequest {
-            filter: Some(filter),
-            after_seq: after.max(0),
+        .admin_stream_events(AdminStreamEventsRequest {
+            access_token: auth.token.clone(),
+            stream: Some(aia_proto::audit::v1::StreamRequest {
+                filter: Some(filter),
+                after_seq: after.max(0),
+            }),
         })
         .await?
         .into_inner();
@@ -413,12 +428,15 @@ pub async fn usage(
     require_admin(&auth)?;
     let q = query.into_inner();
     let answer = state
-        .audit
+        .auth
         .clone()
-        .query_usage(aia_proto::audit::v1::QueryUsageRequest {
-            caller: q.caller,
-            since: timestamp("since", &q.since)?,
-            limit: q.limit,
+        .admin_query_usage(AdminQueryUsageRequest {
+            access_token: auth.token,
+            query: Some(aia_proto::audit::v1::QueryUsageRequest {
+                caller: q.caller,
+                since: timestamp("since", &q.since)?,
+                limit: q.limit,
+            }),
         })
         .await?
         .into_inner();

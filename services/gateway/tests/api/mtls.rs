@@ -59,9 +59,9 @@ async fn the_whole_flow_works_with_mtls_between_the_services() -> anyhow::Result
         .await?;
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
     assert_eq!(me_status(&stack, access).await?, StatusCode::UNAUTHORIZED);
-    // Audit events arrived over mTLS too.
+    // Audit events arrived over mTLS too (read as auth: audit's one reader).
     let mut audit =
-        AuditServiceClient::new(as_service(&pki, "gateway", &stack.audit.url(), "audit").await?);
+        AuditServiceClient::new(as_service(&pki, "auth", &stack.audit.url(), "audit").await?);
     let stored = aia_testkit::eventually(std::time::Duration::from_secs(10), || {
         let mut audit = audit.clone();
         async move {
@@ -597,6 +597,127 @@ async fn the_gateways_certificate_alone_cannot_touch_a_users_sessions() -> anyho
     assert_eq!(ended, 1);
     assert_eq!(me_status(&stack, &owner_token).await?, StatusCode::OK);
     crate::helpers::eventually_status(&stack, &stranger_token, StatusCode::UNAUTHORIZED).await?;
+    stack.stop().await;
+    Ok(())
+}
+
+/// The audit trail holds every user's addresses and activity: audit answers reads to
+/// auth alone, and auth reads for the holder of a live token only (an admin's, for
+/// anything but the holder's own events). The gateway's certificate alone reads none
+/// of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateways_certificate_alone_cannot_read_the_audit_trail() -> anyhow::Result<()> {
+    use aia_proto::audit::v1::{QueryRequest, QueryUsageRequest, StreamRequest, SummaryRequest};
+    use aia_proto::auth::v1::{
+        AdminQueryEventsRequest, AdminQueryUsageRequest, AdminStreamEventsRequest,
+        AdminSummarizeEventsRequest, QueryOwnEventsRequest,
+    };
+
+    let pki = TestPki::new()?;
+    let stack = Stack::start_mtls(&pki).await?;
+    let user = signed_in(&stack).await?;
+    let user_token = field(&user, "access_token").to_owned();
+    let user_id = crate::helpers::user_id(&stack, &user_token).await?;
+    let other = signed_in(&stack).await?;
+    let other_id = crate::helpers::user_id(&stack, field(&other, "access_token")).await?;
+    let admin = crate::helpers::admin(&stack).await?;
+    let admin_token = field(&admin, "access_token").to_owned();
+    let mut audit =
+        AuditServiceClient::new(as_service(&pki, "gateway", &stack.audit.url(), "audit").await?);
+    let mut auth =
+        AuthServiceClient::new(as_service(&pki, "gateway", &stack.auth.url(), "auth").await?);
+
+    // Straight to audit: no read at all.
+    let refused = [
+        code(audit.query(QueryRequest::default()).await),
+        code(audit.summary(SummaryRequest::default()).await),
+        code(audit.query_usage(QueryUsageRequest::default()).await),
+        code(audit.stream(StreamRequest::default()).await),
+    ];
+    assert_eq!(refused, [Some(tonic::Code::PermissionDenied); 4]);
+
+    // Through auth: the admin reads need an admin's live token.
+    let admin_reads = |token: &str| {
+        let mut auth = auth.clone();
+        let token = token.to_owned();
+        async move {
+            [
+                code(
+                    auth.admin_query_events(AdminQueryEventsRequest {
+                        access_token: token.clone(),
+                        query: Some(QueryRequest::default()),
+                    })
+                    .await,
+                ),
+                code(
+                    auth.admin_summarize_events(AdminSummarizeEventsRequest {
+                        access_token: token.clone(),
+                        summary: Some(SummaryRequest::default()),
+                    })
+                    .await,
+                ),
+                code(
+                    auth.admin_query_usage(AdminQueryUsageRequest {
+                        access_token: token.clone(),
+                        query: Some(QueryUsageRequest::default()),
+                    })
+                    .await,
+                ),
+                code(
+                    auth.admin_stream_events(AdminStreamEventsRequest {
+                        access_token: token,
+                        stream: Some(StreamRequest::default()),
+                    })
+                    .await,
+                ),
+            ]
+        }
+    };
+    assert_eq!(
+        admin_reads("").await,
+        [Some(tonic::Code::Unauthenticated); 4]
+    );
+    assert_eq!(
+        admin_reads(&forged(&admin_token)).await,
+        [Some(tonic::Code::Unauthenticated); 4]
+    );
+    assert_eq!(
+        admin_reads(&user_token).await,
+        [Some(tonic::Code::PermissionDenied); 4]
+    );
+    assert_eq!(admin_reads(&admin_token).await, [None; 4]);
+
+    // A user's own view holds their events only, whatever else is on the trail.
+    let everyone = auth
+        .admin_query_events(AdminQueryEventsRequest {
+            access_token: admin_token.clone(),
+            query: Some(QueryRequest::default()),
+        })
+        .await?
+        .into_inner()
+        .events;
+    let involves = |e: &aia_proto::audit::v1::StoredEvent, id: &str| {
+        e.event
+            .as_ref()
+            .is_some_and(|e| e.actor == id || e.subject == id)
+    };
+    assert!(everyone.iter().any(|e| involves(e, &other_id)));
+    let own = |token: &str| QueryOwnEventsRequest {
+        access_token: token.to_owned(),
+        limit: 0,
+        cursor: String::new(),
+    };
+    let mine = auth
+        .query_own_events(own(&user_token))
+        .await?
+        .into_inner()
+        .events;
+    assert!(!mine.is_empty());
+    assert!(mine.iter().all(|e| involves(e, &user_id)), "{mine:?}");
+    assert_eq!(
+        code(auth.query_own_events(own("")).await),
+        Some(tonic::Code::Unauthenticated)
+    );
     stack.stop().await;
     Ok(())
 }
