@@ -191,23 +191,33 @@ impl Auth {
         &self,
         req: AuthenticateApiKeyRequest,
     ) -> Result<AuthenticateApiKeyResponse, AuthError> {
-        let key = self
-            .api_keys
-            .authenticate(&req.api_key, chrono::Utc::now())
-            .await
-            .map_err(AuthError::Unavailable)?
-            .ok_or(AuthError::InvalidApiKey)?;
-        self.users
-            .by_id(key.user_id)
-            .await
-            .map_err(AuthError::Unavailable)?
-            .filter(|u| u.disabled_at.is_none())
-            .ok_or(AuthError::InvalidApiKey)?;
+        let (key, _) = self.key_owner(&req.api_key).await?;
         Ok(AuthenticateApiKeyResponse {
             user_id: key.user_id.to_string(),
             key_id: key.id.to_string(),
             scopes: key.scopes,
         })
+    }
+
+    /// A live API key and its owner, enabled now.
+    pub(crate) async fn key_owner(
+        &self,
+        api_key: &str,
+    ) -> Result<(crate::api_keys::ApiKey, User), AuthError> {
+        let key = self
+            .api_keys
+            .authenticate(api_key, chrono::Utc::now())
+            .await
+            .map_err(AuthError::Unavailable)?
+            .ok_or(AuthError::InvalidApiKey)?;
+        let owner = self
+            .users
+            .by_id(key.user_id)
+            .await
+            .map_err(AuthError::Unavailable)?
+            .filter(|u| u.disabled_at.is_none())
+            .ok_or(AuthError::InvalidApiKey)?;
+        Ok((key, owner))
     }
 
     pub(crate) fn ttl(d: std::time::Duration) -> chrono::Duration {

@@ -787,14 +787,20 @@ impl Auth {
         })
     }
 
+    /// The profile of the caller named by a verified credential (never by an id the
+    /// gateway passes on).
     async fn get_user(&self, req: GetUserRequest) -> Result<UserMessage, AuthError> {
-        let id = uuid::Uuid::parse_str(&req.user_id).map_err(|_| AuthError::NotFound)?;
-        let user = self
-            .users
-            .by_id(id)
-            .await
-            .map_err(AuthError::Unavailable)?
-            .ok_or(AuthError::NotFound)?;
+        let user = match (req.access_token.as_str(), req.api_key.as_str()) {
+            (token, "") if !token.is_empty() => self.holder(token).await?.user,
+            ("", key) if !key.is_empty() => {
+                let (key, owner) = self.key_owner(key).await?;
+                if !key.scopes.iter().any(|s| s == "profile:read") {
+                    return Err(AuthError::Forbidden);
+                }
+                owner
+            }
+            _ => return Err(AuthError::InvalidAccessToken),
+        };
         Ok(UserMessage {
             id: user.id.to_string(),
             email: user.email,

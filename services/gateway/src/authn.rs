@@ -206,14 +206,6 @@ pub enum Caller {
 }
 
 impl Caller {
-    /// The user acting.
-    pub fn user_id(&self) -> &str {
-        match self {
-            Self::User(auth) => &auth.claims.sub,
-            Self::ApiKey { user_id, .. } => user_id,
-        }
-    }
-
     /// Whether the caller may act with `scope`: a user token always may, an API key
     /// only if it carries the scope.
     pub fn may(&self, scope: &str) -> bool {

@@ -273,18 +273,31 @@ pub async fn logout(
 }
 
 /// `GET /v1/auth/me`: the caller's profile.
-pub async fn me(state: web::Data<State>, caller: Caller) -> Result<HttpResponse, Problem> {
+pub async fn me(
+    state: web::Data<State>,
+    caller: Caller,
+    request: actix_web::HttpRequest,
+) -> Result<HttpResponse, Problem> {
     if !caller.may("profile:read") {
         return Err(Problem::forbidden(
             "this API key lacks the profile:read scope",
         ));
     }
+    // Auth reads whose profile from the credential itself.
+    let credential = match &caller {
+        Caller::User(auth) => GetUserRequest {
+            access_token: auth.token.clone(),
+            api_key: String::new(),
+        },
+        Caller::ApiKey { .. } => GetUserRequest {
+            access_token: String::new(),
+            api_key: crate::authn::api_key(request.headers()).unwrap_or_default(),
+        },
+    };
     let user = state
         .auth
         .clone()
-        .get_user(GetUserRequest {
-            user_id: caller.user_id().to_owned(),
-        })
+        .get_user(credential)
         .await
         .map_err(|status| match status.code() {
             // The token is valid but its user is gone: the token is no longer good.

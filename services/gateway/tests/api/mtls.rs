@@ -345,14 +345,15 @@ async fn the_gateways_certificate_alone_cannot_act_as_an_admin() -> anyhow::Resu
 async fn the_gateways_certificate_alone_cannot_act_on_an_account() -> anyhow::Result<()> {
     use aia_proto::auth::v1::{
         ChangePasswordRequest, ConfirmTotpRequest, CreateApiKeyRequest, DisableTotpRequest,
-        EnrollTotpRequest, ListApiKeysRequest, RevokeApiKeyRequest,
+        EnrollTotpRequest, GetUserRequest, ListApiKeysRequest, RevokeApiKeyRequest,
     };
 
     let pki = TestPki::new()?;
     let stack = Stack::start_mtls(&pki).await?;
     let owner = signed_in(&stack).await?;
     let owner_token = field(&owner, "access_token").to_owned();
-    let (_, key_id) = crate::helpers::api_key(&stack, &owner_token, &["api:access"]).await?;
+    let owner_id = crate::helpers::user_id(&stack, &owner_token).await?;
+    let (api_key, key_id) = crate::helpers::api_key(&stack, &owner_token, &["api:access"]).await?;
     let stranger = signed_in(&stack).await?;
     let stranger_token = field(&stranger, "access_token").to_owned();
     let mut as_gateway =
@@ -418,20 +419,47 @@ async fn the_gateways_certificate_alone_cannot_act_on_an_account() -> anyhow::Re
             code(
                 as_gateway
                     .change_password(ChangePasswordRequest {
-                        access_token,
+                        access_token: access_token.clone(),
                         current_password: password.clone(),
                         new_password: "an entirely new passphrase 7".into(),
                         client: None,
                     })
                     .await,
             ),
+            code(
+                as_gateway
+                    .get_user(GetUserRequest {
+                        access_token,
+                        api_key: String::new(),
+                    })
+                    .await,
+            ),
         ];
         assert_eq!(
             refused,
-            [Some(tonic::Code::Unauthenticated); 7],
+            [Some(tonic::Code::Unauthenticated); 8],
             "{token:.12}"
         );
     }
+    // A profile is the credential's holder's: a token's, or a key's with
+    // profile:read (the owner's key has only api:access).
+    let profile = |access_token: &str, api_key: &str| GetUserRequest {
+        access_token: access_token.to_owned(),
+        api_key: api_key.to_owned(),
+    };
+    let owners = as_gateway
+        .get_user(profile(&owner_token, ""))
+        .await?
+        .into_inner();
+    assert_eq!(owners.id, owner_id);
+    assert_eq!(
+        code(as_gateway.get_user(profile("", &api_key)).await),
+        Some(tonic::Code::PermissionDenied)
+    );
+    assert_eq!(
+        code(as_gateway.get_user(profile("", "aia_junk")).await),
+        Some(tonic::Code::Unauthenticated)
+    );
     // A token acts on its own account only: the stranger sees no key and cannot
     // revoke the owner's.
     let keys_of = |answer: Result<tonic::Response<aia_proto::auth::v1::ListApiKeysResponse>, _>| {
