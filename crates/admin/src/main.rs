@@ -330,16 +330,34 @@ async fn withdraw_signing_key(kid: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::FAILURE)
 }
 
+/// The new administrator's password: asked on the terminal without echo (twice) when
+/// standard input is one; else one line of standard input (a pipe, a file, a
+/// secret mounted by the orchestrator); `AIA_ADMIN_PASSWORD` first if set (for
+/// automation: an environment is readable by the user's other processes, so a person
+/// at a terminal is better asked).
+fn admin_password(email: &str) -> anyhow::Result<String> {
+    use std::io::IsTerminal;
+
+    if let Ok(password) = std::env::var("AIA_ADMIN_PASSWORD") {
+        return Ok(password);
+    }
+    if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password(format!("Password for {email}: "))?;
+        let again = rpassword::prompt_password("The same password again: ")?;
+        anyhow::ensure!(
+            first == again,
+            "the two passwords differ; no administrator was created"
+        );
+        return Ok(first);
+    }
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+}
+
 async fn create_admin(email: &str) -> anyhow::Result<ExitCode> {
     let settings = aia_settings::AuthSettings::from_env(Env::from_process())?;
-    let password = match std::env::var("AIA_ADMIN_PASSWORD") {
-        Ok(password) => password,
-        Err(_) => {
-            let mut line = String::new();
-            std::io::stdin().read_line(&mut line)?;
-            line.trim_end_matches(['\r', '\n']).to_owned()
-        }
-    };
+    let password = admin_password(email)?;
     let id = aia_auth::create_admin(&settings, email, &password).await?;
     println!("created administrator {email} ({id})");
     Ok(ExitCode::SUCCESS)

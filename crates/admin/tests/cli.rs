@@ -241,6 +241,94 @@ async fn rotate_encryption_key_reseals_everything_or_nothing() -> anyhow::Result
 
 use aia_testkit::Count;
 
+/// Runs `aia create-admin --email EMAIL` on a pseudo-terminal (Python's `pty`),
+/// answering its two password prompts with `first` and `second`: its exit code and
+/// everything the terminal showed.
+fn create_admin_at_a_terminal(
+    db: &TestDb,
+    email: &str,
+    first: &str,
+    second: &str,
+) -> anyhow::Result<(i32, String)> {
+    const SCRIPT: &str = r#"
+import os, pty, select, sys, termios, time
+binary, email, first, second, url = sys.argv[1:6]
+pid, fd = pty.fork()
+if pid == 0:
+    os.execve(binary, [binary, "create-admin", "--email", email],
+              {"DATABASE_URL": url, "APP_ENV": "development", "PATH": "/usr/bin:/bin"})
+shown, answers = b"", [first, second]
+while True:
+    ready, _, _ = select.select([fd], [], [], 10)
+    if not ready:
+        # Waiting for input it never asked for: a failure, not a hang.
+        os.kill(pid, 9)
+        break
+    try:
+        chunk = os.read(fd, 4096)
+    except OSError:
+        break
+    if not chunk:
+        break
+    shown += chunk
+    if answers and shown.count(b": ") > 2 - len(answers):
+        # As a person would: typing once the prompt is up and the program has had
+        # its moment to turn the echo off (if it ever does).
+        for _ in range(100):
+            if not termios.tcgetattr(fd)[3] & termios.ECHO:
+                break
+            time.sleep(0.02)
+        os.write(fd, (answers.pop(0) + "\n").encode())
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(shown.decode(errors="replace"))
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+    let output = std::process::Command::new("python3")
+        .args([
+            "-c",
+            SCRIPT,
+            env!("CARGO_BIN_EXE_aia"),
+            email,
+            first,
+            second,
+            db.url.as_str(),
+        ])
+        .output()?;
+    let shown = String::from_utf8_lossy(&output.stdout).into_owned();
+    Ok((output.status.code().unwrap_or(-1), shown))
+}
+
+/// At a terminal, `aia create-admin` asks for the password twice without echoing it
+/// (it used to read a line with the terminal's echo on: the password stayed on the
+/// screen and in the scrollback), and creates nothing when the two differ.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_admin_at_a_terminal_never_shows_the_password() -> anyhow::Result<()> {
+    let db = TestDb::create().await?;
+    let password = "an admin passphrase nobody may read";
+    let (code, shown) =
+        create_admin_at_a_terminal(&db, "typo@example.com", password, "a different one")?;
+    assert_eq!(code, 1, "{shown}");
+    assert!(shown.contains("differ"), "{shown}");
+    let (code, shown) = create_admin_at_a_terminal(&db, "root@example.com", password, password)?;
+    assert_eq!(code, 0, "{shown}");
+    assert!(shown.contains("Password for root@example.com"), "{shown}");
+    assert!(shown.contains("created administrator"), "{shown}");
+    assert!(
+        !shown.contains("passphrase"),
+        "the password was shown: {shown}"
+    );
+    let mut conn = db.connect().await?;
+    let admins =
+        diesel::sql_query("SELECT count(*) AS n FROM auth.users WHERE 'admin' = ANY(roles)")
+            .get_result::<Count>(&mut conn)
+            .await?
+            .n;
+    assert_eq!(admins, 1, "only the admin whose two answers matched");
+    drop(conn);
+    db.drop_database().await?;
+    Ok(())
+}
+
 /// `aia create-admin` writes its audit event into auth's outbox in the same
 /// transaction as the user (a refused duplicate writes neither), and the auth service's
 /// relay delivers it once auth runs.
