@@ -23,7 +23,9 @@ pub enum Mode {
     /// does; forward the others (a long-lived stream held while new calls pass).
     HoldOlderThan(u64),
     /// Forward the connections accepted before the n-th; close the others and refuse
-    /// new ones (a long-lived stream kept while new calls fail).
+    /// every new one (a long-lived stream kept while new calls fail). Meant with n
+    /// at least [`TcpProxy::accepted`] when set: new connections are refused
+    /// whatever n is.
     RefuseNewerThan(u64),
 }
 

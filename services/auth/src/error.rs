@@ -59,10 +59,15 @@ pub enum AuthError {
     /// No such user.
     #[error("user not found")]
     NotFound,
-    /// Audit refused a read's filter (a bad cursor, a window out of range): its
-    /// message is for the caller, passed on as it is.
-    #[error("{0}")]
-    AuditRefused(String),
+    /// Audit refused a read (a bad cursor, a window out of range, a read too
+    /// costly): its code and message are for the caller, passed on as they are.
+    #[error("{message}")]
+    Audit {
+        /// Audit's status code.
+        code: tonic::Code,
+        /// Audit's message.
+        message: String,
+    },
     /// Too many failed logins (throttle or lock); retry after this long.
     #[error("too many failed logins; retry later")]
     Throttled(std::time::Duration),
@@ -101,6 +106,12 @@ impl AuthError {
         let error = anyhow::anyhow!("{what}: {:?} {}", status.code(), status.message());
         match status.code() {
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => Self::Unavailable(error),
+            // A peer that does not take this call from auth: a deployment half-way
+            // through an upgrade (or misconfigured), not a bug of this request's.
+            tonic::Code::PermissionDenied | tonic::Code::Unimplemented => {
+                tracing::error!(error = format!("{error:#}"), "a peer refused auth's call");
+                Self::Unavailable(error)
+            }
             // Session died mid-call (found by `make chaos`: it was a 500), or closed
             // the connection while the call was being set up.
             _ if aia_telemetry::grpc::broke_in_transport(&status) => Self::Unavailable(error),
@@ -122,9 +133,8 @@ impl From<AuthError> for Status {
             AuthError::NotFound => Status::not_found(e.to_string()),
             AuthError::PasswordChangedMeanwhile => Status::aborted(e.to_string()),
             AuthError::EmailNotVerified => Status::failed_precondition(e.to_string()),
-            AuthError::InvalidEmailToken | AuthError::AuditRefused(_) => {
-                Status::invalid_argument(e.to_string())
-            }
+            AuthError::InvalidEmailToken => Status::invalid_argument(e.to_string()),
+            AuthError::Audit { code, message } => Status::new(code, message),
             AuthError::WrongCurrentPassword
             | AuthError::Forbidden
             | AuthError::WrongCode

@@ -160,6 +160,7 @@ pub async fn build(
         audit,
         audit_reads,
         deferred,
+        shutdown: shutdown.clone(),
     };
     let app = GrpcApplication::bind(
         settings.grpc_addr,

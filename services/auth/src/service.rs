@@ -70,6 +70,8 @@ pub struct Auth {
     /// Work done after its request was answered (see `Auth::answer_first`),
     /// bounded and waited for at shutdown.
     pub(crate) deferred: crate::deferred::Deferred,
+    /// Cancelled when auth stops: long calls (an admin's event stream) end then.
+    pub(crate) shutdown: aia_telemetry::shutdown::CancellationToken,
 }
 
 /// The access token id that goes with a refresh token: a one-way function of it.

@@ -26,13 +26,21 @@ pub const OWN_FAMILIES: [&str; 3] = ["auth.", "session.", "admin."];
 pub type EventStream =
     Pin<Box<dyn Stream<Item = Result<audit::StoredEvent, tonic::Status>> + Send>>;
 
+/// How often an open admin stream re-checks its token (as the gateway does): a
+/// logout, a disabled or demoted admin ends it within this long.
+const RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// An error of audit's, as auth answers it: audit's own refusals (a bad filter, a
-/// bad cursor) go through as they are; an unreachable audit is 503.
+/// bad cursor, a read too costly) go through as they are, message and all; an
+/// unreachable audit is 503.
 fn from_audit(status: tonic::Status, what: &'static str) -> AuthError {
     match status.code() {
-        tonic::Code::InvalidArgument | tonic::Code::OutOfRange => {
-            AuthError::AuditRefused(status.message().to_owned())
-        }
+        code @ (tonic::Code::InvalidArgument
+        | tonic::Code::OutOfRange
+        | tonic::Code::DeadlineExceeded) => AuthError::Audit {
+            code,
+            message: status.message().to_owned(),
+        },
         _ => AuthError::from_upstream(status, what),
     }
 }
@@ -101,8 +109,10 @@ impl Auth {
             .into_inner())
     }
 
-    /// Audit's stream, ended when the admin's token expires (the gateway also ends
-    /// it within seconds of the token's revocation).
+    /// Audit's stream, for as long as its token is an admin's: it ends when the
+    /// token expires, within [`RECHECK`] of the token's revocation or of its holder
+    /// no longer being an active admin (or of that becoming unknowable), and when
+    /// auth shuts down (rather than holding up the shutdown).
     pub(crate) async fn admin_stream_events(
         &self,
         req: AdminStreamEventsRequest,
@@ -116,8 +126,24 @@ impl Auth {
             .map_err(|s| from_audit(s, "audit.Stream"))?
             .into_inner();
         let left = u64::try_from(expires_at - chrono::Utc::now().timestamp()).unwrap_or(0);
-        Ok(Box::pin(events.take_until(tokio::time::sleep(
-            std::time::Duration::from_secs(left),
-        ))))
+        let (auth, token) = (self.clone(), req.access_token);
+        let over = async move {
+            let expiry = tokio::time::sleep(std::time::Duration::from_secs(left));
+            tokio::pin!(expiry);
+            let mut every =
+                tokio::time::interval_at(tokio::time::Instant::now() + RECHECK, RECHECK);
+            loop {
+                tokio::select! {
+                    () = &mut expiry => return,
+                    () = auth.shutdown.cancelled() => return,
+                    _ = every.tick() => {
+                        if auth.admin(&token).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        };
+        Ok(Box::pin(events.take_until(over)))
     }
 }

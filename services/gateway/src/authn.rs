@@ -273,9 +273,7 @@ pub async fn check_api_key(state: &State, key: String) -> Result<Caller, Box<Pro
         .await
         .map_err(|status| {
             Box::new(match status.code() {
-                tonic::Code::Unauthenticated => Problem::unauthorized()
-                    .detail("invalid API key")
-                    .header(header::WWW_AUTHENTICATE, "ApiKey"),
+                tonic::Code::Unauthenticated => Problem::invalid_api_key(),
                 _ => Problem::from_status(&status),
             })
         })?

@@ -66,11 +66,12 @@ fn channel(
     tls: Option<&TlsMaterial>,
     peer: &str,
     what: &str,
+    timeout: Duration,
 ) -> anyhow::Result<TracedChannel> {
     Ok(aia_telemetry::otel::traced(
         aia_telemetry::tls::endpoint(url, tls, peer)
             .context(what.to_owned())?
-            .timeout(Duration::from_secs(5))
+            .timeout(timeout)
             .connect_lazy(),
     ))
 }
@@ -87,12 +88,23 @@ pub async fn build(
         tls.as_ref(),
         "auth",
         "AUTH_GRPC_URL",
+        Duration::from_secs(5),
+    )?);
+    // Reads of the audit trail through auth: audit bounds each statement (3 s) and a
+    // summary runs three, so these get longer than the other calls.
+    let auth_reads = AuthServiceClient::new(channel(
+        &settings.auth_url,
+        tls.as_ref(),
+        "auth",
+        "AUTH_GRPC_URL",
+        Duration::from_secs(12),
     )?);
     let session = SessionServiceClient::new(channel(
         &settings.session_url,
         tls.as_ref(),
         "session",
         "SESSION_GRPC_URL",
+        Duration::from_secs(5),
     )?);
     let revocations = aia_revocations::spawn_following(
         &settings.session_url,
@@ -174,6 +186,7 @@ pub async fn build(
     let state = web::Data::new(state::State {
         keys: key_cache,
         auth,
+        auth_reads,
         session,
         revocations,
         access_ttl: settings.tokens.access_ttl,

@@ -84,6 +84,14 @@ impl Problem {
             .header(header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\"")
     }
 
+    /// 401 for an API key auth does not accept (unknown, revoked, expired, its owner
+    /// disabled).
+    pub fn invalid_api_key() -> Self {
+        Self::unauthorized()
+            .detail("invalid API key")
+            .header(header::WWW_AUTHENTICATE, "ApiKey")
+    }
+
     /// 403: authenticated, but not allowed.
     pub fn forbidden(detail: &str) -> Self {
         Self::new(
@@ -196,6 +204,17 @@ impl Problem {
     }
 
     /// Maps a failed gRPC call to the answer a client should get.
+    /// A refusal of a call to auth made with the caller's bearer token: a 401 (auth
+    /// found the token revoked, expired or its user disabled) carries the RFC 6750
+    /// challenge, as the gateway's own refusals of a token do.
+    pub fn for_bearer(status: tonic::Status) -> Self {
+        if status.code() == tonic::Code::Unauthenticated {
+            Self::invalid_token()
+        } else {
+            Self::from_status(&status)
+        }
+    }
+
     pub fn from_status(status: &tonic::Status) -> Self {
         use tonic::Code;
         match status.code() {
@@ -220,6 +239,11 @@ impl Problem {
             }
             Code::Unavailable | Code::Cancelled => {
                 tracing::warn!(code = ?status.code(), "upstream unavailable");
+                Self::unavailable()
+            }
+            // A service of another release that lacks the call (mid-upgrade).
+            Code::Unimplemented => {
+                tracing::error!(message = status.message(), "upstream lacks the call");
                 Self::unavailable()
             }
             // The service died mid-call: a dependency gone, like a refused connect.
@@ -264,6 +288,33 @@ impl From<tonic::Status> for Problem {
 #[cfg(test)]
 mod tests {
     use super::Problem;
+
+    /// Auth refusing a token the gateway had accepted (revoked meanwhile, its user
+    /// disabled) answers as the gateway's own refusal does: 401 with the RFC 6750
+    /// challenge; other refusals keep their meaning.
+    #[test]
+    fn auths_refusal_of_a_bearer_token_carries_the_challenge() {
+        let challenge = |p: &Problem| {
+            p.headers
+                .iter()
+                .find(|(name, _)| name == actix_web::http::header::WWW_AUTHENTICATE)
+                .and_then(|(_, value)| value.to_str().ok().map(str::to_owned))
+        };
+        let refused = Problem::for_bearer(tonic::Status::unauthenticated("invalid access token"));
+        assert_eq!(refused.status, 401);
+        assert_eq!(
+            challenge(&refused).as_deref(),
+            Some("Bearer error=\"invalid_token\"")
+        );
+        let forbidden = Problem::for_bearer(tonic::Status::permission_denied("not allowed"));
+        assert_eq!(forbidden.status, 403);
+        assert_eq!(challenge(&forbidden), None);
+        // Not a bearer call: no challenge of that kind.
+        let login =
+            Problem::from_status(&tonic::Status::unauthenticated("invalid email or password"));
+        assert_eq!(login.status, 401);
+        assert_eq!(challenge(&login), None);
+    }
 
     /// What a gRPC client gets when the service's connection breaks in the middle of a
     /// call: the server here reads the request, then drops the connection.

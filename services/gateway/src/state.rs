@@ -11,6 +11,8 @@ use aia_revocations::RevocationCache;
 pub struct State {
     /// The auth service.
     pub auth: AuthServiceClient<TracedChannel>,
+    /// The auth service, for reads of the audit trail (a longer timeout).
+    pub auth_reads: AuthServiceClient<TracedChannel>,
     /// The session service.
     pub session: SessionServiceClient<TracedChannel>,
     /// The public signing keys.

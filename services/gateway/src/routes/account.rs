@@ -44,7 +44,8 @@ pub async fn change_password(
             new_password,
             client: Some(client.to_proto()),
         })
-        .await?
+        .await
+        .map_err(Problem::for_bearer)?
         .into_inner();
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "other_sessions_ended": changed.sessions_ended,
@@ -104,7 +105,8 @@ pub async fn unlock_user(
             access_token: auth.token.clone(),
             client: Some(client.to_proto()),
         })
-        .await?
+        .await
+        .map_err(Problem::for_bearer)?
         .into_inner()
         .was_locked;
     Ok(HttpResponse::Ok().json(serde_json::json!({"was_locked": was_locked})))
@@ -268,7 +270,8 @@ pub async fn list_users(
             limit,
             cursor,
         })
-        .await?
+        .await
+        .map_err(Problem::for_bearer)?
         .into_inner();
     let users: Vec<serde_json::Value> = page
         .users
@@ -324,6 +327,7 @@ pub async fn set_roles(
             roles: body.into_inner().roles,
             client: Some(client.to_proto()),
         })
-        .await?;
+        .await
+        .map_err(Problem::for_bearer)?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -95,7 +95,8 @@ pub async fn create(
             client: Some(client.to_proto()),
             password,
         })
-        .await?
+        .await
+        .map_err(Problem::for_bearer)?
         .into_inner();
     let mut body = created.key.map(describe).unwrap_or_default();
     body["api_key"] = serde_json::Value::String(created.api_key);
@@ -112,7 +113,8 @@ pub async fn list(state: web::Data<State>, auth: Authenticated) -> Result<HttpRe
         .list_api_keys(ListApiKeysRequest {
             access_token: auth.token,
         })
-        .await?
+        .await
+        .map_err(Problem::for_bearer)?
         .into_inner()
         .keys;
     Ok(HttpResponse::Ok().json(keys.into_iter().map(describe).collect::<Vec<_>>()))
@@ -133,6 +135,7 @@ pub async fn revoke(
             key_id: id.into_inner(),
             client: Some(client.to_proto()),
         })
-        .await?;
+        .await
+        .map_err(Problem::for_bearer)?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -299,9 +299,11 @@ pub async fn me(
         .clone()
         .get_user(credential)
         .await
-        .map_err(|status| match status.code() {
-            // The token is valid but its user is gone: the token is no longer good.
-            tonic::Code::NotFound => Problem::invalid_token(),
+        .map_err(|status| match (&caller, status.code()) {
+            // Auth refused the credential (revoked, expired, its user disabled or
+            // gone): refused with the challenge of its kind.
+            (Caller::ApiKey { .. }, tonic::Code::Unauthenticated) => Problem::invalid_api_key(),
+            (Caller::User(_), _) => Problem::for_bearer(status),
             _ => Problem::from_status(&status),
         })?
         .into_inner();

@@ -65,7 +65,8 @@ pub async fn enroll(
             access_token: auth.token,
             client: Some(client.to_proto()),
         })
-        .await?
+        .await
+        .map_err(Problem::for_bearer)?
         .into_inner();
     Ok(no_store(HttpResponse::Ok()).json(serde_json::json!({
         "otpauth_uri": enrolment.otpauth_uri,
@@ -104,7 +105,8 @@ pub async fn confirm(
             password,
             client: Some(client.to_proto()),
         })
-        .await?
+        .await
+        .map_err(Problem::for_bearer)?
         .into_inner();
     Ok(no_store(HttpResponse::Ok()).json(serde_json::json!({
         "enabled": true,
@@ -142,6 +144,7 @@ pub async fn disable(
             password,
             client: Some(client.to_proto()),
         })
-        .await?;
+        .await
+        .map_err(Problem::for_bearer)?;
     Ok(no_store(HttpResponse::NoContent()).finish())
 }

@@ -170,13 +170,14 @@ pub async fn search(
     }
     let query = f.into_query()?;
     let answer = state
-        .auth
+        .auth_reads
         .clone()
         .admin_query_events(AdminQueryEventsRequest {
             access_token: auth.token,
             query: Some(query),
         })
-        .await?
+        .await
+        .map_err(Problem::for_bearer)?
         .into_inner();
     Ok(page(answer, |e| e))
 }
@@ -203,7 +204,7 @@ pub async fn summary(
     require_admin(&auth)?;
     let q = query.into_inner();
     let s = state
-        .auth
+        .auth_reads
         .clone()
         .admin_summarize_events(AdminSummarizeEventsRequest {
             access_token: auth.token,
@@ -212,7 +213,8 @@ pub async fn summary(
                 top: q.top,
             }),
         })
-        .await?
+        .await
+        .map_err(Problem::for_bearer)?
         .into_inner();
     let since = whole_seconds(s.since);
     let counts: Vec<Value> = s
@@ -260,14 +262,15 @@ pub async fn mine(
 ) -> Result<HttpResponse, Problem> {
     let q = query.into_inner();
     let answer = state
-        .auth
+        .auth_reads
         .clone()
         .query_own_events(QueryOwnEventsRequest {
             access_token: auth.token,
             limit: q.limit,
             cursor: q.cursor,
         })
-        .await?
+        .await
+        .map_err(Problem::for_bearer)?
         .into_inner();
     let me = auth.claims.sub;
     Ok(page(answer, |e| about_me(e, &me)))
@@ -328,7 +331,7 @@ pub async fn stream(
     };
     let filter = f.into_query()?;
     let events = state
-        .auth
+        .auth_reads
         .clone()
         .admin_stream_events(AdminStreamEventsRequest {
             access_token: auth.token.clone(),
@@ -337,7 +340,8 @@ pub async fn stream(
                 after_seq: after.max(0),
             }),
         })
-        .await?
+        .await
+        .map_err(Problem::for_bearer)?
         .into_inner();
     let events = events.map(|item| match item {
         Ok(stored) => {
@@ -428,7 +432,7 @@ pub async fn usage(
     require_admin(&auth)?;
     let q = query.into_inner();
     let answer = state
-        .auth
+        .auth_reads
         .clone()
         .admin_query_usage(AdminQueryUsageRequest {
             access_token: auth.token,
@@ -438,7 +442,8 @@ pub async fn usage(
                 limit: q.limit,
             }),
         })
-        .await?
+        .await
+        .map_err(Problem::for_bearer)?
         .into_inner();
     let rows: Vec<Value> = answer
         .counts

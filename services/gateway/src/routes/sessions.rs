@@ -26,7 +26,8 @@ pub async fn list(state: web::Data<State>, auth: Authenticated) -> Result<HttpRe
         .list_own_sessions(ListOwnSessionsRequest {
             access_token: auth.token.clone(),
         })
-        .await?
+        .await
+        .map_err(Problem::for_bearer)?
         .into_inner()
         .sessions;
     let body: Vec<serde_json::Value> = sessions
@@ -64,7 +65,8 @@ pub async fn revoke_one(
             session_id: id.to_string(),
             client: Some(client.to_proto()),
         })
-        .await?;
+        .await
+        .map_err(Problem::for_bearer)?;
     // Auth answered (it refuses a session that is not the caller's): refused here
     // from the next request on, the caller's own or another (see logout). Its tokens
     // all expire within the access-token lifetime from now.
@@ -90,7 +92,8 @@ async fn revoke_all(
             keep_current,
             client: Some(client.to_proto()),
         })
-        .await?
+        .await
+        .map_err(Problem::for_bearer)?
         .into_inner()
         .revoked)
 }
