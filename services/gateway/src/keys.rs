@@ -105,6 +105,11 @@ impl KeyCache {
         match self.fetch().await {
             Ok(set) => {
                 *last = Some(Instant::now());
+                // A gateway that cannot reach auth keeps verifying with the set it
+                // has: a key withdrawn since is still taken here. Alerted on
+                // (`AiaGatewaySigningKeysStale`) when this grows old.
+                metrics::gauge!("gateway_signing_keys_fetched_timestamp_seconds")
+                    .set(chrono::Utc::now().timestamp() as f64);
                 // The same keys again: keep the set (and what it has verified).
                 if let Some(cached) = cached.filter(|c| c.json == set.json) {
                     return Ok(cached);

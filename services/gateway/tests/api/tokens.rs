@@ -24,6 +24,16 @@ async fn the_jwks_verifies_issued_tokens_offline() -> anyhow::Result<()> {
     let claims = verifier.verify(field(&tokens, "access_token"))?;
     assert_eq!(claims.roles, vec!["user".to_owned()]);
     assert_eq!(claims.exp - claims.iat, 900);
+    // When the gateway last fetched the set, for the staleness alert
+    // (`AiaGatewaySigningKeysStale`: a withdrawn key is still taken where this is old).
+    let metrics = crate::helpers::metrics(&stack).await?;
+    let fetched = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("gateway_signing_keys_fetched_timestamp_seconds "))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .ok_or_else(|| anyhow::anyhow!("no fetch time in the metrics"))?;
+    let age = chrono::Utc::now().timestamp() as f64 - fetched;
+    assert!((0.0..120.0).contains(&age), "fetched {age} s ago");
     stack.stop().await;
     Ok(())
 }
