@@ -34,6 +34,33 @@ fn forged(token: &str) -> String {
     forged
 }
 
+/// Logs the holder of `token` out through the gateway.
+async fn logged_out(stack: &Stack, token: &str) -> anyhow::Result<()> {
+    let response = stack
+        .http()
+        .post(stack.url("/v1/auth/logout"))
+        .bearer_auth(token)
+        .send()
+        .await?;
+    anyhow::ensure!(
+        response.status() == StatusCode::NO_CONTENT,
+        "logout: {}",
+        response.status()
+    );
+    Ok(())
+}
+
+/// Auth, called as the gateway (its certificate): what a compromised gateway can
+/// send.
+async fn auth_as_gateway(
+    pki: &TestPki,
+    stack: &Stack,
+) -> anyhow::Result<AuthServiceClient<Channel>> {
+    Ok(AuthServiceClient::new(
+        as_service(pki, "gateway", &stack.auth.url(), "auth").await?,
+    ))
+}
+
 /// A channel to `url` presenting a certificate for `identity` issued by `pki`.
 async fn as_service(
     pki: &TestPki,
@@ -53,13 +80,7 @@ async fn the_whole_flow_works_with_mtls_between_the_services() -> anyhow::Result
     let tokens = signed_in(&stack).await?;
     let access = field(&tokens, "access_token");
     assert_eq!(me_status(&stack, access).await?, StatusCode::OK);
-    let response = stack
-        .http()
-        .post(stack.url("/v1/auth/logout"))
-        .bearer_auth(access)
-        .send()
-        .await?;
-    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    logged_out(&stack, access).await?;
     assert_eq!(me_status(&stack, access).await?, StatusCode::UNAUTHORIZED);
     // Audit events arrived over mTLS too (read as auth: audit's one reader).
     let mut audit =
@@ -282,8 +303,7 @@ async fn the_gateways_certificate_alone_cannot_act_as_an_admin() -> anyhow::Resu
     let user_id = crate::helpers::user_id(&stack, &user_token).await?;
     let admin = crate::helpers::admin(&stack).await?;
     let admin_token = field(&admin, "access_token").to_owned();
-    let mut as_gateway =
-        AuthServiceClient::new(as_service(&pki, "gateway", &stack.auth.url(), "auth").await?);
+    let mut as_gateway = auth_as_gateway(&pki, &stack).await?;
     let promote = |access_token: &str| SetUserRolesRequest {
         access_token: access_token.to_owned(),
         user_id: user_id.clone(),
@@ -317,13 +337,7 @@ async fn the_gateways_certificate_alone_cannot_act_as_an_admin() -> anyhow::Resu
     let answer = as_gateway.set_user_roles(promote(&admin_token)).await;
     assert!(answer.is_ok(), "{answer:?}");
     // ...until the admin logs out: a copy kept by the gateway is then worth nothing.
-    let logout = stack
-        .http()
-        .post(stack.url("/v1/auth/logout"))
-        .bearer_auth(&admin_token)
-        .send()
-        .await?;
-    assert_eq!(logout.status(), StatusCode::NO_CONTENT);
+    logged_out(&stack, &admin_token).await?;
     let answer = aia_testkit::eventually(std::time::Duration::from_secs(10), || {
         let mut as_gateway = as_gateway.clone();
         let request = promote(&admin_token);
@@ -358,8 +372,7 @@ async fn the_gateways_certificate_alone_cannot_act_on_an_account() -> anyhow::Re
     let (api_key, key_id) = crate::helpers::api_key(&stack, &owner_token, &["api:access"]).await?;
     let stranger = signed_in(&stack).await?;
     let stranger_token = field(&stranger, "access_token").to_owned();
-    let mut as_gateway =
-        AuthServiceClient::new(as_service(&pki, "gateway", &stack.auth.url(), "auth").await?);
+    let mut as_gateway = auth_as_gateway(&pki, &stack).await?;
     let password = crate::helpers::PASSWORD.to_owned();
     let listed = |access_token: &str| ListApiKeysRequest {
         access_token: access_token.to_owned(),
@@ -496,13 +509,7 @@ async fn the_gateways_certificate_alone_cannot_act_on_an_account() -> anyhow::Re
 
     // Once the owner logs out, a copy of their token kept by the gateway is worth
     // nothing.
-    let logout = stack
-        .http()
-        .post(stack.url("/v1/auth/logout"))
-        .bearer_auth(&owner_token)
-        .send()
-        .await?;
-    assert_eq!(logout.status(), StatusCode::NO_CONTENT);
+    logged_out(&stack, &owner_token).await?;
     let answer = aia_testkit::eventually(std::time::Duration::from_secs(10), || {
         let mut as_gateway = as_gateway.clone();
         let request = listed(&owner_token);
@@ -532,8 +539,7 @@ async fn the_gateways_certificate_alone_cannot_touch_a_users_sessions() -> anyho
     let owner_id = crate::helpers::user_id(&stack, &owner_token).await?;
     let stranger = signed_in(&stack).await?;
     let stranger_token = field(&stranger, "access_token").to_owned();
-    let mut auth =
-        AuthServiceClient::new(as_service(&pki, "gateway", &stack.auth.url(), "auth").await?);
+    let mut auth = auth_as_gateway(&pki, &stack).await?;
     let mut session = SessionServiceClient::new(
         as_service(&pki, "gateway", &stack.session.url(), "session").await?,
     );
@@ -658,8 +664,7 @@ async fn the_gateways_certificate_alone_cannot_read_the_audit_trail() -> anyhow:
     let admin_token = field(&admin, "access_token").to_owned();
     let mut audit =
         AuditServiceClient::new(as_service(&pki, "gateway", &stack.audit.url(), "audit").await?);
-    let mut auth =
-        AuthServiceClient::new(as_service(&pki, "gateway", &stack.auth.url(), "auth").await?);
+    let mut auth = auth_as_gateway(&pki, &stack).await?;
 
     // Straight to audit: no read at all.
     let refused = [
@@ -777,8 +782,7 @@ async fn an_admins_event_stream_ends_at_auth_when_the_admin_logs_out() -> anyhow
     let stack = Stack::start_mtls(&pki).await?;
     let admin = crate::helpers::admin(&stack).await?;
     let admin_token = field(&admin, "access_token").to_owned();
-    let mut auth =
-        AuthServiceClient::new(as_service(&pki, "gateway", &stack.auth.url(), "auth").await?);
+    let mut auth = auth_as_gateway(&pki, &stack).await?;
     let mut events = auth
         .admin_stream_events(AdminStreamEventsRequest {
             access_token: admin_token.clone(),
@@ -786,13 +790,7 @@ async fn an_admins_event_stream_ends_at_auth_when_the_admin_logs_out() -> anyhow
         })
         .await?
         .into_inner();
-    let logout = stack
-        .http()
-        .post(stack.url("/v1/auth/logout"))
-        .bearer_auth(&admin_token)
-        .send()
-        .await?;
-    assert_eq!(logout.status(), StatusCode::NO_CONTENT);
+    logged_out(&stack, &admin_token).await?;
     // Events may come (the logout's own); the stream must end well within the
     // token's remaining 15 minutes: within auth's 5 s re-check.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
