@@ -26,7 +26,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create the database if it is missing, then apply pending migrations.
+    /// Create the database if it is missing, then apply pending migrations; with
+    /// AUTH_DATABASE_PASSWORD, SESSION_DATABASE_PASSWORD or AUDIT_DATABASE_PASSWORD
+    /// set, then create or update that service's own login (aia_auth_login, ...).
     Migrate {
         /// Only list pending migrations; exit 1 if there are any.
         #[arg(long)]
@@ -259,7 +261,7 @@ async fn main() -> ExitCode {
 }
 
 async fn migrate(check: bool) -> anyhow::Result<ExitCode> {
-    let common = Common::from_env(Env::from_process())?;
+    let (common, logins) = Common::with_service_logins(Env::from_process())?;
     let url = common.database_url.expose_secret();
     if check {
         let pending = aia_db::pending_migrations(url).await?;
@@ -281,6 +283,11 @@ async fn migrate(check: bool) -> anyhow::Result<ExitCode> {
     }
     for name in applied {
         println!("applied: {name}");
+    }
+    for (role, password) in logins {
+        let created = aia_db::set_service_login(url, role, password.expose_secret()).await?;
+        let done = if created { "created" } else { "updated" };
+        println!("{done} the login {role}_login");
     }
     Ok(ExitCode::SUCCESS)
 }

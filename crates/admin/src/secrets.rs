@@ -24,7 +24,7 @@ impl std::fmt::Debug for Generated {
 }
 
 /// Which secrets to generate, with their size in random bytes.
-const SET: [(&str, usize, &str); 6] = [
+const SET: [(&str, usize, &str); 9] = [
     (
         "ENCRYPTION_KEY",
         48,
@@ -48,7 +48,22 @@ const SET: [(&str, usize, &str); 6] = [
     (
         "POSTGRES_PASSWORD",
         32,
-        "the database password (docker-compose.yml's Postgres and DATABASE_URL)",
+        "the database owner's password (docker-compose.yml's Postgres and the migration)",
+    ),
+    (
+        "AUTH_DATABASE_PASSWORD",
+        32,
+        "auth's own database login, aia_auth_login (`aia migrate` creates it; Compose)",
+    ),
+    (
+        "SESSION_DATABASE_PASSWORD",
+        32,
+        "session's own database login, aia_session_login (`aia migrate` creates it; Compose)",
+    ),
+    (
+        "AUDIT_DATABASE_PASSWORD",
+        32,
+        "audit's own database login, aia_audit_login (`aia migrate` creates it; Compose)",
     ),
     (
         "REDIS_PASSWORD",
@@ -125,7 +140,7 @@ mod tests {
     #[test]
     fn every_secret_is_strong_and_different() -> Result<(), getrandom::Error> {
         let set = generate(true)?;
-        assert_eq!(set.len(), 7);
+        assert_eq!(set.len(), 10);
         for s in &set {
             assert!(s.value.len() >= 43, "{}", s.name);
             assert!(

@@ -241,6 +241,115 @@ async fn rotate_encryption_key_reseals_everything_or_nothing() -> anyhow::Result
 
 use aia_testkit::Count;
 
+/// `aia migrate` with the services' login passwords set (Compose) makes each
+/// service's own login: LOGIN, NOINHERIT, a member of its service's role only, its
+/// password stored as a SCRAM verifier (never sent in clear). Connected as
+/// `aia_auth_login`, nothing is reachable until `SET ROLE aia_auth`, and session's
+/// role cannot be taken. A weak password is refused before anything is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_makes_each_services_own_login() -> anyhow::Result<()> {
+    #[derive(diesel::QueryableByName)]
+    struct Login {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        rolcanlogin: bool,
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        rolinherit: bool,
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        rolsuper: bool,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        verifier: String,
+        #[diesel(sql_type = diesel::sql_types::Array<diesel::sql_types::Text>)]
+        member_of: Vec<String>,
+    }
+
+    let db = TestDb::create().await?;
+    // Test passwords, not literals: 43 characters made here, one per service.
+    let password = |n: u32| -> String {
+        (0..43u32)
+            .filter_map(|i| char::from_u32(48 + (i * 7 + n * 11) % 75))
+            .filter(char::is_ascii_alphanumeric)
+            .chain("Zq9".chars())
+            .collect()
+    };
+    let (auth, session, audit) = (password(1), password(2), password(3));
+    let vars = |auth: &str| {
+        vec![
+            ("DATABASE_URL", db.url.clone()),
+            ("APP_ENV", "development".to_owned()),
+            ("AUTH_DATABASE_PASSWORD", auth.to_owned()),
+            ("SESSION_DATABASE_PASSWORD", session.clone()),
+            ("AUDIT_DATABASE_PASSWORD", audit.clone()),
+        ]
+    };
+    let migrate = |vars: Vec<(&str, String)>| {
+        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        run(&["migrate"], &vars)
+    };
+    let (code, text) = migrate(vars("short"))?;
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("AUTH_DATABASE_PASSWORD"), "{text}");
+    assert!(!text.contains("applied"), "{text}");
+
+    let (code, text) = migrate(vars(&auth))?;
+    assert_eq!(code, 0, "{text}");
+    for login in ["aia_auth_login", "aia_session_login", "aia_audit_login"] {
+        assert!(text.contains(login), "{text}");
+    }
+    assert!(!text.contains(&auth), "the password was printed: {text}");
+    let mut conn = db.connect().await?;
+    let login = diesel::sql_query(
+        "SELECT r.rolcanlogin, r.rolinherit, r.rolsuper, a.rolpassword AS verifier, \
+         ARRAY(SELECT g.rolname::text FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid \
+               WHERE m.member = r.oid) AS member_of \
+         FROM pg_roles r JOIN pg_authid a ON a.oid = r.oid WHERE r.rolname = 'aia_auth_login'",
+    )
+    .get_result::<Login>(&mut conn)
+    .await?;
+    assert!(login.rolcanlogin && !login.rolinherit && !login.rolsuper);
+    assert_eq!(login.member_of, vec!["aia_auth".to_owned()]);
+    assert!(
+        login.verifier.starts_with("SCRAM-SHA-256$4096:"),
+        "not a verifier"
+    );
+    assert!(!login.verifier.contains(&auth));
+
+    // As the login: nothing until its role, and no other service's role.
+    let as_login = db.url.replacen("postgres@", "aia_auth_login@", 1);
+    let mut own = aia_db::tls::establish(&as_login).await?;
+    let users = "SELECT count(*) AS n FROM auth.users";
+    assert!(
+        diesel::sql_query(users)
+            .get_result::<Count>(&mut own)
+            .await
+            .is_err()
+    );
+    assert!(
+        diesel::sql_query("SET ROLE aia_session")
+            .execute(&mut own)
+            .await
+            .is_err()
+    );
+    diesel::sql_query("SET ROLE aia_auth")
+        .execute(&mut own)
+        .await?;
+    assert_eq!(
+        diesel::sql_query(users)
+            .get_result::<Count>(&mut own)
+            .await?
+            .n,
+        0
+    );
+    drop(own);
+
+    // Run again (a restart of the Compose stack): the logins are updated, not doubled.
+    let (code, text) = migrate(vars(&auth))?;
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("updated the login aia_auth_login"), "{text}");
+    drop(conn);
+    db.drop_database().await?;
+    Ok(())
+}
+
 /// Runs `aia create-admin --email EMAIL` on a pseudo-terminal (Python's `pty`),
 /// answering its two password prompts with `first` and `second`: its exit code and
 /// everything the terminal showed.

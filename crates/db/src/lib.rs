@@ -107,6 +107,56 @@ pub async fn migrate(url: &str) -> anyhow::Result<Vec<String>> {
     .context("migration task")?
 }
 
+/// Creates the database login of service role `role` (`aia_auth` gets
+/// `aia_auth_login`: LOGIN, NOINHERIT, a member of `aia_auth` only, so it reaches
+/// nothing until the service's pool has `SET ROLE`; see [`pool_as`]) or gives it
+/// `password` if it exists; true if it was created. Run by the schemas' owner, after
+/// the migrations (which create the roles). The password reaches Postgres as a
+/// SCRAM-SHA-256 verifier made here, never in clear: a server that logs DDL would
+/// log it, and `pg_stat_activity` would show it.
+pub async fn set_service_login(url: &str, role: &str, password: &str) -> anyhow::Result<bool> {
+    #[derive(diesel::QueryableByName)]
+    struct Exists {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        exists: bool,
+    }
+
+    anyhow::ensure!(
+        ["aia_auth", "aia_session", "aia_audit"].contains(&role),
+        "no service role {role}"
+    );
+    let login = format!("{role}_login");
+    let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
+    // Base64, `$` and `:` only: nothing that could end the literal.
+    anyhow::ensure!(
+        verifier
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+/=$:-".contains(c)),
+        "unexpected characters in a SCRAM verifier"
+    );
+    let mut conn = tls::establish(url)
+        .await
+        .context("connecting to the database")?;
+    let exists = sql_query("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1) AS exists")
+        .bind::<diesel::sql_types::Text, _>(&login)
+        .get_result::<Exists>(&mut conn)
+        .await?
+        .exists;
+    let verb = if exists { "ALTER" } else { "CREATE" };
+    // `role` is one of the platform's constant names, `login` made from it.
+    sql_query(format!(
+        "{verb} ROLE {login} LOGIN NOINHERIT PASSWORD '{verifier}'"
+    ))
+    .execute(&mut conn)
+    .await
+    .with_context(|| format!("{verb} ROLE {login}"))?;
+    sql_query(format!("GRANT {role} TO {login}"))
+        .execute(&mut conn)
+        .await
+        .with_context(|| format!("GRANT {role} TO {login}"))?;
+    Ok(!exists)
+}
+
 /// Migrations compiled in but not applied to the database at `url`. Only reads
 /// diesel's table of applied versions, so a service's own login (no CREATE anywhere,
 /// see migration 000017) may ask: an absent table means nothing was applied.

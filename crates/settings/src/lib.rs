@@ -23,6 +23,6 @@ pub use rate_limit::{CLASSES as RATE_LIMIT_CLASSES, Rate, RateLimitSettings};
 pub use services::{
     AppEnv, AuditSettings, AuthSettings, Common, DetectorSettings, ForwardedHeader,
     GatewaySettings, InternalTls, JwtAlgorithm, LockoutSettings, MailSettings, PasswordHashing,
-    PasswordPolicySettings, SessionSettings, SigningKeySource, TokenSettings,
+    PasswordPolicySettings, SERVICE_LOGINS, SessionSettings, SigningKeySource, TokenSettings,
 };
 pub use upstreams::{Upstream, UpstreamSettings};

@@ -426,11 +426,48 @@ fn cores() -> usize {
     std::thread::available_parallelism().map_or(2, usize::from)
 }
 
+/// The password of a service's own database login, by the service's role
+/// (`aia_auth`, ...).
+pub type ServiceLogin = (&'static str, SecretString);
+
+/// The services' own database logins, as `aia migrate` may create them: each
+/// service's role (`aia_auth`, ...) with the variable of its login's password.
+pub const SERVICE_LOGINS: [(&str, &str); 3] = [
+    ("aia_auth", "AUTH_DATABASE_PASSWORD"),
+    ("aia_session", "SESSION_DATABASE_PASSWORD"),
+    ("aia_audit", "AUDIT_DATABASE_PASSWORD"),
+];
+
 impl Common {
     /// Reads only the shared settings (for tools such as `aia migrate`).
     pub fn from_env(mut env: Env) -> Result<Self, SettingsError> {
         let common = Self::read(&mut env);
         env.finish(common)
+    }
+
+    /// [`Common::from_env`], and the passwords of the services' database logins
+    /// that are set (`AUTH_DATABASE_PASSWORD`, `SESSION_DATABASE_PASSWORD`,
+    /// `AUDIT_DATABASE_PASSWORD`), for `aia migrate` to create or update the logins
+    /// `aia_auth_login`, ... where no database administrator makes them (Compose).
+    /// Each is a generated secret: 32+ characters that look random.
+    pub fn with_service_logins(
+        mut env: Env,
+    ) -> Result<(Self, Vec<ServiceLogin>), SettingsError> {
+        let common = Self::read(&mut env);
+        let mut logins = Vec::new();
+        for (role, variable) in SERVICE_LOGINS {
+            let Some(password) = env.get(variable).map(str::to_owned) else {
+                continue;
+            };
+            if password.chars().count() < 32 || !crate::production::looks_random(&password) {
+                env.problem(
+                    variable,
+                    "must be 32+ characters that look random; generate one with `aia gen-secrets`",
+                );
+            }
+            logins.push((role, SecretString::from(password)));
+        }
+        env.finish((common, logins))
     }
 
     fn read(env: &mut Env) -> Self {
