@@ -450,9 +450,7 @@ impl Common {
     /// `AUDIT_DATABASE_PASSWORD`), for `aia migrate` to create or update the logins
     /// `aia_auth_login`, ... where no database administrator makes them (Compose).
     /// Each is a generated secret: 32+ characters that look random.
-    pub fn with_service_logins(
-        mut env: Env,
-    ) -> Result<(Self, Vec<ServiceLogin>), SettingsError> {
+    pub fn with_service_logins(mut env: Env) -> Result<(Self, Vec<ServiceLogin>), SettingsError> {
         let common = Self::read(&mut env);
         let mut logins = Vec::new();
         for (role, variable) in SERVICE_LOGINS {

@@ -36,7 +36,7 @@
 //! |---|---|
 //! | `alert.brute_force` | 10 failed logins on one account within 5 min |
 //! | `alert.credential_stuffing` | failed logins from one IP on 5 accounts, or 10 for unknown emails, within 10 min |
-//! | `alert.refresh_token_reuse` | a rotated refresh token was presented again (each time) |
+//! | `alert.refresh_token_reuse` | a rotated refresh token was presented again (once per account per hour) |
 //! | `alert.many_ips` | successful logins of one account from 4 IPs within 10 min |
 //! | `alert.rate_limit_surge` | 1000 rate-limited requests (gateway aggregates) within 5 min |
 
@@ -334,6 +334,9 @@ fn alert(
 
 /// The alerts `e` (just stored) raises. Runs under the chain's lock (taken by the
 /// insert), so concurrent writers cannot raise the same alert twice.
+/// An account's refresh-token reuse raises one alert per this many seconds.
+const REUSE_ALERT_WINDOW_SECS: i32 = 3600;
+
 pub(crate) async fn detect(
     conn: &mut AsyncPgConnection,
     e: &NewEvent,
@@ -431,18 +434,28 @@ pub(crate) async fn detect(
             }
         }
         "session.refresh_reuse" => {
+            // Once per account per window: each reuse is on the trail (and its session
+            // revoked) anyway, and a user replaying their own rotated tokens, one
+            // login after another, must not flood the responders with alerts.
             let reuse = Rule {
                 alert: "alert.refresh_token_reuse",
-                window_secs: 0,
+                window_secs: REUSE_ALERT_WINDOW_SECS,
                 threshold: 1,
             };
-            alerts.push(alert(
-                &reuse,
-                e,
-                &e.subject,
-                &e.source_ip,
-                serde_json::json!({"user": e.actor, "session": e.subject, "action": "session_revoked"}),
-            ));
+            let who = if e.actor.is_empty() {
+                &e.subject
+            } else {
+                &e.actor
+            };
+            if !raised(conn, &reuse, who, false, at).await? {
+                alerts.push(alert(
+                    &reuse,
+                    e,
+                    who,
+                    &e.source_ip,
+                    serde_json::json!({"user": e.actor, "session": e.subject, "action": "session_revoked"}),
+                ));
+            }
         }
         "gateway.rejected" if e.details["reason"] == "rate_limit" => {
             // Once alerted in the window, no sum: before it, the window holds fewer

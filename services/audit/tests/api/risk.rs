@@ -248,12 +248,41 @@ async fn reuse_many_ips_and_rate_limit_surges_raise_alerts() -> anyhow::Result<(
         producer: "session".into(),
         ..event("session.refresh_reuse")
     };
-    record(&mut audit, vec![reuse]).await?;
+    record(&mut audit, vec![reuse.clone()]).await?;
     let raised = alerts(&mut audit, "alert.refresh_token_reuse").await?;
     assert_eq!(raised.len(), 1);
+    let first = raised[0].event.clone().unwrap_or_default();
+    assert_eq!(first.subject, "user-7");
+    assert!(
+        first.details_json.contains("session-7"),
+        "{}",
+        first.details_json
+    );
+    // The same account replaying tokens of further sessions: on the trail, not one
+    // alert each (a user could otherwise flood the responders); another account's
+    // reuse is alerted.
+    let again: Vec<Event> = (8..18)
+        .map(|n| Event {
+            id: uuid::Uuid::new_v4().to_string(),
+            subject: format!("session-{n}"),
+            ..reuse.clone()
+        })
+        .collect();
+    record(&mut audit, again).await?;
     assert_eq!(
-        raised[0].event.clone().unwrap_or_default().subject,
-        "session-7"
+        alerts(&mut audit, "alert.refresh_token_reuse").await?.len(),
+        1
+    );
+    let other = Event {
+        id: uuid::Uuid::new_v4().to_string(),
+        actor: "user-8".into(),
+        subject: "session-80".into(),
+        ..reuse.clone()
+    };
+    record(&mut audit, vec![other]).await?;
+    assert_eq!(
+        alerts(&mut audit, "alert.refresh_token_reuse").await?.len(),
+        2
     );
 
     let logins: Vec<Event> = (0..4)
