@@ -241,6 +241,53 @@ async fn rotate_encryption_key_reseals_everything_or_nothing() -> anyhow::Result
 
 use aia_testkit::Count;
 
+/// Whether the SCRAM-SHA-256 verifier `verifier` (as `pg_authid` keeps it) was made
+/// from `password` (RFC 5802/7677: the StoredKey of the password's salted hash).
+fn scram_matches(verifier: &str, password: &str) -> bool {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use hmac::{Hmac, Mac};
+    use sha2::{Digest, Sha256};
+
+    let hmac = |key: &[u8], data: &[u8]| -> Option<Vec<u8>> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(key).ok()?;
+        mac.update(data);
+        Some(mac.finalize().into_bytes().to_vec())
+    };
+    let parsed = (|| {
+        let rest = verifier.strip_prefix("SCRAM-SHA-256$")?;
+        let (params, keys) = rest.split_once('$')?;
+        let (iterations, salt) = params.split_once(':')?;
+        let (stored, _server) = keys.split_once(':')?;
+        Some((
+            iterations.parse::<u32>().ok()?,
+            STANDARD.decode(salt).ok()?,
+            STANDARD.decode(stored).ok()?,
+        ))
+    })();
+    let Some((iterations, salt, stored)) = parsed else {
+        return false;
+    };
+    // PBKDF2-HMAC-SHA-256, one block (the key is the hash's length).
+    let Some(mut u) = hmac(
+        password.as_bytes(),
+        &[salt.as_slice(), &[0, 0, 0, 1]].concat(),
+    ) else {
+        return false;
+    };
+    let mut salted = u.clone();
+    for _ in 1..iterations {
+        let Some(next) = hmac(password.as_bytes(), &u) else {
+            return false;
+        };
+        u = next;
+        for (s, b) in salted.iter_mut().zip(&u) {
+            *s ^= b;
+        }
+    }
+    hmac(&salted, b"Client Key").is_some_and(|client| Sha256::digest(client).to_vec() == stored)
+}
+
 /// `aia migrate` with the services' login passwords set (Compose) makes each
 /// service's own login: LOGIN, NOINHERIT, a member of its service's role only, its
 /// password stored as a SCRAM verifier (never sent in clear). Connected as
@@ -297,21 +344,37 @@ async fn migrate_makes_each_services_own_login() -> anyhow::Result<()> {
     }
     assert!(!text.contains(&auth), "the password was printed: {text}");
     let mut conn = db.connect().await?;
-    let login = diesel::sql_query(
-        "SELECT r.rolcanlogin, r.rolinherit, r.rolsuper, a.rolpassword AS verifier, \
-         ARRAY(SELECT g.rolname::text FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid \
-               WHERE m.member = r.oid) AS member_of \
-         FROM pg_roles r JOIN pg_authid a ON a.oid = r.oid WHERE r.rolname = 'aia_auth_login'",
-    )
-    .get_result::<Login>(&mut conn)
-    .await?;
-    assert!(login.rolcanlogin && !login.rolinherit && !login.rolsuper);
-    assert_eq!(login.member_of, vec!["aia_auth".to_owned()]);
-    assert!(
-        login.verifier.starts_with("SCRAM-SHA-256$4096:"),
-        "not a verifier"
-    );
-    assert!(!login.verifier.contains(&auth));
+    let login = |name: &'static str| {
+        diesel::sql_query(
+            "SELECT r.rolcanlogin, r.rolinherit, r.rolsuper, a.rolpassword AS verifier, \
+             ARRAY(SELECT g.rolname::text FROM pg_auth_members m \
+                   JOIN pg_roles g ON g.oid = m.roleid WHERE m.member = r.oid) AS member_of \
+             FROM pg_roles r JOIN pg_authid a ON a.oid = r.oid WHERE r.rolname = $1",
+        )
+        .bind::<diesel::sql_types::Text, _>(name)
+    };
+    let shaped = |found: &Login, role: &str, password: &str| {
+        assert!(
+            found.rolcanlogin && !found.rolinherit && !found.rolsuper,
+            "{role}"
+        );
+        assert_eq!(found.member_of, vec![role.to_owned()]);
+        assert!(
+            scram_matches(&found.verifier, password),
+            "{role}: not its password"
+        );
+    };
+    for (name, role, password) in [
+        ("aia_auth_login", "aia_auth", &auth),
+        ("aia_session_login", "aia_session", &session),
+        ("aia_audit_login", "aia_audit", &audit),
+    ] {
+        shaped(
+            &login(name).get_result::<Login>(&mut conn).await?,
+            role,
+            password,
+        );
+    }
 
     // As the login: nothing until its role, and no other service's role.
     let as_login = db.url.replacen("postgres@", "aia_auth_login@", 1);
@@ -341,10 +404,29 @@ async fn migrate_makes_each_services_own_login() -> anyhow::Result<()> {
     );
     drop(own);
 
-    // Run again (a restart of the Compose stack): the logins are updated, not doubled.
-    let (code, text) = migrate(vars(&auth))?;
+    // Widened by hand meanwhile (a superuser, another service's role, its own
+    // granted to inherit): the next run (a restart of the Compose stack) narrows it
+    // back, with its new password.
+    for widen in [
+        "ALTER ROLE aia_auth_login SUPERUSER INHERIT",
+        "GRANT aia_session TO aia_auth_login",
+        "REVOKE aia_auth FROM aia_auth_login",
+        "GRANT aia_auth TO aia_auth_login",
+        "ALTER ROLE aia_auth_login NOINHERIT",
+    ] {
+        diesel::sql_query(widen).execute(&mut conn).await?;
+    }
+    let renewed = password(4);
+    let (code, text) = migrate(vars(&renewed))?;
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("updated the login aia_auth_login"), "{text}");
+    shaped(
+        &login("aia_auth_login")
+            .get_result::<Login>(&mut conn)
+            .await?,
+        "aia_auth",
+        &renewed,
+    );
     drop(conn);
     db.drop_database().await?;
     Ok(())
@@ -418,6 +500,7 @@ async fn create_admin_at_a_terminal_never_shows_the_password() -> anyhow::Result
         create_admin_at_a_terminal(&db, "typo@example.com", password, "a different one")?;
     assert_eq!(code, 1, "{shown}");
     assert!(shown.contains("differ"), "{shown}");
+    assert!(!shown.contains("passphrase"), "the password was shown: {shown}");
     let (code, shown) = create_admin_at_a_terminal(&db, "root@example.com", password, password)?;
     assert_eq!(code, 0, "{shown}");
     assert!(shown.contains("Password for root@example.com"), "{shown}");

@@ -109,8 +109,11 @@ pub async fn migrate(url: &str) -> anyhow::Result<Vec<String>> {
 
 /// Creates the database login of service role `role` (`aia_auth` gets
 /// `aia_auth_login`: LOGIN, NOINHERIT, a member of `aia_auth` only, so it reaches
-/// nothing until the service's pool has `SET ROLE`; see [`pool_as`]) or gives it
-/// `password` if it exists; true if it was created. Run by the schemas' owner, after
+/// nothing until the service's pool has `SET ROLE`; see [`pool_as`]) or, if it
+/// exists, gives it `password` and puts it back to that shape (no superuser or other
+/// attribute, no membership but its role's, granted anew so that it does not
+/// inherit: a login someone widened by hand is narrowed again); true if it was
+/// created. Run by the schemas' owner, after
 /// the migrations (which create the roles). The password reaches Postgres as a
 /// SCRAM-SHA-256 verifier made here, never in clear: a server that logs DDL would
 /// log it, and `pg_stat_activity` would show it.
@@ -145,11 +148,34 @@ pub async fn set_service_login(url: &str, role: &str, password: &str) -> anyhow:
     let verb = if exists { "ALTER" } else { "CREATE" };
     // `role` is one of the platform's constant names, `login` made from it.
     sql_query(format!(
-        "{verb} ROLE {login} LOGIN NOINHERIT PASSWORD '{verifier}'"
+        "{verb} ROLE {login} LOGIN NOINHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE \
+         NOREPLICATION NOBYPASSRLS CONNECTION LIMIT -1 VALID UNTIL 'infinity' \
+         PASSWORD '{verifier}'"
     ))
     .execute(&mut conn)
     .await
     .with_context(|| format!("{verb} ROLE {login}"))?;
+    // Every membership goes, its own role's included: granted again below, after
+    // NOINHERIT, it does not inherit (Postgres 16 keeps a grant's inherit option).
+    #[derive(diesel::QueryableByName)]
+    struct Statement {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        revoke: String,
+    }
+    let memberships = sql_query(
+        "SELECT format('REVOKE %I FROM %I', g.rolname, $1) AS revoke \
+         FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid \
+         JOIN pg_roles r ON r.oid = m.member WHERE r.rolname = $1",
+    )
+    .bind::<diesel::sql_types::Text, _>(&login)
+    .load::<Statement>(&mut conn)
+    .await?;
+    for statement in memberships {
+        sql_query(&statement.revoke)
+            .execute(&mut conn)
+            .await
+            .with_context(|| format!("narrowing {login}"))?;
+    }
     sql_query(format!("GRANT {role} TO {login}"))
         .execute(&mut conn)
         .await

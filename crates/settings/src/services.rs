@@ -462,6 +462,14 @@ impl Common {
                     variable,
                     "must be 32+ characters that look random; generate one with `aia gen-secrets`",
                 );
+            } else if !password
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.~".contains(c))
+            {
+                env.problem(
+                    variable,
+                    "must be letters, digits and - _ . ~ only: it goes into the service's DATABASE_URL as it is",
+                );
             }
             logins.push((role, SecretString::from(password)));
         }

@@ -36,7 +36,7 @@
 //! |---|---|
 //! | `alert.brute_force` | 10 failed logins on one account within 5 min |
 //! | `alert.credential_stuffing` | failed logins from one IP on 5 accounts, or 10 for unknown emails, within 10 min |
-//! | `alert.refresh_token_reuse` | a rotated refresh token was presented again (once per account per hour) |
+//! | `alert.refresh_token_reuse` | a rotated refresh token was presented again (once per account and network per hour) |
 //! | `alert.many_ips` | successful logins of one account from 4 IPs within 10 min |
 //! | `alert.rate_limit_surge` | 1000 rate-limited requests (gateway aggregates) within 5 min |
 
@@ -332,11 +332,35 @@ fn alert(
     e
 }
 
-/// The alerts `e` (just stored) raises. Runs under the chain's lock (taken by the
-/// insert), so concurrent writers cannot raise the same alert twice.
-/// An account's refresh-token reuse raises one alert per this many seconds.
+/// An account's refresh-token reuse from one network raises one alert per this many
+/// seconds.
 const REUSE_ALERT_WINDOW_SECS: i32 = 3600;
 
+/// True if `rule` already raised an alert about `subject` from the network of `ip`
+/// within its window before `at`.
+async fn raised_from(
+    conn: &mut AsyncPgConnection,
+    rule: &Rule,
+    subject: &str,
+    ip: &str,
+    at: DateTime<Utc>,
+) -> diesel::QueryResult<bool> {
+    let n = diesel::sql_query(raised_sql(
+        "subject = $1 AND audit.ip_network(source_ip) = audit.ip_network($5)",
+    ))
+    .bind::<Text, _>(subject)
+    .bind::<Timestamptz, _>(at)
+    .bind::<Integer, _>(rule.window_secs)
+    .bind::<Text, _>(rule.alert)
+    .bind::<Text, _>(ip)
+    .get_result::<Count>(conn)
+    .await?
+    .n;
+    Ok(n > 0)
+}
+
+/// The alerts `e` (just stored) raises. Runs under the chain's lock (taken by the
+/// insert), so concurrent writers cannot raise the same alert twice.
 pub(crate) async fn detect(
     conn: &mut AsyncPgConnection,
     e: &NewEvent,
@@ -434,24 +458,22 @@ pub(crate) async fn detect(
             }
         }
         "session.refresh_reuse" => {
-            // Once per account per window: each reuse is on the trail (and its session
-            // revoked) anyway, and a user replaying their own rotated tokens, one
-            // login after another, must not flood the responders with alerts.
+            // Once per account and network per window: each reuse is on the trail
+            // (and its session revoked) anyway, and a user replaying their own
+            // rotated tokens, one login after another, must not flood the responders;
+            // a reuse from another network (a thief elsewhere) is alerted, as is one
+            // that names no account.
             let reuse = Rule {
                 alert: "alert.refresh_token_reuse",
                 window_secs: REUSE_ALERT_WINDOW_SECS,
                 threshold: 1,
             };
-            let who = if e.actor.is_empty() {
-                &e.subject
-            } else {
-                &e.actor
-            };
-            if !raised(conn, &reuse, who, false, at).await? {
+            let who = &e.actor;
+            if who.is_empty() || !raised_from(conn, &reuse, who, &e.source_ip, at).await? {
                 alerts.push(alert(
                     &reuse,
                     e,
-                    who,
+                    if who.is_empty() { &e.subject } else { who },
                     &e.source_ip,
                     serde_json::json!({"user": e.actor, "session": e.subject, "action": "session_revoked"}),
                 ));

@@ -229,6 +229,13 @@ fn compose_file_follows_the_spec_and_references_only_what_exists() -> anyhow::Re
             assert_eq!(command, vec!["aia", "migrate"]);
             continue;
         }
+        // The admin CLI's container (profile `tools`): runs when asked, no port.
+        if name == "admin" {
+            assert!(optional, "the admin CLI's container starts with the stack");
+            assert_eq!(binary, "aia");
+            assert_eq!(service["restart"].as_str(), Some("no"));
+            continue;
+        }
         let admin = format!("{}_ADMIN_ADDR", name.to_uppercase());
         let port = shared
             .get(&admin)

@@ -245,6 +245,7 @@ async fn reuse_many_ips_and_rate_limit_surges_raise_alerts() -> anyhow::Result<(
         outcome: Outcome::Failure.into(),
         actor: "user-7".into(),
         subject: "session-7".into(),
+        source_ip: "198.51.100.7".into(),
         producer: "session".into(),
         ..event("session.refresh_reuse")
     };
@@ -258,32 +259,40 @@ async fn reuse_many_ips_and_rate_limit_surges_raise_alerts() -> anyhow::Result<(
         "{}",
         first.details_json
     );
-    // The same account replaying tokens of further sessions: on the trail, not one
-    // alert each (a user could otherwise flood the responders); another account's
-    // reuse is alerted.
+    // The same account replaying tokens of further sessions from the same network:
+    // on the trail, not one alert each (a user could otherwise flood the
+    // responders). From another network (a thief elsewhere), another account, or
+    // naming no account: alerted.
+    let like = |session: &str, actor: &str, ip: &str| Event {
+        id: uuid::Uuid::new_v4().to_string(),
+        actor: actor.into(),
+        subject: session.into(),
+        source_ip: ip.into(),
+        ..reuse.clone()
+    };
     let again: Vec<Event> = (8..18)
-        .map(|n| Event {
-            id: uuid::Uuid::new_v4().to_string(),
-            subject: format!("session-{n}"),
-            ..reuse.clone()
-        })
+        .map(|n| like(&format!("session-{n}"), "user-7", "198.51.100.7"))
         .collect();
     record(&mut audit, again).await?;
     assert_eq!(
         alerts(&mut audit, "alert.refresh_token_reuse").await?.len(),
         1
     );
-    let other = Event {
-        id: uuid::Uuid::new_v4().to_string(),
-        actor: "user-8".into(),
-        subject: "session-80".into(),
-        ..reuse.clone()
-    };
-    record(&mut audit, vec![other]).await?;
-    assert_eq!(
-        alerts(&mut audit, "alert.refresh_token_reuse").await?.len(),
-        2
-    );
+    for (n, elsewhere) in [
+        like("session-30", "user-7", "203.0.113.30"),
+        like("session-80", "user-8", "198.51.100.7"),
+        like("session-90", "", "198.51.100.7"),
+        like("session-91", "", "198.51.100.7"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        record(&mut audit, vec![elsewhere]).await?;
+        assert_eq!(
+            alerts(&mut audit, "alert.refresh_token_reuse").await?.len(),
+            n + 2
+        );
+    }
 
     let logins: Vec<Event> = (0..4)
         .map(|i| login(Outcome::Success, "carol", &format!("192.0.2.{i}"), "app"))
