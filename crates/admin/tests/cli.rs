@@ -500,7 +500,10 @@ async fn create_admin_at_a_terminal_never_shows_the_password() -> anyhow::Result
         create_admin_at_a_terminal(&db, "typo@example.com", password, "a different one")?;
     assert_eq!(code, 1, "{shown}");
     assert!(shown.contains("differ"), "{shown}");
-    assert!(!shown.contains("passphrase"), "the password was shown: {shown}");
+    assert!(
+        !shown.contains("passphrase"),
+        "the password was shown: {shown}"
+    );
     let (code, shown) = create_admin_at_a_terminal(&db, "root@example.com", password, password)?;
     assert_eq!(code, 0, "{shown}");
     assert!(shown.contains("Password for root@example.com"), "{shown}");
