@@ -192,6 +192,22 @@ pub async fn eventually_status(
     }
 }
 
+/// Logs the holder of `token` out through the gateway.
+pub async fn logged_out(stack: &Stack, token: &str) -> anyhow::Result<()> {
+    let response = stack
+        .http()
+        .post(stack.url("/v1/auth/logout"))
+        .bearer_auth(token)
+        .send()
+        .await?;
+    anyhow::ensure!(
+        response.status() == StatusCode::NO_CONTENT,
+        "logout: {}",
+        response.status()
+    );
+    Ok(())
+}
+
 /// The gateway's Prometheus text.
 pub async fn metrics(stack: &Stack) -> anyhow::Result<String> {
     Ok(stack

@@ -34,22 +34,6 @@ fn forged(token: &str) -> String {
     forged
 }
 
-/// Logs the holder of `token` out through the gateway.
-async fn logged_out(stack: &Stack, token: &str) -> anyhow::Result<()> {
-    let response = stack
-        .http()
-        .post(stack.url("/v1/auth/logout"))
-        .bearer_auth(token)
-        .send()
-        .await?;
-    anyhow::ensure!(
-        response.status() == StatusCode::NO_CONTENT,
-        "logout: {}",
-        response.status()
-    );
-    Ok(())
-}
-
 /// Auth, called as the gateway (its certificate): what a compromised gateway can
 /// send.
 async fn auth_as_gateway(
@@ -80,7 +64,7 @@ async fn the_whole_flow_works_with_mtls_between_the_services() -> anyhow::Result
     let tokens = signed_in(&stack).await?;
     let access = field(&tokens, "access_token");
     assert_eq!(me_status(&stack, access).await?, StatusCode::OK);
-    logged_out(&stack, access).await?;
+    crate::helpers::logged_out(&stack, access).await?;
     assert_eq!(me_status(&stack, access).await?, StatusCode::UNAUTHORIZED);
     // Audit events arrived over mTLS too (read as auth: audit's one reader).
     let mut audit =
@@ -337,7 +321,7 @@ async fn the_gateways_certificate_alone_cannot_act_as_an_admin() -> anyhow::Resu
     let answer = as_gateway.set_user_roles(promote(&admin_token)).await;
     assert!(answer.is_ok(), "{answer:?}");
     // ...until the admin logs out: a copy kept by the gateway is then worth nothing.
-    logged_out(&stack, &admin_token).await?;
+    crate::helpers::logged_out(&stack, &admin_token).await?;
     let answer = aia_testkit::eventually(std::time::Duration::from_secs(10), || {
         let mut as_gateway = as_gateway.clone();
         let request = promote(&admin_token);
@@ -509,7 +493,7 @@ async fn the_gateways_certificate_alone_cannot_act_on_an_account() -> anyhow::Re
 
     // Once the owner logs out, a copy of their token kept by the gateway is worth
     // nothing.
-    logged_out(&stack, &owner_token).await?;
+    crate::helpers::logged_out(&stack, &owner_token).await?;
     let answer = aia_testkit::eventually(std::time::Duration::from_secs(10), || {
         let mut as_gateway = as_gateway.clone();
         let request = listed(&owner_token);
@@ -790,7 +774,7 @@ async fn an_admins_event_stream_ends_at_auth_when_the_admin_logs_out() -> anyhow
         })
         .await?
         .into_inner();
-    logged_out(&stack, &admin_token).await?;
+    crate::helpers::logged_out(&stack, &admin_token).await?;
     // Events may come (the logout's own); the stream must end well within the
     // token's remaining 15 minutes: within auth's 5 s re-check.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);

@@ -68,13 +68,7 @@ async fn a_logout_at_one_gateway_is_refused_at_another_within_a_second_without_r
         "steady state asked the session service"
     );
 
-    let response = stack
-        .http()
-        .post(stack.url("/v1/auth/logout"))
-        .bearer_auth(&access)
-        .send()
-        .await?;
-    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    crate::helpers::logged_out(&stack, &access).await?;
     let logged_out = Instant::now();
     let refused_after = eventually(Duration::from_secs(5), || async {
         let status = me_on(&stack, &second, &access).await?;
