@@ -44,7 +44,9 @@
 //!   or 504 problem. Consecutive failures and 502, 503 and 504 answers (not other
 //!   5xx, which a client can provoke) open the upstream's circuit
 //!   (`UPSTREAM_BREAKER_FAILURES`, 5): for `UPSTREAM_BREAKER_OPEN_SECONDS` (10) it
-//!   answers 503 at once, then lets one request through to probe.
+//!   answers 503 at once, then lets one request through to probe (the next one too
+//!   once a probe has been out for [`PROBE_LEASE_MS`]: a client's stalled upload
+//!   cannot hold the probe until the upstream timeout).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -148,7 +150,18 @@ pub struct Breaker {
     /// Open until this time (ms since the Unix epoch); 0 when closed.
     open_until_ms: AtomicU64,
     probing: AtomicBool,
+    /// When the probe out now was let through (ms since the Unix epoch).
+    probe_since_ms: AtomicU64,
+    /// Which probe is out (each one let through takes the next number).
+    probe_generation: AtomicU64,
 }
+
+/// How long a half-open probe holds its place before the next request may probe
+/// too. A probe can be held up by its client (an upload declared and never sent
+/// holds it until the upstream timeout): the upstream's recovery is then seen from
+/// the next request within this long, at the cost of at most one more probe per
+/// lease to an upstream that is merely slow.
+const PROBE_LEASE_MS: u64 = 2_000;
 
 /// A request the breaker let through. Settled by [`Admitted::success`] or
 /// [`Admitted::failure`]; dropped unsettled (the client's body failed, the client went
@@ -156,7 +169,8 @@ pub struct Breaker {
 /// half-open probe is handed back so that the next request can probe.
 struct Admitted<'a> {
     breaker: &'a Breaker,
-    probe: bool,
+    /// The probe's number, when this request is a half-open probe.
+    probe: Option<u64>,
 }
 
 impl Admitted<'_> {
@@ -171,8 +185,12 @@ impl Admitted<'_> {
 
 impl Drop for Admitted<'_> {
     fn drop(&mut self) {
-        if self.probe {
-            // After success or failure this is already false.
+        // After success or failure this is already false; a probe whose lease a
+        // later one took over leaves the later one's place alone.
+        if self
+            .probe
+            .is_some_and(|n| self.breaker.probe_generation.load(Ordering::Acquire) == n)
+        {
             self.breaker.probing.store(false, Ordering::Release);
         }
     }
@@ -185,26 +203,36 @@ impl Breaker {
         if until == 0 {
             return Ok(Admitted {
                 breaker: self,
-                probe: false,
+                probe: None,
             });
         }
         let now = now_ms();
         if now < until {
             return Err(Duration::from_millis(until - now));
         }
-        // Half-open: exactly one probe at a time.
-        if self
+        // Half-open: one probe at a time, each holding its place for a lease.
+        let free = self
             .probing
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
-            Ok(Admitted {
-                breaker: self,
-                probe: true,
-            })
-        } else {
-            Err(Duration::from_secs(1))
+            .is_ok();
+        let since = self.probe_since_ms.load(Ordering::Acquire);
+        let taken_over = !free
+            && now.saturating_sub(since) >= PROBE_LEASE_MS
+            && self
+                .probe_since_ms
+                .compare_exchange(since, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok();
+        if !free && !taken_over {
+            return Err(Duration::from_secs(1));
         }
+        if free {
+            self.probe_since_ms.store(now, Ordering::Release);
+        }
+        let generation = self.probe_generation.fetch_add(1, Ordering::AcqRel) + 1;
+        Ok(Admitted {
+            breaker: self,
+            probe: Some(generation),
+        })
     }
 
     fn success(&self) {

@@ -898,6 +898,62 @@ async fn stalled_uploads_cannot_open_the_circuit_for_everyone() -> anyhow::Resul
     Ok(())
 }
 
+/// An upload declared and never sent cannot hold a half-open circuit's one probe
+/// for the whole upstream timeout (it was, so anyone could keep an upstream that came
+/// back shut by sending one at each half-open): within the probe's lease the next
+/// request probes, and the upstream is used again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_upload_holds_the_half_open_probe_only_for_its_lease() -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
+
+    let echo = start_echo().await?;
+    let stack = stack_with(
+        &echo,
+        &[
+            ("UPSTREAM_TIMEOUT_SECONDS", "30".into()),
+            ("UPSTREAM_BREAKER_FAILURES", "2".into()),
+            ("UPSTREAM_BREAKER_OPEN_SECONDS", "1".into()),
+        ],
+    )
+    .await?;
+    for _ in 0..2 {
+        let failed = stack.http().get(stack.url("/public/fail")).send().await?;
+        assert_eq!(failed.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+    let open = stack.http().get(stack.url("/public/page")).send().await?;
+    assert_problem(open, StatusCode::SERVICE_UNAVAILABLE).await?;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    // Half-open: the upload takes the probe and sends nothing more.
+    let mut stalled = tokio::net::TcpStream::connect(stack.gateway.main).await?;
+    stalled
+        .write_all(
+            format!(
+                "POST /public/upload HTTP/1.1\r\nHost: {}\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n\r\n",
+                stack.gateway.main
+            )
+            .as_bytes(),
+        )
+        .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let held = stack.http().get(stack.url("/public/page")).send().await?;
+    assert_problem(held, StatusCode::SERVICE_UNAVAILABLE).await?;
+    // Served again within the lease, long before the upload's 30 s timeout.
+    let served = aia_testkit::eventually(Duration::from_secs(8), || async {
+        let status = stack
+            .http()
+            .get(stack.url("/public/page"))
+            .send()
+            .await?
+            .status();
+        Ok((status == StatusCode::OK).then_some(()))
+    })
+    .await;
+    assert!(served.is_ok(), "the stalled upload kept the circuit shut");
+    drop(stalled);
+    stack.stop().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_protected_prefix_inside_a_public_one_is_not_reached_around() -> anyhow::Result<()> {
     let echo = start_echo().await?;
