@@ -12,7 +12,7 @@ use crate::api_keys::SCOPES;
 use crate::domain::{EmailAddress, Invalid, Password};
 use crate::email_tokens::Purpose;
 use crate::error::AuthError;
-use crate::mfa_flows::Holder;
+use crate::service::Holder;
 use crate::service::{Auth, api_key_info};
 use crate::users::{PasswordWrite, User};
 

@@ -14,8 +14,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::domain::Invalid;
 use crate::error::AuthError;
-use crate::mfa_flows::Holder;
 use crate::service::Auth;
+use crate::service::Holder;
 use crate::users::AdminChange;
 
 impl Auth {

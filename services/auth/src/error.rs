@@ -176,6 +176,15 @@ mod tests {
         )));
         let mapped = AuthError::from_upstream(closed, "session.RevokeUserSessions");
         assert!(matches!(mapped, AuthError::Unavailable(_)), "{mapped:?}");
+        // A peer that does not take the call from auth (a deployment half-way through
+        // an upgrade): 503, not a 500.
+        for refused in [
+            tonic::Status::permission_denied("this service may not call this method"),
+            tonic::Status::unimplemented("unknown method"),
+        ] {
+            let mapped = AuthError::from_upstream(refused, "session.ListSessions");
+            assert_eq!(tonic::Status::from(mapped).code(), tonic::Code::Unavailable);
+        }
         // An Unknown session sent is unexpected.
         let sent = AuthError::from_upstream(tonic::Status::unknown("x"), "session.CreateSession");
         assert!(matches!(sent, AuthError::Unexpected(_)), "{sent:?}");

@@ -25,20 +25,8 @@ use aia_proto::common::v1::ClientInfo;
 use crate::domain::{EmailAddress, Invalid, Password};
 use crate::error::AuthError;
 use crate::mfa::{CHALLENGE_TTL, Mfa};
-use crate::service::Auth;
+use crate::service::{Auth, Holder};
 use crate::users::User;
-
-/// The holder of a verified access token (`Auth::holder`).
-pub(crate) struct Holder {
-    /// The token's subject, enabled now.
-    pub user: User,
-    /// The token's session.
-    pub session_id: String,
-    /// How that session was opened.
-    pub amr: Vec<String>,
-    /// The token's `exp` (Unix seconds).
-    pub expires_at: i64,
-}
 
 impl Auth {
     /// A user whose password was right and who has TOTP on: a challenge (which
@@ -182,38 +170,6 @@ impl Auth {
             .emit()
             .await?;
         Err(AuthError::WrongCurrentPassword)
-    }
-
-    /// Who holds `access_token`, verified here: signature, expiry (no verifier's
-    /// clock-skew leeway: the issuer's own check), revocation, and its subject an
-    /// enabled account now. The user, session and `amr` of an account action come
-    /// from this, never from the gateway's word: a gateway, or anything holding its
-    /// certificate, cannot act on an account without a live token of its owner's.
-    pub(crate) async fn holder(&self, access_token: &str) -> Result<Holder, AuthError> {
-        let validated = self
-            .validate(aia_proto::auth::v1::ValidateTokenRequest {
-                access_token: access_token.to_owned(),
-            })
-            .await?;
-        let now = chrono::Utc::now().timestamp();
-        let claims = validated
-            .claims
-            .filter(|c| !validated.revoked && c.exp > now)
-            .ok_or(AuthError::InvalidAccessToken)?;
-        let id = uuid::Uuid::parse_str(&claims.sub).map_err(|_| AuthError::InvalidAccessToken)?;
-        let user = self
-            .users
-            .by_id(id)
-            .await
-            .map_err(AuthError::Unavailable)?
-            .filter(|u| u.disabled_at.is_none())
-            .ok_or(AuthError::InvalidAccessToken)?;
-        Ok(Holder {
-            user,
-            session_id: claims.sid,
-            amr: claims.amr,
-            expires_at: claims.exp,
-        })
     }
 
     /// With TOTP on, a credential change needs a session that used it.

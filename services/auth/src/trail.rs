@@ -147,3 +147,30 @@ impl Auth {
         Ok(Box::pin(events.take_until(over)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::from_audit;
+
+    /// Audit's own refusals reach the caller as audit worded them ("narrow its
+    /// filters"); audit unreachable is 503.
+    #[test]
+    fn audits_refusals_pass_through_and_its_absence_is_unavailable() {
+        for (code, message) in [
+            (
+                tonic::Code::DeadlineExceeded,
+                "the query ran too long: narrow its filters",
+            ),
+            (tonic::Code::InvalidArgument, "cursor: not one of ours"),
+        ] {
+            let passed =
+                tonic::Status::from(from_audit(tonic::Status::new(code, message), "audit.Query"));
+            assert_eq!((passed.code(), passed.message()), (code, message));
+        }
+        let down = tonic::Status::from(from_audit(
+            tonic::Status::unavailable("connection refused"),
+            "audit.Query",
+        ));
+        assert_eq!(down.code(), tonic::Code::Unavailable);
+    }
+}

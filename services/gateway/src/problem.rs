@@ -306,6 +306,11 @@ mod tests {
             challenge(&refused).as_deref(),
             Some("Bearer error=\"invalid_token\"")
         );
+        // A service of another release lacking the call (mid-upgrade): 503.
+        assert_eq!(
+            Problem::for_bearer(tonic::Status::unimplemented("unknown method")).status,
+            503
+        );
         let forbidden = Problem::for_bearer(tonic::Status::permission_denied("not allowed"));
         assert_eq!(forbidden.status, 403);
         assert_eq!(challenge(&forbidden), None);
